@@ -1,0 +1,2 @@
+//! Criterion benchmarks live in `benches/benches/`; this library only holds
+//! shared workload builders for them. Run `cargo bench -p benches`.

@@ -1,0 +1,119 @@
+//! The `Backend` seam: one device and the fixed op set models are written in.
+//!
+//! Conventions shared by every implementation:
+//! - Activations are 2-d `[tokens, features]`, row-major, in the backend's
+//!   activation dtype ([`Backend::activation_dtype`]: f32 on the CPU, bf16 on CUDA).
+//! - Weights may be stored in a narrower dtype (bf16/f16) and are converted
+//!   inside the kernels; there is never a widened shadow copy.
+//! - Linear weights follow PyTorch: `[out_features, in_features]`, and
+//!   [`Backend::matmul`] computes `x · Wᵀ`.
+//! - Integer inputs (token ids, positions, offsets, block tables) are `U32`;
+//!   slot mappings are `I64` so that −1 can mark "write nothing".
+
+use crate::attention::AttentionMetadata;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::kv_cache::LayerKvCache;
+use crate::tensor::Tensor;
+
+/// A compute device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    fn device(&self) -> Device;
+    /// The dtype activations and logits are computed in.
+    fn activation_dtype(&self) -> DType;
+
+    // ---- memory -------------------------------------------------------------
+    /// Moves a CPU tensor onto this device (a no-op move on the CPU backend).
+    fn upload(&self, host: Tensor) -> Result<Tensor>;
+    /// Copies a tensor of this device back to a CPU tensor.
+    fn to_host(&self, t: &Tensor) -> Result<Tensor>;
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
+    /// Waits for all queued work (no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- dense ops ----------------------------------------------------------
+    /// `ids: U32 [T]`, `table: [V, H]` → `[T, H]` in the activation dtype.
+    /// An id ≥ V is an error, never an out-of-bounds read.
+    fn embedding(&self, ids: &Tensor, table: &Tensor) -> Result<Tensor>;
+    /// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) * weight`; `x: [M, N]`, `weight: [N]`.
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
+    /// Fused residual add + RMSNorm: `residual += x`, then returns `rms_norm(residual)`.
+    fn add_rms_norm(
+        &self,
+        x: &Tensor,
+        residual: &mut Tensor,
+        weight: &Tensor,
+        eps: f32,
+    ) -> Result<Tensor>;
+    /// Rotary embedding, neox style (rotate halves), in place.
+    /// `x: [T, heads * head_dim]`, `positions: U32 [T]`,
+    /// `cos_sin: f32 [max_positions, head_dim]` whose row p is `cos(p·inv_freq) ‖ sin(p·inv_freq)`
+    /// (each half `head_dim / 2` long), computed once by the model.
+    fn rope(
+        &self,
+        x: &mut Tensor,
+        positions: &Tensor,
+        cos_sin: &Tensor,
+        head_dim: usize,
+    ) -> Result<()>;
+    /// `x: [M, K]`, `w: [N, K]` (any float dtype) → `x · wᵀ: [M, N]` in the activation dtype.
+    fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
+    /// `gate_up: [M, 2N]` (gate in the first half of each row) → `silu(gate) * up: [M, N]`.
+    fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor>;
+    /// `x += y`, same shape.
+    fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
+    /// Splits the last dim of `x: [M, sum(sizes)]` into `[M, sizes[i]]` tensors.
+    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>>;
+    /// Gathers rows: `x: [M, N]`, `rows: U32 [R]` → `[R, N]`.
+    fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;
+
+    // ---- paged attention ----------------------------------------------------
+    /// Writes `k, v: [T, kv_heads * head_dim]` into the paged cache at `slot_mapping: I64 [T]`
+    /// (slot = block * block_size + offset). A slot of −1 writes nothing.
+    fn store_kv(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut LayerKvCache,
+        slot_mapping: &Tensor,
+    ) -> Result<()>;
+    /// Variable-length causal attention over packed sequences with GQA.
+    /// `q: [T, heads * head_dim]`; `k, v` are the new tokens' keys/values, already stored
+    /// in `cache` by [`Backend::store_kv`]. Sequence `i`'s queries sit at positions
+    /// `context_len - q_len .. context_len` and attend keys `0..=pos`, read from the
+    /// paged cache through its block table (so a cached prefix is included).
+    /// Returns `[T, heads * head_dim]`.
+    fn prefill_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &LayerKvCache,
+        meta: &AttentionMetadata,
+        scale: f32,
+    ) -> Result<Tensor>;
+    /// Paged decode attention with GQA: one query per sequence (`q: [S, heads * head_dim]`)
+    /// attending all `context_len` keys of its sequence in the cache.
+    fn decode_attention(
+        &self,
+        q: &Tensor,
+        cache: &LayerKvCache,
+        meta: &AttentionMetadata,
+        scale: f32,
+    ) -> Result<Tensor>;
+}

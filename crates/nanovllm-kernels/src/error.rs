@@ -1,0 +1,40 @@
+use crate::dtype::DType;
+
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// Errors of tensor construction and backend ops.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("shape mismatch in {op}: {lhs:?} vs {rhs:?}")]
+    ShapeMismatch {
+        op: &'static str,
+        lhs: Vec<usize>,
+        rhs: Vec<usize>,
+    },
+    #[error("{op}: {len} elements do not fill shape {shape:?}")]
+    ElementCount {
+        op: &'static str,
+        len: usize,
+        shape: Vec<usize>,
+    },
+    #[error("{op} does not support dtype {dtype}")]
+    UnsupportedDType { op: &'static str, dtype: DType },
+    #[error("{op}: tensor lives on {found}, expected {expected}")]
+    WrongDevice {
+        op: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error("{op}: index {index} out of range for size {size}")]
+    IndexOutOfRange {
+        op: &'static str,
+        index: usize,
+        size: usize,
+    },
+    #[error("{op}: {msg}")]
+    Invalid { op: &'static str, msg: String },
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("communicator error: {0}")]
+    Comm(String),
+}

@@ -1,0 +1,245 @@
+//! An owned, contiguous, row-major tensor.
+//!
+//! A `Tensor` owns its buffer: cloning copies it, and `reshape` moves it.
+//! Views and strides are deliberately absent; ops that would need a view
+//! (splitting fused projections, picking rows) are backend ops that produce
+//! new tensors. This keeps every op's memory contract obvious.
+
+use half::{bf16, f16};
+
+use crate::dtype::DType;
+use crate::error::{KernelError, Result};
+
+/// Host memory of a CPU tensor, one variant per [`DType`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+    U32(Vec<u32>),
+    I64(Vec<i64>),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::U32(_) => DType::U32,
+            CpuStorage::I64(_) => DType::I64,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::U32(v) => v.len(),
+            CpuStorage::I64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn zeros(dtype: DType, len: usize) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; len]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
+            DType::F16 => CpuStorage::F16(vec![f16::ZERO; len]),
+            DType::U32 => CpuStorage::U32(vec![0; len]),
+            DType::I64 => CpuStorage::I64(vec![0; len]),
+        }
+    }
+}
+
+/// Where a tensor's buffer lives. The CUDA backend adds a variant under its feature.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
+    if shape.iter().product::<usize>() != len {
+        return Err(KernelError::ElementCount {
+            op,
+            len,
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// Wraps storage with a shape; the element count must match.
+    pub fn new(storage: Storage, shape: &[usize]) -> Result<Self> {
+        let len = match &storage {
+            Storage::Cpu(s) => s.len(),
+        };
+        check_len("Tensor::new", len, shape)?;
+        Ok(Self {
+            shape: shape.to_vec(),
+            storage,
+        })
+    }
+    pub fn from_cpu(storage: CpuStorage, shape: &[usize]) -> Result<Self> {
+        Self::new(Storage::Cpu(storage), shape)
+    }
+    pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
+        Self::from_cpu(CpuStorage::F32(data), shape)
+    }
+    pub fn from_bf16(data: Vec<bf16>, shape: &[usize]) -> Result<Self> {
+        Self::from_cpu(CpuStorage::BF16(data), shape)
+    }
+    pub fn from_f16(data: Vec<f16>, shape: &[usize]) -> Result<Self> {
+        Self::from_cpu(CpuStorage::F16(data), shape)
+    }
+    pub fn from_u32(data: Vec<u32>, shape: &[usize]) -> Result<Self> {
+        Self::from_cpu(CpuStorage::U32(data), shape)
+    }
+    pub fn from_i64(data: Vec<i64>, shape: &[usize]) -> Result<Self> {
+        Self::from_cpu(CpuStorage::I64(data), shape)
+    }
+    /// A zero-filled CPU tensor.
+    pub fn zeros_cpu(shape: &[usize], dtype: DType) -> Self {
+        let len = shape.iter().product();
+        Self {
+            shape: shape.to_vec(),
+            storage: Storage::Cpu(CpuStorage::zeros(dtype, len)),
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dims2(&self) -> Result<(usize, usize)> {
+        match self.shape[..] {
+            [a, b] => Ok((a, b)),
+            _ => Err(KernelError::Invalid {
+                op: "dims2",
+                msg: format!("expected a 2-d tensor, got shape {:?}", self.shape),
+            }),
+        }
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    pub fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+    pub fn into_storage(self) -> Storage {
+        self.storage
+    }
+    pub fn is_cpu(&self) -> bool {
+        matches!(self.storage, Storage::Cpu(_))
+    }
+    pub fn size_in_bytes(&self) -> usize {
+        self.numel() * self.dtype().size_in_bytes()
+    }
+
+    /// Same buffer, new shape with the same element count.
+    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+        check_len("reshape", self.numel(), shape)?;
+        Ok(Self {
+            shape: shape.to_vec(),
+            storage: self.storage,
+        })
+    }
+
+    /// The CPU buffer, or an error naming the op when the tensor is on another device.
+    pub fn cpu(&self, _op: &'static str) -> Result<&CpuStorage> {
+        match &self.storage {
+            Storage::Cpu(s) => Ok(s),
+        }
+    }
+    pub fn cpu_mut(&mut self, _op: &'static str) -> Result<&mut CpuStorage> {
+        match &mut self.storage {
+            Storage::Cpu(s) => Ok(s),
+        }
+    }
+
+    /// Host copy as f32, converting from any float dtype (and from integers).
+    /// Only for CPU tensors; use [`crate::Backend::to_host`] first for device tensors.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        Ok(match self.cpu("to_vec_f32")? {
+            CpuStorage::F32(v) => v.clone(),
+            CpuStorage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            CpuStorage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            CpuStorage::U32(v) => v.iter().map(|&x| x as f32).collect(),
+            CpuStorage::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        })
+    }
+    pub fn as_f32_slice(&self) -> Result<&[f32]> {
+        match self.cpu("as_f32_slice")? {
+            CpuStorage::F32(v) => Ok(v),
+            s => Err(KernelError::UnsupportedDType {
+                op: "as_f32_slice",
+                dtype: s.dtype(),
+            }),
+        }
+    }
+    pub fn as_f32_slice_mut(&mut self) -> Result<&mut [f32]> {
+        match self.cpu_mut("as_f32_slice_mut")? {
+            CpuStorage::F32(v) => Ok(v),
+            s => Err(KernelError::UnsupportedDType {
+                op: "as_f32_slice_mut",
+                dtype: s.dtype(),
+            }),
+        }
+    }
+    pub fn as_u32_slice(&self) -> Result<&[u32]> {
+        match self.cpu("as_u32_slice")? {
+            CpuStorage::U32(v) => Ok(v),
+            s => Err(KernelError::UnsupportedDType {
+                op: "as_u32_slice",
+                dtype: s.dtype(),
+            }),
+        }
+    }
+    pub fn as_i64_slice(&self) -> Result<&[i64]> {
+        match self.cpu("as_i64_slice")? {
+            CpuStorage::I64(v) => Ok(v),
+            s => Err(KernelError::UnsupportedDType {
+                op: "as_i64_slice",
+                dtype: s.dtype(),
+            }),
+        }
+    }
+
+    /// A copy converted to `dtype` (float ↔ float, on the CPU).
+    pub fn to_dtype_cpu(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let f = self.to_vec_f32()?;
+        let storage = match dtype {
+            DType::F32 => CpuStorage::F32(f),
+            DType::BF16 => CpuStorage::BF16(f.iter().map(|&x| bf16::from_f32(x)).collect()),
+            DType::F16 => CpuStorage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
+            other => {
+                return Err(KernelError::UnsupportedDType {
+                    op: "to_dtype_cpu",
+                    dtype: other,
+                })
+            }
+        };
+        Tensor::from_cpu(storage, &self.shape)
+    }
+}

@@ -1,0 +1,23 @@
+//! # nanovllm-models
+//!
+//! Owns model architectures: the [`Model`] trait, Hugging Face config parsing
+//! ([`ModelConfig`], [`GenerationConfig`]), weight loading (safetensors through
+//! mmap, or dummy random weights) with tensor-parallel sharding, the shared
+//! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`). A new
+//! architecture is one file plus one line in [`registry`].
+//!
+//! It depends on the kernels crate only. It must not know about scheduling
+//! policy, sequences or sampling: a model maps a [`ForwardInput`] and a KV
+//! cache to logits.
+
+pub mod config;
+mod error;
+pub mod loader;
+mod model;
+pub mod registry;
+
+pub use config::{GenerationConfig, ModelConfig};
+pub use error::ModelError;
+pub use loader::{LoadFormat, ShardSpec};
+pub use model::{ForwardInput, KvCacheSpec, Model, ModelContext};
+pub use registry::{load_model, supported_architectures};

@@ -1,0 +1,3 @@
+//! `cargo xtask`: benchmarks and chores. Depends on nanovllm-core only.
+
+fn main() {}
