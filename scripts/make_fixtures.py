@@ -1,0 +1,718 @@
+#!/usr/bin/env python3
+"""Build the golden-test fixtures under `fixtures/`: tiny random Qwen3 / Mixtral checkpoints
+saved by transformers, plus the reference outputs the Rust golden tests compare against.
+
+Run by hand, never in CI:  python3 scripts/make_fixtures.py   (needs torch, transformers,
+tokenizers, safetensors). Everything is seeded, so a rerun with the same library versions
+rewrites byte-identical weights and references.
+
+Invariants (the Rust tests rely on them, see fixtures/README.md):
+- references are computed from the SAVED directory loaded back in f32
+  (`from_pretrained(dir, dtype=float32)`), never from the in-memory model, so a bf16 fixture's
+  references are "bf16 weights, f32 math" with RoPE's inv_freq computed in f32;
+- greedy continuations come from a plain loop of full forward passes (no KV cache), cross-checked
+  against `model.generate`, and every greedy step's top1-top2 logit margin is above MIN_MARGIN so
+  a correct engine cannot flip a choice through rounding;
+- prompt token ids never contain a special-token id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors import safe_open
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+QWEN3_TOKENIZER_DIR = Path(
+    os.environ.get("QWEN3_TOKENIZER_DIR", REPO.parent / "shared" / "models" / "qwen3-tokenizer")
+)
+
+BLOCK_SIZE_FOR_TESTS = 16
+NUM_GREEDY_TOKENS = 24
+NUM_TEXT_GREEDY_TOKENS = 12
+TOP_LOGITS = 50
+# Greedy choices must be decisive: a correct engine differs from torch by ~1e-5 in f32.
+MIN_MARGIN = 1e-3
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen3's real ids: <|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645.
+QWEN3_NUM_BASE_TOKENS = 151643
+QWEN3_EOS_IDS = [151645, 151643]
+QWEN3_BOS_ID = 151643
+TEXT_PROMPTS = ["Hello, world! 你好", "The quick brown fox jumps over the lazy dog."]
+HELLO_WORLD_IDS = [9707, 11, 1879, 0, 220, 108386]
+
+# Training text for the small byte-level BPE tokenizers (written for this script).
+TOKENIZER_CORPUS = """\
+The engine reads a batch of prompts, splits them into blocks of sixteen tokens, and keeps the
+keys and values of every block in a cache on the device. When two requests share a prefix, the
+second one finds the cached blocks by their hash and skips the work that was already done.
+A scheduler decides, at every step, which sequences run: new prompts are prefilled while older
+ones decode one token at a time. If the cache is full, the youngest running sequence is
+preempted, its blocks are freed, and it waits until there is room to start again.
+
+Small models are useful for testing. They are fast to build, cheap to run on a laptop, and their
+outputs can be compared number by number with a reference written in another language. A model
+with random weights still has all the moving parts: embeddings, attention with rotary position
+embeddings, normalisation layers, a feed-forward network, and a head that turns hidden states
+into logits over the vocabulary. Greedy decoding then picks the largest logit at each position.
+
+On a quiet morning the river was grey and still. A heron stood in the shallow water near the
+old stone bridge, waiting, while the baker across the road opened her shutters and set out
+loaves of bread, jars of honey, and a basket of green apples. Children walked past on their way
+to school, counting the boats, arguing about football, and laughing at a dog that chased its own
+tail. By noon the sun had burned away the fog, and the market square was loud with voices.
+
+Numbers matter too: 0 1 2 3 4 5 6 7 8 9 10 16 32 64 128 256 512 1024 2048 4096 8192 65536.
+Questions? Answers! Lists; colons: quotes "like this" and 'like that', (parentheses), [brackets],
+{braces}, a-b-c, x_y_z, 3.14159, 2.71828, 100%, #tags, @names, and e-mail@example.com.
+Mixture-of-experts models route every token to the two best experts out of eight, weight their
+outputs by the router's softmax, and add the results. Tensor parallelism splits the attention
+heads and the expert weights across devices, then sums the partial results with an all-reduce.
+"""
+
+ROUNDTRIP_TEXTS = [
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.\n\nNew paragraph, with  two spaces.",
+    "Numbers 12345 and symbols ~!@#$%^&*()_+-=[]{}|;':\",./<>? and tabs\there.",
+    "zzqx unseen wordz qwertyuiop",
+]
+
+
+@dataclass
+class FixtureSpec:
+    """One fixture directory: model dims, seed, checkpoint format and tokenizer kind."""
+
+    name: str
+    architecture: str  # "Qwen3ForCausalLM" | "MixtralForCausalLM"
+    config: dict
+    seed: int
+    dtype: torch.dtype
+    tokenizer: str = "trained"  # "trained" (small BPE saved here) | "qwen3" (shared, not copied)
+    config_form: str = "transformers5"  # "transformers5" (as saved) | "transformers4"
+    max_shard_size: str | None = None  # None: one model.safetensors
+    eos_as_list: bool = False
+    sampling_defaults: dict = field(default_factory=dict)
+    routing_reference: bool = False
+
+
+COMMON = dict(
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    max_position_embeddings=512,
+    attention_dropout=0.0,
+    hidden_act="silu",
+)
+
+SPECS = [
+    FixtureSpec(
+        name="qwen3-tiny",
+        architecture="Qwen3ForCausalLM",
+        config=dict(
+            COMMON,
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            intermediate_size=128,
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            initializer_range=0.3,
+        ),
+        seed=1001,
+        dtype=torch.float32,
+        eos_as_list=True,
+        sampling_defaults=dict(do_sample=True, temperature=0.6, top_p=0.95, top_k=20),
+    ),
+    FixtureSpec(
+        name="qwen3-tiny-bf16",
+        architecture="Qwen3ForCausalLM",
+        config=dict(
+            COMMON,
+            vocab_size=512,
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=96,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+            initializer_range=0.3,
+        ),
+        seed=1002,
+        dtype=torch.bfloat16,
+        config_form="transformers4",
+        max_shard_size="100KB",
+    ),
+    FixtureSpec(
+        name="qwen3-tiny-fullvocab",
+        architecture="Qwen3ForCausalLM",
+        config=dict(
+            COMMON,
+            vocab_size=151936,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=32,
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            initializer_range=0.5,
+        ),
+        seed=1003,
+        dtype=torch.bfloat16,
+        tokenizer="qwen3",
+        eos_as_list=True,
+    ),
+    FixtureSpec(
+        name="mixtral-tiny",
+        architecture="MixtralForCausalLM",
+        config=dict(
+            COMMON,
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+            router_jitter_noise=0.0,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+            initializer_range=0.3,
+        ),
+        seed=1014,
+        dtype=torch.float32,
+        routing_reference=True,
+    ),
+    FixtureSpec(
+        name="mixtral-tiny-bf16",
+        architecture="MixtralForCausalLM",
+        config=dict(
+            COMMON,
+            vocab_size=512,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+            intermediate_size=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            router_jitter_noise=0.0,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+            initializer_range=0.3,
+        ),
+        seed=1005,
+        dtype=torch.bfloat16,
+        routing_reference=True,
+    ),
+]
+
+
+def fail(message: str) -> None:
+    sys.exit(f"make_fixtures: {message}")
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        fail(message)
+
+
+def f32_list(t: torch.Tensor) -> list:
+    """Exact f32 values as Python floats (json writes them losslessly)."""
+    return t.detach().to(torch.float32).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------------------------
+
+
+def qwen3_chat_template() -> str:
+    config = json.loads((QWEN3_TOKENIZER_DIR / "tokenizer_config.json").read_text())
+    return config["chat_template"]
+
+
+def qwen3_split_pattern() -> str:
+    """The pre-tokenizer regex of the real Qwen3 tokenizer, so the tiny one splits the same way."""
+    config = json.loads((QWEN3_TOKENIZER_DIR / "tokenizer.json").read_text())
+    split = config["pre_tokenizer"]["pretokenizers"][0]
+    check(split["type"] == "Split", "unexpected Qwen3 pre_tokenizer layout")
+    return split["pattern"]["Regex"]
+
+
+def train_tiny_tokenizer(vocab_size: int) -> Tokenizer:
+    """Byte-level BPE with Qwen2's pipeline; special tokens take the last three ids, as in Qwen."""
+    tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen3_split_pattern()), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    num_base_tokens = vocab_size - len(SPECIAL_TOKENS)
+    trainer = trainers.BpeTrainer(
+        vocab_size=num_base_tokens,
+        min_frequency=1,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(TOKENIZER_CORPUS.splitlines(keepends=True), trainer=trainer)
+    check(
+        tokenizer.get_vocab_size() == num_base_tokens,
+        f"BPE training produced {tokenizer.get_vocab_size()} tokens, wanted {num_base_tokens}; "
+        "add text to TOKENIZER_CORPUS",
+    )
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
+    check(tokenizer.get_vocab_size() == vocab_size, "special tokens did not land at the end")
+    for text in ROUNDTRIP_TEXTS:
+        ids = tokenizer.encode(text).ids
+        check(tokenizer.decode(ids) == text, f"tiny tokenizer does not round-trip {text!r}")
+    return tokenizer
+
+
+def write_tiny_tokenizer(directory: Path, tokenizer: Tokenizer) -> dict:
+    """tokenizer.json + tokenizer_config.json (Qwen2 style); returns the special-token ids."""
+    tokenizer.save(str(directory / "tokenizer.json"))
+    special_ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
+    added_tokens_decoder = {
+        str(special_ids[tok]): {
+            "content": tok,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for tok in SPECIAL_TOKENS
+    }
+    tokenizer_config = {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added_tokens_decoder,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "chat_template": qwen3_chat_template(),
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 512,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    write_json(directory / "tokenizer_config.json", tokenizer_config)
+    return special_ids
+
+
+def check_tokenizer_loads_in_transformers(directory: Path, tokenizer: Tokenizer) -> None:
+    """AutoTokenizer must agree with the raw tokenizer.json and render the chat template."""
+    hf = AutoTokenizer.from_pretrained(directory)
+    for text in ROUNDTRIP_TEXTS + ["<|im_start|>user\nhi<|im_end|>\n"]:
+        raw_ids = tokenizer.encode(text).ids
+        hf_ids = hf(text, add_special_tokens=True)["input_ids"]
+        check(raw_ids == hf_ids, f"AutoTokenizer and tokenizer.json disagree on {text!r}")
+    check(hf.eos_token == "<|im_end|>" and hf.pad_token == "<|endoftext|>", "eos/pad tokens")
+    rendered = hf.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    check(rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "chat template")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def dumps_readable(value, indent: int = 0) -> str:
+    """JSON with objects spread over lines but lists of numbers on one line (compact)."""
+    pad, inner = " " * indent, " " * (indent + 2)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [
+            f"{inner}{json.dumps(k)}: {dumps_readable(v, indent + 2)}" for k, v in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        items = [f"{inner}{dumps_readable(v, indent + 2)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def build_model(spec: FixtureSpec, special_ids: dict):
+    config_kwargs = dict(spec.config)
+    config_kwargs["bos_token_id"] = special_ids["<|endoftext|>"]
+    config_kwargs["eos_token_id"] = special_ids["<|im_end|>"]
+    config_kwargs["pad_token_id"] = None
+    if spec.architecture == "Qwen3ForCausalLM":
+        config, model_class = Qwen3Config(**config_kwargs), Qwen3ForCausalLM
+    else:
+        config, model_class = MixtralConfig(**config_kwargs), MixtralForCausalLM
+    torch.manual_seed(spec.seed)
+    model = model_class(config)
+    # transformers initialises every RMSNorm weight to exactly 1, which would hide a loader that
+    # drops norm weights; draw them from [0.5, 1.5) instead.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.uniform_(0.5, 1.5)
+    model.eval()
+    return model.to(spec.dtype)
+
+
+def rewrite_config_as_transformers4(directory: Path) -> None:
+    """The pre-5.0 config.json form most Hub checkpoints still ship."""
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    rope = config.pop("rope_parameters")
+    check(rope.get("rope_type", "default") == "default", "transformers-4 form needs plain RoPE")
+    rewritten = {}
+    for key, value in config.items():
+        if key == "dtype":
+            rewritten["torch_dtype"] = value
+        elif key == "layer_types":
+            continue
+        else:
+            rewritten[key] = value
+    rewritten["rope_theta"] = rope["rope_theta"]
+    rewritten["rope_scaling"] = None
+    write_json(path, dict(sorted(rewritten.items())))
+
+
+def write_generation_config(directory: Path, spec: FixtureSpec, special_ids: dict) -> None:
+    if spec.tokenizer == "qwen3":
+        eos = QWEN3_EOS_IDS
+    else:
+        eos_id = special_ids["<|im_end|>"]
+        eos = [eos_id] if spec.eos_as_list else eos_id
+    generation_config = {"bos_token_id": special_ids["<|endoftext|>"], "eos_token_id": eos}
+    generation_config.update(spec.sampling_defaults)
+    generation_config["transformers_version"] = transformers.__version__
+    write_json(directory / "generation_config.json", generation_config)
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.safetensors"))
+
+
+def saved_tensors(directory: Path) -> dict:
+    """name -> (shape, dtype) of every tensor in the directory's safetensors files."""
+    tensors = {}
+    for path in safetensors_files(directory):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                tensor_slice = f.get_slice(key)
+                tensors[key] = (list(tensor_slice.get_shape()), tensor_slice.get_dtype())
+    return tensors
+
+
+def load_saved_tensor(directory: Path, name: str) -> torch.Tensor:
+    for path in safetensors_files(directory):
+        with safe_open(str(path), "pt") as f:
+            if name in f.keys():
+                return f.get_tensor(name).to(torch.float32)
+    fail(f"{name} is not in {directory}")
+
+
+def load_back(directory: Path, spec: FixtureSpec, original) -> torch.nn.Module:
+    """The saved checkpoint in f32; checks it holds exactly the weights we built."""
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager"
+    )
+    model.eval()
+    check(model.dtype == torch.float32, "reference model must run in f32")
+    theta = model.config.rope_parameters["rope_theta"]
+    check(theta == 10000.0, f"{spec.name}: loaded rope_theta {theta}, config form misread")
+    # RoPE frequencies must be computed in f32 (not rounded through the checkpoint dtype).
+    head_dim = model.config.head_dim or model.config.hidden_size // model.config.num_attention_heads
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    check(torch.equal(model.model.rotary_emb.inv_freq, inv_freq), f"{spec.name}: inv_freq")
+    expected = {k: v.to(torch.float32) for k, v in original.state_dict().items()}
+    loaded = model.state_dict()
+    check(expected.keys() == loaded.keys(), f"{spec.name}: parameter names changed on reload")
+    for name, value in expected.items():
+        check(torch.equal(loaded[name], value), f"{spec.name}: {name} changed on save/reload")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# References
+# ---------------------------------------------------------------------------------------------
+
+
+def make_prompts(spec: FixtureSpec, special_ids: dict) -> list[tuple[str, list[int]]]:
+    """Lengths around the test block size, plus two prompts sharing a 32-token prefix."""
+    vocab_size = spec.config["vocab_size"]
+    if spec.tokenizer == "qwen3":
+        allowed = list(range(QWEN3_NUM_BASE_TOKENS))  # no added or unused ids
+    else:
+        special = set(special_ids.values())
+        allowed = [i for i in range(vocab_size) if i not in special]
+    rng = random.Random(spec.seed)
+
+    def draw(n: int) -> list[int]:
+        return [rng.choice(allowed) for _ in range(n)]
+
+    prompts = [(f"len{n}", draw(n)) for n in (1, 15, 16, 17, 40)]
+    shared_prefix = draw(2 * BLOCK_SIZE_FOR_TESTS)
+    prompts.append(("shared_a", shared_prefix + draw(5)))
+    prompts.append(("shared_b", shared_prefix + draw(13)))
+    return prompts
+
+
+@torch.no_grad()
+def last_logits(model, token_ids: list[int]) -> torch.Tensor:
+    input_ids = torch.tensor([token_ids], dtype=torch.long)
+    output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    return output.logits[0, -1].to(torch.float32)
+
+
+def top2_margin(logits: torch.Tensor) -> float:
+    top2 = torch.topk(logits, 2).values
+    return float(top2[0] - top2[1])
+
+
+@torch.no_grad()
+def greedy(model, prompt: list[int], num_tokens: int) -> tuple[list[int], float]:
+    """Plain greedy loop of full forward passes (no KV cache); returns tokens and min margin."""
+    ids = list(prompt)
+    new_tokens, min_margin = [], float("inf")
+    for _ in range(num_tokens):
+        logits = last_logits(model, ids)
+        min_margin = min(min_margin, top2_margin(logits))
+        token = int(torch.argmax(logits))
+        new_tokens.append(token)
+        ids.append(token)
+    return new_tokens, min_margin
+
+
+@torch.no_grad()
+def check_against_generate(model, prompt: list[int], expected: list[int], what: str) -> None:
+    input_ids = torch.tensor([prompt], dtype=torch.long)
+    output = model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=len(expected),
+        min_new_tokens=len(expected),
+        eos_token_id=None,
+    )
+    generated = output[0, len(prompt) :].tolist()
+    check(generated == expected, f"{what}: generate {generated} != greedy loop {expected}")
+
+
+@torch.no_grad()
+def routing_reference(model, directory: Path, prompt: list[int]) -> dict:
+    """Layer 0's MoE block on the real inputs it sees for the first 4 tokens of `prompt`."""
+    moe = model.model.layers[0].mlp
+    captured = []
+    hook = moe.register_forward_pre_hook(lambda _module, args: captured.append(args[0].clone()))
+    last_logits(model, prompt)
+    hook.remove()
+    hidden_states = captured[0][0, :4].to(torch.float32)  # [4, hidden]
+    router_logits, topk_weights, topk_ids = moe.gate(hidden_states)
+    moe_output = moe(hidden_states[None])[0]
+
+    # Naive reference from the tensors as SAVED (per-expert w1/w2/w3): checks that the saved
+    # layout and transformers' fused in-memory layout describe the same computation.
+    prefix = "model.layers.0.block_sparse_moe"
+    gate = load_saved_tensor(directory, f"{prefix}.gate.weight")
+    check(torch.allclose(hidden_states @ gate.T, router_logits, atol=1e-5), "router logits")
+    naive = torch.zeros_like(hidden_states)
+    for token in range(hidden_states.shape[0]):
+        x = hidden_states[token]
+        for slot in range(topk_ids.shape[1]):
+            expert = int(topk_ids[token, slot])
+            w1, w2, w3 = (
+                load_saved_tensor(directory, f"{prefix}.experts.{expert}.{w}.weight")
+                for w in ("w1", "w2", "w3")
+            )
+            expert_out = w2 @ (torch.nn.functional.silu(w1 @ x) * (w3 @ x))
+            naive[token] += topk_weights[token, slot] * expert_out
+    check(torch.allclose(naive, moe_output, atol=1e-4, rtol=1e-5), "naive MoE != transformers")
+
+    probs = torch.softmax(router_logits, dim=-1)
+    sorted_probs = torch.sort(probs, dim=-1, descending=True).values
+    top_k = topk_ids.shape[1]
+    min_topk_gap = float((sorted_probs[:, top_k - 1] - sorted_probs[:, top_k]).min())
+    check(min_topk_gap > MIN_MARGIN, f"expert choice not decisive (gap {min_topk_gap})")
+    return {
+        "source": "input of model.layers.0 MoE block (post_attention_layernorm output) for the "
+        "first 4 tokens of case len17",
+        "hidden_states": f32_list(hidden_states),
+        "router_logits": f32_list(router_logits),
+        "topk_ids": topk_ids.tolist(),
+        "topk_weights": f32_list(topk_weights),
+        "moe_output": f32_list(moe_output),
+        "min_topk_gap": min_topk_gap,
+    }
+
+
+def compute_references(model, spec: FixtureSpec, directory: Path, special_ids: dict) -> dict:
+    cases = []
+    for name, prompt in make_prompts(spec, special_ids):
+        logits = last_logits(model, prompt)
+        top = torch.topk(logits, TOP_LOGITS)
+        greedy_ids, margin = greedy(model, prompt, NUM_GREEDY_TOKENS)
+        check(margin > MIN_MARGIN, f"{spec.name}/{name}: greedy margin {margin:.2e} too small")
+        check_against_generate(model, prompt, greedy_ids, f"{spec.name}/{name}")
+        case = {"name": name, "prompt_token_ids": prompt}
+        if spec.tokenizer != "qwen3":
+            case["last_logits"] = f32_list(logits)
+        case["last_logits_top"] = {"ids": top.indices.tolist(), "values": f32_list(top.values)}
+        case["greedy_token_ids"] = greedy_ids
+        case["greedy_min_margin"] = margin
+        cases.append(case)
+
+    reference = {
+        "model": spec.name,
+        "architecture": spec.architecture,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "block_size_for_tests": BLOCK_SIZE_FOR_TESTS,
+        "cases": cases,
+    }
+    if spec.tokenizer == "qwen3":
+        reference["text_cases"] = text_cases(model, spec)
+    if spec.routing_reference:
+        len17 = next(case["prompt_token_ids"] for case in cases if case["name"] == "len17")
+        reference["routing"] = routing_reference(model, directory, len17)
+    return reference
+
+
+def text_cases(model, spec: FixtureSpec) -> list[dict]:
+    tokenizer = Tokenizer.from_file(str(QWEN3_TOKENIZER_DIR / "tokenizer.json"))
+    hello = tokenizer.encode(TEXT_PROMPTS[0]).ids
+    check(hello == HELLO_WORLD_IDS, f"Qwen3 tokenizer gives {hello} for {TEXT_PROMPTS[0]!r}")
+    cases = []
+    for prompt in TEXT_PROMPTS:
+        prompt_ids = tokenizer.encode(prompt).ids
+        greedy_ids, margin = greedy(model, prompt_ids, NUM_TEXT_GREEDY_TOKENS)
+        check(margin > MIN_MARGIN, f"{spec.name}/{prompt!r}: greedy margin {margin:.2e}")
+        check_against_generate(model, prompt_ids, greedy_ids, f"{spec.name}/{prompt!r}")
+        cases.append(
+            {
+                "prompt": prompt,
+                "prompt_token_ids": prompt_ids,
+                "greedy_token_ids": greedy_ids,
+                "greedy_text": tokenizer.decode(greedy_ids, skip_special_tokens=True),
+                "greedy_min_margin": margin,
+            }
+        )
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+
+def make_fixture(spec: FixtureSpec, tiny_tokenizer: Tokenizer) -> dict:
+    directory = FIXTURES / spec.name
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+
+    if spec.tokenizer == "trained":
+        check(tiny_tokenizer.get_vocab_size() == spec.config["vocab_size"], "vocab mismatch")
+        special_ids = write_tiny_tokenizer(directory, tiny_tokenizer)
+        check_tokenizer_loads_in_transformers(directory, tiny_tokenizer)
+    else:
+        special_ids = dict(zip(SPECIAL_TOKENS, range(QWEN3_BOS_ID, QWEN3_BOS_ID + 3)))
+
+    original = build_model(spec, special_ids)
+    save_kwargs = {} if spec.max_shard_size is None else {"max_shard_size": spec.max_shard_size}
+    original.save_pretrained(directory, **save_kwargs)
+    if spec.config_form == "transformers4":
+        rewrite_config_as_transformers4(directory)
+    write_generation_config(directory, spec, special_ids)
+    if spec.max_shard_size is not None:
+        check(len(safetensors_files(directory)) >= 2, f"{spec.name}: expected several shards")
+        check((directory / "model.safetensors.index.json").exists(), "missing shard index")
+
+    model = load_back(directory, spec, original)
+    reference = compute_references(model, spec, directory, special_ids)
+    (directory / "reference.json").write_text(dumps_readable(reference) + "\n")
+
+    tensors = saved_tensors(directory)
+    margins = [case["greedy_min_margin"] for case in reference["cases"]]
+    margins += [case["greedy_min_margin"] for case in reference.get("text_cases", [])]
+    return {
+        "name": spec.name,
+        "params": sum(torch.Size(shape).numel() for shape, _ in tensors.values()),
+        "files": {p.name: p.stat().st_size for p in sorted(directory.iterdir())},
+        "min_margin": min(margins),
+        "min_topk_gap": reference.get("routing", {}).get("min_topk_gap"),
+        "tensors": tensors,
+    }
+
+
+def print_summary(results: list[dict]) -> None:
+    print(f"\n{'fixture':<24}{'params':>10}{'bytes':>11}{'min margin':>12}{'topk gap':>10}")
+    for r in results:
+        gap = "" if r["min_topk_gap"] is None else f"{r['min_topk_gap']:.3g}"
+        total = sum(r["files"].values())
+        print(f"{r['name']:<24}{r['params']:>10}{total:>11}{r['min_margin']:>12.3g}{gap:>10}")
+    print()
+    for r in results:
+        print(f"{r['name']}: " + ", ".join(f"{k} {v}" for k, v in r["files"].items()))
+    total = sum(sum(r["files"].values()) for r in results)
+    print(f"\nfixtures/ total: {total} bytes")
+    for r in results:
+        if r["name"] in ("qwen3-tiny", "qwen3-tiny-bf16", "mixtral-tiny"):
+            print(f"\n{r['name']} tensors (layer 0 and globals):")
+            for key, (shape, dtype) in sorted(r["tensors"].items()):
+                if ".layers." not in key or ".layers.0." in key:
+                    print(f"  {key} {shape} {dtype}")
+
+
+def main() -> None:
+    check(
+        (QWEN3_TOKENIZER_DIR / "tokenizer.json").exists(),
+        f"no Qwen3 tokenizer at {QWEN3_TOKENIZER_DIR}; set QWEN3_TOKENIZER_DIR",
+    )
+    torch.use_deterministic_algorithms(True)
+    tiny_tokenizer = train_tiny_tokenizer(512)
+    results = []
+    for spec in SPECS:
+        print(f"building {spec.name} ...", flush=True)
+        results.append(make_fixture(spec, tiny_tokenizer))
+    print_summary(results)
+
+
+if __name__ == "__main__":
+    main()
