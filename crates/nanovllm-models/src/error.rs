@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use nanovllm_kernels::KernelError;
+use nanovllm_kernels::{DType, KernelError};
 
 /// Errors of config parsing, weight loading and model execution.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +30,27 @@ pub enum ModelError {
     UnsupportedDType { name: String, dtype: String },
     #[error("invalid safetensors file {path}: {msg} (the file may be truncated or corrupt)")]
     InvalidCheckpoint { path: PathBuf, msg: String },
+    #[error("no checkpoint in {dir}: expected model.safetensors, model.safetensors.index.json or *.safetensors (or load dummy weights)")]
+    NoCheckpoint { dir: PathBuf },
+    #[error(
+        "{index} maps tensors to shard {shard}, which does not exist: re-download the checkpoint"
+    )]
+    MissingShard { index: PathBuf, shard: PathBuf },
+    #[error("tensors {first} ({first_dtype}) and {second} ({second_dtype}) are packed into one weight but have different dtypes")]
+    MixedDTypes {
+        first: String,
+        first_dtype: DType,
+        second: String,
+        second_dtype: DType,
+    },
     #[error("tensor parallelism: {0}")]
     Shard(String),
+    #[error("KV cache does not fit the model: {field} is {found}, the model needs {expected}")]
+    KvCacheMismatch {
+        field: &'static str,
+        expected: usize,
+        found: usize,
+    },
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }

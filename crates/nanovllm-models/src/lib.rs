@@ -11,13 +11,21 @@
 //! cache to logits.
 
 pub mod config;
+mod dummy;
 mod error;
+pub mod layers;
 pub mod loader;
 mod model;
+pub mod qwen3;
 pub mod registry;
+mod safetensors_source;
+#[cfg(test)]
+mod test_util;
 
 pub use config::{GenerationConfig, ModelConfig};
+pub use dummy::DummySource;
 pub use error::ModelError;
-pub use loader::{LoadFormat, ShardSpec};
+pub use loader::{LoadFormat, ShardSpec, Slice, WeightLoader, WeightSource};
 pub use model::{ForwardInput, KvCacheSpec, Model, ModelContext};
 pub use registry::{load_model, supported_architectures};
+pub use safetensors_source::SafetensorsSource;

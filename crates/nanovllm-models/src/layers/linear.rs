@@ -1,0 +1,175 @@
+//! Linear layers, `y = x · Wᵀ` with PyTorch's `[out_features, in_features]` weights.
+//!
+//! - [`Linear`]: one weight as given (replicated, or a column shard).
+//! - [`QkvParallelLinear`]: `q/k/v_proj` packed into one column-parallel
+//!   weight; this rank's rows are its q heads, then its k heads, then its v heads.
+//! - [`MergedColumnParallelLinear`]: `gate_proj/up_proj` packed the same way.
+//! - [`RowParallelLinear`]: input features sharded; partial sums are all-reduced.
+
+use std::sync::Arc;
+
+use nanovllm_kernels::{Backend, Communicator, Tensor};
+
+use crate::error::ModelError;
+use crate::loader::WeightLoader;
+
+/// A plain linear layer over one weight tensor.
+#[derive(Debug)]
+pub struct Linear {
+    weight: Tensor,
+}
+
+impl Linear {
+    /// Wraps an already loaded `[out, in]` weight.
+    pub fn new(weight: Tensor) -> Self {
+        Self { weight }
+    }
+    /// The whole `[out, in]` weight on every rank.
+    pub fn replicated(
+        loader: &WeightLoader,
+        name: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Self, ModelError> {
+        Ok(Self::new(loader.full(name, &[out, inp])?))
+    }
+    /// Column-parallel: this rank's `out / world_size` output features, no communication.
+    pub fn column_parallel(
+        loader: &WeightLoader,
+        name: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Self, ModelError> {
+        Ok(Self::new(loader.column_shard(name, [out, inp])?))
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+    /// `x: [M, in]` → `[M, out_local]`.
+    pub fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(backend.matmul(x, &self.weight)?)
+    }
+}
+
+/// Fused q/k/v projection for (grouped-query) attention.
+#[derive(Debug)]
+pub struct QkvParallelLinear {
+    linear: Linear,
+    /// This rank's q features: `local q heads * head_dim`.
+    q_size: usize,
+    /// This rank's k (= v) features: `local kv heads * head_dim`.
+    kv_size: usize,
+}
+
+impl QkvParallelLinear {
+    /// Loads `{prefix}.q_proj/k_proj/v_proj.weight` and packs this rank's heads.
+    /// The caller has checked that the world size divides both head counts.
+    pub fn load(
+        loader: &WeightLoader,
+        prefix: &str,
+        hidden_size: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self, ModelError> {
+        let world = loader.shard().world_size;
+        let (q, k, v) = (
+            format!("{prefix}.q_proj.weight"),
+            format!("{prefix}.k_proj.weight"),
+            format!("{prefix}.v_proj.weight"),
+        );
+        let weight = loader.packed_column_shard(
+            &[
+                (&q, num_heads * head_dim),
+                (&k, num_kv_heads * head_dim),
+                (&v, num_kv_heads * head_dim),
+            ],
+            hidden_size,
+        )?;
+        Ok(Self {
+            linear: Linear::new(weight),
+            q_size: num_heads / world * head_dim,
+            kv_size: num_kv_heads / world * head_dim,
+        })
+    }
+    /// `x: [T, hidden]` → `(q [T, q_size], k [T, kv_size], v [T, kv_size])`.
+    pub fn forward(
+        &self,
+        backend: &dyn Backend,
+        x: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
+        let qkv = self.linear.forward(backend, x)?;
+        let mut parts = backend
+            .split_last_dim(&qkv, &[self.q_size, self.kv_size, self.kv_size])?
+            .into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(q), Some(k), Some(v)) => Ok((q, k, v)),
+            _ => Err(ModelError::Shard(
+                "split_last_dim returned fewer than the 3 q/k/v parts asked for".into(),
+            )),
+        }
+    }
+    pub fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+}
+
+/// Several column-parallel projections of the same input packed into one
+/// matmul (`gate_proj ‖ up_proj` for SwiGLU: `silu_mul` expects gate first).
+#[derive(Debug)]
+pub struct MergedColumnParallelLinear {
+    linear: Linear,
+}
+
+impl MergedColumnParallelLinear {
+    /// `parts[i] = (weight name, out_features)`; each is split across ranks separately.
+    pub fn load(
+        loader: &WeightLoader,
+        parts: &[(&str, usize)],
+        in_features: usize,
+    ) -> Result<Self, ModelError> {
+        Ok(Self {
+            linear: Linear::new(loader.packed_column_shard(parts, in_features)?),
+        })
+    }
+    pub fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.linear.forward(backend, x)
+    }
+    pub fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+}
+
+/// Input features sharded: each rank computes a partial `x_r · W_rᵀ`, summed across ranks.
+#[derive(Debug)]
+pub struct RowParallelLinear {
+    linear: Linear,
+    comm: Arc<dyn Communicator>,
+}
+
+impl RowParallelLinear {
+    /// Loads this rank's input-feature columns of `name: [out, inp]`.
+    pub fn load(
+        loader: &WeightLoader,
+        name: &str,
+        out: usize,
+        inp: usize,
+        comm: Arc<dyn Communicator>,
+    ) -> Result<Self, ModelError> {
+        Ok(Self {
+            linear: Linear::new(loader.row_shard(name, [out, inp])?),
+            comm,
+        })
+    }
+    /// `x: [M, in / world]` (this rank's features) → full `[M, out]` on every rank.
+    pub fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
+        let mut y = self.linear.forward(backend, x)?;
+        if self.comm.world_size() > 1 {
+            self.comm.all_reduce_sum(&mut y)?;
+        }
+        Ok(y)
+    }
+    pub fn weight(&self) -> &Tensor {
+        self.linear.weight()
+    }
+}
