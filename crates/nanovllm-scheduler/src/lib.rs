@@ -10,13 +10,20 @@
 //! executes without calling back into the scheduler.
 
 mod batch;
+mod block_hash;
 mod block_manager;
 mod error;
+mod free_list;
 mod params;
 mod scheduler;
 mod sequence;
+mod u64_hasher;
+
+#[cfg(test)]
+mod tests;
 
 pub use batch::{BatchKind, ScheduledBatch, ScheduledSeq};
+pub use block_hash::chained_block_hash;
 pub use block_manager::{BlockManager, BlockManagerStats};
 pub use error::SchedulerError;
 pub use params::SamplingParams;
