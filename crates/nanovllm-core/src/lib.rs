@@ -1,9 +1,45 @@
 //! # nanovllm-core
 //!
-//! The engine. Owns [`EngineConfig`], the user-facing `LLM` (batch
-//! `generate`) and `LLMEngine` (step API: add_request / step / abort), the
-//! model runner (batch preparation on the device, KV-cache sizing, CUDA
-//! graphs, tensor-parallel workers), the sampler and the tokenizer.
+//! The engine. Owns [`EngineConfig`], the user-facing [`LLM`] (batch
+//! `generate`) and [`LLMEngine`] (step API: add_request / step / abort), the
+//! [`ModelRunner`] (batch preparation on the device, KV-cache sizing), the
+//! [`Sampler`] and the [`Tokenizer`].
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
 //! never sees a tensor and the model never sees a scheduling decision.
+//!
+//! ```no_run
+//! use nanovllm_core::{EngineConfig, LLM, SamplingParams};
+//! let mut llm = LLM::new(EngineConfig::new("models/Qwen3-0.6B"))?;
+//! let outputs = llm.generate(["Hello, my name is"], SamplingParams::greedy(32))?;
+//! println!("{}", outputs[0].text);
+//! # Ok::<(), nanovllm_core::EngineError>(())
+//! ```
+
+pub mod config;
+pub mod engine;
+mod error;
+pub mod llm;
+pub mod runner;
+pub mod sampler;
+pub mod tokenizer;
+
+#[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod testing;
+
+pub use config::{DeviceKind, EngineConfig, KvCacheDType};
+pub use engine::{
+    sampling_params_from, EngineStats, KvCacheUsage, LLMEngine, Prompt, RequestId, RequestOutput,
+    StepOutputs,
+};
+pub use error::{EngineError, RequestError, Result};
+pub use llm::{Output, ParamsArg, Progress, LLM};
+pub use runner::{cpu_num_kvcache_blocks, ModelRunner};
+pub use sampler::Sampler;
+pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
+
+// Re-exported so that front ends need only this crate.
+pub use nanovllm_models::LoadFormat;
+pub use nanovllm_scheduler::{BatchKind, FinishReason, SamplingParams, SchedulerError};

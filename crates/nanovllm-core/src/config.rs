@@ -1,0 +1,401 @@
+//! [`EngineConfig`]: everything an engine is built from.
+//!
+//! Loadable from TOML (`EngineConfig::from_toml_file`); the CLI overrides
+//! fields with its flags, then calls [`EngineConfig::validate`]. Unknown TOML
+//! keys are errors so that a typo never silently falls back to a default.
+//!
+//! Invariants after `validate()`: every size is ≥ 1, `kvcache_block_size` is a
+//! power of two ≥ 16, `gpu_memory_utilization` is in (0, 1] and
+//! `kv_cache_memory_gib` is finite and > 0. `max_model_len` is clamped to the
+//! model's `max_position_embeddings` when the engine is built, not here (the
+//! model config is not read yet).
+
+use std::path::{Path, PathBuf};
+
+use nanovllm_kernels::DType;
+use nanovllm_models::LoadFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// Where weights come from (serde mirror of [`LoadFormat`]).
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "LoadFormat", rename_all = "lowercase")]
+enum LoadFormatDef {
+    Safetensors,
+    Dummy,
+}
+
+/// Which device runs the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// The best device this build has: the CPU for now.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDType {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl KvCacheDType {
+    pub fn dtype(self) -> DType {
+        match self {
+            KvCacheDType::F32 => DType::F32,
+            KvCacheDType::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// A Hugging Face model directory. With `load_format = "dummy"` it may also
+    /// be a `config.json` file (e.g. `configs/qwen3-0.6b.json`).
+    pub model: PathBuf,
+    /// Directory holding `tokenizer.json`; defaults to the model directory.
+    pub tokenizer: Option<PathBuf>,
+    #[serde(with = "LoadFormatDef")]
+    pub load_format: LoadFormat,
+    /// Most tokens in one step; longer prompts are prefilled in chunks.
+    pub max_num_batched_tokens: usize,
+    /// Most sequences in one step.
+    pub max_num_seqs: usize,
+    /// Longest sequence (prompt + completion); clamped to the model's `max_position_embeddings`.
+    pub max_model_len: usize,
+    /// Fraction of GPU memory the engine may use (CUDA only).
+    pub gpu_memory_utilization: f32,
+    pub tensor_parallel_size: usize,
+    /// Never capture CUDA graphs (CUDA only).
+    pub enforce_eager: bool,
+    /// Tokens per KV block: a power of two ≥ 16.
+    pub kvcache_block_size: usize,
+    pub device: DeviceKind,
+    /// KV-cache budget on the CPU, in GiB.
+    pub kv_cache_memory_gib: f64,
+    /// Exact number of KV blocks, overriding the memory-based sizing (tests, benchmarks).
+    pub num_kvcache_blocks: Option<usize>,
+    pub kv_cache_dtype: KvCacheDType,
+    /// Seed of the engine's random stream (requests without their own seed draw from it).
+    pub seed: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            tokenizer: None,
+            load_format: LoadFormat::Safetensors,
+            max_num_batched_tokens: 16384,
+            max_num_seqs: 512,
+            max_model_len: 4096,
+            gpu_memory_utilization: 0.9,
+            tensor_parallel_size: 1,
+            enforce_eager: false,
+            kvcache_block_size: 256,
+            device: DeviceKind::Auto,
+            kv_cache_memory_gib: 2.0,
+            num_kvcache_blocks: None,
+            kv_cache_dtype: KvCacheDType::F32,
+            seed: 0,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Defaults with `model` set.
+    pub fn new(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| EngineError::ConfigFile {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML engine config. Relative paths inside stay as written
+    /// (relative to the working directory), like the CLI flags.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::ConfigFile {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Checks every field; the error names the field, its value and the accepted range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, value: String, expected: &'static str| {
+            Err(EngineError::InvalidConfig {
+                field,
+                value,
+                expected,
+            })
+        };
+        if self.model.as_os_str().is_empty() {
+            return bad(
+                "model",
+                "\"\"".into(),
+                "a model directory (or a config.json with load_format = dummy)",
+            );
+        }
+        for (field, value) in [
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
+            ("max_num_seqs", self.max_num_seqs),
+            ("max_model_len", self.max_model_len),
+            ("tensor_parallel_size", self.tensor_parallel_size),
+        ] {
+            if value == 0 {
+                return bad(field, "0".into(), "an integer >= 1");
+            }
+        }
+        if self.kvcache_block_size < 16 || !self.kvcache_block_size.is_power_of_two() {
+            return bad(
+                "kvcache_block_size",
+                self.kvcache_block_size.to_string(),
+                "a power of two >= 16",
+            );
+        }
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            return bad(
+                "gpu_memory_utilization",
+                self.gpu_memory_utilization.to_string(),
+                "a number in (0, 1]",
+            );
+        }
+        if !(self.kv_cache_memory_gib.is_finite() && self.kv_cache_memory_gib > 0.0) {
+            return bad(
+                "kv_cache_memory_gib",
+                self.kv_cache_memory_gib.to_string(),
+                "a finite number of GiB > 0",
+            );
+        }
+        if self.num_kvcache_blocks == Some(0) {
+            return bad(
+                "num_kvcache_blocks",
+                "0".into(),
+                "an integer >= 1, or unset to size the cache from kv_cache_memory_gib",
+            );
+        }
+        Ok(())
+    }
+
+    /// `config.json` of the model: `model` itself when it is a file, else `model/config.json`.
+    pub fn model_config_path(&self) -> PathBuf {
+        if self.model.is_file() {
+            self.model.clone()
+        } else {
+            self.model.join("config.json")
+        }
+    }
+
+    /// The directory holding the model's files (`generation_config.json`, weights).
+    pub fn model_dir(&self) -> PathBuf {
+        if self.model.is_file() {
+            self.model
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        } else {
+            self.model.clone()
+        }
+    }
+
+    /// The tokenizer directory: `tokenizer` when set, else the model directory.
+    pub fn tokenizer_dir(&self) -> PathBuf {
+        self.tokenizer.clone().unwrap_or_else(|| self.model_dir())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: EngineError) -> &'static str {
+        match err {
+            EngineError::InvalidConfig { field, .. } => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = EngineConfig::new("m");
+        assert_eq!(c.max_num_batched_tokens, 16384);
+        assert_eq!(c.max_num_seqs, 512);
+        assert_eq!(c.max_model_len, 4096);
+        assert_eq!(c.gpu_memory_utilization, 0.9);
+        assert_eq!(c.tensor_parallel_size, 1);
+        assert!(!c.enforce_eager);
+        assert_eq!(c.kvcache_block_size, 256);
+        assert_eq!(c.device, DeviceKind::Auto);
+        assert_eq!(c.kv_cache_memory_gib, 2.0);
+        assert_eq!(c.num_kvcache_blocks, None);
+        assert_eq!(c.kv_cache_dtype, KvCacheDType::F32);
+        assert_eq!(c.load_format, LoadFormat::Safetensors);
+        assert_eq!(c.seed, 0);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_and_keeps_defaults() {
+        let c = EngineConfig::from_toml_str(
+            r#"
+            model = "configs/qwen3-0.6b.json"
+            load_format = "dummy"
+            kvcache_block_size = 16
+            device = "cpu"
+            kv_cache_dtype = "bf16"
+            num_kvcache_blocks = 5
+            seed = 7
+            "#,
+            Path::new("engine.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.model, PathBuf::from("configs/qwen3-0.6b.json"));
+        assert_eq!(c.load_format, LoadFormat::Dummy);
+        assert_eq!(c.kvcache_block_size, 16);
+        assert_eq!(c.device, DeviceKind::Cpu);
+        assert_eq!(c.kv_cache_dtype, KvCacheDType::Bf16);
+        assert_eq!(c.num_kvcache_blocks, Some(5));
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.max_num_seqs, 512);
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys_and_bad_values() {
+        let err = EngineConfig::from_toml_str("modle = \"x\"", Path::new("e.toml")).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::ConfigFile { msg, .. } if msg.contains("modle")),
+            "{err}"
+        );
+        let err = EngineConfig::from_toml_str("device = \"tpu\"", Path::new("e.toml")).unwrap_err();
+        assert!(matches!(err, EngineError::ConfigFile { .. }));
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let base = EngineConfig::new("m");
+        let cases: Vec<(EngineConfig, &str)> = vec![
+            (EngineConfig::default(), "model"),
+            (
+                EngineConfig {
+                    max_num_seqs: 0,
+                    ..base.clone()
+                },
+                "max_num_seqs",
+            ),
+            (
+                EngineConfig {
+                    max_num_batched_tokens: 0,
+                    ..base.clone()
+                },
+                "max_num_batched_tokens",
+            ),
+            (
+                EngineConfig {
+                    max_model_len: 0,
+                    ..base.clone()
+                },
+                "max_model_len",
+            ),
+            (
+                EngineConfig {
+                    tensor_parallel_size: 0,
+                    ..base.clone()
+                },
+                "tensor_parallel_size",
+            ),
+            (
+                EngineConfig {
+                    kvcache_block_size: 8,
+                    ..base.clone()
+                },
+                "kvcache_block_size",
+            ),
+            (
+                EngineConfig {
+                    kvcache_block_size: 48,
+                    ..base.clone()
+                },
+                "kvcache_block_size",
+            ),
+            (
+                EngineConfig {
+                    gpu_memory_utilization: 1.5,
+                    ..base.clone()
+                },
+                "gpu_memory_utilization",
+            ),
+            (
+                EngineConfig {
+                    gpu_memory_utilization: 0.0,
+                    ..base.clone()
+                },
+                "gpu_memory_utilization",
+            ),
+            (
+                EngineConfig {
+                    kv_cache_memory_gib: f64::NAN,
+                    ..base.clone()
+                },
+                "kv_cache_memory_gib",
+            ),
+            (
+                EngineConfig {
+                    kv_cache_memory_gib: 0.0,
+                    ..base.clone()
+                },
+                "kv_cache_memory_gib",
+            ),
+            (
+                EngineConfig {
+                    num_kvcache_blocks: Some(0),
+                    ..base.clone()
+                },
+                "num_kvcache_blocks",
+            ),
+        ];
+        for (config, field) in cases {
+            assert_eq!(field_of(config.validate().unwrap_err()), field);
+        }
+        EngineConfig {
+            kvcache_block_size: 16,
+            ..base
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn model_paths_for_a_dir_and_a_config_file() {
+        let dir = EngineConfig::new("/nonexistent/model-dir");
+        assert_eq!(
+            dir.model_config_path(),
+            PathBuf::from("/nonexistent/model-dir/config.json")
+        );
+        assert_eq!(dir.tokenizer_dir(), PathBuf::from("/nonexistent/model-dir"));
+        let file = EngineConfig::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        assert_eq!(file.model_config_path(), file.model);
+        assert_eq!(file.model_dir(), PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let with_tok = EngineConfig {
+            tokenizer: Some("tok".into()),
+            ..dir
+        };
+        assert_eq!(with_tok.tokenizer_dir(), PathBuf::from("tok"));
+    }
+}

@@ -1,0 +1,551 @@
+//! [`LLMEngine`]: the step API (add_request / step / abort).
+//!
+//! One `step()` is schedule → [`ModelRunner::execute`] → `Scheduler::postprocess`.
+//! Requests are validated completely in `add_request`, before anything is
+//! queued, so a rejected request never disturbs the ones in flight. A request
+//! the scheduler finds it can never fit (`SchedulerError::Unschedulable`) is
+//! aborted and reported finished with an `error`; the others go on.
+//!
+//! A request id is the scheduler's sequence id (arrival order, never reused).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nanovllm_kernels::{Backend, CpuBackend, KvCache, NoopCommunicator};
+use nanovllm_models::{
+    load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
+};
+use nanovllm_scheduler::{
+    BatchKind, FinishReason, FinishedSeq, SamplingParams, Scheduler, SchedulerConfig,
+    SchedulerError, SeqId,
+};
+
+use crate::config::{DeviceKind, EngineConfig};
+use crate::error::{EngineError, RequestError, Result};
+use crate::runner::{cpu_num_kvcache_blocks, ModelRunner};
+use crate::tokenizer::Tokenizer;
+
+/// Identifies a request for its whole life (the scheduler's sequence id).
+pub type RequestId = SeqId;
+
+/// A prompt: text (tokenized by the engine) or token ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    Text(String),
+    TokenIds(Vec<u32>),
+}
+
+impl From<String> for Prompt {
+    fn from(s: String) -> Self {
+        Prompt::Text(s)
+    }
+}
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Self {
+        Prompt::Text(s.to_string())
+    }
+}
+impl From<&String> for Prompt {
+    fn from(s: &String) -> Self {
+        Prompt::Text(s.clone())
+    }
+}
+impl From<Vec<u32>> for Prompt {
+    fn from(ids: Vec<u32>) -> Self {
+        Prompt::TokenIds(ids)
+    }
+}
+impl From<&Vec<u32>> for Prompt {
+    fn from(ids: &Vec<u32>) -> Self {
+        Prompt::TokenIds(ids.clone())
+    }
+}
+impl From<&[u32]> for Prompt {
+    fn from(ids: &[u32]) -> Self {
+        Prompt::TokenIds(ids.to_vec())
+    }
+}
+
+/// A finished request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestOutput {
+    pub request_id: RequestId,
+    pub prompt_token_ids: Vec<u32>,
+    /// The generated tokens (the prompt excluded).
+    pub token_ids: Vec<u32>,
+    /// `token_ids` decoded, special tokens skipped; empty when no tokenizer is loaded.
+    pub text: String,
+    pub finish_reason: FinishReason,
+    /// Prompt tokens served from the prefix cache at its last admission.
+    pub num_cached_tokens: usize,
+    /// Set when the engine aborted the request itself (e.g. it can never fit the KV cache).
+    pub error: Option<String>,
+}
+
+/// What one `step()` produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepOutputs {
+    /// `(request, token)` for every token generated in this step, in batch order.
+    pub new_tokens: Vec<(RequestId, u32)>,
+    /// Requests that finished in this step (including ones the engine aborted).
+    pub finished: Vec<RequestOutput>,
+    /// The kind of batch that ran, `None` when nothing ran.
+    pub kind: Option<BatchKind>,
+    /// Tokens computed in this step (prompt tokens for prefill, one per sequence for decode).
+    pub num_tokens: usize,
+    /// Wall time of schedule + execute + postprocess.
+    pub elapsed: Duration,
+}
+
+/// Cumulative counters since the engine was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    pub num_steps: u64,
+    /// Prompt tokens computed (prefix-cache hits excluded, recomputation after preemption included).
+    pub num_prefill_tokens: u64,
+    pub num_decode_tokens: u64,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+    /// Times a running sequence lost its KV cache and had to be recomputed.
+    pub num_preemptions: u64,
+}
+
+impl EngineStats {
+    /// Prefill tokens per second over all prefill steps (0 before the first).
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        per_second(self.num_prefill_tokens, self.prefill_time)
+    }
+    /// Decode tokens per second over all decode steps (0 before the first).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        per_second(self.num_decode_tokens, self.decode_time)
+    }
+}
+
+fn per_second(tokens: u64, time: Duration) -> f64 {
+    let s = time.as_secs_f64();
+    if s > 0.0 {
+        tokens as f64 / s
+    } else {
+        0.0
+    }
+}
+
+/// KV-cache occupancy, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheUsage {
+    pub num_blocks: usize,
+    /// Blocks not held by any sequence (cached-but-evictable ones included).
+    pub num_free_blocks: usize,
+    pub block_size: usize,
+}
+
+impl KvCacheUsage {
+    /// Fraction of blocks in use, in [0, 1].
+    pub fn used_fraction(&self) -> f64 {
+        if self.num_blocks == 0 {
+            return 0.0;
+        }
+        (self.num_blocks - self.num_free_blocks) as f64 / self.num_blocks as f64
+    }
+}
+
+/// The inference engine, driven one step at a time.
+#[derive(Debug)]
+pub struct LLMEngine {
+    config: EngineConfig,
+    model_config: ModelConfig,
+    generation_config: GenerationConfig,
+    tokenizer: Option<Tokenizer>,
+    eos_token_ids: Vec<u32>,
+    scheduler: Scheduler,
+    runner: ModelRunner,
+    stats: EngineStats,
+}
+
+impl LLMEngine {
+    /// Reads config.json, generation_config.json and the tokenizer, loads the model
+    /// on the configured device, sizes the KV cache and builds the scheduler.
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        config.validate()?;
+        let backend: Arc<dyn Backend> =
+            match config.device {
+                DeviceKind::Auto | DeviceKind::Cpu => Arc::new(CpuBackend::new()),
+                DeviceKind::Cuda => return Err(EngineError::Unsupported {
+                    what: "device = cuda: this build has no CUDA backend; use device = cpu or auto"
+                        .into(),
+                }),
+            };
+        if config.tensor_parallel_size != 1 {
+            return Err(EngineError::Unsupported {
+                what: format!(
+                    "tensor_parallel_size = {}: tensor parallelism is not implemented yet; use 1",
+                    config.tensor_parallel_size
+                ),
+            });
+        }
+        let model_config = read_model_config(&config.model_config_path())?;
+        let model_dir = config.model_dir();
+        let generation_config = GenerationConfig::from_dir(&model_dir)?;
+        let tokenizer = load_tokenizer(&config)?;
+        let ctx = ModelContext {
+            backend: backend.clone(),
+            comm: Arc::new(NoopCommunicator),
+            shard: ShardSpec::default(),
+        };
+        let model = load_model(&model_config, &model_dir, config.load_format, &ctx)?;
+        Self::from_parts(config, generation_config, tokenizer, backend, model)
+    }
+
+    /// Builds an engine around an already loaded model (custom models, tests).
+    /// `config.model` and `config.load_format` are not read; `max_model_len` is
+    /// clamped to the model's `max_position_embeddings`.
+    pub fn from_parts(
+        mut config: EngineConfig,
+        generation_config: GenerationConfig,
+        tokenizer: Option<Tokenizer>,
+        backend: Arc<dyn Backend>,
+        model: Box<dyn Model>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let model_config = model.config().clone();
+        if model_config.max_position_embeddings > 0 {
+            config.max_model_len = config
+                .max_model_len
+                .min(model_config.max_position_embeddings);
+        }
+        let eos_token_ids = if !generation_config.eos_token_ids.is_empty() {
+            generation_config.eos_token_ids.clone()
+        } else if let Some(id) = tokenizer.as_ref().and_then(Tokenizer::eos_token_id) {
+            vec![id]
+        } else {
+            model_config.eos_token_ids.clone()
+        };
+        let spec = model.kv_cache_spec();
+        let kv_dtype = config.kv_cache_dtype.dtype();
+        let bytes_per_block = KvCache::bytes_per_block(
+            spec.num_layers,
+            config.kvcache_block_size,
+            spec.num_kv_heads,
+            spec.head_dim,
+            kv_dtype,
+        );
+        let num_blocks = cpu_num_kvcache_blocks(
+            config.kv_cache_memory_gib,
+            bytes_per_block,
+            config.num_kvcache_blocks,
+        )?;
+        tracing::info!(
+            num_blocks,
+            block_size = config.kvcache_block_size,
+            bytes_per_block,
+            "KV cache sized"
+        );
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_seqs: config.max_num_seqs,
+            max_num_batched_tokens: config.max_num_batched_tokens,
+            max_model_len: config.max_model_len,
+            block_size: config.kvcache_block_size,
+            num_blocks,
+            eos_token_ids: eos_token_ids.clone(),
+        })?;
+        let runner = ModelRunner::new(
+            backend,
+            model,
+            num_blocks,
+            config.kvcache_block_size,
+            kv_dtype,
+            config.seed,
+        )?;
+        Ok(Self {
+            config,
+            model_config,
+            generation_config,
+            tokenizer,
+            eos_token_ids,
+            scheduler,
+            runner,
+            stats: EngineStats::default(),
+        })
+    }
+
+    /// The effective config (`max_model_len` clamped to the model).
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model_config
+    }
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation_config
+    }
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+    /// Tokens that end a request (unless it sets `ignore_eos`).
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// Sampling defaults of generation_config.json (temperature, top_k, top_p, min_p,
+    /// max_new_tokens; `do_sample = false` means greedy), over [`SamplingParams::default`].
+    pub fn default_sampling_params(&self) -> SamplingParams {
+        sampling_params_from(&self.generation_config)
+    }
+
+    /// Checks a request without queueing it; returns its prompt token ids.
+    pub fn validate_request(
+        &self,
+        prompt: Prompt,
+        params: &SamplingParams,
+    ) -> std::result::Result<Vec<u32>, RequestError> {
+        let ids = match prompt {
+            Prompt::TokenIds(ids) => ids,
+            Prompt::Text(text) => {
+                let tokenizer = self.tokenizer.as_ref().ok_or(RequestError::NoTokenizer)?;
+                tokenizer
+                    .encode(&text)
+                    .map_err(|e| RequestError::Tokenize(e.to_string()))?
+            }
+        };
+        if ids.is_empty() {
+            return Err(RequestError::EmptyPrompt);
+        }
+        let vocab_size = self.model_config.vocab_size;
+        if let Some((position, &token_id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= vocab_size)
+        {
+            return Err(RequestError::TokenOutOfVocab {
+                token_id,
+                position,
+                vocab_size,
+            });
+        }
+        if ids.len() > self.config.max_model_len {
+            return Err(RequestError::PromptTooLong {
+                prompt_len: ids.len(),
+                max_model_len: self.config.max_model_len,
+            });
+        }
+        params.validate().map_err(RequestError::Rejected)?;
+        let block_size = self.config.kvcache_block_size;
+        let num_blocks = self.runner.kv_cache().num_blocks;
+        let needed_blocks = ids.len().div_ceil(block_size);
+        if needed_blocks > num_blocks {
+            return Err(RequestError::Rejected(SchedulerError::PromptExceedsCache {
+                prompt_len: ids.len(),
+                needed_blocks,
+                block_size,
+                num_blocks,
+            }));
+        }
+        Ok(ids)
+    }
+
+    /// Validates and queues a request. A rejected request changes nothing.
+    pub fn add_request(
+        &mut self,
+        prompt: impl Into<Prompt>,
+        params: SamplingParams,
+    ) -> Result<RequestId> {
+        let ids = self
+            .validate_request(prompt.into(), &params)
+            .map_err(|reason| EngineError::invalid_request(None, reason))?;
+        self.scheduler
+            .add(ids, params)
+            .map_err(|e| EngineError::invalid_request(None, RequestError::Rejected(e)))
+    }
+
+    /// Runs one step: schedule, execute, postprocess. Returns the new tokens and
+    /// the requests that finished. With nothing to do it returns empty outputs.
+    pub fn step(&mut self) -> Result<StepOutputs> {
+        let start = Instant::now();
+        let mut out = StepOutputs::default();
+        let batch = loop {
+            match self.scheduler.schedule() {
+                Ok(batch) => break batch,
+                Err(err @ SchedulerError::Unschedulable { seq_id, .. }) => {
+                    let finished = self.scheduler.abort(seq_id).ok_or_else(|| {
+                        EngineError::Internal(format!(
+                            "scheduler reported sequence {seq_id} unschedulable but does not know it"
+                        ))
+                    })?;
+                    tracing::warn!(request_id = seq_id, "aborting request: {err}");
+                    out.finished
+                        .push(self.finish(finished, Some(err.to_string()))?);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let Some(batch) = batch else {
+            out.elapsed = start.elapsed();
+            return Ok(out);
+        };
+
+        let params = batch
+            .seqs
+            .iter()
+            .map(|s| {
+                self.scheduler
+                    .sequence(s.seq_id)
+                    .map(|seq| &seq.params)
+                    .ok_or_else(|| {
+                        EngineError::Internal(format!(
+                            "scheduled sequence {} is unknown to the scheduler",
+                            s.seq_id
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sampled = match self.runner.execute(&batch, &params) {
+            Ok(sampled) => sampled,
+            Err(err) => {
+                // This batch never reaches postprocess, so the scheduler would resume its
+                // sequences from the wrong position: abort them to keep its state consistent.
+                for seq in &batch.seqs {
+                    if let Some(finished) = self.scheduler.abort(seq.seq_id) {
+                        self.finish(finished, Some(err.to_string()))?;
+                    }
+                }
+                return Err(err);
+            }
+        };
+        let kind = batch.kind;
+        let num_tokens = match kind {
+            BatchKind::Prefill => batch.num_tokens(),
+            BatchKind::Decode => batch.num_seqs(),
+        };
+        let step_output = self.scheduler.postprocess(batch, &sampled)?;
+
+        out.new_tokens = step_output.new_tokens;
+        for finished in step_output.finished {
+            out.finished.push(self.finish(finished, None)?);
+        }
+        out.kind = Some(kind);
+        out.num_tokens = num_tokens;
+        out.elapsed = start.elapsed();
+        self.stats.num_steps += 1;
+        match kind {
+            BatchKind::Prefill => {
+                self.stats.num_prefill_tokens += num_tokens as u64;
+                self.stats.prefill_time += out.elapsed;
+            }
+            BatchKind::Decode => {
+                self.stats.num_decode_tokens += num_tokens as u64;
+                self.stats.decode_time += out.elapsed;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Aborts a request at any time; returns it as finished (`Abort`), or `None` if unknown.
+    pub fn abort(&mut self, request_id: RequestId) -> Result<Option<RequestOutput>> {
+        match self.scheduler.abort(request_id) {
+            Some(finished) => Ok(Some(self.finish(finished, None)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> nanovllm_kernels::Device {
+        self.runner.backend().device()
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+    pub fn num_waiting(&self) -> usize {
+        self.scheduler.num_waiting()
+    }
+    pub fn num_running(&self) -> usize {
+        self.scheduler.num_running()
+    }
+    /// Counters since the engine was built.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            num_preemptions: self.scheduler.num_preemptions(),
+            ..self.stats
+        }
+    }
+    pub fn kv_cache_usage(&self) -> KvCacheUsage {
+        let stats = self.scheduler.block_manager().stats();
+        KvCacheUsage {
+            num_blocks: stats.num_blocks,
+            num_free_blocks: stats.num_free_blocks,
+            block_size: self.config.kvcache_block_size,
+        }
+    }
+
+    /// Forgets a finished sequence's engine-side state and builds its output.
+    fn finish(&mut self, f: FinishedSeq, error: Option<String>) -> Result<RequestOutput> {
+        self.runner.sampler_mut().forget(f.seq_id);
+        let text = match &self.tokenizer {
+            Some(tok) => tok.decode(&f.completion_token_ids)?,
+            None => String::new(),
+        };
+        Ok(RequestOutput {
+            request_id: f.seq_id,
+            prompt_token_ids: f.prompt_token_ids,
+            token_ids: f.completion_token_ids,
+            text,
+            finish_reason: f.finish_reason,
+            num_cached_tokens: f.num_cached_tokens,
+            error,
+        })
+    }
+}
+
+/// Sampling defaults from a generation config.
+pub fn sampling_params_from(gen: &GenerationConfig) -> SamplingParams {
+    let mut p = SamplingParams::default();
+    if let Some(t) = gen.temperature {
+        p.temperature = t;
+    }
+    if let Some(k) = gen.top_k {
+        p.top_k = k;
+    }
+    if let Some(top_p) = gen.top_p {
+        p.top_p = top_p;
+    }
+    if let Some(min_p) = gen.min_p {
+        p.min_p = min_p;
+    }
+    if let Some(n) = gen.max_new_tokens {
+        p.max_tokens = n;
+    }
+    if gen.do_sample == Some(false) {
+        p.temperature = 0.0;
+    }
+    p
+}
+
+/// config.json at `path` (the file itself, so a bare `configs/*.json` works for dummy weights).
+fn read_model_config(path: &Path) -> Result<ModelConfig> {
+    let json = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(ModelConfig::from_json_str(&json, path)?)
+}
+
+/// The configured tokenizer: required when `tokenizer` is set; else the model
+/// directory's when it has a tokenizer.json, else none (token-id prompts only).
+fn load_tokenizer(config: &EngineConfig) -> Result<Option<Tokenizer>> {
+    match &config.tokenizer {
+        Some(dir) => Tokenizer::from_dir(dir).map(Some),
+        None => {
+            let dir = config.model_dir();
+            if dir.join("tokenizer.json").is_file() {
+                Tokenizer::from_dir(&dir).map(Some)
+            } else {
+                tracing::info!(
+                    "no tokenizer.json in {}: only token-id prompts are accepted",
+                    dir.display()
+                );
+                Ok(None)
+            }
+        }
+    }
+}

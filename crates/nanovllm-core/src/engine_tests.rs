@@ -1,0 +1,451 @@
+//! Engine tests on the toy model (see `testing.rs`): the whole step pipeline —
+//! validation, scheduling, input packing, sampling, postprocessing — without
+//! the real kernels. The golden tests in `tests/golden_engine.rs` repeat the
+//! important ones on real checkpoints.
+
+use std::sync::Arc;
+
+use nanovllm_kernels::CpuBackend;
+use nanovllm_models::GenerationConfig;
+use nanovllm_scheduler::{FinishReason, SamplingParams, SchedulerError};
+
+use crate::config::EngineConfig;
+use crate::engine::{sampling_params_from, LLMEngine, Prompt};
+use crate::error::{EngineError, RequestError};
+use crate::llm::{ParamsArg, LLM};
+use crate::testing::{toy_reference, ToyModel, TOY_VOCAB};
+
+fn toy_config() -> EngineConfig {
+    EngineConfig {
+        kvcache_block_size: 16,
+        num_kvcache_blocks: Some(64),
+        ..EngineConfig::new("toy")
+    }
+}
+
+fn toy_engine(config: EngineConfig) -> LLMEngine {
+    LLMEngine::from_parts(
+        config,
+        GenerationConfig::default(),
+        None,
+        Arc::new(CpuBackend::new()),
+        Box::new(ToyModel::new(512)),
+    )
+    .expect("toy engine builds")
+}
+
+/// Prompts of lengths 1, 15, 16, 17, 40 and two sharing a 32-token prefix.
+fn toy_prompts() -> Vec<Vec<u32>> {
+    let seq = |n: usize, salt: u32| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (i * 31 + salt * 7 + 3) % TOY_VOCAB as u32)
+            .collect()
+    };
+    let shared = seq(32, 9);
+    let mut a = shared.clone();
+    a.extend(seq(5, 1));
+    let mut b = shared;
+    b.extend(seq(13, 2));
+    vec![
+        seq(1, 0),
+        seq(15, 1),
+        seq(16, 2),
+        seq(17, 3),
+        seq(40, 4),
+        a,
+        b,
+    ]
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(n)
+    }
+}
+
+fn check_against_reference(config: EngineConfig, max_tokens: usize) -> LLMEngine {
+    let prompts = toy_prompts();
+    let mut llm = LLM::from_engine(toy_engine(config));
+    let outputs = llm.generate(prompts.clone(), greedy(max_tokens)).unwrap();
+    for (prompt, out) in prompts.iter().zip(&outputs) {
+        assert_eq!(out.prompt_token_ids, *prompt);
+        assert_eq!(
+            out.token_ids,
+            toy_reference(prompt, max_tokens),
+            "prompt of {}",
+            prompt.len()
+        );
+        assert_eq!(out.finish_reason, FinishReason::Length);
+        assert_eq!(out.error, None);
+    }
+    let engine = llm.into_engine();
+    assert!(!engine.has_unfinished());
+    engine
+}
+
+#[test]
+fn batched_generation_matches_the_naive_reference() {
+    let engine = check_against_reference(toy_config(), 24);
+    let stats = engine.stats();
+    let prompt_tokens: usize = toy_prompts().iter().map(Vec::len).sum();
+    // The shared prefix may be served from the cache, so at most every prompt token.
+    assert!(stats.num_prefill_tokens as usize <= prompt_tokens);
+    assert!(stats.num_decode_tokens > 0);
+    assert_eq!(stats.num_preemptions, 0);
+    let usage = engine.kv_cache_usage();
+    assert_eq!(usage.num_blocks, 64);
+    assert_eq!(
+        usage.num_free_blocks, 64,
+        "finished requests free their blocks"
+    );
+}
+
+#[test]
+fn chunked_prefill_matches_the_reference() {
+    for max_num_batched_tokens in [8, 24] {
+        check_against_reference(
+            EngineConfig {
+                max_num_batched_tokens,
+                ..toy_config()
+            },
+            24,
+        );
+    }
+}
+
+#[test]
+fn preemption_keeps_outputs_and_is_counted() {
+    // The longest request (45 + 24 tokens) needs 5 blocks; all of them together need far more.
+    let engine = check_against_reference(
+        EngineConfig {
+            num_kvcache_blocks: Some(5),
+            ..toy_config()
+        },
+        24,
+    );
+    assert!(
+        engine.stats().num_preemptions > 0,
+        "a 5-block cache must preempt"
+    );
+}
+
+#[test]
+fn prefix_cache_hits_are_reported_and_correct() {
+    let prompts = toy_prompts();
+    let (a, b) = (&prompts[5], &prompts[6]);
+    let mut llm = LLM::from_engine(toy_engine(toy_config()));
+    let first = llm.generate([a], greedy(8)).unwrap();
+    let second = llm.generate([b], greedy(8)).unwrap();
+    assert_eq!(first[0].token_ids, toy_reference(a, 8));
+    assert_eq!(second[0].token_ids, toy_reference(b, 8));
+    assert!(
+        second[0].num_cached_tokens >= 32,
+        "{}",
+        second[0].num_cached_tokens
+    );
+    let again = llm.generate([a], greedy(8)).unwrap();
+    assert_eq!(again[0].token_ids, first[0].token_ids);
+    assert!(again[0].num_cached_tokens >= 32);
+}
+
+#[test]
+fn invalid_requests_are_typed_and_leave_the_batch_alone() {
+    let mut engine = toy_engine(EngineConfig {
+        max_model_len: 64,
+        ..toy_config()
+    });
+    let good: Vec<u32> = (0..20).collect();
+    let id = engine.add_request(good.clone(), greedy(10)).unwrap();
+    engine.step().unwrap();
+
+    let reason = |r: crate::error::Result<u64>| match r {
+        Err(EngineError::InvalidRequest {
+            index: None,
+            reason,
+        }) => reason,
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    };
+    assert_eq!(
+        reason(engine.add_request(Vec::<u32>::new(), greedy(4))),
+        RequestError::EmptyPrompt
+    );
+    assert_eq!(
+        reason(engine.add_request(vec![1, 2, TOY_VOCAB as u32], greedy(4))),
+        RequestError::TokenOutOfVocab {
+            token_id: TOY_VOCAB as u32,
+            position: 2,
+            vocab_size: TOY_VOCAB
+        }
+    );
+    assert_eq!(
+        reason(engine.add_request(vec![1; 65], greedy(4))),
+        RequestError::PromptTooLong {
+            prompt_len: 65,
+            max_model_len: 64
+        }
+    );
+    assert_eq!(
+        reason(engine.add_request("text", greedy(4))),
+        RequestError::NoTokenizer
+    );
+    for params in [
+        SamplingParams {
+            temperature: -1.0,
+            ..greedy(4)
+        },
+        SamplingParams {
+            top_p: 0.0,
+            ..greedy(4)
+        },
+        SamplingParams {
+            max_tokens: 0,
+            ..greedy(4)
+        },
+    ] {
+        assert!(matches!(
+            reason(engine.add_request(vec![1, 2], params)),
+            RequestError::Rejected(SchedulerError::InvalidSamplingParam { .. })
+        ));
+    }
+    assert_eq!(engine.num_waiting() + engine.num_running(), 1);
+
+    let mut finished = Vec::new();
+    while engine.has_unfinished() {
+        finished.extend(engine.step().unwrap().finished);
+    }
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].request_id, id);
+    assert_eq!(finished[0].token_ids, toy_reference(&good, 10));
+}
+
+#[test]
+fn a_prompt_larger_than_the_cache_is_rejected_up_front() {
+    let mut engine = toy_engine(EngineConfig {
+        num_kvcache_blocks: Some(2),
+        ..toy_config()
+    });
+    let err = engine.add_request(vec![1; 33], greedy(1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::InvalidRequest {
+                reason: RequestError::Rejected(SchedulerError::PromptExceedsCache { .. }),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_request_outgrowing_the_cache_is_aborted_and_the_rest_goes_on() {
+    // 2 blocks hold 32 tokens: 20 + 30 can never fit, 4 + 4 can.
+    let mut engine = toy_engine(EngineConfig {
+        num_kvcache_blocks: Some(2),
+        ..toy_config()
+    });
+    let big = engine.add_request(vec![3; 20], greedy(30)).unwrap();
+    let small_prompt = vec![5, 6, 7, 8];
+    let small = engine.add_request(small_prompt.clone(), greedy(4)).unwrap();
+    let mut finished = Vec::new();
+    for _ in 0..200 {
+        if !engine.has_unfinished() {
+            break;
+        }
+        finished.extend(engine.step().unwrap().finished);
+    }
+    assert!(!engine.has_unfinished());
+    let big_out = finished.iter().find(|o| o.request_id == big).unwrap();
+    assert_eq!(big_out.finish_reason, FinishReason::Abort);
+    assert!(
+        big_out.error.as_deref().unwrap_or("").contains("KV"),
+        "{big_out:?}"
+    );
+    let small_out = finished.iter().find(|o| o.request_id == small).unwrap();
+    assert_eq!(small_out.token_ids, toy_reference(&small_prompt, 4));
+    assert_eq!(small_out.error, None);
+}
+
+#[test]
+fn abort_returns_the_request_and_frees_it() {
+    let mut engine = toy_engine(toy_config());
+    let id = engine.add_request(vec![1, 2, 3], greedy(50)).unwrap();
+    engine.step().unwrap();
+    engine.step().unwrap();
+    let out = engine.abort(id).unwrap().unwrap();
+    assert_eq!(out.finish_reason, FinishReason::Abort);
+    assert_eq!(
+        out.token_ids,
+        toy_reference(&[1, 2, 3], out.token_ids.len())
+    );
+    assert!(!engine.has_unfinished());
+    assert!(engine.abort(id).unwrap().is_none());
+    let idle = engine.step().unwrap();
+    assert!(idle.kind.is_none() && idle.new_tokens.is_empty());
+}
+
+#[test]
+fn step_outputs_stream_every_token() {
+    let mut engine = toy_engine(toy_config());
+    let prompt = vec![4u32; 18];
+    let id = engine.add_request(prompt.clone(), greedy(6)).unwrap();
+    let mut streamed = Vec::new();
+    while engine.has_unfinished() {
+        let out = engine.step().unwrap();
+        streamed.extend(
+            out.new_tokens
+                .iter()
+                .filter(|(r, _)| *r == id)
+                .map(|(_, t)| *t),
+        );
+    }
+    assert_eq!(streamed, toy_reference(&prompt, 6));
+}
+
+#[test]
+fn seeded_requests_reproduce_regardless_of_the_batch() {
+    let sampled = |seed| SamplingParams {
+        temperature: 1.0,
+        seed: Some(seed),
+        ignore_eos: true,
+        max_tokens: 16,
+        ..SamplingParams::default()
+    };
+    let prompt: Vec<u32> = vec![10, 20, 30];
+    let alone = LLM::from_engine(toy_engine(toy_config()))
+        .generate([prompt.clone()], sampled(7))
+        .unwrap();
+    let mut crowd_params = vec![
+        SamplingParams {
+            temperature: 1.0,
+            ignore_eos: true,
+            max_tokens: 16,
+            ..SamplingParams::default()
+        };
+        3
+    ];
+    crowd_params.push(sampled(7));
+    let crowd = LLM::from_engine(toy_engine(EngineConfig {
+        seed: 99,
+        ..toy_config()
+    }))
+    .generate(
+        vec![vec![1u32, 2], vec![3; 17], vec![9; 5], prompt.clone()],
+        crowd_params,
+    )
+    .unwrap();
+    assert_eq!(alone[0].token_ids, crowd[3].token_ids);
+    let other_seed = LLM::from_engine(toy_engine(toy_config()))
+        .generate([prompt], sampled(8))
+        .unwrap();
+    assert_ne!(alone[0].token_ids, other_seed[0].token_ids);
+}
+
+#[test]
+fn generate_validates_every_prompt_first() {
+    let mut llm = LLM::from_engine(toy_engine(toy_config()));
+    let prompts = vec![
+        Prompt::TokenIds(vec![1, 2]),
+        Prompt::TokenIds(vec![3]),
+        Prompt::TokenIds(vec![]),
+    ];
+    match llm.generate(prompts, greedy(4)) {
+        Err(EngineError::InvalidRequest {
+            index: Some(2),
+            reason: RequestError::EmptyPrompt,
+        }) => {}
+        other => panic!("expected an error for prompt #2, got {other:?}"),
+    }
+    assert!(!llm.engine().has_unfinished(), "nothing may be queued");
+    assert_eq!(llm.engine().stats().num_steps, 0, "nothing may run");
+
+    match llm.generate([vec![1u32], vec![2]], vec![greedy(1)]) {
+        Err(EngineError::ParamsCountMismatch {
+            num_prompts: 2,
+            num_params: 1,
+        }) => {}
+        other => panic!("expected ParamsCountMismatch, got {other:?}"),
+    }
+    // Per-prompt params, outputs in input order.
+    let outputs = llm
+        .generate(
+            [vec![1u32, 2, 3], vec![4]],
+            ParamsArg::PerPrompt(vec![greedy(3), greedy(5)]),
+        )
+        .unwrap();
+    assert_eq!(outputs[0].token_ids, toy_reference(&[1, 2, 3], 3));
+    assert_eq!(outputs[1].token_ids, toy_reference(&[4], 5));
+}
+
+#[test]
+fn max_model_len_is_clamped_to_the_model() {
+    let engine = LLMEngine::from_parts(
+        EngineConfig {
+            max_model_len: 4096,
+            ..toy_config()
+        },
+        GenerationConfig::default(),
+        None,
+        Arc::new(CpuBackend::new()),
+        Box::new(ToyModel::new(100)),
+    )
+    .unwrap();
+    assert_eq!(engine.config().max_model_len, 100);
+}
+
+#[test]
+fn eos_ids_prefer_the_generation_config() {
+    let gen = GenerationConfig {
+        eos_token_ids: vec![7, 8],
+        ..GenerationConfig::default()
+    };
+    let engine = LLMEngine::from_parts(
+        toy_config(),
+        gen,
+        None,
+        Arc::new(CpuBackend::new()),
+        Box::new(ToyModel::new(512)),
+    )
+    .unwrap();
+    assert_eq!(engine.eos_token_ids(), &[7, 8]);
+}
+
+#[test]
+fn default_sampling_params_follow_the_generation_config() {
+    let gen = GenerationConfig {
+        temperature: Some(0.6),
+        top_k: Some(20),
+        top_p: Some(0.95),
+        min_p: Some(0.05),
+        max_new_tokens: Some(100),
+        ..GenerationConfig::default()
+    };
+    let p = sampling_params_from(&gen);
+    assert_eq!(
+        (p.temperature, p.top_k, p.top_p, p.min_p, p.max_tokens),
+        (0.6, 20, 0.95, 0.05, 100)
+    );
+    let greedy = sampling_params_from(&GenerationConfig {
+        do_sample: Some(false),
+        ..gen
+    });
+    assert!(greedy.is_greedy());
+    assert_eq!(
+        sampling_params_from(&GenerationConfig::default()),
+        SamplingParams::default()
+    );
+}
+
+#[test]
+fn the_cuda_device_is_a_clear_error() {
+    let err = LLMEngine::new(EngineConfig {
+        device: crate::config::DeviceKind::Cuda,
+        ..EngineConfig::new("whatever")
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Unsupported { what } if what.contains("no CUDA backend")),
+        "{err}"
+    );
+}

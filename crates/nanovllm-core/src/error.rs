@@ -1,0 +1,92 @@
+//! The engine's error type. Every variant names what is wrong and what to do.
+
+use std::path::PathBuf;
+
+use nanovllm_kernels::KernelError;
+use nanovllm_models::ModelError;
+use nanovllm_scheduler::{SchedulerError, SeqId};
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Everything the engine can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// An [`crate::EngineConfig`] field holds a value outside its accepted range.
+    #[error("invalid engine config: {field} = {value}: expected {expected}")]
+    InvalidConfig {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    /// A config file (TOML engine config, tokenizer_config.json, ...) cannot be read or parsed.
+    #[error("cannot load {path}: {msg}")]
+    ConfigFile { path: PathBuf, msg: String },
+    /// The configuration asks for something this build cannot do.
+    #[error("unsupported: {what}")]
+    Unsupported { what: String },
+    #[error("tokenizer error ({path}): {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    /// A request was rejected before anything ran. `index` is the prompt's
+    /// position in an `LLM::generate` call, `None` for a single `add_request`.
+    #[error("invalid request{}: {reason}", index.map(|i| format!(" #{i}")).unwrap_or_default())]
+    InvalidRequest {
+        index: Option<usize>,
+        reason: RequestError,
+    },
+    /// `LLM::generate` got a list of sampling params whose length differs from the prompts'.
+    #[error("got {num_params} sampling params for {num_prompts} prompts: pass one SamplingParams for all, or exactly one per prompt")]
+    ParamsCountMismatch {
+        num_prompts: usize,
+        num_params: usize,
+    },
+    /// The KV-cache budget does not hold a single block.
+    #[error("a KV-cache budget of {budget_bytes} bytes holds no block of {bytes_per_block} bytes: raise kv_cache_memory_gib, or lower kvcache_block_size")]
+    KvCacheTooSmall {
+        budget_bytes: u64,
+        bytes_per_block: usize,
+    },
+    /// The logits of a sequence contain NaN or are all -inf: the model produced garbage.
+    #[error("sequence {seq_id}: logits hold no finite maximum (NaN or all -inf); the model or its weights are broken")]
+    NonFiniteLogits { seq_id: SeqId },
+    /// An engine invariant broke (a bug, not a user error).
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+/// Why a single request was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("empty prompt: a request needs at least one token")]
+    EmptyPrompt,
+    #[error("token id {token_id} at prompt position {position} is out of range: the model's vocab_size is {vocab_size}")]
+    TokenOutOfVocab {
+        token_id: u32,
+        position: usize,
+        vocab_size: usize,
+    },
+    #[error("prompt of {prompt_len} tokens is longer than max_model_len = {max_model_len}: shorten it or raise max_model_len")]
+    PromptTooLong {
+        prompt_len: usize,
+        max_model_len: usize,
+    },
+    #[error("a text prompt needs a tokenizer but none is loaded: set `tokenizer` to a directory holding tokenizer.json, or pass token ids")]
+    NoTokenizer,
+    #[error("cannot tokenize the prompt: {0}")]
+    Tokenize(String),
+    /// Refused by the scheduler: bad sampling params, or a prompt the KV cache can never hold.
+    #[error(transparent)]
+    Rejected(SchedulerError),
+}
+
+impl EngineError {
+    /// Wraps a request rejection, naming the prompt's index when there is one.
+    pub fn invalid_request(index: Option<usize>, reason: RequestError) -> Self {
+        EngineError::InvalidRequest { index, reason }
+    }
+}

@@ -1,0 +1,343 @@
+//! [`ModelRunner`]: executes one [`ScheduledBatch`] on the device.
+//!
+//! It owns the backend, the model, the paged [`KvCache`] and the [`Sampler`].
+//! Each step it packs the batch into a [`ForwardInput`] (host buffers are kept
+//! and refilled, not reallocated, on the CPU backend), runs the model, brings
+//! the logits of the sampled rows to the host and samples one token per
+//! sequence.
+//!
+//! Invariants of the built input (see `AttentionMetadata`): `cu_seqlens_q`
+//! and `slot_mapping` are the batch's own; `context_lens[i]` is
+//! `seqs[i].context_len`; `block_tables` is `[num_seqs, max_blocks]` with each
+//! row's tail padded with block 0 (never read: attention stops at
+//! `context_len`); `logits_indices` holds the last packed row of every
+//! sequence that samples (`sample == true`), in batch order — or, when none
+//! samples (a step of prompt chunks only), the last row of the first
+//! sequence, whose logits are ignored.
+
+use std::sync::Arc;
+
+use nanovllm_kernels::{AttentionMetadata, Backend, CpuStorage, DType, KvCache, Storage, Tensor};
+use nanovllm_models::{ForwardInput, Model};
+use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
+
+use crate::error::{EngineError, Result};
+use crate::sampler::{SampleRow, Sampler};
+
+/// Number of KV blocks for a CPU cache: `num_kvcache_blocks` when set, else as many
+/// blocks of `bytes_per_block` as fit in `kv_cache_memory_gib`. Zero blocks is an error.
+pub fn cpu_num_kvcache_blocks(
+    kv_cache_memory_gib: f64,
+    bytes_per_block: usize,
+    num_kvcache_blocks: Option<usize>,
+) -> Result<usize> {
+    if let Some(n) = num_kvcache_blocks {
+        return Ok(n);
+    }
+    let budget_bytes = (kv_cache_memory_gib * (1u64 << 30) as f64) as u64;
+    let num_blocks = if bytes_per_block == 0 {
+        0
+    } else {
+        budget_bytes / bytes_per_block as u64
+    };
+    if num_blocks == 0 {
+        return Err(EngineError::KvCacheTooSmall {
+            budget_bytes,
+            bytes_per_block,
+        });
+    }
+    Ok(usize::try_from(num_blocks).unwrap_or(usize::MAX))
+}
+
+/// Host-side staging vectors, refilled every step.
+#[derive(Debug, Default)]
+struct HostBuffers {
+    input_ids: Vec<u32>,
+    positions: Vec<u32>,
+    cu_seqlens_q: Vec<u32>,
+    context_lens: Vec<u32>,
+    block_tables: Vec<u32>,
+    slot_mapping: Vec<i64>,
+    logits_indices: Vec<u32>,
+}
+
+/// Runs batches through the model and samples from the result.
+pub struct ModelRunner {
+    backend: Arc<dyn Backend>,
+    model: Box<dyn Model>,
+    kv_cache: KvCache,
+    sampler: Sampler,
+    buffers: HostBuffers,
+}
+
+impl std::fmt::Debug for ModelRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRunner")
+            .field("backend", &self.backend)
+            .field("architecture", &self.model.config().architecture)
+            .field("num_kv_blocks", &self.kv_cache.num_blocks)
+            .field("block_size", &self.kv_cache.block_size)
+            .finish()
+    }
+}
+
+impl ModelRunner {
+    /// Allocates a KV cache of `num_blocks` blocks of `block_size` tokens laid out as the
+    /// model asks ([`Model::kv_cache_spec`]) and a sampler seeded by `seed`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        model: Box<dyn Model>,
+        num_blocks: usize,
+        block_size: usize,
+        kv_dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
+        let spec = model.kv_cache_spec();
+        let kv_cache = KvCache::new(
+            backend.as_ref(),
+            spec.num_layers,
+            num_blocks,
+            block_size,
+            spec.num_kv_heads,
+            spec.head_dim,
+            kv_dtype,
+        )?;
+        Ok(Self {
+            backend,
+            model,
+            kv_cache,
+            sampler: Sampler::new(seed),
+            buffers: HostBuffers::default(),
+        })
+    }
+
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    pub fn kv_cache(&self) -> &KvCache {
+        &self.kv_cache
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The sampler, e.g. to drop a finished request's random stream.
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
+    /// Runs one step; returns one token per scheduled sequence, in batch order.
+    /// `params[i]` belongs to `batch.seqs[i]`. A sequence with `sample == false`
+    /// (an unfinished prompt chunk) gets token 0, which the scheduler ignores.
+    pub fn execute(
+        &mut self,
+        batch: &ScheduledBatch,
+        params: &[&SamplingParams],
+    ) -> Result<Vec<u32>> {
+        if params.len() != batch.num_seqs() {
+            return Err(EngineError::Internal(format!(
+                "execute got {} sampling params for {} sequences",
+                params.len(),
+                batch.num_seqs()
+            )));
+        }
+        if batch.num_seqs() == 0 {
+            return Ok(Vec::new());
+        }
+        let input = self.build_input(batch)?;
+        let logits = self.model.forward(&input, &mut self.kv_cache)?;
+        self.recycle(input);
+        let logits = if logits.is_cpu() {
+            logits
+        } else {
+            self.backend.to_host(&logits)?
+        };
+        let (num_rows, vocab_size) = logits.dims2()?;
+        let rows: Vec<SampleRow<'_>> = batch
+            .seqs
+            .iter()
+            .zip(params)
+            .filter(|(s, _)| s.sample)
+            .map(|(s, p)| SampleRow {
+                seq_id: s.seq_id,
+                params: p,
+            })
+            .collect();
+        let mut sampled = vec![0u32; batch.num_seqs()];
+        if rows.is_empty() {
+            return Ok(sampled);
+        }
+        if num_rows != rows.len() {
+            return Err(EngineError::Internal(format!(
+                "model returned {num_rows} logit rows for {} sampled sequences",
+                rows.len()
+            )));
+        }
+        let logits_f32;
+        let logits_slice = match logits.dtype() {
+            DType::F32 => logits.as_f32_slice()?,
+            _ => {
+                logits_f32 = logits.to_vec_f32()?;
+                &logits_f32
+            }
+        };
+        let tokens = self.sampler.sample(logits_slice, vocab_size, &rows)?;
+        let mut tokens = tokens.into_iter();
+        for (slot, seq) in sampled.iter_mut().zip(&batch.seqs) {
+            if seq.sample {
+                *slot = tokens.next().unwrap_or(0);
+            }
+        }
+        Ok(sampled)
+    }
+
+    /// Packs `batch` into device tensors, reusing the host staging buffers.
+    fn build_input(&mut self, batch: &ScheduledBatch) -> Result<ForwardInput> {
+        let b = &mut self.buffers;
+        let num_seqs = batch.num_seqs();
+        let num_tokens = batch.num_tokens();
+        if batch.cu_seqlens_q.len() != num_seqs + 1
+            || batch.block_table_offsets.len() != num_seqs + 1
+            || batch.positions.len() != num_tokens
+            || batch.slot_mapping.len() != num_tokens
+        {
+            return Err(EngineError::Internal(format!(
+                "malformed batch: {num_seqs} seqs, {num_tokens} tokens, {} cu_seqlens_q, {} positions, {} slots, {} block table offsets",
+                batch.cu_seqlens_q.len(),
+                batch.positions.len(),
+                batch.slot_mapping.len(),
+                batch.block_table_offsets.len()
+            )));
+        }
+        refill(&mut b.input_ids, &batch.input_ids);
+        refill(&mut b.positions, &batch.positions);
+        refill(&mut b.cu_seqlens_q, &batch.cu_seqlens_q);
+        refill(&mut b.slot_mapping, &batch.slot_mapping);
+
+        b.context_lens.clear();
+        b.context_lens
+            .extend(batch.seqs.iter().map(|s| s.context_len as u32));
+        let max_blocks = (0..num_seqs)
+            .map(|i| batch.block_table(i).len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        b.block_tables.clear();
+        b.block_tables.resize(num_seqs * max_blocks, 0);
+        for i in 0..num_seqs {
+            let table = batch.block_table(i);
+            b.block_tables[i * max_blocks..i * max_blocks + table.len()].copy_from_slice(table);
+        }
+
+        b.logits_indices.clear();
+        let last_row = |i: usize| batch.cu_seqlens_q[i + 1].saturating_sub(1);
+        b.logits_indices.extend(
+            (0..num_seqs)
+                .filter(|&i| batch.seqs[i].sample)
+                .map(last_row),
+        );
+        if b.logits_indices.is_empty() {
+            b.logits_indices.push(last_row(0));
+        }
+        let num_logits = b.logits_indices.len();
+
+        let max_seqlen_q = batch
+            .seqs
+            .iter()
+            .map(|s| s.num_new_tokens)
+            .max()
+            .unwrap_or(0);
+        let max_context_len = batch.seqs.iter().map(|s| s.context_len).max().unwrap_or(0);
+        let be = self.backend.as_ref();
+        Ok(ForwardInput {
+            input_ids: upload_u32(be, &mut b.input_ids, &[num_tokens])?,
+            positions: upload_u32(be, &mut b.positions, &[num_tokens])?,
+            attn: AttentionMetadata {
+                is_prefill: batch.is_prefill(),
+                num_seqs,
+                block_size: batch.block_size,
+                cu_seqlens_q: upload_u32(be, &mut b.cu_seqlens_q, &[num_seqs + 1])?,
+                context_lens: upload_u32(be, &mut b.context_lens, &[num_seqs])?,
+                block_tables: upload_u32(be, &mut b.block_tables, &[num_seqs, max_blocks])?,
+                slot_mapping: be.upload(Tensor::from_i64(
+                    std::mem::take(&mut b.slot_mapping),
+                    &[num_tokens],
+                )?)?,
+                max_seqlen_q,
+                max_context_len,
+            },
+            logits_indices: upload_u32(be, &mut b.logits_indices, &[num_logits])?,
+        })
+    }
+
+    /// Takes the staging vectors back out of a used input (CPU tensors only;
+    /// device tensors are simply dropped and the vectors regrow next step).
+    fn recycle(&mut self, input: ForwardInput) {
+        let b = &mut self.buffers;
+        let u32s = |t: Tensor| match t.into_storage() {
+            Storage::Cpu(CpuStorage::U32(v)) => v,
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
+        };
+        b.input_ids = u32s(input.input_ids);
+        b.positions = u32s(input.positions);
+        b.cu_seqlens_q = u32s(input.attn.cu_seqlens_q);
+        b.context_lens = u32s(input.attn.context_lens);
+        b.block_tables = u32s(input.attn.block_tables);
+        b.logits_indices = u32s(input.logits_indices);
+        b.slot_mapping = match input.attn.slot_mapping.into_storage() {
+            Storage::Cpu(CpuStorage::I64(v)) => v,
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
+        };
+    }
+}
+
+/// Moves a staging vector into a device tensor (a move, not a copy, on the CPU).
+fn upload_u32(backend: &dyn Backend, host: &mut Vec<u32>, shape: &[usize]) -> Result<Tensor> {
+    Ok(backend.upload(Tensor::from_u32(std::mem::take(host), shape)?)?)
+}
+
+fn refill<T: Copy>(dst: &mut Vec<T>, src: &[T]) {
+    dst.clear();
+    dst.extend_from_slice(src);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_blocks_from_a_memory_budget() {
+        let per_block = nanovllm_kernels::KvCache::bytes_per_block(2, 16, 2, 64, DType::F32);
+        assert_eq!(per_block, 2 * 2 * 16 * 2 * 64 * 4);
+        // 1 GiB / 32 KiB = 32768 blocks.
+        assert_eq!(cpu_num_kvcache_blocks(1.0, per_block, None).unwrap(), 32768);
+        // Partial blocks are dropped: 1.5 blocks' worth → 1 block.
+        let gib_per_block = per_block as f64 / (1u64 << 30) as f64;
+        assert_eq!(
+            cpu_num_kvcache_blocks(1.5 * gib_per_block, per_block, None).unwrap(),
+            1
+        );
+        // The explicit override wins.
+        assert_eq!(cpu_num_kvcache_blocks(1.0, per_block, Some(5)).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_budget_below_one_block_is_an_error() {
+        let err = cpu_num_kvcache_blocks(1e-9, 1 << 20, None).unwrap_err();
+        match err {
+            EngineError::KvCacheTooSmall {
+                budget_bytes,
+                bytes_per_block,
+            } => {
+                assert_eq!(bytes_per_block, 1 << 20);
+                assert!(budget_bytes < 1 << 20);
+            }
+            other => panic!("expected KvCacheTooSmall, got {other:?}"),
+        }
+        assert!(cpu_num_kvcache_blocks(1.0, 0, None).is_err());
+    }
+}
