@@ -1,4 +1,29 @@
 //! `nanovllm`: the command-line front end. It owns argument parsing and
 //! input/output formats only; everything it runs lives in nanovllm-core.
 
-fn main() {}
+mod args;
+mod generate;
+mod requests;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        // Some requests failed; each has its error entry in the output.
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

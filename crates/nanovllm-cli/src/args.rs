@@ -1,0 +1,200 @@
+//! Command-line arguments. Engine flags overlay an optional TOML config file:
+//! defaults < `--config FILE.toml` < flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nanovllm",
+    version,
+    about = "A fast offline LLM inference engine"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate completions for prompts given as flags or as a JSONL file.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LoadFormatArg {
+    Safetensors,
+    Dummy,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KvDTypeArg {
+    F32,
+    Bf16,
+}
+
+/// Flags that shape the engine; each overrides the TOML config when given.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Directory holding tokenizer.json, if not the model directory.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Engine config file (TOML, the fields of EngineConfig); flags override it.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// auto uses a GPU when this build and machine have one, else the CPU.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// `dummy` runs random weights of the config's shapes (benchmarks).
+    #[arg(long, value_enum)]
+    pub load_format: Option<LoadFormatArg>,
+    /// Most sequences in one step [default: 512].
+    #[arg(long)]
+    pub max_num_seqs: Option<usize>,
+    /// Most tokens in one step; longer prompts are prefilled in chunks [default: 16384].
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
+    /// Longest sequence, prompt plus completion [default: 4096, clamped to the model's].
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Tokens per KV block (a power of two >= 16).
+    #[arg(long)]
+    pub kvcache_block_size: Option<usize>,
+    /// CPU KV-cache budget in GiB.
+    #[arg(long)]
+    pub kv_cache_memory_gib: Option<f64>,
+    /// Exact number of KV blocks (overrides the memory budget).
+    #[arg(long)]
+    pub num_kvcache_blocks: Option<usize>,
+    /// Element type of the KV cache [default: f32].
+    #[arg(long, value_enum)]
+    pub kv_cache_dtype: Option<KvDTypeArg>,
+    /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
+    #[arg(long)]
+    pub gpu_memory_utilization: Option<f32>,
+    /// Number of tensor-parallel ranks [default: 1].
+    #[arg(long)]
+    pub tensor_parallel_size: Option<usize>,
+    /// Never capture CUDA graphs.
+    #[arg(long)]
+    pub enforce_eager: bool,
+}
+
+impl EngineArgs {
+    /// defaults < TOML file < flags.
+    pub fn to_engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => EngineConfig::from_toml_file(path)?,
+            None => EngineConfig::default(),
+        };
+        if let Some(m) = &self.model {
+            cfg.model = m.clone();
+        }
+        if cfg.model.as_os_str().is_empty() {
+            anyhow::bail!("no model given: pass --model DIR (or set `model` in --config)");
+        }
+        if let Some(t) = &self.tokenizer {
+            cfg.tokenizer = Some(t.clone());
+        }
+        if let Some(d) = self.device {
+            cfg.device = match d {
+                DeviceArg::Auto => DeviceKind::Auto,
+                DeviceArg::Cpu => DeviceKind::Cpu,
+                DeviceArg::Cuda => DeviceKind::Cuda,
+            };
+        }
+        if let Some(f) = self.load_format {
+            cfg.load_format = match f {
+                LoadFormatArg::Safetensors => LoadFormat::Safetensors,
+                LoadFormatArg::Dummy => LoadFormat::Dummy,
+            };
+        }
+        if let Some(d) = self.kv_cache_dtype {
+            cfg.kv_cache_dtype = match d {
+                KvDTypeArg::F32 => KvCacheDType::F32,
+                KvDTypeArg::Bf16 => KvCacheDType::Bf16,
+            };
+        }
+        macro_rules! overlay {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
+        }
+        overlay!(
+            max_num_seqs,
+            max_num_batched_tokens,
+            max_model_len,
+            kvcache_block_size,
+            kv_cache_memory_gib,
+            gpu_memory_utilization,
+            tensor_parallel_size
+        );
+        if self.num_kvcache_blocks.is_some() {
+            cfg.num_kvcache_blocks = self.num_kvcache_blocks;
+        }
+        if self.enforce_eager {
+            cfg.enforce_eager = true;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Sampling flags; unset ones fall back to the model's generation_config.json, then to defaults.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SamplingArgs {
+    /// Tokens to generate at most [default: the model's generation config, else 64].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass in (0, 1].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens; 0 disables.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Drop tokens below min_p times the top probability.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Per-request random seed (reproducible sampling).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Args)]
+// Negative numbers reach validation, which explains the accepted range.
+#[command(allow_negative_numbers = true)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A prompt (repeatable).
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    /// JSONL requests: one `{"prompt": ...}` or `{"prompt_token_ids": [...]}` per line,
+    /// optionally with max_tokens, temperature, top_p, top_k, min_p, seed, ignore_eos.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "prompts")]
+    pub input: Option<PathBuf>,
+    /// Write JSONL results to FILE, or to stdout with `-`. Without it, print readable text.
+    #[arg(long, value_name = "FILE|-")]
+    pub output: Option<String>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}

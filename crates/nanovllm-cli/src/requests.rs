@@ -1,0 +1,141 @@
+//! Turning `--prompt` flags or a `--input` JSONL file into requests.
+//!
+//! A JSONL line that cannot be parsed becomes an error entry for its index;
+//! the other lines still run.
+
+use std::path::Path;
+
+use nanovllm_core::{Prompt, SamplingParams};
+use serde::Deserialize;
+
+use crate::args::SamplingArgs;
+
+/// One request as read from the input, before the engine validates it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+}
+
+/// One JSONL line. Unknown fields are errors so that a typo never silently runs with defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    prompt: Option<String>,
+    prompt_token_ids: Option<Vec<u32>>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    min_p: Option<f32>,
+    seed: Option<u64>,
+    ignore_eos: Option<bool>,
+}
+
+/// Applies the sampling flags over `base` (the model's generation defaults).
+pub fn params_from_flags(base: &SamplingParams, flags: &SamplingArgs) -> SamplingParams {
+    let mut p = base.clone();
+    if let Some(v) = flags.max_tokens {
+        p.max_tokens = v;
+    }
+    if let Some(v) = flags.temperature {
+        p.temperature = v;
+    }
+    if let Some(v) = flags.top_p {
+        p.top_p = v;
+    }
+    if let Some(v) = flags.top_k {
+        p.top_k = v;
+    }
+    if let Some(v) = flags.min_p {
+        p.min_p = v;
+    }
+    if flags.seed.is_some() {
+        p.seed = flags.seed;
+    }
+    if flags.ignore_eos {
+        p.ignore_eos = true;
+    }
+    p
+}
+
+fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let prompt = match (line.prompt, line.prompt_token_ids) {
+        (Some(p), None) => Prompt::Text(p),
+        (None, Some(ids)) => Prompt::TokenIds(ids),
+        (Some(_), Some(_)) => {
+            return Err("give either \"prompt\" or \"prompt_token_ids\", not both".into())
+        }
+        (None, None) => return Err("missing \"prompt\" or \"prompt_token_ids\"".into()),
+    };
+    let mut params = defaults.clone();
+    if let Some(v) = line.max_tokens {
+        params.max_tokens = v;
+    }
+    if let Some(v) = line.temperature {
+        params.temperature = v;
+    }
+    if let Some(v) = line.top_p {
+        params.top_p = v;
+    }
+    if let Some(v) = line.top_k {
+        params.top_k = v;
+    }
+    if let Some(v) = line.min_p {
+        params.min_p = v;
+    }
+    if line.seed.is_some() {
+        params.seed = line.seed;
+    }
+    if let Some(v) = line.ignore_eos {
+        params.ignore_eos = v;
+    }
+    Ok(Request { prompt, params })
+}
+
+/// Reads a JSONL file: one entry per non-blank line, each a request or the reason it is bad.
+pub fn read_jsonl(
+    path: &Path,
+    defaults: &SamplingParams,
+) -> anyhow::Result<Vec<Result<Request, String>>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read --input {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| parse_line(l, defaults))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_token_lines_with_overrides() {
+        let d = SamplingParams::greedy(8);
+        let r = parse_line(r#"{"prompt": "hi", "max_tokens": 3, "seed": 7}"#, &d).unwrap();
+        assert_eq!(r.prompt, Prompt::Text("hi".into()));
+        assert_eq!(r.params.max_tokens, 3);
+        assert_eq!(r.params.seed, Some(7));
+        assert_eq!(r.params.temperature, 0.0);
+        let r = parse_line(r#"{"prompt_token_ids": [1, 2], "temperature": 0.5}"#, &d).unwrap();
+        assert_eq!(r.prompt, Prompt::TokenIds(vec![1, 2]));
+        assert_eq!(r.params.temperature, 0.5);
+        assert_eq!(r.params.max_tokens, 8);
+    }
+
+    #[test]
+    fn bad_lines_explain_themselves() {
+        let d = SamplingParams::default();
+        let err = parse_line(r#"{"prompt": "a", "prompt_token_ids": [1]}"#, &d).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+        assert!(parse_line("{}", &d).unwrap_err().contains("missing"));
+        assert!(parse_line("{not json", &d)
+            .unwrap_err()
+            .contains("invalid JSON"));
+        let err = parse_line(r#"{"prompt": "a", "max_token": 3}"#, &d).unwrap_err();
+        assert!(err.contains("max_token"), "{err}");
+    }
+}

@@ -1,0 +1,303 @@
+//! End-to-end tests of `nanovllm generate` on the committed tiny fixtures:
+//! real process, real files, real exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("fixtures").join(name)
+}
+
+fn nanovllm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nanovllm"))
+        .args(args)
+        .output()
+        .expect("the nanovllm binary runs")
+}
+
+/// A fresh scratch directory under the system temp dir.
+fn scratch(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "nanovllm-cli-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies a fixture directory so a test can damage the copy.
+fn copy_fixture(name: &str, tag: &str) -> PathBuf {
+    let dst = scratch(tag);
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fatal error is exactly one line on stderr, mentions `needle`, and exits non-zero.
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+fn reference(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn jsonl_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each stdout line is JSON"))
+        .collect()
+}
+
+#[test]
+fn greedy_jsonl_matches_transformers_and_keeps_input_order() {
+    let reference = reference("qwen3-tiny");
+    let cases = reference["cases"].as_array().unwrap();
+    let dir = scratch("order");
+    let input = dir.join("in.jsonl");
+    let mut text = String::new();
+    for case in cases {
+        let greedy = case["greedy_token_ids"].as_array().unwrap();
+        text.push_str(&format!(
+            "{{\"prompt_token_ids\": {}, \"max_tokens\": {}, \"temperature\": 0, \"ignore_eos\": true}}\n",
+            case["prompt_token_ids"],
+            greedy.len()
+        ));
+    }
+    std::fs::write(&input, text).unwrap();
+    let model = fixture("qwen3-tiny");
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "-",
+        "--kvcache-block-size",
+        "16",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = jsonl_lines(&out.stdout);
+    assert_eq!(lines.len(), cases.len());
+    for (i, (line, case)) in lines.iter().zip(cases).enumerate() {
+        assert_eq!(line["index"], i);
+        assert_eq!(
+            line["token_ids"], case["greedy_token_ids"],
+            "case {}",
+            case["name"]
+        );
+        assert_eq!(line["finish_reason"], "length");
+        assert!(line["text"].is_string());
+    }
+}
+
+#[test]
+fn bad_jsonl_lines_get_error_entries_while_good_lines_complete() {
+    let dir = scratch("partial");
+    let input = dir.join("in.jsonl");
+    std::fs::write(
+        &input,
+        [
+            r#"{"prompt": "hello world", "max_tokens": 4, "temperature": 0}"#,
+            r#"{"prompt": ""}"#,
+            r#"{"prompt_token_ids": [1, 2, 99999]}"#,
+            r#"{"prompt": "hi", "temperature": -1}"#,
+            r#"{not json"#,
+            r#"{"prompt_token_ids": [5, 6, 7], "max_tokens": 3, "ignore_eos": true}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out_file = dir.join("out.jsonl");
+    let model = fixture("qwen3-tiny");
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out_file.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = jsonl_lines(&std::fs::read(&out_file).unwrap());
+    assert_eq!(lines.len(), 6);
+    assert!(lines[0]["error"].is_null() && lines[0]["text"].is_string());
+    assert!(lines[0]["token_ids"].as_array().unwrap().len() <= 4);
+    for (i, needle) in [(1, "empty"), (2, "99999"), (3, "temperature"), (4, "JSON")] {
+        let err = lines[i]["error"].as_str().unwrap_or_default();
+        assert!(err.contains(needle), "line {i}: {needle:?} not in {err:?}");
+        assert_eq!(lines[i]["index"], i);
+    }
+    assert_eq!(lines[5]["token_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(lines[5]["finish_reason"], "length");
+}
+
+#[test]
+fn readable_text_output_by_default() {
+    let model = fixture("qwen3-tiny");
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "the cat",
+        "--prompt",
+        "a dog",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[0] (") && text.contains("[1] ("), "{text}");
+}
+
+#[test]
+fn nonexistent_model_path() {
+    let out = nanovllm(&["generate", "--model", "/no/such/model", "--prompt", "x"]);
+    assert_one_line_error(&out, "/no/such/model");
+}
+
+#[test]
+fn unknown_architecture() {
+    let dir = copy_fixture("qwen3-tiny", "arch");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replace("Qwen3ForCausalLM", "GPTNeoXForCausalLM"),
+    )
+    .unwrap();
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    assert_one_line_error(&out, "GPTNeoXForCausalLM");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = copy_fixture("qwen3-tiny", "trunc");
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    assert_one_line_error(&out, "model.safetensors");
+}
+
+#[test]
+fn prompt_longer_than_max_model_len() {
+    let model = fixture("qwen3-tiny");
+    let long = "word ".repeat(200);
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--max-model-len",
+        "32",
+        "--prompt",
+        &long,
+    ]);
+    assert_one_line_error(&out, "max_model_len");
+}
+
+#[test]
+fn empty_prompt() {
+    let model = fixture("qwen3-tiny");
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "",
+    ]);
+    assert_one_line_error(&out, "empty");
+}
+
+#[test]
+fn bad_sampling_value() {
+    let model = fixture("qwen3-tiny");
+    for (flag, value) in [
+        ("--top-p", "1.5"),
+        ("--temperature", "-0.5"),
+        ("--max-tokens", "0"),
+    ] {
+        let out = nanovllm(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+            flag,
+            value,
+        ]);
+        assert_one_line_error(&out, &flag[2..].replace('-', "_"));
+    }
+}
+
+#[test]
+fn token_id_out_of_vocab_with_prompt_token_ids() {
+    let dir = scratch("oov");
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, "{\"prompt_token_ids\": [3, 512]}\n").unwrap();
+    let model = fixture("qwen3-tiny");
+    let out = nanovllm(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "-",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = jsonl_lines(&out.stdout);
+    let err = lines[0]["error"].as_str().unwrap();
+    assert!(err.contains("512"), "{err}");
+}
+
+#[test]
+fn no_prompt_is_a_usage_error() {
+    let model = fixture("qwen3-tiny");
+    let out = nanovllm(&["generate", "--model", model.to_str().unwrap()]);
+    assert_one_line_error(&out, "--prompt");
+}
