@@ -116,4 +116,27 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         meta: &AttentionMetadata,
         scale: f32,
     ) -> Result<Tensor>;
+
+    // ---- mixture of experts -------------------------------------------------
+    /// Mixtral routing. `router_logits: [T, E]` (activation dtype) → `(topk_ids: U32 [T, top_k],
+    /// topk_weights: F32 [T, top_k])`. Per row, as transformers: softmax over all `E` experts
+    /// in f32, the `top_k` largest probabilities in descending order (equal probabilities:
+    /// the lower expert id first), renormalised to sum to 1. `1 ≤ top_k ≤ E`.
+    fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
+    /// The experts of a sparse MoE block, grouped by expert. `x: [T, H]`;
+    /// `w13: [E, 2I, H]`, expert `e`'s rows `0..I` the gate projection (w1) and `I..2I` the up
+    /// projection (w3), so [`Backend::silu_mul`] semantics apply; `w2: [E, H, I]` (down);
+    /// `topk_ids: U32 [T, k]` (each `< E`) and `topk_weights: F32 [T, k]` from
+    /// [`Backend::moe_route`]. Returns `[T, H]`:
+    /// `out[t] = Σ_j topk_weights[t, j] · w2[e]·silu_mul(w13[e]·x[t])` with `e = topk_ids[t, j]`.
+    /// Tokens are bucketed by expert and each expert multiplies its own tokens only: an
+    /// expert no token picked is never read, and no work is spent on unpicked pairs.
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        w13: &Tensor,
+        w2: &Tensor,
+        topk_ids: &Tensor,
+        topk_weights: &Tensor,
+    ) -> Result<Tensor>;
 }

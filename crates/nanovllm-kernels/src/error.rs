@@ -25,6 +25,20 @@ pub enum KernelError {
         expected: String,
         found: String,
     },
+    #[error("{op}: `{arg}` has dtype {got}, expected {expected}")]
+    WrongDType {
+        op: &'static str,
+        arg: &'static str,
+        expected: &'static str,
+        got: DType,
+    },
+    #[error("{op}: `{arg}` must be {expected}-d, got shape {shape:?}")]
+    WrongRank {
+        op: &'static str,
+        arg: &'static str,
+        expected: usize,
+        shape: Vec<usize>,
+    },
     #[error("{op}: index {index} out of range for size {size}")]
     IndexOutOfRange {
         op: &'static str,

@@ -20,6 +20,8 @@ mod dtype;
 mod error;
 mod kv_cache;
 mod tensor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use attention::AttentionMetadata;
 pub use backend::{Backend, Device};

@@ -1,6 +1,27 @@
-//! The CPU backend: every op in Rust, multithreaded with rayon, GEMMs through the `gemm` crate.
-//! Activations are f32; bf16/f16 weights are converted inside the kernels.
-//! (Op bodies are being written; see the helper task.)
+//! The CPU backend: every op in Rust, multithreaded with rayon's global pool, GEMMs
+//! through the `gemm` crate.
+//!
+//! Activations are f32. Weights (matmul, embedding, norms) may be f32, bf16 or f16 and
+//! are widened inside the kernels, a row or tile at a time — never as a whole matrix.
+//! The KV cache may be f32 or bf16. Each op validates shapes, dtypes and indices before
+//! touching data and reports problems as [`crate::KernelError`]s; one file per op family.
+
+mod activation;
+mod attention;
+mod check;
+mod convert;
+mod embedding;
+mod gemv;
+mod kv;
+mod matmul;
+mod moe;
+mod norm;
+mod parallel;
+mod rope;
+mod rows;
+mod simd;
+#[cfg(test)]
+mod tests;
 
 use crate::attention::AttentionMetadata;
 use crate::backend::{Backend, Device};
@@ -37,72 +58,85 @@ impl Backend for CpuBackend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
-    fn embedding(&self, _ids: &Tensor, _table: &Tensor) -> Result<Tensor> {
-        todo!()
+    fn embedding(&self, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
+        embedding::embedding(ids, table)
     }
-    fn rms_norm(&self, _x: &Tensor, _weight: &Tensor, _eps: f32) -> Result<Tensor> {
-        todo!()
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        norm::rms_norm(x, weight, eps)
     }
     fn add_rms_norm(
         &self,
-        _x: &Tensor,
-        _residual: &mut Tensor,
-        _weight: &Tensor,
-        _eps: f32,
+        x: &Tensor,
+        residual: &mut Tensor,
+        weight: &Tensor,
+        eps: f32,
     ) -> Result<Tensor> {
-        todo!()
+        norm::add_rms_norm(x, residual, weight, eps)
     }
     fn rope(
         &self,
-        _x: &mut Tensor,
-        _positions: &Tensor,
-        _cos_sin: &Tensor,
-        _head_dim: usize,
+        x: &mut Tensor,
+        positions: &Tensor,
+        cos_sin: &Tensor,
+        head_dim: usize,
     ) -> Result<()> {
-        todo!()
+        rope::rope(x, positions, cos_sin, head_dim)
     }
-    fn matmul(&self, _x: &Tensor, _w: &Tensor) -> Result<Tensor> {
-        todo!()
+    fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        matmul::matmul(x, w)
     }
-    fn silu_mul(&self, _gate_up: &Tensor) -> Result<Tensor> {
-        todo!()
+    fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor> {
+        activation::silu_mul(gate_up)
     }
-    fn add_inplace(&self, _x: &mut Tensor, _y: &Tensor) -> Result<()> {
-        todo!()
+    fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
+        rows::add_inplace(x, y)
     }
-    fn split_last_dim(&self, _x: &Tensor, _sizes: &[usize]) -> Result<Vec<Tensor>> {
-        todo!()
+    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
+        rows::split_last_dim(x, sizes)
     }
-    fn index_rows(&self, _x: &Tensor, _rows: &Tensor) -> Result<Tensor> {
-        todo!()
+    fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        rows::index_rows(x, rows)
     }
     fn store_kv(
         &self,
-        _k: &Tensor,
-        _v: &Tensor,
-        _cache: &mut LayerKvCache,
-        _slot_mapping: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut LayerKvCache,
+        slot_mapping: &Tensor,
     ) -> Result<()> {
-        todo!()
+        kv::store_kv(k, v, cache, slot_mapping)
     }
     fn prefill_attention(
         &self,
-        _q: &Tensor,
-        _k: &Tensor,
-        _v: &Tensor,
-        _cache: &LayerKvCache,
-        _meta: &AttentionMetadata,
-        _scale: f32,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &LayerKvCache,
+        meta: &AttentionMetadata,
+        scale: f32,
     ) -> Result<Tensor> {
-        todo!()
+        attention::prefill_attention(q, k, v, cache, meta, scale)
     }
     fn decode_attention(
         &self,
-        _q: &Tensor,
-        _cache: &LayerKvCache,
-        _meta: &AttentionMetadata,
-        _scale: f32,
+        q: &Tensor,
+        cache: &LayerKvCache,
+        meta: &AttentionMetadata,
+        scale: f32,
     ) -> Result<Tensor> {
-        todo!()
+        attention::decode_attention(q, cache, meta, scale)
+    }
+    fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
+        moe::moe_route(router_logits, top_k)
+    }
+    fn moe_experts(
+        &self,
+        x: &Tensor,
+        w13: &Tensor,
+        w2: &Tensor,
+        topk_ids: &Tensor,
+        topk_weights: &Tensor,
+    ) -> Result<Tensor> {
+        moe::moe_experts(x, w13, w2, topk_ids, topk_weights)
     }
 }

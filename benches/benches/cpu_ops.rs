@@ -1,0 +1,193 @@
+//! CPU backend op benchmarks at Qwen3-0.6B shapes (hidden 1024, 16 heads, 8 KV heads,
+//! head_dim 128, intermediate 3072).
+//!
+//! - matmul with bf16 weights `[N, 1024]`, N ∈ {2048 (q_proj), 3072 (gate/up half)}, at
+//!   M = 1 (decode), 32 (batched decode) and 512 (prefill); f32 weights at M = 512 as the
+//!   plain-gemm baseline. Throughput is reported in FLOP/s (elements = 2·M·N·K).
+//! - decode attention, one sequence at context 1024 and 4096, f32 and bf16 cache.
+//! - prefill attention, one 512-token sequence.
+//!
+//! Run: `cargo bench -p benches --bench cpu_ops`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nanovllm_kernels::{AttentionMetadata, Backend, CpuBackend, DType, KvCache, Tensor};
+
+const HIDDEN: usize = 1024;
+const HEADS: usize = 16;
+const KV_HEADS: usize = 8;
+const HEAD_DIM: usize = 128;
+const BLOCK_SIZE: usize = 256;
+
+/// Deterministic inputs (xorshift64*), uniform in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+                bits as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+}
+
+fn tensor(data: Vec<f32>, shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_f32(data, shape)
+        .and_then(|t| t.to_dtype_cpu(dtype))
+        .expect("bench tensor")
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let backend = CpuBackend::new();
+    let mut rng = Rng(0x1234_5678);
+    let mut group = c.benchmark_group("matmul");
+    group.sample_size(20);
+    let cases = [
+        (DType::BF16, 2048, [1, 32, 512].as_slice()),
+        (DType::BF16, 3072, [1, 32, 512].as_slice()),
+        (DType::F32, 3072, [1, 512].as_slice()),
+    ];
+    for (dtype, n, ms) in cases {
+        let w = tensor(rng.vec(n * HIDDEN), &[n, HIDDEN], dtype);
+        for &m in ms {
+            let x = tensor(rng.vec(m * HIDDEN), &[m, HIDDEN], DType::F32);
+            group.throughput(Throughput::Elements((2 * m * n * HIDDEN) as u64));
+            let id = BenchmarkId::new(format!("{dtype}_w{n}x{HIDDEN}"), format!("m{m}"));
+            group.bench_with_input(id, &m, |b, _| {
+                b.iter(|| {
+                    backend
+                        .matmul(black_box(&x), black_box(&w))
+                        .expect("matmul")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// One sequence of `context_len` keys in a cache with shuffled blocks, its K/V stored,
+/// and metadata for `q_len` queries at its end.
+fn paged_setup(
+    backend: &CpuBackend,
+    rng: &mut Rng,
+    context_len: usize,
+    q_len: usize,
+    cache_dtype: DType,
+) -> (KvCache, AttentionMetadata) {
+    let num_blocks = context_len.div_ceil(BLOCK_SIZE) + 2;
+    let mut cache = KvCache::new(
+        backend,
+        1,
+        num_blocks,
+        BLOCK_SIZE,
+        KV_HEADS,
+        HEAD_DIM,
+        cache_dtype,
+    )
+    .expect("cache");
+    // Blocks in reverse order: non-contiguous, like a real allocator's output.
+    let table: Vec<u32> = (0..num_blocks as u32).rev().collect();
+    let slots: Vec<i64> = (0..context_len)
+        .map(|p| (table[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) as i64)
+        .collect();
+    let width = KV_HEADS * HEAD_DIM;
+    let k = tensor(
+        rng.vec(context_len * width),
+        &[context_len, width],
+        DType::F32,
+    );
+    let v = tensor(
+        rng.vec(context_len * width),
+        &[context_len, width],
+        DType::F32,
+    );
+    let slot_mapping = Tensor::from_i64(slots.clone(), &[context_len]).expect("slots");
+    backend
+        .store_kv(&k, &v, &mut cache.layers[0], &slot_mapping)
+        .expect("store_kv");
+    let meta = AttentionMetadata {
+        is_prefill: q_len > 1,
+        num_seqs: 1,
+        block_size: BLOCK_SIZE,
+        cu_seqlens_q: Tensor::from_u32(vec![0, q_len as u32], &[2]).expect("cu"),
+        context_lens: Tensor::from_u32(vec![context_len as u32], &[1]).expect("ctx"),
+        block_tables: Tensor::from_u32(table.clone(), &[1, num_blocks]).expect("table"),
+        slot_mapping: Tensor::from_i64(slots[context_len - q_len..].to_vec(), &[q_len])
+            .expect("slots"),
+        max_seqlen_q: q_len,
+        max_context_len: context_len,
+    };
+    (cache, meta)
+}
+
+fn bench_decode_attention(c: &mut Criterion) {
+    let backend = CpuBackend::new();
+    let mut rng = Rng(0x9abc_def0);
+    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    let mut group = c.benchmark_group("decode_attention");
+    for cache_dtype in [DType::F32, DType::BF16] {
+        for context_len in [1024, 4096] {
+            let (cache, meta) = paged_setup(&backend, &mut rng, context_len, 1, cache_dtype);
+            let q = tensor(
+                rng.vec(HEADS * HEAD_DIM),
+                &[1, HEADS * HEAD_DIM],
+                DType::F32,
+            );
+            // QKᵀ and PV: 2 · 2 · heads · context · head_dim.
+            group.throughput(Throughput::Elements(
+                (4 * HEADS * context_len * HEAD_DIM) as u64,
+            ));
+            let id = BenchmarkId::new(format!("{cache_dtype}_cache"), format!("ctx{context_len}"));
+            group.bench_with_input(id, &context_len, |b, _| {
+                b.iter(|| {
+                    backend
+                        .decode_attention(black_box(&q), &cache.layers[0], &meta, scale)
+                        .expect("decode_attention")
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_prefill_attention(c: &mut Criterion) {
+    let backend = CpuBackend::new();
+    let mut rng = Rng(0x0fed_cba9);
+    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    let tokens = 512;
+    let (cache, meta) = paged_setup(&backend, &mut rng, tokens, tokens, DType::F32);
+    let q = tensor(
+        rng.vec(tokens * HEADS * HEAD_DIM),
+        &[tokens, HEADS * HEAD_DIM],
+        DType::F32,
+    );
+    let kv_width = KV_HEADS * HEAD_DIM;
+    let k = tensor(rng.vec(tokens * kv_width), &[tokens, kv_width], DType::F32);
+    let v = tensor(rng.vec(tokens * kv_width), &[tokens, kv_width], DType::F32);
+    let mut group = c.benchmark_group("prefill_attention");
+    group.sample_size(20);
+    // Causal: query i sees i + 1 keys; 4 FLOP per (query, key, head, dim).
+    let pairs = tokens * (tokens + 1) / 2;
+    group.throughput(Throughput::Elements((4 * HEADS * pairs * HEAD_DIM) as u64));
+    group.bench_function(BenchmarkId::new("f32_cache", format!("t{tokens}")), |b| {
+        b.iter(|| {
+            backend
+                .prefill_attention(black_box(&q), &k, &v, &cache.layers[0], &meta, scale)
+                .expect("prefill_attention")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    cpu_ops,
+    bench_matmul,
+    bench_decode_attention,
+    bench_prefill_attention
+);
+criterion_main!(cpu_ops);

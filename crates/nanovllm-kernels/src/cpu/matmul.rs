@@ -1,0 +1,159 @@
+//! `x[M, K] · w[N, K]ᵀ → [M, N]`, activations f32, weights f32, bf16 or f16.
+//!
+//! - f32 weights: one `gemm` call on the row-major buffers.
+//! - bf16/f16 weights, `M ≤ SMALL_M` (decode): [`super::gemv`], parallel over W rows with
+//!   on-the-fly widening.
+//! - bf16/f16 weights, larger `M` (prefill): W is widened a tile of rows at a time into a
+//!   thread-local f32 buffer that is reused across tiles and calls, and `gemm` multiplies
+//!   `x` by the tile into the matching output columns. Every weight is read once per call
+//!   and no widened copy of the whole matrix ever exists.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::error::{KernelError, Result};
+use crate::tensor::Tensor;
+
+use super::check::{self, Floats};
+use super::gemv;
+use super::parallel::worth_parallel;
+
+const OP: &str = "matmul";
+
+/// Up to this many rows of `x`, narrow weights take the dot-product path.
+pub(crate) const SMALL_M: usize = 16;
+
+/// f32 elements per widened weight tile (256 KiB: stays in L2 while gemm sweeps `x`).
+const TILE_ELEMS: usize = 1 << 16;
+
+thread_local! {
+    /// Per-thread widened weight tile, reused across tiles and calls.
+    static WEIGHT_TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, k) = check::dims2(OP, "x", x)?;
+    let (n, w_k) = check::dims2(OP, "w", w)?;
+    if w_k != k {
+        return Err(KernelError::ShapeMismatch {
+            op: OP,
+            lhs: x.shape().to_vec(),
+            rhs: w.shape().to_vec(),
+        });
+    }
+    let xs = check::f32s(OP, "x", x)?;
+    let weights = check::floats(OP, "w", w)?;
+    let mut out = vec![0.0f32; m * n];
+    if m > 0 && n > 0 && k > 0 {
+        match weights {
+            Floats::F32(ws) => {
+                let parallelism = if worth_parallel(m * n * k) {
+                    Parallelism::Rayon(rayon::current_num_threads())
+                } else {
+                    Parallelism::None
+                };
+                // SAFETY: xs is [m, k], ws is [n, k] and out is [m, n] (checked above).
+                unsafe { gemm_x_wt(m, n, k, xs, ws, out.as_mut_ptr(), n, parallelism) };
+            }
+            _ if m <= SMALL_M => gemv::matmul_small_m(xs, weights, m, k, n, &mut out),
+            _ => matmul_tiled(xs, weights, m, k, n, &mut out),
+        }
+    }
+    Tensor::from_f32(out, &[m, n])
+}
+
+/// `out[i, j] = Σ_k x[i, k] · w[j, k]` for `i < m`, `j < n`, where `out` rows are
+/// `out_stride` apart (so a column block of a wider output can be targeted).
+///
+/// # Safety
+/// `x` holds `m·k` and `w` holds `n·k` elements; `out` is valid for writes at
+/// `i·out_stride + j` for every `i < m`, `j < n`, and nothing else touches those
+/// elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_x_wt(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    out: *mut f32,
+    out_stride: usize,
+    parallelism: Parallelism,
+) {
+    debug_assert!(x.len() >= m * k && w.len() >= n * k);
+    // gemm computes dst = alpha·dst + beta·lhs·rhs; with read_dst = false, dst = lhs·rhs.
+    // lhs = x (row-major [m, k]); rhs = wᵀ, i.e. element (kk, j) at w[j·k + kk].
+    gemm::gemm(
+        m,
+        n,
+        k,
+        out,
+        1,
+        out_stride as isize,
+        false,
+        x.as_ptr(),
+        1,
+        k as isize,
+        w.as_ptr(),
+        k as isize,
+        1,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        parallelism,
+    )
+}
+
+/// Output pointer shared by tile tasks that write disjoint column blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `matmul_tiled`), and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    /// A method (not field access) so closures capture the whole `Send + Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// W rows per tile: fills [`TILE_ELEMS`], but leaves ≥ 4 tiles per thread for balance.
+fn tile_rows(k: usize, n: usize) -> usize {
+    let by_cache = (TILE_ELEMS / k).max(16);
+    let by_balance = n.div_ceil(4 * rayon::current_num_threads()).max(16);
+    by_cache.min(by_balance).next_multiple_of(16)
+}
+
+fn matmul_tiled(xs: &[f32], w: Floats, m: usize, k: usize, n: usize, out: &mut [f32]) {
+    let rows = tile_rows(k, n);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..n.div_ceil(rows))
+        .into_par_iter()
+        .for_each(|tile_index| {
+            let n0 = tile_index * rows;
+            let tile_n = rows.min(n - n0);
+            // No rayon call happens while the tile is borrowed, so the borrow cannot re-enter.
+            WEIGHT_TILE.with_borrow_mut(|tile| {
+                tile.resize(tile_n * k, 0.0);
+                w.convert_range(n0 * k, &mut tile[..tile_n * k]);
+                // SAFETY: x is [m, k] and the tile [tile_n, k]; this task alone writes output
+                // columns n0..n0 + tile_n of each of the m rows (row stride n) of `out`.
+                unsafe {
+                    gemm_x_wt(
+                        m,
+                        tile_n,
+                        k,
+                        xs,
+                        tile,
+                        out_ptr.get().add(n0),
+                        n,
+                        Parallelism::None,
+                    )
+                };
+            });
+        });
+}

@@ -1,0 +1,17 @@
+//! Mixture-of-experts ops (Mixtral): routing and the grouped expert computation.
+//!
+//! - [`route`]: softmax over the experts in f32, top-k, renormalise.
+//! - [`experts`]: bucket the (token, expert) pairs by expert (a stable counting sort),
+//!   gather each expert's token rows into one contiguous block, run the two expert GEMMs
+//!   as grouped GEMMs over all blocks at once ([`grouped_gemm`]), then weight and sum each
+//!   token's `k` results. Work is proportional to the pairs routed, never to `T · E`; an
+//!   expert nobody picked is not read at all.
+
+mod experts;
+mod grouped_gemm;
+mod route;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use experts::moe_experts;
+pub(crate) use route::moe_route;

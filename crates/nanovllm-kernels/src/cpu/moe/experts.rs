@@ -1,0 +1,165 @@
+//! `moe_experts`: the grouped expert computation of a sparse MoE block.
+//!
+//! ```text
+//! pairs (t, j) → bucket by e = topk_ids[t, j]      stable counting sort: offsets[E + 1]
+//! xs[p]   = x[token(p)]                            gather, [P, H] with P = T·k
+//! gu      = grouped xs · w13[e]ᵀ                   [P, 2I]
+//! act     = silu(gu[:, ..I]) · gu[:, I..]          [P, I]
+//! ys      = grouped act · w2[e]ᵀ                   [P, H]
+//! out[t]  = Σ_j topk_weights[t, j] · ys[slot(t, j)] in j order, [T, H]
+//! ```
+//! Every step is linear in the number of routed pairs; experts without pairs get no work.
+
+use crate::error::{KernelError, Result};
+use crate::tensor::Tensor;
+
+use super::super::activation::silu_mul;
+use super::super::check::{self, Floats};
+use super::super::parallel::for_each_row;
+use super::grouped_gemm::{grouped_matmul, GroupedShape};
+
+const OP: &str = "moe_experts";
+
+/// `[a, b, c]` of a 3-d tensor.
+fn dims3(arg: &'static str, t: &Tensor) -> Result<(usize, usize, usize)> {
+    match *t.shape() {
+        [a, b, c] => Ok((a, b, c)),
+        _ => Err(check::wrong_rank(OP, arg, 3, t)),
+    }
+}
+
+/// Validated shapes of one call.
+struct Dims {
+    tokens: usize,
+    hidden: usize,
+    experts: usize,
+    intermediate: usize,
+    top_k: usize,
+}
+
+fn validate(
+    x: &Tensor,
+    w13: &Tensor,
+    w2: &Tensor,
+    topk_ids: &Tensor,
+    topk_weights: &Tensor,
+) -> Result<Dims> {
+    let (tokens, hidden) = check::dims2(OP, "x", x)?;
+    let (experts, rows13, cols13) = dims3("w13", w13)?;
+    if cols13 != hidden || rows13 % 2 != 0 {
+        return Err(KernelError::Invalid {
+            op: OP,
+            msg: format!(
+                "w13 {:?} must be [experts, 2·intermediate, hidden] with hidden {hidden} (x is {:?})",
+                w13.shape(),
+                x.shape()
+            ),
+        });
+    }
+    let intermediate = rows13 / 2;
+    check::expect_shape(OP, w2, &[experts, hidden, intermediate])?;
+    let (id_rows, top_k) = check::dims2(OP, "topk_ids", topk_ids)?;
+    check::expect_shape(OP, topk_ids, &[tokens, top_k])?;
+    check::expect_shape(OP, topk_weights, &[id_rows, top_k])?;
+    Ok(Dims {
+        tokens,
+        hidden,
+        experts,
+        intermediate,
+        top_k,
+    })
+}
+
+/// The (token, slot) pairs bucketed by expert.
+struct Buckets {
+    /// `E + 1` offsets: expert `e`'s pairs are `offsets[e] .. offsets[e + 1]`.
+    offsets: Vec<usize>,
+    /// Per sorted pair, its token.
+    tokens: Vec<usize>,
+    /// Per pair `t·k + j`, its position in the sorted order.
+    position: Vec<usize>,
+}
+
+/// Stable counting sort of the pairs by expert id (ids validated `< experts`).
+fn bucket_by_expert(ids: &[u32], top_k: usize, experts: usize) -> Buckets {
+    let mut offsets = vec![0usize; experts + 1];
+    for &e in ids {
+        offsets[e as usize + 1] += 1;
+    }
+    for e in 0..experts {
+        offsets[e + 1] += offsets[e];
+    }
+    let mut next = offsets.clone();
+    let mut tokens = vec![0usize; ids.len()];
+    let mut position = vec![0usize; ids.len()];
+    for (pair, &e) in ids.iter().enumerate() {
+        let p = next[e as usize];
+        next[e as usize] += 1;
+        tokens[p] = pair / top_k;
+        position[pair] = p;
+    }
+    Buckets {
+        offsets,
+        tokens,
+        position,
+    }
+}
+
+pub(crate) fn moe_experts(
+    x: &Tensor,
+    w13: &Tensor,
+    w2: &Tensor,
+    topk_ids: &Tensor,
+    topk_weights: &Tensor,
+) -> Result<Tensor> {
+    let Dims {
+        tokens,
+        hidden,
+        experts,
+        intermediate,
+        top_k,
+    } = validate(x, w13, w2, topk_ids, topk_weights)?;
+    let xs = check::f32s(OP, "x", x)?;
+    let w13s = check::floats(OP, "w13", w13)?;
+    let w2s = check::floats(OP, "w2", w2)?;
+    let ids = check::u32s(OP, "topk_ids", topk_ids)?;
+    let weights = check::f32s(OP, "topk_weights", topk_weights)?;
+    check::indices_below(OP, ids, experts)?;
+
+    let buckets = bucket_by_expert(ids, top_k, experts);
+    let pairs = ids.len();
+    let mut gathered = vec![0f32; pairs * hidden];
+    for_each_row(&mut gathered, hidden, hidden, |p, row| {
+        let t = buckets.tokens[p];
+        row.copy_from_slice(&xs[t * hidden..(t + 1) * hidden]);
+    });
+    let gate_up = grouped(&gathered, w13s, &buckets.offsets, 2 * intermediate, hidden);
+    let act = silu_mul(&Tensor::from_f32(gate_up, &[pairs, 2 * intermediate])?)?;
+    let ys = grouped(
+        check::f32s(OP, "act", &act)?,
+        w2s,
+        &buckets.offsets,
+        hidden,
+        intermediate,
+    );
+
+    let mut out = vec![0f32; tokens * hidden];
+    for_each_row(&mut out, hidden, top_k * hidden, |t, row| {
+        for j in 0..top_k {
+            let weight = weights[t * top_k + j];
+            let p = buckets.position[t * top_k + j];
+            for (o, &y) in row.iter_mut().zip(&ys[p * hidden..(p + 1) * hidden]) {
+                *o += weight * y;
+            }
+        }
+    });
+    Tensor::from_f32(out, &[tokens, hidden])
+}
+
+/// `[P, n]` = each sorted pair's row of `x: [P, k]` times its expert's `w: [E, n, k]` rowsᵀ.
+fn grouped(x: &[f32], w: Floats, offsets: &[usize], n: usize, k: usize) -> Vec<f32> {
+    let pairs = offsets.last().copied().unwrap_or(0);
+    let mut out = vec![0f32; pairs * n];
+    grouped_matmul(x, w, GroupedShape { offsets, n, k }, &mut out);
+    out
+}

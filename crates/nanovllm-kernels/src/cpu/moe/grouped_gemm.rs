@@ -1,0 +1,238 @@
+//! Grouped GEMM: many small `x_e · W_eᵀ` products, one per expert, in one parallel pass.
+//!
+//! `x: f32 [R, K]` holds the rows of every expert back to back (expert `e` owns rows
+//! `offsets[e] .. offsets[e + 1]`), `w: [E, N, K]` is the stacked expert weights (f32, bf16
+//! or f16) and `out: f32 [R, N]` gets `out[r] = x[r] · W_{e(r)}ᵀ`.
+//!
+//! Work items are (expert, tile of W_e rows) pairs over the experts that own rows, all
+//! handed to rayon at once, so a few busy experts still fill every core. Each item reads
+//! its tile of W once:
+//! - few rows (`≤ SMALL_M`, decode): dot products; bf16 with one row dots the raw bits,
+//!   otherwise each W row is widened once into a per-thread scratch row;
+//! - more rows: the tile is widened (narrow dtypes) into a per-thread f32 buffer and
+//!   multiplied by the expert's rows with `gemm`.
+//!
+//! Items write disjoint blocks of `out` (their expert's rows × their tile's columns).
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::super::check::Floats;
+use super::super::parallel::worth_parallel;
+use super::super::simd::{dot_bf16, dot_f32};
+
+/// Up to this many rows an expert takes the dot-product path; above it, gemm on a widened
+/// tile is faster (measured in `benches/moe_layer.rs`).
+const DOT_MAX_ROWS: usize = 1;
+
+/// f32 elements per widened weight tile (256 KiB: stays in L2 while gemm sweeps `x`).
+const TILE_ELEMS: usize = 1 << 16;
+
+thread_local! {
+    /// Per-thread widened weight tile (or row), reused across items and calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The shape of one grouped product (validated by the caller).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GroupedShape<'a> {
+    /// `E + 1` row offsets into `x` / `out`, non-decreasing, last = R.
+    pub offsets: &'a [usize],
+    /// Output features per expert (rows of each W_e).
+    pub n: usize,
+    /// Input features (columns of x and of each W_e).
+    pub k: usize,
+}
+
+/// One unit of work: rows `row0 .. row0 + rows` of `x` times W_e rows `n0 .. n0 + tile_n`.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    expert: usize,
+    row0: usize,
+    rows: usize,
+    n0: usize,
+    tile_n: usize,
+}
+
+/// Output pointer shared by items that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: items write disjoint elements (see the module docs), and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    /// A method (not field access) so closures capture the whole `Send + Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[r] = x[r] · W_{e(r)}ᵀ` for every row (see the module docs).
+pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mut [f32]) {
+    let GroupedShape { offsets, n, k } = shape;
+    let rows_total = offsets.last().copied().unwrap_or(0);
+    debug_assert!(x.len() >= rows_total * k && out.len() >= rows_total * n);
+    if rows_total == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..rows_total * n].fill(0.0);
+        return;
+    }
+    let items = work_items(offsets, n, k);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let run = |item: &Item| {
+        // SAFETY: `item` covers rows row0..row0+rows (< R) and columns n0..n0+tile_n (≤ n)
+        // of `out`, a block no other item touches.
+        unsafe { run_item(x, w, n, k, *item, out_ptr.get()) }
+    };
+    if worth_parallel(2 * rows_total * n * k) {
+        items.par_iter().for_each(run);
+    } else {
+        items.iter().for_each(run);
+    }
+}
+
+/// Splits every expert that owns rows into tiles of W rows: tiles fill [`TILE_ELEMS`] but
+/// leave ≥ 4 items per thread over all experts, for balance.
+fn work_items(offsets: &[usize], n: usize, k: usize) -> Vec<Item> {
+    let active = offsets.windows(2).filter(|w| w[1] > w[0]).count();
+    let by_cache = (TILE_ELEMS / k).max(16);
+    let by_balance = (active * n)
+        .div_ceil(4 * rayon::current_num_threads())
+        .max(16);
+    let tile_rows = by_cache.min(by_balance).next_multiple_of(16);
+    let mut items = Vec::with_capacity(active * n.div_ceil(tile_rows));
+    for (expert, bounds) in offsets.windows(2).enumerate() {
+        let (row0, rows) = (bounds[0], bounds[1].saturating_sub(bounds[0]));
+        if rows == 0 {
+            continue;
+        }
+        for n0 in (0..n).step_by(tile_rows) {
+            items.push(Item {
+                expert,
+                row0,
+                rows,
+                n0,
+                tile_n: tile_rows.min(n - n0),
+            });
+        }
+    }
+    items
+}
+
+/// Computes one item's block of `out` (row stride `n`).
+///
+/// # Safety
+/// `out` is valid for writes at `r·n + j` for `r` in the item's rows and `j` in its
+/// columns, and nothing else touches those elements during the call.
+unsafe fn run_item(x: &[f32], w: Floats, n: usize, k: usize, item: Item, out: *mut f32) {
+    let Item {
+        expert,
+        row0,
+        rows,
+        n0,
+        tile_n,
+    } = item;
+    let xs = &x[row0 * k..(row0 + rows) * k];
+    // Element offset of W_e row n0 in the stacked weights.
+    let w_start = (expert * n + n0) * k;
+    let out_block = out.add(row0 * n + n0);
+    if rows <= DOT_MAX_ROWS {
+        dot_rows(xs, w, w_start, rows, k, tile_n, out_block, n);
+        return;
+    }
+    let gemm_tile = |tile: &[f32]| {
+        // SAFETY: xs is [rows, k], tile is [tile_n, k], and out_block's `rows × tile_n`
+        // block (row stride n) belongs to this item.
+        gemm_x_wt(rows, tile_n, k, xs, tile, out_block, n)
+    };
+    match w {
+        Floats::F32(ws) => gemm_tile(&ws[w_start..w_start + tile_n * k]),
+        // No rayon call happens while the scratch is borrowed, so the borrow cannot re-enter.
+        _ => SCRATCH.with_borrow_mut(|tile| {
+            tile.resize(tile_n * k, 0.0);
+            w.convert_range(w_start, &mut tile[..tile_n * k]);
+            gemm_tile(&tile[..tile_n * k]);
+        }),
+    }
+}
+
+/// Few rows: `out[i, j] = x_i · W row j` by dot products, each W row read (and widened) once.
+///
+/// # Safety
+/// As [`run_item`], for the `rows × tile_n` block at `out` with row stride `stride`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_rows(
+    xs: &[f32],
+    w: Floats,
+    w_start: usize,
+    rows: usize,
+    k: usize,
+    tile_n: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    for j in 0..tile_n {
+        let row_start = w_start + j * k;
+        let write = |w_row: &[f32]| {
+            for i in 0..rows {
+                *out.add(i * stride + j) = dot_f32(&xs[i * k..(i + 1) * k], w_row);
+            }
+        };
+        match w {
+            Floats::F32(ws) => write(&ws[row_start..row_start + k]),
+            Floats::BF16(ws) if rows == 1 => {
+                *out.add(j) = dot_bf16(xs, bytemuck::cast_slice(&ws[row_start..row_start + k]));
+            }
+            // No rayon call happens while the scratch is borrowed.
+            _ => SCRATCH.with_borrow_mut(|row| {
+                row.resize(k, 0.0);
+                w.convert_range(row_start, &mut row[..k]);
+                write(&row[..k]);
+            }),
+        }
+    }
+}
+
+/// `out[i, j] = Σ_k x[i, k] · w[j, k]` for `i < m`, `j < n`, `out` rows `out_stride` apart.
+///
+/// # Safety
+/// `x` holds `m·k` and `w` holds `n·k` elements; `out` is valid for writes at
+/// `i·out_stride + j` for every `i < m`, `j < n`, and nothing else touches them meanwhile.
+unsafe fn gemm_x_wt(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    out: *mut f32,
+    out_stride: usize,
+) {
+    debug_assert!(x.len() >= m * k && w.len() >= n * k);
+    // gemm computes dst = alpha·dst + beta·lhs·rhs; with read_dst = false, dst = lhs·rhs.
+    // lhs = x (row-major [m, k]); rhs = wᵀ, i.e. element (kk, j) at w[j·k + kk].
+    gemm::gemm(
+        m,
+        n,
+        k,
+        out,
+        1,
+        out_stride as isize,
+        false,
+        x.as_ptr(),
+        1,
+        k as isize,
+        w.as_ptr(),
+        k as isize,
+        1,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}

@@ -1,0 +1,77 @@
+//! `moe_route`: router logits `f32 [T, E]` → top-k expert ids `U32 [T, k]` and their
+//! renormalised weights `f32 [T, k]`.
+//!
+//! Per row, transformers' arithmetic: `p = exp(l − max) / Σ exp(l − max)` in f32, the
+//! `k` largest `p` by descending value (a tie goes to the lower expert id: the scan keeps
+//! the first maximum), then `w_j = p_j / Σ_j p_j` with the sum taken in that order.
+//! Sequential: `T · E` exponentials are noise next to the expert GEMMs that follow.
+
+use crate::error::{KernelError, Result};
+use crate::tensor::Tensor;
+
+use super::super::check;
+
+const OP: &str = "moe_route";
+
+pub(crate) fn moe_route(router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
+    let (tokens, experts) = check::dims2(OP, "router_logits", router_logits)?;
+    if top_k == 0 || top_k > experts {
+        return Err(KernelError::Invalid {
+            op: OP,
+            msg: format!(
+                "top_k {top_k} must be between 1 and the number of experts {experts} \
+                 (num_experts_per_tok ≤ num_local_experts)"
+            ),
+        });
+    }
+    let logits = check::f32s(OP, "router_logits", router_logits)?;
+    let mut topk_ids = vec![0u32; tokens * top_k];
+    let mut topk_weights = vec![0f32; tokens * top_k];
+    let mut probs = vec![0f32; experts];
+    for ((row, ids), weights) in logits
+        .chunks_exact(experts)
+        .zip(topk_ids.chunks_exact_mut(top_k))
+        .zip(topk_weights.chunks_exact_mut(top_k))
+    {
+        softmax(row, &mut probs);
+        top_k_renormalised(&mut probs, ids, weights);
+    }
+    Ok((
+        Tensor::from_u32(topk_ids, &[tokens, top_k])?,
+        Tensor::from_f32(topk_weights, &[tokens, top_k])?,
+    ))
+}
+
+/// `probs = softmax(logits)` in f32, max-subtracted like torch.
+fn softmax(logits: &[f32], probs: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (p, &l) in probs.iter_mut().zip(logits) {
+        *p = (l - max).exp();
+    }
+    let sum: f32 = probs.iter().sum();
+    for p in probs.iter_mut() {
+        *p /= sum;
+    }
+}
+
+/// Picks the `ids.len()` largest of `probs` (consuming them) and writes their
+/// renormalised weights.
+fn top_k_renormalised(probs: &mut [f32], ids: &mut [u32], weights: &mut [f32]) {
+    for (id, weight) in ids.iter_mut().zip(weights.iter_mut()) {
+        // The first strict maximum wins, so equal probabilities go to the lower expert id.
+        let mut best = 0;
+        for (e, &p) in probs.iter().enumerate() {
+            if p > probs[best] {
+                best = e;
+            }
+        }
+        *id = best as u32;
+        *weight = probs[best];
+        // Taken: below every probability, so it is never picked again.
+        probs[best] = f32::NEG_INFINITY;
+    }
+    let chosen_sum: f32 = weights.iter().sum();
+    for w in weights.iter_mut() {
+        *w /= chosen_sum;
+    }
+}

@@ -1,0 +1,43 @@
+//! When to go parallel.
+//!
+//! All CPU ops use rayon's global pool (no per-call threads). Work below [`PAR_GRAIN`]
+//! scalar operations runs on the calling thread, since a rayon split costs microseconds;
+//! above it, each rayon task gets at least [`PAR_GRAIN`] work.
+
+use rayon::prelude::*;
+
+/// Scalar operations worth one rayon task.
+pub(crate) const PAR_GRAIN: usize = 1 << 15;
+
+/// Whether `total_cost` scalar operations are worth splitting across threads.
+pub(crate) fn worth_parallel(total_cost: usize) -> bool {
+    total_cost >= 2 * PAR_GRAIN && rayon::current_num_threads() > 1
+}
+
+/// Items per rayon task so that each task does at least [`PAR_GRAIN`] work.
+pub(crate) fn min_items(cost_per_item: usize) -> usize {
+    PAR_GRAIN.div_ceil(cost_per_item.max(1))
+}
+
+/// Runs `f(row_index, row)` over `out` split into rows of `row_len` elements, in
+/// parallel when the total work (`cost_per_row` per row) is large enough.
+pub(crate) fn for_each_row<T, F>(out: &mut [T], row_len: usize, cost_per_row: usize, f: F)
+where
+    T: Send,
+    F: Fn(usize, &mut [T]) + Send + Sync,
+{
+    if row_len == 0 {
+        return;
+    }
+    let rows = out.len() / row_len;
+    if worth_parallel(rows.saturating_mul(cost_per_row)) {
+        out.par_chunks_exact_mut(row_len)
+            .enumerate()
+            .with_min_len(min_items(cost_per_row))
+            .for_each(|(i, row)| f(i, row));
+    } else {
+        out.chunks_exact_mut(row_len)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    }
+}

@@ -1,0 +1,65 @@
+//! Backend-agnostic op tests (feature `testing`; always compiled for this crate's tests).
+//!
+//! Every test body takes a `&dyn Backend`: it builds fixed-seed random inputs on the
+//! host, uploads them, runs one op, reads the result back and compares it against a
+//! plain naive reference written here (loops, f64 accumulation, full softmax). The CPU
+//! backend runs them in `cpu::tests`; another backend runs the very same bodies with
+//! `nanovllm_kernels::backend_test_suite!(MyBackend::new())` inside a test file.
+//!
+//! Inputs are rounded to the backend's activation dtype (and weights / cache to theirs)
+//! *before* the reference sees them, so a tolerance only covers the op's own arithmetic.
+//! Each test states its f32 tolerance; on a backend whose activations are narrower the
+//! checks widen by that dtype's rounding step ([`check::Tol::for_backend`]).
+//! Test bodies panic (via `assert!`) on failure, like any test.
+
+pub mod check;
+pub mod dense;
+pub mod errors;
+pub mod paged;
+pub mod reference;
+pub mod rng;
+
+/// Expands to one `#[test]` per test body, each running it on `$backend` (an expression
+/// evaluated afresh in every test, e.g. `CpuBackend::new()`).
+#[macro_export]
+macro_rules! backend_test_suite {
+    ($backend:expr) => {
+        $crate::backend_test_suite!(@tests $backend;
+            dense::matmul_f32_weights,
+            dense::matmul_bf16_weights,
+            dense::matmul_f16_weights,
+            dense::embedding_all_table_dtypes,
+            dense::rms_norm_matches_reference,
+            dense::add_rms_norm_updates_residual,
+            dense::rope_neox_matches_reference,
+            dense::silu_mul_matches_reference,
+            dense::add_inplace_adds,
+            dense::split_last_dim_copies_columns,
+            dense::index_rows_gathers,
+            paged::store_kv_writes_slots_skips_minus_one,
+            paged::prefill_attention_matches_reference,
+            paged::prefill_attention_bf16_cache,
+            paged::prefill_attention_long_sequences,
+            paged::decode_attention_matches_reference,
+            paged::decode_attention_bf16_cache,
+            paged::decode_matches_prefill_last_token,
+            paged::decode_zero_context_gives_zeros,
+            errors::matmul_rejects_bad_inputs,
+            errors::embedding_rejects_out_of_range_ids,
+            errors::rope_rejects_bad_inputs,
+            errors::dense_ops_reject_bad_shapes,
+            errors::store_kv_rejects_bad_slots,
+            errors::prefill_attention_rejects_bad_metadata,
+            errors::decode_attention_rejects_bad_metadata,
+        );
+    };
+    (@tests $backend:expr; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let backend = $backend;
+                $crate::testing::$module::$name(&backend);
+            }
+        )*
+    };
+}
