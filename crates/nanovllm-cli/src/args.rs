@@ -21,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Generate completions for prompts given as flags or as a JSONL file.
     Generate(GenerateArgs),
+    /// Serve an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, ...).
+    Serve(ServeArgs),
+    /// Chat in the terminal (or with a script piping lines into stdin).
+    Chat(ChatArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -197,4 +201,56 @@ pub struct GenerateArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Defaults for requests that leave a field unset (over the model's generation config).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* requests.
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The model name clients must send [default: the model directory's name].
+    #[arg(long, value_name = "NAME")]
+    pub served_model_name: Option<String>,
+    /// Jinja chat template file, instead of the tokenizer's.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest max_tokens a request may ask for (400 beyond) [default: the context length].
+    #[arg(long)]
+    pub max_tokens_cap: Option<usize>,
+    /// Most sequences waiting for a slot in the batch; more are refused with 503.
+    #[arg(long, default_value_t = 1024)]
+    pub max_waiting_requests: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A system message to start the conversation with.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Jinja chat template file, instead of the tokenizer's.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+    /// Extra chat-template variables as a JSON object, e.g. '{"enable_thinking": false}'.
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
 }

@@ -2,8 +2,10 @@
 //! input/output formats only; everything it runs lives in nanovllm-core.
 
 mod args;
+mod chat;
 mod generate;
 mod requests;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -15,6 +17,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Chat(args) => chat::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

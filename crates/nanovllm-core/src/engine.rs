@@ -8,6 +8,7 @@
 //!
 //! A request id is the scheduler's sequence id (arrival order, never reused).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use nanovllm_scheduler::{
 
 use crate::config::{DeviceKind, EngineConfig};
 use crate::error::{EngineError, RequestError, Result};
+use crate::logprobs::TokenLogprobs;
 use crate::runner::{cpu_num_kvcache_blocks, ModelRunner};
 use crate::tokenizer::Tokenizer;
 
@@ -96,6 +98,9 @@ pub struct StepOutputs {
     pub num_tokens: usize,
     /// Wall time of schedule + execute + postprocess.
     pub elapsed: Duration,
+    /// `(request, logprobs)` for every new token of a request added with
+    /// [`LLMEngine::add_request_with_logprobs`], in batch order.
+    pub logprobs: Vec<(RequestId, TokenLogprobs)>,
 }
 
 /// Cumulative counters since the engine was built.
@@ -161,6 +166,8 @@ pub struct LLMEngine {
     scheduler: Scheduler,
     runner: ModelRunner,
     stats: EngineStats,
+    /// Requests that asked for logprobs, with their number of top alternatives.
+    num_top_logprobs: HashMap<RequestId, usize>,
 }
 
 impl LLMEngine {
@@ -266,6 +273,7 @@ impl LLMEngine {
             scheduler,
             runner,
             stats: EngineStats::default(),
+            num_top_logprobs: HashMap::new(),
         })
     }
 
@@ -350,12 +358,28 @@ impl LLMEngine {
         prompt: impl Into<Prompt>,
         params: SamplingParams,
     ) -> Result<RequestId> {
+        self.add_request_with_logprobs(prompt, params, None)
+    }
+
+    /// [`Self::add_request`]; with `Some(n)` every token it generates comes with
+    /// its logprob and the `n` most likely alternatives in [`StepOutputs::logprobs`].
+    pub fn add_request_with_logprobs(
+        &mut self,
+        prompt: impl Into<Prompt>,
+        params: SamplingParams,
+        num_top_logprobs: Option<usize>,
+    ) -> Result<RequestId> {
         let ids = self
             .validate_request(prompt.into(), &params)
             .map_err(|reason| EngineError::invalid_request(None, reason))?;
-        self.scheduler
+        let id = self
+            .scheduler
             .add(ids, params)
-            .map_err(|e| EngineError::invalid_request(None, RequestError::Rejected(e)))
+            .map_err(|e| EngineError::invalid_request(None, RequestError::Rejected(e)))?;
+        if let Some(n) = num_top_logprobs {
+            self.num_top_logprobs.insert(id, n);
+        }
+        Ok(id)
     }
 
     /// Runs one step: schedule, execute, postprocess. Returns the new tokens and
@@ -399,7 +423,18 @@ impl LLMEngine {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
-        let sampled = match self.runner.execute(&batch, &params) {
+        // Only built when some request in flight asked for logprobs.
+        let wanted: Vec<Option<usize>> = if self.num_top_logprobs.is_empty() {
+            Vec::new()
+        } else {
+            batch
+                .seqs
+                .iter()
+                .map(|s| self.num_top_logprobs.get(&s.seq_id).copied())
+                .collect()
+        };
+        let executed = self.runner.execute_with_logprobs(&batch, &params, &wanted);
+        let (sampled, logprobs) = match executed {
             Ok(sampled) => sampled,
             Err(err) => {
                 // This batch never reaches postprocess, so the scheduler would resume its
@@ -417,9 +452,15 @@ impl LLMEngine {
             BatchKind::Prefill => batch.num_tokens(),
             BatchKind::Decode => batch.num_seqs(),
         };
+        let seq_ids: Vec<RequestId> = batch.seqs.iter().map(|s| s.seq_id).collect();
         let step_output = self.scheduler.postprocess(batch, &sampled)?;
 
         out.new_tokens = step_output.new_tokens;
+        out.logprobs = seq_ids
+            .into_iter()
+            .zip(logprobs)
+            .filter_map(|(id, lp)| Some((id, lp?)))
+            .collect();
         for finished in step_output.finished {
             out.finished.push(self.finish(finished, None)?);
         }
@@ -481,6 +522,7 @@ impl LLMEngine {
     /// Forgets a finished sequence's engine-side state and builds its output.
     fn finish(&mut self, f: FinishedSeq, error: Option<String>) -> Result<RequestOutput> {
         self.runner.sampler_mut().forget(f.seq_id);
+        self.num_top_logprobs.remove(&f.seq_id);
         let text = match &self.tokenizer {
             Some(tok) => tok.decode(&f.completion_token_ids)?,
             None => String::new(),

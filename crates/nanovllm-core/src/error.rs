@@ -79,6 +79,9 @@ pub enum RequestError {
     NoTokenizer,
     #[error("cannot tokenize the prompt: {0}")]
     Tokenize(String),
+    /// The chat template refused the messages (`raise_exception`) or failed on them.
+    #[error("cannot apply the chat template: {0}")]
+    ChatTemplate(String),
     /// Refused by the scheduler: bad sampling params, or a prompt the KV cache can never hold.
     #[error(transparent)]
     Rejected(SchedulerError),

@@ -16,10 +16,12 @@
 //! # Ok::<(), nanovllm_core::EngineError>(())
 //! ```
 
+pub mod chat_template;
 pub mod config;
 pub mod engine;
 mod error;
 pub mod llm;
+pub mod logprobs;
 pub mod runner;
 pub mod sampler;
 pub mod tokenizer;
@@ -29,6 +31,7 @@ mod engine_tests;
 #[cfg(test)]
 mod testing;
 
+pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{DeviceKind, EngineConfig, KvCacheDType};
 pub use engine::{
     sampling_params_from, EngineStats, KvCacheUsage, LLMEngine, Prompt, RequestId, RequestOutput,
@@ -36,6 +39,7 @@ pub use engine::{
 };
 pub use error::{EngineError, RequestError, Result};
 pub use llm::{Output, ParamsArg, Progress, LLM};
+pub use logprobs::{TokenLogprobs, TopLogprob};
 pub use runner::{cpu_num_kvcache_blocks, ModelRunner};
 pub use sampler::Sampler;
 pub use tokenizer::{IncrementalDetokenizer, Tokenizer};

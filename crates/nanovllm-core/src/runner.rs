@@ -22,6 +22,7 @@ use nanovllm_models::{ForwardInput, Model};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
 use crate::error::{EngineError, Result};
+use crate::logprobs::{token_logprobs, TokenLogprobs};
 use crate::sampler::{SampleRow, Sampler};
 
 /// Number of KV blocks for a CPU cache: `num_kvcache_blocks` when set, else as many
@@ -136,6 +137,27 @@ impl ModelRunner {
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
     ) -> Result<Vec<u32>> {
+        Ok(self.execute_with_logprobs(batch, params, &[])?.0)
+    }
+
+    /// [`Self::execute`], plus the logprobs of each sampled token for the
+    /// sequences that ask: `num_top_logprobs[i] = Some(n)` gives `batch.seqs[i]`
+    /// its token's logprob and the `n` most likely alternatives (see
+    /// [`crate::logprobs`]). An empty `num_top_logprobs` asks for none.
+    pub fn execute_with_logprobs(
+        &mut self,
+        batch: &ScheduledBatch,
+        params: &[&SamplingParams],
+        num_top_logprobs: &[Option<usize>],
+    ) -> Result<(Vec<u32>, Vec<Option<TokenLogprobs>>)> {
+        let mut logprobs = vec![None; batch.num_seqs()];
+        if !num_top_logprobs.is_empty() && num_top_logprobs.len() != batch.num_seqs() {
+            return Err(EngineError::Internal(format!(
+                "execute got {} logprob requests for {} sequences",
+                num_top_logprobs.len(),
+                batch.num_seqs()
+            )));
+        }
         if params.len() != batch.num_seqs() {
             return Err(EngineError::Internal(format!(
                 "execute got {} sampling params for {} sequences",
@@ -144,7 +166,7 @@ impl ModelRunner {
             )));
         }
         if batch.num_seqs() == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), logprobs));
         }
         let input = self.build_input(batch)?;
         let logits = self.model.forward(&input, &mut self.kv_cache)?;
@@ -167,7 +189,7 @@ impl ModelRunner {
             .collect();
         let mut sampled = vec![0u32; batch.num_seqs()];
         if rows.is_empty() {
-            return Ok(sampled);
+            return Ok((sampled, logprobs));
         }
         if num_rows != rows.len() {
             return Err(EngineError::Internal(format!(
@@ -184,13 +206,21 @@ impl ModelRunner {
             }
         };
         let tokens = self.sampler.sample(logits_slice, vocab_size, &rows)?;
-        let mut tokens = tokens.into_iter();
-        for (slot, seq) in sampled.iter_mut().zip(&batch.seqs) {
-            if seq.sample {
-                *slot = tokens.next().unwrap_or(0);
+        // `row` counts the sampled sequences: their logits rows are in batch order.
+        let mut row = 0;
+        for (i, seq) in batch.seqs.iter().enumerate() {
+            if !seq.sample {
+                continue;
             }
+            let token = tokens.get(row).copied().unwrap_or(0);
+            sampled[i] = token;
+            if let Some(&Some(num_top)) = num_top_logprobs.get(i) {
+                let row_logits = &logits_slice[row * vocab_size..(row + 1) * vocab_size];
+                logprobs[i] = token_logprobs(row_logits, params[i].temperature, token, num_top);
+            }
+            row += 1;
         }
-        Ok(sampled)
+        Ok((sampled, logprobs))
     }
 
     /// Packs `batch` into device tensors, reusing the host staging buffers.

@@ -1,0 +1,236 @@
+//! `POST /v1/chat/completions`: messages rendered through the model's chat
+//! template, then generated like a completion.
+//!
+//! Messages are normalised before rendering: `content` given as a list of
+//! parts becomes the concatenation of its text parts (lines joined by "\n";
+//! any other part is refused: the models served are text-only), and a null
+//! `content` becomes "". Template variables come from `chat_template_kwargs`,
+//! plus `enable_thinking` when given at the top level.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json as JsonResponse;
+use serde_json::{Map, Value as Json};
+
+use super::errors::ApiError;
+use super::generation::{collect, resolve_max_tokens, submit};
+use super::logprobs_format::chat_logprobs;
+use super::openai_types::{
+    response_id, unix_now, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut,
+    SamplingFields, Skip, Usage, CHAT_FIELDS,
+};
+use super::request_body;
+use super::routes::check_model;
+use super::sampling;
+use super::state::AppState;
+use super::streaming::{sse_response, Api, ChunkWriter};
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = request_body::parse_object(body, CHAT_FIELDS, state.limits.max_body_bytes)?;
+    let request: ChatCompletionRequest = request_body::typed(&body)?;
+    let fields: SamplingFields = request_body::typed(&body)?;
+    check_model(&state, request.model.as_deref())?;
+    let prompt_ids = render_prompt(&state, &request)?;
+    let prompts = vec![prompt_ids];
+    let requested = request.max_completion_tokens.or(request.max_tokens);
+    let max_tokens = resolve_max_tokens(&state, requested, &prompts)?;
+    let want_logprobs = request.logprobs.unwrap_or(false);
+    if request.top_logprobs.is_some() && !want_logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        ));
+    }
+    let num_top = want_logprobs.then(|| request.top_logprobs.unwrap_or(0));
+    let sampling = sampling::build(&state.defaults, &fields, max_tokens, num_top)?;
+    let stream = fields.stream.unwrap_or(false);
+    let include_usage = fields
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let submission = submit(&state, prompts, &sampling).await?;
+    if stream {
+        let writer = ChunkWriter::new(
+            Api::Chat,
+            &state,
+            include_usage,
+            want_logprobs,
+            submission.num_choices,
+        );
+        return Ok(sse_response(submission, writer));
+    }
+    let num_prompt_tokens = submission.num_prompt_tokens();
+    let outputs = collect(submission).await?;
+    let completion_tokens = outputs.iter().map(|o| o.token_ids.len()).sum();
+    let choices = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, o)| ChatChoice {
+            index,
+            logprobs: want_logprobs.then(|| chat_logprobs(&state.tokenizer, &o.logprobs)),
+            message: Some(ChatMessageOut {
+                role: "assistant",
+                content: o.text,
+            }),
+            delta: None,
+            finish_reason: Some(o.finish_reason),
+        })
+        .collect();
+    Ok(JsonResponse(ChatCompletion {
+        id: response_id("chatcmpl"),
+        object: "chat.completion",
+        created: unix_now(),
+        model: state.model_name.clone(),
+        choices,
+        usage: Skip::Value(Usage::new(num_prompt_tokens, completion_tokens)),
+    })
+    .into_response())
+}
+
+/// The request's messages through the chat template, tokenized.
+fn render_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
+    let template = state.chat_template.as_ref().ok_or_else(|| ApiError::InvalidField {
+        param: None,
+        message: "this model has no chat template (no `chat_template` in tokenizer_config.json, no chat_template.jinja): start the server with --chat-template FILE, or use /v1/completions".into(),
+    })?;
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "messages must hold at least one message",
+        ));
+    }
+    let messages = request
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| normalize_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut kwargs = request.chat_template_kwargs.clone().unwrap_or_default();
+    if let Some(enable) = request.enable_thinking {
+        kwargs
+            .entry("enable_thinking")
+            .or_insert(Json::Bool(enable));
+    }
+    let text = template
+        .render_json(
+            &messages,
+            request.tools.as_ref(),
+            request.add_generation_prompt.unwrap_or(true),
+            &kwargs,
+        )
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let ids = state
+        .tokenizer
+        .encode(&text)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the chat: {e}")))?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "the chat template rendered an empty prompt",
+        ));
+    }
+    Ok(ids)
+}
+
+/// Checks one message and flattens its content to a string.
+fn normalize_message(index: usize, message: &Json) -> Result<Json, ApiError> {
+    let param = format!("messages[{index}]");
+    let Json::Object(fields) = message else {
+        return Err(ApiError::invalid(
+            param,
+            format!("a message must be an object with `role` and `content`, got {message}"),
+        ));
+    };
+    if !fields.get("role").is_some_and(Json::is_string) {
+        return Err(ApiError::invalid(
+            format!("{param}.role"),
+            "every message needs a string `role` (system, user, assistant or tool)",
+        ));
+    }
+    let content = match fields.get("content") {
+        None | Some(Json::Null) => String::new(),
+        Some(Json::String(s)) => s.clone(),
+        Some(Json::Array(parts)) => content_parts(&param, parts)?,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("{param}.content"),
+                format!("content must be a string or a list of text parts, got {other}"),
+            ))
+        }
+    };
+    let mut fields: Map<String, Json> = fields.clone();
+    fields.insert("content".into(), Json::String(content));
+    Ok(Json::Object(fields))
+}
+
+/// `[{"type": "text", "text": "..."}, ...]` → the texts joined by "\n".
+fn content_parts(param: &str, parts: &[Json]) -> Result<String, ApiError> {
+    let texts = parts
+        .iter()
+        .map(|part| {
+            match (
+                part.get("type").and_then(Json::as_str),
+                part.get("text").and_then(Json::as_str),
+            ) {
+                (Some("text"), Some(text)) => Ok(text),
+                _ => Err(ApiError::invalid(
+                    format!("{param}.content"),
+                    format!("only text content parts ({{\"type\": \"text\", \"text\": ...}}) are supported, got {part}"),
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(texts.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn content_parts_are_flattened_and_null_content_is_empty() {
+        let m = normalize_message(
+            0,
+            &json!({"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}),
+        )
+        .unwrap();
+        assert_eq!(m["content"], "a\nb");
+        let m =
+            normalize_message(1, &json!({"role": "assistant", "content": null, "x": 1})).unwrap();
+        assert_eq!(m, json!({"role": "assistant", "content": "", "x": 1}));
+    }
+
+    #[test]
+    fn bad_messages_name_the_field() {
+        let param = |e: ApiError| match e {
+            ApiError::InvalidField { param, .. } => param.unwrap_or_default(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            param(normalize_message(2, &json!({"content": "x"})).unwrap_err()),
+            "messages[2].role"
+        );
+        assert_eq!(
+            param(
+                normalize_message(
+                    0,
+                    &json!({"role": "user", "content": [{"type": "image_url", "image_url": {}}]})
+                )
+                .unwrap_err()
+            ),
+            "messages[0].content"
+        );
+        assert_eq!(
+            param(normalize_message(3, &json!("hi")).unwrap_err()),
+            "messages[3]"
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! `POST /v1/completions`: text (or token-id) prompts in, completions out.
+//!
+//! `prompt` may be a string, a list of strings, a list of token ids, or a
+//! list of lists of token ids; each prompt gets `n` choices, numbered
+//! `prompt_index * n + j`. Usage counts each prompt's tokens once.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json as JsonResponse;
+use serde_json::Value as Json;
+
+use super::errors::ApiError;
+use super::generation::{collect, resolve_max_tokens, submit};
+use super::logprobs_format::completion_logprobs;
+use super::openai_types::{
+    response_id, unix_now, Completion, CompletionChoice, CompletionRequest, SamplingFields, Skip,
+    Usage, COMPLETION_FIELDS,
+};
+use super::request_body;
+use super::routes::check_model;
+use super::sampling;
+use super::state::AppState;
+use super::streaming::{sse_response, Api, ChunkWriter};
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = request_body::parse_object(body, COMPLETION_FIELDS, state.limits.max_body_bytes)?;
+    let request: CompletionRequest = request_body::typed(&body)?;
+    let fields: SamplingFields = request_body::typed(&body)?;
+    check_model(&state, request.model.as_deref())?;
+    if request.echo == Some(true) {
+        return Err(ApiError::invalid(
+            "echo",
+            "echo is not supported by this server: leave it out or set it to false",
+        ));
+    }
+    let prompts = tokenize_prompts(&state, &request.prompt)?;
+    let max_tokens = resolve_max_tokens(&state, request.max_tokens, &prompts)?;
+    let sampling = sampling::build(&state.defaults, &fields, max_tokens, request.logprobs)?;
+    let stream = fields.stream.unwrap_or(false);
+    let include_usage = fields
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let submission = submit(&state, prompts, &sampling).await?;
+    let want_logprobs = request.logprobs.is_some();
+    if stream {
+        let writer = ChunkWriter::new(
+            Api::Completions,
+            &state,
+            include_usage,
+            want_logprobs,
+            submission.num_choices,
+        );
+        return Ok(sse_response(submission, writer));
+    }
+    let num_prompt_tokens = submission.num_prompt_tokens();
+    let outputs = collect(submission).await?;
+    let completion_tokens = outputs.iter().map(|o| o.token_ids.len()).sum();
+    let choices = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(index, o)| CompletionChoice {
+            index,
+            logprobs: want_logprobs
+                .then(|| completion_logprobs(&state.tokenizer, &o.logprobs, 0).0),
+            text: o.text,
+            finish_reason: Some(o.finish_reason),
+        })
+        .collect();
+    Ok(JsonResponse(Completion {
+        id: response_id("cmpl"),
+        object: "text_completion",
+        created: unix_now(),
+        model: state.model_name.clone(),
+        choices,
+        usage: Skip::Value(Usage::new(num_prompt_tokens, completion_tokens)),
+    })
+    .into_response())
+}
+
+/// The prompts of `prompt`, as token ids.
+fn tokenize_prompts(state: &AppState, prompt: &Json) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = |message: String| ApiError::invalid("prompt", message);
+    let encode = |text: &str| {
+        state
+            .tokenizer
+            .encode(text)
+            .map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))
+    };
+    let token_ids = |items: &[Json]| -> Result<Vec<u32>, ApiError> {
+        items
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|id| u32::try_from(id).ok())
+                    .ok_or_else(|| bad(format!("token ids must be integers in [0, 2^32), got {x}")))
+            })
+            .collect()
+    };
+    let prompts = match prompt {
+        Json::String(text) => vec![encode(text)?],
+        Json::Array(items) if items.is_empty() => {
+            return Err(bad("prompt must not be an empty list".into()))
+        }
+        Json::Array(items) => match &items[0] {
+            Json::String(_) => items
+                .iter()
+                .map(|item| match item {
+                    Json::String(text) => encode(text),
+                    other => Err(bad(format!(
+                        "a list of prompts must hold only strings, got {other}"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+            Json::Number(_) => vec![token_ids(items)?],
+            Json::Array(_) => items
+                .iter()
+                .map(|item| match item {
+                    Json::Array(ids) => token_ids(ids),
+                    other => Err(bad(format!(
+                        "a list of token-id prompts must hold only lists, got {other}"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+            other => {
+                return Err(bad(format!(
+                    "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids; the list holds {other}"
+                )))
+            }
+        },
+        other => {
+            return Err(bad(format!(
+                "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids, got {other}"
+            )))
+        }
+    };
+    let vocab_size = state.vocab_size;
+    for ids in &prompts {
+        if ids.is_empty() {
+            return Err(bad(
+                "the prompt is empty: a request needs at least one token".into(),
+            ));
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(bad(format!(
+                "token id {id} is out of range: the model's vocabulary has {vocab_size} tokens"
+            )));
+        }
+    }
+    Ok(prompts)
+}

@@ -1,0 +1,190 @@
+//! From checked prompts to engine sequences and back: [`submit`] queues one
+//! sequence per (prompt, choice), [`Submission`] receives their events, and
+//! [`collect`] waits for a whole (non-streamed) answer.
+//!
+//! Choice numbering: prompt `p`'s choice `j` is choice `p * n + j`, which is
+//! also its index in `Submission::request_ids`.
+//!
+//! Cancellation: a `Submission` owns an [`AbortGuard`]. Dropping it before
+//! every choice finished (the client disconnected, so axum dropped the
+//! handler future or the SSE stream) aborts the unfinished sequences, which
+//! frees their KV blocks in the engine thread's next turn.
+
+use nanovllm_core::{RequestId, TokenLogprobs};
+use tokio::sync::mpsc;
+
+use super::engine_thread::{EngineHandle, SeqRequest};
+use super::errors::ApiError;
+use super::sampling::Sampling;
+use super::state::AppState;
+use super::tracked::{ChoiceEvent, Finish, SeqEvent};
+
+/// The number of tokens to generate: the request's `max_tokens`, else the
+/// server default, else all the context left; refused when it exceeds the
+/// server's cap or does not fit the context with the longest prompt.
+pub fn resolve_max_tokens(
+    state: &AppState,
+    requested: Option<usize>,
+    prompts: &[Vec<u32>],
+) -> Result<usize, ApiError> {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_model_len = state.max_model_len;
+    if longest >= max_model_len {
+        return Err(ApiError::PromptTooLong {
+            message: format!(
+                "the prompt has {longest} tokens, which leaves no room to generate within this model's maximum context length of {max_model_len} tokens: shorten the prompt"
+            ),
+        });
+    }
+    let room = max_model_len - longest;
+    let cap = state.limits.max_tokens_cap;
+    let Some(max_tokens) = requested else {
+        // Defaults never fail: they shrink to what the cap and the context allow.
+        let default = state.default_max_tokens.unwrap_or(room);
+        return Ok(default.min(room).min(cap.unwrap_or(usize::MAX)));
+    };
+    if let Some(cap) = cap {
+        if max_tokens > cap {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!("max_tokens is {max_tokens} but this server allows at most {cap} (--max-tokens-cap)"),
+            ));
+        }
+    }
+    if longest + max_tokens > max_model_len {
+        return Err(ApiError::PromptTooLong {
+            message: format!(
+                "this model's maximum context length is {max_model_len} tokens, but {} were requested ({longest} in the prompt, {max_tokens} to generate): shorten the prompt or lower max_tokens",
+                longest + max_tokens
+            ),
+        });
+    }
+    Ok(max_tokens)
+}
+
+/// Sequences of one request in flight.
+#[derive(Debug)]
+pub struct Submission {
+    pub events: mpsc::UnboundedReceiver<ChoiceEvent>,
+    pub guard: AbortGuard,
+    /// Prompt length of each prompt (usage counts each prompt once).
+    pub prompt_lens: Vec<usize>,
+    pub num_choices: usize,
+}
+
+impl Submission {
+    pub fn num_prompt_tokens(&self) -> usize {
+        self.prompt_lens.iter().sum()
+    }
+}
+
+/// Aborts the sequences still running when dropped.
+#[derive(Debug)]
+pub struct AbortGuard {
+    engine: EngineHandle,
+    request_ids: Vec<RequestId>,
+    finished: Vec<bool>,
+}
+
+impl AbortGuard {
+    pub fn mark_finished(&mut self, choice: usize) {
+        if let Some(f) = self.finished.get_mut(choice) {
+            *f = true;
+        }
+    }
+
+    pub fn all_finished(&self) -> bool {
+        self.finished.iter().all(|&f| f)
+    }
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        let unfinished: Vec<RequestId> = self
+            .request_ids
+            .iter()
+            .zip(&self.finished)
+            .filter(|(_, &done)| !done)
+            .map(|(&id, _)| id)
+            .collect();
+        self.engine.abort(unfinished);
+    }
+}
+
+/// Queues `n` sequences per prompt.
+pub async fn submit(
+    state: &AppState,
+    prompts: Vec<Vec<u32>>,
+    sampling: &Sampling,
+) -> Result<Submission, ApiError> {
+    let prompt_lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let mut seqs = Vec::with_capacity(prompts.len() * sampling.n);
+    for (p, prompt_ids) in prompts.into_iter().enumerate() {
+        for j in 0..sampling.n {
+            seqs.push(SeqRequest {
+                choice: p * sampling.n + j,
+                prompt_ids: prompt_ids.clone(),
+                params: sampling.params_for_choice(j),
+                num_top_logprobs: sampling.num_top_logprobs,
+                stop: sampling.stop.clone(),
+            });
+        }
+    }
+    let num_choices = seqs.len();
+    let (sender, events) = mpsc::unbounded_channel();
+    let request_ids = state.engine.add(seqs, sender).await?;
+    Ok(Submission {
+        events,
+        guard: AbortGuard {
+            engine: state.engine.clone(),
+            request_ids,
+            finished: vec![false; num_choices],
+        },
+        prompt_lens,
+        num_choices,
+    })
+}
+
+/// One finished choice of a non-streamed answer.
+#[derive(Clone, Debug, Default)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub logprobs: Vec<TokenLogprobs>,
+    pub finish_reason: &'static str,
+}
+
+/// Waits for every choice; an engine failure on any of them fails the request.
+pub async fn collect(mut submission: Submission) -> Result<Vec<ChoiceOutput>, ApiError> {
+    let mut outputs = vec![ChoiceOutput::default(); submission.num_choices];
+    while !submission.guard.all_finished() {
+        let Some(ChoiceEvent { choice, event }) = submission.events.recv().await else {
+            return Err(ApiError::Internal(
+                "the engine thread stopped before the request finished".into(),
+            ));
+        };
+        let Some(out) = outputs.get_mut(choice) else {
+            continue;
+        };
+        match event {
+            SeqEvent::Token {
+                text,
+                token_id,
+                logprobs,
+            } => {
+                out.text.push_str(&text);
+                out.token_ids.push(token_id);
+                out.logprobs.extend(logprobs);
+            }
+            SeqEvent::Finished { text, finish } => {
+                submission.guard.mark_finished(choice);
+                if let Finish::Error(e) = finish {
+                    return Err(ApiError::Internal(e));
+                }
+                out.text.push_str(&text);
+                out.finish_reason = finish.as_openai_str();
+            }
+        }
+    }
+    Ok(outputs)
+}

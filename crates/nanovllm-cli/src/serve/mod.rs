@@ -1,0 +1,223 @@
+//! `nanovllm serve`: an OpenAI-compatible HTTP server (axum on tokio).
+//!
+//! Shape: the engine runs on its own thread ([`engine_thread`]) with
+//! continuous batching; HTTP handlers tokenize, validate, submit sequences
+//! through an [`EngineHandle`] and receive their tokens on a per-request
+//! channel, answering in one JSON body or as server-sent events
+//! ([`streaming`]). A client that goes away drops its handler or stream,
+//! which aborts its sequences and frees their KV blocks.
+//!
+//! Shutdown: the first Ctrl-C (or SIGTERM) stops accepting connections and
+//! lets the requests in flight finish; a second one cancels them (each ends
+//! with `finish_reason: "abort"`). Then the engine thread stops and the
+//! process exits.
+
+mod chat_completions;
+mod completions;
+pub mod engine_thread;
+pub mod errors;
+mod generation;
+mod logprobs_format;
+pub mod metrics;
+pub mod openai_types;
+mod request_body;
+pub mod routes;
+mod sampling;
+pub mod state;
+mod stop_strings;
+mod streaming;
+pub mod tracked;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use nanovllm_core::{ChatTemplate, LLMEngine, SamplingParams};
+
+use crate::args::ServeArgs;
+use crate::requests::params_from_flags;
+use engine_thread::{EngineHandle, EngineLimits};
+use metrics::Metrics;
+use state::{AppState, ServerLimits};
+
+/// Everything about the server that is not the engine.
+#[derive(Debug)]
+pub struct ServerOptions {
+    pub model_name: String,
+    pub limits: ServerLimits,
+    pub max_waiting_requests: usize,
+    pub chat_template: Option<ChatTemplate>,
+    /// Sampling of a request that sets nothing; `None`: the engine's defaults.
+    pub defaults: Option<SamplingParams>,
+    pub default_max_tokens: Option<usize>,
+}
+
+/// Starts the engine thread and builds the handlers' shared state.
+pub fn start(
+    engine: LLMEngine,
+    options: ServerOptions,
+) -> anyhow::Result<(Arc<AppState>, JoinHandle<()>)> {
+    let tokenizer = engine.tokenizer().cloned().context(
+        "serve needs a tokenizer: the model directory has no tokenizer.json; pass --tokenizer DIR",
+    )?;
+    let defaults = options
+        .defaults
+        .unwrap_or_else(|| engine.default_sampling_params());
+    let max_model_len = engine.config().max_model_len;
+    let vocab_size = engine.model_config().vocab_size;
+    let metrics = Arc::new(Metrics::default());
+    let limits = EngineLimits {
+        max_waiting_requests: options.max_waiting_requests,
+    };
+    let (handle, thread): (EngineHandle, _) = engine_thread::spawn(engine, limits, metrics.clone())
+        .context("cannot start the engine thread")?;
+    let state = AppState {
+        engine: handle,
+        metrics,
+        tokenizer: Arc::new(tokenizer),
+        chat_template: options.chat_template.map(Arc::new),
+        model_name: options.model_name,
+        max_model_len,
+        vocab_size,
+        defaults,
+        default_max_tokens: options.default_max_tokens,
+        limits: options.limits,
+        started_at: openai_types::unix_now(),
+    };
+    Ok((Arc::new(state), thread))
+}
+
+/// Runs the command until shut down.
+pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
+    init_tracing();
+    let config = args.engine.to_engine_config()?;
+    let model_name = match &args.served_model_name {
+        Some(name) => name.clone(),
+        None => served_name(&config.model_dir()),
+    };
+    let tokenizer_dir = config
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| config.model_dir());
+    let chat_template = match &args.chat_template {
+        Some(file) => Some(ChatTemplate::from_file(file, &tokenizer_dir)?),
+        None => ChatTemplate::from_tokenizer_dir(&tokenizer_dir)?,
+    };
+    if chat_template.is_none() {
+        tracing::warn!(
+            "no chat template in {}: /v1/chat/completions will refuse requests (pass --chat-template FILE)",
+            tokenizer_dir.display()
+        );
+    }
+    let engine = LLMEngine::new(config)?;
+    let defaults = params_from_flags(&engine.default_sampling_params(), &args.sampling);
+    defaults.validate().context("invalid sampling flags")?;
+    let default_max_tokens = args
+        .sampling
+        .max_tokens
+        .or(engine.generation_config().max_new_tokens);
+    let options = ServerOptions {
+        model_name,
+        limits: ServerLimits {
+            max_body_bytes: args.max_body_bytes,
+            max_tokens_cap: args.max_tokens_cap,
+            api_key: args.api_key.clone(),
+        },
+        max_waiting_requests: args.max_waiting_requests,
+        chat_template,
+        defaults: Some(defaults),
+        default_max_tokens,
+    };
+    let (state, engine_thread) = start(engine, options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(&args.host, args.port, state.clone()))?;
+    state.engine.shutdown();
+    if engine_thread.join().is_err() {
+        anyhow::bail!("the engine thread panicked; see the log above");
+    }
+    Ok(true)
+}
+
+/// Binds, prints the address on stdout, and serves until a shutdown signal.
+async fn serve(host: &str, port: u16, state: Arc<AppState>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let addr = listener.local_addr()?;
+    // On stdout, so that scripts (and the tests) can read the bound port.
+    println!(
+        "nanovllm serve: listening on http://{addr} (model `{}`)",
+        state.model_name
+    );
+    tracing::info!(%addr, model = %state.model_name, "listening");
+    let engine = state.engine.clone();
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(shutdown_signal(engine))
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("all requests finished; stopping");
+    Ok(())
+}
+
+/// Resolves on the first Ctrl-C / SIGTERM; a second one cancels the requests in flight.
+async fn shutdown_signal(engine: EngineHandle) {
+    signal().await;
+    tracing::info!(
+        "shutting down: finishing the requests in flight (press Ctrl-C again to cancel them)"
+    );
+    tokio::spawn(async move {
+        signal().await;
+        tracing::warn!("cancelling the requests in flight");
+        engine.abort_all();
+    });
+}
+
+async fn signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
+/// The model directory's name (e.g. `Qwen3-0.6B`), the default `model` clients must send.
+pub fn served_name(model_dir: &std::path::Path) -> String {
+    let canonical = model_dir
+        .canonicalize()
+        .unwrap_or_else(|_| model_dir.to_path_buf());
+    canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

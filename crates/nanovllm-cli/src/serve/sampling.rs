@@ -1,0 +1,251 @@
+//! Request fields → [`SamplingParams`], with OpenAI's ranges checked here so
+//! that every refusal names its field (`param`) and the accepted range.
+//!
+//! Unset fields fall back to the server's defaults (the model's
+//! generation_config.json overlaid with the `serve` sampling flags).
+
+use nanovllm_core::{SamplingParams, SchedulerError};
+use serde_json::Value as Json;
+
+use super::errors::ApiError;
+use super::openai_types::SamplingFields;
+
+/// Most choices (`n`) one request may ask for.
+pub const MAX_N: usize = 64;
+/// Most alternatives per token (`logprobs` / `top_logprobs`), as OpenAI and vLLM allow.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The parts of a request that decide how each of its sequences is sampled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    /// Parameters of choice 0; choice `i` adds `i` to the seed (when one is set).
+    pub params: SamplingParams,
+    pub n: usize,
+    pub stop: Vec<String>,
+    pub num_top_logprobs: Option<usize>,
+}
+
+impl Sampling {
+    /// Parameters of choice `i` of `n`: distinct seeds keep seeded choices distinct.
+    pub fn params_for_choice(&self, i: usize) -> SamplingParams {
+        let mut p = self.params.clone();
+        p.seed = p.seed.map(|s| s.wrapping_add(i as u64));
+        p
+    }
+}
+
+/// Checks `fields` and builds the sampling of a request that may generate `max_tokens`.
+pub fn build(
+    defaults: &SamplingParams,
+    fields: &SamplingFields,
+    max_tokens: usize,
+    num_top_logprobs: Option<usize>,
+) -> Result<Sampling, ApiError> {
+    let mut p = defaults.clone();
+    p.max_tokens = max_tokens;
+    if let Some(t) = fields.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::invalid(
+                "temperature",
+                format!("temperature must be in [0, 2], got {t}"),
+            ));
+        }
+        p.temperature = t;
+    }
+    if let Some(top_p) = fields.top_p {
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("top_p must be in (0, 1], got {top_p}"),
+            ));
+        }
+        p.top_p = top_p;
+    }
+    if let Some(k) = fields.top_k {
+        p.top_k = match k {
+            -1 | 0 => 0,
+            k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+            k => {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("top_k must be -1 or 0 (disabled) or a positive number, got {k}"),
+                ))
+            }
+        };
+    }
+    if let Some(min_p) = fields.min_p {
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(ApiError::invalid(
+                "min_p",
+                format!("min_p must be in [0, 1], got {min_p}"),
+            ));
+        }
+        p.min_p = min_p;
+    }
+    if fields.seed.is_some() {
+        p.seed = fields.seed;
+    }
+    if let Some(ids) = &fields.stop_token_ids {
+        p.stop_token_ids = ids.clone();
+    }
+    if let Some(ignore) = fields.ignore_eos {
+        p.ignore_eos = ignore;
+    }
+    for (name, value) in [
+        ("presence_penalty", fields.presence_penalty),
+        ("frequency_penalty", fields.frequency_penalty),
+    ] {
+        if value.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::invalid(
+                name,
+                format!("{name} is not supported by this server: leave it out or set it to 0"),
+            ));
+        }
+    }
+    let n = fields.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid(
+            "n",
+            format!("n must be in [1, {MAX_N}], got {n}"),
+        ));
+    }
+    if let Some(k) = num_top_logprobs {
+        if k > MAX_TOP_LOGPROBS {
+            return Err(ApiError::invalid(
+                "logprobs",
+                format!(
+                    "at most {MAX_TOP_LOGPROBS} top logprobs per token can be returned, got {k}"
+                ),
+            ));
+        }
+    }
+    p.validate().map_err(|e| match e {
+        SchedulerError::InvalidSamplingParam { field, .. } => {
+            ApiError::invalid(field, e.to_string())
+        }
+        other => ApiError::InvalidField {
+            param: None,
+            message: other.to_string(),
+        },
+    })?;
+    Ok(Sampling {
+        params: p,
+        n,
+        stop: parse_stop(fields.stop.as_ref())?,
+        num_top_logprobs,
+    })
+}
+
+/// `stop`: absent, null, a string, or a list of strings; each must be non-empty.
+pub fn parse_stop(stop: Option<&Json>) -> Result<Vec<String>, ApiError> {
+    let bad = |what: String| ApiError::invalid("stop", what);
+    let stops = match stop {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::String(s)) => vec![s.clone()],
+        Some(Json::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Json::String(s) => Ok(s.clone()),
+                other => Err(bad(format!(
+                    "stop must be a string or a list of strings; the list holds {other}"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(bad(format!(
+                "stop must be a string or a list of strings, got {other}"
+            )))
+        }
+    };
+    if stops.iter().any(String::is_empty) {
+        return Err(bad("stop strings must not be empty".into()));
+    }
+    Ok(stops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Json) -> SamplingFields {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn param_of(e: ApiError) -> Option<String> {
+        match e {
+            ApiError::InvalidField { param, .. } => param,
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_fields_override_the_defaults() {
+        let defaults = SamplingParams {
+            temperature: 0.6,
+            top_k: 20,
+            ..SamplingParams::default()
+        };
+        let s = build(
+            &defaults,
+            &fields(json!({"temperature": 0, "top_k": -1, "seed": 5, "n": 3,
+                           "stop": "##", "stop_token_ids": [7], "ignore_eos": true})),
+            9,
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(s.params.temperature, 0.0);
+        assert_eq!(s.params.top_k, 0);
+        assert_eq!(s.params.max_tokens, 9);
+        assert_eq!(s.params.stop_token_ids, vec![7]);
+        assert!(s.params.ignore_eos);
+        assert_eq!(s.n, 3);
+        assert_eq!(s.stop, vec!["##".to_string()]);
+        assert_eq!(s.num_top_logprobs, Some(2));
+        assert_eq!(s.params_for_choice(0).seed, Some(5));
+        assert_eq!(s.params_for_choice(2).seed, Some(7));
+        // Untouched defaults stay.
+        let s = build(&defaults, &fields(json!({})), 4, None).unwrap();
+        assert_eq!(s.params.temperature, 0.6);
+        assert_eq!(s.params.top_k, 20);
+        assert_eq!(s.params_for_choice(1).seed, None);
+    }
+
+    #[test]
+    fn out_of_range_fields_are_named() {
+        let d = SamplingParams::default();
+        for (body, param) in [
+            (json!({"temperature": 3}), "temperature"),
+            (json!({"top_p": 0}), "top_p"),
+            (json!({"top_k": -2}), "top_k"),
+            (json!({"min_p": 1.5}), "min_p"),
+            (json!({"n": 0}), "n"),
+            (json!({"presence_penalty": 0.5}), "presence_penalty"),
+            (json!({"stop": ""}), "stop"),
+            (json!({"stop": [1]}), "stop"),
+            (json!({"stop": {"a": 1}}), "stop"),
+        ] {
+            let err = build(&d, &fields(body.clone()), 4, None).unwrap_err();
+            assert_eq!(param_of(err).as_deref(), Some(param), "{body}");
+        }
+        let err = build(&d, &fields(json!({})), 4, Some(21)).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("logprobs"));
+        // The engine's own check (max_tokens >= 1) is reported with its field too.
+        let err = build(&d, &fields(json!({})), 0, None).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn stop_accepts_a_string_a_list_or_nothing() {
+        assert_eq!(parse_stop(None).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            parse_stop(Some(&json!(null))).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(parse_stop(Some(&json!("a"))).unwrap(), vec!["a"]);
+        assert_eq!(
+            parse_stop(Some(&json!(["a", "b"]))).unwrap(),
+            vec!["a", "b"]
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! [`AppState`]: what every handler shares — the engine handle, the
+//! tokenizer and chat template (handlers tokenize, so the engine thread only
+//! runs steps), the served model's name and limits, and the metrics.
+
+use std::sync::Arc;
+
+use nanovllm_core::{ChatTemplate, SamplingParams, Tokenizer};
+
+use super::engine_thread::EngineHandle;
+use super::metrics::Metrics;
+
+/// Limits and access control of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest `max_tokens` a request may ask for (400 beyond); `None`: the context length.
+    pub max_tokens_cap: Option<usize>,
+    /// Required `Authorization: Bearer` key for `/v1/*`; `None`: open.
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<Arc<ChatTemplate>>,
+    /// The name clients must use in `model` (the model directory's name by default).
+    pub model_name: String,
+    /// The engine's effective context length.
+    pub max_model_len: usize,
+    /// The model's vocabulary size (token ids must be below it).
+    pub vocab_size: usize,
+    /// Sampling of a request that sets nothing.
+    pub defaults: SamplingParams,
+    /// `max_tokens` of a request that sets none (`--max-tokens` or
+    /// generation_config's `max_new_tokens`); `None`: the context left.
+    pub default_max_tokens: Option<usize>,
+    pub limits: ServerLimits,
+    /// Unix time the server started (`created` of the model card).
+    pub started_at: u64,
+}

@@ -1,0 +1,286 @@
+//! Server-sent events for `stream: true`, for both endpoints.
+//!
+//! The stream is `data: {chunk}` events: for chat, first a `role` delta per
+//! choice; then a chunk per token whose text is non-empty (or that carries
+//! logprobs); then per choice a chunk with its `finish_reason` (and any text
+//! held back until the end); with `stream_options.include_usage`, a last
+//! chunk with empty `choices` and the usage (every other chunk then has
+//! `"usage": null`); and finally `data: [DONE]`. An engine failure becomes a
+//! `data: {"error": {...}}` event for that choice.
+//!
+//! The stream owns the [`Submission`]: when the client disconnects, axum
+//! drops the stream, and the submission's guard aborts what is unfinished.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use nanovllm_core::{TokenLogprobs, Tokenizer};
+use serde::Serialize;
+
+use super::errors::ApiError;
+use super::generation::Submission;
+use super::logprobs_format::{chat_logprobs, completion_logprobs};
+use super::openai_types::{
+    response_id, unix_now, ChatChoice, ChatCompletion, ChatDelta, Completion, CompletionChoice,
+    Skip, Usage,
+};
+use super::state::AppState;
+use super::tracked::{ChoiceEvent, Finish, SeqEvent};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Completions,
+    Chat,
+}
+
+/// Builds the chunks of one response.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    pub api: Api,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub include_usage: bool,
+    pub logprobs: bool,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Completions: text length so far per choice (the logprobs' `text_offset`).
+    text_offsets: Vec<usize>,
+}
+
+impl ChunkWriter {
+    pub fn new(
+        api: Api,
+        state: &AppState,
+        include_usage: bool,
+        logprobs: bool,
+        num_choices: usize,
+    ) -> Self {
+        let prefix = match api {
+            Api::Completions => "cmpl",
+            Api::Chat => "chatcmpl",
+        };
+        Self {
+            api,
+            id: response_id(prefix),
+            created: unix_now(),
+            model: state.model_name.clone(),
+            include_usage,
+            logprobs,
+            tokenizer: state.tokenizer.clone(),
+            text_offsets: vec![0; num_choices],
+        }
+    }
+
+    fn usage_field(&self) -> Skip<Usage> {
+        if self.include_usage {
+            Skip::Null
+        } else {
+            Skip::Omit
+        }
+    }
+
+    /// Chat's opening chunk of a choice: `{"role": "assistant", "content": ""}`.
+    fn role_chunk(&self, choice: usize) -> Event {
+        self.chat_chunk(
+            ChatChoice {
+                index: choice,
+                message: None,
+                delta: Some(ChatDelta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                }),
+                logprobs: None,
+                finish_reason: None,
+            },
+            self.usage_field(),
+        )
+    }
+
+    /// A chunk with new text (and its tokens' logprobs), optionally finishing the choice.
+    fn text_chunk(
+        &mut self,
+        choice: usize,
+        text: String,
+        logprobs: &[TokenLogprobs],
+        finish_reason: Option<&'static str>,
+    ) -> Event {
+        match self.api {
+            Api::Completions => {
+                let offset = self.text_offsets.get(choice).copied().unwrap_or(0);
+                let logprobs = self.logprobs.then(|| {
+                    let (lp, _) = completion_logprobs(&self.tokenizer, logprobs, offset);
+                    lp
+                });
+                if let Some(o) = self.text_offsets.get_mut(choice) {
+                    *o += text.len();
+                }
+                json_event(&Completion {
+                    id: self.id.clone(),
+                    object: "text_completion",
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: vec![CompletionChoice {
+                        index: choice,
+                        text,
+                        logprobs,
+                        finish_reason,
+                    }],
+                    usage: self.usage_field(),
+                })
+            }
+            Api::Chat => {
+                let logprobs = (self.logprobs && !logprobs.is_empty())
+                    .then(|| chat_logprobs(&self.tokenizer, logprobs));
+                let content = (!text.is_empty() || finish_reason.is_none()).then_some(text);
+                self.chat_chunk(
+                    ChatChoice {
+                        index: choice,
+                        message: None,
+                        delta: Some(ChatDelta {
+                            role: None,
+                            content,
+                        }),
+                        logprobs,
+                        finish_reason,
+                    },
+                    self.usage_field(),
+                )
+            }
+        }
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> Event {
+        match self.api {
+            Api::Completions => json_event(&Completion {
+                id: self.id.clone(),
+                object: "text_completion",
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage: Skip::Value(usage),
+            }),
+            Api::Chat => json_event(&ChatCompletion {
+                id: self.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage: Skip::Value(usage),
+            }),
+        }
+    }
+
+    fn chat_chunk(&self, choice: ChatChoice, usage: Skip<Usage>) -> Event {
+        json_event(&ChatCompletion {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![choice],
+            usage,
+        })
+    }
+}
+
+fn json_event(value: &impl Serialize) -> Event {
+    Event::default().data(serde_json::to_string(value).unwrap_or_else(|e| {
+        ApiError::Internal(format!("cannot serialize a chunk: {e}"))
+            .body()
+            .to_string()
+    }))
+}
+
+struct StreamState {
+    submission: Submission,
+    writer: ChunkWriter,
+    pending: VecDeque<Event>,
+    completion_tokens: usize,
+    done: bool,
+}
+
+impl StreamState {
+    fn on_event(&mut self, ChoiceEvent { choice, event }: ChoiceEvent) {
+        match event {
+            SeqEvent::Token {
+                text,
+                logprobs,
+                token_id: _,
+            } => {
+                self.completion_tokens += 1;
+                let logprobs: Vec<TokenLogprobs> = logprobs.into_iter().collect();
+                if !text.is_empty() || (self.writer.logprobs && !logprobs.is_empty()) {
+                    let chunk = self.writer.text_chunk(choice, text, &logprobs, None);
+                    self.pending.push_back(chunk);
+                }
+            }
+            SeqEvent::Finished { text, finish } => {
+                self.submission.guard.mark_finished(choice);
+                let chunk = match finish {
+                    Finish::Error(e) => json_event(&ApiError::Internal(e).body()),
+                    finish => {
+                        self.writer
+                            .text_chunk(choice, text, &[], Some(finish.as_openai_str()))
+                    }
+                };
+                self.pending.push_back(chunk);
+                if self.submission.guard.all_finished() {
+                    self.end();
+                }
+            }
+        }
+    }
+
+    /// Usage (when asked) and `[DONE]`.
+    fn end(&mut self) {
+        if self.writer.include_usage {
+            let usage = Usage::new(self.submission.num_prompt_tokens(), self.completion_tokens);
+            self.pending.push_back(self.writer.usage_chunk(usage));
+        }
+        self.pending.push_back(Event::default().data("[DONE]"));
+        self.done = true;
+    }
+}
+
+/// The SSE response for a submission.
+pub fn sse_response(submission: Submission, writer: ChunkWriter) -> Response {
+    let mut pending = VecDeque::new();
+    if writer.api == Api::Chat {
+        for choice in 0..submission.num_choices {
+            pending.push_back(writer.role_chunk(choice));
+        }
+    }
+    let state = StreamState {
+        submission,
+        writer,
+        pending,
+        completion_tokens: 0,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(event) = state.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(event), state));
+            }
+            if state.done {
+                return None;
+            }
+            match state.submission.events.recv().await {
+                Some(event) => state.on_event(event),
+                None => {
+                    let error = ApiError::Internal(
+                        "the engine thread stopped before the request finished".into(),
+                    );
+                    state.pending.push_back(json_event(&error.body()));
+                    state.pending.push_back(Event::default().data("[DONE]"));
+                    state.done = true;
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
