@@ -51,6 +51,24 @@ pub enum ModelError {
         expected: usize,
         found: usize,
     },
+    #[error(
+        "{layer}: expert {expert} is missing from the checkpoint (no tensor {tensor}); the \
+         checkpoint is incomplete, or num_local_experts in config.json is larger than it"
+    )]
+    MissingExpert {
+        layer: String,
+        expert: usize,
+        tensor: String,
+    },
+    #[error(
+        "{layer}: the router gate has {found} experts but num_local_experts in config.json is \
+         {expected}; the config does not belong to this checkpoint"
+    )]
+    ExpertCount {
+        layer: String,
+        expected: usize,
+        found: usize,
+    },
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }

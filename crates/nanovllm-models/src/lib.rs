@@ -11,10 +11,12 @@
 //! cache to logits.
 
 pub mod config;
+pub mod decoder;
 mod dummy;
 mod error;
 pub mod layers;
 pub mod loader;
+pub mod mixtral;
 mod model;
 pub mod qwen3;
 pub mod registry;

@@ -15,6 +15,8 @@
 //!   (`q/k/v_proj` → `qkv_proj`, `gate/up_proj` → `gate_up_proj`) concatenated
 //!   along dim 0, each rank holding *its own* slice of every part in order
 //!   (rank r: its q rows, then its k rows, then its v rows).
+//! - [`WeightLoader::stacked_row_shard`]: row-parallel weights of one shape (the
+//!   experts' `w2`) stacked along a new first dim, `[n, out, in / W]`.
 //! - [`WeightLoader::vocab_shard`]: vocab-parallel rows of `[vocab, hidden]`.
 //!   **Padding rule:** each rank holds `ceil(vocab / W)` rows; rank `r` reads
 //!   rows `r*per .. min((r+1)*per, vocab)` and the rest of its rows are zero.
@@ -257,6 +259,41 @@ impl<'a> WeightLoader<'a> {
             self.source.read_into(name, shape, slice, &mut buffer)?;
         }
         self.upload(Tensor::from_cpu(buffer, &[rows, in_features])?)
+    }
+
+    /// Row-parallel weights of the same shape stacked along a new first dim (the experts
+    /// of a MoE layer): `names[i]: [out, in]` → `[names.len(), out, in / world_size]`, each
+    /// holding this rank's input-feature columns, assembled in one buffer.
+    pub fn stacked_row_shard(
+        &self,
+        names: &[String],
+        shape: [usize; 2],
+    ) -> Result<Tensor, ModelError> {
+        let Some(first) = names.first() else {
+            return Err(ModelError::Shard("no weights to stack".into()));
+        };
+        let cols = self
+            .shard
+            .even_range(&format!("the input features of {first}"), shape[1])?;
+        let dtype = self.source.dtype(first)?;
+        let mut buffer = empty_storage(dtype, names.len() * shape[0] * cols.len())?;
+        for name in names {
+            let part_dtype = self.source.dtype(name)?;
+            if part_dtype != dtype {
+                return Err(ModelError::MixedDTypes {
+                    first: first.clone(),
+                    first_dtype: dtype,
+                    second: name.clone(),
+                    second_dtype: part_dtype,
+                });
+            }
+            self.source
+                .read_into(name, &shape, &Slice::Cols(cols.clone()), &mut buffer)?;
+        }
+        self.upload(Tensor::from_cpu(
+            buffer,
+            &[names.len(), shape[0], cols.len()],
+        )?)
     }
 
     /// Vocab-parallel rows of a `[vocab, hidden]` table, zero-padded to

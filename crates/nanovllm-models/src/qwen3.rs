@@ -1,68 +1,86 @@
-//! Qwen3 (`Qwen3ForCausalLM`): a dense pre-norm decoder with grouped-query
-//! attention, per-head RMSNorm on q and k (before RoPE), SwiGLU MLP.
-//!
-//! Per layer, with the residual stream kept separately (fused add + norm):
+//! Qwen3 (`Qwen3ForCausalLM`): the shared pre-norm decoder ([`crate::decoder`]) with
+//! grouped-query attention, per-head RMSNorm on q and k (before RoPE), and a dense SwiGLU
+//! MLP:
 //! ```text
-//! x = input_layernorm(h [+ residual])          first layer: residual = h
-//! q, k, v = qkv_proj(x); q, k = q_norm(q), k_norm(k)   (per head)
-//! q, k = rope(q, k); store_kv(k, v); o = attention(q) · head_dim^-0.5 scaled
-//! x = post_attention_layernorm(o_proj(o) + residual)
-//! h = down_proj(silu(gate) * up)
+//! h = down_proj(silu(gate_proj(x)) * up_proj(x))      gate ‖ up packed in one matmul
 //! ```
-//! then the final norm, the wanted rows only, and the LM head (tied or not).
-//!
-//! Tensor parallelism: heads (q and kv) and the MLP's intermediate features
-//! are split across ranks; `o_proj` and `down_proj` all-reduce.
+//! Tensor parallelism: the MLP's intermediate features are split across ranks
+//! (`gate_up_proj` column-parallel, `down_proj` row-parallel and all-reduced).
 
-use std::sync::Arc;
-
-use nanovllm_kernels::{Backend, KvCache, LayerKvCache, Tensor};
+use nanovllm_kernels::{Backend, Tensor};
 
 use crate::config::ModelConfig;
+use crate::decoder::{DecoderLm, DecoderSpec, FeedForward};
 use crate::error::ModelError;
-use crate::layers::{
-    MergedColumnParallelLinear, ParallelLmHead, QkvParallelLinear, RmsNorm, RotaryEmbedding,
-    RowParallelLinear, VocabParallelEmbedding,
-};
-use crate::loader::{check_divisible, WeightLoader, WeightSource};
-use crate::model::{ForwardInput, KvCacheSpec, Model, ModelContext};
+use crate::layers::{MergedColumnParallelLinear, RowParallelLinear};
+use crate::loader::{WeightLoader, WeightSource};
+use crate::model::{Model, ModelContext};
 
 pub const ARCHITECTURE: &str = "Qwen3ForCausalLM";
 
-#[derive(Debug)]
-struct Attention {
-    qkv_proj: QkvParallelLinear,
-    q_norm: RmsNorm,
-    k_norm: RmsNorm,
-    o_proj: RowParallelLinear,
-    scale: f32,
-}
+pub type Qwen3ForCausalLM = DecoderLm<Mlp>;
 
+/// The dense SwiGLU MLP.
 #[derive(Debug)]
-struct Mlp {
+pub struct Mlp {
     gate_up_proj: MergedColumnParallelLinear,
     down_proj: RowParallelLinear,
 }
 
-#[derive(Debug)]
-struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+impl Mlp {
+    /// Loads `{prefix}.mlp.{gate_proj,up_proj,down_proj}.weight` for this rank.
+    pub fn load(
+        loader: &WeightLoader,
+        prefix: &str,
+        config: &ModelConfig,
+        ctx: &ModelContext,
+    ) -> Result<Self, ModelError> {
+        let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
+        let mlp = format!("{prefix}.mlp");
+        Ok(Self {
+            gate_up_proj: MergedColumnParallelLinear::load(
+                loader,
+                &[
+                    (&format!("{mlp}.gate_proj.weight"), intermediate),
+                    (&format!("{mlp}.up_proj.weight"), intermediate),
+                ],
+                hidden,
+            )?,
+            down_proj: RowParallelLinear::load(
+                loader,
+                &format!("{mlp}.down_proj.weight"),
+                hidden,
+                intermediate,
+                ctx.comm.clone(),
+            )?,
+        })
+    }
 }
 
-#[derive(Debug)]
-pub struct Qwen3ForCausalLM {
-    config: ModelConfig,
-    ctx: ModelContext,
-    embed_tokens: VocabParallelEmbedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: ParallelLmHead,
-    rotary: RotaryEmbedding,
-    /// This rank's KV heads.
-    num_kv_heads: usize,
+impl FeedForward for Mlp {
+    fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
+        let gate_up = self.gate_up_proj.forward(backend, x)?;
+        let act = backend.silu_mul(&gate_up)?;
+        self.down_proj.forward(backend, &act)
+    }
+}
+
+/// Loads a Qwen3 model for this rank.
+pub fn load_qwen3(
+    config: &ModelConfig,
+    source: &dyn WeightSource,
+    ctx: &ModelContext,
+) -> Result<Qwen3ForCausalLM, ModelError> {
+    let load_ffn = |loader: &WeightLoader, prefix: &str| Mlp::load(loader, prefix, config, ctx);
+    DecoderLm::load(
+        config,
+        source,
+        ctx,
+        DecoderSpec {
+            qk_norm: true,
+            load_ffn: &load_ffn,
+        },
+    )
 }
 
 /// Registry entry point.
@@ -71,289 +89,19 @@ pub fn load(
     source: &dyn WeightSource,
     ctx: &ModelContext,
 ) -> Result<Box<dyn Model>, ModelError> {
-    Ok(Box::new(Qwen3ForCausalLM::load(config, source, ctx)?))
-}
-
-/// Checks that the world size divides every count that is split across ranks, listing the
-/// world sizes that would work otherwise.
-fn check_shardable(config: &ModelConfig, world_size: usize) -> Result<(), ModelError> {
-    if world_size == 0 {
-        return Err(ModelError::Shard("world size must be at least 1".into()));
-    }
-    let counts = [
-        ("num_attention_heads", config.num_attention_heads),
-        ("num_key_value_heads", config.num_key_value_heads),
-        ("intermediate_size", config.intermediate_size),
-    ];
-    for (what, count) in counts {
-        check_divisible(what, count, world_size).map_err(|_| {
-            let gcd = counts.iter().fold(0, |g, &(_, c)| gcd(g, c));
-            let works: Vec<usize> = (1..=gcd).filter(|w| gcd % w == 0).collect();
-            ModelError::Shard(format!(
-                "world size {world_size} does not divide {what} ({count}) of this model; \
-                 world sizes that work: {works:?}"
-            ))
-        })?;
-    }
-    Ok(())
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-impl Qwen3ForCausalLM {
-    pub fn load(
-        config: &ModelConfig,
-        source: &dyn WeightSource,
-        ctx: &ModelContext,
-    ) -> Result<Self, ModelError> {
-        let shard = ctx.shard;
-        check_shardable(config, shard.world_size)?;
-        if shard.rank >= shard.world_size {
-            return Err(ModelError::Shard(format!(
-                "rank {} is out of range for world size {}",
-                shard.rank, shard.world_size
-            )));
-        }
-        let (comm_rank, comm_world) = (ctx.comm.rank(), ctx.comm.world_size());
-        if (comm_rank, comm_world) != (shard.rank, shard.world_size) {
-            return Err(ModelError::Shard(format!(
-                "the shard spec says rank {} of {} but the communicator is rank {comm_rank} \
-                 of {comm_world}",
-                shard.rank, shard.world_size
-            )));
-        }
-        let backend = ctx.backend.as_ref();
-        let loader = WeightLoader::new(source, backend, shard);
-        let c = config;
-        let (hidden, hd) = (c.hidden_size, c.head_dim);
-
-        let embed_tokens = VocabParallelEmbedding::load(
-            &loader,
-            "model.embed_tokens.weight",
-            c.vocab_size,
-            hidden,
-        )?;
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| load_layer(&loader, c, ctx, &format!("model.layers.{i}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let norm = RmsNorm::load(&loader, "model.norm.weight", hidden, c.rms_norm_eps)?;
-        // HF ties when the config says so; a checkpoint without lm_head.weight is tied too.
-        let lm_head = if c.tie_word_embeddings || !loader.contains("lm_head.weight") {
-            ParallelLmHead::tied(
-                &embed_tokens,
-                &loader,
-                c.vocab_size,
-                hidden,
-                ctx.comm.clone(),
-            )?
-        } else {
-            ParallelLmHead::load(
-                &loader,
-                "lm_head.weight",
-                c.vocab_size,
-                hidden,
-                ctx.comm.clone(),
-            )?
-        };
-        let rotary = RotaryEmbedding::new(backend, hd, c.max_position_embeddings, c.rope_theta)?;
-        Ok(Self {
-            config: config.clone(),
-            ctx: ctx.clone(),
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rotary,
-            num_kv_heads: c.num_key_value_heads / shard.world_size,
-        })
-    }
-
-    /// Whether the LM head shares the embedding table's buffer (tied, one rank).
-    pub fn lm_head_shares_embedding(&self) -> bool {
-        Arc::ptr_eq(self.lm_head.weight(), self.embed_tokens.table())
-    }
-
-    fn check_kv_cache(&self, kv_cache: &KvCache) -> Result<(), ModelError> {
-        let checks = [
-            ("layers", self.layers.len(), kv_cache.layers.len()),
-            ("num_kv_heads", self.num_kv_heads, kv_cache.num_kv_heads),
-            ("head_dim", self.config.head_dim, kv_cache.head_dim),
-        ];
-        for (field, expected, found) in checks {
-            if expected != found {
-                return Err(ModelError::KvCacheMismatch {
-                    field,
-                    expected,
-                    found,
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-fn load_layer(
-    loader: &WeightLoader,
-    c: &ModelConfig,
-    ctx: &ModelContext,
-    prefix: &str,
-) -> Result<DecoderLayer, ModelError> {
-    let (hidden, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
-    let attn = format!("{prefix}.self_attn");
-    let mlp = format!("{prefix}.mlp");
-    Ok(DecoderLayer {
-        input_layernorm: RmsNorm::load(
-            loader,
-            &format!("{prefix}.input_layernorm.weight"),
-            hidden,
-            eps,
-        )?,
-        self_attn: Attention {
-            qkv_proj: QkvParallelLinear::load(
-                loader,
-                &attn,
-                hidden,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                hd,
-            )?,
-            q_norm: RmsNorm::load(loader, &format!("{attn}.q_norm.weight"), hd, eps)?,
-            k_norm: RmsNorm::load(loader, &format!("{attn}.k_norm.weight"), hd, eps)?,
-            o_proj: RowParallelLinear::load(
-                loader,
-                &format!("{attn}.o_proj.weight"),
-                hidden,
-                c.num_attention_heads * hd,
-                ctx.comm.clone(),
-            )?,
-            // As transformers: `head_dim**-0.5` in double precision, used as an f32.
-            scale: (hd as f64).powf(-0.5) as f32,
-        },
-        post_attention_layernorm: RmsNorm::load(
-            loader,
-            &format!("{prefix}.post_attention_layernorm.weight"),
-            hidden,
-            eps,
-        )?,
-        mlp: Mlp {
-            gate_up_proj: MergedColumnParallelLinear::load(
-                loader,
-                &[
-                    (&format!("{mlp}.gate_proj.weight"), c.intermediate_size),
-                    (&format!("{mlp}.up_proj.weight"), c.intermediate_size),
-                ],
-                hidden,
-            )?,
-            down_proj: RowParallelLinear::load(
-                loader,
-                &format!("{mlp}.down_proj.weight"),
-                hidden,
-                c.intermediate_size,
-                ctx.comm.clone(),
-            )?,
-        },
-    })
-}
-
-impl Attention {
-    fn forward(
-        &self,
-        backend: &dyn Backend,
-        rotary: &RotaryEmbedding,
-        x: &Tensor,
-        input: &ForwardInput,
-        cache: &mut LayerKvCache,
-    ) -> Result<Tensor, ModelError> {
-        let (q, k, v) = self.qkv_proj.forward(backend, x)?;
-        // Qwen3 normalises each head's q and k before the rotation.
-        let mut q = self.q_norm.forward_groups(backend, q)?;
-        let mut k = self.k_norm.forward_groups(backend, k)?;
-        rotary.forward(backend, &mut q, &input.positions)?;
-        rotary.forward(backend, &mut k, &input.positions)?;
-        backend.store_kv(&k, &v, cache, &input.attn.slot_mapping)?;
-        let o = if input.attn.is_prefill {
-            backend.prefill_attention(&q, &k, &v, cache, &input.attn, self.scale)?
-        } else {
-            backend.decode_attention(&q, cache, &input.attn, self.scale)?
-        };
-        self.o_proj.forward(backend, &o)
-    }
-}
-
-impl Mlp {
-    fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
-        let gate_up = self.gate_up_proj.forward(backend, x)?;
-        let act = backend.silu_mul(&gate_up)?;
-        self.down_proj.forward(backend, &act)
-    }
-}
-
-impl Model for Qwen3ForCausalLM {
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    fn kv_cache_spec(&self) -> KvCacheSpec {
-        KvCacheSpec {
-            num_layers: self.layers.len(),
-            num_kv_heads: self.num_kv_heads,
-            head_dim: self.config.head_dim,
-        }
-    }
-
-    fn forward(&self, input: &ForwardInput, kv_cache: &mut KvCache) -> Result<Tensor, ModelError> {
-        self.check_kv_cache(kv_cache)?;
-        let backend = self.ctx.backend.as_ref();
-        let mut hidden = self.embed_tokens.forward(backend, &input.input_ids)?;
-        let mut residual: Option<Tensor> = None;
-        for (layer, cache) in self.layers.iter().zip(kv_cache.layers.iter_mut()) {
-            let (x, mut r) = match residual.take() {
-                // First layer: the embedding output starts the residual stream.
-                None => (layer.input_layernorm.forward(backend, &hidden)?, hidden),
-                Some(mut r) => {
-                    let x = layer
-                        .input_layernorm
-                        .forward_add(backend, &hidden, &mut r)?;
-                    (x, r)
-                }
-            };
-            let attn_out = layer
-                .self_attn
-                .forward(backend, &self.rotary, &x, input, cache)?;
-            let x = layer
-                .post_attention_layernorm
-                .forward_add(backend, &attn_out, &mut r)?;
-            residual = Some(r);
-            hidden = layer.mlp.forward(backend, &x)?;
-        }
-        // Norms are per row, so picking the wanted rows first gives the same numbers for
-        // less work than normalising every token.
-        let hidden = backend.index_rows(&hidden, &input.logits_indices)?;
-        let x = match residual {
-            Some(r) => {
-                let mut r = backend.index_rows(&r, &input.logits_indices)?;
-                self.norm.forward_add(backend, &hidden, &mut r)?
-            }
-            None => self.norm.forward(backend, &hidden)?,
-        };
-        self.lm_head.forward(backend, &x)
-    }
+    Ok(Box::new(load_qwen3(config, source, ctx)?))
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
+    use std::sync::Arc;
 
-    use nanovllm_kernels::{CpuBackend, DType, NoopCommunicator};
+    use nanovllm_kernels::{CpuBackend, DType, KvCache, NoopCommunicator};
 
     use super::*;
     use crate::loader::ShardSpec;
+    use crate::model::ForwardInput;
     use crate::safetensors_source::SafetensorsSource;
 
     fn ctx() -> ModelContext {
@@ -373,7 +121,7 @@ mod tests {
     fn load_fixture(name: &str) -> Qwen3ForCausalLM {
         let dir = fixture(name);
         let config = ModelConfig::from_dir(&dir).unwrap();
-        Qwen3ForCausalLM::load(&config, &SafetensorsSource::open(&dir).unwrap(), &ctx()).unwrap()
+        load_qwen3(&config, &SafetensorsSource::open(&dir).unwrap(), &ctx()).unwrap()
     }
 
     #[test]
@@ -383,9 +131,9 @@ mod tests {
         let untied = load_fixture("qwen3-tiny-bf16");
         assert!(!untied.lm_head_shares_embedding());
         // Weights stay in the checkpoint dtype.
-        assert_eq!(untied.lm_head.weight().dtype(), DType::BF16);
+        assert_eq!(untied.lm_head().weight().dtype(), DType::BF16);
         assert_eq!(
-            untied.layers[0].self_attn.qkv_proj.weight().dtype(),
+            untied.layers()[0].self_attn.qkv_proj().weight().dtype(),
             DType::BF16
         );
     }
@@ -433,17 +181,5 @@ mod tests {
             Err(ModelError::Kernel(_))
         ));
         assert!(model.forward(&input, &mut cache).is_ok());
-    }
-
-    #[test]
-    fn world_size_must_divide_heads_and_intermediate() {
-        let config = ModelConfig::from_dir(&fixture("qwen3-tiny")).unwrap(); // 4 q, 2 kv, 128
-        let err = check_shardable(&config, 4).unwrap_err().to_string();
-        assert!(
-            err.contains("num_key_value_heads (2)") && err.contains("[1, 2]"),
-            "{err}"
-        );
-        assert!(check_shardable(&config, 2).is_ok());
-        assert!(check_shardable(&config, 0).is_err());
     }
 }

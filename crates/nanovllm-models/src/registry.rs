@@ -15,7 +15,10 @@ pub type Constructor =
     fn(&ModelConfig, &dyn WeightSource, &ModelContext) -> Result<Box<dyn Model>, ModelError>;
 
 /// One line per architecture: the `architectures[0]` name and its constructor.
-const ARCHITECTURES: &[(&str, Constructor)] = &[(crate::qwen3::ARCHITECTURE, crate::qwen3::load)];
+const ARCHITECTURES: &[(&str, Constructor)] = &[
+    (crate::qwen3::ARCHITECTURE, crate::qwen3::load),
+    (crate::mixtral::ARCHITECTURE, crate::mixtral::load),
+];
 
 /// Seed of dummy weights: fixed, so dummy runs are reproducible.
 const DUMMY_SEED: u64 = 0;

@@ -7,12 +7,16 @@
 //! this rank's shard and call the [`nanovllm_kernels::Communicator`] where the
 //! math needs it (after a row-parallel matmul, to gather vocab-parallel logits).
 
+mod attention;
 mod embedding;
 mod linear;
+mod moe;
 mod norm;
 mod rotary;
 
+pub use attention::Attention;
 pub use embedding::{ParallelLmHead, VocabParallelEmbedding};
 pub use linear::{Linear, MergedColumnParallelLinear, QkvParallelLinear, RowParallelLinear};
+pub use moe::SparseMoeBlock;
 pub use norm::RmsNorm;
 pub use rotary::RotaryEmbedding;

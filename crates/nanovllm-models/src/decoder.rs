@@ -1,0 +1,298 @@
+//! The decoder-only causal LM that Qwen3 and Mixtral share; an architecture file supplies
+//! its feed-forward block ([`FeedForward`]) and whether attention has q/k norms.
+//!
+//! Per layer, with the residual stream kept separately (fused add + norm):
+//! ```text
+//! x = input_layernorm(h [+ residual])          first layer: residual = h
+//! o = self_attn(x)                             see `layers::Attention`
+//! x = post_attention_layernorm(o + residual)
+//! h = ffn(x)                                   dense SwiGLU MLP, or sparse MoE
+//! ```
+//! then the final norm, the wanted rows only (`logits_indices`), and the LM head (tied
+//! or not). Tensor parallelism: attention heads and the feed-forward's intermediate
+//! features are split across ranks; the row-parallel projections all-reduce, and the
+//! vocab-parallel LM head gathers, so every rank returns the full logits.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use nanovllm_kernels::{Backend, KvCache, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::layers::{Attention, ParallelLmHead, RmsNorm, RotaryEmbedding, VocabParallelEmbedding};
+use crate::loader::{check_divisible, WeightLoader, WeightSource};
+use crate::model::{ForwardInput, KvCacheSpec, Model, ModelContext};
+
+/// A layer's feed-forward block: `x: [T, hidden]` → `[T, hidden]` (all-reduced under
+/// tensor parallelism).
+pub trait FeedForward: Debug + Send + Sync {
+    fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError>;
+}
+
+#[derive(Debug)]
+pub struct DecoderLayer<F> {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub ffn: F,
+}
+
+/// How an architecture differs from the shared decoder.
+pub struct DecoderSpec<'a, F> {
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Loads layer `i`'s feed-forward block; the argument is the layer's weight prefix
+    /// (`model.layers.{i}`).
+    pub load_ffn: &'a dyn Fn(&WeightLoader, &str) -> Result<F, ModelError>,
+}
+
+#[derive(Debug)]
+pub struct DecoderLm<F> {
+    config: ModelConfig,
+    ctx: ModelContext,
+    embed_tokens: VocabParallelEmbedding,
+    layers: Vec<DecoderLayer<F>>,
+    norm: RmsNorm,
+    lm_head: ParallelLmHead,
+    rotary: RotaryEmbedding,
+    /// This rank's KV heads.
+    num_kv_heads: usize,
+}
+
+/// Checks that the world size divides every count that is split across ranks, listing the
+/// world sizes that would work otherwise.
+pub(crate) fn check_shardable(config: &ModelConfig, world_size: usize) -> Result<(), ModelError> {
+    if world_size == 0 {
+        return Err(ModelError::Shard("world size must be at least 1".into()));
+    }
+    let counts = [
+        ("num_attention_heads", config.num_attention_heads),
+        ("num_key_value_heads", config.num_key_value_heads),
+        ("intermediate_size", config.intermediate_size),
+    ];
+    for (what, count) in counts {
+        check_divisible(what, count, world_size).map_err(|_| {
+            let gcd = counts.iter().fold(0, |g, &(_, c)| gcd(g, c));
+            let works: Vec<usize> = (1..=gcd).filter(|w| gcd % w == 0).collect();
+            ModelError::Shard(format!(
+                "world size {world_size} does not divide {what} ({count}) of this model; \
+                 world sizes that work: {works:?}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The shard spec and the communicator must describe the same place in the group.
+fn check_rank(ctx: &ModelContext) -> Result<(), ModelError> {
+    let shard = ctx.shard;
+    if shard.rank >= shard.world_size {
+        return Err(ModelError::Shard(format!(
+            "rank {} is out of range for world size {}",
+            shard.rank, shard.world_size
+        )));
+    }
+    let (comm_rank, comm_world) = (ctx.comm.rank(), ctx.comm.world_size());
+    if (comm_rank, comm_world) != (shard.rank, shard.world_size) {
+        return Err(ModelError::Shard(format!(
+            "the shard spec says rank {} of {} but the communicator is rank {comm_rank} \
+             of {comm_world}",
+            shard.rank, shard.world_size
+        )));
+    }
+    Ok(())
+}
+
+impl<F: FeedForward> DecoderLm<F> {
+    pub fn load(
+        config: &ModelConfig,
+        source: &dyn WeightSource,
+        ctx: &ModelContext,
+        spec: DecoderSpec<F>,
+    ) -> Result<Self, ModelError> {
+        let shard = ctx.shard;
+        check_shardable(config, shard.world_size)?;
+        check_rank(ctx)?;
+        let backend = ctx.backend.as_ref();
+        let loader = WeightLoader::new(source, backend, shard);
+        let c = config;
+        let hidden = c.hidden_size;
+
+        let embed_tokens = VocabParallelEmbedding::load(
+            &loader,
+            "model.embed_tokens.weight",
+            c.vocab_size,
+            hidden,
+        )?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let prefix = format!("model.layers.{i}");
+                Ok(DecoderLayer {
+                    input_layernorm: RmsNorm::load(
+                        &loader,
+                        &format!("{prefix}.input_layernorm.weight"),
+                        hidden,
+                        c.rms_norm_eps,
+                    )?,
+                    self_attn: Attention::load(
+                        &loader,
+                        &format!("{prefix}.self_attn"),
+                        c,
+                        spec.qk_norm,
+                        ctx.comm.clone(),
+                    )?,
+                    post_attention_layernorm: RmsNorm::load(
+                        &loader,
+                        &format!("{prefix}.post_attention_layernorm.weight"),
+                        hidden,
+                        c.rms_norm_eps,
+                    )?,
+                    ffn: (spec.load_ffn)(&loader, &prefix)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let norm = RmsNorm::load(&loader, "model.norm.weight", hidden, c.rms_norm_eps)?;
+        // HF ties when the config says so; a checkpoint without lm_head.weight is tied too.
+        let lm_head = if c.tie_word_embeddings || !loader.contains("lm_head.weight") {
+            ParallelLmHead::tied(
+                &embed_tokens,
+                &loader,
+                c.vocab_size,
+                hidden,
+                ctx.comm.clone(),
+            )?
+        } else {
+            ParallelLmHead::load(
+                &loader,
+                "lm_head.weight",
+                c.vocab_size,
+                hidden,
+                ctx.comm.clone(),
+            )?
+        };
+        let rotary =
+            RotaryEmbedding::new(backend, c.head_dim, c.max_position_embeddings, c.rope_theta)?;
+        Ok(Self {
+            config: config.clone(),
+            ctx: ctx.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            num_kv_heads: c.num_key_value_heads / shard.world_size,
+        })
+    }
+
+    pub fn layers(&self) -> &[DecoderLayer<F>] {
+        &self.layers
+    }
+
+    /// Whether the LM head shares the embedding table's buffer (tied, one rank).
+    pub fn lm_head_shares_embedding(&self) -> bool {
+        Arc::ptr_eq(self.lm_head.weight(), self.embed_tokens.table())
+    }
+
+    pub fn lm_head(&self) -> &ParallelLmHead {
+        &self.lm_head
+    }
+
+    fn check_kv_cache(&self, kv_cache: &KvCache) -> Result<(), ModelError> {
+        let checks = [
+            ("layers", self.layers.len(), kv_cache.layers.len()),
+            ("num_kv_heads", self.num_kv_heads, kv_cache.num_kv_heads),
+            ("head_dim", self.config.head_dim, kv_cache.head_dim),
+        ];
+        for (field, expected, found) in checks {
+            if expected != found {
+                return Err(ModelError::KvCacheMismatch {
+                    field,
+                    expected,
+                    found,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F: FeedForward> Model for DecoderLm<F> {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        KvCacheSpec {
+            num_layers: self.layers.len(),
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    fn forward(&self, input: &ForwardInput, kv_cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        self.check_kv_cache(kv_cache)?;
+        let backend = self.ctx.backend.as_ref();
+        let mut hidden = self.embed_tokens.forward(backend, &input.input_ids)?;
+        let mut residual: Option<Tensor> = None;
+        for (layer, cache) in self.layers.iter().zip(kv_cache.layers.iter_mut()) {
+            let (x, mut r) = match residual.take() {
+                // First layer: the embedding output starts the residual stream.
+                None => (layer.input_layernorm.forward(backend, &hidden)?, hidden),
+                Some(mut r) => {
+                    let x = layer
+                        .input_layernorm
+                        .forward_add(backend, &hidden, &mut r)?;
+                    (x, r)
+                }
+            };
+            let attn_out = layer
+                .self_attn
+                .forward(backend, &self.rotary, &x, input, cache)?;
+            let x = layer
+                .post_attention_layernorm
+                .forward_add(backend, &attn_out, &mut r)?;
+            residual = Some(r);
+            hidden = layer.ffn.forward(backend, &x)?;
+        }
+        // Norms are per row, so picking the wanted rows first gives the same numbers for
+        // less work than normalising every token.
+        let hidden = backend.index_rows(&hidden, &input.logits_indices)?;
+        let x = match residual {
+            Some(r) => {
+                let mut r = backend.index_rows(&r, &input.logits_indices)?;
+                self.norm.forward_add(backend, &hidden, &mut r)?
+            }
+            None => self.norm.forward(backend, &hidden)?,
+        };
+        self.lm_head.forward(backend, &x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn world_size_must_divide_heads_and_intermediate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+        let config = ModelConfig::from_dir(&dir).unwrap(); // 4 q, 2 kv, 128
+        let err = check_shardable(&config, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("num_key_value_heads (2)") && err.contains("[1, 2]"),
+            "{err}"
+        );
+        assert!(check_shardable(&config, 2).is_ok());
+        assert!(check_shardable(&config, 0).is_err());
+    }
+}
