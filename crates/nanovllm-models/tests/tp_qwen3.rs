@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use common::*;
 use nanovllm_kernels::{Communicator, CpuBackend};
-use thread_comm::ThreadComm;
 use nanovllm_models::{load_model, LoadFormat, ModelConfig, ModelContext, ModelError, ShardSpec};
 use serde_json::Value;
+use thread_comm::ThreadComm;
 
 /// Loads the model on `world_size` threads and prefills `prompts` (packed) on each;
 /// returns each rank's logits rows.
