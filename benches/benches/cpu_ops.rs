@@ -2,7 +2,7 @@
 //! head_dim 128, intermediate 3072).
 //!
 //! - matmul with bf16 weights `[N, 1024]`, N ∈ {2048 (q_proj), 3072 (gate/up half)}, at
-//!   M = 1 (decode), 32 (batched decode) and 512 (prefill); f32 weights at M = 512 as the
+//!   M = 1 (decode), 4–64 (batched decode; q_proj only) and 512 (prefill); f32 weights at M = 512 as the
 //!   plain-gemm baseline. Throughput is reported in FLOP/s (elements = 2·M·N·K).
 //! - decode attention, one sequence at context 1024 and 4096, f32 and bf16 cache.
 //! - prefill attention, one 512-token sequence.
@@ -48,7 +48,7 @@ fn bench_matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("matmul");
     group.sample_size(20);
     let cases = [
-        (DType::BF16, 2048, [1, 32, 512].as_slice()),
+        (DType::BF16, 2048, [1, 4, 16, 32, 64, 512].as_slice()),
         (DType::BF16, 3072, [1, 32, 512].as_slice()),
         (DType::F32, 3072, [1, 512].as_slice()),
     ];

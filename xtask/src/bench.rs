@@ -52,6 +52,13 @@ pub struct BenchArgs {
     pub kv_cache_memory_gib: Option<f64>,
     #[arg(long, default_value_t = 4096)]
     pub max_model_len: usize,
+    /// Sampling temperature of the measured requests (bench.py uses 0.6; 0 = greedy).
+    #[arg(long, default_value_t = 0.6)]
+    pub temperature: f32,
+    /// Worker threads of the CPU backend's pool (default: rayon's, i.e. all cores or
+    /// `RAYON_NUM_THREADS`). Set it to match the thread count of a comparison run.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Write the figures as JSON too.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -103,6 +110,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         spec.num_seqs > 0 && spec.min_input <= spec.max_input && spec.min_output <= spec.max_output,
         "invalid workload: need num_seqs > 0, min_input <= max_input, min_output <= max_output"
     );
+    anyhow::ensure!(
+        args.temperature.is_finite() && args.temperature >= 0.0,
+        "invalid --temperature {}: need a finite value >= 0",
+        args.temperature
+    );
+    if let Some(threads) = args.threads {
+        anyhow::ensure!(threads > 0, "invalid --threads 0: need at least one thread");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("configuring the thread pool (--threads)")?;
+    }
     let workload = Workload::generate(&spec);
 
     let mut config = match &args.model {
@@ -134,7 +153,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stats_before = engine.stats();
     for (prompt, &max_tokens) in workload.prompts.iter().zip(&workload.max_tokens) {
         let params = SamplingParams {
-            temperature: 0.6,
+            temperature: args.temperature,
             ignore_eos: true,
             max_tokens,
             ..SamplingParams::default()
@@ -155,6 +174,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         peak_kv = peak_kv.max(engine.kv_cache_usage().used_fraction());
     }
     let time_s = start.elapsed().as_secs_f64();
+    // ignore_eos: every sequence must produce exactly its max_tokens.
+    anyhow::ensure!(
+        output_tokens == workload.num_output_tokens(),
+        "the engine produced {output_tokens} tokens, the workload asks for {}",
+        workload.num_output_tokens()
+    );
     let stats = engine.stats();
     let prefill_tokens = stats.num_prefill_tokens - stats_before.num_prefill_tokens;
     let prefill_time = (stats.prefill_time - stats_before.prefill_time).as_secs_f64();
