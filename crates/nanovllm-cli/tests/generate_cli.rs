@@ -1,118 +1,13 @@
 //! End-to-end tests of `nanovllm generate` on the committed tiny fixtures:
 //! real process, real files, real exit codes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
 
-use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    repo().join("fixtures").join(name)
-}
-
-fn nanovllm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nanovllm"))
-        .args(args)
-        .output()
-        .expect("the nanovllm binary runs")
-}
-
-/// A fresh scratch directory under the system temp dir.
-fn scratch(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "nanovllm-cli-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Copies a fixture directory so a test can damage the copy.
-fn copy_fixture(name: &str, tag: &str) -> PathBuf {
-    let dst = scratch(tag);
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-    }
-    dst
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fatal error is exactly one line on stderr, mentions `needle`, and exits non-zero.
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
-    assert!(err.contains(needle), "{needle:?} not in {err:?}");
-}
-
-fn reference(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn jsonl_lines(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each stdout line is JSON"))
-        .collect()
-}
+use common::*;
 
 #[test]
 fn greedy_jsonl_matches_transformers_and_keeps_input_order() {
-    let reference = reference("qwen3-tiny");
-    let cases = reference["cases"].as_array().unwrap();
-    let dir = scratch("order");
-    let input = dir.join("in.jsonl");
-    let mut text = String::new();
-    for case in cases {
-        let greedy = case["greedy_token_ids"].as_array().unwrap();
-        text.push_str(&format!(
-            "{{\"prompt_token_ids\": {}, \"max_tokens\": {}, \"temperature\": 0, \"ignore_eos\": true}}\n",
-            case["prompt_token_ids"],
-            greedy.len()
-        ));
-    }
-    std::fs::write(&input, text).unwrap();
-    let model = fixture("qwen3-tiny");
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        "-",
-        "--kvcache-block-size",
-        "16",
-        "--device",
-        "cpu",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lines = jsonl_lines(&out.stdout);
-    assert_eq!(lines.len(), cases.len());
-    for (i, (line, case)) in lines.iter().zip(cases).enumerate() {
-        assert_eq!(line["index"], i);
-        assert_eq!(
-            line["token_ids"], case["greedy_token_ids"],
-            "case {}",
-            case["name"]
-        );
-        assert_eq!(line["finish_reason"], "length");
+    for line in check_greedy_jsonl("qwen3-tiny") {
         assert!(line["text"].is_string());
     }
 }
@@ -136,16 +31,16 @@ fn bad_jsonl_lines_get_error_entries_while_good_lines_complete() {
     .unwrap();
     let out_file = dir.join("out.jsonl");
     let model = fixture("qwen3-tiny");
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out_file.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let out = generate(
+        &model,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out_file.to_str().unwrap(),
+            "--quiet",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let lines = jsonl_lines(&std::fs::read(&out_file).unwrap());
     assert_eq!(lines.len(), 6);
@@ -163,21 +58,21 @@ fn bad_jsonl_lines_get_error_entries_while_good_lines_complete() {
 #[test]
 fn readable_text_output_by_default() {
     let model = fixture("qwen3-tiny");
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "the cat",
-        "--prompt",
-        "a dog",
-        "--max-tokens",
-        "5",
-        "--temperature",
-        "0.7",
-        "--seed",
-        "3",
-    ]);
+    let out = generate(
+        &model,
+        &[
+            "--prompt",
+            "the cat",
+            "--prompt",
+            "a dog",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "3",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[0] (") && text.contains("[1] ("), "{text}");
@@ -198,13 +93,7 @@ fn unknown_architecture() {
         cfg.replace("Qwen3ForCausalLM", "GPTNeoXForCausalLM"),
     )
     .unwrap();
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "x",
-    ]);
+    let out = generate(&dir, &["--prompt", "x"]);
     assert_one_line_error(&out, "GPTNeoXForCausalLM");
 }
 
@@ -214,13 +103,7 @@ fn truncated_safetensors() {
     let file = dir.join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "x",
-    ]);
+    let out = generate(&dir, &["--prompt", "x"]);
     assert_one_line_error(&out, "model.safetensors");
 }
 
@@ -228,28 +111,14 @@ fn truncated_safetensors() {
 fn prompt_longer_than_max_model_len() {
     let model = fixture("qwen3-tiny");
     let long = "word ".repeat(200);
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--max-model-len",
-        "32",
-        "--prompt",
-        &long,
-    ]);
+    let out = generate(&model, &["--max-model-len", "32", "--prompt", &long]);
     assert_one_line_error(&out, "max_model_len");
 }
 
 #[test]
 fn empty_prompt() {
     let model = fixture("qwen3-tiny");
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "",
-    ]);
+    let out = generate(&model, &["--prompt", ""]);
     assert_one_line_error(&out, "empty");
 }
 
@@ -261,15 +130,7 @@ fn bad_sampling_value() {
         ("--temperature", "-0.5"),
         ("--max-tokens", "0"),
     ] {
-        let out = nanovllm(&[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "x",
-            flag,
-            value,
-        ]);
+        let out = generate(&model, &["--prompt", "x", flag, value]);
         assert_one_line_error(&out, &flag[2..].replace('-', "_"));
     }
 }
@@ -280,15 +141,10 @@ fn token_id_out_of_vocab_with_prompt_token_ids() {
     let input = dir.join("in.jsonl");
     std::fs::write(&input, "{\"prompt_token_ids\": [3, 512]}\n").unwrap();
     let model = fixture("qwen3-tiny");
-    let out = nanovllm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        "-",
-    ]);
+    let out = generate(
+        &model,
+        &["--input", input.to_str().unwrap(), "--output", "-"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let lines = jsonl_lines(&out.stdout);
     let err = lines[0]["error"].as_str().unwrap();
@@ -298,6 +154,6 @@ fn token_id_out_of_vocab_with_prompt_token_ids() {
 #[test]
 fn no_prompt_is_a_usage_error() {
     let model = fixture("qwen3-tiny");
-    let out = nanovllm(&["generate", "--model", model.to_str().unwrap()]);
+    let out = generate(&model, &[]);
     assert_one_line_error(&out, "--prompt");
 }

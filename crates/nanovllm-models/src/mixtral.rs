@@ -63,34 +63,12 @@ pub fn load(
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
+    use std::path::Path;
 
-    use nanovllm_kernels::{CpuBackend, DType, NoopCommunicator};
+    use nanovllm_kernels::DType;
 
     use super::*;
-    use crate::loader::ShardSpec;
-    use crate::safetensors_source::SafetensorsSource;
-
-    fn ctx() -> ModelContext {
-        ModelContext {
-            backend: Arc::new(CpuBackend::new()),
-            comm: Arc::new(NoopCommunicator),
-            shard: ShardSpec::default(),
-        }
-    }
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures")
-            .join(name)
-    }
-
-    fn load_fixture(name: &str) -> MixtralForCausalLM {
-        let dir = fixture(name);
-        let config = ModelConfig::from_dir(&dir).unwrap();
-        load_mixtral(&config, &SafetensorsSource::open(&dir).unwrap(), &ctx()).unwrap()
-    }
+    use crate::test_util::{cpu_ctx, fixture, load_decoder_fixture};
 
     #[test]
     fn fixtures_load_with_stacked_experts_in_the_checkpoint_dtype() {
@@ -100,7 +78,7 @@ mod tests {
             ("mixtral-tiny-bf16", DType::BF16, 4, 64, 32, 4, 16),
         ];
         for (name, dtype, experts, inter, hidden, kv_heads, head_dim) in expect {
-            let model = load_fixture(name);
+            let model = load_decoder_fixture(name, load_mixtral);
             let spec = model.kv_cache_spec();
             assert_eq!(
                 (spec.num_layers, spec.num_kv_heads, spec.head_dim),
@@ -123,7 +101,7 @@ mod tests {
     fn dummy_weights_build_a_mixtral() {
         let dir = fixture("mixtral-tiny");
         let config = ModelConfig::from_dir(&dir).unwrap();
-        let model = crate::load_model(&config, &dir, crate::LoadFormat::Dummy, &ctx()).unwrap();
+        let model = crate::load_model(&config, &dir, crate::LoadFormat::Dummy, &cpu_ctx()).unwrap();
         assert_eq!(model.config().architecture, ARCHITECTURE);
     }
 

@@ -94,41 +94,17 @@ pub fn load(
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-    use std::sync::Arc;
-
-    use nanovllm_kernels::{CpuBackend, DType, KvCache, NoopCommunicator};
+    use nanovllm_kernels::{CpuBackend, DType, KvCache};
 
     use super::*;
-    use crate::loader::ShardSpec;
     use crate::model::ForwardInput;
-    use crate::safetensors_source::SafetensorsSource;
-
-    fn ctx() -> ModelContext {
-        ModelContext {
-            backend: Arc::new(CpuBackend::new()),
-            comm: Arc::new(NoopCommunicator),
-            shard: ShardSpec::default(),
-        }
-    }
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures")
-            .join(name)
-    }
-
-    fn load_fixture(name: &str) -> Qwen3ForCausalLM {
-        let dir = fixture(name);
-        let config = ModelConfig::from_dir(&dir).unwrap();
-        load_qwen3(&config, &SafetensorsSource::open(&dir).unwrap(), &ctx()).unwrap()
-    }
+    use crate::test_util::load_decoder_fixture;
 
     #[test]
     fn tied_lm_head_shares_the_embedding_buffer() {
         // qwen3-tiny has no lm_head.weight; qwen3-tiny-bf16 is untied.
-        assert!(load_fixture("qwen3-tiny").lm_head_shares_embedding());
-        let untied = load_fixture("qwen3-tiny-bf16");
+        assert!(load_decoder_fixture("qwen3-tiny", load_qwen3).lm_head_shares_embedding());
+        let untied = load_decoder_fixture("qwen3-tiny-bf16", load_qwen3);
         assert!(!untied.lm_head_shares_embedding());
         // Weights stay in the checkpoint dtype.
         assert_eq!(untied.lm_head().weight().dtype(), DType::BF16);
@@ -140,7 +116,7 @@ mod tests {
 
     #[test]
     fn kv_cache_spec_and_mismatch() {
-        let model = load_fixture("qwen3-tiny");
+        let model = load_decoder_fixture("qwen3-tiny", load_qwen3);
         let spec = model.kv_cache_spec();
         assert_eq!(
             (spec.num_layers, spec.num_kv_heads, spec.head_dim),

@@ -52,20 +52,8 @@ pub fn load_model(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use nanovllm_kernels::{CpuBackend, NoopCommunicator};
-
     use super::*;
-    use crate::loader::ShardSpec;
-
-    fn ctx() -> ModelContext {
-        ModelContext {
-            backend: Arc::new(CpuBackend::new()),
-            comm: Arc::new(NoopCommunicator),
-            shard: ShardSpec::default(),
-        }
-    }
+    use crate::test_util::cpu_ctx;
 
     fn tiny_config(architecture: &str) -> ModelConfig {
         let json = format!(
@@ -85,7 +73,7 @@ mod tests {
     #[test]
     fn unknown_architecture_lists_the_supported_ones() {
         let config = tiny_config("GPT2LMHeadModel");
-        match load_model(&config, Path::new("."), LoadFormat::Dummy, &ctx()) {
+        match load_model(&config, Path::new("."), LoadFormat::Dummy, &cpu_ctx()) {
             Err(e @ ModelError::UnknownArchitecture { .. }) => {
                 let msg = e.to_string();
                 assert!(
@@ -105,7 +93,7 @@ mod tests {
             &config,
             Path::new("/nonexistent"),
             LoadFormat::Dummy,
-            &ctx(),
+            &cpu_ctx(),
         )
         .unwrap();
         let spec = model.kv_cache_spec();
@@ -121,7 +109,7 @@ mod tests {
         let config = tiny_config("Qwen3ForCausalLM");
         let dir = crate::test_util::TempDir::new("registry-empty");
         assert!(matches!(
-            load_model(&config, dir.path(), LoadFormat::Safetensors, &ctx()),
+            load_model(&config, dir.path(), LoadFormat::Safetensors, &cpu_ctx()),
             Err(ModelError::NoCheckpoint { .. })
         ));
     }

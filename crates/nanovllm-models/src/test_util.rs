@@ -1,10 +1,47 @@
-//! Helpers for unit tests: temporary directories and small safetensors files.
+//! Helpers for unit tests: temporary directories, small safetensors files, and the
+//! committed fixtures loaded on one CPU rank.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use nanovllm_kernels::{CpuBackend, NoopCommunicator};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
+
+use crate::config::ModelConfig;
+use crate::decoder::DecoderLm;
+use crate::error::ModelError;
+use crate::loader::{ShardSpec, WeightSource};
+use crate::model::ModelContext;
+use crate::safetensors_source::SafetensorsSource;
+
+/// One CPU rank, no tensor parallelism.
+pub fn cpu_ctx() -> ModelContext {
+    ModelContext {
+        backend: Arc::new(CpuBackend::new()),
+        comm: Arc::new(NoopCommunicator),
+        shard: ShardSpec::default(),
+    }
+}
+
+/// `fixtures/<name>` at the workspace root.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+/// An architecture's `load_*` function (e.g. `qwen3::load_qwen3`).
+pub type LoadDecoder<F> =
+    fn(&ModelConfig, &dyn WeightSource, &ModelContext) -> Result<DecoderLm<F>, ModelError>;
+
+/// Fixture `name` loaded with `load` on [`cpu_ctx`].
+pub fn load_decoder_fixture<F>(name: &str, load: LoadDecoder<F>) -> DecoderLm<F> {
+    let dir = fixture(name);
+    let config = ModelConfig::from_dir(&dir).unwrap();
+    load(&config, &SafetensorsSource::open(&dir).unwrap(), &cpu_ctx()).unwrap()
+}
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);

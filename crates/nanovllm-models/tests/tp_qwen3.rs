@@ -6,112 +6,22 @@
 mod common;
 #[path = "common/thread_comm.rs"]
 mod thread_comm;
+#[path = "common/tp.rs"]
+mod tp;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use nanovllm_kernels::{Communicator, CpuBackend};
+use nanovllm_kernels::CpuBackend;
 use nanovllm_models::{load_model, LoadFormat, ModelConfig, ModelContext, ModelError, ShardSpec};
-use serde_json::Value;
-use thread_comm::ThreadComm;
-
-/// Loads the model on `world_size` threads and prefills `prompts` (packed) on each;
-/// returns each rank's logits rows.
-fn run_tp(
-    config: &ModelConfig,
-    dir: &Path,
-    format: LoadFormat,
-    world_size: usize,
-    prompts: &[Vec<u32>],
-) -> Vec<Vec<Vec<f32>>> {
-    let block_size = 16;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadComm::group(world_size)
-            .into_iter()
-            .map(|comm| {
-                s.spawn(move || {
-                    let ctx = ModelContext {
-                        backend: Arc::new(CpuBackend::new()),
-                        shard: ShardSpec {
-                            rank: comm.rank(),
-                            world_size,
-                        },
-                        comm: Arc::new(comm),
-                    };
-                    let model = load_model(config, dir, format, &ctx).unwrap();
-                    let spec = model.kv_cache_spec();
-                    assert_eq!(spec.num_kv_heads, config.num_key_value_heads / world_size);
-                    let blocks: Vec<usize> = prompts
-                        .iter()
-                        .map(|p| p.len().div_ceil(block_size))
-                        .collect();
-                    let mut cache = new_cache(
-                        ctx.backend.as_ref(),
-                        model.as_ref(),
-                        blocks.iter().sum(),
-                        block_size,
-                    );
-                    let mut pool = BlockPool::shuffled(blocks.iter().sum(), 5);
-                    let tables: Vec<Vec<u32>> = blocks.iter().map(|&n| pool.take(n)).collect();
-                    let steps: Vec<SeqStep> = prompts
-                        .iter()
-                        .zip(&tables)
-                        .map(|(p, t)| SeqStep {
-                            block_table: t,
-                            num_cached: 0,
-                            new_tokens: p,
-                        })
-                        .collect();
-                    run_step(
-                        model.as_ref(),
-                        ctx.backend.as_ref(),
-                        &mut cache,
-                        block_size,
-                        true,
-                        &steps,
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
-
-fn reference_cases(fixture: &str) -> Vec<(Vec<u32>, Vec<f32>)> {
-    let text = std::fs::read_to_string(fixture_dir(fixture).join("reference.json")).unwrap();
-    let r: Value = serde_json::from_str(&text).unwrap();
-    r["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let ids = c["prompt_token_ids"].as_array().unwrap();
-            let logits = c["last_logits"].as_array().unwrap();
-            (
-                ids.iter().map(|x| x.as_u64().unwrap() as u32).collect(),
-                logits.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
-            )
-        })
-        .collect()
-}
+use tp::{check_ranks_match_reference, run_tp};
 
 #[test]
 fn two_ranks_match_the_reference_on_fixtures() {
     // qwen3-tiny: 4 q / 2 kv heads, tied; qwen3-tiny-bf16: 6 q / 2 kv heads, untied, sharded files.
     for fixture in ["qwen3-tiny", "qwen3-tiny-bf16"] {
-        let dir = fixture_dir(fixture);
-        let config = ModelConfig::from_dir(&dir).unwrap();
-        let cases = reference_cases(fixture);
-        let prompts: Vec<Vec<u32>> = cases.iter().map(|(p, _)| p.clone()).collect();
-        let ranks = run_tp(&config, &dir, LoadFormat::Safetensors, 2, &prompts);
-        for (rank, rows) in ranks.iter().enumerate() {
-            for ((_, reference), row) in cases.iter().zip(rows) {
-                let diff = max_abs_diff(row, reference);
-                assert!(diff <= 1e-4, "{fixture} rank {rank}: {diff:e}");
-            }
-        }
-        assert_eq!(ranks[0], ranks[1], "{fixture}: ranks disagree");
+        check_ranks_match_reference(fixture, 2, 1e-4);
     }
 }
 

@@ -2,6 +2,8 @@
 //! batches over a paged KV cache, the way the engine's runner will.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod golden;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

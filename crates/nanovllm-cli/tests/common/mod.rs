@@ -1,0 +1,126 @@
+//! Helpers for the end-to-end CLI tests: run the real `nanovllm` binary on the committed
+//! fixtures (or damaged copies in scratch directories) and read its JSONL output.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+pub fn nanovllm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nanovllm"))
+        .args(args)
+        .output()
+        .expect("the nanovllm binary runs")
+}
+
+/// `nanovllm generate --model <model> <args…>`.
+pub fn generate(model: &Path, args: &[&str]) -> Output {
+    let model = model.to_str().expect("a UTF-8 model path");
+    nanovllm(&[&["generate", "--model", model][..], args].concat())
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "nanovllm-cli-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies a fixture directory so a test can damage the copy.
+pub fn copy_fixture(name: &str, tag: &str) -> PathBuf {
+    let dst = scratch(tag);
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A fatal error is exactly one line on stderr, mentions `needle`, and exits non-zero.
+pub fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+pub fn reference(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn jsonl_lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each stdout line is JSON"))
+        .collect()
+}
+
+/// Every reference case of `name` as one greedy JSONL request (`ignore_eos`, the
+/// reference's length) through `generate --output -` on the CPU with 16-token blocks:
+/// the lines come back in input order, each with the reference's tokens and
+/// `finish_reason` "length". Returns the output lines for further checks.
+pub fn check_greedy_jsonl(name: &str) -> Vec<Value> {
+    let reference = reference(name);
+    let cases = reference["cases"].as_array().unwrap();
+    let input = scratch(&format!("greedy-{name}")).join("in.jsonl");
+    let requests: String = cases
+        .iter()
+        .map(|case| {
+            format!(
+                "{{\"prompt_token_ids\": {}, \"max_tokens\": {}, \"temperature\": 0, \"ignore_eos\": true}}\n",
+                case["prompt_token_ids"],
+                case["greedy_token_ids"].as_array().unwrap().len()
+            )
+        })
+        .collect();
+    std::fs::write(&input, requests).unwrap();
+    let out = generate(
+        &fixture(name),
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            "-",
+            "--kvcache-block-size",
+            "16",
+            "--device",
+            "cpu",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(input.parent().unwrap());
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    let lines = jsonl_lines(&out.stdout);
+    assert_eq!(lines.len(), cases.len(), "{name}");
+    for (i, (line, case)) in lines.iter().zip(cases).enumerate() {
+        assert_eq!(line["index"], i);
+        assert_eq!(
+            line["token_ids"], case["greedy_token_ids"],
+            "{name} case {}",
+            case["name"]
+        );
+        assert_eq!(line["finish_reason"], "length");
+    }
+    lines
+}
