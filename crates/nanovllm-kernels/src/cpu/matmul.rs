@@ -73,7 +73,7 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// `i·out_stride + j` for every `i < m`, `j < n`, and nothing else touches those
 /// elements during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_x_wt(
+pub(crate) unsafe fn gemm_x_wt(
     m: usize,
     n: usize,
     k: usize,

@@ -21,6 +21,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::super::check::Floats;
+use super::super::matmul::gemm_x_wt;
 use super::super::parallel::worth_parallel;
 use super::super::simd::{dot_bf16, dot_f32};
 
@@ -147,7 +148,8 @@ unsafe fn run_item(x: &[f32], w: Floats, n: usize, k: usize, item: Item, out: *m
     let gemm_tile = |tile: &[f32]| {
         // SAFETY: xs is [rows, k], tile is [tile_n, k], and out_block's `rows × tile_n`
         // block (row stride n) belongs to this item.
-        gemm_x_wt(rows, tile_n, k, xs, tile, out_block, n)
+        // Items already run in parallel, so each gemm call stays on its thread.
+        gemm_x_wt(rows, tile_n, k, xs, tile, out_block, n, Parallelism::None)
     };
     match w {
         Floats::F32(ws) => gemm_tile(&ws[w_start..w_start + tile_n * k]),
@@ -195,44 +197,4 @@ unsafe fn dot_rows(
             }),
         }
     }
-}
-
-/// `out[i, j] = Σ_k x[i, k] · w[j, k]` for `i < m`, `j < n`, `out` rows `out_stride` apart.
-///
-/// # Safety
-/// `x` holds `m·k` and `w` holds `n·k` elements; `out` is valid for writes at
-/// `i·out_stride + j` for every `i < m`, `j < n`, and nothing else touches them meanwhile.
-unsafe fn gemm_x_wt(
-    m: usize,
-    n: usize,
-    k: usize,
-    x: &[f32],
-    w: &[f32],
-    out: *mut f32,
-    out_stride: usize,
-) {
-    debug_assert!(x.len() >= m * k && w.len() >= n * k);
-    // gemm computes dst = alpha·dst + beta·lhs·rhs; with read_dst = false, dst = lhs·rhs.
-    // lhs = x (row-major [m, k]); rhs = wᵀ, i.e. element (kk, j) at w[j·k + kk].
-    gemm::gemm(
-        m,
-        n,
-        k,
-        out,
-        1,
-        out_stride as isize,
-        false,
-        x.as_ptr(),
-        1,
-        k as isize,
-        w.as_ptr(),
-        k as isize,
-        1,
-        0.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
 }
