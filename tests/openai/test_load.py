@@ -12,6 +12,9 @@ from conftest import API_KEY, MODEL_NAME, http_limits, metrics
 
 NUM_CLIENTS = 120
 MAX_TOKENS = 24
+# Clients that hang up ask for far more tokens than they wait for, so their sequences are
+# still generating when the disconnect reaches the server (and must end as aborts).
+HANG_UP_MAX_TOKENS = 400
 PROMPTS = [f"Story number {i}:" for i in range(8)]
 TIME_LIMIT_S = 240
 
@@ -32,7 +35,8 @@ async def run_load(url: str) -> None:
     async def one(i: int) -> str:
         prompt = PROMPTS[i % len(PROMPTS)]
         hang_up = i % 4 == 0
-        stream = await client.completions.create(prompt=prompt, stream=True, **common)
+        params = dict(common, max_tokens=HANG_UP_MAX_TOKENS) if hang_up else common
+        stream = await client.completions.create(prompt=prompt, stream=True, **params)
         text, chunks, finish = "", 0, None
         async for chunk in stream:
             chunks += 1
