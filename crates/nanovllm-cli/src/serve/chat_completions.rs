@@ -17,17 +17,17 @@ use axum::Json as JsonResponse;
 use serde_json::{Map, Value as Json};
 
 use super::errors::ApiError;
-use super::generation::{collect, resolve_max_tokens, submit};
+use super::generation::{generate, resolve_max_tokens, Generated};
 use super::logprobs_format::chat_logprobs;
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut,
-    SamplingFields, Skip, Usage, CHAT_FIELDS,
+    SamplingFields, Skip, CHAT_FIELDS,
 };
 use super::request_body;
 use super::routes::check_model;
 use super::sampling;
 use super::state::AppState;
-use super::streaming::{sse_response, Api, ChunkWriter};
+use super::streaming::Api;
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
@@ -50,25 +50,18 @@ pub async fn handle(
     }
     let num_top = want_logprobs.then(|| request.top_logprobs.unwrap_or(0));
     let sampling = sampling::build(&state.defaults, &fields, max_tokens, num_top)?;
-    let stream = fields.stream.unwrap_or(false);
-    let include_usage = fields
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let submission = submit(&state, prompts, &sampling).await?;
-    if stream {
-        let writer = ChunkWriter::new(
-            Api::Chat,
-            &state,
-            include_usage,
-            want_logprobs,
-            submission.num_choices,
-        );
-        return Ok(sse_response(submission, writer));
-    }
-    let num_prompt_tokens = submission.num_prompt_tokens();
-    let outputs = collect(submission).await?;
-    let completion_tokens = outputs.iter().map(|o| o.token_ids.len()).sum();
+    let generated = generate(
+        &state,
+        Api::Chat,
+        prompts,
+        &sampling,
+        &fields,
+        want_logprobs,
+    );
+    let (outputs, usage) = match generated.await? {
+        Generated::Streamed(response) => return Ok(response),
+        Generated::Finished { outputs, usage } => (outputs, usage),
+    };
     let choices = outputs
         .into_iter()
         .enumerate()
@@ -89,7 +82,7 @@ pub async fn handle(
         created: unix_now(),
         model: state.model_name.clone(),
         choices,
-        usage: Skip::Value(Usage::new(num_prompt_tokens, completion_tokens)),
+        usage: Skip::Value(usage),
     })
     .into_response())
 }

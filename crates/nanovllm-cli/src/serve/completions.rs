@@ -14,17 +14,17 @@ use axum::Json as JsonResponse;
 use serde_json::Value as Json;
 
 use super::errors::ApiError;
-use super::generation::{collect, resolve_max_tokens, submit};
+use super::generation::{generate, resolve_max_tokens, Generated};
 use super::logprobs_format::completion_logprobs;
 use super::openai_types::{
     response_id, unix_now, Completion, CompletionChoice, CompletionRequest, SamplingFields, Skip,
-    Usage, COMPLETION_FIELDS,
+    COMPLETION_FIELDS,
 };
 use super::request_body;
 use super::routes::check_model;
 use super::sampling;
 use super::state::AppState;
-use super::streaming::{sse_response, Api, ChunkWriter};
+use super::streaming::Api;
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
@@ -43,26 +43,19 @@ pub async fn handle(
     let prompts = tokenize_prompts(&state, &request.prompt)?;
     let max_tokens = resolve_max_tokens(&state, request.max_tokens, &prompts)?;
     let sampling = sampling::build(&state.defaults, &fields, max_tokens, request.logprobs)?;
-    let stream = fields.stream.unwrap_or(false);
-    let include_usage = fields
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let submission = submit(&state, prompts, &sampling).await?;
     let want_logprobs = request.logprobs.is_some();
-    if stream {
-        let writer = ChunkWriter::new(
-            Api::Completions,
-            &state,
-            include_usage,
-            want_logprobs,
-            submission.num_choices,
-        );
-        return Ok(sse_response(submission, writer));
-    }
-    let num_prompt_tokens = submission.num_prompt_tokens();
-    let outputs = collect(submission).await?;
-    let completion_tokens = outputs.iter().map(|o| o.token_ids.len()).sum();
+    let generated = generate(
+        &state,
+        Api::Completions,
+        prompts,
+        &sampling,
+        &fields,
+        want_logprobs,
+    );
+    let (outputs, usage) = match generated.await? {
+        Generated::Streamed(response) => return Ok(response),
+        Generated::Finished { outputs, usage } => (outputs, usage),
+    };
     let choices = outputs
         .into_iter()
         .enumerate()
@@ -80,7 +73,7 @@ pub async fn handle(
         created: unix_now(),
         model: state.model_name.clone(),
         choices,
-        usage: Skip::Value(Usage::new(num_prompt_tokens, completion_tokens)),
+        usage: Skip::Value(usage),
     })
     .into_response())
 }

@@ -10,13 +10,16 @@
 //! handler future or the SSE stream) aborts the unfinished sequences, which
 //! frees their KV blocks in the engine thread's next turn.
 
+use axum::response::Response;
 use nanovllm_core::{RequestId, TokenLogprobs};
 use tokio::sync::mpsc;
 
 use super::engine_thread::{EngineHandle, SeqRequest};
 use super::errors::ApiError;
+use super::openai_types::{SamplingFields, Usage};
 use super::sampling::Sampling;
 use super::state::AppState;
+use super::streaming::{sse_response, Api, ChunkWriter};
 use super::tracked::{ChoiceEvent, Finish, SeqEvent};
 
 /// The number of tokens to generate: the request's `max_tokens`, else the
@@ -187,4 +190,44 @@ pub async fn collect(mut submission: Submission) -> Result<Vec<ChoiceOutput>, Ap
         }
     }
     Ok(outputs)
+}
+
+/// A generation's result as a handler needs it.
+pub enum Generated {
+    /// `stream: true`: the SSE response, already streaming.
+    Streamed(Response),
+    /// The finished choices, with the usage counts of the whole request.
+    Finished {
+        outputs: Vec<ChoiceOutput>,
+        usage: Usage,
+    },
+}
+
+/// Submits the prompts and either streams the answer (`fields.stream`) or waits for it.
+/// Shared by both endpoints; they differ only in how they shape choices.
+pub async fn generate(
+    state: &AppState,
+    api: Api,
+    prompts: Vec<Vec<u32>>,
+    sampling: &Sampling,
+    fields: &SamplingFields,
+    want_logprobs: bool,
+) -> Result<Generated, ApiError> {
+    let include_usage = fields
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let submission = submit(state, prompts, sampling).await?;
+    if fields.stream.unwrap_or(false) {
+        let num_choices = submission.num_choices;
+        let writer = ChunkWriter::new(api, state, include_usage, want_logprobs, num_choices);
+        return Ok(Generated::Streamed(sse_response(submission, writer)));
+    }
+    let num_prompt_tokens = submission.num_prompt_tokens();
+    let outputs = collect(submission).await?;
+    let completion_tokens = outputs.iter().map(|o| o.token_ids.len()).sum();
+    Ok(Generated::Finished {
+        outputs,
+        usage: Usage::new(num_prompt_tokens, completion_tokens),
+    })
 }
