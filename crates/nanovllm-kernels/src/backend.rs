@@ -40,6 +40,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     // ---- memory -------------------------------------------------------------
     /// Moves a CPU tensor onto this device (a no-op move on the CPU backend).
     fn upload(&self, host: Tensor) -> Result<Tensor>;
+    /// Moves a model weight onto this device in the dtype its kernels read. The CPU keeps the
+    /// checkpoint dtype; CUDA stores float weights as bf16. Everything else uses [`Backend::upload`].
+    fn upload_weight(&self, host: Tensor) -> Result<Tensor> {
+        self.upload(host)
+    }
+    /// Copies a CPU tensor into an existing tensor of this device with the same shape and
+    /// dtype, keeping `dst`'s buffer (static inputs of a captured CUDA graph live there).
+    fn copy_from_host(&self, src: &Tensor, dst: &mut Tensor) -> Result<()>;
     /// Copies a tensor of this device back to a CPU tensor.
     fn to_host(&self, t: &Tensor) -> Result<Tensor>;
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
@@ -50,6 +58,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `ids: U32 [T]`, `table: [V, H]` → `[T, H]` in the activation dtype.
     /// An id ≥ V is an error, never an out-of-bounds read.
     fn embedding(&self, ids: &Tensor, table: &Tensor) -> Result<Tensor>;
+    /// Vocab-parallel lookup: `table: [R, H]` holds vocabulary rows `vocab_start..vocab_start + R`.
+    /// An id in that range gives its row; any other id gives a zero row (another rank owns it;
+    /// the all-reduce that follows sums the shards). Returns `[T, H]` in the activation dtype.
+    fn embedding_shard(&self, ids: &Tensor, table: &Tensor, vocab_start: usize) -> Result<Tensor>;
     /// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) * weight`; `x: [M, N]`, `weight: [N]`.
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
     /// Fused residual add + RMSNorm: `residual += x`, then returns `rms_norm(residual)`.

@@ -326,7 +326,7 @@ impl<'a> WeightLoader<'a> {
     }
 
     fn upload(&self, host: Tensor) -> Result<Tensor, ModelError> {
-        Ok(self.backend.upload(host)?)
+        Ok(self.backend.upload_weight(host)?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Token embedding lookup: `ids: U32 [T]`, `table: [V, H]` (f32/bf16/f16) → f32 `[T, H]`.
 //! Every id is checked against `V` before any row is read.
+//! [`embedding_shard`] is the vocab-parallel form: ids outside this rank's rows give zeros.
 
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -19,6 +20,24 @@ pub(crate) fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
     let mut out = vec![0.0f32; num_tokens * hidden];
     for_each_row(&mut out, hidden, hidden, |t, row| {
         rows.convert_range(ids[t] as usize * hidden, row);
+    });
+    Tensor::from_f32(out, &[num_tokens, hidden])
+}
+
+/// `table: [R, H]` holds vocabulary rows `vocab_start..vocab_start + R`; other ids give zero rows.
+pub(crate) fn embedding_shard(ids: &Tensor, table: &Tensor, vocab_start: usize) -> Result<Tensor> {
+    const OP: &str = "embedding_shard";
+    let num_tokens = check::dims1(OP, "ids", ids)?;
+    let ids = check::u32s(OP, "ids", ids)?;
+    let (shard_rows, hidden) = check::dims2(OP, "table", table)?;
+    let rows = check::floats(OP, "table", table)?;
+
+    let mut out = vec![0.0f32; num_tokens * hidden];
+    for_each_row(&mut out, hidden, hidden, |t, row| {
+        let local = (ids[t] as usize).wrapping_sub(vocab_start);
+        if local < shard_rows {
+            rows.convert_range(local * hidden, row);
+        }
     });
     Tensor::from_f32(out, &[num_tokens, hidden])
 }

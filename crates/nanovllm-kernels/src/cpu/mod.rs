@@ -49,6 +49,22 @@ impl Backend for CpuBackend {
     fn upload(&self, host: Tensor) -> Result<Tensor> {
         Ok(host)
     }
+    fn copy_from_host(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
+        if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
+            return Err(crate::error::KernelError::Invalid {
+                op: "copy_from_host",
+                msg: format!(
+                    "source is {:?} {}, destination {:?} {}",
+                    src.shape(),
+                    src.dtype(),
+                    dst.shape(),
+                    dst.dtype()
+                ),
+            });
+        }
+        *dst.cpu_mut("copy_from_host")? = src.cpu("copy_from_host")?.clone();
+        Ok(())
+    }
     fn to_host(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.clone())
     }
@@ -60,6 +76,9 @@ impl Backend for CpuBackend {
     }
     fn embedding(&self, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
         embedding::embedding(ids, table)
+    }
+    fn embedding_shard(&self, ids: &Tensor, table: &Tensor, vocab_start: usize) -> Result<Tensor> {
+        embedding::embedding_shard(ids, table, vocab_start)
     }
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         norm::rms_norm(x, weight, eps)

@@ -1,7 +1,7 @@
 //! Dense ops against naive references: matmul, embedding, norms, rope, silu·mul and the
 //! row/column plumbing.
 
-use crate::{Backend, DType};
+use crate::{Backend, DType, Tensor};
 
 use super::check::{
     activation, assert_close, assert_close_scaled, host_f32, rounded, upload_float, upload_u32,
@@ -85,6 +85,73 @@ pub fn embedding_all_table_dtypes(backend: &dyn Backend) {
             );
         }
     }
+}
+
+/// A vocab shard gives its own rows and zeros for every other id (exact on f32 backends).
+pub fn embedding_shard_masks_other_ranks_ids(backend: &dyn Backend) {
+    let mut rng = Rng::new(40);
+    let (vocab, hidden) = (64, 19);
+    for dtype in [DType::F32, DType::BF16] {
+        for (vocab_start, shard_rows) in [(0, 16), (16, 16), (48, 16), (60, 8)] {
+            let num_tokens = 200;
+            let shard = rng.vec(shard_rows * hidden, 2.0);
+            let mut ids: Vec<u32> = (0..num_tokens).map(|_| rng.below(vocab) as u32).collect();
+            // The shard's edges and the ids just outside them.
+            ids[0] = vocab_start as u32;
+            ids[1] = (vocab_start + shard_rows - 1) as u32;
+            ids[2] = (vocab_start + shard_rows) as u32;
+            ids[3] = vocab_start.saturating_sub(1) as u32;
+            let out = backend
+                .embedding_shard(
+                    &upload_u32(backend, &ids, &[num_tokens]),
+                    &upload_float(backend, &shard, &[shard_rows, hidden], dtype),
+                    vocab_start,
+                )
+                .unwrap_or_else(|e| panic!("embedding_shard {dtype}: {e}"));
+            assert_eq!(out.shape(), &[num_tokens, hidden]);
+            let shard_ref = rounded(dtype, &shard);
+            let want: Vec<f64> = ids
+                .iter()
+                .flat_map(|&id| {
+                    let id = id as usize;
+                    if (vocab_start..vocab_start + shard_rows).contains(&id) {
+                        let local = id - vocab_start;
+                        widen(&shard_ref[local * hidden..(local + 1) * hidden])
+                    } else {
+                        vec![0.0; hidden]
+                    }
+                })
+                .collect();
+            assert_close(
+                &format!("embedding_shard {dtype} rows {vocab_start}+{shard_rows}"),
+                &host_f32(backend, &out),
+                &want,
+                Tol::for_backend(backend, 0.0, 0.0, 0.0),
+            );
+        }
+    }
+}
+
+/// `copy_from_host` overwrites a device tensor in place and rejects a shape or dtype mismatch.
+pub fn copy_from_host_overwrites(backend: &dyn Backend) {
+    let mut dst = backend
+        .zeros(&[3, 4], DType::U32)
+        .unwrap_or_else(|e| panic!("zeros: {e}"));
+    let src = Tensor::from_u32((0..12).collect(), &[3, 4]).unwrap_or_else(|e| panic!("{e}"));
+    backend
+        .copy_from_host(&src, &mut dst)
+        .unwrap_or_else(|e| panic!("copy_from_host: {e}"));
+    let back = backend
+        .to_host(&dst)
+        .unwrap_or_else(|e| panic!("to_host: {e}"));
+    assert_eq!(
+        back.as_u32_slice().unwrap_or_else(|e| panic!("{e}")),
+        &(0..12).collect::<Vec<u32>>()[..]
+    );
+    let wrong_shape = Tensor::from_u32(vec![0; 6], &[2, 3]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(backend.copy_from_host(&wrong_shape, &mut dst).is_err());
+    let wrong_dtype = Tensor::from_i64(vec![0; 12], &[3, 4]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(backend.copy_from_host(&wrong_dtype, &mut dst).is_err());
 }
 
 /// Tolerance: 1e-5 relative + 1e-6 absolute vs f64.

@@ -29,6 +29,8 @@ macro_rules! backend_test_suite {
             dense::matmul_bf16_weights,
             dense::matmul_f16_weights,
             dense::embedding_all_table_dtypes,
+            dense::embedding_shard_masks_other_ranks_ids,
+            dense::copy_from_host_overwrites,
             dense::rms_norm_matches_reference,
             dense::add_rms_norm_updates_residual,
             dense::rope_neox_matches_reference,
