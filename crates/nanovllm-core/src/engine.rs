@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nanovllm_kernels::{Backend, CpuBackend, KvCache, NoopCommunicator};
+use nanovllm_kernels::{Backend, KvCache, NoopCommunicator};
 use nanovllm_models::{
     load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
 };
@@ -22,7 +22,7 @@ use nanovllm_scheduler::{
     SchedulerError, SeqId,
 };
 
-use crate::config::{DeviceKind, EngineConfig};
+use crate::config::EngineConfig;
 use crate::error::{EngineError, RequestError, Result};
 use crate::logprobs::TokenLogprobs;
 use crate::runner::{cpu_num_kvcache_blocks, ModelRunner};
@@ -175,14 +175,7 @@ impl LLMEngine {
     /// on the configured device, sizes the KV cache and builds the scheduler.
     pub fn new(config: EngineConfig) -> Result<Self> {
         config.validate()?;
-        let backend: Arc<dyn Backend> =
-            match config.device {
-                DeviceKind::Auto | DeviceKind::Cpu => Arc::new(CpuBackend::new()),
-                DeviceKind::Cuda => return Err(EngineError::Unsupported {
-                    what: "device = cuda: this build has no CUDA backend; use device = cpu or auto"
-                        .into(),
-                }),
-            };
+        let backend = crate::device::create_backend(&config, 0)?;
         if config.tensor_parallel_size != 1 {
             return Err(EngineError::Unsupported {
                 what: format!(

@@ -18,6 +18,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod device;
 pub mod engine;
 mod error;
 pub mod llm;
