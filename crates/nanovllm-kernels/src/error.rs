@@ -49,6 +49,15 @@ pub enum KernelError {
     Invalid { op: &'static str, msg: String },
     #[error("device error: {0}")]
     Device(String),
+    /// A CPU-only accessor was called on a tensor that lives on a device.
+    #[error("{op}: tensor is on {device}; copy it with Backend::to_host first")]
+    NotOnHost { op: &'static str, device: String },
+    /// A CUDA driver, cuBLAS or kernel-launch failure.
+    #[error("cuda error in {op}: {msg}")]
+    Cuda { op: &'static str, msg: String },
+    /// CUDA cannot be used on this machine (no driver library or no device).
+    #[error("CUDA is unavailable: {reason}")]
+    CudaUnavailable { reason: String },
     #[error("communicator error: {0}")]
     Comm(String),
 }

@@ -53,10 +53,42 @@ impl CpuStorage {
     }
 }
 
-/// Where a tensor's buffer lives. The CUDA backend adds a variant under its feature.
+/// Where a tensor's buffer lives.
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    /// Device memory of [`crate::cuda::CudaBackend`]; cloning copies device-to-device.
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaStorage),
+}
+
+impl Storage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype(),
+        }
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Where the buffer lives.
+    pub fn device(&self) -> crate::backend::Device {
+        match self {
+            Storage::Cpu(_) => crate::backend::Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => crate::backend::Device::Cuda(s.ordinal()),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -79,9 +111,7 @@ fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
 impl Tensor {
     /// Wraps storage with a shape; the element count must match.
     pub fn new(storage: Storage, shape: &[usize]) -> Result<Self> {
-        let len = match &storage {
-            Storage::Cpu(s) => s.len(),
-        };
+        let len = storage.len();
         check_len("Tensor::new", len, shape)?;
         Ok(Self {
             shape: shape.to_vec(),
@@ -134,9 +164,11 @@ impl Tensor {
         self.shape.iter().product()
     }
     pub fn dtype(&self) -> DType {
-        match &self.storage {
-            Storage::Cpu(s) => s.dtype(),
-        }
+        self.storage.dtype()
+    }
+    /// The device the buffer lives on.
+    pub fn device(&self) -> crate::backend::Device {
+        self.storage.device()
     }
     pub fn storage(&self) -> &Storage {
         &self.storage
@@ -164,14 +196,26 @@ impl Tensor {
     }
 
     /// The CPU buffer, or an error naming the op when the tensor is on another device.
-    pub fn cpu(&self, _op: &'static str) -> Result<&CpuStorage> {
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub fn cpu(&self, op: &'static str) -> Result<&CpuStorage> {
         match &self.storage {
             Storage::Cpu(s) => Ok(s),
+            #[cfg(feature = "cuda")]
+            other => Err(KernelError::NotOnHost {
+                op,
+                device: other.device().to_string(),
+            }),
         }
     }
-    pub fn cpu_mut(&mut self, _op: &'static str) -> Result<&mut CpuStorage> {
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub fn cpu_mut(&mut self, op: &'static str) -> Result<&mut CpuStorage> {
         match &mut self.storage {
             Storage::Cpu(s) => Ok(s),
+            #[cfg(feature = "cuda")]
+            other => Err(KernelError::NotOnHost {
+                op,
+                device: other.device().to_string(),
+            }),
         }
     }
 

@@ -21,10 +21,21 @@ pub mod rng;
 
 /// Expands to one `#[test]` per test body, each running it on `$backend` (an expression
 /// evaluated afresh in every test, e.g. `CpuBackend::new()`).
+///
+/// `backend_test_suite!(skip_unless: ready, backend: make)` is for devices that may be
+/// absent: `ready` (a `Result<(), String>`, evaluated in every test) is checked first, and
+/// on `Err(reason)` the test prints `skipped: <reason>` and passes without touching
+/// `make`.
 #[macro_export]
 macro_rules! backend_test_suite {
     ($backend:expr) => {
-        $crate::backend_test_suite!(@tests $backend;
+        $crate::backend_test_suite!(@list ::std::result::Result::<(), String>::Ok(()), $backend);
+    };
+    (skip_unless: $ready:expr, backend: $backend:expr $(,)?) => {
+        $crate::backend_test_suite!(@list $ready, $backend);
+    };
+    (@list $ready:expr, $backend:expr) => {
+        $crate::backend_test_suite!(@tests $ready, $backend;
             dense::matmul_f32_weights,
             dense::matmul_bf16_weights,
             dense::matmul_f16_weights,
@@ -55,10 +66,15 @@ macro_rules! backend_test_suite {
             errors::decode_attention_rejects_bad_metadata,
         );
     };
-    (@tests $backend:expr; $($module:ident :: $name:ident),* $(,)?) => {
+    (@tests $ready:expr, $backend:expr; $($module:ident :: $name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
+                let ready: ::std::result::Result<(), String> = $ready;
+                if let ::std::result::Result::Err(reason) = ready {
+                    println!("skipped: {reason}");
+                    return;
+                }
                 let backend = $backend;
                 $crate::testing::$module::$name(&backend);
             }

@@ -1,0 +1,369 @@
+//! Host-side validation of attention inputs on CUDA: ranks, shapes and dtypes always
+//! (no device access), and — in debug builds outside graph capture — the metadata
+//! *values* (offsets, lengths, block ids), which needs a device-to-host copy. Errors
+//! match the CPU backend's (`src/cpu/attention/meta.rs`) kind for kind.
+//!
+//! Release builds skip the value checks so the ops never synchronise with the host; the
+//! kernels then clamp lengths to the block table and block ids to the cache, so bad
+//! metadata gives wrong numbers but never an out-of-bounds access.
+
+use crate::attention::AttentionMetadata;
+use crate::dtype::DType;
+use crate::error::{KernelError, Result};
+use crate::kv_cache::LayerKvCache;
+use crate::tensor::Tensor;
+
+use super::super::check;
+
+/// The cache layout `[num_blocks, block_size, kv_heads, head_dim]` and its dtype.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub dtype: DType,
+}
+
+impl Geometry {
+    pub(crate) fn row_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+pub(crate) fn geometry(op: &'static str, cache: &LayerKvCache) -> Result<Geometry> {
+    let (num_blocks, block_size, kv_heads, head_dim) = match *cache.k.shape() {
+        [a, b, c, d] => (a, b, c, d),
+        _ => return Err(check::wrong_rank(op, "cache.k", 4, &cache.k)),
+    };
+    check::expect_shape(op, &cache.v, cache.k.shape())?;
+    let dtype = cache.k.dtype();
+    check::expect_dtype(op, "cache.v", &cache.v, dtype)?;
+    if !matches!(dtype, DType::BF16 | DType::F32) {
+        return Err(KernelError::UnsupportedDType { op, dtype });
+    }
+    if num_blocks == 0 || block_size == 0 || kv_heads == 0 || head_dim == 0 {
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!(
+                "the KV cache {:?} is empty; allocate at least one block",
+                cache.k.shape()
+            ),
+        });
+    }
+    Ok(Geometry {
+        num_blocks,
+        block_size,
+        kv_heads,
+        head_dim,
+        dtype,
+    })
+}
+
+/// `(rows, heads)` of `q: bf16 [rows, heads * head_dim]`, checked against the cache.
+pub(crate) fn heads(op: &'static str, q: &Tensor, geometry: &Geometry) -> Result<(usize, usize)> {
+    let (rows, width) = check::dims2(op, "q", q)?;
+    let head_dim = geometry.head_dim;
+    if width % head_dim != 0 || width == 0 {
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!(
+                "q row width {width} is not a positive multiple of the cache head_dim {head_dim}"
+            ),
+        });
+    }
+    let heads = width / head_dim;
+    if heads % geometry.kv_heads != 0 {
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!(
+                "{heads} query heads are not a multiple of the cache's {} KV heads",
+                geometry.kv_heads
+            ),
+        });
+    }
+    check::expect_dtype(op, "q", q, DType::BF16)?;
+    Ok((rows, heads))
+}
+
+/// Checks the metadata tensors' shapes and dtypes; returns `max_blocks` (block table
+/// columns). `prefill` selects packed queries (`cu_seqlens_q`) or one row per sequence.
+pub(crate) fn metadata_shapes(
+    op: &'static str,
+    meta: &AttentionMetadata,
+    geometry: &Geometry,
+    rows: usize,
+    prefill: bool,
+) -> Result<usize> {
+    let num_seqs = meta.num_seqs;
+    if meta.block_size != geometry.block_size {
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!(
+                "metadata block_size {} differs from the cache's {}",
+                meta.block_size, geometry.block_size
+            ),
+        });
+    }
+    check::dims1(op, "context_lens", &meta.context_lens)?;
+    check::expect_shape(op, &meta.context_lens, &[num_seqs])?;
+    check::expect_dtype(op, "context_lens", &meta.context_lens, DType::U32)?;
+    let (_, max_blocks) = check::dims2(op, "block_tables", &meta.block_tables)?;
+    check::expect_shape(op, &meta.block_tables, &[num_seqs, max_blocks])?;
+    check::expect_dtype(op, "block_tables", &meta.block_tables, DType::U32)?;
+    if prefill {
+        check::dims1(op, "cu_seqlens_q", &meta.cu_seqlens_q)?;
+        check::expect_shape(op, &meta.cu_seqlens_q, &[num_seqs + 1])?;
+        check::expect_dtype(op, "cu_seqlens_q", &meta.cu_seqlens_q, DType::U32)?;
+        if rows > 0 && meta.max_seqlen_q == 0 {
+            return Err(KernelError::Invalid {
+                op,
+                msg: format!("max_seqlen_q is 0 but q has {rows} rows"),
+            });
+        }
+    } else if rows != num_seqs {
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!(
+                "decode needs one query row per sequence: q has {rows} rows for {num_seqs} sequences"
+            ),
+        });
+    }
+    if max_blocks.saturating_mul(geometry.block_size) > u32::MAX as usize {
+        return Err(KernelError::Invalid {
+            op,
+            msg: format!("block_tables has {max_blocks} columns: more keys than u32 can count"),
+        });
+    }
+    Ok(max_blocks)
+}
+
+/// Host copies of the metadata values.
+pub(crate) struct MetadataValues<'a> {
+    /// `None` in decode.
+    pub cu_seqlens_q: Option<&'a [u32]>,
+    pub context_lens: &'a [u32],
+    pub block_tables: &'a [u32],
+    pub max_blocks: usize,
+}
+
+/// The same value checks as the CPU backend, plus the host upper bounds the CUDA grids
+/// are sized by (`max_seqlen_q`, `max_context_len`).
+pub(crate) fn metadata_values(
+    op: &'static str,
+    values: &MetadataValues<'_>,
+    meta: &AttentionMetadata,
+    geometry: &Geometry,
+    rows: usize,
+) -> Result<()> {
+    let invalid = |msg: String| Err(KernelError::Invalid { op, msg });
+    let context_lens = values.context_lens;
+    if let Some(cu) = values.cu_seqlens_q {
+        if cu.first() != Some(&0) {
+            return invalid(format!("cu_seqlens_q must start at 0, got {cu:?}"));
+        }
+        for (s, pair) in cu.windows(2).enumerate() {
+            if pair[1] < pair[0] {
+                return invalid(format!("cu_seqlens_q decreases at sequence {s}: {cu:?}"));
+            }
+            let q_len = pair[1] - pair[0];
+            if q_len > context_lens[s] {
+                return invalid(format!(
+                    "sequence {s} has {q_len} new tokens but context_len {} (must be ≥ q_len)",
+                    context_lens[s]
+                ));
+            }
+            if q_len as usize > meta.max_seqlen_q {
+                return invalid(format!(
+                    "sequence {s} has {q_len} new tokens but max_seqlen_q is {}",
+                    meta.max_seqlen_q
+                ));
+            }
+        }
+        let last = cu.last().copied().unwrap_or(0) as usize;
+        if last != rows {
+            return invalid(format!("cu_seqlens_q ends at {last} but q has {rows} rows"));
+        }
+    }
+    for (s, &context_len) in context_lens.iter().enumerate() {
+        let needed = (context_len as usize).div_ceil(geometry.block_size);
+        if needed > values.max_blocks {
+            return invalid(format!(
+                "sequence {s} has context_len {context_len}, needing {needed} blocks, \
+                 but block_tables has only {} columns",
+                values.max_blocks
+            ));
+        }
+        if context_len as usize > meta.max_context_len {
+            return invalid(format!(
+                "sequence {s} has context_len {context_len} but max_context_len is {}",
+                meta.max_context_len
+            ));
+        }
+        let row = &values.block_tables[s * values.max_blocks..s * values.max_blocks + needed];
+        if let Some(&index) = row.iter().find(|&&b| b as usize >= geometry.num_blocks) {
+            return Err(KernelError::IndexOutOfRange {
+                op,
+                index: index as usize,
+                size: geometry.num_blocks,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry() -> Geometry {
+        Geometry {
+            num_blocks: 4,
+            block_size: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            dtype: DType::BF16,
+        }
+    }
+
+    fn meta() -> AttentionMetadata {
+        AttentionMetadata {
+            is_prefill: true,
+            num_seqs: 2,
+            block_size: 4,
+            cu_seqlens_q: Tensor::zeros_cpu(&[3], DType::U32),
+            context_lens: Tensor::zeros_cpu(&[2], DType::U32),
+            block_tables: Tensor::zeros_cpu(&[2, 2], DType::U32),
+            slot_mapping: Tensor::zeros_cpu(&[3], DType::I64),
+            max_seqlen_q: 2,
+            max_context_len: 8,
+        }
+    }
+
+    fn check(cu: Option<&[u32]>, ctx: &[u32], tables: &[u32], rows: usize) -> Result<()> {
+        let values = MetadataValues {
+            cu_seqlens_q: cu,
+            context_lens: ctx,
+            block_tables: tables,
+            max_blocks: 2,
+        };
+        metadata_values("t", &values, &meta(), &geometry(), rows)
+    }
+
+    #[test]
+    fn good_metadata_passes() {
+        check(Some(&[0, 2, 3]), &[5, 8], &[0, 1, 2, 3], 3).unwrap();
+        check(None, &[0, 8], &[9, 9, 2, 3], 2).unwrap(); // a padding row reads no blocks
+    }
+
+    #[test]
+    fn bad_values_give_the_cpu_error_kinds() {
+        let invalid = |r: Result<()>| matches!(r, Err(KernelError::Invalid { .. }));
+        assert!(invalid(check(Some(&[1, 2, 3]), &[5, 8], &[0, 1, 2, 3], 3)));
+        assert!(invalid(check(Some(&[0, 2, 1]), &[5, 8], &[0, 1, 2, 3], 1)));
+        assert!(invalid(check(Some(&[0, 2, 3]), &[1, 8], &[0, 1, 2, 3], 3)));
+        assert!(invalid(check(Some(&[0, 2, 4]), &[5, 8], &[0, 1, 2, 3], 3)));
+        // More new tokens than the max_seqlen_q bound the grid is sized by.
+        assert!(invalid(check(Some(&[0, 3, 4]), &[5, 8], &[0, 1, 2, 3], 4)));
+        // Beyond the block table, and beyond max_context_len.
+        assert!(invalid(check(None, &[5, 9], &[0, 1, 2, 3], 2)));
+        let mut short = meta();
+        short.max_context_len = 4;
+        let values = MetadataValues {
+            cu_seqlens_q: None,
+            context_lens: &[5, 1],
+            block_tables: &[0, 1, 2, 3],
+            max_blocks: 2,
+        };
+        assert!(invalid(metadata_values(
+            "t",
+            &values,
+            &short,
+            &geometry(),
+            2
+        )));
+        assert!(matches!(
+            check(None, &[5, 8], &[0, 4, 2, 3], 2),
+            Err(KernelError::IndexOutOfRange {
+                index: 4,
+                size: 4,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn shapes_and_dtypes_are_checked_without_a_device() {
+        let g = geometry();
+        let q = Tensor::zeros_cpu(&[3, 32], DType::BF16);
+        assert_eq!(heads("t", &q, &g).unwrap(), (3, 4));
+        let q_f32 = Tensor::zeros_cpu(&[3, 32], DType::F32);
+        assert!(matches!(
+            heads("t", &q_f32, &g),
+            Err(KernelError::WrongDType { arg: "q", .. })
+        ));
+        let q_odd = Tensor::zeros_cpu(&[3, 30], DType::BF16);
+        assert!(matches!(
+            heads("t", &q_odd, &g),
+            Err(KernelError::Invalid { .. })
+        ));
+        let q_3heads = Tensor::zeros_cpu(&[3, 24], DType::BF16);
+        assert!(matches!(
+            heads("t", &q_3heads, &g),
+            Err(KernelError::Invalid { .. })
+        ));
+
+        assert_eq!(metadata_shapes("t", &meta(), &g, 3, true).unwrap(), 2);
+        assert!(matches!(
+            metadata_shapes("t", &meta(), &g, 3, false),
+            Err(KernelError::Invalid { .. })
+        ));
+        let mut m = meta();
+        m.block_size = 8;
+        assert!(matches!(
+            metadata_shapes("t", &m, &g, 3, true),
+            Err(KernelError::Invalid { .. })
+        ));
+        let mut m = meta();
+        m.context_lens = Tensor::zeros_cpu(&[1], DType::U32);
+        assert!(matches!(
+            metadata_shapes("t", &m, &g, 3, true),
+            Err(KernelError::ShapeMismatch { .. })
+        ));
+        let mut m = meta();
+        m.block_tables = Tensor::zeros_cpu(&[2, 2], DType::I64);
+        assert!(matches!(
+            metadata_shapes("t", &m, &g, 3, true),
+            Err(KernelError::WrongDType { .. })
+        ));
+        let mut m = meta();
+        m.max_seqlen_q = 0;
+        assert!(matches!(
+            metadata_shapes("t", &m, &g, 3, true),
+            Err(KernelError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn cache_geometry_is_checked() {
+        let cache = |dtype| LayerKvCache {
+            k: Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+            v: Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+        };
+        let g = super::geometry("t", &cache(DType::BF16)).unwrap();
+        assert_eq!((g.num_blocks, g.row_width()), (4, 16));
+        assert!(super::geometry("t", &cache(DType::F32)).is_ok());
+        assert!(matches!(
+            super::geometry("t", &cache(DType::F16)),
+            Err(KernelError::UnsupportedDType { .. })
+        ));
+        let mismatched = LayerKvCache {
+            k: Tensor::zeros_cpu(&[4, 4, 2, 8], DType::BF16),
+            v: Tensor::zeros_cpu(&[4, 4, 2, 4], DType::BF16),
+        };
+        assert!(matches!(
+            super::geometry("t", &mismatched),
+            Err(KernelError::ShapeMismatch { .. })
+        ));
+    }
+}

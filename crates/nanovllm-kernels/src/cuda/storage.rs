@@ -1,0 +1,141 @@
+//! Device memory of a CUDA tensor: raw bytes plus the dtype and element count that
+//! give them meaning.
+//!
+//! Invariants: `buf` holds at least `len * dtype.size_in_bytes()` bytes (it is never
+//! empty: a zero-element tensor still owns a 1-byte allocation so that every tensor has a
+//! valid pointer), and those bytes were counted in `tracker` when allocated; `Drop`
+//! uncounts them. The buffer is freed stream-ordered on the backend's stream.
+//!
+//! `known_range` caches `(min, max)` of an integer tensor's values when they were last
+//! written from the host (`upload`, `copy_from_host`) or copied from a tensor with a known
+//! range, so index validation (ids, positions, slots, rows) needs no device-to-host copy.
+//! Any other write must clear it: it is reset by every mutable buffer access
+//! ([`super::device_buf_mut`]), and fresh allocations start without one. Caveat: a
+//! buffer written both from the host and by a replayed CUDA graph keeps the host range
+//! after a replay; kernels bounds-check every index, so a stale range can only change
+//! which error is reported, never cause an out-of-bounds access.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+
+use super::memory::MemoryTracker;
+use crate::dtype::DType;
+use crate::error::{KernelError, Result};
+
+pub struct CudaStorage {
+    pub(crate) buf: CudaSlice<u8>,
+    pub(crate) dtype: DType,
+    pub(crate) len: usize,
+    pub(crate) tracker: Arc<MemoryTracker>,
+    pub(crate) known_range: Option<(i64, i64)>,
+}
+
+/// Bytes actually allocated for `len` elements of `dtype` (at least one, see module docs).
+pub(crate) fn alloc_bytes(len: usize, dtype: DType) -> usize {
+    (len * dtype.size_in_bytes()).max(1)
+}
+
+impl CudaStorage {
+    /// Allocates uninitialised memory for `len` elements on `stream` and counts it.
+    pub(crate) fn alloc(
+        stream: &Arc<CudaStream>,
+        tracker: &Arc<MemoryTracker>,
+        len: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let bytes = alloc_bytes(len, dtype);
+        // SAFETY: the memory is uninitialised; callers write it before any read
+        // (kernels that fill every element, a memset or a copy).
+        let buf = unsafe { stream.alloc::<u8>(bytes) }.map_err(|e| KernelError::Cuda {
+            op: "alloc",
+            msg: format!("allocating {bytes} bytes failed: {e} (out of device memory?)"),
+        })?;
+        tracker.allocated(bytes);
+        Ok(Self {
+            buf,
+            dtype,
+            len,
+            tracker: tracker.clone(),
+            known_range: None,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Bytes the elements occupy (the allocation may be one byte larger when empty).
+    pub fn num_bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
+    }
+    pub fn ordinal(&self) -> usize {
+        self.buf.ordinal()
+    }
+    /// The stream the buffer was allocated on (the backend's only stream).
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        self.buf.stream()
+    }
+
+    /// A device-to-device copy into a new buffer on the same stream.
+    pub fn try_clone(&self) -> Result<Self> {
+        let mut out = Self::alloc(self.stream(), &self.tracker, self.len, self.dtype)?;
+        let stream = self.stream().clone();
+        stream
+            .memcpy_dtod(&self.buf, &mut out.buf)
+            .map_err(|e| KernelError::Cuda {
+                op: "clone",
+                msg: e.to_string(),
+            })?;
+        out.known_range = self.known_range;
+        Ok(out)
+    }
+}
+
+impl Clone for CudaStorage {
+    /// `Tensor: Clone` needs an infallible clone; a device copy fails only when the GPU is
+    /// out of memory or broken, which no caller could recover from here. Prefer
+    /// [`CudaStorage::try_clone`] where an error can be returned.
+    fn clone(&self) -> Self {
+        match self.try_clone() {
+            Ok(s) => s,
+            Err(e) => panic!("cloning a cuda tensor failed: {e}"),
+        }
+    }
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        self.tracker.freed(self.buf.len());
+    }
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaStorage {{ cuda:{}, {} x {} }}",
+            self.ordinal(),
+            self.len,
+            self.dtype
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_tensors_still_own_a_byte() {
+        assert_eq!(alloc_bytes(0, DType::F32), 1);
+        assert_eq!(alloc_bytes(3, DType::BF16), 6);
+        assert_eq!(alloc_bytes(2, DType::I64), 16);
+    }
+}

@@ -1,0 +1,616 @@
+//! CUDA attention and MoE kernels against the CPU backend's ops on random inputs.
+//!
+//! Inputs are rounded to bf16 first, and the CPU gets exactly those values (f32
+//! activations, the same bf16 cache / weights), so a tolerance covers only the CUDA
+//! kernels' own arithmetic: bf16 outputs (one rounding, 2⁻⁹ relative), bf16 probabilities
+//! in the prefill P·V product, bf16 MoE intermediates, f32 accumulation in another order,
+//! and `--use_fast_math` exponentials. Each test states its bound.
+//!
+//! Without a GPU every test prints `skipped: no CUDA device (<reason>)` and passes.
+#![cfg(feature = "cuda")]
+
+use half::bf16;
+use nanovllm_kernels::cuda::{is_available, CudaBackend};
+use nanovllm_kernels::testing::check::{assert_close, assert_close_scaled, widen, Tol};
+use nanovllm_kernels::testing::rng::Rng;
+use nanovllm_kernels::{AttentionMetadata, Backend, CpuBackend, DType, LayerKvCache, Tensor};
+
+/// Runs `body` on cuda:0, or prints why it is skipped. Under `NANOVLLM_REQUIRE_GPU=1`
+/// (set by `cargo xtask gpu-check`'s run.sh) a missing GPU is a failure, not a skip.
+fn with_gpu(body: impl FnOnce(&CudaBackend)) {
+    let require = std::env::var("NANOVLLM_REQUIRE_GPU").as_deref() == Ok("1");
+    if !is_available() {
+        assert!(!require, "no CUDA device, but NANOVLLM_REQUIRE_GPU=1");
+        println!("skipped: no CUDA device (libcuda or a CUDA GPU is missing)");
+        return;
+    }
+    match CudaBackend::new(0) {
+        Ok(be) => body(&be),
+        Err(e) if require => panic!("cuda:0: {e}, but NANOVLLM_REQUIRE_GPU=1"),
+        Err(e) => println!("skipped: no CUDA device ({e})"),
+    }
+}
+
+fn bf16_round(xs: &[f32]) -> Vec<f32> {
+    xs.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+fn bf16_tensor(xs: &[f32], shape: &[usize]) -> Tensor {
+    let data = xs.iter().map(|&x| bf16::from_f32(x)).collect();
+    Tensor::from_bf16(data, shape).unwrap_or_else(|e| panic!("bf16 tensor {shape:?}: {e}"))
+}
+
+fn f32_tensor(xs: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_f32(xs.to_vec(), shape).unwrap_or_else(|e| panic!("f32 tensor {shape:?}: {e}"))
+}
+
+/// `xs` in `be`'s activation dtype (bf16 on CUDA), as a host tensor.
+fn act_tensor(be: &dyn Backend, xs: &[f32], shape: &[usize]) -> Tensor {
+    match be.activation_dtype() {
+        DType::BF16 => bf16_tensor(xs, shape),
+        _ => f32_tensor(xs, shape),
+    }
+}
+
+fn u32_tensor(xs: &[u32], shape: &[usize]) -> Tensor {
+    Tensor::from_u32(xs.to_vec(), shape).unwrap_or_else(|e| panic!("u32 tensor {shape:?}: {e}"))
+}
+
+fn up(be: &dyn Backend, t: &Tensor) -> Tensor {
+    be.upload(t.clone())
+        .unwrap_or_else(|e| panic!("upload {:?}: {e}", t.shape()))
+}
+
+fn host(be: &dyn Backend, t: &Tensor) -> Vec<f32> {
+    be.to_host(t)
+        .and_then(|h| h.to_vec_f32())
+        .unwrap_or_else(|e| panic!("reading back {:?}: {e}", t.shape()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------------
+
+/// One attention setup: sequences `(context_len, q_len)` in a paged cache with shuffled
+/// block ids and garbage-padded block tables; the first `context_len − q_len` keys are
+/// a cached prefix.
+#[derive(Clone, Debug)]
+struct Case {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    cache_dtype: DType,
+    seqs: Vec<(usize, usize)>,
+    /// Added to the true max context: graphs are captured with `max_model_len`.
+    extra_max_context: usize,
+    seed: u64,
+}
+
+/// Host tensors of a case (CPU layout; uploaded as they are for CUDA).
+struct Inputs {
+    q: Vec<f32>,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    cu_seqlens_q: Vec<u32>,
+    context_lens: Vec<u32>,
+    block_tables: Vec<u32>,
+    max_blocks: usize,
+    rows: usize,
+}
+
+impl Case {
+    fn inputs(&self) -> Inputs {
+        let mut rng = Rng::new(self.seed);
+        let bs = self.block_size;
+        let row_width = self.kv_heads * self.head_dim;
+        let blocks: Vec<usize> = self.seqs.iter().map(|&(c, _)| c.div_ceil(bs)).collect();
+        let num_blocks = blocks.iter().sum::<usize>() + 2;
+        let max_blocks = blocks.iter().copied().max().unwrap_or(0) + 1;
+        let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
+        rng.shuffle(&mut ids);
+        let mut next = ids.into_iter();
+        let mut block_tables = vec![u32::MAX; self.seqs.len() * max_blocks];
+        for (s, &n) in blocks.iter().enumerate() {
+            for b in &mut block_tables[s * max_blocks..s * max_blocks + n] {
+                *b = next.next().unwrap_or(u32::MAX);
+            }
+        }
+        // Unused slots hold garbage (large values): kernels must never read them.
+        let cache_len = num_blocks * bs * row_width;
+        let mut k = vec![1.0e4f32; cache_len];
+        let mut v = vec![-1.0e4f32; cache_len];
+        for (s, &(ctx, _)) in self.seqs.iter().enumerate() {
+            for p in 0..ctx {
+                let slot = block_tables[s * max_blocks + p / bs] as usize * bs + p % bs;
+                let row = slot * row_width..(slot + 1) * row_width;
+                k[row.clone()].copy_from_slice(&rng.vec(row_width, 1.0));
+                v[row].copy_from_slice(&rng.vec(row_width, 1.0));
+            }
+        }
+        let shape = [num_blocks, bs, self.kv_heads, self.head_dim];
+        let (k_cache, v_cache) = match self.cache_dtype {
+            DType::BF16 => (bf16_tensor(&k, &shape), bf16_tensor(&v, &shape)),
+            _ => (
+                f32_tensor(&bf16_round(&k), &shape),
+                f32_tensor(&bf16_round(&v), &shape),
+            ),
+        };
+        let mut cu_seqlens_q = vec![0u32];
+        for &(_, q_len) in &self.seqs {
+            cu_seqlens_q.push(cu_seqlens_q[cu_seqlens_q.len() - 1] + q_len as u32);
+        }
+        let rows = *cu_seqlens_q.last().unwrap_or(&0) as usize;
+        Inputs {
+            q: bf16_round(&rng.vec(rows * self.heads * self.head_dim, 3.0)),
+            k_cache,
+            v_cache,
+            cu_seqlens_q,
+            context_lens: self.seqs.iter().map(|&(c, _)| c as u32).collect(),
+            block_tables,
+            max_blocks,
+            rows,
+        }
+    }
+
+    fn meta(&self, inputs: &Inputs, prefill: bool) -> AttentionMetadata {
+        let num_seqs = self.seqs.len();
+        AttentionMetadata {
+            is_prefill: prefill,
+            num_seqs,
+            block_size: self.block_size,
+            cu_seqlens_q: u32_tensor(&inputs.cu_seqlens_q, &[num_seqs + 1]),
+            context_lens: u32_tensor(&inputs.context_lens, &[num_seqs]),
+            block_tables: u32_tensor(&inputs.block_tables, &[num_seqs, inputs.max_blocks]),
+            slot_mapping: Tensor::from_i64(vec![-1; inputs.rows], &[inputs.rows])
+                .unwrap_or_else(|e| panic!("{e}")),
+            max_seqlen_q: self.seqs.iter().map(|&(_, q)| q).max().unwrap_or(0),
+            max_context_len: self.seqs.iter().map(|&(c, _)| c).max().unwrap_or(0)
+                + self.extra_max_context,
+        }
+    }
+
+    /// CUDA and CPU outputs of prefill (or decode) attention on this case.
+    fn run(&self, be: &dyn Backend, prefill: bool) -> (Vec<f32>, Vec<f32>) {
+        let inputs = self.inputs();
+        let meta = self.meta(&inputs, prefill);
+        let width = self.heads * self.head_dim;
+        let kv_new = Tensor::zeros_cpu(&[inputs.rows, self.kv_heads * self.head_dim], DType::F32);
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+
+        let cpu = CpuBackend::new();
+        let cpu_cache = LayerKvCache {
+            k: inputs.k_cache.clone(),
+            v: inputs.v_cache.clone(),
+        };
+        let q_cpu = f32_tensor(&inputs.q, &[inputs.rows, width]);
+        let want = if prefill {
+            cpu.prefill_attention(&q_cpu, &kv_new, &kv_new, &cpu_cache, &meta, scale)
+        } else {
+            cpu.decode_attention(&q_cpu, &cpu_cache, &meta, scale)
+        }
+        .unwrap_or_else(|e| panic!("cpu {self:?}: {e}"));
+
+        let gpu_cache = LayerKvCache {
+            k: up(be, &inputs.k_cache),
+            v: up(be, &inputs.v_cache),
+        };
+        let gpu_meta = AttentionMetadata {
+            cu_seqlens_q: up(be, &meta.cu_seqlens_q),
+            context_lens: up(be, &meta.context_lens),
+            block_tables: up(be, &meta.block_tables),
+            slot_mapping: up(be, &meta.slot_mapping),
+            ..meta.clone()
+        };
+        let q_gpu = up(be, &act_tensor(be, &inputs.q, &[inputs.rows, width]));
+        let kv_new_gpu = up(
+            be,
+            &act_tensor(be, &vec![0.0; kv_new.numel()], kv_new.shape()),
+        );
+        let got = if prefill {
+            be.prefill_attention(
+                &q_gpu,
+                &kv_new_gpu,
+                &kv_new_gpu,
+                &gpu_cache,
+                &gpu_meta,
+                scale,
+            )
+        } else {
+            be.decode_attention(&q_gpu, &gpu_cache, &gpu_meta, scale)
+        }
+        .unwrap_or_else(|e| panic!("cuda {self:?}: {e}"));
+        assert_eq!(got.shape(), &[inputs.rows, width]);
+        assert_eq!(got.dtype(), be.activation_dtype());
+        let want = want.to_vec_f32().unwrap_or_else(|e| panic!("{e}"));
+        (host(be, &got), want)
+    }
+}
+
+/// Attention outputs are convex combinations of values in [-1, 1]. Bound: the bf16
+/// output rounding (2⁻⁹·|o|), plus in prefill the bf16 rounding of the probabilities fed
+/// to the tensor cores (≤ 2⁻⁹·Σp|v|/Σp ≤ 2⁻⁹), plus f32/fast-exp noise: 5e-3 absolute +
+/// 8e-3 relative.
+const ATTENTION_TOL: Tol = Tol {
+    abs: 5e-3,
+    rel: 8e-3,
+};
+
+fn check_case(be: &dyn Backend, case: &Case, prefill: bool) {
+    let (got, want) = case.run(be, prefill);
+    let what = if prefill { "prefill" } else { "decode" };
+    assert_close(
+        &format!("{what} {case:?}"),
+        &got,
+        &widen(&want),
+        ATTENTION_TOL,
+    );
+}
+
+/// `(heads, kv_heads, head_dim)`: GQA 4:1 and 1:1 at the two tensor-core head dims.
+const SHAPES: [(usize, usize, usize); 4] = [(16, 4, 64), (8, 8, 64), (32, 8, 128), (8, 8, 128)];
+
+#[test]
+fn prefill_varlen_with_cached_prefix_matches_cpu() {
+    with_gpu(|be| {
+        for (i, &(heads, kv_heads, head_dim)) in SHAPES.iter().enumerate() {
+            for block_size in [16, 256] {
+                let case = Case {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    block_size,
+                    cache_dtype: DType::BF16,
+                    // Whole prompts, cached prefixes (tile-aligned and not), single tokens
+                    // and a sequence longer than one 64-row query tile.
+                    seqs: vec![(9, 9), (300, 172), (1, 1), (130, 64), (77, 1), (200, 130)],
+                    extra_max_context: 0,
+                    seed: 100 + i as u64 * 10 + block_size as u64,
+                };
+                check_case(be, &case, true);
+            }
+        }
+    });
+}
+
+#[test]
+fn prefill_long_prompt_matches_cpu() {
+    with_gpu(|be| {
+        let case = Case {
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            cache_dtype: DType::BF16,
+            seqs: vec![(1500, 1000), (700, 700)],
+            extra_max_context: 0,
+            seed: 7,
+        };
+        check_case(be, &case, true);
+    });
+}
+
+#[test]
+fn decode_split_context_matches_cpu() {
+    with_gpu(|be| {
+        for (i, &(heads, kv_heads, head_dim)) in SHAPES.iter().enumerate() {
+            for block_size in [16, 256] {
+                let case = Case {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    block_size,
+                    cache_dtype: DType::BF16,
+                    // Few sequences: the context is split (flash-decoding) and combined.
+                    seqs: vec![
+                        (1, 1),
+                        (2, 1),
+                        (63, 1),
+                        (64, 1),
+                        (65, 1),
+                        (513, 1),
+                        (4096, 1),
+                    ],
+                    extra_max_context: 0,
+                    seed: 200 + i as u64 * 10 + block_size as u64,
+                };
+                check_case(be, &case, false);
+            }
+        }
+    });
+}
+
+#[test]
+fn decode_many_sequences_unsplit_matches_cpu() {
+    with_gpu(|be| {
+        // 128 sequences × 8 KV heads fill the GPU: one split, the kernel writes directly.
+        let seqs = (0..128).map(|s| (1 + (s * 37) % 400, 1)).collect();
+        let case = Case {
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            cache_dtype: DType::BF16,
+            seqs,
+            extra_max_context: 0,
+            seed: 300,
+        };
+        check_case(be, &case, false);
+    });
+}
+
+#[test]
+fn decode_graph_bounds_and_padding_rows() {
+    with_gpu(|be| {
+        // As in a captured graph: max_context_len = max_model_len ≫ the real contexts,
+        // and padding rows with context_len 0 (which must give zeros and read nothing).
+        let case = Case {
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            cache_dtype: DType::BF16,
+            seqs: vec![(5, 1), (0, 1), (300, 1), (0, 1)],
+            extra_max_context: 8192,
+            seed: 400,
+        };
+        let (got, want) = case.run(be, false);
+        assert_close(
+            "decode with graph bounds",
+            &got,
+            &widen(&want),
+            ATTENTION_TOL,
+        );
+        let width = 16 * 128;
+        assert!(got[width..2 * width].iter().all(|&x| x == 0.0));
+        assert!(got[3 * width..].iter().all(|&x| x == 0.0));
+        // Deterministic: a second run gives the same bits.
+        let (again, _) = case.run(be, false);
+        assert_eq!(got, again, "decode is not deterministic");
+    });
+}
+
+#[test]
+fn generic_kernel_covers_other_head_dims_and_f32_caches() {
+    with_gpu(|be| {
+        for (i, (head_dim, cache_dtype)) in [(40, DType::BF16), (128, DType::F32), (24, DType::F32)]
+            .into_iter()
+            .enumerate()
+        {
+            let case = Case {
+                heads: 8,
+                kv_heads: 2,
+                head_dim,
+                block_size: 16,
+                cache_dtype,
+                seqs: vec![(9, 9), (70, 33), (1, 1)],
+                extra_max_context: 0,
+                seed: 500 + i as u64,
+            };
+            check_case(be, &case, true);
+            let mut decode = case.clone();
+            decode.seqs = vec![(9, 1), (70, 1), (1, 1), (300, 1)];
+            check_case(be, &decode, false);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// MoE
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn moe_route_matches_cpu() {
+    with_gpu(|be| {
+        let cpu = CpuBackend::new();
+        for (i, (tokens, experts, top_k)) in [(37, 8, 2), (5, 60, 4), (64, 128, 8), (3, 4, 4)]
+            .into_iter()
+            .enumerate()
+        {
+            let logits = bf16_round(&Rng::new(600 + i as u64).vec(tokens * experts, 4.0));
+            let (want_ids, want_w) = cpu
+                .moe_route(&f32_tensor(&logits, &[tokens, experts]), top_k)
+                .unwrap_or_else(|e| panic!("cpu moe_route: {e}"));
+            // Logits in the activation dtype (bf16) and in f32.
+            for input in [
+                act_tensor(be, &logits, &[tokens, experts]),
+                f32_tensor(&logits, &[tokens, experts]),
+            ] {
+                let (ids, weights) = be
+                    .moe_route(&up(be, &input), top_k)
+                    .unwrap_or_else(|e| panic!("cuda moe_route: {e}"));
+                assert_eq!(ids.dtype(), DType::U32);
+                assert_eq!(weights.shape(), &[tokens, top_k]);
+                // Ids exactly (random logits have no near-ties).
+                let ids = be
+                    .to_host(&ids)
+                    .and_then(|t| t.as_u32_slice().map(<[u32]>::to_vec))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(
+                    ids,
+                    want_ids.as_u32_slice().unwrap_or_default(),
+                    "E {experts}"
+                );
+                // Weights in [0, 1]: f32 softmax with fast-math exp and another summation
+                // order, 1e-5 absolute.
+                assert_close(
+                    &format!("moe_route weights E {experts} k {top_k}"),
+                    &host(be, &weights),
+                    &widen(want_w.as_f32_slice().unwrap_or_default()),
+                    Tol {
+                        abs: 1e-5,
+                        rel: 0.0,
+                    },
+                );
+            }
+        }
+    });
+}
+
+/// A MoE layer's inputs: `x [T, H]`, `w13 [E, 2I, H]`, `w2 [E, H, I]`, routing.
+struct MoeCase {
+    tokens: usize,
+    hidden: usize,
+    intermediate: usize,
+    experts: usize,
+    top_k: usize,
+    seed: u64,
+}
+
+#[test]
+fn moe_experts_matches_cpu() {
+    with_gpu(|be| {
+        let cases = [
+            // Tails everywhere: H and I not multiples of the 64 / 32 tiles, a partial K tile.
+            MoeCase {
+                tokens: 50,
+                hidden: 72,
+                intermediate: 96,
+                experts: 8,
+                top_k: 2,
+                seed: 700,
+            },
+            // Decode-like: few tokens, many experts (most unused).
+            MoeCase {
+                tokens: 3,
+                hidden: 128,
+                intermediate: 64,
+                experts: 32,
+                top_k: 4,
+                seed: 701,
+            },
+            // Prefill-like: several row tiles per expert.
+            MoeCase {
+                tokens: 300,
+                hidden: 256,
+                intermediate: 352,
+                experts: 4,
+                top_k: 2,
+                seed: 702,
+            },
+        ];
+        for case in &cases {
+            check_moe(be, case);
+        }
+    });
+}
+
+fn check_moe(be: &dyn Backend, case: &MoeCase) {
+    let &MoeCase {
+        tokens: t,
+        hidden: h,
+        intermediate: i,
+        experts: e,
+        top_k: k,
+        seed,
+    } = case;
+    let mut rng = Rng::new(seed);
+    let x = bf16_round(&rng.vec(t * h, 1.0));
+    let w13 = bf16_round(&rng.vec(e * 2 * i * h, 1.0 / (h as f32).sqrt()));
+    let w2 = bf16_round(&rng.vec(e * h * i, 1.0 / (i as f32).sqrt()));
+    // Skewed routing: expert 0 is popular, the last expert is never picked.
+    let mut ids = vec![0u32; t * k];
+    let mut weights = vec![0f32; t * k];
+    for r in 0..t {
+        let mut chosen: Vec<u32> = Vec::new();
+        while chosen.len() < k {
+            let id = if rng.below(3) == 0 {
+                0
+            } else {
+                rng.below(e - 1) as u32
+            };
+            if !chosen.contains(&id) {
+                chosen.push(id);
+            }
+        }
+        let raw: Vec<f32> = (0..k).map(|_| 0.1 + rng.uniform().abs()).collect();
+        let sum: f32 = raw.iter().sum();
+        for j in 0..k {
+            ids[r * k + j] = chosen[j];
+            weights[r * k + j] = raw[j] / sum;
+        }
+    }
+    let shapes = ([t, h], [e, 2 * i, h], [e, h, i], [t, k]);
+    let cpu = CpuBackend::new();
+    let want = cpu
+        .moe_experts(
+            &f32_tensor(&x, &shapes.0),
+            &bf16_tensor(&w13, &shapes.1),
+            &bf16_tensor(&w2, &shapes.2),
+            &u32_tensor(&ids, &shapes.3),
+            &f32_tensor(&weights, &shapes.3),
+        )
+        .and_then(|o| o.to_vec_f32())
+        .unwrap_or_else(|e| panic!("cpu moe_experts: {e}"));
+
+    let run = || {
+        be.moe_experts(
+            &up(be, &act_tensor(be, &x, &shapes.0)),
+            &up(be, &bf16_tensor(&w13, &shapes.1)),
+            &up(be, &bf16_tensor(&w2, &shapes.2)),
+            &up(be, &u32_tensor(&ids, &shapes.3)),
+            &up(be, &f32_tensor(&weights, &shapes.3)),
+        )
+        .unwrap_or_else(|err| panic!("cuda moe_experts T {t} H {h} I {i} E {e}: {err}"))
+    };
+    let out = run();
+    assert_eq!(out.shape(), &[t, h]);
+    let got = host(be, &out);
+
+    // Error bound per output: the bf16 rounding of act (2⁻⁹ relative) propagates as
+    // 2⁻⁹·Σ_j w_j Σ_i |w2[h, i]·act_i|, the bf16 output rounding adds 2⁻⁹·|out|; both are
+    // doubled (2⁻⁸) for f32 accumulation order and fast-math exp in silu.
+    let scale = moe_term_scale(case, &x, &w13, &w2, &ids, &weights);
+    assert_close_scaled(
+        &format!("moe_experts T {t} H {h} I {i} E {e} k {k}"),
+        &got,
+        &widen(&want),
+        &scale,
+        2f64.powi(-8),
+        Tol {
+            abs: 1e-6,
+            rel: 2f64.powi(-8),
+        },
+    );
+    // Deterministic although the bucket order is not.
+    assert_eq!(got, host(be, &run()), "moe_experts is not deterministic");
+}
+
+/// `Σ_j w_j Σ_i |w2[e_j][h, i] · act_i|` per output element (f64, naive).
+fn moe_term_scale(
+    case: &MoeCase,
+    x: &[f32],
+    w13: &[f32],
+    w2: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+) -> Vec<f64> {
+    let (h, i, k) = (case.hidden, case.intermediate, case.top_k);
+    let mut scale = vec![0f64; case.tokens * h];
+    for t in 0..case.tokens {
+        let xt = &x[t * h..(t + 1) * h];
+        for j in 0..k {
+            let e = ids[t * k + j] as usize;
+            let dot = |row: usize| -> f64 {
+                let w = &w13[(e * 2 * i + row) * h..(e * 2 * i + row + 1) * h];
+                xt.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum()
+            };
+            let act: Vec<f64> = (0..i)
+                .map(|c| {
+                    let g = dot(c);
+                    g / (1.0 + (-g).exp()) * dot(i + c)
+                })
+                .collect();
+            for o in 0..h {
+                let w = &w2[(e * h + o) * i..(e * h + o + 1) * i];
+                let terms: f64 = w
+                    .iter()
+                    .zip(&act)
+                    .map(|(&a, &b)| (a as f64 * b).abs())
+                    .sum();
+                scale[t * h + o] += weights[t * k + j] as f64 * terms;
+            }
+        }
+    }
+    scale
+}
