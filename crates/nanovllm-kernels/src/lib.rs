@@ -16,6 +16,8 @@ mod attention;
 mod backend;
 mod comm;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod dtype;
 mod error;
 mod kv_cache;
@@ -23,10 +25,19 @@ mod tensor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+/// GPU target parsing shared with build.rs, unit-tested on every build.
+#[cfg(all(test, not(feature = "cuda")))]
+#[path = "cuda/arch.rs"]
+mod cuda_arch;
+
 pub use attention::AttentionMetadata;
 pub use backend::{Backend, Device};
-pub use comm::{Communicator, NoopCommunicator};
+pub use comm::{Communicator, NoopCommunicator, TcpCommunicator, ThreadCommunicator};
+#[cfg(feature = "cuda")]
+pub use comm::{NcclCommunicator, NcclUniqueId, NCCL_UNIQUE_ID_BYTES};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use dtype::DType;
 pub use error::{KernelError, Result};
 pub use kv_cache::{KvCache, LayerKvCache};
