@@ -21,7 +21,7 @@ use nanovllm_kernels::{Backend, KvCache, Tensor};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::layers::{Attention, ParallelLmHead, RmsNorm, RotaryEmbedding, VocabParallelEmbedding};
-use crate::loader::{check_divisible, WeightLoader, WeightSource};
+use crate::loader::{WeightLoader, WeightSource};
 use crate::model::{ForwardInput, KvCacheSpec, Model, ModelContext};
 
 /// A layer's feed-forward block: `x: [T, hidden]` → `[T, hidden]` (all-reduced under
@@ -63,33 +63,7 @@ pub struct DecoderLm<F> {
 /// Checks that the world size divides every count that is split across ranks, listing the
 /// world sizes that would work otherwise.
 pub(crate) fn check_shardable(config: &ModelConfig, world_size: usize) -> Result<(), ModelError> {
-    if world_size == 0 {
-        return Err(ModelError::Shard("world size must be at least 1".into()));
-    }
-    let counts = [
-        ("num_attention_heads", config.num_attention_heads),
-        ("num_key_value_heads", config.num_key_value_heads),
-        ("intermediate_size", config.intermediate_size),
-    ];
-    for (what, count) in counts {
-        check_divisible(what, count, world_size).map_err(|_| {
-            let gcd = counts.iter().fold(0, |g, &(_, c)| gcd(g, c));
-            let works: Vec<usize> = (1..=gcd).filter(|w| gcd % w == 0).collect();
-            ModelError::Shard(format!(
-                "world size {world_size} does not divide {what} ({count}) of this model; \
-                 world sizes that work: {works:?}"
-            ))
-        })?;
-    }
-    Ok(())
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
+    crate::loader::check_tensor_parallel_size(config, world_size)
 }
 
 /// The shard spec and the communicator must describe the same place in the group.
@@ -132,6 +106,7 @@ impl<F: FeedForward> DecoderLm<F> {
             "model.embed_tokens.weight",
             c.vocab_size,
             hidden,
+            ctx.comm.clone(),
         )?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
@@ -163,13 +138,7 @@ impl<F: FeedForward> DecoderLm<F> {
         let norm = RmsNorm::load(&loader, "model.norm.weight", hidden, c.rms_norm_eps)?;
         // HF ties when the config says so; a checkpoint without lm_head.weight is tied too.
         let lm_head = if c.tie_word_embeddings || !loader.contains("lm_head.weight") {
-            ParallelLmHead::tied(
-                &embed_tokens,
-                &loader,
-                c.vocab_size,
-                hidden,
-                ctx.comm.clone(),
-            )?
+            ParallelLmHead::tied(&embed_tokens, c.vocab_size, ctx.comm.clone())
         } else {
             ParallelLmHead::load(
                 &loader,
@@ -197,13 +166,48 @@ impl<F: FeedForward> DecoderLm<F> {
         &self.layers
     }
 
-    /// Whether the LM head shares the embedding table's buffer (tied, one rank).
+    /// Whether the LM head shares the embedding table's buffer (tied).
     pub fn lm_head_shares_embedding(&self) -> bool {
         Arc::ptr_eq(self.lm_head.weight(), self.embed_tokens.table())
     }
 
     pub fn lm_head(&self) -> &ParallelLmHead {
         &self.lm_head
+    }
+
+    /// Every decoder layer over all packed rows: the last layer's feed-forward output and
+    /// the residual stream (`None` only for a model without layers), not yet added or
+    /// normalised.
+    fn run_layers(
+        &self,
+        input: &ForwardInput,
+        kv_cache: &mut KvCache,
+    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
+        self.check_kv_cache(kv_cache)?;
+        let backend = self.ctx.backend.as_ref();
+        let mut hidden = self.embed_tokens.forward(backend, &input.input_ids)?;
+        let mut residual: Option<Tensor> = None;
+        for (layer, cache) in self.layers.iter().zip(kv_cache.layers.iter_mut()) {
+            let (x, mut r) = match residual.take() {
+                // First layer: the embedding output starts the residual stream.
+                None => (layer.input_layernorm.forward(backend, &hidden)?, hidden),
+                Some(mut r) => {
+                    let x = layer
+                        .input_layernorm
+                        .forward_add(backend, &hidden, &mut r)?;
+                    (x, r)
+                }
+            };
+            let attn_out = layer
+                .self_attn
+                .forward(backend, &self.rotary, &x, input, cache)?;
+            let x = layer
+                .post_attention_layernorm
+                .forward_add(backend, &attn_out, &mut r)?;
+            residual = Some(r);
+            hidden = layer.ffn.forward(backend, &x)?;
+        }
+        Ok((hidden, residual))
     }
 
     fn check_kv_cache(&self, kv_cache: &KvCache) -> Result<(), ModelError> {
@@ -238,33 +242,34 @@ impl<F: FeedForward> Model for DecoderLm<F> {
         }
     }
 
-    fn forward(&self, input: &ForwardInput, kv_cache: &mut KvCache) -> Result<Tensor, ModelError> {
-        self.check_kv_cache(kv_cache)?;
+    fn forward_hidden(
+        &self,
+        input: &ForwardInput,
+        kv_cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError> {
         let backend = self.ctx.backend.as_ref();
-        let mut hidden = self.embed_tokens.forward(backend, &input.input_ids)?;
-        let mut residual: Option<Tensor> = None;
-        for (layer, cache) in self.layers.iter().zip(kv_cache.layers.iter_mut()) {
-            let (x, mut r) = match residual.take() {
-                // First layer: the embedding output starts the residual stream.
-                None => (layer.input_layernorm.forward(backend, &hidden)?, hidden),
-                Some(mut r) => {
-                    let x = layer
-                        .input_layernorm
-                        .forward_add(backend, &hidden, &mut r)?;
-                    (x, r)
-                }
-            };
-            let attn_out = layer
-                .self_attn
-                .forward(backend, &self.rotary, &x, input, cache)?;
-            let x = layer
-                .post_attention_layernorm
-                .forward_add(backend, &attn_out, &mut r)?;
-            residual = Some(r);
-            hidden = layer.ffn.forward(backend, &x)?;
+        let (hidden, residual) = self.run_layers(input, kv_cache)?;
+        match residual {
+            Some(mut r) => Ok(self.norm.forward_add(backend, &hidden, &mut r)?),
+            None => self.norm.forward(backend, &hidden),
         }
+    }
+
+    fn compute_logits(
+        &self,
+        hidden: &Tensor,
+        logits_indices: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let backend = self.ctx.backend.as_ref();
+        let x = backend.index_rows(hidden, logits_indices)?;
+        self.lm_head.forward(backend, &x)
+    }
+
+    fn forward(&self, input: &ForwardInput, kv_cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        let backend = self.ctx.backend.as_ref();
+        let (hidden, residual) = self.run_layers(input, kv_cache)?;
         // Norms are per row, so picking the wanted rows first gives the same numbers for
-        // less work than normalising every token.
+        // less work than normalising every token (as `forward_hidden` must).
         let hidden = backend.index_rows(&hidden, &input.logits_indices)?;
         let x = match residual {
             Some(r) => {
@@ -281,7 +286,87 @@ impl<F: FeedForward> Model for DecoderLm<F> {
 mod tests {
     use std::path::Path;
 
+    use nanovllm_kernels::{AttentionMetadata, CpuBackend, DType};
+
     use super::*;
+    use crate::test_util::load_decoder_fixture;
+
+    /// A prefill of two sequences (5 and 3 tokens) into blocks 0 and 1, wanting rows
+    /// `logits_rows` (packed indices).
+    fn two_seq_prefill(logits_rows: Vec<u32>) -> ForwardInput {
+        let ids: Vec<u32> = vec![3, 17, 42, 5, 9, 11, 2, 30];
+        let positions: Vec<u32> = vec![0, 1, 2, 3, 4, 0, 1, 2];
+        let slots: Vec<i64> = vec![0, 1, 2, 3, 4, 16, 17, 18];
+        let num_rows = logits_rows.len();
+        ForwardInput {
+            input_ids: Tensor::from_u32(ids, &[8]).unwrap(),
+            positions: Tensor::from_u32(positions, &[8]).unwrap(),
+            attn: AttentionMetadata {
+                is_prefill: true,
+                num_seqs: 2,
+                block_size: 16,
+                cu_seqlens_q: Tensor::from_u32(vec![0, 5, 8], &[3]).unwrap(),
+                context_lens: Tensor::from_u32(vec![5, 3], &[2]).unwrap(),
+                block_tables: Tensor::from_u32(vec![0, 1], &[2, 1]).unwrap(),
+                slot_mapping: Tensor::from_i64(slots, &[8]).unwrap(),
+                max_seqlen_q: 5,
+                max_context_len: 5,
+            },
+            logits_indices: Tensor::from_u32(logits_rows, &[num_rows]).unwrap(),
+        }
+    }
+
+    /// `forward` (rows picked before the final norm) equals `compute_logits` of
+    /// `forward_hidden` (all rows normalised): the split the CUDA-graph runner uses.
+    fn check_split<F: FeedForward>(model: &DecoderLm<F>) {
+        let backend = CpuBackend::new();
+        let spec = model.kv_cache_spec();
+        let new_cache = || {
+            KvCache::new(
+                &backend,
+                spec.num_layers,
+                2,
+                16,
+                spec.num_kv_heads,
+                spec.head_dim,
+                DType::F32,
+            )
+            .unwrap()
+        };
+        let input = two_seq_prefill(vec![4, 7]);
+        let (mut cache_a, mut cache_b) = (new_cache(), new_cache());
+        let direct = model.forward(&input, &mut cache_a).unwrap();
+        let hidden = model.forward_hidden(&input, &mut cache_b).unwrap();
+        assert_eq!(hidden.shape(), &[8, model.config().hidden_size]);
+        let split = model
+            .compute_logits(&hidden, &input.logits_indices)
+            .unwrap();
+        assert_eq!(direct.shape(), &[2, model.config().vocab_size]);
+        assert_eq!(split.shape(), direct.shape());
+        // Same per-row f32 arithmetic in either order: equal up to 1e-6 relative.
+        let (a, b) = (direct.to_vec_f32().unwrap(), split.to_vec_f32().unwrap());
+        let scale = a.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-6 * scale, "logit {i}: {x} vs {y}");
+        }
+        // Both wrote the same KV.
+        for (la, lb) in cache_a.layers.iter().zip(&cache_b.layers) {
+            assert_eq!(la.k.to_vec_f32().unwrap(), lb.k.to_vec_f32().unwrap());
+            assert_eq!(la.v.to_vec_f32().unwrap(), lb.v.to_vec_f32().unwrap());
+        }
+    }
+
+    #[test]
+    fn forward_equals_compute_logits_of_forward_hidden() {
+        check_split(&load_decoder_fixture(
+            "qwen3-tiny",
+            crate::qwen3::load_qwen3,
+        ));
+        check_split(&load_decoder_fixture(
+            "mixtral-tiny",
+            crate::mixtral::load_mixtral,
+        ));
+    }
 
     #[test]
     fn world_size_must_divide_heads_and_intermediate() {
@@ -289,7 +374,8 @@ mod tests {
         let config = ModelConfig::from_dir(&dir).unwrap(); // 4 q, 2 kv, 128
         let err = check_shardable(&config, 4).unwrap_err().to_string();
         assert!(
-            err.contains("num_key_value_heads (2)") && err.contains("[1, 2]"),
+            err.contains("tensor_parallel_size = 4 does not divide num_key_value_heads = 2")
+                && err.contains("use 1 or 2"),
             "{err}"
         );
         assert!(check_shardable(&config, 2).is_ok());

@@ -27,7 +27,9 @@ mod test_util;
 pub use config::{GenerationConfig, ModelConfig};
 pub use dummy::DummySource;
 pub use error::ModelError;
-pub use loader::{LoadFormat, ShardSpec, Slice, WeightLoader, WeightSource};
+pub use loader::{
+    check_tensor_parallel_size, LoadFormat, ShardSpec, Slice, WeightLoader, WeightSource,
+};
 pub use model::{ForwardInput, KvCacheSpec, Model, ModelContext};
 pub use registry::{load_model, supported_architectures};
 pub use safetensors_source::SafetensorsSource;

@@ -30,6 +30,7 @@ use std::ops::Range;
 
 use nanovllm_kernels::{Backend, CpuStorage, DType, Tensor};
 
+use crate::config::ModelConfig;
 use crate::error::ModelError;
 
 /// Where weights come from.
@@ -93,6 +94,57 @@ pub fn check_divisible(what: &str, count: usize, world_size: usize) -> Result<()
         )));
     }
     Ok(())
+}
+
+/// Checks that `tensor_parallel_size` divides every count split across ranks (attention
+/// heads, KV heads, the MLP / experts' intermediate size). The error names the first
+/// count that fails and lists the sizes that divide them all, e.g. "tensor_parallel_size
+/// = 3 does not divide num_key_value_heads = 8 of this model; use 1, 2, 4 or 8".
+pub fn check_tensor_parallel_size(
+    config: &ModelConfig,
+    tensor_parallel_size: usize,
+) -> Result<(), ModelError> {
+    let counts = [
+        ("num_attention_heads", config.num_attention_heads),
+        ("num_key_value_heads", config.num_key_value_heads),
+        ("intermediate_size", config.intermediate_size),
+    ];
+    let common = counts.iter().fold(0, |g, &(_, c)| gcd(g, c));
+    let works: Vec<usize> = (1..=common).filter(|w| common % w == 0).collect();
+    if tensor_parallel_size == 0 {
+        return Err(ModelError::Shard(format!(
+            "tensor_parallel_size must be at least 1; use {}",
+            or_list(&works)
+        )));
+    }
+    match counts.iter().find(|(_, c)| c % tensor_parallel_size != 0) {
+        None => Ok(()),
+        Some((what, count)) => Err(ModelError::Shard(format!(
+            "tensor_parallel_size = {tensor_parallel_size} does not divide {what} = {count} \
+             of this model; use {}",
+            or_list(&works)
+        ))),
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// `[1, 2, 4]` → "1, 2 or 4".
+fn or_list(xs: &[usize]) -> String {
+    match xs {
+        [] => "none (a count is zero)".into(),
+        [x] => x.to_string(),
+        [init @ .., last] => {
+            let init: Vec<String> = init.iter().map(usize::to_string).collect();
+            format!("{} or {last}", init.join(", "))
+        }
+    }
 }
 
 /// Which part of a tensor a rank reads.

@@ -391,3 +391,97 @@ fn packing_tensors_of_different_dtypes_is_an_error() {
         other => panic!("expected MixedDTypes, got {other:?}"),
     }
 }
+
+/// Vocab shards tile `0..vocab` exactly, in rank order, for uneven sizes too (including
+/// more ranks than rows, where the last ranks hold only padding).
+#[test]
+fn vocab_ranges_tile_the_vocab_for_uneven_sizes() {
+    for vocab in [1usize, 5, 10, 101, 151_936, 32_001] {
+        for world_size in 1..=8 {
+            let per = vocab.div_ceil(world_size);
+            let mut next = 0;
+            for rank in 0..world_size {
+                let spec = ShardSpec { rank, world_size };
+                assert_eq!(spec.vocab_per_rank(vocab), per);
+                let range = spec.vocab_range(vocab);
+                assert_eq!(
+                    range.start, next,
+                    "vocab {vocab} world {world_size} rank {rank}"
+                );
+                assert!(range.len() <= per);
+                next = range.end;
+            }
+            assert_eq!(next, vocab, "vocab {vocab} world {world_size}");
+        }
+    }
+    // 101 over 4 ranks: 26, 26, 26, then 23 real rows and 3 padding rows.
+    let last = ShardSpec {
+        rank: 3,
+        world_size: 4,
+    };
+    assert_eq!(last.vocab_range(101), 78..101);
+}
+
+/// Head ranges are contiguous per rank and tile the heads (rank r: heads r*n/W..(r+1)*n/W).
+#[test]
+fn head_ranges_are_contiguous_and_tile_the_heads() {
+    for (heads, world_size) in [(16, 1), (16, 2), (16, 4), (16, 8), (6, 3), (40, 8), (2, 2)] {
+        let ranges: Vec<_> = (0..world_size)
+            .map(|rank| {
+                ShardSpec { rank, world_size }
+                    .even_range("heads", heads)
+                    .unwrap()
+            })
+            .collect();
+        let flat: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+        assert_eq!(
+            flat,
+            (0..heads).collect::<Vec<_>>(),
+            "{heads} heads / {world_size}"
+        );
+    }
+}
+
+fn tp_config(q_heads: usize, kv_heads: usize, intermediate: usize) -> ModelConfig {
+    let json = format!(
+        r#"{{"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64,
+        "intermediate_size": {intermediate}, "num_hidden_layers": 1,
+        "num_attention_heads": {q_heads}, "num_key_value_heads": {kv_heads}, "head_dim": 4,
+        "vocab_size": 101, "max_position_embeddings": 64, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "tie_word_embeddings": true, "torch_dtype": "float32"}}"#
+    );
+    ModelConfig::from_json_str(&json, std::path::Path::new("inline")).unwrap()
+}
+
+#[test]
+fn tensor_parallel_size_must_divide_heads_and_lists_working_sizes() {
+    let config = tp_config(32, 8, 256);
+    for ok in [1, 2, 4, 8] {
+        check_tensor_parallel_size(&config, ok).unwrap();
+    }
+    let msg = check_tensor_parallel_size(&config, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("tensor_parallel_size = 3 does not divide num_attention_heads = 32")
+            && msg.contains("use 1, 2, 4 or 8"),
+        "{msg}"
+    );
+    // The KV heads are the limit: 16 q heads, 4 kv heads, tp 8.
+    let msg = check_tensor_parallel_size(&tp_config(16, 4, 256), 8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("does not divide num_key_value_heads = 4") && msg.contains("use 1, 2 or 4"),
+        "{msg}"
+    );
+    // The MLP too: 8 / 8 heads but intermediate 36 → only 1, 2 or 4.
+    let msg = check_tensor_parallel_size(&tp_config(8, 8, 36), 8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("intermediate_size = 36") && msg.contains("use 1, 2 or 4"),
+        "{msg}"
+    );
+    assert!(check_tensor_parallel_size(&config, 0).is_err());
+}

@@ -37,11 +37,38 @@ pub struct ModelContext {
     pub shard: ShardSpec,
 }
 
+/// A causal LM for this rank.
+///
+/// A step is split in two so that the runner can capture the first half in a CUDA graph
+/// (fixed shapes, static buffers) and run the second eagerly on the rows it wants:
+/// [`Model::forward_hidden`] (every layer and the final norm, all packed rows), then
+/// [`Model::compute_logits`] (the wanted rows, the LM head, the tensor-parallel gather).
+/// [`Model::forward`] is both; a model may override it with a cheaper equivalent (e.g.
+/// normalising only the wanted rows) as long as the numbers agree row by row.
 pub trait Model: Send + Sync {
     fn config(&self) -> &ModelConfig;
     fn kv_cache_spec(&self) -> KvCacheSpec;
+    /// Runs all layers and the final norm: stores the new tokens' K/V in `kv_cache` and
+    /// returns the normalised hidden states `[T, hidden_size]` (activation dtype) of all
+    /// packed rows. Rows whose slot is −1 (graph padding) write no KV.
+    fn forward_hidden(
+        &self,
+        input: &ForwardInput,
+        kv_cache: &mut KvCache,
+    ) -> Result<Tensor, ModelError>;
+    /// Logits `[R, vocab_size]` (activation dtype) of the rows `logits_indices: U32 [R]` of
+    /// `hidden` (the output of [`Model::forward_hidden`]). Under tensor parallelism every
+    /// rank returns the full, gathered logits.
+    fn compute_logits(
+        &self,
+        hidden: &Tensor,
+        logits_indices: &Tensor,
+    ) -> Result<Tensor, ModelError>;
     /// Runs all layers: stores the new tokens' K/V in `kv_cache` and returns
     /// logits `[R, vocab_size]` (activation dtype) for the rows in `input.logits_indices`.
     /// Under tensor parallelism every rank returns the full, gathered logits.
-    fn forward(&self, input: &ForwardInput, kv_cache: &mut KvCache) -> Result<Tensor, ModelError>;
+    fn forward(&self, input: &ForwardInput, kv_cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        let hidden = self.forward_hidden(input, kv_cache)?;
+        self.compute_logits(&hidden, &input.logits_indices)
+    }
 }

@@ -4,8 +4,6 @@
 //! transformers (as the golden tests: only the order of partial-sum additions differs).
 
 mod common;
-#[path = "common/thread_comm.rs"]
-mod thread_comm;
 #[path = "common/tp.rs"]
 mod tp;
 

@@ -1,31 +1,39 @@
 //! Token embedding and the LM head, vocab-parallel.
 //!
-//! [`ParallelLmHead`] holds `ceil(vocab / world)` rows per rank (zero-padded,
-//! see [`crate::loader`]), computes its slice of the logits, all-gathers them
-//! in rank order and drops the padding columns, so every rank returns
+//! Both hold `ceil(vocab / world)` rows per rank: rank `r` owns vocabulary
+//! rows `r * per .. min((r + 1) * per, vocab)`, zero-padded (see
+//! [`crate::loader`]). With one rank that is the whole table.
+//!
+//! [`VocabParallelEmbedding`] looks up the ids this rank owns and gives zero
+//! rows for the others ([`Backend::embedding_shard`]); the all-reduce that
+//! follows sums the shards, so every rank ends with every token's row. With
+//! one rank it is the plain lookup, whose bounds check turns an id ≥ vocab into
+//! an error; with several ranks ids are checked on the host when they live
+//! there (the engine validates every prompt id against the vocab before it
+//! schedules it, so device ids are in range).
+//!
+//! [`ParallelLmHead`] computes its slice of the logits, all-gathers them in
+//! rank order and drops the padding columns, so every rank returns
 //! `[R, vocab]`.
 //!
-//! [`VocabParallelEmbedding`] keeps the whole table on every rank for now:
-//! a sharded lookup needs a masked-embedding op (ids outside this rank's rows
-//! give zeros) followed by an all-reduce, and the backend op set has no masked
-//! lookup yet. That is the hook for a sharded table; the math is the same.
-//!
-//! Tied embeddings share one buffer: with one rank the LM head's weight is the
-//! embedding table itself (an `Arc`), never a copy.
+//! A tied LM head shares the embedding's buffer at every world size (both
+//! are the same vocab shard), never a copy.
 
 use std::sync::Arc;
 
-use nanovllm_kernels::{Backend, Communicator, Tensor};
+use nanovllm_kernels::{Backend, Communicator, KernelError, Tensor};
 
 use crate::error::ModelError;
 use crate::loader::WeightLoader;
 
 #[derive(Debug)]
 pub struct VocabParallelEmbedding {
-    /// `[vocab, hidden]`, the whole table (see the module docs).
+    /// `[vocab_per_rank, hidden]`: this rank's rows, zero-padded (one rank: the whole table).
     table: Arc<Tensor>,
-    /// Name of the table in the checkpoint (a tied LM head loads its shard from it).
-    name: String,
+    /// The first vocabulary row this rank holds.
+    vocab_start: usize,
+    vocab_size: usize,
+    comm: Arc<dyn Communicator>,
 }
 
 impl VocabParallelEmbedding {
@@ -34,16 +42,48 @@ impl VocabParallelEmbedding {
         name: &str,
         vocab: usize,
         hidden: usize,
+        comm: Arc<dyn Communicator>,
     ) -> Result<Self, ModelError> {
+        let shard = loader.shard();
+        let table = if shard.world_size == 1 {
+            loader.full(name, &[vocab, hidden])?
+        } else {
+            loader.vocab_shard(name, vocab, hidden)?
+        };
         Ok(Self {
-            table: Arc::new(loader.full(name, &[vocab, hidden])?),
-            name: name.to_owned(),
+            table: Arc::new(table),
+            vocab_start: shard.vocab_range(vocab).start,
+            vocab_size: vocab,
+            comm,
         })
     }
-    /// `ids: U32 [T]` → `[T, hidden]`; an id ≥ vocab is an error.
+
+    /// `ids: U32 [T]` → `[T, hidden]` on every rank; an id ≥ vocab is an error (see the
+    /// module docs for device ids under tensor parallelism).
     pub fn forward(&self, backend: &dyn Backend, ids: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(backend.embedding(ids, &self.table)?)
+        if self.comm.world_size() == 1 {
+            return Ok(backend.embedding(ids, &self.table)?);
+        }
+        if ids.is_cpu() {
+            if let Some(&id) = ids
+                .as_u32_slice()?
+                .iter()
+                .find(|&&id| id as usize >= self.vocab_size)
+            {
+                return Err(KernelError::IndexOutOfRange {
+                    op: "embedding",
+                    index: id as usize,
+                    size: self.vocab_size,
+                }
+                .into());
+            }
+        }
+        let mut rows = backend.embedding_shard(ids, &self.table, self.vocab_start)?;
+        self.comm.all_reduce_sum(&mut rows)?;
+        Ok(rows)
     }
+
+    /// This rank's rows of the table (the whole table with one rank).
     pub fn table(&self) -> &Arc<Tensor> {
         &self.table
     }
@@ -73,23 +113,17 @@ impl ParallelLmHead {
         })
     }
 
-    /// A head tied to `embedding`: shares its buffer with one rank, else loads this
-    /// rank's vocab rows of the embedding table.
+    /// A head tied to `embedding`: shares its buffer (the same vocab shard).
     pub fn tied(
         embedding: &VocabParallelEmbedding,
-        loader: &WeightLoader,
         vocab: usize,
-        hidden: usize,
         comm: Arc<dyn Communicator>,
-    ) -> Result<Self, ModelError> {
-        if loader.shard().world_size == 1 {
-            return Ok(Self {
-                weight: Arc::clone(&embedding.table),
-                vocab_size: vocab,
-                comm,
-            });
+    ) -> Self {
+        Self {
+            weight: Arc::clone(&embedding.table),
+            vocab_size: vocab,
+            comm,
         }
-        Self::load(loader, &embedding.name, vocab, hidden, comm)
     }
 
     /// `x: [R, hidden]` → logits `[R, vocab]` (gathered across ranks).

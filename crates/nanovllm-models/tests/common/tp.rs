@@ -1,18 +1,17 @@
 //! Tensor-parallel test harness: loads a model on `world_size` threads (one
-//! [`ThreadComm`] rank each) and prefills prompts, packed, over shuffled blocks; and the
+//! [`ThreadCommunicator`] rank each) and prefills prompts, packed, over shuffled blocks; and the
 //! fixture check every architecture shares (each rank within `tol` of transformers, all
-//! ranks bit-identical, since `ThreadComm` reduces in rank order).
+//! ranks bit-identical, since `ThreadCommunicator` reduces in rank order).
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::Path;
 use std::sync::Arc;
 
-use nanovllm_kernels::CpuBackend;
+use nanovllm_kernels::{Communicator, CpuBackend, ThreadCommunicator};
 use nanovllm_models::{load_model, LoadFormat, ModelConfig, ModelContext, ShardSpec};
 
 use crate::common::golden::{floats, ids};
 use crate::common::*;
-use crate::thread_comm::ThreadComm;
 
 /// Loads the model on `world_size` threads and prefills `prompts` (packed) on each;
 /// returns each rank's logits rows. Each rank must hold `1 / world_size` of the KV heads.
@@ -25,14 +24,14 @@ pub fn run_tp(
 ) -> Vec<Vec<Vec<f32>>> {
     let block_size = 16;
     std::thread::scope(|s| {
-        let handles: Vec<_> = ThreadComm::group(world_size)
+        let handles: Vec<_> = ThreadCommunicator::group(world_size)
             .into_iter()
             .map(|comm| {
                 s.spawn(move || {
                     let ctx = ModelContext {
                         backend: Arc::new(CpuBackend::new()),
                         shard: ShardSpec {
-                            rank: comm.rank,
+                            rank: comm.rank(),
                             world_size,
                         },
                         comm: Arc::new(comm),
