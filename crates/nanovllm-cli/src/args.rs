@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use nanovllm_core::tp::TpMode;
 use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,44 @@ pub enum Command {
     Serve(ServeArgs),
     /// Chat in the terminal (or with a script piping lines into stdin).
     Chat(ChatArgs),
+    /// A tensor-parallel worker: one rank (`--rank`), or every rank of a worker node
+    /// (`--nnodes N --node-rank K --tensor-parallel-size T`). Started by the engine for
+    /// its own node's ranks; start it by hand on the other nodes of a multi-host group.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TpModeArg {
+    /// Threads on the CPU, processes with NCCL on CUDA.
+    Auto,
+    /// One thread per rank in this process.
+    Threads,
+    /// One process per rank (this binary re-executed as a worker).
+    Processes,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// This worker's rank (1..tensor-parallel-size); without it, run every rank of
+    /// `--node-rank`.
+    #[arg(long, conflicts_with = "node_rank")]
+    pub rank: Option<usize>,
+    /// Rank 0's rendezvous address, as given to the engine.
+    #[arg(long, default_value = nanovllm_core::tp::DEFAULT_DIST_INIT_ADDR)]
+    pub dist_init_addr: String,
+    /// Seconds to wait for rank 0 and for peers in one collective.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+    /// Hosts in the group (node mode).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This host's index, 1..nnodes (node mode; node 0 runs the engine).
+    #[arg(long)]
+    pub node_rank: Option<usize>,
+    /// Ranks in the whole group (node mode).
+    #[arg(long)]
+    pub tensor_parallel_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -42,6 +81,8 @@ pub enum LoadFormatArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KvDTypeArg {
+    /// bf16 on CUDA, f32 on the CPU.
+    Auto,
     F32,
     Bf16,
 }
@@ -58,7 +99,8 @@ pub struct EngineArgs {
     /// Engine config file (TOML, the fields of EngineConfig); flags override it.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
-    /// auto uses a GPU when this build and machine have one, else the CPU.
+    /// auto uses a GPU when this build (`--features cuda`) and machine have one, else the
+    /// CPU (a CUDA build says so in one line); cuda without a GPU is an error.
     #[arg(long, value_enum)]
     pub device: Option<DeviceArg>,
     /// `dummy` runs random weights of the config's shapes (benchmarks).
@@ -82,7 +124,7 @@ pub struct EngineArgs {
     /// Exact number of KV blocks (overrides the memory budget).
     #[arg(long)]
     pub num_kvcache_blocks: Option<usize>,
-    /// Element type of the KV cache [default: f32].
+    /// Element type of the KV cache [default: auto: bf16 on CUDA, f32 on the CPU].
     #[arg(long, value_enum)]
     pub kv_cache_dtype: Option<KvDTypeArg>,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
@@ -94,6 +136,21 @@ pub struct EngineArgs {
     /// Never capture CUDA graphs.
     #[arg(long)]
     pub enforce_eager: bool,
+    /// How tensor-parallel ranks run [default: auto: threads on the CPU, processes on CUDA].
+    #[arg(long, value_enum)]
+    pub tp_mode: Option<TpModeArg>,
+    /// host:port where rank 0 listens for the other ranks (processes mode) [default: 127.0.0.1:2333].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dist_init_addr: Option<String>,
+    /// Hosts in the tensor-parallel group [default: 1].
+    #[arg(long)]
+    pub nnodes: Option<usize>,
+    /// This host's index in the group; the engine runs on node 0 [default: 0].
+    #[arg(long)]
+    pub node_rank: Option<usize>,
+    /// Seconds a rank waits for its peers before the engine fails naming the silent one [default: 600].
+    #[arg(long)]
+    pub tp_timeout_secs: Option<u64>,
 }
 
 impl EngineArgs {
@@ -127,6 +184,7 @@ impl EngineArgs {
         }
         if let Some(d) = self.kv_cache_dtype {
             cfg.kv_cache_dtype = match d {
+                KvDTypeArg::Auto => KvCacheDType::Auto,
                 KvDTypeArg::F32 => KvCacheDType::F32,
                 KvDTypeArg::Bf16 => KvCacheDType::Bf16,
             };
@@ -148,6 +206,25 @@ impl EngineArgs {
         }
         if self.enforce_eager {
             cfg.enforce_eager = true;
+        }
+        if let Some(m) = self.tp_mode {
+            cfg.tp.mode = match m {
+                TpModeArg::Auto => TpMode::Auto,
+                TpModeArg::Threads => TpMode::Threads,
+                TpModeArg::Processes => TpMode::Processes,
+            };
+        }
+        if let Some(a) = &self.dist_init_addr {
+            cfg.tp.dist_init_addr = a.clone();
+        }
+        if let Some(n) = self.nnodes {
+            cfg.tp.nnodes = n;
+        }
+        if let Some(k) = self.node_rank {
+            cfg.tp.node_rank = k;
+        }
+        if let Some(t) = self.tp_timeout_secs {
+            cfg.tp.timeout_secs = t;
         }
         cfg.validate()?;
         Ok(cfg)

@@ -6,6 +6,7 @@ mod chat;
 mod generate;
 mod requests;
 mod serve;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Worker(args) => worker::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

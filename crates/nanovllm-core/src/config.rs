@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use nanovllm_kernels::DType;
+use nanovllm_kernels::{DType, Device};
 use nanovllm_models::LoadFormat;
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +30,8 @@ enum LoadFormatDef {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
-    /// The best device this build has: the CPU for now.
+    /// A GPU when this build has the CUDA backend and the machine a device; else the CPU
+    /// (with a one-line notice).
     #[default]
     Auto,
     Cpu,
@@ -41,16 +42,19 @@ pub enum DeviceKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KvCacheDType {
+    /// The device's natural choice: bf16 on CUDA, f32 on the CPU.
     #[default]
+    Auto,
     F32,
     Bf16,
 }
 
 impl KvCacheDType {
-    pub fn dtype(self) -> DType {
-        match self {
-            KvCacheDType::F32 => DType::F32,
-            KvCacheDType::Bf16 => DType::BF16,
+    /// The element type on `device` (`Auto` resolves per device).
+    pub fn dtype_on(self, device: Device) -> DType {
+        match (self, device) {
+            (KvCacheDType::F32, _) | (KvCacheDType::Auto, Device::Cpu) => DType::F32,
+            (KvCacheDType::Bf16, _) | (KvCacheDType::Auto, Device::Cuda(_)) => DType::BF16,
         }
     }
 }
@@ -71,7 +75,8 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Longest sequence (prompt + completion); clamped to the model's `max_position_embeddings`.
     pub max_model_len: usize,
-    /// Fraction of GPU memory the engine may use (CUDA only).
+    /// Fraction of the GPU's total memory the engine may use: weights, activations, the
+    /// KV cache (sized to fill what is left) and CUDA graphs (CUDA only).
     pub gpu_memory_utilization: f32,
     pub tensor_parallel_size: usize,
     /// Never capture CUDA graphs (CUDA only).
@@ -83,9 +88,12 @@ pub struct EngineConfig {
     pub kv_cache_memory_gib: f64,
     /// Exact number of KV blocks, overriding the memory-based sizing (tests, benchmarks).
     pub num_kvcache_blocks: Option<usize>,
+    /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
     pub kv_cache_dtype: KvCacheDType,
     /// Seed of the engine's random stream (requests without their own seed draw from it).
     pub seed: u64,
+    /// How tensor-parallel ranks run and meet (TOML table `[tp]`; see [`crate::tp`]).
+    pub tp: crate::tp::TpConfig,
 }
 
 impl Default for EngineConfig {
@@ -104,8 +112,9 @@ impl Default for EngineConfig {
             device: DeviceKind::Auto,
             kv_cache_memory_gib: 2.0,
             num_kvcache_blocks: None,
-            kv_cache_dtype: KvCacheDType::F32,
+            kv_cache_dtype: KvCacheDType::Auto,
             seed: 0,
+            tp: crate::tp::TpConfig::default(),
         }
     }
 }
@@ -184,6 +193,7 @@ impl EngineConfig {
                 "a finite number of GiB > 0",
             );
         }
+        self.tp.validate(self.tensor_parallel_size)?;
         if self.num_kvcache_blocks == Some(0) {
             return bad(
                 "num_kvcache_blocks",
@@ -245,7 +255,7 @@ mod tests {
         assert_eq!(c.device, DeviceKind::Auto);
         assert_eq!(c.kv_cache_memory_gib, 2.0);
         assert_eq!(c.num_kvcache_blocks, None);
-        assert_eq!(c.kv_cache_dtype, KvCacheDType::F32);
+        assert_eq!(c.kv_cache_dtype, KvCacheDType::Auto);
         assert_eq!(c.load_format, LoadFormat::Safetensors);
         assert_eq!(c.seed, 0);
         c.validate().unwrap();
@@ -274,6 +284,19 @@ mod tests {
         assert_eq!(c.num_kvcache_blocks, Some(5));
         assert_eq!(c.seed, 7);
         assert_eq!(c.max_num_seqs, 512);
+    }
+
+    #[test]
+    fn kv_cache_dtype_auto_is_bf16_on_cuda_and_f32_on_the_cpu() {
+        use KvCacheDType::*;
+        assert_eq!(Auto.dtype_on(Device::Cpu), DType::F32);
+        assert_eq!(Auto.dtype_on(Device::Cuda(0)), DType::BF16);
+        assert_eq!(F32.dtype_on(Device::Cuda(1)), DType::F32);
+        assert_eq!(Bf16.dtype_on(Device::Cpu), DType::BF16);
+        let c = EngineConfig::from_toml_str("kv_cache_dtype = \"auto\"", Path::new("e.toml"));
+        assert_eq!(c.unwrap().kv_cache_dtype, Auto);
+        let c = EngineConfig::from_toml_str("kv_cache_dtype = \"f32\"", Path::new("e.toml"));
+        assert_eq!(c.unwrap().kv_cache_dtype, F32);
     }
 
     #[test]

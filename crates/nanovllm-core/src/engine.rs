@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nanovllm_kernels::{Backend, KvCache, NoopCommunicator};
+use nanovllm_kernels::{Backend, Communicator, KvCache, NoopCommunicator};
 use nanovllm_models::{
     load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
 };
@@ -23,10 +23,12 @@ use nanovllm_scheduler::{
 };
 
 use crate::config::EngineConfig;
+use crate::device::DeviceBackend;
 use crate::error::{EngineError, RequestError, Result};
 use crate::logprobs::TokenLogprobs;
-use crate::runner::{cpu_num_kvcache_blocks, ModelRunner};
+use crate::runner::ModelRunner;
 use crate::tokenizer::Tokenizer;
+use crate::tp::WorkerGroup;
 
 /// Identifies a request for its whole life (the scheduler's sequence id).
 pub type RequestId = SeqId;
@@ -168,43 +170,81 @@ pub struct LLMEngine {
     stats: EngineStats,
     /// Requests that asked for logprobs, with their number of top alternatives.
     num_top_logprobs: HashMap<RequestId, usize>,
+    /// Ranks 1..N under tensor parallelism (this engine is rank 0); dropped (stopped) with it.
+    workers: Option<WorkerGroup>,
 }
 
 impl LLMEngine {
     /// Reads config.json, generation_config.json and the tokenizer, loads the model
     /// on the configured device, sizes the KV cache and builds the scheduler.
-    pub fn new(config: EngineConfig) -> Result<Self> {
+    ///
+    /// With `tensor_parallel_size > 1` this is rank 0: it first checks that the size
+    /// divides the model's heads, starts ranks 1..N (threads or processes, see
+    /// [`crate::tp`]) and loads its own shard; every rank then holds the KV block count
+    /// rank 0 sized, each with its share of the KV heads.
+    pub fn new(mut config: EngineConfig) -> Result<Self> {
         config.validate()?;
-        let backend = crate::device::create_backend(&config, 0)?;
-        if config.tensor_parallel_size != 1 {
-            return Err(EngineError::Unsupported {
-                what: format!(
-                    "tensor_parallel_size = {}: tensor parallelism is not implemented yet; use 1",
-                    config.tensor_parallel_size
-                ),
-            });
-        }
         let model_config = read_model_config(&config.model_config_path())?;
+        let tp = config.tensor_parallel_size;
+        // Before any device or worker exists: the error says which sizes would work.
+        nanovllm_models::check_tensor_parallel_size(&model_config, tp)?;
+        if tp > 1 && !config.enforce_eager {
+            // A captured graph would replay rank 0's collectives without the workers'.
+            tracing::info!("tensor parallelism runs eagerly: CUDA graphs are off");
+            config.enforce_eager = true;
+        }
+        let device = crate::device::create_device(&config, 0)?;
+        let backend = device.backend().clone();
         let model_dir = config.model_dir();
         let generation_config = GenerationConfig::from_dir(&model_dir)?;
         let tokenizer = load_tokenizer(&config)?;
+        // TP = 1 with `processes` still runs the process path (world size 1: a GPU check).
+        let (comm, workers): (Arc<dyn Communicator>, _) =
+            if tp > 1 || config.tp.mode == crate::tp::TpMode::Processes {
+                let (comm, workers) = WorkerGroup::start(&config, &device)?;
+                (comm, Some(workers))
+            } else {
+                (Arc::new(NoopCommunicator), None)
+            };
         let ctx = ModelContext {
             backend: backend.clone(),
-            comm: Arc::new(NoopCommunicator),
-            shard: ShardSpec::default(),
+            comm,
+            shard: ShardSpec {
+                rank: 0,
+                world_size: tp,
+            },
         };
         let model = load_model(&model_config, &model_dir, config.load_format, &ctx)?;
-        Self::from_parts(config, generation_config, tokenizer, backend, model)
+        let mut engine =
+            Self::from_device_parts(config, generation_config, tokenizer, device, model)?;
+        if let Some(mut workers) = workers {
+            workers.init(engine.runner.kv_cache().num_blocks)?;
+            engine.workers = Some(workers);
+        }
+        Ok(engine)
     }
 
     /// Builds an engine around an already loaded model (custom models, tests).
     /// `config.model` and `config.load_format` are not read; `max_model_len` is
     /// clamped to the model's `max_position_embeddings`.
     pub fn from_parts(
-        mut config: EngineConfig,
+        config: EngineConfig,
         generation_config: GenerationConfig,
         tokenizer: Option<Tokenizer>,
         backend: Arc<dyn Backend>,
+        model: Box<dyn Model>,
+    ) -> Result<Self> {
+        let device = DeviceBackend::new(backend);
+        Self::from_device_parts(config, generation_config, tokenizer, device, model)
+    }
+
+    /// [`Self::from_parts`] on a [`DeviceBackend`]: a CUDA one sizes the KV cache from
+    /// `gpu_memory_utilization` and captures decode CUDA graphs (unless `enforce_eager`).
+    pub fn from_device_parts(
+        mut config: EngineConfig,
+        generation_config: GenerationConfig,
+        tokenizer: Option<Tokenizer>,
+        device: DeviceBackend,
         model: Box<dyn Model>,
     ) -> Result<Self> {
         config.validate()?;
@@ -222,7 +262,8 @@ impl LLMEngine {
             model_config.eos_token_ids.clone()
         };
         let spec = model.kv_cache_spec();
-        let kv_dtype = config.kv_cache_dtype.dtype();
+        let backend = device.backend().clone();
+        let kv_dtype = config.kv_cache_dtype.dtype_on(backend.device());
         let bytes_per_block = KvCache::bytes_per_block(
             spec.num_layers,
             config.kvcache_block_size,
@@ -230,10 +271,12 @@ impl LLMEngine {
             spec.head_dim,
             kv_dtype,
         );
-        let num_blocks = cpu_num_kvcache_blocks(
-            config.kv_cache_memory_gib,
+        let num_blocks = crate::kv_sizing::num_kvcache_blocks(
+            &config,
+            &device,
+            model.as_ref(),
+            kv_dtype,
             bytes_per_block,
-            config.num_kvcache_blocks,
         )?;
         tracing::info!(
             num_blocks,
@@ -249,7 +292,8 @@ impl LLMEngine {
             num_blocks,
             eos_token_ids: eos_token_ids.clone(),
         })?;
-        let runner = ModelRunner::new(
+        #[allow(unused_mut)] // mutated only with CUDA graphs
+        let mut runner = ModelRunner::new(
             backend,
             model,
             num_blocks,
@@ -257,6 +301,10 @@ impl LLMEngine {
             kv_dtype,
             config.seed,
         )?;
+        #[cfg(feature = "cuda")]
+        if let (Some(cuda), false) = (device.cuda_backend(), config.enforce_eager) {
+            runner.enable_cuda_graphs(cuda.clone(), config.max_num_seqs, config.max_model_len);
+        }
         Ok(Self {
             config,
             model_config,
@@ -267,6 +315,7 @@ impl LLMEngine {
             runner,
             stats: EngineStats::default(),
             num_top_logprobs: HashMap::new(),
+            workers: None,
         })
     }
 
@@ -426,7 +475,16 @@ impl LLMEngine {
                 .map(|s| self.num_top_logprobs.get(&s.seq_id).copied())
                 .collect()
         };
-        let executed = self.runner.execute_with_logprobs(&batch, &params, &wanted);
+        // Under tensor parallelism the workers run the same batch on their shards.
+        let executed = match self.workers.as_mut() {
+            None => self.runner.execute_with_logprobs(&batch, &params, &wanted),
+            Some(workers) => workers.begin_step(&batch).and_then(|()| {
+                match self.runner.execute_with_logprobs(&batch, &params, &wanted) {
+                    Ok(out) => workers.end_step().map(|()| out),
+                    Err(err) => Err(workers.fail_step(err)),
+                }
+            }),
+        };
         let (sampled, logprobs) = match executed {
             Ok(sampled) => sampled,
             Err(err) => {
@@ -482,9 +540,22 @@ impl LLMEngine {
         }
     }
 
+    /// Process ids of this host's tensor-parallel worker processes (empty without them).
+    pub fn tp_worker_pids(&self) -> Vec<u32> {
+        self.workers
+            .as_ref()
+            .map(WorkerGroup::local_worker_pids)
+            .unwrap_or_default()
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> nanovllm_kernels::Device {
         self.runner.backend().device()
+    }
+
+    /// Decode batch sizes replayed through captured CUDA graphs (empty when eager).
+    pub fn cuda_graph_batch_sizes(&self) -> Vec<usize> {
+        self.runner.cuda_graph_batch_sizes()
     }
 
     pub fn has_unfinished(&self) -> bool {
@@ -557,7 +628,7 @@ pub fn sampling_params_from(gen: &GenerationConfig) -> SamplingParams {
 }
 
 /// config.json at `path` (the file itself, so a bare `configs/*.json` works for dummy weights).
-fn read_model_config(path: &Path) -> Result<ModelConfig> {
+pub(crate) fn read_model_config(path: &Path) -> Result<ModelConfig> {
     let json = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,

@@ -45,9 +45,22 @@ pub enum EngineError {
         budget_bytes: u64,
         bytes_per_block: usize,
     },
+    /// GPU memory within `gpu_memory_utilization` leaves no room for a single KV block.
+    #[error("gpu_memory_utilization = {gpu_memory_utilization} allows {allowed_bytes} of the GPU's {total_bytes} bytes, but {used_bytes} are in use (weights, CUDA context, other processes) and a prefill of max_num_batched_tokens needs {peak_activation_bytes} more for activations: no room for one KV block of {bytes_per_block} bytes. Raise gpu_memory_utilization, lower max_num_batched_tokens, or free GPU memory")]
+    GpuMemoryTooSmall {
+        gpu_memory_utilization: f32,
+        total_bytes: u64,
+        allowed_bytes: u64,
+        used_bytes: u64,
+        peak_activation_bytes: u64,
+        bytes_per_block: usize,
+    },
     /// The logits of a sequence contain NaN or are all -inf: the model produced garbage.
     #[error("sequence {seq_id}: logits hold no finite maximum (NaN or all -inf); the model or its weights are broken")]
     NonFiniteLogits { seq_id: SeqId },
+    /// A tensor-parallel rank failed, died, or could not be reached; names the rank.
+    #[error("tensor parallelism: {0}")]
+    TensorParallel(String),
     /// An engine invariant broke (a bug, not a user error).
     #[error("internal error: {0}")]
     Internal(String),

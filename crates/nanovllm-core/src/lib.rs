@@ -18,14 +18,17 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod cuda_graph;
 pub mod device;
 pub mod engine;
 mod error;
+pub mod kv_sizing;
 pub mod llm;
 pub mod logprobs;
 pub mod runner;
 pub mod sampler;
 pub mod tokenizer;
+pub mod tp;
 
 #[cfg(test)]
 mod engine_tests;

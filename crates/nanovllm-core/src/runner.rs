@@ -6,6 +6,12 @@
 //! the logits of the sampled rows to the host and samples one token per
 //! sequence.
 //!
+//! On CUDA (unless `enforce_eager`), decode steps of up to 512 sequences replay a
+//! captured graph instead ([`crate::cuda_graph`]): the graph computes the hidden states,
+//! then [`Model::compute_logits`] runs eagerly on the batch's rows. Prefill and larger
+//! decode batches run eagerly. Reading the logits back is the step's only host
+//! synchronisation.
+//!
 //! Invariants of the built input (see `AttentionMetadata`): `cu_seqlens_q`
 //! and `slot_mapping` are the batch's own; `context_lens[i]` is
 //! `seqs[i].context_len`; `block_tables` is `[num_seqs, max_blocks]` with each
@@ -69,6 +75,9 @@ pub struct ModelRunner {
     kv_cache: KvCache,
     sampler: Sampler,
     buffers: HostBuffers,
+    /// Captured decode graphs (CUDA, not `enforce_eager`, capture succeeded).
+    #[cfg(feature = "cuda")]
+    decode_graphs: Option<crate::cuda_graph::DecodeGraphs>,
 }
 
 impl std::fmt::Debug for ModelRunner {
@@ -78,6 +87,7 @@ impl std::fmt::Debug for ModelRunner {
             .field("architecture", &self.model.config().architecture)
             .field("num_kv_blocks", &self.kv_cache.num_blocks)
             .field("block_size", &self.kv_cache.block_size)
+            .field("cuda_graphs", &self.cuda_graph_batch_sizes())
             .finish()
     }
 }
@@ -109,7 +119,49 @@ impl ModelRunner {
             kv_cache,
             sampler: Sampler::new(seed),
             buffers: HostBuffers::default(),
+            #[cfg(feature = "cuda")]
+            decode_graphs: None,
         })
+    }
+
+    /// Captures decode graphs for [`crate::cuda_graph::graph_batch_sizes`]`(max_num_seqs)`
+    /// on `cuda` (the runner's backend). A failed capture is a warning, never an error: the
+    /// runner then stays eager. Returns whether graphs are on.
+    #[cfg(feature = "cuda")]
+    pub fn enable_cuda_graphs(
+        &mut self,
+        cuda: Arc<nanovllm_kernels::cuda::CudaBackend>,
+        max_num_seqs: usize,
+        max_model_len: usize,
+    ) -> bool {
+        self.decode_graphs = None;
+        let captured = crate::cuda_graph::DecodeGraphs::capture(
+            cuda,
+            self.model.as_ref(),
+            &mut self.kv_cache,
+            max_num_seqs,
+            max_model_len,
+        );
+        match captured {
+            Ok(graphs) => {
+                tracing::info!(batch_sizes = ?graphs.batch_sizes(), "captured decode CUDA graphs");
+                self.decode_graphs = Some(graphs);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("CUDA graph capture failed; running eagerly: {e}");
+                false
+            }
+        }
+    }
+
+    /// Batch sizes with a captured decode graph (empty when eager).
+    pub fn cuda_graph_batch_sizes(&self) -> Vec<usize> {
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &self.decode_graphs {
+            return graphs.batch_sizes().to_vec();
+        }
+        Vec::new()
     }
 
     pub fn model(&self) -> &dyn Model {
@@ -168,9 +220,7 @@ impl ModelRunner {
         if batch.num_seqs() == 0 {
             return Ok((Vec::new(), logprobs));
         }
-        let input = self.build_input(batch)?;
-        let logits = self.model.forward(&input, &mut self.kv_cache)?;
-        self.recycle(input);
+        let logits = self.run_model(batch)?;
         let logits = if logits.is_cpu() {
             logits
         } else {
@@ -221,6 +271,28 @@ impl ModelRunner {
             row += 1;
         }
         Ok((sampled, logprobs))
+    }
+
+    /// Logits of the batch's sampled rows (or of its first sequence's last row when none
+    /// samples): a decode graph when one covers the batch, else the model eagerly.
+    fn run_model(&mut self, batch: &ScheduledBatch) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = self.decode_graphs.as_mut() {
+            if graphs.covers(batch) {
+                // Decode: every sequence samples, one row each, so row i is sequence i.
+                let b = &mut self.buffers;
+                b.logits_indices.clear();
+                b.logits_indices.extend(0..batch.num_seqs() as u32);
+                let n = b.logits_indices.len();
+                let indices = upload_u32(self.backend.as_ref(), &mut b.logits_indices, &[n])?;
+                let hidden = graphs.replay(batch)?;
+                return Ok(self.model.compute_logits(hidden, &indices)?);
+            }
+        }
+        let input = self.build_input(batch)?;
+        let logits = self.model.forward(&input, &mut self.kv_cache)?;
+        self.recycle(input);
+        Ok(logits)
     }
 
     /// Packs `batch` into device tensors, reusing the host staging buffers.

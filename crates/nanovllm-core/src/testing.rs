@@ -92,7 +92,8 @@ impl Model for ToyModel {
         }
     }
 
-    fn forward(&self, input: &ForwardInput, kv: &mut KvCache) -> Result<Tensor, ModelError> {
+    /// Hidden state `[T, 1]`: a sequence's last row holds its next token, other rows −1.
+    fn forward_hidden(&self, input: &ForwardInput, kv: &mut KvCache) -> Result<Tensor, ModelError> {
         let ids = input.input_ids.as_u32_slice()?;
         let positions = input.positions.as_u32_slice()?;
         let meta = &input.attn;
@@ -152,12 +153,26 @@ impl Model for ToyModel {
         if meta.max_seqlen_q != max_q || meta.max_context_len != max_ctx {
             return Err(bad("max_seqlen_q / max_context_len wrong".into()));
         }
-        let rows = input.logits_indices.as_u32_slice()?;
+        let mut hidden = vec![-1.0f32; ids.len()];
+        for (last, tok) in next {
+            hidden[last] = tok as f32;
+        }
+        Ok(Tensor::from_f32(hidden, &[ids.len(), 1])?)
+    }
+
+    fn compute_logits(
+        &self,
+        hidden: &Tensor,
+        logits_indices: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let hidden = hidden.as_f32_slice()?;
+        let rows = logits_indices.as_u32_slice()?;
         let mut logits = vec![0.0f32; rows.len() * TOY_VOCAB];
         for (j, &row) in rows.iter().enumerate() {
-            let Some(&(_, tok)) = next.iter().find(|(last, _)| *last == row as usize) else {
+            let tok = hidden.get(row as usize).copied().unwrap_or(-1.0);
+            if tok < 0.0 {
                 return Err(bad(format!("logits row {row} is no sequence's last row")));
-            };
+            }
             logits[j * TOY_VOCAB + tok as usize] = 1.0;
         }
         self.logit_rows.fetch_add(rows.len(), Ordering::Relaxed);

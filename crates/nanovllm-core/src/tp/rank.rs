@@ -1,0 +1,115 @@
+//! What every worker rank (thread or process) does, whatever carries its messages:
+//! load its shard of the model, allocate its share of the KV cache, and run
+//! each batch rank 0 sends it.
+//!
+//! A worker runs the same [`ModelRunner`] as rank 0 on the same batch, so it
+//! takes part in exactly the same collectives in the same order. It samples
+//! greedily and throws the tokens away: rank 0 alone owns the sampler, and the
+//! vocab-parallel logits are gathered on every rank anyway.
+
+use std::sync::Arc;
+
+use nanovllm_kernels::{Backend, Communicator, KvCache};
+use nanovllm_models::{load_model, Model, ModelContext, ShardSpec};
+use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
+
+use crate::config::EngineConfig;
+use crate::device::DeviceBackend;
+use crate::engine::read_model_config;
+use crate::error::Result;
+use crate::runner::ModelRunner;
+
+/// Rank `rank`'s device: GPU `rank % ranks_per_node` on CUDA.
+pub(crate) fn rank_device(config: &EngineConfig, rank: usize) -> Result<DeviceBackend> {
+    let local_rank = rank % config.tp.ranks_per_node(config.tensor_parallel_size);
+    crate::device::create_device(config, local_rank)
+}
+
+/// Loads rank `rank`'s shard of the model on `backend`, talking to its peers through `comm`.
+pub(crate) fn load_rank_model(
+    config: &EngineConfig,
+    rank: usize,
+    backend: Arc<dyn Backend>,
+    comm: Arc<dyn Communicator>,
+) -> Result<Box<dyn Model>> {
+    let model_config = read_model_config(&config.model_config_path())?;
+    let ctx = ModelContext {
+        backend,
+        comm,
+        shard: ShardSpec {
+            rank,
+            world_size: config.tensor_parallel_size,
+        },
+    };
+    Ok(load_model(
+        &model_config,
+        &config.model_dir(),
+        config.load_format,
+        &ctx,
+    )?)
+}
+
+/// Runs rank 0's KV-cache sizing on this rank too. On a GPU that sizing is a warm-up
+/// prefill through the model, whose collectives must pair with rank 0's; the count itself
+/// is rank 0's to choose (it arrives with `Init`), so this one is only logged.
+pub(crate) fn mirror_kv_sizing(
+    config: &EngineConfig,
+    device: &DeviceBackend,
+    model: &dyn Model,
+) -> Result<()> {
+    let spec = model.kv_cache_spec();
+    let kv_dtype = config.kv_cache_dtype.dtype_on(device.backend().device());
+    let bytes_per_block = KvCache::bytes_per_block(
+        spec.num_layers,
+        config.kvcache_block_size,
+        spec.num_kv_heads,
+        spec.head_dim,
+        kv_dtype,
+    );
+    let own =
+        crate::kv_sizing::num_kvcache_blocks(config, device, model, kv_dtype, bytes_per_block)?;
+    tracing::debug!(own, "worker KV sizing (rank 0's count is used)");
+    Ok(())
+}
+
+/// A loaded worker rank with its KV cache.
+pub(crate) struct RankRunner {
+    runner: ModelRunner,
+    greedy: SamplingParams,
+}
+
+impl RankRunner {
+    /// Allocates `num_blocks` KV blocks (rank 0's count: every rank holds the same blocks,
+    /// each with its share of the KV heads).
+    pub(crate) fn new(
+        config: &EngineConfig,
+        backend: Arc<dyn Backend>,
+        model: Box<dyn Model>,
+        num_blocks: usize,
+    ) -> Result<Self> {
+        let kv_dtype = config.kv_cache_dtype.dtype_on(backend.device());
+        let runner = ModelRunner::new(
+            backend,
+            model,
+            num_blocks,
+            config.kvcache_block_size,
+            kv_dtype,
+            config.seed,
+        )?;
+        Ok(Self {
+            runner,
+            greedy: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+        })
+    }
+
+    /// Runs `batch` through this rank's shard (its collectives pair with rank 0's).
+    pub(crate) fn step(&mut self, batch: &ScheduledBatch) -> Result<()> {
+        let params = vec![&self.greedy; batch.num_seqs()];
+        self.runner.execute(batch, &params)?;
+        // Sampled with a fixed greedy rule; nothing to remember per sequence.
+        Ok(())
+    }
+}

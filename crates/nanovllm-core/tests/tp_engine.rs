@@ -1,0 +1,196 @@
+//! Tensor parallelism through the engine, in-process (one thread per rank): TP = 2 and 4
+//! must give the same greedy tokens as TP = 1 (and as transformers, on the fixtures), and
+//! the same logprobs within 1e-4 (the golden tolerance: only the order of the partial-sum
+//! additions differs between world sizes). The process path is tested with the binary, in
+//! nanovllm-cli's `tp_cli.rs`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::{fixture_dir, reference};
+use nanovllm_core::tp::TpMode;
+use nanovllm_core::{DeviceKind, EngineConfig, LLMEngine, LoadFormat, SamplingParams};
+
+/// Per request: the generated tokens and, per token, `(token, logprob)` of the top 5.
+type Run = Vec<(Vec<u32>, Vec<Vec<(u32, f32)>>)>;
+
+fn config(model: &Path, tp: usize) -> EngineConfig {
+    let mut c = EngineConfig::new(model);
+    c.device = DeviceKind::Cpu;
+    c.kvcache_block_size = 16;
+    c.num_kvcache_blocks = Some(64);
+    c.tensor_parallel_size = tp;
+    c.tp.mode = TpMode::Threads;
+    c.tp.timeout_secs = 60;
+    c
+}
+
+/// Runs every prompt to `max_tokens` greedy tokens, all in one batch, with top-5 logprobs.
+fn run(config: EngineConfig, prompts: &[Vec<u32>], max_tokens: usize) -> Run {
+    let mut engine = LLMEngine::new(config).unwrap();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(max_tokens)
+    };
+    let ids: Vec<u64> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .add_request_with_logprobs(p.clone(), params.clone(), Some(5))
+                .unwrap()
+        })
+        .collect();
+    let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut logprobs: HashMap<u64, Vec<Vec<(u32, f32)>>> = HashMap::new();
+    while engine.has_unfinished() {
+        let out = engine.step().unwrap();
+        for (id, t) in out.new_tokens {
+            tokens.entry(id).or_default().push(t);
+        }
+        for (id, lp) in out.logprobs {
+            let top = lp.top.iter().map(|t| (t.token_id, t.logprob)).collect();
+            logprobs.entry(id).or_default().push(top);
+        }
+    }
+    ids.iter()
+        .map(|id| {
+            (
+                tokens.remove(id).unwrap_or_default(),
+                logprobs.remove(id).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Same tokens, and the same top-5 logprobs within `tol`, request by request.
+fn assert_same(label: &str, a: &Run, b: &Run, tol: f32) {
+    assert_eq!(a.len(), b.len());
+    for (i, ((ta, la), (tb, lb))) in a.iter().zip(b).enumerate() {
+        assert_eq!(ta, tb, "{label}: request {i} tokens");
+        assert_eq!(la.len(), lb.len());
+        for (step, (xa, xb)) in la.iter().zip(lb).enumerate() {
+            for ((ia, pa), (ib, pb)) in xa.iter().zip(xb) {
+                assert_eq!(ia, ib, "{label}: request {i} step {step} top tokens");
+                assert!(
+                    (pa - pb).abs() <= tol,
+                    "{label}: request {i} step {step}: logprob {pa} vs {pb}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tp_matches_tp1_and_the_reference_on_fixtures() {
+    for (fixture, worlds) in [
+        ("qwen3-tiny", &[2][..]),
+        ("qwen3-tiny-bf16", &[2][..]),
+        ("mixtral-tiny", &[2][..]),
+        ("mixtral-tiny-bf16", &[2, 4][..]),
+    ] {
+        let dir = fixture_dir(fixture);
+        let r = reference(fixture);
+        let prompts: Vec<Vec<u32>> = r.cases.iter().map(|c| c.prompt_token_ids.clone()).collect();
+        let max_tokens = r
+            .cases
+            .iter()
+            .map(|c| c.greedy_token_ids.len())
+            .min()
+            .unwrap();
+        let single = run(config(&dir, 1), &prompts, max_tokens);
+        for (case, (tokens, _)) in r.cases.iter().zip(&single) {
+            assert_eq!(
+                tokens[..],
+                case.greedy_token_ids[..max_tokens],
+                "{fixture} {}",
+                case.name
+            );
+        }
+        for &tp in worlds {
+            let sharded = run(config(&dir, tp), &prompts, max_tokens);
+            assert_same(&format!("{fixture} tp {tp}"), &single, &sharded, 1e-4);
+        }
+    }
+}
+
+/// No Qwen3 fixture has 4 KV heads, so TP = 4 runs a dummy-weight Qwen3 (weights are a pure
+/// function of name and element, hence the same model at every world size) with 8 q / 4 kv
+/// heads and an odd vocabulary (the last rank's embedding and LM-head rows are padding).
+#[test]
+fn qwen3_tp4_matches_tp1_with_an_uneven_vocab() {
+    let dir = std::env::temp_dir().join(format!("nanovllm-tp4-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("config.json");
+    std::fs::write(
+        &config_path,
+        r#"{"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+        "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "head_dim": 16, "vocab_size": 1001, "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true,
+        "torch_dtype": "float32"}"#,
+    )
+    .unwrap();
+    let cfg = |tp| EngineConfig {
+        load_format: LoadFormat::Dummy,
+        ..config(&config_path, tp)
+    };
+    let prompts = vec![vec![1, 17, 999, 1000, 3, 512], vec![7; 40], vec![42]];
+    let single = run(cfg(1), &prompts, 12);
+    for tp in [2, 4] {
+        assert_same(
+            &format!("dummy qwen3 tp {tp}"),
+            &single,
+            &run(cfg(tp), &prompts, 12),
+            1e-4,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_indivisible_tp_size_names_the_count_and_the_sizes_that_work() {
+    let err = LLMEngine::new(config(&fixture_dir("qwen3-tiny"), 3))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tensor_parallel_size = 3 does not divide num_attention_heads = 4")
+            && err.contains("use 1 or 2"),
+        "{err}"
+    );
+    let err = LLMEngine::new(config(&fixture_dir("qwen3-tiny"), 4))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not divide num_key_value_heads = 2") && err.contains("use 1 or 2"),
+        "{err}"
+    );
+}
+
+/// Every rank holds the same blocks with its share of the KV heads, so a long run that
+/// preempts and reuses prefix-cached blocks still matches TP = 1.
+#[test]
+fn tp_survives_preemption_and_prefix_caching() {
+    let dir = fixture_dir("qwen3-tiny");
+    let shared: Vec<u32> = (0..40).map(|i| (i * 7 % 500) as u32).collect();
+    let prompts: Vec<Vec<u32>> = (0..6)
+        .map(|i| {
+            let mut p = shared.clone();
+            p.push(100 + i);
+            p
+        })
+        .collect();
+    let small = |tp| EngineConfig {
+        num_kvcache_blocks: Some(12),
+        max_num_seqs: 4,
+        ..config(&dir, tp)
+    };
+    let single = run(small(1), &prompts, 30);
+    assert_same(
+        "qwen3-tiny small cache tp 2",
+        &single,
+        &run(small(2), &prompts, 30),
+        1e-4,
+    );
+}
