@@ -50,6 +50,12 @@ pub struct BenchArgs {
     /// CPU KV-cache budget in GiB.
     #[arg(long)]
     pub kv_cache_memory_gib: Option<f64>,
+    /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
+    #[arg(long)]
+    pub gpu_memory_utilization: Option<f32>,
+    /// Run decode eagerly, without CUDA graphs (CUDA).
+    #[arg(long)]
+    pub enforce_eager: bool,
     #[arg(long, default_value_t = 4096)]
     pub max_model_len: usize,
     /// Sampling temperature of the measured requests (bench.py uses 0.6; 0 = greedy).
@@ -81,6 +87,8 @@ pub struct BenchReport {
     pub num_preemptions: u64,
     pub peak_kv_cache_used_fraction: f64,
     pub peak_rss_mib: Option<f64>,
+    /// Decode batch sizes replayed through CUDA graphs (empty: eager).
+    pub cuda_graph_batch_sizes: Vec<usize>,
 }
 
 fn spec(args: &BenchArgs) -> WorkloadSpec {
@@ -141,6 +149,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(gib) = args.kv_cache_memory_gib {
         config.kv_cache_memory_gib = gib;
     }
+    if let Some(util) = args.gpu_memory_utilization {
+        config.gpu_memory_utilization = util;
+    }
+    config.enforce_eager = args.enforce_eager;
     let model_name = config.model.display().to_string();
     let mut engine = LLMEngine::new(config).context("building the engine")?;
 
@@ -199,6 +211,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         num_preemptions: stats.num_preemptions - stats_before.num_preemptions,
         peak_kv_cache_used_fraction: peak_kv,
         peak_rss_mib: peak_rss_mib(),
+        cuda_graph_batch_sizes: engine.cuda_graph_batch_sizes(),
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -227,6 +240,16 @@ fn print_report(r: &BenchReport) {
         "peak KV-cache use     {:.1}%",
         100.0 * r.peak_kv_cache_used_fraction
     );
+    match (
+        r.cuda_graph_batch_sizes.first(),
+        r.cuda_graph_batch_sizes.last(),
+    ) {
+        (Some(lo), Some(hi)) => println!(
+            "CUDA graphs           {} batch sizes, {lo}..={hi}",
+            r.cuda_graph_batch_sizes.len()
+        ),
+        _ => println!("CUDA graphs           off (eager)"),
+    }
     if let Some(mib) = r.peak_rss_mib {
         println!("peak memory (RSS)     {mib:.0} MiB");
     }
