@@ -4,6 +4,8 @@
 //! - matmul with bf16 weights `[N, 1024]`, N ∈ {2048 (q_proj), 3072 (gate/up half)}, at
 //!   M = 1 (decode), 4–64 (batched decode; q_proj only) and 512 (prefill); f32 weights at M = 512 as the
 //!   plain-gemm baseline. Throughput is reported in FLOP/s (elements = 2·M·N·K).
+//! - `matmul_dram`: the same bf16 kernels over a 24-matrix ring of `[3072, 1024]` weights
+//!   (144 MiB, far beyond L3), so W streams from DRAM as in a real decode step.
 //! - decode attention, one sequence at context 1024 and 4096, f32 and bf16 cache.
 //! - prefill attention, one 512-token sequence.
 //!
@@ -66,6 +68,36 @@ fn bench_matmul(c: &mut Criterion) {
                 })
             });
         }
+    }
+    group.finish();
+}
+
+/// Decode reads every weight from DRAM once per step; a single matrix would sit in L3
+/// after the first iteration, so cycle through a ring of matrices larger than L3.
+fn bench_matmul_dram(c: &mut Criterion) {
+    const RING: usize = 24;
+    const N: usize = 3072;
+    let backend = CpuBackend::new();
+    let mut rng = Rng(0x5eed_0d0d);
+    let ring: Vec<Tensor> = (0..RING)
+        .map(|_| tensor(rng.vec(N * HIDDEN), &[N, HIDDEN], DType::BF16))
+        .collect();
+    let mut group = c.benchmark_group("matmul_dram");
+    group.sample_size(20);
+    for m in [1, 16, 32] {
+        let x = tensor(rng.vec(m * HIDDEN), &[m, HIDDEN], DType::F32);
+        // Bytes of W streamed per call: the figure to compare with DRAM bandwidth.
+        group.throughput(Throughput::Bytes((2 * N * HIDDEN) as u64));
+        let id = BenchmarkId::new(format!("bf16_w{N}x{HIDDEN}"), format!("m{m}"));
+        let mut next = 0;
+        group.bench_with_input(id, &m, |b, _| {
+            b.iter(|| {
+                next = (next + 1) % RING;
+                backend
+                    .matmul(black_box(&x), black_box(&ring[next]))
+                    .expect("matmul")
+            })
+        });
     }
     group.finish();
 }
@@ -187,6 +219,7 @@ fn bench_prefill_attention(c: &mut Criterion) {
 criterion_group!(
     cpu_ops,
     bench_matmul,
+    bench_matmul_dram,
     bench_decode_attention,
     bench_prefill_attention
 );

@@ -3,9 +3,10 @@
 //! Parallel over W rows (output features). Each task computes the `M` outputs of its W
 //! rows into a transposed `[N, M]` buffer, so tasks own contiguous memory.
 //!
-//! - bf16 on CPUs with AVX2+FMA: [`avx2`], a register-blocked kernel that
-//!   widens each 8-wide bf16 chunk of up to three W rows once and multiplies it with four rows
-//!   of `x` (every weight is read from memory once per call; exact f32 accumulation).
+//! - bf16 on CPUs with AVX2+FMA: [`avx2`], a register-blocked kernel over L2-sized
+//!   blocks of W rows (one block per task) that widens each 8-wide bf16 chunk of up to
+//!   three W rows once per block of four x rows (every weight is read from memory once
+//!   per call; exact f32 accumulation).
 //! - Otherwise: bf16 with `M = 1` is a fused widen-and-dot; larger `M` widens the row
 //!   once into a reused thread-local scratch and dots it with each row of `x`.
 
@@ -26,6 +27,8 @@ thread_local! {
     /// The transposed `[N, M]` output of the blocked kernel, reused across calls
     /// (only the calling thread touches it; workers write through a borrowed slice).
     static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// `x` split into even/odd halves for the AVX2 kernel, reused across calls.
+    static X_SPLIT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `out[M, N] = x[M, K] · w[N, K]ᵀ` (shapes validated by the caller, all non-zero).
@@ -69,30 +72,62 @@ fn transpose_into(out_t: &[f32], m: usize, out: &mut [f32]) {
     }
 }
 
-/// The AVX2 blocked kernel over groups of `avx2::W_ROWS` W rows, in parallel when worth it.
+/// Bytes of bf16 W per task of the blocked kernel: the block stays in L2 (512 KiB per
+/// core here) while every block of x rows streams it, with room left for x itself.
+#[cfg(target_arch = "x86_64")]
+const W_BLOCK_BYTES: usize = 96 << 10;
+
+/// W rows per task: fills [`W_BLOCK_BYTES`], but leaves ≥ 4 tasks per thread for balance;
+/// a multiple of 3 (the kernel's W tile height) so only the last block has a ragged tile.
+#[cfg(target_arch = "x86_64")]
+fn w_block_rows(k: usize, n: usize) -> usize {
+    let by_cache = W_BLOCK_BYTES / (2 * k);
+    let by_balance = n.div_ceil(4 * rayon::current_num_threads());
+    by_cache.min(by_balance).max(1).next_multiple_of(3)
+}
+
+/// The AVX2 blocked kernel over blocks of W rows, in parallel when worth it.
+/// The workers only see slices, so the thread-local borrows cannot re-enter.
 #[cfg(target_arch = "x86_64")]
 fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    let group_outputs = |group: usize, dst: &mut [f32]| {
-        let j = group * avx2::W_ROWS;
-        let rows = dst.len() / m;
+    X_SPLIT.with_borrow_mut(|x_split| {
+        avx2::split_even_odd(xs, m, k, x_split);
+        blocked_bf16_split(xs, x_split, ws, m, k, n, out);
+    });
+}
+
+/// [`blocked_bf16`] once `x` is split.
+#[cfg(target_arch = "x86_64")]
+fn blocked_bf16_split(
+    xs: &[f32],
+    x_split: &[f32],
+    ws: &[u16],
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let rows = w_block_rows(k, n);
+    let block_outputs = |block: usize, dst: &mut [f32]| {
+        let j = block * rows;
+        let block_rows = dst.len() / m;
         // SAFETY: `available()` was checked by the caller; x is [m, k], the W rows
-        // j..j + rows are in bounds and `dst` holds `rows · m` outputs.
-        unsafe { avx2::rows_outputs(xs, &ws[j * k..(j + rows) * k], m, k, dst) };
+        // j..j + block_rows are in bounds and `dst` holds `block_rows · m` outputs.
+        unsafe { avx2::block_outputs(xs, x_split, &ws[j * k..(j + block_rows) * k], m, k, dst) };
     };
-    let chunk = avx2::W_ROWS * m;
+    let chunk = rows * m;
     let run = |out_t: &mut [f32]| {
-        let cost = chunk * k;
         if worth_parallel(n * m * k) {
             out_t
                 .par_chunks_mut(chunk)
                 .enumerate()
-                .with_min_len(min_items(cost))
-                .for_each(|(p, dst)| group_outputs(p, dst));
+                .with_min_len(min_items(chunk * k))
+                .for_each(|(p, dst)| block_outputs(p, dst));
         } else {
             out_t
                 .chunks_mut(chunk)
                 .enumerate()
-                .for_each(|(p, dst)| group_outputs(p, dst));
+                .for_each(|(p, dst)| block_outputs(p, dst));
         }
     };
     if m == 1 {
@@ -126,11 +161,20 @@ mod tests {
     }
 
     /// Every M from 1 to 40 (x-row blocks of 4 plus remainders), odd N (a lone last W
-    /// row), K with and without an 8-wide tail; against f64 accumulation with the
+    /// row, several W blocks per call), K with and without a scalar tail, with and
+    /// without a lone 16-element pair after the cache-line steps; against f64 accumulation with the
     /// tolerance `1e-5 · Σ|x·w|` (bounds the rounding of any f32 summation order).
     #[test]
     fn small_m_bf16_matches_f64_reference() {
-        for (k, n) in [(1, 1), (7, 3), (8, 2), (67, 45), (1031, 13)] {
+        for (k, n) in [
+            (1, 1),
+            (7, 3),
+            (8, 2),
+            (16, 5),
+            (53, 7),
+            (67, 45),
+            (1031, 13),
+        ] {
             for m in 1..=40 {
                 let x = values(m as u64 * 31 + k as u64, m * k);
                 let w_bits: Vec<u16> = values(n as u64 * 17 + k as u64, n * k)

@@ -26,8 +26,10 @@ const OP: &str = "matmul";
 /// (measured faster than widened tiles + gemm at M = 32, slower at M = 64).
 pub(crate) const SMALL_M: usize = 32;
 
-/// f32 elements per widened weight tile (256 KiB: stays in L2 while gemm sweeps `x`).
-const TILE_ELEMS: usize = 1 << 16;
+/// f32 elements per widened weight tile (1 MiB). `gemm` re-packs all of `x` for every
+/// tile it is handed, so bigger tiles mean fewer passes over `x` (it blocks the tile for
+/// its caches itself); [`tile_rows`] still leaves several tiles per thread for balance.
+const TILE_ELEMS: usize = 1 << 18;
 
 thread_local! {
     /// Per-thread widened weight tile, reused across tiles and calls.

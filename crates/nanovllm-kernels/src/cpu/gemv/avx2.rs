@@ -1,64 +1,130 @@
-//! AVX2+FMA register-blocked `x[M, K] · w[R, K]ᵀ` for bf16 weights, `R ≤ 3` W rows.
+//! AVX2+FMA register-blocked `x[M, K] · w[R, K]ᵀ` for bf16 weights over a block of W rows.
 //!
-//! Each 8-wide bf16 chunk of a W row is loaded and widened (exact: a 16-bit shift) once
-//! per block of up to [`X_ROWS`] rows of `x`, then feeds one FMA per x row; the x rows
-//! stay in L1/L2 while W streams from memory once. Accumulation is f32 in a fixed order
-//! (per-lane partial sums, then a fixed horizontal sum, then the scalar K tail), so a
-//! given input always gives the same result.
+//! Loop order (outer to inner): blocks of up to [`X_ROWS`] x rows, then groups of up to
+//! [`W_ROWS`] W rows, then K. One block of x rows (`4·K` f32, 16 KiB at K = 1024) stays
+//! in L1 while the W block (sized by the caller to fit L2) streams past it, so the
+//! bytes a step pulls from L2 are the narrow W chunks, not the twice-as-wide x rows.
+//! W is read 16 bf16 at a time as 8 u32 words and widened (exactly) without shuffles:
+//! `word << 16` is the even elements, `word & 0xffff_0000` the odd ones, so x comes in
+//! pre-split by [`split_even_odd`] (per 16 elements: the 8 even ones, then the 8 odd
+//! ones). Each widened half feeds one FMA per x row. W is prefetched [`PREFETCH_ELEMS`]
+//! ahead: its rows are a few KiB long, so the hardware prefetcher, which stops at every
+//! 4 KiB page, would otherwise restart on every other row.
+//!
+//! Accumulation is f32 in a fixed order (per-lane partial sums, the even and odd halves
+//! in separate sets for small tiles, then a fixed horizontal sum, then the scalar K
+//! tail), so a given input always gives the same result.
 
 use std::arch::x86_64::*;
 
 use super::super::simd::has_avx2_fma;
 
-/// W rows handled by one call of [`rows_outputs`].
-pub(super) const W_ROWS: usize = 3;
+/// W rows sharing each x chunk in the register tile.
+const W_ROWS: usize = 3;
 /// Rows of `x` sharing each widened W chunk.
 const X_ROWS: usize = 4;
 /// f32 lanes per AVX register.
 const LANES: usize = 8;
+/// bf16 elements per 32-byte load: one even and one odd half of 8 lanes each.
+const PAIR_ELEMS: usize = 16;
+/// Elements per 64-byte cache line of bf16 weights: the unrolled step of the K loop.
+const LINE_ELEMS: usize = 32;
+/// How far ahead (in bf16 elements, 2 KiB) each W row is prefetched.
+const PREFETCH_ELEMS: usize = 1024;
 
-/// Whether [`rows_outputs`] may run on this CPU.
+/// Whether [`block_outputs`] may run on this CPU.
 pub(super) fn available() -> bool {
     has_avx2_fma()
 }
 
-/// `dst[r·M + i] = Σ_k x[i, k] · w[r, k]` for the `R = w.len() / K` (1 to 3) W rows.
+/// Length of one row of [`split_even_odd`]'s output: K rounded down to whole pairs.
+pub(super) fn split_len(k: usize) -> usize {
+    k / PAIR_ELEMS * PAIR_ELEMS
+}
+
+/// `x[M, K]` re-ordered for [`block_outputs`]: row `i` becomes [`split_len`]`(K)` values
+/// where each 16-element group holds its 8 even elements, then its 8 odd ones.
+/// The K tail beyond the last whole group is left out (the kernel reads it from `x`).
+pub(super) fn split_even_odd(xs: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
+    let len = split_len(k);
+    out.clear();
+    out.reserve(m * len);
+    for row in xs.chunks_exact(k).take(m) {
+        for group in row[..len].chunks_exact(PAIR_ELEMS) {
+            out.extend(group.iter().step_by(2));
+            out.extend(group.iter().skip(1).step_by(2));
+        }
+    }
+}
+
+/// `dst[r·M + i] = Σ_k x[i, k] · w[r, k]` for the `R = w.len() / K` W rows, where
+/// `x_split` is `x` through [`split_even_odd`].
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA ([`available`]); `xs` holds `M·K` values, `w` holds
-/// `R·K` bf16 bits with `R ≤ W_ROWS`, and `dst` holds `R·M` outputs.
+/// The CPU supports AVX2 and FMA ([`available`]); `xs` holds `M·K` values and `x_split`
+/// their `M·`[`split_len`]`(K)` split copy, `w` holds `R·K` bf16 bits, and `dst` holds
+/// `R·M` outputs.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn rows_outputs(xs: &[f32], w: &[u16], m: usize, k: usize, dst: &mut [f32]) {
+pub(super) unsafe fn block_outputs(
+    xs: &[f32],
+    x_split: &[f32],
+    w: &[u16],
+    m: usize,
+    k: usize,
+    dst: &mut [f32],
+) {
     let rows = w.len() / k;
-    debug_assert!(rows <= W_ROWS && xs.len() >= m * k && dst.len() >= rows * m);
+    debug_assert!(xs.len() >= m * k && x_split.len() >= m * split_len(k));
+    debug_assert!(dst.len() >= rows * m);
+    let x = Rows { xs, x_split, k };
     let mut i0 = 0;
     while i0 < m {
         let x_rows = (m - i0).min(X_ROWS);
-        // Few x rows: two accumulator sets per output keep enough FMA chains in flight.
-        match (rows, x_rows) {
-            (3, 4) => block::<3, 4, 1>(xs, w, i0, m, k, dst),
-            (3, 3) => block::<3, 3, 1>(xs, w, i0, m, k, dst),
-            (3, 2) => block::<3, 2, 1>(xs, w, i0, m, k, dst),
-            (3, _) => block::<3, 1, 2>(xs, w, i0, m, k, dst),
-            (2, 4) => block::<2, 4, 1>(xs, w, i0, m, k, dst),
-            (2, 3) => block::<2, 3, 1>(xs, w, i0, m, k, dst),
-            (2, 2) => block::<2, 2, 2>(xs, w, i0, m, k, dst),
-            (2, _) => block::<2, 1, 2>(xs, w, i0, m, k, dst),
-            (_, 4) => block::<1, 4, 1>(xs, w, i0, m, k, dst),
-            (_, 3) => block::<1, 3, 2>(xs, w, i0, m, k, dst),
-            (_, 2) => block::<1, 2, 2>(xs, w, i0, m, k, dst),
-            _ => block::<1, 1, 2>(xs, w, i0, m, k, dst),
+        let mut r0 = 0;
+        while r0 < rows {
+            let w_rows = (rows - r0).min(W_ROWS);
+            let w_group = &w[r0 * k..(r0 + w_rows) * k];
+            let dst_group = &mut dst[r0 * m..(r0 + w_rows) * m];
+            tile(&x, w_group, w_rows, x_rows, i0, m, dst_group);
+            r0 += w_rows;
         }
         i0 += x_rows;
     }
 }
 
-/// 8 bf16 values at `p` widened to f32.
+/// Dispatches one `w_rows × x_rows` register tile to its monomorphised kernel.
 #[inline(always)]
-unsafe fn widen(p: *const u16) -> __m256 {
-    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-        _mm_loadu_si128(p.cast()),
-    )))
+unsafe fn tile(
+    x: &Rows<'_>,
+    w: &[u16],
+    w_rows: usize,
+    x_rows: usize,
+    i0: usize,
+    m: usize,
+    dst: &mut [f32],
+) {
+    // Few x rows: two accumulator sets per output keep enough FMA chains in flight.
+    match (w_rows, x_rows) {
+        (3, 4) => block::<3, 4, 1>(x, w, i0, m, dst),
+        (3, 3) => block::<3, 3, 1>(x, w, i0, m, dst),
+        (3, 2) => block::<3, 2, 2>(x, w, i0, m, dst),
+        (3, _) => block::<3, 1, 2>(x, w, i0, m, dst),
+        (2, 4) => block::<2, 4, 1>(x, w, i0, m, dst),
+        (2, 3) => block::<2, 3, 2>(x, w, i0, m, dst),
+        (2, 2) => block::<2, 2, 2>(x, w, i0, m, dst),
+        (2, _) => block::<2, 1, 2>(x, w, i0, m, dst),
+        (_, 4) => block::<1, 4, 2>(x, w, i0, m, dst),
+        (_, 3) => block::<1, 3, 2>(x, w, i0, m, dst),
+        (_, 2) => block::<1, 2, 2>(x, w, i0, m, dst),
+        _ => block::<1, 1, 2>(x, w, i0, m, dst),
+    }
+}
+
+/// The rows of `x`, as given and split.
+struct Rows<'a> {
+    xs: &'a [f32],
+    x_split: &'a [f32],
+    k: usize,
 }
 
 /// Sum of the 8 lanes in a fixed order.
@@ -69,45 +135,67 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
 }
 
-/// `R` W rows × x rows `i0 .. i0 + X`, with `U` accumulator sets over alternating chunks.
+/// One 16-element pair at `o`: `acc_even[r][i] += w_even · x_even`, then the odd halves
+/// into `acc_odd` (the same set when `U = 1`).
+#[inline(always)]
+unsafe fn pair<const R: usize, const X: usize, const U: usize>(
+    w_ptr: &[*const u16; R],
+    x_ptr: &[*const f32; X],
+    o: usize,
+    acc: &mut [[[__m256; X]; R]; U],
+) {
+    let odd_mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+    let even: [__m256; R] = std::array::from_fn(|r| {
+        let words = _mm256_loadu_si256(w_ptr[r].add(o).cast());
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(words))
+    });
+    for (i, &xp) in x_ptr.iter().enumerate() {
+        let xv = _mm256_loadu_ps(xp.add(o));
+        for (acc_r, &wr) in acc[0].iter_mut().zip(&even) {
+            acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
+        }
+    }
+    // Loaded again rather than kept: a register tile of 12 accumulators leaves no room.
+    let odd: [__m256; R] = std::array::from_fn(|r| {
+        let words = _mm256_loadu_si256(w_ptr[r].add(o).cast());
+        _mm256_castsi256_ps(_mm256_and_si256(words, odd_mask))
+    });
+    for (i, &xp) in x_ptr.iter().enumerate() {
+        let xv = _mm256_loadu_ps(xp.add(o + LANES));
+        for (acc_r, &wr) in acc[U - 1].iter_mut().zip(&odd) {
+            acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
+        }
+    }
+}
+
+/// `R` W rows × x rows `i0 .. i0 + X`; with `U = 2` the even and odd halves accumulate
+/// separately (more independent FMA chains when the tile is small).
 #[inline(always)]
 unsafe fn block<const R: usize, const X: usize, const U: usize>(
-    xs: &[f32],
+    x: &Rows<'_>,
     w: &[u16],
     i0: usize,
     m: usize,
-    k: usize,
     dst: &mut [f32],
 ) {
-    let x_ptr: [*const f32; X] = std::array::from_fn(|i| xs.as_ptr().add((i0 + i) * k));
+    let k = x.k;
+    let full = split_len(k);
+    let x_ptr: [*const f32; X] = std::array::from_fn(|i| x.x_split.as_ptr().add((i0 + i) * full));
     let w_ptr: [*const u16; R] = std::array::from_fn(|r| w.as_ptr().add(r * k));
     let mut acc = [[[_mm256_setzero_ps(); X]; R]; U];
-    let full = k / LANES * LANES;
-    let step = LANES * U;
     let mut off = 0;
-    while off + step <= full {
-        for (u, acc_u) in acc.iter_mut().enumerate() {
-            let o = off + u * LANES;
-            let wv: [__m256; R] = std::array::from_fn(|r| widen(w_ptr[r].add(o)));
-            for (i, &xp) in x_ptr.iter().enumerate() {
-                let xv = _mm256_loadu_ps(xp.add(o));
-                for (acc_r, &wr) in acc_u.iter_mut().zip(&wv) {
-                    acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
-                }
-            }
+    // One cache line of each W row per step: one prefetch per row, two pairs.
+    while off + LINE_ELEMS <= full {
+        for &wp in &w_ptr {
+            // A hint only: it never faults, so running past the end of W is harmless.
+            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(off + PREFETCH_ELEMS).cast());
         }
-        off += step;
+        pair(&w_ptr, &x_ptr, off, &mut acc);
+        pair(&w_ptr, &x_ptr, off + PAIR_ELEMS, &mut acc);
+        off += LINE_ELEMS;
     }
-    // Leftover whole chunks go to the first accumulator set.
-    while off < full {
-        let wv: [__m256; R] = std::array::from_fn(|r| widen(w_ptr[r].add(off)));
-        for (i, &xp) in x_ptr.iter().enumerate() {
-            let xv = _mm256_loadu_ps(xp.add(off));
-            for (acc_r, &wr) in acc[0].iter_mut().zip(&wv) {
-                acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
-            }
-        }
-        off += LANES;
+    if off < full {
+        pair(&w_ptr, &x_ptr, off, &mut acc);
     }
     for r in 0..R {
         for i in 0..X {
@@ -116,9 +204,10 @@ unsafe fn block<const R: usize, const X: usize, const U: usize>(
                 v = _mm256_add_ps(v, acc_u[r][i]);
             }
             let mut sum = hsum(v);
+            let x_row = x.xs.as_ptr().add((i0 + i) * k);
             for kk in full..k {
                 let wk = f32::from_bits((*w_ptr[r].add(kk) as u32) << 16);
-                sum = (*x_ptr[i].add(kk)).mul_add(wk, sum);
+                sum = (*x_row.add(kk)).mul_add(wk, sum);
             }
             dst[r * m + i0 + i] = sum;
         }
