@@ -17,37 +17,11 @@ use serde_json::Value;
 /// Every reference case of `name` as greedy JSONL through `generate` with `extra` flags;
 /// returns the generated token lists.
 fn greedy_tokens(name: &str, extra: &[&str]) -> Vec<Value> {
-    let reference = reference(name);
-    let cases = reference["cases"].as_array().unwrap();
-    let dir = scratch(&format!("tp-{name}"));
-    let input = dir.join("in.jsonl");
-    let requests: String = cases
-        .iter()
-        .map(|case| {
-            format!(
-                "{{\"prompt_token_ids\": {}, \"max_tokens\": {}, \"temperature\": 0, \"ignore_eos\": true}}\n",
-                case["prompt_token_ids"],
-                case["greedy_token_ids"].as_array().unwrap().len()
-            )
-        })
-        .collect();
-    std::fs::write(&input, requests).unwrap();
-    let base = [
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        "-",
-        "--kvcache-block-size",
-        "16",
-        "--device",
-        "cpu",
-    ];
-    let out = generate(&fixture(name), &[&base[..], extra].concat());
-    let _ = std::fs::remove_dir_all(&dir);
+    let (cases, out) = generate_reference_cases(name, &format!("tp-{name}"), extra);
     assert!(out.status.success(), "{name} {extra:?}: {}", stderr(&out));
     let lines = jsonl_lines(&out.stdout);
     assert_eq!(lines.len(), cases.len());
-    for (line, case) in lines.iter().zip(cases) {
+    for (line, case) in lines.iter().zip(&cases) {
         assert_eq!(
             line["token_ids"], case["greedy_token_ids"],
             "{name} {extra:?}"

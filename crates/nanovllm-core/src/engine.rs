@@ -261,23 +261,8 @@ impl LLMEngine {
         } else {
             model_config.eos_token_ids.clone()
         };
-        let spec = model.kv_cache_spec();
         let backend = device.backend().clone();
-        let kv_dtype = config.kv_cache_dtype.dtype_on(backend.device());
-        let bytes_per_block = KvCache::bytes_per_block(
-            spec.num_layers,
-            config.kvcache_block_size,
-            spec.num_kv_heads,
-            spec.head_dim,
-            kv_dtype,
-        );
-        let num_blocks = crate::kv_sizing::num_kvcache_blocks(
-            &config,
-            &device,
-            model.as_ref(),
-            kv_dtype,
-            bytes_per_block,
-        )?;
+        let (num_blocks, bytes_per_block) = size_kv_cache(&config, &device, model.as_ref())?;
         tracing::info!(
             num_blocks,
             block_size = config.kvcache_block_size,
@@ -293,14 +278,7 @@ impl LLMEngine {
             eos_token_ids: eos_token_ids.clone(),
         })?;
         #[allow(unused_mut)] // mutated only with CUDA graphs
-        let mut runner = ModelRunner::new(
-            backend,
-            model,
-            num_blocks,
-            config.kvcache_block_size,
-            kv_dtype,
-            config.seed,
-        )?;
+        let mut runner = runner_for(&config, backend, model, num_blocks)?;
         #[cfg(feature = "cuda")]
         if let (Some(cuda), false) = (device.cuda_backend(), config.enforce_eager) {
             runner.enable_cuda_graphs(cuda.clone(), config.max_num_seqs, config.max_model_len);
@@ -625,6 +603,47 @@ pub fn sampling_params_from(gen: &GenerationConfig) -> SamplingParams {
         p.temperature = 0.0;
     }
     p
+}
+
+/// How many KV blocks fit for `model` on `device` (see `kv_sizing`), and the bytes each
+/// takes. On a GPU this runs a warm-up prefill through the model, so under tensor
+/// parallelism every rank runs it at the same time (its collectives pair up).
+pub(crate) fn size_kv_cache(
+    config: &EngineConfig,
+    device: &DeviceBackend,
+    model: &dyn Model,
+) -> Result<(usize, usize)> {
+    let spec = model.kv_cache_spec();
+    let kv_dtype = config.kv_cache_dtype.dtype_on(device.backend().device());
+    let bytes_per_block = KvCache::bytes_per_block(
+        spec.num_layers,
+        config.kvcache_block_size,
+        spec.num_kv_heads,
+        spec.head_dim,
+        kv_dtype,
+    );
+    let num_blocks =
+        crate::kv_sizing::num_kvcache_blocks(config, device, model, kv_dtype, bytes_per_block)?;
+    Ok((num_blocks, bytes_per_block))
+}
+
+/// A runner over `num_blocks` KV blocks in the dtype, block size and sampling seed
+/// `config` asks for. Rank 0 and every TP worker build theirs here, so their caches match.
+pub(crate) fn runner_for(
+    config: &EngineConfig,
+    backend: Arc<dyn Backend>,
+    model: Box<dyn Model>,
+    num_blocks: usize,
+) -> Result<ModelRunner> {
+    let kv_dtype = config.kv_cache_dtype.dtype_on(backend.device());
+    ModelRunner::new(
+        backend,
+        model,
+        num_blocks,
+        config.kvcache_block_size,
+        kv_dtype,
+        config.seed,
+    )
 }
 
 /// config.json at `path` (the file itself, so a bare `configs/*.json` works for dummy weights).

@@ -16,10 +16,12 @@
 //! runs may legitimately continue differently, so the rest of that sequence is not compared.
 #![cfg(feature = "cuda")]
 
-use std::path::PathBuf;
+mod common;
 
 use nanovllm_core::{DeviceKind, EngineConfig, LLMEngine, SamplingParams};
 use serde_json::Value;
+
+use common::gpu::{bundle_root, gpu_available};
 
 const NEAR_TIE_MARGIN: f32 = 0.25;
 const FIXTURES: [&str; 4] = [
@@ -30,29 +32,9 @@ const FIXTURES: [&str; 4] = [
 ];
 const MAX_TOKENS: usize = 24;
 
-/// Whether a GPU is here; prints why not (or fails under `NANOVLLM_REQUIRE_GPU=1`).
-fn gpu_available(test: &str) -> bool {
-    if nanovllm_kernels::cuda::is_available() {
-        return true;
-    }
-    let why = "no CUDA device (libcuda missing or no GPU visible)";
-    if std::env::var("NANOVLLM_REQUIRE_GPU").as_deref() == Ok("1") {
-        panic!("{test}: {why}, but NANOVLLM_REQUIRE_GPU=1");
-    }
-    eprintln!("skipped: {test}: {why}");
-    false
-}
-
-fn repo_root() -> PathBuf {
-    match std::env::var_os("NANOVLLM_REPO_ROOT") {
-        Some(root) => PathBuf::from(root),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
-    }
-}
-
 /// The fixture's prompts (`reference.json` cases) and the block size its tests use.
 fn prompts(fixture: &str) -> (Vec<Vec<u32>>, usize) {
-    let path = repo_root()
+    let path = bundle_root()
         .join("fixtures")
         .join(fixture)
         .join("reference.json");
@@ -81,7 +63,7 @@ fn config(fixture: &str, device: DeviceKind, block_size: usize) -> EngineConfig 
         device,
         kvcache_block_size: block_size,
         num_kvcache_blocks: Some(256),
-        ..EngineConfig::new(repo_root().join("fixtures").join(fixture))
+        ..EngineConfig::new(bundle_root().join("fixtures").join(fixture))
     }
 }
 

@@ -11,30 +11,12 @@
 //! (Named `cuda_*` so that `cargo xtask gpu-check` bundles it.)
 #![cfg(feature = "cuda")]
 
-use std::path::PathBuf;
+mod common;
 
 use nanovllm_core::tp::TpMode;
 use nanovllm_core::{DeviceKind, EngineConfig, SamplingParams, LLM};
 
-fn gpu_available(test: &str) -> bool {
-    if nanovllm_kernels::cuda::is_available() {
-        return true;
-    }
-    let why = "no CUDA device (libcuda missing or no GPU visible)";
-    if std::env::var("NANOVLLM_REQUIRE_GPU").as_deref() == Ok("1") {
-        panic!("{test}: {why}, but NANOVLLM_REQUIRE_GPU=1");
-    }
-    eprintln!("skipped: {test}: {why}");
-    false
-}
-
-fn fixture(name: &str) -> PathBuf {
-    let root = match std::env::var_os("NANOVLLM_REPO_ROOT") {
-        Some(root) => PathBuf::from(root),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
-    };
-    root.join("fixtures").join(name)
-}
+use common::gpu::{bundle_root, gpu_available};
 
 #[test]
 fn nccl_world_size_1_matches_the_plain_engine_on_one_gpu() {
@@ -44,7 +26,7 @@ fn nccl_world_size_1_matches_the_plain_engine_on_one_gpu() {
     let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5], vec![9; 20], vec![7]];
     for name in ["qwen3-tiny", "mixtral-tiny"] {
         let run = |mode: TpMode| {
-            let mut c = EngineConfig::new(fixture(name));
+            let mut c = EngineConfig::new(bundle_root().join("fixtures").join(name));
             c.device = DeviceKind::Cuda;
             c.kvcache_block_size = 16;
             c.num_kvcache_blocks = Some(64);

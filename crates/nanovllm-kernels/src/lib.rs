@@ -20,10 +20,12 @@ pub mod cpu;
 pub mod cuda;
 mod dtype;
 mod error;
+mod host_bytes;
 mod kv_cache;
 mod tensor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod validate;
 
 /// GPU target parsing shared with build.rs, unit-tested on every build.
 #[cfg(all(test, not(feature = "cuda")))]

@@ -77,14 +77,15 @@ pub fn jsonl_lines(stdout: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-/// Every reference case of `name` as one greedy JSONL request (`ignore_eos`, the
-/// reference's length) through `generate --output -` on the CPU with 16-token blocks:
-/// the lines come back in input order, each with the reference's tokens and
-/// `finish_reason` "length". Returns the output lines for further checks.
-pub fn check_greedy_jsonl(name: &str) -> Vec<Value> {
+/// Runs every reference case of `name` as one greedy JSONL request (`ignore_eos`, the
+/// reference's length) through `generate --output -` on the CPU with 16-token blocks and
+/// the `extra` flags, in a scratch directory tagged `tag`. Returns the reference cases and
+/// the run's output.
+pub fn generate_reference_cases(name: &str, tag: &str, extra: &[&str]) -> (Vec<Value>, Output) {
     let reference = reference(name);
-    let cases = reference["cases"].as_array().unwrap();
-    let input = scratch(&format!("greedy-{name}")).join("in.jsonl");
+    let cases = reference["cases"].as_array().unwrap().clone();
+    let dir = scratch(tag);
+    let input = dir.join("in.jsonl");
     let requests: String = cases
         .iter()
         .map(|case| {
@@ -96,24 +97,30 @@ pub fn check_greedy_jsonl(name: &str) -> Vec<Value> {
         })
         .collect();
     std::fs::write(&input, requests).unwrap();
-    let out = generate(
-        &fixture(name),
-        &[
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            "-",
-            "--kvcache-block-size",
-            "16",
-            "--device",
-            "cpu",
-        ],
-    );
-    let _ = std::fs::remove_dir_all(input.parent().unwrap());
+    let base = [
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        "-",
+        "--kvcache-block-size",
+        "16",
+        "--device",
+        "cpu",
+    ];
+    let out = generate(&fixture(name), &[&base[..], extra].concat());
+    let _ = std::fs::remove_dir_all(&dir);
+    (cases, out)
+}
+
+/// [`generate_reference_cases`] with no extra flags: the lines come back in input order,
+/// each with the reference's tokens and `finish_reason` "length". Returns the output
+/// lines for further checks.
+pub fn check_greedy_jsonl(name: &str) -> Vec<Value> {
+    let (cases, out) = generate_reference_cases(name, &format!("greedy-{name}"), &[]);
     assert!(out.status.success(), "{name}: {}", stderr(&out));
     let lines = jsonl_lines(&out.stdout);
     assert_eq!(lines.len(), cases.len(), "{name}");
-    for (i, (line, case)) in lines.iter().zip(cases).enumerate() {
+    for (i, (line, case)) in lines.iter().zip(&cases).enumerate() {
         assert_eq!(line["index"], i);
         assert_eq!(
             line["token_ids"], case["greedy_token_ids"],

@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 
-use nanovllm_kernels::{Backend, Communicator, KvCache};
+use nanovllm_kernels::{Backend, Communicator};
 use nanovllm_models::{load_model, Model, ModelContext, ShardSpec};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
 use crate::config::EngineConfig;
 use crate::device::DeviceBackend;
-use crate::engine::read_model_config;
+use crate::engine::{read_model_config, runner_for, size_kv_cache};
 use crate::error::Result;
 use crate::runner::ModelRunner;
 
@@ -57,17 +57,7 @@ pub(crate) fn mirror_kv_sizing(
     device: &DeviceBackend,
     model: &dyn Model,
 ) -> Result<()> {
-    let spec = model.kv_cache_spec();
-    let kv_dtype = config.kv_cache_dtype.dtype_on(device.backend().device());
-    let bytes_per_block = KvCache::bytes_per_block(
-        spec.num_layers,
-        config.kvcache_block_size,
-        spec.num_kv_heads,
-        spec.head_dim,
-        kv_dtype,
-    );
-    let own =
-        crate::kv_sizing::num_kvcache_blocks(config, device, model, kv_dtype, bytes_per_block)?;
+    let (own, _) = size_kv_cache(config, device, model)?;
     tracing::debug!(own, "worker KV sizing (rank 0's count is used)");
     Ok(())
 }
@@ -87,15 +77,7 @@ impl RankRunner {
         model: Box<dyn Model>,
         num_blocks: usize,
     ) -> Result<Self> {
-        let kv_dtype = config.kv_cache_dtype.dtype_on(backend.device());
-        let runner = ModelRunner::new(
-            backend,
-            model,
-            num_blocks,
-            config.kvcache_block_size,
-            kv_dtype,
-            config.seed,
-        )?;
+        let runner = runner_for(config, backend, model, num_blocks)?;
         Ok(Self {
             runner,
             greedy: SamplingParams {

@@ -9,6 +9,9 @@
 //! is why a correct f32 engine cannot flip a token through rounding.
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[cfg(feature = "cuda")]
+pub mod gpu;
+
 use std::path::{Path, PathBuf};
 
 use nanovllm_core::{DeviceKind, EngineConfig, FinishReason, Output, SamplingParams, LLM};

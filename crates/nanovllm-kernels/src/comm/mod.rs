@@ -113,6 +113,18 @@ impl HostStaging {
     }
 }
 
+/// `broadcast`'s `root` must be a rank of the group.
+pub(crate) fn check_root(root: usize, world_size: usize) -> Result<()> {
+    if root >= world_size {
+        return Err(KernelError::IndexOutOfRange {
+            op: "broadcast",
+            index: root,
+            size: world_size,
+        });
+    }
+    Ok(())
+}
+
 fn no_backend(op: &'static str) -> KernelError {
     KernelError::WrongDevice {
         op,

@@ -19,7 +19,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::nccl::{Comm, Id, ReduceOp};
+use cudarc::driver::CudaSlice;
+use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
 use super::Communicator;
 use crate::backend::Backend;
@@ -168,6 +169,26 @@ fn short(op: &'static str) -> KernelError {
     }
 }
 
+/// NCCL all-gather of `len` values of `T` from `src` into `dst` (rank-major, `world * len`
+/// values). `T` is the tensors' dtype; a buffer too small for that is an error.
+fn all_gather_as<T: NcclType>(
+    comm: &Comm,
+    src: &CudaSlice<u8>,
+    dst: &mut CudaSlice<u8>,
+    len: usize,
+    world: usize,
+    op: &'static str,
+) -> Result<()> {
+    // SAFETY: `T` is f32, bf16 or f16, for which every bit pattern is a value; the
+    // lengths are checked against the buffers' sizes.
+    let s = unsafe { src.transmute::<T>(len) }.ok_or_else(|| short(op))?;
+    // SAFETY: as above.
+    let mut d = unsafe { dst.transmute_mut::<T>(world * len) }.ok_or_else(|| short(op))?;
+    comm.all_gather(&s, &mut d)
+        .map_err(|e| nccl_err("ncclAllGather", e))?;
+    Ok(())
+}
+
 impl Communicator for NcclCommunicator {
     fn rank(&self) -> usize {
         self.rank
@@ -203,41 +224,18 @@ impl Communicator for NcclCommunicator {
             let src = device_buf(x, OP)?;
             let dst = device_buf_mut(&mut gathered, OP)?;
             let len = rows * cols;
-            match dtype {
-                DType::F32 => {
-                    // SAFETY: `src` holds `len` and `dst` `world * len` f32 values.
-                    let s = unsafe { src.transmute::<f32>(len) }.ok_or_else(|| short(OP))?;
-                    let mut d = unsafe { dst.transmute_mut::<f32>(world * len) }
-                        .ok_or_else(|| short(OP))?;
-                    comm.0
-                        .all_gather(&s, &mut d)
-                        .map_err(|e| nccl_err("ncclAllGather", e))?;
-                }
-                DType::BF16 => {
-                    // SAFETY: as above, for bf16.
-                    let s = unsafe { src.transmute::<half::bf16>(len) }.ok_or_else(|| short(OP))?;
-                    let mut d = unsafe { dst.transmute_mut::<half::bf16>(world * len) }
-                        .ok_or_else(|| short(OP))?;
-                    comm.0
-                        .all_gather(&s, &mut d)
-                        .map_err(|e| nccl_err("ncclAllGather", e))?;
-                }
-                DType::F16 => {
-                    // SAFETY: as above, for f16.
-                    let s = unsafe { src.transmute::<half::f16>(len) }.ok_or_else(|| short(OP))?;
-                    let mut d = unsafe { dst.transmute_mut::<half::f16>(world * len) }
-                        .ok_or_else(|| short(OP))?;
-                    comm.0
-                        .all_gather(&s, &mut d)
-                        .map_err(|e| nccl_err("ncclAllGather", e))?;
-                }
+            let gather = match dtype {
+                DType::F32 => all_gather_as::<f32>,
+                DType::BF16 => all_gather_as::<half::bf16>,
+                DType::F16 => all_gather_as::<half::f16>,
                 other => {
                     return Err(KernelError::UnsupportedDType {
                         op: OP,
                         dtype: other,
                     })
                 }
-            }
+            };
+            gather(&comm.0, src, dst, len, world, OP)?;
         }
         // Rank-major [W, M, N] → [M, W·N] (see the module docs for why on the host).
         let all = self.backend.to_host(&gathered)?.to_vec_f32()?;
@@ -252,13 +250,7 @@ impl Communicator for NcclCommunicator {
 
     fn broadcast(&self, x: &mut Tensor, root: usize) -> Result<()> {
         const OP: &str = "broadcast";
-        if root >= self.world_size {
-            return Err(KernelError::IndexOutOfRange {
-                op: OP,
-                index: root,
-                size: self.world_size,
-            });
-        }
+        super::check_root(root, self.world_size)?;
         let (dtype, len) = (x.dtype(), x.numel());
         if len == 0 {
             return Ok(());

@@ -250,13 +250,7 @@ impl Communicator for TcpCommunicator {
     }
     fn broadcast(&self, x: &mut Tensor, root: usize) -> Result<()> {
         const OP: &str = "broadcast";
-        if root >= self.world_size {
-            return Err(KernelError::IndexOutOfRange {
-                op: OP,
-                index: root,
-                size: self.world_size,
-            });
-        }
+        super::check_root(root, self.world_size)?;
         // Only the root's tensor travels up; the others send an empty frame.
         let mine = if self.rank == root {
             self.staging.to_host(OP, x)?

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 
 use crate::dtype::DType;
 use crate::error::KernelError;
+use crate::host_bytes::{host_bytes, host_bytes_mut};
 use crate::tensor::{CpuStorage, Tensor};
 
 /// Largest number of dims a frame may carry (tensors here are 1- to 3-d).
@@ -35,26 +36,6 @@ fn dtype_of(code: u8) -> Option<DType> {
     })
 }
 
-fn bytes_of(s: &CpuStorage) -> &[u8] {
-    match s {
-        CpuStorage::F32(v) => bytemuck::cast_slice(v),
-        CpuStorage::BF16(v) => bytemuck::cast_slice(v),
-        CpuStorage::F16(v) => bytemuck::cast_slice(v),
-        CpuStorage::U32(v) => bytemuck::cast_slice(v),
-        CpuStorage::I64(v) => bytemuck::cast_slice(v),
-    }
-}
-
-fn bytes_of_mut(s: &mut CpuStorage) -> &mut [u8] {
-    match s {
-        CpuStorage::F32(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::U32(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::I64(v) => bytemuck::cast_slice_mut(v),
-    }
-}
-
 /// Writes `x` (a host tensor) as one frame tagged `op`.
 pub(crate) fn write_frame(w: &mut impl Write, op: u8, x: &Tensor) -> std::io::Result<()> {
     let storage = x.cpu("write_frame").map_err(std::io::Error::other)?;
@@ -64,7 +45,7 @@ pub(crate) fn write_frame(w: &mut impl Write, op: u8, x: &Tensor) -> std::io::Re
         header.extend_from_slice(&(d as u64).to_le_bytes());
     }
     w.write_all(&header)?;
-    w.write_all(bytes_of(storage))?;
+    w.write_all(host_bytes(storage))?;
     w.flush()
 }
 
@@ -92,7 +73,7 @@ pub(crate) fn read_frame(r: &mut impl Read) -> std::io::Result<(u8, Tensor)> {
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| invalid(format!("shape {shape:?} overflows")))?;
     let mut storage = CpuStorage::zeros(dtype, numel);
-    r.read_exact(bytes_of_mut(&mut storage))?;
+    r.read_exact(host_bytes_mut(&mut storage))?;
     let tensor = Tensor::from_cpu(storage, &shape).map_err(std::io::Error::other)?;
     Ok((op, tensor))
 }

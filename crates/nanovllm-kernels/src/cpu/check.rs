@@ -1,12 +1,16 @@
 //! Argument validation shared by the CPU ops.
 //!
 //! Every op checks ranks, shapes and dtypes up front and returns a [`KernelError`]
-//! naming the op and the argument, so the kernels behind it can index freely.
+//! naming the op and the argument, so the kernels behind it can index freely. The
+//! device-independent checks live in [`crate::validate`] (re-exported here); this file
+//! adds typed access to CPU storage, which doubles as the dtype check.
 
 use half::{bf16, f16};
 
 use crate::error::{KernelError, Result};
 use crate::tensor::{CpuStorage, Tensor};
+
+pub(crate) use crate::validate::{dims1, dims2, expect_shape};
 
 /// A float buffer in one of the storage dtypes weights may use.
 #[derive(Clone, Copy, Debug)]
@@ -14,47 +18,6 @@ pub(crate) enum Floats<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
-}
-
-/// `(rows, cols)` of a 2-d tensor.
-pub(crate) fn dims2(op: &'static str, arg: &'static str, t: &Tensor) -> Result<(usize, usize)> {
-    match *t.shape() {
-        [rows, cols] => Ok((rows, cols)),
-        _ => Err(wrong_rank(op, arg, 2, t)),
-    }
-}
-
-/// Length of a 1-d tensor.
-pub(crate) fn dims1(op: &'static str, arg: &'static str, t: &Tensor) -> Result<usize> {
-    match *t.shape() {
-        [len] => Ok(len),
-        _ => Err(wrong_rank(op, arg, 1, t)),
-    }
-}
-
-pub(crate) fn wrong_rank(
-    op: &'static str,
-    arg: &'static str,
-    expected: usize,
-    t: &Tensor,
-) -> KernelError {
-    KernelError::WrongRank {
-        op,
-        arg,
-        expected,
-        shape: t.shape().to_vec(),
-    }
-}
-
-pub(crate) fn expect_shape(op: &'static str, t: &Tensor, expected: &[usize]) -> Result<()> {
-    if t.shape() != expected {
-        return Err(KernelError::ShapeMismatch {
-            op,
-            lhs: t.shape().to_vec(),
-            rhs: expected.to_vec(),
-        });
-    }
-    Ok(())
 }
 
 fn wrong_dtype(

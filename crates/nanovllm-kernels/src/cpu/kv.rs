@@ -9,6 +9,7 @@ use half::bf16;
 use crate::error::{KernelError, Result};
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::{CpuStorage, Tensor};
+use crate::validate;
 
 use super::check;
 use super::convert::bf16_bits_to_f32;
@@ -58,16 +59,7 @@ pub(crate) struct CacheGeometry {
 
 impl CacheGeometry {
     pub(crate) fn of(op: &'static str, cache: &LayerKvCache) -> Result<Self> {
-        let [num_blocks, block_size, kv_heads, head_dim] = *cache.k.shape() else {
-            return Err(check::wrong_rank(op, "cache.k", 4, &cache.k));
-        };
-        if cache.v.shape() != cache.k.shape() {
-            return Err(KernelError::ShapeMismatch {
-                op,
-                lhs: cache.k.shape().to_vec(),
-                rhs: cache.v.shape().to_vec(),
-            });
-        }
+        let [num_blocks, block_size, kv_heads, head_dim] = validate::kv::cache_dims(op, cache)?;
         if cache.k.dtype() != cache.v.dtype() {
             return Err(KernelError::Invalid {
                 op,
@@ -75,15 +67,6 @@ impl CacheGeometry {
                     "cache.k is {} but cache.v is {}; both must share one dtype",
                     cache.k.dtype(),
                     cache.v.dtype()
-                ),
-            });
-        }
-        if block_size == 0 || kv_heads == 0 || head_dim == 0 {
-            return Err(KernelError::Invalid {
-                op,
-                msg: format!(
-                    "cache shape {:?} has a zero block_size, kv_heads or head_dim",
-                    cache.k.shape()
                 ),
             });
         }
@@ -143,11 +126,7 @@ pub(crate) fn store_kv(
 ) -> Result<()> {
     let geometry = CacheGeometry::of(OP, cache)?;
     let width = geometry.row_width();
-    let (num_tokens, _) = check::dims2(OP, "k", k)?;
-    check::expect_shape(OP, k, &[num_tokens, width])?;
-    check::expect_shape(OP, v, &[num_tokens, width])?;
-    check::dims1(OP, "slot_mapping", slot_mapping)?;
-    check::expect_shape(OP, slot_mapping, &[num_tokens])?;
+    validate::kv::store_shapes(OP, k, v, slot_mapping, width)?;
     let ks = check::f32s(OP, "k", k)?;
     let vs = check::f32s(OP, "v", v)?;
     let slots = check::i64s(OP, "slot_mapping", slot_mapping)?;

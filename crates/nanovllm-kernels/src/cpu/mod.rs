@@ -50,18 +50,7 @@ impl Backend for CpuBackend {
         Ok(host)
     }
     fn copy_from_host(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
-        if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
-            return Err(crate::error::KernelError::Invalid {
-                op: "copy_from_host",
-                msg: format!(
-                    "source is {:?} {}, destination {:?} {}",
-                    src.shape(),
-                    src.dtype(),
-                    dst.shape(),
-                    dst.dtype()
-                ),
-            });
-        }
+        crate::validate::same_layout("copy_from_host", src, dst)?;
         *dst.cpu_mut("copy_from_host")? = src.cpu("copy_from_host")?.clone();
         Ok(())
     }

@@ -27,7 +27,6 @@ use crate::error::{KernelError, Result};
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::Tensor;
 
-use super::check;
 use super::device::{device_buf, device_buf_mut, CudaBackend};
 use super::launch::{as_i32, cuda_err};
 use validate::{Geometry, MetadataValues};
@@ -45,8 +44,7 @@ pub(crate) fn prefill_attention(
     let geometry = validate::geometry(OP, cache)?;
     let (rows, heads) = validate::heads(OP, q, &geometry)?;
     // The new keys/values are read back from the cache; check they match it anyway.
-    check::expect_shape(OP, k, &[rows, geometry.row_width()])?;
-    check::expect_shape(OP, v, &[rows, geometry.row_width()])?;
+    crate::validate::attention::new_kv_shapes(OP, k, v, rows, geometry.row_width())?;
     let max_blocks = validate::metadata_shapes(OP, meta, &geometry, rows, true)?;
     check_values(be, OP, meta, &geometry, rows, max_blocks, true)?;
     if rows == 0 || meta.num_seqs == 0 {

@@ -273,18 +273,7 @@ impl CudaBackend {
     /// Device-to-device copy of `src` into `dst` (same shape and dtype), keeping `dst`'s
     /// buffer. Capturable.
     pub fn copy_device(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
-        if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
-            return Err(KernelError::Invalid {
-                op: "copy_device",
-                msg: format!(
-                    "source is {:?} {}, destination {:?} {}",
-                    src.shape(),
-                    src.dtype(),
-                    dst.shape(),
-                    dst.dtype()
-                ),
-            });
-        }
+        crate::validate::same_layout("copy_device", src, dst)?;
         let bytes = src.size_in_bytes();
         if bytes == 0 {
             return Ok(());

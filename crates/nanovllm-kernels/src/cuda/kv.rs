@@ -9,13 +9,14 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::check::{dims1, dims2, expect_dtype, expect_shape, wrong_rank};
+use super::check::expect_dtype;
 use super::device::{device_buf, CudaBackend};
 use super::launch::{as_i32, cuda_err, elementwise};
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::Tensor;
+use crate::validate;
 
 /// Dimensions of one layer's cache, read from (and checked against) its tensors.
 #[derive(Clone, Copy, Debug)]
@@ -29,10 +30,7 @@ pub(crate) struct CacheGeometry {
 
 impl CacheGeometry {
     pub(crate) fn of(op: &'static str, cache: &LayerKvCache) -> Result<Self> {
-        let [num_blocks, block_size, kv_heads, head_dim] = *cache.k.shape() else {
-            return Err(wrong_rank(op, "cache.k", 4, &cache.k));
-        };
-        expect_shape(op, &cache.v, cache.k.shape())?;
+        let [num_blocks, block_size, kv_heads, head_dim] = validate::kv::cache_dims(op, cache)?;
         let dtype = cache.k.dtype();
         if cache.v.dtype() != dtype || !matches!(dtype, DType::BF16 | DType::F32) {
             return Err(KernelError::Invalid {
@@ -41,15 +39,6 @@ impl CacheGeometry {
                     "cache.k is {} and cache.v is {}; both must be bf16, or both f32",
                     dtype,
                     cache.v.dtype()
-                ),
-            });
-        }
-        if block_size == 0 || kv_heads == 0 || head_dim == 0 {
-            return Err(KernelError::Invalid {
-                op,
-                msg: format!(
-                    "cache shape {:?} has a zero block_size, kv_heads or head_dim",
-                    cache.k.shape()
                 ),
             });
         }
@@ -82,13 +71,9 @@ pub(crate) fn store_kv(
     const OP: &str = "store_kv";
     let geometry = CacheGeometry::of(OP, cache)?;
     let width = geometry.row_width();
-    let (num_tokens, _) = dims2(OP, "k", k)?;
-    expect_shape(OP, k, &[num_tokens, width])?;
-    expect_shape(OP, v, &[num_tokens, width])?;
+    let num_tokens = validate::kv::store_shapes(OP, k, v, slot_mapping, width)?;
     expect_dtype(OP, "k", k, DType::BF16)?;
     expect_dtype(OP, "v", v, DType::BF16)?;
-    dims1(OP, "slot_mapping", slot_mapping)?;
-    expect_shape(OP, slot_mapping, &[num_tokens])?;
     expect_dtype(OP, "slot_mapping", slot_mapping, DType::I64)?;
     let num_slots = geometry.num_slots();
     if let Some((min, max)) = be.index_range(slot_mapping, OP)? {

@@ -18,6 +18,7 @@ use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::tensor::Tensor;
+use crate::validate::{self, moe::ExpertDims};
 
 use super::check;
 use super::device::{device_buf, device_buf_mut, CudaBackend};
@@ -29,16 +30,7 @@ pub(crate) fn moe_route(
     top_k: usize,
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "moe_route";
-    let (tokens, experts) = check::dims2(OP, "router_logits", router_logits)?;
-    if top_k == 0 || top_k > experts {
-        return Err(KernelError::Invalid {
-            op: OP,
-            msg: format!(
-                "top_k {top_k} must be between 1 and the number of experts {experts} \
-                 (num_experts_per_tok ≤ num_local_experts)"
-            ),
-        });
-    }
+    let (tokens, experts) = validate::moe::route_shapes(OP, router_logits, top_k)?;
     let name = match router_logits.dtype() {
         DType::BF16 => "moe_route_bf16",
         DType::F32 => "moe_route_f32",
@@ -88,43 +80,18 @@ pub(crate) fn moe_route(
     Ok((topk_ids, topk_weights))
 }
 
-/// Validated shapes of one `moe_experts` call.
-struct Dims {
-    tokens: usize,
-    hidden: usize,
-    experts: usize,
-    intermediate: usize,
-    top_k: usize,
-}
-
-fn validate(
+/// The shared shape checks, plus what the CUDA kernels need: bf16 activations and
+/// weights, and rows of whole 16-byte chunks.
+fn check_experts(
     x: &Tensor,
     w13: &Tensor,
     w2: &Tensor,
     topk_ids: &Tensor,
     topk_weights: &Tensor,
-) -> Result<Dims> {
+) -> Result<ExpertDims> {
     const OP: &str = "moe_experts";
-    let (tokens, hidden) = check::dims2(OP, "x", x)?;
-    let (experts, rows13, cols13) = match *w13.shape() {
-        [a, b, c] => (a, b, c),
-        _ => return Err(check::wrong_rank(OP, "w13", 3, w13)),
-    };
-    if cols13 != hidden || rows13 % 2 != 0 {
-        return Err(KernelError::Invalid {
-            op: OP,
-            msg: format!(
-                "w13 {:?} must be [experts, 2·intermediate, hidden] with hidden {hidden} (x is {:?})",
-                w13.shape(),
-                x.shape()
-            ),
-        });
-    }
-    let intermediate = rows13 / 2;
-    check::expect_shape(OP, w2, &[experts, hidden, intermediate])?;
-    let (id_rows, top_k) = check::dims2(OP, "topk_ids", topk_ids)?;
-    check::expect_shape(OP, topk_ids, &[tokens, top_k])?;
-    check::expect_shape(OP, topk_weights, &[id_rows, top_k])?;
+    let dims = validate::moe::expert_shapes(OP, x, w13, w2, topk_ids, topk_weights)?;
+    let (hidden, intermediate) = (dims.hidden, dims.intermediate);
     check::expect_dtype(OP, "x", x, DType::BF16)?;
     check::expect_dtype(OP, "w13", w13, DType::BF16)?;
     check::expect_dtype(OP, "w2", w2, DType::BF16)?;
@@ -139,13 +106,7 @@ fn validate(
             ),
         });
     }
-    Ok(Dims {
-        tokens,
-        hidden,
-        experts,
-        intermediate,
-        top_k,
-    })
+    Ok(dims)
 }
 
 pub(crate) fn moe_experts(
@@ -157,13 +118,13 @@ pub(crate) fn moe_experts(
     topk_weights: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "moe_experts";
-    let Dims {
+    let ExpertDims {
         tokens,
         hidden,
         experts,
         intermediate,
         top_k,
-    } = validate(x, w13, w2, topk_ids, topk_weights)?;
+    } = check_experts(x, w13, w2, topk_ids, topk_weights)?;
     check_ids(be, topk_ids, experts)?;
     let pairs = tokens * top_k;
     if pairs == 0 || hidden == 0 {

@@ -20,25 +20,7 @@ fn check(op: &'static str, x: &Tensor, weight: &Tensor) -> Result<(usize, usize)
 }
 
 pub(crate) fn rms_norm(be: &CudaBackend, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-    const OP: &str = "rms_norm";
-    let (rows, cols) = check(OP, x, weight)?;
-    let out = be.alloc(x.shape(), DType::BF16)?;
-    if rows == 0 || cols == 0 {
-        return Ok(out);
-    }
-    let cols_i = as_i32(OP, "columns", cols)?;
-    let f = be.function(&format!("rms_norm_w{}", float_suffix(weight.dtype())))?;
-    let mut launch = be.stream().launch_builder(&f);
-    launch
-        .arg(device_buf(&out, OP)?)
-        .arg(device_buf(x, OP)?)
-        .arg(device_buf(weight, OP)?)
-        .arg(&cols_i)
-        .arg(&eps);
-    let cfg = per_row(OP, rows, row_threads(cols))?;
-    // SAFETY: matches `rms_norm_w*` in dense.cu; shapes validated above.
-    unsafe { launch.launch(cfg) }.map_err(cuda_err(OP))?;
-    Ok(out)
+    launch_norm(be, "rms_norm", "rms_norm_w", x, None, weight, eps)
 }
 
 pub(crate) fn add_rms_norm(
@@ -48,26 +30,54 @@ pub(crate) fn add_rms_norm(
     weight: &Tensor,
     eps: f32,
 ) -> Result<Tensor> {
-    const OP: &str = "add_rms_norm";
-    let (rows, cols) = check(OP, x, weight)?;
-    expect_dtype(OP, "residual", residual, DType::BF16)?;
-    expect_shape(OP, residual, x.shape())?;
+    // The kernel writes `residual` in place through its device pointer.
+    launch_norm(
+        be,
+        "add_rms_norm",
+        "add_rms_norm_w",
+        x,
+        Some(&*residual),
+        weight,
+        eps,
+    )
+}
+
+/// Validates and launches `{kernel}{weight dtype}`. With a `residual` (the fused
+/// variant, which must be bf16 shaped like `x`) the kernel takes it between the output
+/// and `x`, as in dense.cu.
+fn launch_norm(
+    be: &CudaBackend,
+    op: &'static str,
+    kernel: &str,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    weight: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    let (rows, cols) = check(op, x, weight)?;
+    if let Some(residual) = residual {
+        expect_dtype(op, "residual", residual, DType::BF16)?;
+        expect_shape(op, residual, x.shape())?;
+    }
     let out = be.alloc(x.shape(), DType::BF16)?;
     if rows == 0 || cols == 0 {
         return Ok(out);
     }
-    let cols_i = as_i32(OP, "columns", cols)?;
-    let f = be.function(&format!("add_rms_norm_w{}", float_suffix(weight.dtype())))?;
+    let cols_i = as_i32(op, "columns", cols)?;
+    let f = be.function(&format!("{kernel}{}", float_suffix(weight.dtype())))?;
     let mut launch = be.stream().launch_builder(&f);
+    launch.arg(device_buf(&out, op)?);
+    if let Some(residual) = residual {
+        launch.arg(device_buf(residual, op)?);
+    }
     launch
-        .arg(device_buf(&out, OP)?)
-        .arg(device_buf(residual, OP)?)
-        .arg(device_buf(x, OP)?)
-        .arg(device_buf(weight, OP)?)
+        .arg(device_buf(x, op)?)
+        .arg(device_buf(weight, op)?)
         .arg(&cols_i)
         .arg(&eps);
-    let cfg = per_row(OP, rows, row_threads(cols))?;
-    // SAFETY: matches `add_rms_norm_w*` in dense.cu; the kernel writes `residual` in place.
-    unsafe { launch.launch(cfg) }.map_err(cuda_err(OP))?;
+    let cfg = per_row(op, rows, row_threads(cols))?;
+    // SAFETY: matches `rms_norm_w*` / `add_rms_norm_w*` in dense.cu (the latter takes the
+    // residual second and updates it in place); shapes validated above.
+    unsafe { launch.launch(cfg) }.map_err(cuda_err(op))?;
     Ok(out)
 }

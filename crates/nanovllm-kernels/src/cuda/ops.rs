@@ -9,29 +9,10 @@ use crate::attention::AttentionMetadata;
 use crate::backend::{Backend, Device};
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
+use crate::host_bytes::{host_bytes, host_bytes_mut};
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::{CpuStorage, Tensor};
-
-/// The bytes of a host buffer, for copies to the device.
-fn host_bytes(s: &CpuStorage) -> &[u8] {
-    match s {
-        CpuStorage::F32(v) => bytemuck::cast_slice(v),
-        CpuStorage::BF16(v) => bytemuck::cast_slice(v),
-        CpuStorage::F16(v) => bytemuck::cast_slice(v),
-        CpuStorage::U32(v) => bytemuck::cast_slice(v),
-        CpuStorage::I64(v) => bytemuck::cast_slice(v),
-    }
-}
-
-fn host_bytes_mut(s: &mut CpuStorage) -> &mut [u8] {
-    match s {
-        CpuStorage::F32(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::BF16(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::U32(v) => bytemuck::cast_slice_mut(v),
-        CpuStorage::I64(v) => bytemuck::cast_slice_mut(v),
-    }
-}
+use crate::validate;
 
 impl CudaBackend {
     /// Host copies synchronise with the host, which a stream capture forbids.
@@ -131,18 +112,7 @@ impl Backend for CudaBackend {
 
     fn copy_from_host(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
         self.not_capturing("copy_from_host")?;
-        if src.shape() != dst.shape() || src.dtype() != dst.dtype() {
-            return Err(KernelError::Invalid {
-                op: "copy_from_host",
-                msg: format!(
-                    "source is {:?} {}, destination {:?} {}",
-                    src.shape(),
-                    src.dtype(),
-                    dst.shape(),
-                    dst.dtype()
-                ),
-            });
-        }
+        validate::same_layout("copy_from_host", src, dst)?;
         let host = src.cpu("copy_from_host")?;
         let bytes = host_bytes(host);
         if bytes.is_empty() {

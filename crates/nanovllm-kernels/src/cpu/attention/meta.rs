@@ -1,10 +1,12 @@
 //! Validation of attention inputs: head counts from `q` and the cache, and the packed
-//! batch described by [`AttentionMetadata`]. After these checks the kernels may index
-//! `q`, the block tables and the cache without further bounds worries.
+//! batch described by [`AttentionMetadata`] (the checks themselves are shared with CUDA,
+//! in [`crate::validate::attention`]; this file reads the CPU buffers). After these checks
+//! the kernels may index `q`, the block tables and the cache without further bounds worries.
 
 use crate::attention::AttentionMetadata;
-use crate::error::{KernelError, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
+use crate::validate;
 
 use super::super::check;
 use super::super::kv::CacheGeometry;
@@ -25,26 +27,8 @@ pub(super) fn heads(
     q: &Tensor,
     geometry: &CacheGeometry,
 ) -> Result<(usize, Heads)> {
-    let (rows, width) = check::dims2(op, "q", q)?;
     let head_dim = geometry.head_dim;
-    if width % head_dim != 0 || width == 0 {
-        return Err(KernelError::Invalid {
-            op,
-            msg: format!(
-                "q row width {width} is not a positive multiple of the cache head_dim {head_dim}"
-            ),
-        });
-    }
-    let heads = width / head_dim;
-    if heads % geometry.kv_heads != 0 {
-        return Err(KernelError::Invalid {
-            op,
-            msg: format!(
-                "{heads} query heads are not a multiple of the cache's {} KV heads",
-                geometry.kv_heads
-            ),
-        });
-    }
+    let (rows, heads) = validate::attention::query_heads(op, q, head_dim, geometry.kv_heads)?;
     Ok((
         rows,
         Heads {
@@ -97,90 +81,33 @@ pub(super) fn batch<'a>(
     num_q_rows: usize,
     prefill: bool,
 ) -> Result<Batch<'a>> {
-    let num_seqs = meta.num_seqs;
-    if meta.block_size != geometry.block_size {
-        return Err(KernelError::Invalid {
-            op,
-            msg: format!(
-                "metadata block_size {} differs from the cache's {}",
-                meta.block_size, geometry.block_size
-            ),
-        });
-    }
-    check::dims1(op, "context_lens", &meta.context_lens)?;
-    check::expect_shape(op, &meta.context_lens, &[num_seqs])?;
+    let max_blocks =
+        validate::attention::metadata_shapes(op, meta, geometry.block_size, num_q_rows, prefill)?;
     let context_lens = check::u32s(op, "context_lens", &meta.context_lens)?;
-    let (_, max_blocks) = check::dims2(op, "block_tables", &meta.block_tables)?;
-    check::expect_shape(op, &meta.block_tables, &[num_seqs, max_blocks])?;
     let block_tables = check::u32s(op, "block_tables", &meta.block_tables)?;
-
     let cu_seqlens_q = if prefill {
-        check::dims1(op, "cu_seqlens_q", &meta.cu_seqlens_q)?;
-        check::expect_shape(op, &meta.cu_seqlens_q, &[num_seqs + 1])?;
-        let cu = check::u32s(op, "cu_seqlens_q", &meta.cu_seqlens_q)?;
-        check_cu_seqlens(op, cu, context_lens, num_q_rows)?;
-        Some(cu)
+        Some(check::u32s(op, "cu_seqlens_q", &meta.cu_seqlens_q)?)
     } else {
-        if num_q_rows != num_seqs {
-            return Err(KernelError::Invalid {
-                op,
-                msg: format!("decode needs one query row per sequence: q has {num_q_rows} rows for {num_seqs} sequences"),
-            });
-        }
         None
     };
-
-    for (s, &context_len) in context_lens.iter().enumerate() {
-        let needed = (context_len as usize).div_ceil(geometry.block_size);
-        if needed > max_blocks {
-            return Err(KernelError::Invalid {
-                op,
-                msg: format!(
-                    "sequence {s} has context_len {context_len}, needing {needed} blocks, \
-                     but block_tables has only {max_blocks} columns"
-                ),
-            });
-        }
-        let used = &block_tables[s * max_blocks..s * max_blocks + needed];
-        check::indices_below(op, used, geometry.num_blocks)?;
-    }
+    let values = validate::attention::MetadataValues {
+        cu_seqlens_q,
+        context_lens,
+        block_tables,
+        max_blocks,
+    };
+    validate::attention::metadata_values(
+        op,
+        &values,
+        num_q_rows,
+        geometry.block_size,
+        geometry.num_blocks,
+        None,
+    )?;
     Ok(Batch {
         cu_seqlens_q,
         context_lens,
         block_tables,
         max_blocks,
     })
-}
-
-/// `cu` starts at 0, never decreases, ends at `num_q_rows`, and no sequence has more
-/// new tokens than visible keys.
-fn check_cu_seqlens(
-    op: &'static str,
-    cu: &[u32],
-    context_lens: &[u32],
-    num_q_rows: usize,
-) -> Result<()> {
-    let invalid = |msg: String| Err(KernelError::Invalid { op, msg });
-    if cu.first() != Some(&0) {
-        return invalid(format!("cu_seqlens_q must start at 0, got {cu:?}"));
-    }
-    for (s, pair) in cu.windows(2).enumerate() {
-        if pair[1] < pair[0] {
-            return invalid(format!("cu_seqlens_q decreases at sequence {s}: {cu:?}"));
-        }
-        let q_len = pair[1] - pair[0];
-        if q_len > context_lens[s] {
-            return invalid(format!(
-                "sequence {s} has {q_len} new tokens but context_len {} (must be ≥ q_len)",
-                context_lens[s]
-            ));
-        }
-    }
-    let last = cu.last().copied().unwrap_or(0) as usize;
-    if last != num_q_rows {
-        return invalid(format!(
-            "cu_seqlens_q ends at {last} but q has {num_q_rows} rows"
-        ));
-    }
-    Ok(())
 }

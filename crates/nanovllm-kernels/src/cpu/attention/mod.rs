@@ -24,6 +24,7 @@ use crate::attention::AttentionMetadata;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::Tensor;
+use crate::validate;
 
 use super::check;
 use super::kv::{CacheGeometry, KvBuffers, KvElem};
@@ -46,8 +47,7 @@ pub(crate) fn prefill_attention(
     let geometry = CacheGeometry::of(OP, cache)?;
     let (rows, heads) = meta::heads(OP, q, &geometry)?;
     // The new keys/values are read back from the cache; check they match it anyway.
-    check::expect_shape(OP, k, &[rows, geometry.row_width()])?;
-    check::expect_shape(OP, v, &[rows, geometry.row_width()])?;
+    validate::attention::new_kv_shapes(OP, k, v, rows, geometry.row_width())?;
     let batch = meta::batch(OP, meta, &geometry, rows, true)?;
     run(OP, q, cache, geometry, heads, &batch, scale)
 }

@@ -10,8 +10,9 @@
 //! ```
 //! Every step is linear in the number of routed pairs; experts without pairs get no work.
 
-use crate::error::{KernelError, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
+use crate::validate::moe::{expert_shapes, ExpertDims};
 
 use super::super::activation::silu_mul;
 use super::super::check::{self, Floats};
@@ -19,56 +20,6 @@ use super::super::parallel::for_each_row;
 use super::grouped_gemm::{grouped_matmul, GroupedShape};
 
 const OP: &str = "moe_experts";
-
-/// `[a, b, c]` of a 3-d tensor.
-fn dims3(arg: &'static str, t: &Tensor) -> Result<(usize, usize, usize)> {
-    match *t.shape() {
-        [a, b, c] => Ok((a, b, c)),
-        _ => Err(check::wrong_rank(OP, arg, 3, t)),
-    }
-}
-
-/// Validated shapes of one call.
-struct Dims {
-    tokens: usize,
-    hidden: usize,
-    experts: usize,
-    intermediate: usize,
-    top_k: usize,
-}
-
-fn validate(
-    x: &Tensor,
-    w13: &Tensor,
-    w2: &Tensor,
-    topk_ids: &Tensor,
-    topk_weights: &Tensor,
-) -> Result<Dims> {
-    let (tokens, hidden) = check::dims2(OP, "x", x)?;
-    let (experts, rows13, cols13) = dims3("w13", w13)?;
-    if cols13 != hidden || rows13 % 2 != 0 {
-        return Err(KernelError::Invalid {
-            op: OP,
-            msg: format!(
-                "w13 {:?} must be [experts, 2·intermediate, hidden] with hidden {hidden} (x is {:?})",
-                w13.shape(),
-                x.shape()
-            ),
-        });
-    }
-    let intermediate = rows13 / 2;
-    check::expect_shape(OP, w2, &[experts, hidden, intermediate])?;
-    let (id_rows, top_k) = check::dims2(OP, "topk_ids", topk_ids)?;
-    check::expect_shape(OP, topk_ids, &[tokens, top_k])?;
-    check::expect_shape(OP, topk_weights, &[id_rows, top_k])?;
-    Ok(Dims {
-        tokens,
-        hidden,
-        experts,
-        intermediate,
-        top_k,
-    })
-}
 
 /// The (token, slot) pairs bucketed by expert.
 struct Buckets {
@@ -112,13 +63,13 @@ pub(crate) fn moe_experts(
     topk_ids: &Tensor,
     topk_weights: &Tensor,
 ) -> Result<Tensor> {
-    let Dims {
+    let ExpertDims {
         tokens,
         hidden,
         experts,
         intermediate,
         top_k,
-    } = validate(x, w13, w2, topk_ids, topk_weights)?;
+    } = expert_shapes(OP, x, w13, w2, topk_ids, topk_weights)?;
     let xs = check::f32s(OP, "x", x)?;
     let w13s = check::floats(OP, "w13", w13)?;
     let w2s = check::floats(OP, "w2", w2)?;

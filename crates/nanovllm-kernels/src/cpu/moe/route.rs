@@ -6,24 +6,16 @@
 //! the first maximum), then `w_j = p_j / Σ_j p_j` with the sum taken in that order.
 //! Sequential: `T · E` exponentials are noise next to the expert GEMMs that follow.
 
-use crate::error::{KernelError, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
+use crate::validate;
 
 use super::super::check;
 
 const OP: &str = "moe_route";
 
 pub(crate) fn moe_route(router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
-    let (tokens, experts) = check::dims2(OP, "router_logits", router_logits)?;
-    if top_k == 0 || top_k > experts {
-        return Err(KernelError::Invalid {
-            op: OP,
-            msg: format!(
-                "top_k {top_k} must be between 1 and the number of experts {experts} \
-                 (num_experts_per_tok ≤ num_local_experts)"
-            ),
-        });
-    }
+    let (tokens, experts) = validate::moe::route_shapes(OP, router_logits, top_k)?;
     let logits = check::f32s(OP, "router_logits", router_logits)?;
     let mut topk_ids = vec![0u32; tokens * top_k];
     let mut topk_weights = vec![0f32; tokens * top_k];

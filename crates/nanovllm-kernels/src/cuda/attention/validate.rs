@@ -1,5 +1,6 @@
 //! Host-side validation of attention inputs on CUDA: ranks, shapes and dtypes always
-//! (no device access), and — in debug builds outside graph capture — the metadata
+//! (no device access; the checks common to both backends are in
+//! [`crate::validate::attention`]), and — in debug builds outside graph capture — the metadata
 //! *values* (offsets, lengths, block ids), which needs a device-to-host copy. Errors
 //! match the CPU backend's (`src/cpu/attention/meta.rs`) kind for kind.
 //!
@@ -12,6 +13,10 @@ use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::Tensor;
+
+use crate::validate;
+use crate::validate::attention::Bounds;
+pub(crate) use crate::validate::attention::MetadataValues;
 
 use super::super::check;
 
@@ -62,26 +67,8 @@ pub(crate) fn geometry(op: &'static str, cache: &LayerKvCache) -> Result<Geometr
 
 /// `(rows, heads)` of `q: bf16 [rows, heads * head_dim]`, checked against the cache.
 pub(crate) fn heads(op: &'static str, q: &Tensor, geometry: &Geometry) -> Result<(usize, usize)> {
-    let (rows, width) = check::dims2(op, "q", q)?;
-    let head_dim = geometry.head_dim;
-    if width % head_dim != 0 || width == 0 {
-        return Err(KernelError::Invalid {
-            op,
-            msg: format!(
-                "q row width {width} is not a positive multiple of the cache head_dim {head_dim}"
-            ),
-        });
-    }
-    let heads = width / head_dim;
-    if heads % geometry.kv_heads != 0 {
-        return Err(KernelError::Invalid {
-            op,
-            msg: format!(
-                "{heads} query heads are not a multiple of the cache's {} KV heads",
-                geometry.kv_heads
-            ),
-        });
-    }
+    let (rows, heads) =
+        validate::attention::query_heads(op, q, geometry.head_dim, geometry.kv_heads)?;
     check::expect_dtype(op, "q", q, DType::BF16)?;
     Ok((rows, heads))
 }
@@ -95,38 +82,12 @@ pub(crate) fn metadata_shapes(
     rows: usize,
     prefill: bool,
 ) -> Result<usize> {
-    let num_seqs = meta.num_seqs;
-    if meta.block_size != geometry.block_size {
+    let max_blocks =
+        validate::attention::metadata_shapes(op, meta, geometry.block_size, rows, prefill)?;
+    if prefill && rows > 0 && meta.max_seqlen_q == 0 {
         return Err(KernelError::Invalid {
             op,
-            msg: format!(
-                "metadata block_size {} differs from the cache's {}",
-                meta.block_size, geometry.block_size
-            ),
-        });
-    }
-    check::dims1(op, "context_lens", &meta.context_lens)?;
-    check::expect_shape(op, &meta.context_lens, &[num_seqs])?;
-    check::expect_dtype(op, "context_lens", &meta.context_lens, DType::U32)?;
-    let (_, max_blocks) = check::dims2(op, "block_tables", &meta.block_tables)?;
-    check::expect_shape(op, &meta.block_tables, &[num_seqs, max_blocks])?;
-    check::expect_dtype(op, "block_tables", &meta.block_tables, DType::U32)?;
-    if prefill {
-        check::dims1(op, "cu_seqlens_q", &meta.cu_seqlens_q)?;
-        check::expect_shape(op, &meta.cu_seqlens_q, &[num_seqs + 1])?;
-        check::expect_dtype(op, "cu_seqlens_q", &meta.cu_seqlens_q, DType::U32)?;
-        if rows > 0 && meta.max_seqlen_q == 0 {
-            return Err(KernelError::Invalid {
-                op,
-                msg: format!("max_seqlen_q is 0 but q has {rows} rows"),
-            });
-        }
-    } else if rows != num_seqs {
-        return Err(KernelError::Invalid {
-            op,
-            msg: format!(
-                "decode needs one query row per sequence: q has {rows} rows for {num_seqs} sequences"
-            ),
+            msg: format!("max_seqlen_q is 0 but q has {rows} rows"),
         });
     }
     if max_blocks.saturating_mul(geometry.block_size) > u32::MAX as usize {
@@ -138,17 +99,8 @@ pub(crate) fn metadata_shapes(
     Ok(max_blocks)
 }
 
-/// Host copies of the metadata values.
-pub(crate) struct MetadataValues<'a> {
-    /// `None` in decode.
-    pub cu_seqlens_q: Option<&'a [u32]>,
-    pub context_lens: &'a [u32],
-    pub block_tables: &'a [u32],
-    pub max_blocks: usize,
-}
-
-/// The same value checks as the CPU backend, plus the host upper bounds the CUDA grids
-/// are sized by (`max_seqlen_q`, `max_context_len`).
+/// The value checks shared with the CPU backend, plus the host upper bounds the CUDA
+/// grids are sized by (`max_seqlen_q`, `max_context_len`).
 pub(crate) fn metadata_values(
     op: &'static str,
     values: &MetadataValues<'_>,
@@ -156,65 +108,24 @@ pub(crate) fn metadata_values(
     geometry: &Geometry,
     rows: usize,
 ) -> Result<()> {
-    let invalid = |msg: String| Err(KernelError::Invalid { op, msg });
-    let context_lens = values.context_lens;
-    if let Some(cu) = values.cu_seqlens_q {
-        if cu.first() != Some(&0) {
-            return invalid(format!("cu_seqlens_q must start at 0, got {cu:?}"));
-        }
-        for (s, pair) in cu.windows(2).enumerate() {
-            if pair[1] < pair[0] {
-                return invalid(format!("cu_seqlens_q decreases at sequence {s}: {cu:?}"));
-            }
-            let q_len = pair[1] - pair[0];
-            if q_len > context_lens[s] {
-                return invalid(format!(
-                    "sequence {s} has {q_len} new tokens but context_len {} (must be ≥ q_len)",
-                    context_lens[s]
-                ));
-            }
-            if q_len as usize > meta.max_seqlen_q {
-                return invalid(format!(
-                    "sequence {s} has {q_len} new tokens but max_seqlen_q is {}",
-                    meta.max_seqlen_q
-                ));
-            }
-        }
-        let last = cu.last().copied().unwrap_or(0) as usize;
-        if last != rows {
-            return invalid(format!("cu_seqlens_q ends at {last} but q has {rows} rows"));
-        }
-    }
-    for (s, &context_len) in context_lens.iter().enumerate() {
-        let needed = (context_len as usize).div_ceil(geometry.block_size);
-        if needed > values.max_blocks {
-            return invalid(format!(
-                "sequence {s} has context_len {context_len}, needing {needed} blocks, \
-                 but block_tables has only {} columns",
-                values.max_blocks
-            ));
-        }
-        if context_len as usize > meta.max_context_len {
-            return invalid(format!(
-                "sequence {s} has context_len {context_len} but max_context_len is {}",
-                meta.max_context_len
-            ));
-        }
-        let row = &values.block_tables[s * values.max_blocks..s * values.max_blocks + needed];
-        if let Some(&index) = row.iter().find(|&&b| b as usize >= geometry.num_blocks) {
-            return Err(KernelError::IndexOutOfRange {
-                op,
-                index: index as usize,
-                size: geometry.num_blocks,
-            });
-        }
-    }
-    Ok(())
+    let bounds = Bounds {
+        max_seqlen_q: meta.max_seqlen_q,
+        max_context_len: meta.max_context_len,
+    };
+    validate::attention::metadata_values(
+        op,
+        values,
+        rows,
+        geometry.block_size,
+        geometry.num_blocks,
+        Some(bounds),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::attention::test_metadata as meta;
 
     fn geometry() -> Geometry {
         Geometry {
@@ -223,20 +134,6 @@ mod tests {
             kv_heads: 2,
             head_dim: 8,
             dtype: DType::BF16,
-        }
-    }
-
-    fn meta() -> AttentionMetadata {
-        AttentionMetadata {
-            is_prefill: true,
-            num_seqs: 2,
-            block_size: 4,
-            cu_seqlens_q: Tensor::zeros_cpu(&[3], DType::U32),
-            context_lens: Tensor::zeros_cpu(&[2], DType::U32),
-            block_tables: Tensor::zeros_cpu(&[2, 2], DType::U32),
-            slot_mapping: Tensor::zeros_cpu(&[3], DType::I64),
-            max_seqlen_q: 2,
-            max_context_len: 8,
         }
     }
 
@@ -250,23 +147,15 @@ mod tests {
         metadata_values("t", &values, &meta(), &geometry(), rows)
     }
 
+    /// The value checks themselves are tested in `crate::validate::attention`; this
+    /// wrapper adds the bounds from the metadata (max_seqlen_q 2, max_context_len 8).
     #[test]
-    fn good_metadata_passes() {
-        check(Some(&[0, 2, 3]), &[5, 8], &[0, 1, 2, 3], 3).unwrap();
-        check(None, &[0, 8], &[9, 9, 2, 3], 2).unwrap(); // a padding row reads no blocks
-    }
-
-    #[test]
-    fn bad_values_give_the_cpu_error_kinds() {
+    fn values_must_respect_the_grid_bounds_of_the_metadata() {
         let invalid = |r: Result<()>| matches!(r, Err(KernelError::Invalid { .. }));
-        assert!(invalid(check(Some(&[1, 2, 3]), &[5, 8], &[0, 1, 2, 3], 3)));
-        assert!(invalid(check(Some(&[0, 2, 1]), &[5, 8], &[0, 1, 2, 3], 1)));
-        assert!(invalid(check(Some(&[0, 2, 3]), &[1, 8], &[0, 1, 2, 3], 3)));
-        assert!(invalid(check(Some(&[0, 2, 4]), &[5, 8], &[0, 1, 2, 3], 3)));
+        check(Some(&[0, 2, 3]), &[5, 8], &[0, 1, 2, 3], 3).unwrap();
         // More new tokens than the max_seqlen_q bound the grid is sized by.
         assert!(invalid(check(Some(&[0, 3, 4]), &[5, 8], &[0, 1, 2, 3], 4)));
-        // Beyond the block table, and beyond max_context_len.
-        assert!(invalid(check(None, &[5, 9], &[0, 1, 2, 3], 2)));
+        // Beyond max_context_len (the block table would hold it).
         let mut short = meta();
         short.max_context_len = 4;
         let values = MetadataValues {
@@ -282,6 +171,7 @@ mod tests {
             &geometry(),
             2
         )));
+        // The shared checks run too.
         assert!(matches!(
             check(None, &[5, 8], &[0, 4, 2, 3], 2),
             Err(KernelError::IndexOutOfRange {
