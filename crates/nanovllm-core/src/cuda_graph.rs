@@ -128,7 +128,7 @@ mod captured {
     use std::sync::Arc;
 
     use nanovllm_kernels::cuda::{CudaBackend, CudaGraph};
-    use nanovllm_kernels::{AttentionMetadata, Backend, CpuStorage, DType, KvCache, Tensor};
+    use nanovllm_kernels::{AttentionMetadata, Backend, CpuStorage, KvCache, Storage, Tensor};
     use nanovllm_models::{ForwardInput, Model};
     use nanovllm_scheduler::ScheduledBatch;
 
@@ -145,18 +145,7 @@ mod captured {
         input: ForwardInput,
         /// Static `[batch_size, hidden]` buffer the graph's last node writes.
         hidden: Tensor,
-        /// Host twins of the refilled inputs (same shapes), reused every step.
-        host: HostTwins,
         graph: CudaGraph,
-    }
-
-    /// Host tensors shaped like a graph's static inputs.
-    struct HostTwins {
-        input_ids: Tensor,
-        positions: Tensor,
-        context_lens: Tensor,
-        block_tables: Tensor,
-        slot_mapping: Tensor,
     }
 
     /// The decode graphs of one runner, ascending by batch size.
@@ -242,17 +231,12 @@ mod captured {
                 .ok_or_else(|| EngineError::Internal(format!("graph {b} missing")))?;
             let cuda = self.cuda.as_ref();
             let g = &mut self.graphs[index];
-            let s = &self.staging;
-            set_u32(&mut g.host.input_ids, &s.input_ids)?;
-            set_u32(&mut g.host.positions, &s.positions)?;
-            set_u32(&mut g.host.context_lens, &s.context_lens)?;
-            set_u32(&mut g.host.block_tables, &s.block_tables)?;
-            set_i64(&mut g.host.slot_mapping, &s.slot_mapping)?;
-            cuda.copy_from_host(&g.host.input_ids, &mut g.input.input_ids)?;
-            cuda.copy_from_host(&g.host.positions, &mut g.input.positions)?;
-            cuda.copy_from_host(&g.host.context_lens, &mut g.input.attn.context_lens)?;
-            cuda.copy_from_host(&g.host.block_tables, &mut g.input.attn.block_tables)?;
-            cuda.copy_from_host(&g.host.slot_mapping, &mut g.input.attn.slot_mapping)?;
+            let s = &mut self.staging;
+            copy_u32(cuda, &mut s.input_ids, &mut g.input.input_ids)?;
+            copy_u32(cuda, &mut s.positions, &mut g.input.positions)?;
+            copy_u32(cuda, &mut s.context_lens, &mut g.input.attn.context_lens)?;
+            copy_u32(cuda, &mut s.block_tables, &mut g.input.attn.block_tables)?;
+            copy_i64(cuda, &mut s.slot_mapping, &mut g.input.attn.slot_mapping)?;
             g.graph.launch()?;
             Ok(&g.hidden)
         }
@@ -269,24 +253,19 @@ mod captured {
     ) -> Result<CapturedDecode> {
         let be: &dyn Backend = cuda.as_ref();
         // Padding everywhere: the capture itself writes no KV and reads nothing.
-        let host = HostTwins {
-            input_ids: Tensor::from_u32(vec![0; b], &[b])?,
-            positions: Tensor::from_u32(vec![0; b], &[b])?,
-            context_lens: Tensor::from_u32(vec![0; b], &[b])?,
-            block_tables: Tensor::from_u32(vec![0; b * width], &[b, width])?,
-            slot_mapping: Tensor::from_i64(vec![-1; b], &[b])?,
-        };
+        let zeros =
+            |shape: &[usize]| be.upload(Tensor::zeros_cpu(shape, nanovllm_kernels::DType::U32));
         let input = ForwardInput {
-            input_ids: be.upload(host.input_ids.clone())?,
-            positions: be.upload(host.positions.clone())?,
+            input_ids: zeros(&[b])?,
+            positions: zeros(&[b])?,
             attn: AttentionMetadata {
                 is_prefill: false,
                 num_seqs: b,
                 block_size,
                 cu_seqlens_q: be.upload(Tensor::from_u32((0..=b as u32).collect(), &[b + 1])?)?,
-                context_lens: be.upload(host.context_lens.clone())?,
-                block_tables: be.upload(host.block_tables.clone())?,
-                slot_mapping: be.upload(host.slot_mapping.clone())?,
+                context_lens: zeros(&[b])?,
+                block_tables: zeros(&[b, width])?,
+                slot_mapping: be.upload(Tensor::from_i64(vec![-1; b], &[b])?)?,
                 max_seqlen_q: 1,
                 max_context_len: max_model_len,
             },
@@ -310,35 +289,28 @@ mod captured {
             batch_size: b,
             input,
             hidden,
-            host,
             graph,
         })
     }
 
-    fn set_u32(dst: &mut Tensor, src: &[u32]) -> Result<()> {
-        match dst.cpu_mut("graph_input")? {
-            CpuStorage::U32(v) if v.len() == src.len() => {
-                v.copy_from_slice(src);
-                Ok(())
-            }
-            _ => Err(host_twin_mismatch(src.len(), DType::U32)),
+    /// Copies a staging vector into a static device input. The vector is lent to a host
+    /// tensor for the copy and taken back: no second host copy, and its capacity stays.
+    fn copy_u32(cuda: &CudaBackend, staged: &mut Vec<u32>, dst: &mut Tensor) -> Result<()> {
+        let host = Tensor::from_u32(std::mem::take(staged), dst.shape())?;
+        let copied = cuda.copy_from_host(&host, dst);
+        if let Storage::Cpu(CpuStorage::U32(v)) = host.into_storage() {
+            *staged = v;
         }
+        Ok(copied?)
     }
 
-    fn set_i64(dst: &mut Tensor, src: &[i64]) -> Result<()> {
-        match dst.cpu_mut("graph_input")? {
-            CpuStorage::I64(v) if v.len() == src.len() => {
-                v.copy_from_slice(src);
-                Ok(())
-            }
-            _ => Err(host_twin_mismatch(src.len(), DType::I64)),
+    fn copy_i64(cuda: &CudaBackend, staged: &mut Vec<i64>, dst: &mut Tensor) -> Result<()> {
+        let host = Tensor::from_i64(std::mem::take(staged), dst.shape())?;
+        let copied = cuda.copy_from_host(&host, dst);
+        if let Storage::Cpu(CpuStorage::I64(v)) = host.into_storage() {
+            *staged = v;
         }
-    }
-
-    fn host_twin_mismatch(len: usize, dtype: DType) -> EngineError {
-        EngineError::Internal(format!(
-            "graph input staging of {len} {dtype:?} values does not match its host buffer"
-        ))
+        Ok(copied?)
     }
 }
 
