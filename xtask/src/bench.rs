@@ -52,7 +52,7 @@ pub struct BenchArgs {
     pub kv_cache_memory_gib: Option<f64>,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
     #[arg(long)]
-    pub gpu_memory_utilization: Option<f32>,
+    pub gpu_memory_utilization: Option<f64>,
     /// Run decode eagerly, without CUDA graphs (CUDA).
     #[arg(long)]
     pub enforce_eager: bool,

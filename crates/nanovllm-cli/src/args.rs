@@ -129,7 +129,7 @@ pub struct EngineArgs {
     pub kv_cache_dtype: Option<KvDTypeArg>,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
     #[arg(long)]
-    pub gpu_memory_utilization: Option<f32>,
+    pub gpu_memory_utilization: Option<f64>,
     /// Number of tensor-parallel ranks [default: 1].
     #[arg(long)]
     pub tensor_parallel_size: Option<usize>,

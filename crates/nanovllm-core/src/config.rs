@@ -77,7 +77,7 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     /// Fraction of the GPU's total memory the engine may use: weights, activations, the
     /// KV cache (sized to fill what is left) and CUDA graphs (CUDA only).
-    pub gpu_memory_utilization: f32,
+    pub gpu_memory_utilization: f64,
     pub tensor_parallel_size: usize,
     /// Never capture CUDA graphs (CUDA only).
     pub enforce_eager: bool,

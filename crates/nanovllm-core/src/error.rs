@@ -48,7 +48,7 @@ pub enum EngineError {
     /// GPU memory within `gpu_memory_utilization` leaves no room for a single KV block.
     #[error("gpu_memory_utilization = {gpu_memory_utilization} allows {allowed_bytes} of the GPU's {total_bytes} bytes, but {used_bytes} are in use (weights, CUDA context, other processes) and a prefill of max_num_batched_tokens needs {peak_activation_bytes} more for activations: no room for one KV block of {bytes_per_block} bytes. Raise gpu_memory_utilization, lower max_num_batched_tokens, or free GPU memory")]
     GpuMemoryTooSmall {
-        gpu_memory_utilization: f32,
+        gpu_memory_utilization: f64,
         total_bytes: u64,
         allowed_bytes: u64,
         used_bytes: u64,

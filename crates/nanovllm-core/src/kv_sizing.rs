@@ -100,16 +100,10 @@ pub struct GpuMemory {
 /// `gpu_memory_utilization`.
 pub fn gpu_num_kvcache_blocks(
     memory: GpuMemory,
-    gpu_memory_utilization: f32,
+    gpu_memory_utilization: f64,
     bytes_per_block: usize,
 ) -> Result<usize> {
-    // Through the shortest decimal form, so that 0.9 means 0.9 and not 0.899999976 (f32):
-    // 2 KiB short of 72 GiB on an 80 GiB device would lose a block.
-    let utilization: f64 = gpu_memory_utilization
-        .to_string()
-        .parse()
-        .unwrap_or(gpu_memory_utilization as f64);
-    let allowed_bytes = (memory.total_bytes as f64 * utilization) as u64;
+    let allowed_bytes = (memory.total_bytes as f64 * gpu_memory_utilization) as u64;
     let used_bytes = memory.total_bytes.saturating_sub(memory.free_bytes);
     let budget = allowed_bytes
         .saturating_sub(used_bytes)

@@ -190,7 +190,7 @@ fn the_kv_cache_is_sized_from_gpu_memory_utilization() {
         return;
     }
     let (prompts, block_size) = prompts("qwen3-tiny");
-    let sized = |util: f32| EngineConfig {
+    let sized = |util: f64| EngineConfig {
         num_kvcache_blocks: None,
         gpu_memory_utilization: util,
         max_num_batched_tokens: 2048,
