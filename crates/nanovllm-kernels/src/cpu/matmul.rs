@@ -18,7 +18,7 @@ use crate::tensor::Tensor;
 
 use super::check::{self, Floats};
 use super::gemv;
-use super::parallel::worth_parallel;
+use super::parallel::{worth_parallel, OutPtr};
 
 const OP: &str = "matmul";
 
@@ -109,19 +109,6 @@ pub(crate) unsafe fn gemm_x_wt(
         false,
         parallelism,
     )
-}
-
-/// Output pointer shared by tile tasks that write disjoint column blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (see `matmul_tiled`), and the buffer outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    /// A method (not field access) so closures capture the whole `Send + Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// W rows per tile: fills [`TILE_ELEMS`], but leaves ≥ 4 tiles per thread for balance.

@@ -6,6 +6,21 @@
 
 use rayon::prelude::*;
 
+/// An output buffer shared by parallel tasks that each write their own disjoint
+/// elements (the callers' tilings guarantee it); the buffer outlives the tasks.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: see the type's docs: no element is written by two tasks, none is read while
+// tasks run, and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    /// A method (not field access) so closures capture the whole `Send + Sync` wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Scalar operations worth one rayon task.
 pub(crate) const PAR_GRAIN: usize = 1 << 15;
 

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::super::check::Floats;
 use super::super::matmul::gemm_x_wt;
-use super::super::parallel::worth_parallel;
+use super::super::parallel::{worth_parallel, OutPtr};
 use super::super::simd::{dot_bf16, dot_f32};
 
 /// Up to this many rows an expert takes the dot-product path (see the module docs).
@@ -55,19 +55,6 @@ struct Item {
     rows: usize,
     n0: usize,
     tile_n: usize,
-}
-
-/// Output pointer shared by items that write disjoint blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: items write disjoint elements (see the module docs), and the buffer outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    /// A method (not field access) so closures capture the whole `Send + Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `out[r] = x[r] · W_{e(r)}ᵀ` for every row (see the module docs).
