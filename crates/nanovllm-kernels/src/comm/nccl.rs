@@ -8,9 +8,9 @@
 //! synchronisation (barrier excepted).
 //!
 //! - `all_reduce_sum`: NCCL sum in place, in the tensor's dtype (f32, bf16, f16).
-//! - `all_gather_last_dim`: NCCL gathers rank-major `[W, M, N]`; the columns are
-//!   interleaved to `[M, W·N]` on the host (the LM head's logits, which the
-//!   runner reads on the host anyway; `M` is the number of sampled rows).
+//! - `all_gather_last_dim`: NCCL gathers rank-major `[W·M, N]`; one row gather on
+//!   the device (`index_rows`: result row `m·W + r` is gathered row `r·M + m`)
+//!   makes it `[M·W, N]`, i.e. `[M, W·N]`. No host round trip, no sync.
 //! - `broadcast`: NCCL broadcast in place. `barrier`: a one-element all-reduce,
 //!   then a stream synchronisation.
 //!
@@ -237,15 +237,14 @@ impl Communicator for NcclCommunicator {
             };
             gather(&comm.0, src, dst, len, world, OP)?;
         }
-        // Rank-major [W, M, N] → [M, W·N] (see the module docs for why on the host).
-        let all = self.backend.to_host(&gathered)?.to_vec_f32()?;
-        let parts = all
-            .chunks_exact((rows * cols).max(1))
-            .take(world)
-            .map(|part| Tensor::from_f32(part.to_vec(), &[rows, cols]))
-            .collect::<Result<Vec<_>>>()?;
-        let joined = super::reduce::concat_last_dim(&parts)?;
-        self.backend.upload(joined.to_dtype_cpu(dtype)?)
+        // Rank-major [W·M, N] → [M, W·N] on the device (see the module docs).
+        let order = super::reduce::interleave_ranks_order(rows, world);
+        let order = self
+            .backend
+            .upload(Tensor::from_u32(order, &[rows * world])?)?;
+        self.backend
+            .index_rows(&gathered, &order)?
+            .reshape(&[rows, world * cols])
     }
 
     fn broadcast(&self, x: &mut Tensor, root: usize) -> Result<()> {

@@ -52,6 +52,16 @@ pub(crate) fn concat_last_dim(parts: &[Tensor]) -> Result<Tensor> {
     in_dtype(Tensor::from_f32(out, &[rows, total])?, first)
 }
 
+/// Row order that turns a rank-major gather `[W·M, N]` (rank `r`'s rows at `r·M..`) into
+/// `[M·W, N]` = `[M, W·N]`, the last-dim concatenation: row `m·W + r` takes row `r·M + m`.
+/// Lets a device communicator finish `all_gather_last_dim` with one `index_rows`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn interleave_ranks_order(rows: usize, world: usize) -> Vec<u32> {
+    (0..rows)
+        .flat_map(|m| (0..world).map(move |r| (r * rows + m) as u32))
+        .collect()
+}
+
 /// `t` (f32) converted to `like`'s dtype, without a copy when that is f32.
 fn in_dtype(t: Tensor, like: &Tensor) -> Result<Tensor> {
     if like.dtype() == DType::F32 {

@@ -264,3 +264,24 @@ fn tcp_abort_wakes_a_waiting_peer() {
         errors[1]
     );
 }
+
+/// The row order NCCL's gather is finished with equals the last-dim concatenation.
+#[test]
+fn interleaving_a_rank_major_gather_is_the_last_dim_concat() {
+    use crate::cpu::CpuBackend;
+    for (rows, world, cols) in [(1, 1, 3), (1, 4, 5), (3, 2, 4), (7, 8, 2)] {
+        let parts: Vec<Tensor> = (0..world).map(|r| rank_tensor(r, rows, cols)).collect();
+        let rank_major: Vec<f32> = parts.iter().flat_map(|p| p.to_vec_f32().unwrap()).collect();
+        let gathered = Tensor::from_f32(rank_major, &[world * rows, cols]).unwrap();
+        let order = reduce::interleave_ranks_order(rows, world);
+        let order = Tensor::from_u32(order, &[rows * world]).unwrap();
+        let got = CpuBackend::new()
+            .index_rows(&gathered, &order)
+            .unwrap()
+            .reshape(&[rows, world * cols])
+            .unwrap();
+        let want = reduce::concat_last_dim(&parts).unwrap();
+        assert_eq!(got.shape(), want.shape());
+        assert_eq!(got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
+    }
+}
