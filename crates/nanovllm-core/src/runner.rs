@@ -1,8 +1,8 @@
 //! [`ModelRunner`]: executes one [`ScheduledBatch`] on the device.
 //!
 //! It owns the backend, the model, the paged [`KvCache`] and the [`Sampler`].
-//! Each step it packs the batch into a [`ForwardInput`] (host buffers are kept
-//! and refilled, not reallocated, on the CPU backend), runs the model, brings
+//! Each step it packs the batch into a [`ForwardInput`] (host staging buffers are
+//! kept and refilled, never reallocated per step, on every backend), runs the model, brings
 //! the logits of the sampled rows to the host and samples one token per
 //! sequence.
 //!
@@ -23,7 +23,9 @@
 
 use std::sync::Arc;
 
-use nanovllm_kernels::{AttentionMetadata, Backend, CpuStorage, DType, KvCache, Storage, Tensor};
+use nanovllm_kernels::{
+    AttentionMetadata, Backend, CpuStorage, DType, Device, KvCache, Storage, Tensor,
+};
 use nanovllm_models::{ForwardInput, Model};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
@@ -363,10 +365,13 @@ impl ModelRunner {
                 cu_seqlens_q: upload_u32(be, &mut b.cu_seqlens_q, &[num_seqs + 1])?,
                 context_lens: upload_u32(be, &mut b.context_lens, &[num_seqs])?,
                 block_tables: upload_u32(be, &mut b.block_tables, &[num_seqs, max_blocks])?,
-                slot_mapping: be.upload(Tensor::from_i64(
-                    std::mem::take(&mut b.slot_mapping),
+                slot_mapping: upload_staged(
+                    be,
+                    &mut b.slot_mapping,
                     &[num_tokens],
-                )?)?,
+                    Tensor::from_i64,
+                    i64_vec,
+                )?,
                 max_seqlen_q,
                 max_context_len,
             },
@@ -374,32 +379,67 @@ impl ModelRunner {
         })
     }
 
-    /// Takes the staging vectors back out of a used input (CPU tensors only;
-    /// device tensors are simply dropped and the vectors regrow next step).
+    /// Takes the staging vectors back out of a used input on the CPU, where they were
+    /// moved into it (on a device [`upload_staged`] kept them).
     fn recycle(&mut self, input: ForwardInput) {
         let b = &mut self.buffers;
-        let u32s = |t: Tensor| match t.into_storage() {
-            Storage::Cpu(CpuStorage::U32(v)) => v,
-            #[allow(unreachable_patterns)]
-            _ => Vec::new(),
+        let take = |dst: &mut Vec<u32>, t: Tensor| {
+            if let Some(v) = u32_vec(t.into_storage()) {
+                *dst = v;
+            }
         };
-        b.input_ids = u32s(input.input_ids);
-        b.positions = u32s(input.positions);
-        b.cu_seqlens_q = u32s(input.attn.cu_seqlens_q);
-        b.context_lens = u32s(input.attn.context_lens);
-        b.block_tables = u32s(input.attn.block_tables);
-        b.logits_indices = u32s(input.logits_indices);
-        b.slot_mapping = match input.attn.slot_mapping.into_storage() {
-            Storage::Cpu(CpuStorage::I64(v)) => v,
-            #[allow(unreachable_patterns)]
-            _ => Vec::new(),
-        };
+        take(&mut b.input_ids, input.input_ids);
+        take(&mut b.positions, input.positions);
+        take(&mut b.cu_seqlens_q, input.attn.cu_seqlens_q);
+        take(&mut b.context_lens, input.attn.context_lens);
+        take(&mut b.block_tables, input.attn.block_tables);
+        take(&mut b.logits_indices, input.logits_indices);
+        if let Some(v) = i64_vec(input.attn.slot_mapping.into_storage()) {
+            b.slot_mapping = v;
+        }
     }
 }
 
-/// Moves a staging vector into a device tensor (a move, not a copy, on the CPU).
 fn upload_u32(backend: &dyn Backend, host: &mut Vec<u32>, shape: &[usize]) -> Result<Tensor> {
-    Ok(backend.upload(Tensor::from_u32(std::mem::take(host), shape)?)?)
+    upload_staged(backend, host, shape, Tensor::from_u32, u32_vec)
+}
+
+/// A staging vector as a tensor on `backend`, with no per-step host allocation: on the CPU
+/// the vector is moved in (and [`ModelRunner::recycle`] takes it back); on a device it is
+/// copied into a new device buffer and stays here, capacity and all.
+fn upload_staged<T>(
+    backend: &dyn Backend,
+    host: &mut Vec<T>,
+    shape: &[usize],
+    wrap: fn(Vec<T>, &[usize]) -> nanovllm_kernels::Result<Tensor>,
+    take_back: fn(Storage) -> Option<Vec<T>>,
+) -> Result<Tensor> {
+    let staged = wrap(std::mem::take(host), shape)?;
+    if backend.device() == Device::Cpu {
+        return Ok(backend.upload(staged)?);
+    }
+    let mut device = backend.zeros(shape, staged.dtype())?;
+    backend.copy_from_host(&staged, &mut device)?;
+    if let Some(v) = take_back(staged.into_storage()) {
+        *host = v;
+    }
+    Ok(device)
+}
+
+fn u32_vec(storage: Storage) -> Option<Vec<u32>> {
+    match storage {
+        Storage::Cpu(CpuStorage::U32(v)) => Some(v),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+fn i64_vec(storage: Storage) -> Option<Vec<i64>> {
+    match storage {
+        Storage::Cpu(CpuStorage::I64(v)) => Some(v),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
 }
 
 fn refill<T: Copy>(dst: &mut Vec<T>, src: &[T]) {
