@@ -4,9 +4,7 @@
 
 use crate::dtype::DType;
 
-pub(crate) use crate::validate::{
-    dims1, dims2, expect_dtype, expect_float, expect_shape, wrong_rank,
-};
+pub(crate) use crate::validate::{dims1, dims2, expect_dtype, expect_float, expect_shape};
 
 /// Kernel-name suffix of a float dtype (`rms_norm_w` + `bf16`).
 pub(crate) fn float_suffix(dtype: DType) -> &'static str {

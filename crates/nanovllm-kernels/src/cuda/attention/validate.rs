@@ -20,34 +20,20 @@ pub(crate) use crate::validate::attention::MetadataValues;
 
 use super::super::check;
 
-/// The cache layout `[num_blocks, block_size, kv_heads, head_dim]` and its dtype.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Geometry {
-    pub num_blocks: usize,
-    pub block_size: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub dtype: DType,
-}
+/// The cache layout `[num_blocks, block_size, kv_heads, head_dim]` and its dtype: the
+/// same geometry `store_kv` reads.
+pub(crate) use super::super::kv::CacheGeometry as Geometry;
 
-impl Geometry {
-    pub(crate) fn row_width(&self) -> usize {
-        self.kv_heads * self.head_dim
-    }
-}
-
+/// The shared cache checks ([`validate::kv::cache_dims`]), plus what attention needs:
+/// bf16 or f32, k and v alike, and at least one block to read.
 pub(crate) fn geometry(op: &'static str, cache: &LayerKvCache) -> Result<Geometry> {
-    let (num_blocks, block_size, kv_heads, head_dim) = match *cache.k.shape() {
-        [a, b, c, d] => (a, b, c, d),
-        _ => return Err(check::wrong_rank(op, "cache.k", 4, &cache.k)),
-    };
-    check::expect_shape(op, &cache.v, cache.k.shape())?;
+    let [num_blocks, block_size, kv_heads, head_dim] = validate::kv::cache_dims(op, cache)?;
     let dtype = cache.k.dtype();
     check::expect_dtype(op, "cache.v", &cache.v, dtype)?;
     if !matches!(dtype, DType::BF16 | DType::F32) {
         return Err(KernelError::UnsupportedDType { op, dtype });
     }
-    if num_blocks == 0 || block_size == 0 || kv_heads == 0 || head_dim == 0 {
+    if num_blocks == 0 {
         return Err(KernelError::Invalid {
             op,
             msg: format!(
