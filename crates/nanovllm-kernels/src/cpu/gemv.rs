@@ -1,14 +1,15 @@
 //! Small-M matmul with narrow (bf16/f16) weights: the decode hot path.
 //!
-//! Parallel over W rows (output features). Each task computes the `M` outputs of its W
-//! rows into a transposed `[N, M]` buffer, so tasks own contiguous memory.
+//! Parallel over W rows (output features): each task owns a block of output columns.
 //!
 //! - bf16 on CPUs with AVX2+FMA: [`avx2`], a register-blocked kernel over L2-sized
-//!   blocks of W rows (one block per task) that widens each 8-wide bf16 chunk of up to
-//!   three W rows once per block of four x rows (every weight is read from memory once
-//!   per call; exact f32 accumulation).
+//!   blocks of W rows (one block per task) that widens each 16-element bf16 chunk of two
+//!   or three W rows once per block of up to four x rows (every weight is read from
+//!   memory once per call; exact f32 accumulation), writing its columns of `[M, N]`
+//!   in place.
 //! - Otherwise: bf16 with `M = 1` is a fused widen-and-dot; larger `M` widens the row
-//!   once into a reused thread-local scratch and dots it with each row of `x`.
+//!   once into a reused thread-local scratch and dots it with each row of `x`, into a
+//!   transposed `[N, M]` buffer so tasks own contiguous memory.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -18,15 +19,12 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::check::Floats;
-use super::parallel::{for_each_row, min_items, worth_parallel};
+use super::parallel::{for_each_row, min_items, worth_parallel, OutPtr};
 use super::simd::{dot_bf16, dot_f32};
 
 thread_local! {
     /// One widened W row per thread, reused across rows and calls.
     static ROW_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The transposed `[N, M]` output of the blocked kernel, reused across calls
-    /// (only the calling thread touches it; workers write through a borrowed slice).
-    static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// `x` split into even/odd halves for the AVX2 kernel, reused across calls.
     static X_SPLIT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -77,69 +75,54 @@ fn transpose_into(out_t: &[f32], m: usize, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 const W_BLOCK_BYTES: usize = 96 << 10;
 
-/// W rows per task: fills [`W_BLOCK_BYTES`], but leaves ≥ 4 tasks per thread for balance;
-/// a multiple of 3 (the kernel's W tile height) so only the last block has a ragged tile.
+/// W rows per task: their span of one pass over K fills [`W_BLOCK_BYTES`], but ≥ 4
+/// tasks per thread are left for balance; a multiple of both kernel tile heights so only
+/// the last block has a ragged tile.
 #[cfg(target_arch = "x86_64")]
 fn w_block_rows(k: usize, n: usize) -> usize {
-    let by_cache = W_BLOCK_BYTES / (2 * k);
+    let by_cache = W_BLOCK_BYTES / (2 * k.min(avx2::K_CHUNK));
     let by_balance = n.div_ceil(4 * rayon::current_num_threads());
-    by_cache.min(by_balance).max(1).next_multiple_of(3)
+    by_cache
+        .min(by_balance)
+        .max(1)
+        .next_multiple_of(avx2::W_ROWS_MULTIPLE)
 }
 
 /// The AVX2 blocked kernel over blocks of W rows, in parallel when worth it.
-/// The workers only see slices, so the thread-local borrows cannot re-enter.
+/// The workers only see slices, so the thread-local borrow cannot re-enter.
 #[cfg(target_arch = "x86_64")]
 fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
     X_SPLIT.with_borrow_mut(|x_split| {
         avx2::split_even_odd(xs, m, k, x_split);
-        blocked_bf16_split(xs, x_split, ws, m, k, n, out);
-    });
-}
-
-/// [`blocked_bf16`] once `x` is split.
-#[cfg(target_arch = "x86_64")]
-fn blocked_bf16_split(
-    xs: &[f32],
-    x_split: &[f32],
-    ws: &[u16],
-    m: usize,
-    k: usize,
-    n: usize,
-    out: &mut [f32],
-) {
-    let rows = w_block_rows(k, n);
-    let block_outputs = |block: usize, dst: &mut [f32]| {
-        let j = block * rows;
-        let block_rows = dst.len() / m;
-        // SAFETY: `available()` was checked by the caller; x is [m, k], the W rows
-        // j..j + block_rows are in bounds and `dst` holds `block_rows · m` outputs.
-        unsafe { avx2::block_outputs(xs, x_split, &ws[j * k..(j + block_rows) * k], m, k, dst) };
-    };
-    let chunk = rows * m;
-    let run = |out_t: &mut [f32]| {
+        let rows = w_block_rows(k, n);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let block_outputs = |block: usize| {
+            let j = block * rows;
+            let block_rows = rows.min(n - j);
+            // SAFETY: `available()` was checked by the caller; x is [m, k], the W rows
+            // j..j + block_rows are in bounds, and this block alone writes output columns
+            // j..j + block_rows of the m rows (row stride n) of `out`.
+            unsafe {
+                avx2::block_outputs(
+                    xs,
+                    x_split,
+                    &ws[j * k..(j + block_rows) * k],
+                    m,
+                    k,
+                    out_ptr.get().add(j),
+                    n,
+                )
+            };
+        };
+        let blocks = n.div_ceil(rows);
         if worth_parallel(n * m * k) {
-            out_t
-                .par_chunks_mut(chunk)
-                .enumerate()
-                .with_min_len(min_items(chunk * k))
-                .for_each(|(p, dst)| block_outputs(p, dst));
+            (0..blocks)
+                .into_par_iter()
+                .with_min_len(min_items(rows * m * k))
+                .for_each(block_outputs);
         } else {
-            out_t
-                .chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(p, dst)| block_outputs(p, dst));
+            (0..blocks).for_each(block_outputs);
         }
-    };
-    if m == 1 {
-        // `[N, 1]` is `[1, N]`: write straight into the output.
-        run(out);
-        return;
-    }
-    // The workers only see the slice, so the thread-local borrow cannot re-enter.
-    OUT_T.with_borrow_mut(|out_t| {
-        out_t.resize(n * m, 0.0);
-        run(out_t);
-        transpose_into(out_t, m, out);
     });
 }
 
@@ -162,7 +145,8 @@ mod tests {
 
     /// Every M from 1 to 40 (x-row blocks of 4 plus remainders), odd N (a lone last W
     /// row, several W blocks per call), K with and without a scalar tail, with and
-    /// without a lone 16-element pair after the cache-line steps; against f64 accumulation with the
+    /// without a lone 16-element pair after the cache-line steps, in one, two and three
+    /// passes over K (2069 = 1024 + 1045, 3100); against f64 accumulation with the
     /// tolerance `1e-5 · Σ|x·w|` (bounds the rounding of any f32 summation order).
     #[test]
     fn small_m_bf16_matches_f64_reference() {
@@ -174,6 +158,8 @@ mod tests {
             (53, 7),
             (67, 45),
             (1031, 13),
+            (2069, 5),
+            (3100, 7),
         ] {
             for m in 1..=40 {
                 let x = values(m as u64 * 31 + k as u64, m * k);

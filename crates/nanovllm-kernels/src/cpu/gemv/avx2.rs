@@ -1,9 +1,10 @@
 //! AVX2+FMA register-blocked `x[M, K] · w[R, K]ᵀ` for bf16 weights over a block of W rows.
 //!
-//! Loop order (outer to inner): blocks of up to [`X_ROWS`] x rows, then groups of up to
-//! [`W_ROWS`] W rows, then K. One block of x rows (`4·K` f32, 16 KiB at K = 1024) stays
-//! in L1 while the W block (sized by the caller to fit L2) streams past it, so the
-//! bytes a step pulls from L2 are the narrow W chunks, not the twice-as-wide x rows.
+//! Loop order (outer to inner): passes over [`K_CHUNK`]-long spans of K, then blocks of up
+//! to [`X_ROWS`] x rows, then groups of [`W_ROWS_WIDE`] (for 1–2 x rows, [`W_ROWS_NARROW`])
+//! W rows, then the span. One block of x rows over one span (`4 · 1024` f32, 16 KiB)
+//! stays in L1 while the W block (sized by the caller to fit L2) streams past it, so
+//! the bytes a step pulls from L2 are the narrow W chunks, not the twice-as-wide x rows.
 //! W is read 16 bf16 at a time as 8 u32 words and widened (exactly) without shuffles:
 //! `word << 16` is the even elements, `word & 0xffff_0000` the odd ones, so x comes in
 //! pre-split by [`split_even_odd`] (per 16 elements: the 8 even ones, then the 8 odd
@@ -11,18 +12,29 @@
 //! ahead: its rows are a few KiB long, so the hardware prefetcher, which stops at every
 //! 4 KiB page, would otherwise restart on every other row.
 //!
-//! Accumulation is f32 in a fixed order (per-lane partial sums, the even and odd halves
-//! in separate sets for small tiles, then a fixed horizontal sum, then the scalar K
-//! tail), so a given input always gives the same result.
+//! Accumulation is f32 in a fixed order (per span: per-lane partial sums, the even and
+//! odd halves in separate sets for small tiles, then a fixed horizontal sum, then for the
+//! last span the scalar K tail; the span sums added to the output in K order), so a
+//! given input always gives the same result.
 
 use std::arch::x86_64::*;
 
 use super::super::simd::has_avx2_fma;
 
-/// W rows sharing each x chunk in the register tile.
-const W_ROWS: usize = 3;
 /// Rows of `x` sharing each widened W chunk.
 const X_ROWS: usize = 4;
+/// W rows sharing each x chunk when the tile has 3–4 x rows: 8 accumulators plus the W
+/// words, their widened halves, one x vector and the mask fit the 16 AVX registers
+/// (a 3 × 4 tile spilled accumulators to the stack on every pair).
+const W_ROWS_WIDE: usize = 2;
+/// W rows per tile when it has 1–2 x rows: more rows keep enough FMA chains in flight.
+const W_ROWS_NARROW: usize = 3;
+/// Split x elements per pass over K: a block of [`X_ROWS`] rows (16 KiB) stays in L1
+/// (at K = 3072 whole rows would not, and the x loads would come from L2). A multiple of
+/// [`LINE_ELEMS`].
+pub(super) const K_CHUNK: usize = 1024;
+/// A multiple of both tile heights: W blocks of this many rows have no ragged tile.
+pub(super) const W_ROWS_MULTIPLE: usize = 6;
 /// f32 lanes per AVX register.
 const LANES: usize = 8;
 /// bf16 elements per 32-byte load: one even and one odd half of 8 lanes each.
@@ -57,13 +69,14 @@ pub(super) fn split_even_odd(xs: &[f32], m: usize, k: usize, out: &mut Vec<f32>)
     }
 }
 
-/// `dst[r·M + i] = Σ_k x[i, k] · w[r, k]` for the `R = w.len() / K` W rows, where
-/// `x_split` is `x` through [`split_even_odd`].
+/// `out[i·out_stride + r] = Σ_k x[i, k] · w[r, k]` for the `R = w.len() / K` W rows and
+/// every `i < M`, where `x_split` is `x` through [`split_even_odd`].
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA ([`available`]); `xs` holds `M·K` values and `x_split`
-/// their `M·`[`split_len`]`(K)` split copy, `w` holds `R·K` bf16 bits, and `dst` holds
-/// `R·M` outputs.
+/// their `M·`[`split_len`]`(K)` split copy, `w` holds `R·K` bf16 bits, and `out` is valid
+/// for writes at `i·out_stride + r` for every `i < M`, `r < R`, which nothing else
+/// touches during the call.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn block_outputs(
     xs: &[f32],
@@ -71,25 +84,71 @@ pub(super) unsafe fn block_outputs(
     w: &[u16],
     m: usize,
     k: usize,
-    dst: &mut [f32],
+    out: *mut f32,
+    out_stride: usize,
 ) {
     let rows = w.len() / k;
     debug_assert!(xs.len() >= m * k && x_split.len() >= m * split_len(k));
-    debug_assert!(dst.len() >= rows * m);
     let x = Rows { xs, x_split, k };
-    let mut i0 = 0;
-    while i0 < m {
-        let x_rows = (m - i0).min(X_ROWS);
-        let mut r0 = 0;
-        while r0 < rows {
-            let w_rows = (rows - r0).min(W_ROWS);
-            let w_group = &w[r0 * k..(r0 + w_rows) * k];
-            let dst_group = &mut dst[r0 * m..(r0 + w_rows) * m];
-            tile(&x, w_group, w_rows, x_rows, i0, m, dst_group);
-            r0 += w_rows;
+    let full = split_len(k);
+    let mut span = Span {
+        start: 0,
+        end: 0,
+        first: true,
+        last: false,
+    };
+    loop {
+        // Whole chunks, but no short last one: it joins the chunk before.
+        span.end = if full - span.start >= K_CHUNK + K_CHUNK / 2 {
+            span.start + K_CHUNK
+        } else {
+            full
+        };
+        span.last = span.end == full;
+        let mut i0 = 0;
+        while i0 < m {
+            let x_rows = (m - i0).min(X_ROWS);
+            let tile_rows = if x_rows >= 3 {
+                W_ROWS_WIDE
+            } else {
+                W_ROWS_NARROW
+            };
+            let mut r0 = 0;
+            while r0 < rows {
+                let w_rows = (rows - r0).min(tile_rows);
+                let w_group = &w[r0 * k..(r0 + w_rows) * k];
+                let out_tile = Out {
+                    ptr: out.add(i0 * out_stride + r0),
+                    stride: out_stride,
+                };
+                tile(&x, w_group, w_rows, x_rows, i0, span, out_tile);
+                r0 += w_rows;
+            }
+            i0 += x_rows;
         }
-        i0 += x_rows;
+        if span.last {
+            return;
+        }
+        span.start = span.end;
+        span.first = false;
     }
+}
+
+/// The part of K one pass covers: split elements `start .. end`; the `first` pass
+/// overwrites the outputs and later ones add to them; the `last` adds the scalar K tail.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    first: bool,
+    last: bool,
+}
+
+/// Where a tile's outputs go: `ptr` is output (x row `i0`, W row `r0`) and x rows are
+/// `stride` apart.
+struct Out {
+    ptr: *mut f32,
+    stride: usize,
 }
 
 /// Dispatches one `w_rows × x_rows` register tile to its monomorphised kernel.
@@ -100,23 +159,30 @@ unsafe fn tile(
     w_rows: usize,
     x_rows: usize,
     i0: usize,
-    m: usize,
-    dst: &mut [f32],
+    span: Span,
+    out: Out,
 ) {
-    // Few x rows: two accumulator sets per output keep enough FMA chains in flight.
+    // `block_outputs` picks 2 W rows for 3–4 x rows and 3 for 1–2 (fewer in a ragged last
+    // group). Few x rows: two accumulator sets per output keep enough FMA chains in flight.
+    debug_assert!(
+        w_rows
+            <= if x_rows >= 3 {
+                W_ROWS_WIDE
+            } else {
+                W_ROWS_NARROW
+            }
+    );
     match (w_rows, x_rows) {
-        (3, 4) => block::<3, 4, 1>(x, w, i0, m, dst),
-        (3, 3) => block::<3, 3, 1>(x, w, i0, m, dst),
-        (3, 2) => block::<3, 2, 2>(x, w, i0, m, dst),
-        (3, _) => block::<3, 1, 2>(x, w, i0, m, dst),
-        (2, 4) => block::<2, 4, 1>(x, w, i0, m, dst),
-        (2, 3) => block::<2, 3, 2>(x, w, i0, m, dst),
-        (2, 2) => block::<2, 2, 2>(x, w, i0, m, dst),
-        (2, _) => block::<2, 1, 2>(x, w, i0, m, dst),
-        (_, 4) => block::<1, 4, 2>(x, w, i0, m, dst),
-        (_, 3) => block::<1, 3, 2>(x, w, i0, m, dst),
-        (_, 2) => block::<1, 2, 2>(x, w, i0, m, dst),
-        _ => block::<1, 1, 2>(x, w, i0, m, dst),
+        (2, 4) => block::<2, 4, 1>(x, w, i0, span, out),
+        (2, 3) => block::<2, 3, 1>(x, w, i0, span, out),
+        (1, 4) => block::<1, 4, 2>(x, w, i0, span, out),
+        (1, 3) => block::<1, 3, 2>(x, w, i0, span, out),
+        (3, 2) => block::<3, 2, 2>(x, w, i0, span, out),
+        (3, _) => block::<3, 1, 2>(x, w, i0, span, out),
+        (2, 2) => block::<2, 2, 2>(x, w, i0, span, out),
+        (2, _) => block::<2, 1, 2>(x, w, i0, span, out),
+        (_, 2) => block::<1, 2, 2>(x, w, i0, span, out),
+        _ => block::<1, 1, 2>(x, w, i0, span, out),
     }
 }
 
@@ -136,7 +202,8 @@ unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// One 16-element pair at `o`: `acc_even[r][i] += w_even · x_even`, then the odd halves
-/// into `acc_odd` (the same set when `U = 1`).
+/// into `acc_odd` (the same set when `U = 1`). Each W row is loaded once; both halves are
+/// widened from the same words.
 #[inline(always)]
 unsafe fn pair<const R: usize, const X: usize, const U: usize>(
     w_ptr: &[*const u16; R],
@@ -145,21 +212,17 @@ unsafe fn pair<const R: usize, const X: usize, const U: usize>(
     acc: &mut [[[__m256; X]; R]; U],
 ) {
     let odd_mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
-    let even: [__m256; R] = std::array::from_fn(|r| {
-        let words = _mm256_loadu_si256(w_ptr[r].add(o).cast());
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(words))
-    });
+    let words: [__m256i; R] = std::array::from_fn(|r| _mm256_loadu_si256(w_ptr[r].add(o).cast()));
+    let even: [__m256; R] =
+        std::array::from_fn(|r| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(words[r])));
     for (i, &xp) in x_ptr.iter().enumerate() {
         let xv = _mm256_loadu_ps(xp.add(o));
         for (acc_r, &wr) in acc[0].iter_mut().zip(&even) {
             acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
         }
     }
-    // Loaded again rather than kept: a register tile of 12 accumulators leaves no room.
-    let odd: [__m256; R] = std::array::from_fn(|r| {
-        let words = _mm256_loadu_si256(w_ptr[r].add(o).cast());
-        _mm256_castsi256_ps(_mm256_and_si256(words, odd_mask))
-    });
+    let odd: [__m256; R] =
+        std::array::from_fn(|r| _mm256_castsi256_ps(_mm256_and_si256(words[r], odd_mask)));
     for (i, &xp) in x_ptr.iter().enumerate() {
         let xv = _mm256_loadu_ps(xp.add(o + LANES));
         for (acc_r, &wr) in acc[U - 1].iter_mut().zip(&odd) {
@@ -175,17 +238,17 @@ unsafe fn block<const R: usize, const X: usize, const U: usize>(
     x: &Rows<'_>,
     w: &[u16],
     i0: usize,
-    m: usize,
-    dst: &mut [f32],
+    span: Span,
+    out: Out,
 ) {
     let k = x.k;
     let full = split_len(k);
     let x_ptr: [*const f32; X] = std::array::from_fn(|i| x.x_split.as_ptr().add((i0 + i) * full));
     let w_ptr: [*const u16; R] = std::array::from_fn(|r| w.as_ptr().add(r * k));
     let mut acc = [[[_mm256_setzero_ps(); X]; R]; U];
-    let mut off = 0;
+    let mut off = span.start;
     // One cache line of each W row per step: one prefetch per row, two pairs.
-    while off + LINE_ELEMS <= full {
+    while off + LINE_ELEMS <= span.end {
         for &wp in &w_ptr {
             // A hint only: it never faults, so running past the end of W is harmless.
             _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(off + PREFETCH_ELEMS).cast());
@@ -194,7 +257,8 @@ unsafe fn block<const R: usize, const X: usize, const U: usize>(
         pair(&w_ptr, &x_ptr, off + PAIR_ELEMS, &mut acc);
         off += LINE_ELEMS;
     }
-    if off < full {
+    // Spans start at multiples of K_CHUNK, so at most one 16-element pair is left.
+    if off < span.end {
         pair(&w_ptr, &x_ptr, off, &mut acc);
     }
     for r in 0..R {
@@ -204,12 +268,15 @@ unsafe fn block<const R: usize, const X: usize, const U: usize>(
                 v = _mm256_add_ps(v, acc_u[r][i]);
             }
             let mut sum = hsum(v);
-            let x_row = x.xs.as_ptr().add((i0 + i) * k);
-            for kk in full..k {
-                let wk = f32::from_bits((*w_ptr[r].add(kk) as u32) << 16);
-                sum = (*x_row.add(kk)).mul_add(wk, sum);
+            if span.last {
+                let x_row = x.xs.as_ptr().add((i0 + i) * k);
+                for kk in full..k {
+                    let wk = f32::from_bits((*w_ptr[r].add(kk) as u32) << 16);
+                    sum = (*x_row.add(kk)).mul_add(wk, sum);
+                }
             }
-            dst[r * m + i0 + i] = sum;
+            let dst = out.ptr.add(i * out.stride + r);
+            *dst = if span.first { sum } else { *dst + sum };
         }
     }
 }
