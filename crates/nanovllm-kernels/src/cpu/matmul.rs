@@ -3,7 +3,9 @@
 //! - f32 weights: one `gemm` call on the row-major buffers.
 //! - bf16/f16 weights, `M ≤ SMALL_M` (decode): [`super::gemv`], parallel over W rows with
 //!   on-the-fly widening.
-//! - bf16/f16 weights, larger `M` (prefill): W is widened a tile of rows at a time into a
+//! - bf16 weights, larger `M` (prefill), AVX2+FMA: [`super::packed_gemm`], whose weight
+//!   packing is the widening.
+//! - Otherwise (f16, or no AVX2), larger `M`: W is widened a tile of rows at a time into a
 //!   thread-local f32 buffer that is reused across tiles and calls, and `gemm` multiplies
 //!   `x` by the tile into the matching output columns. Every weight is read once per call
 //!   and no widened copy of the whole matrix ever exists.
@@ -18,6 +20,7 @@ use crate::tensor::Tensor;
 
 use super::check::{self, Floats};
 use super::gemv;
+use super::packed_gemm;
 use super::parallel::{worth_parallel, OutPtr};
 
 const OP: &str = "matmul";
@@ -61,6 +64,9 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
                 unsafe { gemm_x_wt(m, n, k, xs, ws, out.as_mut_ptr(), n, parallelism) };
             }
             _ if m <= SMALL_M => gemv::matmul_small_m(xs, weights, m, k, n, &mut out),
+            Floats::BF16(ws) if packed_gemm::available() => {
+                packed_gemm::matmul_bf16(xs, bytemuck::cast_slice(ws), m, k, n, &mut out)
+            }
             _ => matmul_tiled(xs, weights, m, k, n, &mut out),
         }
     }

@@ -16,6 +16,7 @@ mod kv;
 mod matmul;
 mod moe;
 mod norm;
+mod packed_gemm;
 mod parallel;
 mod rope;
 mod rows;

@@ -1,0 +1,231 @@
+//! `out[M, N] = x[M, K] · w[N, K]ᵀ` for bf16 weights and many rows of `x` (prefill, big
+//! decode batches): a BLIS-style packed GEMM whose weight packing *is* the bf16 → f32
+//! widening, so no widened row-major copy is ever made and packed again.
+//!
+//! Invariants:
+//! - `x` is packed once per call into row panels of [`MR`] rows, `[⌈M/MR⌉][K][MR]` f32
+//!   (rows past M are zeros), in a buffer of the calling thread shared read-only by the
+//!   tasks.
+//! - Tasks own disjoint blocks of output columns (W rows), `nc ≤` [`NC_MAX`] each, so
+//!   every weight is read from memory once per call and no two tasks write one element.
+//!   Per task, each [`KC`]-long slice of its W rows is widened into a per-thread panel
+//!   buffer `[⌈nc/NR⌉][kc][NR]` (rows past N are zeros), which then stays in L2 while
+//!   every [`MC`]-row block of `x` sweeps it.
+//! - The register tile is [`MR`] × [`NR`] (12 accumulators); tiles on the ragged edges
+//!   compute the full tile from the zero padding and store only the valid part.
+//! - Each output is an f32 sum in a fixed order (k ascending within each KC slice, the
+//!   slices added to the output in ascending order), independent of the thread count.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::parallel::{min_items, worth_parallel, OutPtr};
+
+/// Rows of `x` per register tile (and per packed x panel).
+pub(crate) const MR: usize = 6;
+/// Output columns (W rows) per register tile (and per packed W panel): two AVX vectors.
+pub(crate) const NR: usize = 16;
+/// K elements per packed W slice: an `NR × KC` f32 panel (16 KiB) stays in L1.
+const KC: usize = 256;
+/// Rows of `x` per block: its `MC × KC` packed slice (96 KiB) stays in L2.
+const MC: usize = 16 * MR;
+/// Most output columns per task: its widened `KC × NC_MAX` W slice is 128 KiB (L2).
+const NC_MAX: usize = 8 * NR;
+
+thread_local! {
+    /// The packed `x` of the calling thread, reused across calls.
+    static PACKED_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's widened W panels, reused across tasks and calls.
+    static PACKED_W: RefCell<Vec<WLine>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether [`matmul_bf16`] may run on this CPU.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Output columns per task: at most [`NC_MAX`], but ≥ 4 tasks per thread for balance;
+/// a multiple of [`NR`].
+fn task_cols(n: usize) -> usize {
+    let by_balance = n.div_ceil(4 * rayon::current_num_threads());
+    by_balance.clamp(1, NC_MAX).next_multiple_of(NR)
+}
+
+/// `x[M, K]` as row panels `[⌈M/MR⌉][K][MR]`, zero-padded past row M.
+fn pack_x(xs: &[f32], m: usize, k: usize, packed: &mut Vec<f32>) {
+    let panels = m.div_ceil(MR);
+    packed.clear();
+    packed.resize(panels * k * MR, 0.0);
+    for (p, panel) in packed.chunks_exact_mut(k * MR).enumerate() {
+        let rows = MR.min(m - p * MR);
+        for i in 0..rows {
+            let row = &xs[(p * MR + i) * k..(p * MR + i + 1) * k];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * MR + i] = v;
+            }
+        }
+    }
+}
+
+/// `out = x · wᵀ` (shapes validated by the caller, all non-zero; [`available`] checked).
+pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    debug_assert!(available());
+    debug_assert!(xs.len() >= m * k && ws.len() >= n * k && out.len() >= m * n);
+    let nc = task_cols(n);
+    let tasks = n.div_ceil(nc);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    // The tasks only see slices and make no rayon calls, so neither thread-local borrow
+    // can re-enter.
+    PACKED_X.with_borrow_mut(|packed_x| {
+        pack_x(xs, m, k, packed_x);
+        let packed_x: &[f32] = packed_x;
+        let task = |t: usize| {
+            let n0 = t * nc;
+            let block = ColumnBlock {
+                n0,
+                cols: nc.min(n - n0),
+            };
+            PACKED_W.with_borrow_mut(|packed_w| {
+                // SAFETY: `available()` holds; x is packed for [m, k], w is [n, k], and this
+                // task alone writes output columns n0..n0 + cols of the m rows of `out`.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx2::column_block(packed_x, ws, Shape { m, k, n }, block, packed_w, out_ptr)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (packed_x, block, packed_w, out_ptr);
+            });
+        };
+        if worth_parallel(m * n * k) {
+            (0..tasks)
+                .into_par_iter()
+                .with_min_len(min_items(m * nc * k))
+                .for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    });
+}
+
+/// One k of one packed W panel: `NR` f32 on a 64-byte line of their own, so neither of
+/// the micro-kernel's two 32-byte loads per k ever splits a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct WLine([f32; NR]);
+
+/// The product's dimensions.
+#[derive(Clone, Copy)]
+struct Shape {
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+/// One task's output columns `n0 .. n0 + cols` (W rows).
+#[derive(Clone, Copy)]
+struct ColumnBlock {
+    n0: usize,
+    cols: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Ragged and whole tiles in every dimension: M around MR and MC, N around NR and
+    /// the task width, K around KC (one and several slices); against f64 accumulation with
+    /// the tolerance `1e-5 · Σ|x·w|` (bounds the rounding of any f32 summation order).
+    #[test]
+    fn packed_bf16_matches_f64_reference() {
+        if !available() {
+            eprintln!("skipped: no AVX2+FMA");
+            return;
+        }
+        let shapes = [
+            (1, 1, 1),
+            (5, 7, 3),
+            (6, 16, 16),
+            (7, 17, 255),
+            (13, 45, 256),
+            (33, 130, 257),
+            (97, 300, 600),
+            (200, 64, 40),
+        ];
+        for (m, n, k) in shapes {
+            let x = values((m * 31 + k) as u64, m * k);
+            let w_bits: Vec<u16> = values((n * 17 + k) as u64, n * k)
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+            let mut got = vec![f32::NAN; m * n];
+            matmul_bf16(&x, &w_bits, m, k, n, &mut got);
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut want, mut magnitude) = (0.0f64, 0.0f64);
+                    for kk in 0..k {
+                        let wv = f32::from_bits((w_bits[j * k + kk] as u32) << 16);
+                        let term = x[i * k + kk] as f64 * wv as f64;
+                        want += term;
+                        magnitude += term.abs();
+                    }
+                    let err = (got[i * n + j] as f64 - want).abs();
+                    assert!(
+                        err <= 1e-5 * magnitude + 1e-30,
+                        "m={m} n={n} k={k} ({i},{j}): got {} want {want}",
+                        got[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+
+    /// Same inputs, same bits, whatever the thread count (tasks split columns only).
+    #[test]
+    fn packed_bf16_is_deterministic_across_thread_counts() {
+        if !available() {
+            return;
+        }
+        let (m, n, k) = (50, 200, 700);
+        let x = values(3, m * k);
+        let w: Vec<u16> = values(4, n * k)
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        let mut one = vec![0.0; m * n];
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool")
+            .install(|| matmul_bf16(&x, &w, m, k, n, &mut one));
+        let mut many = vec![0.0; m * n];
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool")
+            .install(|| matmul_bf16(&x, &w, m, k, n, &mut many));
+        assert_eq!(one, many);
+    }
+}
