@@ -6,12 +6,16 @@
 //! `s` sits at position `context_len_s − q_len_s + i` and sees keys `0..=pos`; in decode
 //! that is all `context_len_s` keys.
 //!
-//! Work is split by query row, all heads at once: each K/V slot row (every KV head,
+//! Prefill on AVX2+FMA CPUs (head dims that are multiples of 8) goes to [`flash`]:
+//! blocks of query rows per KV head, each K/V chunk read once per block, online softmax.
+//! Otherwise (decode, other CPUs) work is split by query row, all heads at once: each K/V slot row (every KV head,
 //! contiguous in the cache) is streamed once per row and serves all GQA groups. When
 //! there are too few rows to keep every thread busy (decode, short batches), each row's
 //! keys are also split into ranges computed in parallel and merged exactly through
 //! their softmax statistics (flash-decoding).
 
+#[cfg(target_arch = "x86_64")]
+mod flash;
 mod kernel;
 mod meta;
 
@@ -81,14 +85,32 @@ fn run(
     match KvBuffers::of(op, cache)? {
         KvBuffers::F32(k, v) => {
             let kv = PagedKv { k, v, geometry };
-            attend_rows(&kv, heads, batch, qs, scale, &mut out)
+            attend(&kv, heads, batch, qs, scale, &mut out)
         }
         KvBuffers::BF16(k, v) => {
             let kv = PagedKv::<bf16> { k, v, geometry };
-            attend_rows(&kv, heads, batch, qs, scale, &mut out)
+            attend(&kv, heads, batch, qs, scale, &mut out)
         }
     }
     Tensor::from_f32(out, &[rows, width])
+}
+
+/// Prefill batches go to the query-block kernel where the CPU and head shape allow it;
+/// everything else to [`attend_rows`].
+fn attend<T: KvElem>(
+    kv: &PagedKv<'_, T>,
+    heads: Heads,
+    batch: &Batch<'_>,
+    qs: &[f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if batch.cu_seqlens_q.is_some() && flash::available(heads.head_dim) {
+        flash::attend_prefill(kv, heads, batch, qs, scale, out);
+        return;
+    }
+    attend_rows(kv, heads, batch, qs, scale, out)
 }
 
 /// Computes every query row, splitting rows' keys into ranges when rows alone cannot
