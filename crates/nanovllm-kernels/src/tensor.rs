@@ -45,8 +45,10 @@ impl CpuStorage {
     pub fn zeros(dtype: DType, len: usize) -> Self {
         match dtype {
             DType::F32 => CpuStorage::F32(vec![0.0; len]),
-            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
-            DType::F16 => CpuStorage::F16(vec![f16::ZERO; len]),
+            // Zeroed allocations (calloc): big buffers start as untouched pages, so advice
+            // such as huge pages still applies when they are first written.
+            DType::BF16 => CpuStorage::BF16(bytemuck::zeroed_vec(len)),
+            DType::F16 => CpuStorage::F16(bytemuck::zeroed_vec(len)),
             DType::U32 => CpuStorage::U32(vec![0; len]),
             DType::I64 => CpuStorage::I64(vec![0; len]),
         }

@@ -12,6 +12,7 @@ mod check;
 mod convert;
 mod embedding;
 mod gemv;
+mod huge_pages;
 mod kv;
 mod matmul;
 mod moe;
@@ -29,7 +30,7 @@ use crate::backend::{Backend, Device};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
-use crate::tensor::Tensor;
+use crate::tensor::{CpuStorage, Storage, Tensor};
 
 #[derive(Debug, Default, Clone)]
 pub struct CpuBackend;
@@ -59,7 +60,15 @@ impl Backend for CpuBackend {
         Ok(t.clone())
     }
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        Ok(Tensor::zeros_cpu(shape, dtype))
+        let mut tensor = Tensor::zeros_cpu(shape, dtype);
+        // Big zeroed buffers are KV caches (and the like): huge pages, see huge_pages.rs.
+        match tensor.storage_mut() {
+            Storage::Cpu(CpuStorage::F32(v)) => huge_pages::advise(v),
+            Storage::Cpu(CpuStorage::BF16(v)) => huge_pages::advise(v),
+            Storage::Cpu(CpuStorage::F16(v)) => huge_pages::advise(v),
+            _ => {}
+        }
+        Ok(tensor)
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
