@@ -19,6 +19,8 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     /// The row as f32: borrowed when already f32, else widened into `scratch`.
     fn row_f32<'a>(row: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
+    /// The elements as f32 without copying, where they already are (f32 caches).
+    fn as_f32(elems: &[Self]) -> Option<&[f32]>;
 }
 
 impl KvElem for f32 {
@@ -29,6 +31,10 @@ impl KvElem for f32 {
     #[inline(always)]
     fn row_f32<'a>(row: &'a [f32], _scratch: &'a mut [f32]) -> &'a [f32] {
         row
+    }
+    #[inline(always)]
+    fn as_f32(elems: &[f32]) -> Option<&[f32]> {
+        Some(elems)
     }
 }
 
@@ -45,6 +51,10 @@ impl KvElem for bf16 {
             *d = bf16_bits_to_f32(b);
         }
         out
+    }
+    #[inline(always)]
+    fn as_f32(_elems: &[bf16]) -> Option<&[f32]> {
+        None
     }
 }
 

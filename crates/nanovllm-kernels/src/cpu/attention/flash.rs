@@ -1,22 +1,29 @@
-//! Prefill attention over blocks of query rows, flash-attention style (AVX2+FMA).
+//! Paged causal attention over blocks of query rows, flash-attention style (AVX2+FMA):
+//! prefill and decode.
 //!
-//! A work item is up to [`BLOCK_ROWS`] consecutive query rows of one sequence and one KV
-//! head `g`: its `rows × group` query vectors (every query head of `g`'s GQA group) walk
-//! the sequence's keys in chunks of [`CHUNK_KEYS`]. Each chunk's K and V rows of head
-//! `g` are read from the paged cache (widened for bf16) once per item — not once per
-//! query row — into per-thread scratch: K transposed (`[head_dim][CHUNK_KEYS]`, so eight
-//! keys' scores are one FMA chain of broadcast query elements), V as rows. Then:
-//! scores → causal mask → online softmax (running max and sum per query vector; earlier
-//! outputs rescaled when the max grows) → `out += P·V`. Items write disjoint
-//! (rows, head-group) parts of the output.
+//! A work item is up to [`BLOCK_ROWS`] consecutive query rows of one sequence (decode:
+//! its one row) and one KV head `g`: its `rows × group` query vectors (every query head
+//! of `g`'s GQA group) walk the sequence's keys in chunks of at most [`CHUNK_KEYS`] that
+//! never cross a cache block, so a chunk's K and V rows of head `g` are evenly spaced in
+//! the cache. An f32 cache is read in place; a bf16 one is widened once per item and
+//! chunk into per-thread scratch. Per chunk: scores → causal mask → online softmax
+//! (running max and sum per query vector; earlier outputs rescaled when the max grows) →
+//! `acc += P·V` with the accumulator tile in registers across the chunk's keys.
+//!
+//! Scores take one of two forms:
+//! - up to [`DOT_MAX_QUERIES`] query vectors (decode; GQA groups up to 4): dot products
+//!   straight on the K rows, 8 (query, key) accumulators reduced together;
+//! - more (prefill blocks): K is transposed once per chunk (`[head_dim][CHUNK_KEYS]`) so
+//!   eight keys' scores are one FMA chain of broadcast query elements — the transposition
+//!   is shared by all the block's query vectors.
 //!
 //! Row `i` of a block sees keys `0 .. n_i` (its position + 1); a chunk beyond `n_i`
-//! contributes nothing to that row. Everything accumulates in f32; exponentials use
-//! [`exp_avx2`] (relative error < 4e-7 on the softmax's range `x ≤ 0`).
+//! contributes nothing to that row. Items write disjoint (rows, head-group) parts of the
+//! output. Everything accumulates in f32; exponentials use [`exp_avx2`] (relative error
+//! < 4e-7 on the softmax's range `x ≤ 0`).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
-use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -28,8 +35,14 @@ use super::meta::{Batch, Heads};
 
 /// Query rows per work item.
 pub(super) const BLOCK_ROWS: usize = 16;
-/// Keys per chunk: a head's K and V chunk (`2 · 64 · 128` f32, 64 KiB) stays in L2.
+/// Most keys per chunk: a head's K and V chunk (`2 · 64 · 128` f32, 64 KiB) stays in L2.
 const CHUNK_KEYS: usize = 64;
+/// Up to this many query vectors per KV head, scores are dot products on the K rows.
+const DOT_MAX_QUERIES: usize = 4;
+/// Most keys per chunk for dot scores, whose items cover every KV head: the chunk's
+/// slot rows (`16 · 8 KiB` for Qwen3-0.6B's f32 K and V) stay in L2 while the KV heads
+/// take their slices in turn, so each row is read from memory whole and in order.
+const DOT_CHUNK_KEYS: usize = 16;
 /// f32 lanes per AVX register.
 const LANES: usize = 8;
 /// Query vectors per score tile (each times two 8-key vectors: 8 accumulators).
@@ -37,26 +50,29 @@ const SCORE_QUERIES: usize = 4;
 /// Query vectors per `P·V` tile (each times four 8-wide slices of the head: 8 accumulators).
 const PV_QUERIES: usize = 2;
 
-/// Whether [`attend_prefill`] handles this head shape on this CPU.
+/// Whether [`attend`] handles this head shape on this CPU.
 pub(super) fn available(head_dim: usize) -> bool {
     head_dim % LANES == 0 && has_avx2_fma()
 }
 
-/// One work item: `rows` query rows from `first_row` of sequence `seq`, KV head `kv_head`.
+/// One work item: `rows` query rows from `first_row` of sequence `seq`, KV heads
+/// `first_kv_head .. first_kv_head + kv_heads`.
 #[derive(Clone, Copy, Debug)]
 struct Item {
     seq: usize,
     first_row: usize,
     rows: usize,
-    kv_head: usize,
+    first_kv_head: usize,
+    kv_heads: usize,
 }
 
 /// Per-thread scratch, reused across items and calls.
 #[derive(Default)]
 struct Scratch {
-    /// `[head_dim][CHUNK_KEYS]` keys of the chunk, transposed; zero past the chunk's end.
+    /// `[head_dim][CHUNK_KEYS]` keys of the chunk, transposed (many query vectors only).
     keys_t: Vec<f32>,
-    /// `[CHUNK_KEYS][head_dim]` values of the chunk.
+    /// `[CHUNK_KEYS][head_dim]` keys and values of the chunk, widened (bf16 caches only).
+    keys: Vec<f32>,
     values: Vec<f32>,
     /// `[queries][CHUNK_KEYS]` scores, then probabilities.
     scores: Vec<f32>,
@@ -65,16 +81,14 @@ struct Scratch {
     /// Running max and sum per query vector.
     max: Vec<f32>,
     sum: Vec<f32>,
-    /// One slot row widened (bf16 caches).
-    row: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Causal attention of every query row (prefill batches; [`available`] checked).
-pub(super) fn attend_prefill<T: KvElem>(
+/// Causal attention of every query row, prefill or decode ([`available`] checked).
+pub(super) fn attend<T: KvElem>(
     kv: &PagedKv<'_, T>,
     heads: Heads,
     batch: &Batch<'_>,
@@ -95,12 +109,27 @@ pub(super) fn attend_prefill<T: KvElem>(
             rows += 1;
         }
         total_cost += rows * batch.query(t + rows - 1).1 * 4 * width;
-        items.extend((0..kv_heads).map(|kv_head| Item {
-            seq,
-            first_row: t,
-            rows,
-            kv_head,
-        }));
+        if rows * heads.group > DOT_MAX_QUERIES {
+            // Transposed scores: one item per KV head (its transposed chunk is shared by
+            // the block's rows).
+            items.extend((0..kv_heads).map(|kv_head| Item {
+                seq,
+                first_row: t,
+                rows,
+                first_kv_head: kv_head,
+                kv_heads: 1,
+            }));
+        } else {
+            // Dot scores (decode): one item per row block, all KV heads, so each chunk's
+            // slot rows are read whole, front to back (see `DOT_CHUNK_KEYS`).
+            items.push(Item {
+                seq,
+                first_row: t,
+                rows,
+                first_kv_head: 0,
+                kv_heads,
+            });
+        }
         t += rows;
     }
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -146,50 +175,75 @@ unsafe fn attend_item<T: KvElem>(
         group,
     } = heads;
     let width = num_heads * head_dim;
+    // Query vectors per KV head; the item's vectors are numbered KV head by KV head:
+    // `qi = g·queries + i·group + j` is row `first_row + i`, head `(first_kv_head + g)·group + j`.
     let queries = item.rows * group;
-    let first_head = item.kv_head * group;
-    // Query vector `qi = i·group + j` is row `first_row + i`, head `first_head + j`.
-    let query = |qi: usize| -> *const f32 {
-        let (i, j) = (qi / group, qi % group);
-        qs.as_ptr()
-            .add((item.first_row + i) * width + (first_head + j) * head_dim)
-    };
-    let key_count = |qi: usize| batch.query(item.first_row + qi / group).1;
-    let all_keys = key_count(queries - 1);
+    let all_queries = queries * item.kv_heads;
+    let head_of = |qi: usize| (item.first_kv_head + qi / queries) * group + qi % group;
+    let row_of = |qi: usize| item.first_row + (qi % queries) / group;
+    let query =
+        |qi: usize| -> *const f32 { qs.as_ptr().add(row_of(qi) * width + head_of(qi) * head_dim) };
+    // Rows are in position order, so the last row sees the most keys.
+    let all_keys = batch.query(item.first_row + item.rows - 1).1;
     let block_table = batch.block_table(item.seq);
+    let transposed = queries > DOT_MAX_QUERIES;
+    let chunk_keys = if transposed {
+        CHUNK_KEYS
+    } else {
+        DOT_CHUNK_KEYS
+    };
 
     let s = scratch;
-    s.keys_t.resize(head_dim * CHUNK_KEYS, 0.0);
-    s.values.resize(CHUNK_KEYS * head_dim, 0.0);
-    s.scores.resize(queries * CHUNK_KEYS, 0.0);
+    if transposed {
+        s.keys_t.resize(head_dim * CHUNK_KEYS, 0.0);
+    }
+    // Dot tiles may fill a few unused rows (see `DotTile`).
+    s.scores
+        .resize(queries.max(DOT_MAX_QUERIES) * CHUNK_KEYS, 0.0);
     s.acc.clear();
-    s.acc.resize(queries * head_dim, 0.0);
+    s.acc.resize(all_queries * head_dim, 0.0);
     s.max.clear();
-    s.max.resize(queries, f32::NEG_INFINITY);
+    s.max.resize(all_queries, f32::NEG_INFINITY);
     s.sum.clear();
-    s.sum.resize(queries, 0.0);
-    s.row.resize(head_dim, 0.0);
+    s.sum.resize(all_queries, 0.0);
 
+    let block_size = kv.geometry.block_size;
     let mut k0 = 0;
     while k0 < all_keys {
-        let chunk = CHUNK_KEYS.min(all_keys - k0);
-        load_chunk(kv, block_table, k0..k0 + chunk, item.kv_head, head_dim, s);
-        let key_vectors = chunk.div_ceil(LANES);
-        scores(&query, queries, head_dim, key_vectors, scale, s);
-        for qi in 0..queries {
-            let valid = key_count(qi).saturating_sub(k0).min(chunk);
-            softmax_update(qi, valid, chunk, head_dim, s);
+        let chunk = chunk_keys
+            .min(all_keys - k0)
+            .min(block_size - k0 % block_size);
+        let slot0 = block_table[k0 / block_size] as usize * block_size + k0 % block_size;
+        for g in 0..item.kv_heads {
+            let q_base = g * queries;
+            let head_query = |qi: usize| query(q_base + qi);
+            let rows = chunk_rows(kv, slot0, chunk, item.first_kv_head + g, head_dim, s);
+            if transposed {
+                transpose_keys(rows, chunk, head_dim, s);
+                scores_transposed(
+                    &head_query,
+                    queries,
+                    head_dim,
+                    chunk.div_ceil(LANES),
+                    scale,
+                    s,
+                );
+            } else {
+                scores_dot(&head_query, queries, head_dim, chunk, rows, scale, s);
+            }
+            for qi in 0..queries {
+                let keys = batch.query(row_of(q_base + qi)).1;
+                let valid = keys.saturating_sub(k0).min(chunk);
+                softmax_update(qi, q_base + qi, valid, chunk, head_dim, s);
+            }
+            values_update(queries, q_base, head_dim, chunk, rows, s);
         }
-        values_update(queries, head_dim, chunk, s);
         k0 += chunk;
     }
 
-    for qi in 0..queries {
-        let (i, j) = (qi / group, qi % group);
-        let dst = out
-            .get()
-            .add((item.first_row + i) * width + (first_head + j) * head_dim);
-        // A query with no keys (none in a valid prefill) stays zero.
+    for qi in 0..all_queries {
+        let dst = out.get().add(row_of(qi) * width + head_of(qi) * head_dim);
+        // A query with no keys (none in valid metadata) stays zero.
         let inv = if s.sum[qi] > 0.0 {
             1.0 / s.sum[qi]
         } else {
@@ -201,38 +255,70 @@ unsafe fn attend_item<T: KvElem>(
     }
 }
 
-/// Reads keys `keys` of KV head `kv_head` into `keys_t` (transposed, zeros past the
-/// chunk) and `values`.
+/// Where a chunk's K and V rows of one head are: row `j` at `k + j·stride` (and `v`).
+#[derive(Clone, Copy)]
+struct ChunkRows {
+    k: *const f32,
+    v: *const f32,
+    stride: usize,
+}
+
+/// The chunk's `chunk` slots from `slot0` (all in one block, so evenly spaced) of KV
+/// head `kv_head`: in place for an f32 cache, widened into the scratch otherwise.
 #[inline(always)]
-fn load_chunk<T: KvElem>(
+fn chunk_rows<T: KvElem>(
     kv: &PagedKv<'_, T>,
-    block_table: &[u32],
-    keys: Range<usize>,
+    slot0: usize,
+    chunk: usize,
     kv_head: usize,
     head_dim: usize,
     s: &mut Scratch,
-) {
-    let geometry = &kv.geometry;
-    let (block_size, row_width) = (geometry.block_size, geometry.row_width());
-    let chunk = keys.len();
-    if chunk < CHUNK_KEYS {
-        s.keys_t.fill(0.0);
+) -> ChunkRows {
+    let row_width = kv.geometry.row_width();
+    let start = slot0 * row_width + kv_head * head_dim;
+    let span = start..start + (chunk - 1) * row_width + head_dim;
+    if let (Some(k), Some(v)) = (T::as_f32(&kv.k[span.clone()]), T::as_f32(&kv.v[span])) {
+        return ChunkRows {
+            k: k.as_ptr(),
+            v: v.as_ptr(),
+            stride: row_width,
+        };
     }
-    for (j, key) in keys.enumerate() {
-        let slot = block_table[key / block_size] as usize * block_size + key % block_size;
-        let start = slot * row_width + kv_head * head_dim;
-        let k_row = T::row_f32(&kv.k[start..start + head_dim], &mut s.row);
-        for (d, &x) in k_row.iter().enumerate() {
-            s.keys_t[d * CHUNK_KEYS + j] = x;
+    // Not f32 (so `row_f32` widens into the destination it is given).
+    s.keys.resize(CHUNK_KEYS * head_dim, 0.0);
+    s.values.resize(CHUNK_KEYS * head_dim, 0.0);
+    for j in 0..chunk {
+        let row = start + j * row_width..start + j * row_width + head_dim;
+        let dst = j * head_dim..(j + 1) * head_dim;
+        T::row_f32(&kv.k[row.clone()], &mut s.keys[dst.clone()]);
+        T::row_f32(&kv.v[row], &mut s.values[dst]);
+    }
+    ChunkRows {
+        k: s.keys.as_ptr(),
+        v: s.values.as_ptr(),
+        stride: head_dim,
+    }
+}
+
+/// `keys_t[d][j] = k_j[d]` for the chunk's keys, zeros for the rest of the last vector.
+#[inline(always)]
+unsafe fn transpose_keys(rows: ChunkRows, chunk: usize, head_dim: usize, s: &mut Scratch) {
+    let padded = chunk.div_ceil(LANES) * LANES;
+    for d in 0..head_dim {
+        let dst = &mut s.keys_t[d * CHUNK_KEYS..d * CHUNK_KEYS + padded];
+        for (j, x) in dst.iter_mut().enumerate() {
+            *x = if j < chunk {
+                *rows.k.add(j * rows.stride + d)
+            } else {
+                0.0
+            };
         }
-        let v_row = T::row_f32(&kv.v[start..start + head_dim], &mut s.row);
-        s.values[j * head_dim..(j + 1) * head_dim].copy_from_slice(v_row);
     }
 }
 
 /// `scores[qi][key] = scale · q_qi · k_key` for the chunk's `key_vectors · 8` keys.
 #[inline(always)]
-unsafe fn scores(
+unsafe fn scores_transposed(
     query: &impl Fn(usize) -> *const f32,
     queries: usize,
     head_dim: usize,
@@ -268,6 +354,132 @@ unsafe fn scores(
         }
         q0 += n;
     }
+}
+
+/// `scores[qi][key] = scale · q_qi · k_key` for every query vector (at most
+/// [`DOT_MAX_QUERIES`]) and the chunk's keys, as dot products on the K rows.
+#[inline(always)]
+unsafe fn scores_dot(
+    query: &impl Fn(usize) -> *const f32,
+    queries: usize,
+    head_dim: usize,
+    chunk: usize,
+    rows: ChunkRows,
+    scale: f32,
+    s: &mut Scratch,
+) {
+    debug_assert!(queries <= DOT_MAX_QUERIES);
+    let q: [*const f32; DOT_MAX_QUERIES] = std::array::from_fn(|i| query(i.min(queries - 1)));
+    let tile = DotTile {
+        q,
+        rows,
+        head_dim,
+        scale,
+    };
+    // Keys per tile: 8 accumulators in all.
+    let keys_per_tile = 8 / queries.next_power_of_two();
+    let mut key = 0;
+    while key + keys_per_tile <= chunk {
+        prefetch_rows(rows, key, keys_per_tile, chunk, head_dim);
+        match queries {
+            1 => dot_tile::<1, 8>(&tile, key, s),
+            2 => dot_tile::<2, 4>(&tile, key, s),
+            _ => dot_tile::<4, 2>(&tile, key, s),
+        }
+        key += keys_per_tile;
+    }
+    while key < chunk {
+        match queries {
+            1 => dot_tile::<1, 1>(&tile, key, s),
+            2 => dot_tile::<2, 1>(&tile, key, s),
+            _ => dot_tile::<4, 1>(&tile, key, s),
+        }
+        key += 1;
+    }
+}
+
+/// Keys ahead of the dot products whose K rows are prefetched.
+const PREFETCH_KEYS: usize = 8;
+
+/// Prefetches the K rows `PREFETCH_KEYS` ahead of keys `key0 .. key0 + keys` and those
+/// keys' V rows (used right after the softmax). A head's slice of a slot row is a few
+/// cache lines in a row `stride` apart — on a new 4 KiB page every row or two in an f32
+/// cache — and the hardware prefetchers stop at page boundaries.
+#[inline(always)]
+unsafe fn prefetch_rows(rows: ChunkRows, key0: usize, keys: usize, chunk: usize, head_dim: usize) {
+    const LINE_FLOATS: usize = 16;
+    for j in key0..key0 + keys {
+        let ahead = j + PREFETCH_KEYS;
+        for line in (0..head_dim).step_by(LINE_FLOATS) {
+            if ahead < chunk {
+                let k = rows.k.wrapping_add(ahead * rows.stride + line);
+                _mm_prefetch::<_MM_HINT_T0>(k.cast());
+            }
+            let v = rows.v.wrapping_add(j * rows.stride + line);
+            _mm_prefetch::<_MM_HINT_T0>(v.cast());
+        }
+    }
+}
+
+/// What every dot tile of a chunk shares. Query pointers past the item's vectors repeat
+/// its last one (their scores land in unused rows of `scores`).
+struct DotTile {
+    q: [*const f32; DOT_MAX_QUERIES],
+    rows: ChunkRows,
+    head_dim: usize,
+    scale: f32,
+}
+
+/// `Q` query vectors × `KEYS` keys from `key0`, dotted along the head, the `Q·KEYS ≤ 8`
+/// sums reduced together.
+#[inline(always)]
+unsafe fn dot_tile<const Q: usize, const KEYS: usize>(
+    tile: &DotTile,
+    key0: usize,
+    s: &mut Scratch,
+) {
+    let mut acc = [[_mm256_setzero_ps(); KEYS]; Q];
+    let k: [*const f32; KEYS] =
+        std::array::from_fn(|j| tile.rows.k.add((key0 + j) * tile.rows.stride));
+    let mut d = 0;
+    while d < tile.head_dim {
+        let kv: [__m256; KEYS] = std::array::from_fn(|j| _mm256_loadu_ps(k[j].add(d)));
+        for (acc_q, &qp) in acc.iter_mut().zip(&tile.q) {
+            let qv = _mm256_loadu_ps(qp.add(d));
+            for (a, &kj) in acc_q.iter_mut().zip(&kv) {
+                *a = _mm256_fmadd_ps(qv, kj, *a);
+            }
+        }
+        d += LANES;
+    }
+    let mut lanes = [_mm256_setzero_ps(); 8];
+    for (i, acc_q) in acc.iter().enumerate() {
+        for (j, &a) in acc_q.iter().enumerate() {
+            lanes[i * KEYS + j] = a;
+        }
+    }
+    let mut sums = [0.0f32; 8];
+    _mm256_storeu_ps(
+        sums.as_mut_ptr(),
+        _mm256_mul_ps(hsum8(lanes), _mm256_set1_ps(tile.scale)),
+    );
+    for i in 0..Q {
+        for j in 0..KEYS {
+            s.scores[i * CHUNK_KEYS + key0 + j] = sums[i * KEYS + j];
+        }
+    }
+}
+
+/// Lane `i` of the result is the sum of the lanes of `v[i]` (a fixed order).
+#[inline(always)]
+unsafe fn hsum8(v: [__m256; 8]) -> __m256 {
+    let a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    let b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    // a = [v0..v3 low-half sums | v0..v3 high-half sums], b likewise for v4..v7.
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(a, b),
+        _mm256_permute2f128_ps::<0x31>(a, b),
+    )
 }
 
 /// Where one score tile starts: query vectors `q0 ..` (pointers `q`), key vector `kv0`.
@@ -307,12 +519,20 @@ unsafe fn score_tile<const Q: usize, const KV: usize>(tile: ScoreTile, s: &mut S
     }
 }
 
-/// Online softmax for query vector `qi` over the chunk's first `valid` of `chunk` keys:
-/// the scores become probabilities relative to the (possibly raised) running max, the
-/// other keys zeros; the running sum and the accumulated outputs are rescaled to that max.
+/// Online softmax for the query vector whose scores are row `local` of `scores` and
+/// whose state is entry `qi`, over the chunk's first `valid` of `chunk` keys: the scores
+/// become probabilities relative to the (possibly raised) running max, the other keys
+/// zeros; the running sum and the accumulated outputs are rescaled to that max.
 #[inline(always)]
-unsafe fn softmax_update(qi: usize, valid: usize, chunk: usize, head_dim: usize, s: &mut Scratch) {
-    let scores = &mut s.scores[qi * CHUNK_KEYS..(qi + 1) * CHUNK_KEYS];
+unsafe fn softmax_update(
+    local: usize,
+    qi: usize,
+    valid: usize,
+    chunk: usize,
+    head_dim: usize,
+    s: &mut Scratch,
+) {
+    let scores = &mut s.scores[local * CHUNK_KEYS..(local + 1) * CHUNK_KEYS];
     if valid == 0 {
         scores.fill(0.0);
         return;
@@ -354,9 +574,17 @@ unsafe fn softmax_update(qi: usize, valid: usize, chunk: usize, head_dim: usize,
     s.max[qi] = new_max;
 }
 
-/// `acc[qi] += Σ_key scores[qi][key] · values[key]` for every query vector.
+/// `acc[q_base + qi] += Σ_key scores[qi][key] · v_key` for the `queries` vectors of one
+/// KV head.
 #[inline(always)]
-unsafe fn values_update(queries: usize, head_dim: usize, chunk: usize, s: &mut Scratch) {
+unsafe fn values_update(
+    queries: usize,
+    q_base: usize,
+    head_dim: usize,
+    chunk: usize,
+    rows: ChunkRows,
+    s: &mut Scratch,
+) {
     let mut q0 = 0;
     while q0 < queries {
         let n = (queries - q0).min(PV_QUERIES);
@@ -365,9 +593,11 @@ unsafe fn values_update(queries: usize, head_dim: usize, chunk: usize, s: &mut S
             let slices = ((head_dim - d0) / LANES).min(4);
             let tile = PvTile {
                 q0,
+                q_base,
                 d0,
                 head_dim,
                 chunk,
+                rows,
             };
             match (n, slices) {
                 (2, 4) => pv_tile::<2, 4>(tile, s),
@@ -388,9 +618,11 @@ unsafe fn values_update(queries: usize, head_dim: usize, chunk: usize, s: &mut S
 /// Where one `P·V` tile starts: query vectors `q0 ..`, head elements `d0 ..`.
 struct PvTile {
     q0: usize,
+    q_base: usize,
     d0: usize,
     head_dim: usize,
     chunk: usize,
+    rows: ChunkRows,
 }
 
 /// `Q` query vectors × `D` 8-wide slices of the head, accumulated in registers over
@@ -400,16 +632,17 @@ unsafe fn pv_tile<const Q: usize, const D: usize>(tile: PvTile, s: &mut Scratch)
     let acc_ptr: [*mut f32; Q] = std::array::from_fn(|i| {
         s.acc
             .as_mut_ptr()
-            .add((tile.q0 + i) * tile.head_dim + tile.d0)
+            .add((tile.q_base + tile.q0 + i) * tile.head_dim + tile.d0)
     });
     let mut acc: [[__m256; D]; Q] = std::array::from_fn(|i| {
         std::array::from_fn(|v| _mm256_loadu_ps(acc_ptr[i].add(v * LANES)))
     });
     let probs = s.scores.as_ptr().add(tile.q0 * CHUNK_KEYS);
-    let values = s.values.as_ptr().add(tile.d0);
+    let values = tile.rows.v.add(tile.d0);
     for key in 0..tile.chunk {
-        let v: [__m256; D] =
-            std::array::from_fn(|i| _mm256_loadu_ps(values.add(key * tile.head_dim + i * LANES)));
+        let v: [__m256; D] = std::array::from_fn(|i| {
+            _mm256_loadu_ps(values.add(key * tile.rows.stride + i * LANES))
+        });
         for (i, acc_q) in acc.iter_mut().enumerate() {
             let p = _mm256_broadcast_ss(&*probs.add(i * CHUNK_KEYS + key));
             for (a, &vv) in acc_q.iter_mut().zip(&v) {

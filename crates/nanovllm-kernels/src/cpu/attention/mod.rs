@@ -6,9 +6,10 @@
 //! `s` sits at position `context_len_s − q_len_s + i` and sees keys `0..=pos`; in decode
 //! that is all `context_len_s` keys.
 //!
-//! Prefill on AVX2+FMA CPUs (head dims that are multiples of 8) goes to [`flash`]:
-//! blocks of query rows per KV head, each K/V chunk read once per block, online softmax.
-//! Otherwise (decode, other CPUs) work is split by query row, all heads at once: each K/V slot row (every KV head,
+//! On AVX2+FMA CPUs (head dims that are multiples of 8) [`flash`] does the work: blocks
+//! of query rows per KV head, each K/V chunk read once per block, online softmax.
+//! Otherwise (other CPUs, or a decode too small to fill the threads that way) work is
+//! split by query row, all heads at once: each K/V slot row (every KV head,
 //! contiguous in the cache) is streamed once per row and serves all GQA groups. When
 //! there are too few rows to keep every thread busy (decode, short batches), each row's
 //! keys are also split into ranges computed in parallel and merged exactly through
@@ -95,8 +96,9 @@ fn run(
     Tensor::from_f32(out, &[rows, width])
 }
 
-/// Prefill batches go to the query-block kernel where the CPU and head shape allow it;
-/// everything else to [`attend_rows`].
+/// The query-block kernel where the CPU and head shape allow it and its items can keep
+/// the threads busy; [`attend_rows`] otherwise (it also splits one row's keys across
+/// threads, for a few long decodes).
 fn attend<T: KvElem>(
     kv: &PagedKv<'_, T>,
     heads: Heads,
@@ -106,9 +108,13 @@ fn attend<T: KvElem>(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if batch.cu_seqlens_q.is_some() && flash::available(heads.head_dim) {
-        flash::attend_prefill(kv, heads, batch, qs, scale, out);
-        return;
+    if flash::available(heads.head_dim) {
+        // Decode items are whole rows (all KV heads); prefill blocks always make enough.
+        let rows = out.len() / (heads.heads * heads.head_dim);
+        if batch.cu_seqlens_q.is_some() || rows >= 2 * rayon::current_num_threads() {
+            flash::attend(kv, heads, batch, qs, scale, out);
+            return;
+        }
     }
     attend_rows(kv, heads, batch, qs, scale, out)
 }
