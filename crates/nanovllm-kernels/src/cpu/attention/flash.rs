@@ -380,7 +380,6 @@ unsafe fn scores_dot(
     let keys_per_tile = 8 / queries.next_power_of_two();
     let mut key = 0;
     while key + keys_per_tile <= chunk {
-        prefetch_rows(rows, key, keys_per_tile, chunk, head_dim);
         match queries {
             1 => dot_tile::<1, 8>(&tile, key, s),
             2 => dot_tile::<2, 4>(&tile, key, s),
@@ -395,29 +394,6 @@ unsafe fn scores_dot(
             _ => dot_tile::<4, 1>(&tile, key, s),
         }
         key += 1;
-    }
-}
-
-/// Keys ahead of the dot products whose K rows are prefetched.
-const PREFETCH_KEYS: usize = 8;
-
-/// Prefetches the K rows `PREFETCH_KEYS` ahead of keys `key0 .. key0 + keys` and those
-/// keys' V rows (used right after the softmax). A head's slice of a slot row is a few
-/// cache lines in a row `stride` apart — on a new 4 KiB page every row or two in an f32
-/// cache — and the hardware prefetchers stop at page boundaries.
-#[inline(always)]
-unsafe fn prefetch_rows(rows: ChunkRows, key0: usize, keys: usize, chunk: usize, head_dim: usize) {
-    const LINE_FLOATS: usize = 16;
-    for j in key0..key0 + keys {
-        let ahead = j + PREFETCH_KEYS;
-        for line in (0..head_dim).step_by(LINE_FLOATS) {
-            if ahead < chunk {
-                let k = rows.k.wrapping_add(ahead * rows.stride + line);
-                _mm_prefetch::<_MM_HINT_T0>(k.cast());
-            }
-            let v = rows.v.wrapping_add(j * rows.stride + line);
-            _mm_prefetch::<_MM_HINT_T0>(v.cast());
-        }
     }
 }
 
