@@ -79,8 +79,13 @@ const W_BLOCK_BYTES: usize = 96 << 10;
 /// tasks per thread are left for balance; a multiple of both kernel tile heights so only
 /// the last block has a ragged tile.
 #[cfg(target_arch = "x86_64")]
-fn w_block_rows(k: usize, n: usize) -> usize {
-    let by_cache = W_BLOCK_BYTES / (2 * k.min(avx2::K_CHUNK));
+fn w_block_rows(m: usize, k: usize, n: usize) -> usize {
+    let span = if m > avx2::X_ROWS {
+        k.min(avx2::K_CHUNK)
+    } else {
+        k
+    };
+    let by_cache = W_BLOCK_BYTES / (2 * span);
     let by_balance = n.div_ceil(4 * rayon::current_num_threads());
     by_cache
         .min(by_balance)
@@ -94,7 +99,7 @@ fn w_block_rows(k: usize, n: usize) -> usize {
 fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
     X_SPLIT.with_borrow_mut(|x_split| {
         avx2::split_even_odd(xs, m, k, x_split);
-        let rows = w_block_rows(k, n);
+        let rows = w_block_rows(m, k, n);
         let out_ptr = OutPtr(out.as_mut_ptr());
         let block_outputs = |block: usize| {
             let j = block * rows;

@@ -255,16 +255,21 @@ unsafe fn attend_item<T: KvElem>(
     }
 }
 
-/// Where a chunk's K and V rows of one head are: row `j` at `k + j·stride` (and `v`).
+/// Where a chunk's K and V rows of one head are: row `j` at `k + j·k_stride` and
+/// `v + j·head_dim`.
 #[derive(Clone, Copy)]
 struct ChunkRows {
     k: *const f32,
+    k_stride: usize,
     v: *const f32,
-    stride: usize,
 }
 
 /// The chunk's `chunk` slots from `slot0` (all in one block, so evenly spaced) of KV
-/// head `kv_head`: in place for an f32 cache, widened into the scratch otherwise.
+/// head `kv_head`. K: in place for an f32 cache, widened into the scratch otherwise.
+/// V: always copied (widened) into the scratch, contiguous: `P·V` sweeps the chunk's
+/// V rows once per 32-element slice of the head, and rows a cache row apart (4 KiB in an
+/// f32 Qwen3-0.6B cache) all fall in one L1 set, so more than 8 of them would evict each
+/// other on every sweep.
 #[inline(always)]
 fn chunk_rows<T: KvElem>(
     kv: &PagedKv<'_, T>,
@@ -276,42 +281,46 @@ fn chunk_rows<T: KvElem>(
 ) -> ChunkRows {
     let row_width = kv.geometry.row_width();
     let start = slot0 * row_width + kv_head * head_dim;
-    let span = start..start + (chunk - 1) * row_width + head_dim;
-    if let (Some(k), Some(v)) = (T::as_f32(&kv.k[span.clone()]), T::as_f32(&kv.v[span])) {
-        return ChunkRows {
-            k: k.as_ptr(),
-            v: v.as_ptr(),
-            stride: row_width,
-        };
-    }
-    // Not f32 (so `row_f32` widens into the destination it is given).
-    s.keys.resize(CHUNK_KEYS * head_dim, 0.0);
+    let row = |j: usize| start + j * row_width..start + j * row_width + head_dim;
     s.values.resize(CHUNK_KEYS * head_dim, 0.0);
     for j in 0..chunk {
-        let row = start + j * row_width..start + j * row_width + head_dim;
-        let dst = j * head_dim..(j + 1) * head_dim;
-        T::row_f32(&kv.k[row.clone()], &mut s.keys[dst.clone()]);
-        T::row_f32(&kv.v[row], &mut s.values[dst]);
+        let dst = &mut s.values[j * head_dim..(j + 1) * head_dim];
+        match T::as_f32(&kv.v[row(j)]) {
+            Some(v) => dst.copy_from_slice(v),
+            // Not f32, so `row_f32` widens into the destination it is given.
+            None => _ = T::row_f32(&kv.v[row(j)], dst),
+        }
+    }
+    let span = start..start + (chunk - 1) * row_width + head_dim;
+    if let Some(k) = T::as_f32(&kv.k[span]) {
+        return ChunkRows {
+            k: k.as_ptr(),
+            k_stride: row_width,
+            v: s.values.as_ptr(),
+        };
+    }
+    s.keys.resize(CHUNK_KEYS * head_dim, 0.0);
+    for j in 0..chunk {
+        T::row_f32(&kv.k[row(j)], &mut s.keys[j * head_dim..(j + 1) * head_dim]);
     }
     ChunkRows {
         k: s.keys.as_ptr(),
+        k_stride: head_dim,
         v: s.values.as_ptr(),
-        stride: head_dim,
     }
 }
 
 /// `keys_t[d][j] = k_j[d]` for the chunk's keys, zeros for the rest of the last vector.
+/// Row by row: each K row is read in order (the scattered writes stay in L1).
 #[inline(always)]
 unsafe fn transpose_keys(rows: ChunkRows, chunk: usize, head_dim: usize, s: &mut Scratch) {
     let padded = chunk.div_ceil(LANES) * LANES;
-    for d in 0..head_dim {
-        let dst = &mut s.keys_t[d * CHUNK_KEYS..d * CHUNK_KEYS + padded];
-        for (j, x) in dst.iter_mut().enumerate() {
-            *x = if j < chunk {
-                *rows.k.add(j * rows.stride + d)
-            } else {
-                0.0
-            };
+    let keys_t = s.keys_t.as_mut_ptr();
+    for j in 0..padded {
+        let row = rows.k.add(j.min(chunk - 1) * rows.k_stride);
+        let keep = if j < chunk { 1.0 } else { 0.0 };
+        for d in 0..head_dim {
+            *keys_t.add(d * CHUNK_KEYS + j) = *row.add(d) * keep;
         }
     }
 }
@@ -416,7 +425,7 @@ unsafe fn dot_tile<const Q: usize, const KEYS: usize>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); KEYS]; Q];
     let k: [*const f32; KEYS] =
-        std::array::from_fn(|j| tile.rows.k.add((key0 + j) * tile.rows.stride));
+        std::array::from_fn(|j| tile.rows.k.add((key0 + j) * tile.rows.k_stride));
     let mut d = 0;
     while d < tile.head_dim {
         let kv: [__m256; KEYS] = std::array::from_fn(|j| _mm256_loadu_ps(k[j].add(d)));
@@ -616,9 +625,8 @@ unsafe fn pv_tile<const Q: usize, const D: usize>(tile: PvTile, s: &mut Scratch)
     let probs = s.scores.as_ptr().add(tile.q0 * CHUNK_KEYS);
     let values = tile.rows.v.add(tile.d0);
     for key in 0..tile.chunk {
-        let v: [__m256; D] = std::array::from_fn(|i| {
-            _mm256_loadu_ps(values.add(key * tile.rows.stride + i * LANES))
-        });
+        let v: [__m256; D] =
+            std::array::from_fn(|i| _mm256_loadu_ps(values.add(key * tile.head_dim + i * LANES)));
         for (i, acc_q) in acc.iter_mut().enumerate() {
             let p = _mm256_broadcast_ss(&*probs.add(i * CHUNK_KEYS + key));
             for (a, &vv) in acc_q.iter_mut().zip(&v) {

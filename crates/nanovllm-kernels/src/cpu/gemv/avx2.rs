@@ -1,6 +1,6 @@
 //! AVX2+FMA register-blocked `x[M, K] · w[R, K]ᵀ` for bf16 weights over a block of W rows.
 //!
-//! Loop order (outer to inner): passes over [`K_CHUNK`]-long spans of K, then blocks of up
+//! Loop order (outer to inner): passes over [`K_CHUNK`]-long spans of K (for M > 4), then blocks of up
 //! to [`X_ROWS`] x rows, then groups of [`W_ROWS_WIDE`] (for 1–2 x rows, [`W_ROWS_NARROW`])
 //! W rows, then the span. One block of x rows over one span (`4 · 1024` f32, 16 KiB)
 //! stays in L1 while the W block (sized by the caller to fit L2) streams past it, so
@@ -22,16 +22,18 @@ use std::arch::x86_64::*;
 use super::super::simd::has_avx2_fma;
 
 /// Rows of `x` sharing each widened W chunk.
-const X_ROWS: usize = 4;
+pub(super) const X_ROWS: usize = 4;
 /// W rows sharing each x chunk when the tile has 3–4 x rows: 8 accumulators plus the W
 /// words, their widened halves, one x vector and the mask fit the 16 AVX registers
 /// (a 3 × 4 tile spilled accumulators to the stack on every pair).
 const W_ROWS_WIDE: usize = 2;
 /// W rows per tile when it has 1–2 x rows: more rows keep enough FMA chains in flight.
 const W_ROWS_NARROW: usize = 3;
-/// Split x elements per pass over K: a block of [`X_ROWS`] rows (16 KiB) stays in L1
-/// (at K = 3072 whole rows would not, and the x loads would come from L2). A multiple of
-/// [`LINE_ELEMS`].
+/// Split x elements per pass over K when there are several blocks of x rows: a block of
+/// [`X_ROWS`] rows (16 KiB) stays in L1 while the W block streams past it (at K = 3072
+/// whole rows would not, and the x loads would come from L2). With one block of x rows
+/// (M ≤ 4) the W block streams past once and each W row is best read in one go, so K is
+/// not split. A multiple of [`LINE_ELEMS`].
 pub(super) const K_CHUNK: usize = 1024;
 /// A multiple of both tile heights: W blocks of this many rows have no ragged tile.
 pub(super) const W_ROWS_MULTIPLE: usize = 6;
@@ -99,7 +101,7 @@ pub(super) unsafe fn block_outputs(
     };
     loop {
         // Whole chunks, but no short last one: it joins the chunk before.
-        span.end = if full - span.start >= K_CHUNK + K_CHUNK / 2 {
+        span.end = if m > X_ROWS && full - span.start >= K_CHUNK + K_CHUNK / 2 {
             span.start + K_CHUNK
         } else {
             full
