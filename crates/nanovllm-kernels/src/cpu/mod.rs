@@ -12,6 +12,7 @@ mod check;
 mod convert;
 mod embedding;
 mod gemv;
+mod heap;
 mod huge_pages;
 mod kv;
 mod matmul;
@@ -32,11 +33,20 @@ use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::{CpuStorage, Storage, Tensor};
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct CpuBackend;
 
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl CpuBackend {
+    /// The backend; also tunes the process's allocator for reusing op outputs (see
+    /// `cpu/heap.rs`).
     pub fn new() -> Self {
+        heap::keep_freed_buffers();
         Self
     }
 }

@@ -1,0 +1,26 @@
+//! Keep freed op outputs in the heap for reuse (glibc).
+//!
+//! Every CPU op returns a freshly allocated tensor. glibc serves blocks above its mmap
+//! threshold (128 KiB at first) with a new mapping and unmaps them on free, so a prefill
+//! step's activations (tens of MiB per layer) were page-faulted in and zeroed by the
+//! kernel op after op. Raising the mmap threshold to glibc's maximum (32 MiB on 64-bit)
+//! and the trim threshold above it keeps those blocks in the heap, where the next op's
+//! allocation finds them. Process-wide and only tuning: results never depend on it.
+
+/// Applies the settings once per process (Linux with glibc; elsewhere nothing).
+pub(crate) fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+            const TRIM_THRESHOLD: libc::c_int = 256 << 20;
+            // SAFETY: mallopt only changes allocator parameters; it is called once,
+            // before this backend allocates anything. A refusal leaves the defaults.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+            }
+        });
+    }
+}
