@@ -8,9 +8,12 @@
 //! W is read 16 bf16 at a time as 8 u32 words and widened (exactly) without shuffles:
 //! `word << 16` is the even elements, `word & 0xffff_0000` the odd ones, so x comes in
 //! pre-split by [`split_even_odd`] (per 16 elements: the 8 even ones, then the 8 odd
-//! ones). Each widened half feeds one FMA per x row. W is prefetched [`PREFETCH_ELEMS`]
-//! ahead: its rows are a few KiB long, so the hardware prefetcher, which stops at every
-//! 4 KiB page, would otherwise restart on every other row.
+//! ones). Each widened half feeds one FMA per x row. W is prefetched one row group
+//! ahead: at the same offset in the rows `R` below (the next group's rows; W rows are
+//! contiguous, so that is `R·K` elements ahead of each stream, 4–12 KiB). Rows are a few
+//! KiB long, so the hardware prefetchers, which stop at every 4 KiB page, would restart
+//! on every other row; a prefetch only one row ahead (2 KiB at K = 1024) mostly fetched
+//! lines the same tile was already reading.
 //!
 //! Accumulation is f32 in a fixed order (per span: per-lane partial sums, the even and
 //! odd halves in separate sets for small tiles, then a fixed horizontal sum, then for the
@@ -43,8 +46,6 @@ const LANES: usize = 8;
 const PAIR_ELEMS: usize = 16;
 /// Elements per 64-byte cache line of bf16 weights: the unrolled step of the K loop.
 const LINE_ELEMS: usize = 32;
-/// How far ahead (in bf16 elements, 2 KiB) each W row is prefetched.
-const PREFETCH_ELEMS: usize = 1024;
 
 /// Whether [`block_outputs`] may run on this CPU.
 pub(super) fn available() -> bool {
@@ -252,8 +253,9 @@ unsafe fn block<const R: usize, const X: usize, const U: usize>(
     // One cache line of each W row per step: one prefetch per row, two pairs.
     while off + LINE_ELEMS <= span.end {
         for &wp in &w_ptr {
-            // A hint only: it never faults, so running past the end of W is harmless.
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(off + PREFETCH_ELEMS).cast());
+            // The next row group's line (see the module docs). A hint only: it never
+            // faults, so running past the end of W is harmless.
+            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(off + R * k).cast());
         }
         pair(&w_ptr, &x_ptr, off, &mut acc);
         pair(&w_ptr, &x_ptr, off + PAIR_ELEMS, &mut acc);
