@@ -2,8 +2,6 @@
 
 mod bench;
 mod gpu_check;
-mod pyrandom;
-mod workload;
 
 use clap::{Parser, Subcommand};
 

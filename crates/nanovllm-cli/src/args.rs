@@ -26,6 +26,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Chat in the terminal (or with a script piping lines into stdin).
     Chat(ChatArgs),
+    /// Throughput on nano-vLLM's bench.py workload (random token prompts, `ignore_eos`),
+    /// on a model directory or on random weights of a config.json's shape.
+    Bench(BenchArgs),
     /// A tensor-parallel worker: one rank (`--rank`), or every rank of a worker node
     /// (`--nnodes N --node-rank K --tensor-parallel-size T`). Started by the engine for
     /// its own node's ranks; start it by hand on the other nodes of a multi-host group.
@@ -156,15 +159,22 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// defaults < TOML file < flags.
     pub fn to_engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let cfg = self.overlay_engine_config()?;
+        if cfg.model.as_os_str().is_empty() {
+            anyhow::bail!("no model given: pass --model DIR (or set `model` in --config)");
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// defaults < TOML file < flags, not yet validated: the model may still be unset.
+    pub fn overlay_engine_config(&self) -> anyhow::Result<EngineConfig> {
         let mut cfg = match &self.config {
             Some(path) => EngineConfig::from_toml_file(path)?,
             None => EngineConfig::default(),
         };
         if let Some(m) = &self.model {
             cfg.model = m.clone();
-        }
-        if cfg.model.as_os_str().is_empty() {
-            anyhow::bail!("no model given: pass --model DIR (or set `model` in --config)");
         }
         if let Some(t) = &self.tokenizer {
             cfg.tokenizer = Some(t.clone());
@@ -226,7 +236,6 @@ impl EngineArgs {
         if let Some(t) = self.tp_timeout_secs {
             cfg.tp.timeout_secs = t;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 }
@@ -330,4 +339,53 @@ pub struct ChatArgs {
     /// Extra chat-template variables as a JSON object, e.g. '{"enable_thinking": false}'.
     #[arg(long, value_name = "JSON")]
     pub chat_template_kwargs: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchProfile {
+    /// bench.py exactly: 256 sequences, prompts and outputs of 100–1024 tokens.
+    Seed,
+    /// Scaled for a 2-core CPU: 32 sequences, prompts and outputs of 32–256 tokens.
+    Cpu,
+}
+
+/// `cargo xtask bench`'s flags, over the shared engine flags; one of `--model` and
+/// `--model-config` is required (an installed binary has no repository beside it).
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// A config.json of the model's shape, run with random weights (implies --load-format
+    /// dummy), e.g. configs/qwen3-0.6b.json of the repository.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "load_format"])]
+    pub model_config: Option<PathBuf>,
+    /// The workload's shape; --num-seqs and the length bounds override it.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub profile: BenchProfile,
+    /// Sequences in the workload.
+    #[arg(long)]
+    pub num_seqs: Option<usize>,
+    /// Shortest prompt, in tokens.
+    #[arg(long)]
+    pub min_input: Option<usize>,
+    /// Longest prompt, in tokens.
+    #[arg(long)]
+    pub max_input: Option<usize>,
+    /// Fewest tokens generated for a sequence.
+    #[arg(long)]
+    pub min_output: Option<usize>,
+    /// Most tokens generated for a sequence.
+    #[arg(long)]
+    pub max_output: Option<usize>,
+    /// Sampling temperature of the measured requests (bench.py uses 0.6; 0 = greedy).
+    #[arg(long, default_value_t = nanovllm_core::bench::BENCH_PY_TEMPERATURE)]
+    pub temperature: f32,
+    /// Worker threads of the CPU backend's pool (default: rayon's, i.e. all cores or
+    /// `RAYON_NUM_THREADS`). Set it to match the thread count of a comparison run.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write the figures as JSON too.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }

@@ -2,6 +2,7 @@
 //! input/output formats only; everything it runs lives in nanovllm-core.
 
 mod args;
+mod bench;
 mod chat;
 mod generate;
 mod requests;
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Worker(args) => worker::run(args),
     };
     match result {

@@ -58,6 +58,13 @@ pub enum EngineError {
     /// The logits of a sequence contain NaN or are all -inf: the model produced garbage.
     #[error("sequence {seq_id}: logits hold no finite maximum (NaN or all -inf); the model or its weights are broken")]
     NonFiniteLogits { seq_id: SeqId },
+    /// A benchmark setting ([`crate::bench`]) that the workload or the model cannot run.
+    #[error("invalid benchmark {what} = {value}: expected {expected}")]
+    InvalidBenchmark {
+        what: &'static str,
+        value: String,
+        expected: String,
+    },
     /// A tensor-parallel rank failed, died, or could not be reached; names the rank.
     #[error("tensor parallelism: {0}")]
     TensorParallel(String),

@@ -3,7 +3,8 @@
 //! The engine. Owns [`EngineConfig`], the user-facing [`LLM`] (batch
 //! `generate`) and [`LLMEngine`] (step API: add_request / step / abort), the
 //! [`ModelRunner`] (batch preparation on the device, KV-cache sizing), the
-//! [`Sampler`] and the [`Tokenizer`].
+//! [`Sampler`] and the [`Tokenizer`], and the bench.py throughput run
+//! ([`bench`]).
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
 //! never sees a tensor and the model never sees a scheduling decision.
@@ -16,6 +17,7 @@
 //! # Ok::<(), nanovllm_core::EngineError>(())
 //! ```
 
+pub mod bench;
 pub mod chat_template;
 pub mod config;
 pub mod cuda_graph;
@@ -35,6 +37,7 @@ mod engine_tests;
 #[cfg(test)]
 mod testing;
 
+pub use bench::{BenchOptions, BenchReport, Workload, WorkloadSpec};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{DeviceKind, EngineConfig, KvCacheDType};
 pub use engine::{

@@ -4,6 +4,9 @@
 //! nano-vLLM's bench.py draws its workload from Python's `random` with
 //! `seed(0)`; reproducing that stream exactly is what makes our throughput
 //! figures comparable with published ones.
+//!
+//! Invariant: after `new(seed)` the stream of `next_u32` equals CPython's
+//! `random.getrandbits(32)` stream after `random.seed(seed)`.
 
 const N: usize = 624;
 const M: usize = 397;
@@ -99,6 +102,9 @@ impl PyRandom {
     }
 
     /// `random.getrandbits(k)` for 1 ≤ k ≤ 64.
+    ///
+    /// # Panics
+    /// When `k` is outside `1..=64` (a caller bug: `randbelow` never asks for that).
     pub fn getrandbits(&mut self, k: u32) -> u64 {
         assert!((1..=64).contains(&k), "getrandbits supports 1..=64 bits");
         if k <= 32 {
@@ -111,6 +117,9 @@ impl PyRandom {
     }
 
     /// `random._randbelow(n)`: uniform in `0..n` by rejection on `n.bit_length()` bits.
+    ///
+    /// # Panics
+    /// When `n == 0`.
     pub fn randbelow(&mut self, n: u64) -> u64 {
         assert!(n > 0, "randbelow needs n > 0");
         let k = 64 - n.leading_zeros();
@@ -123,6 +132,9 @@ impl PyRandom {
     }
 
     /// `random.randint(a, b)`: uniform in `a..=b`.
+    ///
+    /// # Panics
+    /// When `a > b` (check user-given bounds first, as [`super::WorkloadSpec::validate`] does).
     pub fn randint(&mut self, a: i64, b: i64) -> i64 {
         assert!(a <= b, "randint needs a <= b");
         a + self.randbelow((b - a) as u64 + 1) as i64

@@ -1,0 +1,19 @@
+//! Throughput on nano-vLLM's bench.py workload, for `nanovllm bench` and
+//! `cargo xtask bench` (both are thin argument parsers over [`run`]).
+//!
+//! - [`pyrandom`]: CPython's `random` (MT19937, `randint`) bit for bit, so the
+//!   workload is bench.py's own: `WorkloadSpec::SEED` gives 142,827 prompt and
+//!   133,966 output tokens over 256 sequences.
+//! - [`workload`]: the [`WorkloadSpec`] (profile bounds) and the generated [`Workload`].
+//! - [`run()`]: the engine run and its measurement, returning a [`BenchReport`],
+//!   which prints as text (`Display`) and serialises as the `--json` schema.
+
+pub mod pyrandom;
+mod report;
+mod run;
+pub mod workload;
+
+pub use pyrandom::PyRandom;
+pub use report::{peak_rss_mib, BenchReport};
+pub use run::{run, BenchOptions, BENCH_PY_TEMPERATURE};
+pub use workload::{Workload, WorkloadSpec, MAX_PROMPT_TOKEN_ID};

@@ -1,0 +1,151 @@
+//! The figures of one benchmark run, as text (`Display`, the lines `cargo xtask bench`
+//! has always printed) and as JSON (`Serialize`, the `--json` schema).
+//!
+//! The `Total: {n}tok, Time: {t}s, Throughput: {x}tok/s` line is bench.py's and is
+//! grepped by `target/gpu-check/run.sh`: keep its wording.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// The figures of one run (also the `--json` schema).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub model: String,
+    pub num_seqs: usize,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub time_s: f64,
+    /// bench.py's figure: output tokens / wall time.
+    pub output_tokens_per_s: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub mean_decode_batch_size: f64,
+    pub num_preemptions: u64,
+    pub peak_kv_cache_used_fraction: f64,
+    pub peak_rss_mib: Option<f64>,
+    /// Decode batch sizes replayed through CUDA graphs (empty: eager).
+    pub cuda_graph_batch_sizes: Vec<usize>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "device                {}", self.device)?;
+        writeln!(f, "model                 {}", self.model)?;
+        writeln!(
+            f,
+            "workload              {} seqs, {} prompt tokens",
+            self.num_seqs, self.prompt_tokens
+        )?;
+        writeln!(
+            f,
+            "Total: {}tok, Time: {:.2}s, Throughput: {:.2}tok/s",
+            self.output_tokens, self.time_s, self.output_tokens_per_s
+        )?;
+        writeln!(
+            f,
+            "prefill               {:.1} tok/s",
+            self.prefill_tokens_per_s
+        )?;
+        writeln!(
+            f,
+            "decode                {:.1} tok/s",
+            self.decode_tokens_per_s
+        )?;
+        writeln!(
+            f,
+            "mean decode batch     {:.1}",
+            self.mean_decode_batch_size
+        )?;
+        writeln!(f, "preemptions           {}", self.num_preemptions)?;
+        writeln!(
+            f,
+            "peak KV-cache use     {:.1}%",
+            100.0 * self.peak_kv_cache_used_fraction
+        )?;
+        match (
+            self.cuda_graph_batch_sizes.first(),
+            self.cuda_graph_batch_sizes.last(),
+        ) {
+            (Some(lo), Some(hi)) => writeln!(
+                f,
+                "CUDA graphs           {} batch sizes, {lo}..={hi}",
+                self.cuda_graph_batch_sizes.len()
+            )?,
+            _ => writeln!(f, "CUDA graphs           off (eager)")?,
+        }
+        if let Some(mib) = self.peak_rss_mib {
+            writeln!(f, "peak memory (RSS)     {mib:.0} MiB")?;
+        }
+        Ok(())
+    }
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MiB; `None` elsewhere.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(cuda_graph_batch_sizes: Vec<usize>, peak_rss_mib: Option<f64>) -> BenchReport {
+        BenchReport {
+            device: "cpu".into(),
+            model: "configs/qwen3-0.6b.json".into(),
+            num_seqs: 32,
+            prompt_tokens: 4567,
+            output_tokens: 4321,
+            time_s: 12.5,
+            output_tokens_per_s: 350.0203,
+            prefill_tokens_per_s: 1234.56,
+            decode_tokens_per_s: 400.04,
+            mean_decode_batch_size: 27.46,
+            num_preemptions: 2,
+            peak_kv_cache_used_fraction: 0.4567,
+            peak_rss_mib,
+            cuda_graph_batch_sizes,
+        }
+    }
+
+    #[test]
+    fn text_report_keeps_bench_py_total_line_and_layout() {
+        let text = report(vec![], Some(3061.4)).to_string();
+        let expected = "\
+device                cpu
+model                 configs/qwen3-0.6b.json
+workload              32 seqs, 4567 prompt tokens
+Total: 4321tok, Time: 12.50s, Throughput: 350.02tok/s
+prefill               1234.6 tok/s
+decode                400.0 tok/s
+mean decode batch     27.5
+preemptions           2
+peak KV-cache use     45.7%
+CUDA graphs           off (eager)
+peak memory (RSS)     3061 MiB
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn text_report_names_the_cuda_graph_range() {
+        let text = report(vec![1, 2, 4, 8, 16], None).to_string();
+        assert!(text.contains("CUDA graphs           5 batch sizes, 1..=16\n"));
+        assert!(!text.contains("peak memory"));
+    }
+
+    #[test]
+    fn json_report_has_every_field() {
+        let json = serde_json::to_value(report(vec![1, 2], None)).unwrap();
+        assert_eq!(json["output_tokens"], 4321);
+        assert_eq!(json["prompt_tokens"], 4567);
+        assert_eq!(json["cuda_graph_batch_sizes"], serde_json::json!([1, 2]));
+        assert!(json["peak_rss_mib"].is_null());
+        assert_eq!(json.as_object().unwrap().len(), 14);
+    }
+}
