@@ -204,9 +204,16 @@ impl EngineConfig {
         Ok(())
     }
 
+    /// Whether `model` names a config file rather than a model directory: an existing
+    /// file, or a missing path ending in `.json` (so the error names that file).
+    fn model_is_config_file(&self) -> bool {
+        self.model.is_file()
+            || (!self.model.is_dir() && self.model.extension().is_some_and(|e| e == "json"))
+    }
+
     /// `config.json` of the model: `model` itself when it is a file, else `model/config.json`.
     pub fn model_config_path(&self) -> PathBuf {
-        if self.model.is_file() {
+        if self.model_is_config_file() {
             self.model.clone()
         } else {
             self.model.join("config.json")
@@ -215,7 +222,7 @@ impl EngineConfig {
 
     /// The directory holding the model's files (`generation_config.json`, weights).
     pub fn model_dir(&self) -> PathBuf {
-        if self.model.is_file() {
+        if self.model_is_config_file() {
             self.model
                 .parent()
                 .map(Path::to_path_buf)
@@ -415,6 +422,10 @@ mod tests {
         let file = EngineConfig::new(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
         assert_eq!(file.model_config_path(), file.model);
         assert_eq!(file.model_dir(), PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        // A missing `.json` path is taken as the config file (the error then names it).
+        let missing = EngineConfig::new("/nonexistent/qwen3.json");
+        assert_eq!(missing.model_config_path(), missing.model);
+        assert_eq!(missing.model_dir(), PathBuf::from("/nonexistent"));
         let with_tok = EngineConfig {
             tokenizer: Some("tok".into()),
             ..dir
