@@ -40,9 +40,10 @@ const CHUNK_KEYS: usize = 64;
 /// Up to this many query vectors per KV head, scores are dot products on the K rows.
 const DOT_MAX_QUERIES: usize = 4;
 /// Most keys per chunk for dot scores, whose items cover every KV head: the chunk's
-/// slot rows (`16 · 8 KiB` for Qwen3-0.6B's f32 K and V) stay in L2 while the KV heads
-/// take their slices in turn, so each row is read from memory whole and in order.
-const DOT_CHUNK_KEYS: usize = 16;
+/// slot rows (`8 · 8 KiB` for Qwen3-0.6B's f32 K and V) stay in L2 while the KV heads
+/// take their slices in turn, so each row is read from memory whole and in order; and
+/// 8 rows a cache row apart still fit one 8-way L1 set (see `chunk_rows`).
+const DOT_CHUNK_KEYS: usize = 8;
 /// f32 lanes per AVX register.
 const LANES: usize = 8;
 /// Query vectors per score tile (each times two 8-key vectors: 8 accumulators).
@@ -217,7 +218,8 @@ unsafe fn attend_item<T: KvElem>(
         for g in 0..item.kv_heads {
             let q_base = g * queries;
             let head_query = |qi: usize| query(q_base + qi);
-            let rows = chunk_rows(kv, slot0, chunk, item.first_kv_head + g, head_dim, s);
+            let kv_head = item.first_kv_head + g;
+            let rows = chunk_rows(kv, slot0, chunk, kv_head, head_dim, transposed, s);
             if transposed {
                 transpose_keys(rows, chunk, head_dim, s);
                 scores_transposed(
@@ -256,20 +258,22 @@ unsafe fn attend_item<T: KvElem>(
 }
 
 /// Where a chunk's K and V rows of one head are: row `j` at `k + j·k_stride` and
-/// `v + j·head_dim`.
+/// `v + j·v_stride`.
 #[derive(Clone, Copy)]
 struct ChunkRows {
     k: *const f32,
     k_stride: usize,
     v: *const f32,
+    v_stride: usize,
 }
 
 /// The chunk's `chunk` slots from `slot0` (all in one block, so evenly spaced) of KV
-/// head `kv_head`. K: in place for an f32 cache, widened into the scratch otherwise.
-/// V: always copied (widened) into the scratch, contiguous: `P·V` sweeps the chunk's
-/// V rows once per 32-element slice of the head, and rows a cache row apart (4 KiB in an
-/// f32 Qwen3-0.6B cache) all fall in one L1 set, so more than 8 of them would evict each
-/// other on every sweep.
+/// head `kv_head`: in place for an f32 cache, widened into the scratch otherwise — except
+/// V when `copy_values`: `P·V` sweeps the chunk's V rows once per 32-element slice of the
+/// head, and rows a cache row apart (4 KiB in an f32 Qwen3-0.6B cache) all fall in one
+/// 8-way L1 set, so a chunk of more than 8 rows evicts itself on every sweep. Prefill
+/// chunks (64 rows, shared by up to 32 query vectors) are copied contiguous; decode
+/// chunks are at most 8 rows and read in place.
 #[inline(always)]
 fn chunk_rows<T: KvElem>(
     kv: &PagedKv<'_, T>,
@@ -277,36 +281,44 @@ fn chunk_rows<T: KvElem>(
     chunk: usize,
     kv_head: usize,
     head_dim: usize,
+    copy_values: bool,
     s: &mut Scratch,
 ) -> ChunkRows {
     let row_width = kv.geometry.row_width();
     let start = slot0 * row_width + kv_head * head_dim;
     let row = |j: usize| start + j * row_width..start + j * row_width + head_dim;
-    s.values.resize(CHUNK_KEYS * head_dim, 0.0);
-    for j in 0..chunk {
-        let dst = &mut s.values[j * head_dim..(j + 1) * head_dim];
-        match T::as_f32(&kv.v[row(j)]) {
-            Some(v) => dst.copy_from_slice(v),
-            // Not f32, so `row_f32` widens into the destination it is given.
-            None => _ = T::row_f32(&kv.v[row(j)], dst),
-        }
-    }
     let span = start..start + (chunk - 1) * row_width + head_dim;
-    if let Some(k) = T::as_f32(&kv.k[span]) {
-        return ChunkRows {
-            k: k.as_ptr(),
-            k_stride: row_width,
-            v: s.values.as_ptr(),
-        };
-    }
-    s.keys.resize(CHUNK_KEYS * head_dim, 0.0);
-    for j in 0..chunk {
-        T::row_f32(&kv.k[row(j)], &mut s.keys[j * head_dim..(j + 1) * head_dim]);
-    }
+    let in_place = |cache: &[T]| T::as_f32(&cache[span.clone()]).map(<[f32]>::as_ptr);
+    let (k, k_stride) = match in_place(kv.k) {
+        Some(k) => (k, row_width),
+        None => {
+            s.keys.resize(CHUNK_KEYS * head_dim, 0.0);
+            for j in 0..chunk {
+                // Not f32, so `row_f32` widens into the destination it is given.
+                T::row_f32(&kv.k[row(j)], &mut s.keys[j * head_dim..(j + 1) * head_dim]);
+            }
+            (s.keys.as_ptr(), head_dim)
+        }
+    };
+    let (v, v_stride) = match in_place(kv.v) {
+        Some(v) if !copy_values => (v, row_width),
+        _ => {
+            s.values.resize(CHUNK_KEYS * head_dim, 0.0);
+            for j in 0..chunk {
+                let dst = &mut s.values[j * head_dim..(j + 1) * head_dim];
+                match T::as_f32(&kv.v[row(j)]) {
+                    Some(v) => dst.copy_from_slice(v),
+                    None => _ = T::row_f32(&kv.v[row(j)], dst),
+                }
+            }
+            (s.values.as_ptr(), head_dim)
+        }
+    };
     ChunkRows {
-        k: s.keys.as_ptr(),
-        k_stride: head_dim,
-        v: s.values.as_ptr(),
+        k,
+        k_stride,
+        v,
+        v_stride,
     }
 }
 
@@ -625,8 +637,9 @@ unsafe fn pv_tile<const Q: usize, const D: usize>(tile: PvTile, s: &mut Scratch)
     let probs = s.scores.as_ptr().add(tile.q0 * CHUNK_KEYS);
     let values = tile.rows.v.add(tile.d0);
     for key in 0..tile.chunk {
-        let v: [__m256; D] =
-            std::array::from_fn(|i| _mm256_loadu_ps(values.add(key * tile.head_dim + i * LANES)));
+        let v: [__m256; D] = std::array::from_fn(|i| {
+            _mm256_loadu_ps(values.add(key * tile.rows.v_stride + i * LANES))
+        });
         for (i, acc_q) in acc.iter_mut().enumerate() {
             let p = _mm256_broadcast_ss(&*probs.add(i * CHUNK_KEYS + key));
             for (a, &vv) in acc_q.iter_mut().zip(&v) {
