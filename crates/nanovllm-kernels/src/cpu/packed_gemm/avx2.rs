@@ -63,7 +63,8 @@ pub(super) unsafe fn column_block(
 }
 
 /// Widens W rows `n0 .. n0 + cols`, elements `k0 .. k0 + kc`, into `[⌈cols/NR⌉][kc][NR]`
-/// panels (zeros past the block's last row).
+/// panels (zeros past the block's last row). Whole groups of 8 rows × 8 elements go
+/// through [`widen_transpose_8x8`]; the ragged rest element by element.
 #[inline(always)]
 unsafe fn pack_w(
     w: &[u16],
@@ -73,20 +74,70 @@ unsafe fn pack_w(
     kc: usize,
     packed: &mut Vec<WLine>,
 ) {
+    const GROUP: usize = 8;
     let panels = block.cols.div_ceil(NR);
     packed.clear();
     packed.resize(panels * kc, WLine([0.0; NR]));
+    let whole_k = kc / GROUP * GROUP;
     for p in 0..panels {
         let panel = &mut packed[p * kc..(p + 1) * kc];
         let rows = NR.min(block.cols - p * NR);
+        let row_start = |j: usize| (block.n0 + p * NR + j) * k + k0;
+        for j0 in (0..rows / GROUP * GROUP).step_by(GROUP) {
+            let src: [*const u16; GROUP] =
+                std::array::from_fn(|i| w.as_ptr().add(row_start(j0 + i)));
+            for kk in (0..whole_k).step_by(GROUP) {
+                let columns = widen_transpose_8x8(&src, kk);
+                for (c, column) in columns.iter().enumerate() {
+                    _mm256_storeu_ps(panel[kk + c].0.as_mut_ptr().add(j0), *column);
+                }
+            }
+        }
         for j in 0..rows {
-            let start = (block.n0 + p * NR + j) * k + k0;
-            let src = &w[start..start + kc];
-            for (line, &bits) in panel.iter_mut().zip(src) {
+            let src = &w[row_start(j)..row_start(j) + kc];
+            let first_k = if j < rows / GROUP * GROUP { whole_k } else { 0 };
+            for (line, &bits) in panel[first_k..].iter_mut().zip(&src[first_k..]) {
                 line.0[j] = f32::from_bits((bits as u32) << 16);
             }
         }
     }
+}
+
+/// Elements `kk .. kk + 8` of the 8 bf16 rows at `src`, widened, as 8 column vectors:
+/// column `c` holds element `kk + c` of rows 0..8.
+#[inline(always)]
+unsafe fn widen_transpose_8x8(src: &[*const u16; 8], kk: usize) -> [__m256; 8] {
+    let r: [__m256; 8] = std::array::from_fn(|i| {
+        let bits = _mm_loadu_si128(src[i].add(kk).cast());
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+    });
+    // Pairs of rows interleaved, then pairs of pairs, then the two 128-bit halves.
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // u[4h + q]: rows 4h..4h + 4 of columns q (low half) and q + 4 (high half).
+    let u: [__m256; 8] = std::array::from_fn(|i| {
+        let (h, q) = (i / 4, i % 4);
+        let (a, b) = (t[4 * h + q / 2], t[4 * h + 2 + q / 2]);
+        if q % 2 == 0 {
+            _mm256_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    std::array::from_fn(|c| {
+        let (a, b) = (u[c % 4], u[4 + c % 4]);
+        if c < 4 {
+            _mm256_permute2f128_ps::<0x20>(a, b)
+        } else {
+            _mm256_permute2f128_ps::<0x31>(a, b)
+        }
+    })
 }
 
 /// Where a micro-kernel's `MR × NR` tile goes: `rows × cols` of it are valid, at `c`
