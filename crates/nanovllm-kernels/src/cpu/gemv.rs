@@ -133,20 +133,8 @@ fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut 
 
 #[cfg(test)]
 mod tests {
+    use super::super::matmul_check::{assert_matches_f64, bf16_bits, values};
     use super::*;
-
-    /// Deterministic values in [-1, 1) from a 64-bit LCG.
-    fn values(seed: u64, len: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Every M from 1 to 40 (x-row blocks of 4 plus remainders), odd N (a lone last W
     /// row, several W blocks per call), K with and without a scalar tail, with and
@@ -168,30 +156,11 @@ mod tests {
         ] {
             for m in 1..=40 {
                 let x = values(m as u64 * 31 + k as u64, m * k);
-                let w_bits: Vec<u16> = values(n as u64 * 17 + k as u64, n * k)
-                    .iter()
-                    .map(|&v| half::bf16::from_f32(v).to_bits())
-                    .collect();
+                let w_bits = bf16_bits(&values(n as u64 * 17 + k as u64, n * k));
                 let w_bf16: &[half::bf16] = bytemuck::cast_slice(&w_bits);
                 let mut got = vec![f32::NAN; m * n];
                 matmul_small_m(&x, Floats::BF16(w_bf16), m, k, n, &mut got);
-                for i in 0..m {
-                    for j in 0..n {
-                        let (mut want, mut magnitude) = (0.0f64, 0.0f64);
-                        for kk in 0..k {
-                            let wv = f32::from_bits((w_bits[j * k + kk] as u32) << 16);
-                            let term = x[i * k + kk] as f64 * wv as f64;
-                            want += term;
-                            magnitude += term.abs();
-                        }
-                        let err = (got[i * n + j] as f64 - want).abs();
-                        assert!(
-                            err <= 1e-5 * magnitude + 1e-30,
-                            "m={m} k={k} n={n} ({i},{j}): got {} want {want}",
-                            got[i * n + j]
-                        );
-                    }
-                }
+                assert_matches_f64(&x, &w_bits, m, k, &got);
             }
         }
     }

@@ -16,6 +16,8 @@ mod heap;
 mod huge_pages;
 mod kv;
 mod matmul;
+#[cfg(test)]
+mod matmul_check;
 mod moe;
 mod norm;
 mod packed_gemm;

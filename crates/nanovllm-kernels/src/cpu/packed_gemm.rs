@@ -141,19 +141,8 @@ struct ColumnBlock {
 
 #[cfg(test)]
 mod tests {
+    use super::super::matmul_check::{assert_matches_f64, bf16_bits, values};
     use super::*;
-
-    fn values(seed: u64, len: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Ragged and whole tiles in every dimension: M around MR and MC, N around NR and
     /// the task width, K around KC (one and several slices); against f64 accumulation with
@@ -176,29 +165,10 @@ mod tests {
         ];
         for (m, n, k) in shapes {
             let x = values((m * 31 + k) as u64, m * k);
-            let w_bits: Vec<u16> = values((n * 17 + k) as u64, n * k)
-                .iter()
-                .map(|&v| half::bf16::from_f32(v).to_bits())
-                .collect();
+            let w_bits = bf16_bits(&values((n * 17 + k) as u64, n * k));
             let mut got = vec![f32::NAN; m * n];
             matmul_bf16(&x, &w_bits, m, k, n, &mut got);
-            for i in 0..m {
-                for j in 0..n {
-                    let (mut want, mut magnitude) = (0.0f64, 0.0f64);
-                    for kk in 0..k {
-                        let wv = f32::from_bits((w_bits[j * k + kk] as u32) << 16);
-                        let term = x[i * k + kk] as f64 * wv as f64;
-                        want += term;
-                        magnitude += term.abs();
-                    }
-                    let err = (got[i * n + j] as f64 - want).abs();
-                    assert!(
-                        err <= 1e-5 * magnitude + 1e-30,
-                        "m={m} n={n} k={k} ({i},{j}): got {} want {want}",
-                        got[i * n + j]
-                    );
-                }
-            }
+            assert_matches_f64(&x, &w_bits, m, k, &got);
         }
     }
 
@@ -210,10 +180,7 @@ mod tests {
         }
         let (m, n, k) = (50, 200, 700);
         let x = values(3, m * k);
-        let w: Vec<u16> = values(4, n * k)
-            .iter()
-            .map(|&v| half::bf16::from_f32(v).to_bits())
-            .collect();
+        let w = bf16_bits(&values(4, n * k));
         let mut one = vec![0.0; m * n];
         rayon::ThreadPoolBuilder::new()
             .num_threads(1)

@@ -208,3 +208,16 @@ dispatch!(
     /// `Σ x[i]²`.
     pub(crate) fn sum_squares(x: &[f32]) -> f32 => sum_squares_body
 );
+
+/// Sum of the 8 lanes of an AVX register in a fixed order (for the `avx2,fma` kernels).
+///
+/// # Safety
+/// The CPU supports AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn hsum_avx(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}

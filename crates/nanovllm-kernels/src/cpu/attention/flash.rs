@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::super::kv::KvElem;
 use super::super::parallel::{min_items, worth_parallel, OutPtr};
-use super::super::simd::has_avx2_fma;
+use super::super::simd::{has_avx2_fma, hsum_avx};
 use super::kernel::PagedKv;
 use super::meta::{Batch, Heads};
 
@@ -556,7 +556,7 @@ unsafe fn softmax_update(
         total = _mm256_add_ps(total, e);
         j += LANES;
     }
-    let chunk_sum = hsum(total);
+    let chunk_sum = hsum_avx(total);
     if old_max == f32::NEG_INFINITY {
         s.sum[qi] = chunk_sum;
     } else {
@@ -652,14 +652,6 @@ unsafe fn pv_tile<const Q: usize, const D: usize>(tile: PvTile, s: &mut Scratch)
             _mm256_storeu_ps(dst.add(v * LANES), a);
         }
     }
-}
-
-/// Sum of the 8 lanes in a fixed order.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
 }
 
 /// `eˣ` per lane for `x ≤ 0` (the softmax's range; larger `x` is not supported):

@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::simd::has_avx2_fma;
+use super::super::simd::{has_avx2_fma, hsum_avx};
 
 /// Rows of `x` sharing each widened W chunk.
 pub(super) const X_ROWS: usize = 4;
@@ -196,14 +196,6 @@ struct Rows<'a> {
     k: usize,
 }
 
-/// Sum of the 8 lanes in a fixed order.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
-}
-
 /// One 16-element pair at `o`: `acc_even[r][i] += w_even · x_even`, then the odd halves
 /// into `acc_odd` (the same set when `U = 1`). Each W row is loaded once; both halves are
 /// widened from the same words.
@@ -271,7 +263,7 @@ unsafe fn block<const R: usize, const X: usize, const U: usize>(
             for acc_u in &acc[1..] {
                 v = _mm256_add_ps(v, acc_u[r][i]);
             }
-            let mut sum = hsum(v);
+            let mut sum = hsum_avx(v);
             if span.last {
                 let x_row = x.xs.as_ptr().add((i0 + i) * k);
                 for kk in full..k {
