@@ -6,7 +6,8 @@
 //!   plain-gemm baseline. Throughput is reported in FLOP/s (elements = 2·M·N·K).
 //! - `matmul_dram`: the same bf16 kernels over a 24-matrix ring of `[3072, 1024]` weights
 //!   (144 MiB, far beyond L3), so W streams from DRAM as in a real decode step.
-//! - decode attention, one sequence at context 1024 and 4096, f32 and bf16 cache.
+//! - decode attention, one sequence at context 1024 and 4096, f32 and bf16 cache; and a
+//!   batch of 16 sequences at context 256 (f32 cache).
 //! - prefill attention, one 512-token sequence.
 //!
 //! Run: `cargo bench -p benches --bench cpu_ops`.
@@ -187,6 +188,89 @@ fn bench_decode_attention(c: &mut Criterion) {
     group.finish();
 }
 
+/// `num_seqs` sequences of `context_len` keys each (own blocks, reversed), their K/V
+/// stored, and decode metadata (one query per sequence).
+fn batched_decode_setup(
+    backend: &CpuBackend,
+    rng: &mut Rng,
+    num_seqs: usize,
+    context_len: usize,
+) -> (KvCache, AttentionMetadata) {
+    let blocks_per_seq = context_len.div_ceil(BLOCK_SIZE);
+    let num_blocks = num_seqs * blocks_per_seq;
+    let mut cache = KvCache::new(
+        backend,
+        1,
+        num_blocks,
+        BLOCK_SIZE,
+        KV_HEADS,
+        HEAD_DIM,
+        DType::F32,
+    )
+    .expect("cache");
+    let table: Vec<u32> = (0..num_blocks as u32).rev().collect();
+    let slots: Vec<i64> = (0..num_seqs)
+        .flat_map(|s| {
+            let seq_table = &table[s * blocks_per_seq..(s + 1) * blocks_per_seq];
+            (0..context_len)
+                .map(|p| (seq_table[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) as i64)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let (rows, width) = (num_seqs * context_len, KV_HEADS * HEAD_DIM);
+    let k = tensor(rng.vec(rows * width), &[rows, width], DType::F32);
+    let v = tensor(rng.vec(rows * width), &[rows, width], DType::F32);
+    let slot_mapping = Tensor::from_i64(slots.clone(), &[rows]).expect("slots");
+    backend
+        .store_kv(&k, &v, &mut cache.layers[0], &slot_mapping)
+        .expect("store_kv");
+    let last_slots: Vec<i64> = (0..num_seqs)
+        .map(|s| slots[(s + 1) * context_len - 1])
+        .collect();
+    let meta = AttentionMetadata {
+        is_prefill: false,
+        num_seqs,
+        block_size: BLOCK_SIZE,
+        cu_seqlens_q: Tensor::from_u32((0..=num_seqs as u32).collect(), &[num_seqs + 1])
+            .expect("cu"),
+        context_lens: Tensor::from_u32(vec![context_len as u32; num_seqs], &[num_seqs])
+            .expect("ctx"),
+        block_tables: Tensor::from_u32(table, &[num_seqs, blocks_per_seq]).expect("table"),
+        slot_mapping: Tensor::from_i64(last_slots, &[num_seqs]).expect("slots"),
+        max_seqlen_q: 1,
+        max_context_len: context_len,
+    };
+    (cache, meta)
+}
+
+/// A decode batch of 16 sequences at context 256 (the batched-decode benchmark's shape):
+/// the path that splits work by sequence × KV-head rows rather than by key ranges.
+fn bench_batched_decode_attention(c: &mut Criterion) {
+    let backend = CpuBackend::new();
+    let mut rng = Rng(0x1357_2468);
+    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
+    let (num_seqs, context_len) = (16, 256);
+    let (cache, meta) = batched_decode_setup(&backend, &mut rng, num_seqs, context_len);
+    let q = tensor(
+        rng.vec(num_seqs * HEADS * HEAD_DIM),
+        &[num_seqs, HEADS * HEAD_DIM],
+        DType::F32,
+    );
+    let mut group = c.benchmark_group("decode_attention");
+    group.throughput(Throughput::Elements(
+        (4 * num_seqs * HEADS * context_len * HEAD_DIM) as u64,
+    ));
+    let id = BenchmarkId::new("f32_cache", format!("{num_seqs}seqs_ctx{context_len}"));
+    group.bench_function(id, |b| {
+        b.iter(|| {
+            backend
+                .decode_attention(black_box(&q), &cache.layers[0], &meta, scale)
+                .expect("decode_attention")
+        })
+    });
+    group.finish();
+}
+
 fn bench_prefill_attention(c: &mut Criterion) {
     let backend = CpuBackend::new();
     let mut rng = Rng(0x0fed_cba9);
@@ -221,6 +305,7 @@ criterion_group!(
     bench_matmul,
     bench_matmul_dram,
     bench_decode_attention,
+    bench_batched_decode_attention,
     bench_prefill_attention
 );
 criterion_main!(cpu_ops);
