@@ -1,5 +1,6 @@
-//! The CPU backend: every op in Rust, multithreaded with rayon's global pool, GEMMs
-//! through the `gemm` crate.
+//! The CPU backend: every op in Rust, multithreaded with rayon's global pool. bf16
+//! GEMMs and attention have AVX2+FMA kernels picked at run time (`gemv/`, `packed_gemm`,
+//! `attention/flash.rs`) with portable fallbacks; f32 weights go through the `gemm` crate.
 //!
 //! Activations are f32. Weights (matmul, embedding, norms) may be f32, bf16 or f16 and
 //! are widened inside the kernels, a row or tile at a time — never as a whole matrix.
