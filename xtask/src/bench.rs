@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use nanovllm_core::bench::{self, BenchOptions, WorkloadSpec};
+use nanovllm_core::bench::{self, BenchOptions, WorkloadOverrides, WorkloadSpec};
 use nanovllm_core::{DeviceKind, EngineConfig, LoadFormat};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,16 +73,17 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     fn workload_spec(&self) -> WorkloadSpec {
-        let mut s = match self.profile {
+        let profile = match self.profile {
             Profile::Seed => WorkloadSpec::SEED,
             Profile::Cpu => WorkloadSpec::CPU,
         };
-        s.num_seqs = self.num_seqs.unwrap_or(s.num_seqs);
-        s.min_input = self.min_input.unwrap_or(s.min_input);
-        s.max_input = self.max_input.unwrap_or(s.max_input);
-        s.min_output = self.min_output.unwrap_or(s.min_output);
-        s.max_output = self.max_output.unwrap_or(s.max_output);
-        s
+        profile.with_overrides(WorkloadOverrides {
+            num_seqs: self.num_seqs,
+            min_input: self.min_input,
+            max_input: self.max_input,
+            min_output: self.min_output,
+            max_output: self.max_output,
+        })
     }
 
     fn engine_config(&self) -> EngineConfig {

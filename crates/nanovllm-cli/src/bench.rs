@@ -3,7 +3,7 @@
 //! prints the report (the `Total:` line is bench.py's) and writes `--json`.
 
 use anyhow::Context;
-use nanovllm_core::bench::{self, BenchOptions, WorkloadSpec};
+use nanovllm_core::bench::{self, BenchOptions, WorkloadOverrides, WorkloadSpec};
 use nanovllm_core::{EngineConfig, LoadFormat};
 
 use crate::args::{BenchArgs, BenchProfile};
@@ -40,14 +40,15 @@ fn engine_config(args: &BenchArgs) -> anyhow::Result<EngineConfig> {
 }
 
 fn workload_spec(args: &BenchArgs) -> WorkloadSpec {
-    let mut spec = match args.profile {
+    let profile = match args.profile {
         BenchProfile::Seed => WorkloadSpec::SEED,
         BenchProfile::Cpu => WorkloadSpec::CPU,
     };
-    spec.num_seqs = args.num_seqs.unwrap_or(spec.num_seqs);
-    spec.min_input = args.min_input.unwrap_or(spec.min_input);
-    spec.max_input = args.max_input.unwrap_or(spec.max_input);
-    spec.min_output = args.min_output.unwrap_or(spec.min_output);
-    spec.max_output = args.max_output.unwrap_or(spec.max_output);
-    spec
+    profile.with_overrides(WorkloadOverrides {
+        num_seqs: args.num_seqs,
+        min_input: args.min_input,
+        max_input: args.max_input,
+        min_output: args.min_output,
+        max_output: args.max_output,
+    })
 }

@@ -16,4 +16,4 @@ pub mod workload;
 pub use pyrandom::PyRandom;
 pub use report::{peak_rss_mib, BenchReport};
 pub use run::{run, BenchOptions, BENCH_PY_TEMPERATURE};
-pub use workload::{Workload, WorkloadSpec, MAX_PROMPT_TOKEN_ID};
+pub use workload::{Workload, WorkloadOverrides, WorkloadSpec, MAX_PROMPT_TOKEN_ID};

@@ -30,7 +30,28 @@ pub struct WorkloadSpec {
     pub max_output: usize,
 }
 
+/// Bounds given on a command line, each replacing the profile's when set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadOverrides {
+    pub num_seqs: Option<usize>,
+    pub min_input: Option<usize>,
+    pub max_input: Option<usize>,
+    pub min_output: Option<usize>,
+    pub max_output: Option<usize>,
+}
+
 impl WorkloadSpec {
+    /// This spec with every bound `overrides` sets replaced.
+    pub fn with_overrides(self, overrides: WorkloadOverrides) -> Self {
+        Self {
+            num_seqs: overrides.num_seqs.unwrap_or(self.num_seqs),
+            min_input: overrides.min_input.unwrap_or(self.min_input),
+            max_input: overrides.max_input.unwrap_or(self.max_input),
+            min_output: overrides.min_output.unwrap_or(self.min_output),
+            max_output: overrides.max_output.unwrap_or(self.max_output),
+        }
+    }
+
     /// bench.py exactly: 256 sequences, prompts 100–1024, outputs 100–1024.
     pub const SEED: Self = Self {
         num_seqs: 256,
@@ -139,6 +160,27 @@ mod tests {
         assert_eq!(first, vec![964, 724, 484]);
         assert_eq!(&w.prompts[0][..5], &[6311, 6890, 663, 4242, 8376]);
         assert_eq!(&w.max_tokens[..3], &[845, 312, 607]);
+    }
+
+    #[test]
+    fn overrides_replace_only_the_bounds_they_set() {
+        let spec = WorkloadSpec::CPU.with_overrides(WorkloadOverrides {
+            num_seqs: Some(3),
+            max_output: Some(40),
+            ..WorkloadOverrides::default()
+        });
+        assert_eq!(
+            spec,
+            WorkloadSpec {
+                num_seqs: 3,
+                max_output: 40,
+                ..WorkloadSpec::CPU
+            }
+        );
+        assert_eq!(
+            WorkloadSpec::SEED.with_overrides(WorkloadOverrides::default()),
+            WorkloadSpec::SEED
+        );
     }
 
     #[test]
