@@ -65,14 +65,22 @@ fn task_cols(n: usize) -> usize {
 /// `x[M, K]` as row panels `[⌈M/MR⌉][K][MR]`, zero-padded past row M.
 fn pack_x(xs: &[f32], m: usize, k: usize, packed: &mut Vec<f32>) {
     let panels = m.div_ceil(MR);
-    packed.clear();
+    // Every element is written below (rows past M as zeros), so no fill is needed first.
     packed.resize(panels * k * MR, 0.0);
-    for (p, panel) in packed.chunks_exact_mut(k * MR).enumerate() {
+    for (p, panel) in packed[..panels * k * MR]
+        .chunks_exact_mut(k * MR)
+        .enumerate()
+    {
         let rows = MR.min(m - p * MR);
         for i in 0..rows {
             let row = &xs[(p * MR + i) * k..(p * MR + i + 1) * k];
             for (kk, &v) in row.iter().enumerate() {
                 panel[kk * MR + i] = v;
+            }
+        }
+        for i in rows..MR {
+            for kk in 0..k {
+                panel[kk * MR + i] = 0.0;
             }
         }
     }

@@ -76,7 +76,7 @@ unsafe fn pack_w(
 ) {
     const GROUP: usize = 8;
     let panels = block.cols.div_ceil(NR);
-    packed.clear();
+    // Every element is written below (rows past the block as zeros), so no fill first.
     packed.resize(panels * kc, WLine([0.0; NR]));
     let whole_k = kc / GROUP * GROUP;
     for p in 0..panels {
@@ -98,6 +98,11 @@ unsafe fn pack_w(
             let first_k = if j < rows / GROUP * GROUP { whole_k } else { 0 };
             for (line, &bits) in panel[first_k..].iter_mut().zip(&src[first_k..]) {
                 line.0[j] = f32::from_bits((bits as u32) << 16);
+            }
+        }
+        if rows < NR {
+            for line in panel.iter_mut() {
+                line.0[rows..].fill(0.0);
             }
         }
     }
