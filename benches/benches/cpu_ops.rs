@@ -103,16 +103,19 @@ fn bench_matmul_dram(c: &mut Criterion) {
     group.finish();
 }
 
-/// One sequence of `context_len` keys in a cache with shuffled blocks, its K/V stored,
-/// and metadata for `q_len` queries at its end.
+/// `num_seqs` sequences of `context_len` keys each, every one on its own blocks taken in
+/// reverse order (non-contiguous, like a real allocator's output), their K/V stored, and
+/// metadata for `q_len` queries at the end of each (decode when `q_len` is 1).
 fn paged_setup(
     backend: &CpuBackend,
     rng: &mut Rng,
+    num_seqs: usize,
     context_len: usize,
     q_len: usize,
     cache_dtype: DType,
 ) -> (KvCache, AttentionMetadata) {
-    let num_blocks = context_len.div_ceil(BLOCK_SIZE) + 2;
+    let blocks_per_seq = context_len.div_ceil(BLOCK_SIZE);
+    let num_blocks = num_seqs * blocks_per_seq;
     let mut cache = KvCache::new(
         backend,
         1,
@@ -123,35 +126,35 @@ fn paged_setup(
         cache_dtype,
     )
     .expect("cache");
-    // Blocks in reverse order: non-contiguous, like a real allocator's output.
     let table: Vec<u32> = (0..num_blocks as u32).rev().collect();
-    let slots: Vec<i64> = (0..context_len)
-        .map(|p| (table[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) as i64)
+    let slots: Vec<i64> = table
+        .chunks_exact(blocks_per_seq)
+        .flat_map(|seq_table| {
+            (0..context_len)
+                .map(|p| (seq_table[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) as i64)
+        })
         .collect();
-    let width = KV_HEADS * HEAD_DIM;
-    let k = tensor(
-        rng.vec(context_len * width),
-        &[context_len, width],
-        DType::F32,
-    );
-    let v = tensor(
-        rng.vec(context_len * width),
-        &[context_len, width],
-        DType::F32,
-    );
-    let slot_mapping = Tensor::from_i64(slots.clone(), &[context_len]).expect("slots");
+    let (rows, width) = (num_seqs * context_len, KV_HEADS * HEAD_DIM);
+    let k = tensor(rng.vec(rows * width), &[rows, width], DType::F32);
+    let v = tensor(rng.vec(rows * width), &[rows, width], DType::F32);
+    let slot_mapping = Tensor::from_i64(slots.clone(), &[rows]).expect("slots");
     backend
         .store_kv(&k, &v, &mut cache.layers[0], &slot_mapping)
         .expect("store_kv");
+    let query_slots: Vec<i64> = slots
+        .chunks_exact(context_len)
+        .flat_map(|seq_slots| seq_slots[context_len - q_len..].to_vec())
+        .collect();
+    let cu_seqlens_q: Vec<u32> = (0..=num_seqs as u32).map(|s| s * q_len as u32).collect();
     let meta = AttentionMetadata {
         is_prefill: q_len > 1,
-        num_seqs: 1,
+        num_seqs,
         block_size: BLOCK_SIZE,
-        cu_seqlens_q: Tensor::from_u32(vec![0, q_len as u32], &[2]).expect("cu"),
-        context_lens: Tensor::from_u32(vec![context_len as u32], &[1]).expect("ctx"),
-        block_tables: Tensor::from_u32(table.clone(), &[1, num_blocks]).expect("table"),
-        slot_mapping: Tensor::from_i64(slots[context_len - q_len..].to_vec(), &[q_len])
-            .expect("slots"),
+        cu_seqlens_q: Tensor::from_u32(cu_seqlens_q, &[num_seqs + 1]).expect("cu"),
+        context_lens: Tensor::from_u32(vec![context_len as u32; num_seqs], &[num_seqs])
+            .expect("ctx"),
+        block_tables: Tensor::from_u32(table, &[num_seqs, blocks_per_seq]).expect("table"),
+        slot_mapping: Tensor::from_i64(query_slots, &[num_seqs * q_len]).expect("slots"),
         max_seqlen_q: q_len,
         max_context_len: context_len,
     };
@@ -165,7 +168,7 @@ fn bench_decode_attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_attention");
     for cache_dtype in [DType::F32, DType::BF16] {
         for context_len in [1024, 4096] {
-            let (cache, meta) = paged_setup(&backend, &mut rng, context_len, 1, cache_dtype);
+            let (cache, meta) = paged_setup(&backend, &mut rng, 1, context_len, 1, cache_dtype);
             let q = tensor(
                 rng.vec(HEADS * HEAD_DIM),
                 &[1, HEADS * HEAD_DIM],
@@ -188,61 +191,6 @@ fn bench_decode_attention(c: &mut Criterion) {
     group.finish();
 }
 
-/// `num_seqs` sequences of `context_len` keys each (own blocks, reversed), their K/V
-/// stored, and decode metadata (one query per sequence).
-fn batched_decode_setup(
-    backend: &CpuBackend,
-    rng: &mut Rng,
-    num_seqs: usize,
-    context_len: usize,
-) -> (KvCache, AttentionMetadata) {
-    let blocks_per_seq = context_len.div_ceil(BLOCK_SIZE);
-    let num_blocks = num_seqs * blocks_per_seq;
-    let mut cache = KvCache::new(
-        backend,
-        1,
-        num_blocks,
-        BLOCK_SIZE,
-        KV_HEADS,
-        HEAD_DIM,
-        DType::F32,
-    )
-    .expect("cache");
-    let table: Vec<u32> = (0..num_blocks as u32).rev().collect();
-    let slots: Vec<i64> = (0..num_seqs)
-        .flat_map(|s| {
-            let seq_table = &table[s * blocks_per_seq..(s + 1) * blocks_per_seq];
-            (0..context_len)
-                .map(|p| (seq_table[p / BLOCK_SIZE] as usize * BLOCK_SIZE + p % BLOCK_SIZE) as i64)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let (rows, width) = (num_seqs * context_len, KV_HEADS * HEAD_DIM);
-    let k = tensor(rng.vec(rows * width), &[rows, width], DType::F32);
-    let v = tensor(rng.vec(rows * width), &[rows, width], DType::F32);
-    let slot_mapping = Tensor::from_i64(slots.clone(), &[rows]).expect("slots");
-    backend
-        .store_kv(&k, &v, &mut cache.layers[0], &slot_mapping)
-        .expect("store_kv");
-    let last_slots: Vec<i64> = (0..num_seqs)
-        .map(|s| slots[(s + 1) * context_len - 1])
-        .collect();
-    let meta = AttentionMetadata {
-        is_prefill: false,
-        num_seqs,
-        block_size: BLOCK_SIZE,
-        cu_seqlens_q: Tensor::from_u32((0..=num_seqs as u32).collect(), &[num_seqs + 1])
-            .expect("cu"),
-        context_lens: Tensor::from_u32(vec![context_len as u32; num_seqs], &[num_seqs])
-            .expect("ctx"),
-        block_tables: Tensor::from_u32(table, &[num_seqs, blocks_per_seq]).expect("table"),
-        slot_mapping: Tensor::from_i64(last_slots, &[num_seqs]).expect("slots"),
-        max_seqlen_q: 1,
-        max_context_len: context_len,
-    };
-    (cache, meta)
-}
-
 /// A decode batch of 16 sequences at context 256 (the batched-decode benchmark's shape):
 /// the path that splits work by sequence × KV-head rows rather than by key ranges.
 fn bench_batched_decode_attention(c: &mut Criterion) {
@@ -250,7 +198,7 @@ fn bench_batched_decode_attention(c: &mut Criterion) {
     let mut rng = Rng(0x1357_2468);
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let (num_seqs, context_len) = (16, 256);
-    let (cache, meta) = batched_decode_setup(&backend, &mut rng, num_seqs, context_len);
+    let (cache, meta) = paged_setup(&backend, &mut rng, num_seqs, context_len, 1, DType::F32);
     let q = tensor(
         rng.vec(num_seqs * HEADS * HEAD_DIM),
         &[num_seqs, HEADS * HEAD_DIM],
@@ -276,7 +224,7 @@ fn bench_prefill_attention(c: &mut Criterion) {
     let mut rng = Rng(0x0fed_cba9);
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let tokens = 512;
-    let (cache, meta) = paged_setup(&backend, &mut rng, tokens, tokens, DType::F32);
+    let (cache, meta) = paged_setup(&backend, &mut rng, 1, tokens, tokens, DType::F32);
     let q = tensor(
         rng.vec(tokens * HEADS * HEAD_DIM),
         &[tokens, HEADS * HEAD_DIM],
