@@ -659,7 +659,7 @@ unsafe fn pv_tile<const Q: usize, const D: usize>(tile: PvTile, s: &mut Scratch)
 /// (truncation < 2e-8), times `2ⁿ` built in the exponent bits. Below −87 (where `eˣ`
 /// leaves the normal f32 range) the result is 0; NaN stays NaN.
 #[inline(always)]
-pub(super) unsafe fn exp_avx2(x: __m256) -> __m256 {
+unsafe fn exp_avx2(x: __m256) -> __m256 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n · LN2_HI is exact for |n| < 2⁸.
     const LN2_HI: f32 = 0.693_145_75;
