@@ -28,6 +28,7 @@
 
 use std::ops::Range;
 
+use nanovllm_kernels::cpu::vec_with_capacity;
 use nanovllm_kernels::{Backend, CpuStorage, DType, Tensor};
 
 use crate::config::ModelConfig;
@@ -209,12 +210,13 @@ pub trait WeightSource: Send + Sync {
     }
 }
 
-/// An empty float buffer of `dtype` with room for `capacity` elements.
+/// An empty float buffer of `dtype` with room for `capacity` elements (on huge pages
+/// when big: see [`vec_with_capacity`]).
 pub fn empty_storage(dtype: DType, capacity: usize) -> Result<CpuStorage, ModelError> {
     Ok(match dtype {
-        DType::F32 => CpuStorage::F32(Vec::with_capacity(capacity)),
-        DType::BF16 => CpuStorage::BF16(Vec::with_capacity(capacity)),
-        DType::F16 => CpuStorage::F16(Vec::with_capacity(capacity)),
+        DType::F32 => CpuStorage::F32(vec_with_capacity(capacity)),
+        DType::BF16 => CpuStorage::BF16(vec_with_capacity(capacity)),
+        DType::F16 => CpuStorage::F16(vec_with_capacity(capacity)),
         other => {
             return Err(ModelError::UnsupportedDType {
                 name: "(weight buffer)".into(),

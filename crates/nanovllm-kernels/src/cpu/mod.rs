@@ -15,6 +15,7 @@ mod embedding;
 mod gemv;
 mod heap;
 mod huge_pages;
+pub use huge_pages::vec_with_capacity;
 mod kv;
 mod matmul;
 #[cfg(test)]
