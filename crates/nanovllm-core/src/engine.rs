@@ -636,14 +636,16 @@ pub(crate) fn runner_for(
     num_blocks: usize,
 ) -> Result<ModelRunner> {
     let kv_dtype = config.kv_cache_dtype.dtype_on(backend.device());
-    ModelRunner::new(
+    let mut runner = ModelRunner::new(
         backend,
         model,
         num_blocks,
         config.kvcache_block_size,
         kv_dtype,
         config.seed,
-    )
+    )?;
+    runner.run_forward_on_pool(config.tensor_parallel_size == 1);
+    Ok(runner)
 }
 
 /// config.json at `path` (the file itself, so a bare `configs/*.json` works for dummy weights).

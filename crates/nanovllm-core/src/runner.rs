@@ -80,6 +80,8 @@ pub struct ModelRunner {
     /// Captured decode graphs (CUDA, not `enforce_eager`, capture succeeded).
     #[cfg(feature = "cuda")]
     decode_graphs: Option<crate::cuda_graph::DecodeGraphs>,
+    /// Whether the forward pass runs on a rayon worker (see [`Self::run_forward_on_pool`]).
+    forward_on_pool: bool,
 }
 
 impl std::fmt::Debug for ModelRunner {
@@ -121,9 +123,20 @@ impl ModelRunner {
             kv_cache,
             sampler: Sampler::new(seed),
             buffers: HostBuffers::default(),
+            forward_on_pool: false,
             #[cfg(feature = "cuda")]
             decode_graphs: None,
         })
+    }
+
+    /// Runs each forward pass on a rayon worker (CPU backend, no tensor parallelism):
+    /// each op's parallel split then starts on a pool thread, with the other workers
+    /// still spinning from the last op, instead of waking them from this thread and
+    /// sleeping until they are done (measured: single-stream decode +3-6 %). Not under
+    /// tensor parallelism: a worker blocked in a collective would hold its pool thread,
+    /// and the ranks sharing the pool (threads mode) could starve each other.
+    pub fn run_forward_on_pool(&mut self, on: bool) {
+        self.forward_on_pool = on && matches!(self.backend.device(), Device::Cpu);
     }
 
     /// Captures decode graphs for [`crate::cuda_graph::graph_batch_sizes`]`(max_num_seqs)`
@@ -293,11 +306,7 @@ impl ModelRunner {
         }
         let input = self.build_input(batch)?;
         let (model, kv_cache) = (&self.model, &mut self.kv_cache);
-        // On the CPU the forward pass runs on a rayon worker: each op's parallel split
-        // then starts on a pool thread, with the other workers still spinning from the
-        // last op, instead of waking them from this thread and sleeping until they are
-        // done (measured: single-stream decode +3-6 %).
-        let logits = if matches!(self.backend.device(), nanovllm_kernels::Device::Cpu) {
+        let logits = if self.forward_on_pool {
             rayon::scope(|_| model.forward(&input, kv_cache))?
         } else {
             model.forward(&input, kv_cache)?

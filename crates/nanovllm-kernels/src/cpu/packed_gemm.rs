@@ -93,11 +93,15 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
     let nc = task_cols(n);
     let tasks = n.div_ceil(nc);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    // The tasks only see slices and make no rayon calls, so neither thread-local borrow
-    // can re-enter.
-    PACKED_X.with_borrow_mut(|packed_x| {
-        pack_x(xs, m, k, packed_x);
-        let packed_x: &[f32] = packed_x;
+    // The packed x is taken out of its thread-local for the call, not borrowed: the
+    // calling thread may be a rayon worker, which steals other jobs (another model's
+    // forward pass among them) while it waits for the tasks, and a nested call must find
+    // the buffer free. The tasks make no rayon calls, so their PACKED_W borrow cannot
+    // re-enter.
+    let mut packed_x = PACKED_X.take();
+    {
+        pack_x(xs, m, k, &mut packed_x);
+        let packed_x: &[f32] = &packed_x;
         let task = |t: usize| {
             let n0 = t * nc;
             let block = ColumnBlock {
@@ -123,7 +127,8 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
         } else {
             (0..tasks).for_each(task);
         }
-    });
+    }
+    PACKED_X.set(packed_x);
 }
 
 /// One k of one packed W panel: `NR` f32 on a 64-byte line of their own, so neither of
