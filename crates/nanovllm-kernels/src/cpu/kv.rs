@@ -21,6 +21,13 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     fn row_f32<'a>(row: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
     /// The elements as f32 without copying, where they already are (f32 caches).
     fn as_f32(elems: &[Self]) -> Option<&[f32]>;
+    /// Eight elements from `p` as f32 lanes (bf16 widened exactly, in registers: its
+    /// bits are the f32's top half), for the AVX2 kernels that read the cache in place.
+    ///
+    /// # Safety
+    /// AVX2 is available and `p` is valid for reading 8 elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
 impl KvElem for f32 {
@@ -35,6 +42,11 @@ impl KvElem for f32 {
     #[inline(always)]
     fn as_f32(elems: &[f32]) -> Option<&[f32]> {
         Some(elems)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
     }
 }
 
@@ -55,6 +67,13 @@ impl KvElem for bf16 {
     #[inline(always)]
     fn as_f32(_elems: &[bf16]) -> Option<&[f32]> {
         None
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
     }
 }
 

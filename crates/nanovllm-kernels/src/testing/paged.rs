@@ -398,19 +398,25 @@ pub fn decode_attention_matches_reference(backend: &dyn Backend) {
     }
 }
 
+/// Qwen3-0.6B's head shape on a bf16 cache: a few sequences (the CPU splits their keys
+/// across threads) and a batch of 32 (the CPU's whole-row items, which read the cache
+/// in place and widen it in registers).
 pub fn decode_attention_bf16_cache(backend: &dyn Backend) {
-    check_decode(
-        backend,
-        &Scenario {
-            heads: 16,
-            kv_heads: 8,
-            head_dim: 128,
-            block_size: 16,
-            cache_dtype: DType::BF16,
-            seqs: vec![(1, 1), (33, 1), (517, 1)],
-            seed: 60,
-        },
-    );
+    let batch: Vec<(usize, usize)> = (0..32).map(|i| (1 + (i * 37) % 200, 1)).collect();
+    for seqs in [vec![(1, 1), (33, 1), (517, 1)], batch] {
+        check_decode(
+            backend,
+            &Scenario {
+                heads: 16,
+                kv_heads: 8,
+                head_dim: 128,
+                block_size: 16,
+                cache_dtype: DType::BF16,
+                seqs,
+                seed: 60,
+            },
+        );
+    }
 }
 
 /// Decode of each sequence's last token must agree with the prefill output for that

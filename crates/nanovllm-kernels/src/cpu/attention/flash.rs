@@ -5,8 +5,11 @@
 //! its one row) and one KV head `g`: its `rows × group` query vectors (every query head
 //! of `g`'s GQA group) walk the sequence's keys in chunks of at most [`CHUNK_KEYS`] that
 //! never cross a cache block, so a chunk's K and V rows of head `g` are evenly spaced in
-//! the cache. An f32 cache is read in place; a bf16 one is widened once per item and
-//! chunk into per-thread scratch. Per chunk: scores → causal mask → online softmax
+//! the cache. Decode chunks are read in place whatever the cache's type (a bf16 cache is
+//! widened in registers as it is loaded: decode attention is bound by reading the
+//! cache, which bf16 halves); prefill chunks, each shared by up to 32 query vectors, are
+//! read in place from an f32 cache and widened once into per-thread scratch from a bf16
+//! one. Per chunk: scores → causal mask → online softmax
 //! (running max and sum per query vector; earlier outputs rescaled when the max grows) →
 //! `acc += P·V` with the accumulator tile in registers across the chunk's keys.
 //!
@@ -219,8 +222,15 @@ unsafe fn attend_item<T: KvElem>(
             let q_base = g * queries;
             let head_query = |qi: usize| query(q_base + qi);
             let kv_head = item.first_kv_head + g;
-            let rows = chunk_rows(kv, slot0, chunk, kv_head, head_dim, transposed, s);
+            let softmax = |s: &mut Scratch| {
+                for qi in 0..queries {
+                    let keys = batch.query(row_of(q_base + qi)).1;
+                    let valid = keys.saturating_sub(k0).min(chunk);
+                    softmax_update(qi, q_base + qi, valid, chunk, head_dim, s);
+                }
+            };
             if transposed {
+                let rows = prefill_chunk_rows(kv, slot0, chunk, kv_head, head_dim, s);
                 transpose_keys(rows, chunk, head_dim, s);
                 scores_transposed(
                     &head_query,
@@ -230,15 +240,14 @@ unsafe fn attend_item<T: KvElem>(
                     scale,
                     s,
                 );
+                softmax(s);
+                values_update(queries, q_base, head_dim, chunk, rows, s);
             } else {
+                let rows = decode_chunk_rows(kv, slot0, kv_head, head_dim);
                 scores_dot(&head_query, queries, head_dim, chunk, rows, scale, s);
+                softmax(s);
+                values_update(queries, q_base, head_dim, chunk, rows, s);
             }
-            for qi in 0..queries {
-                let keys = batch.query(row_of(q_base + qi)).1;
-                let valid = keys.saturating_sub(k0).min(chunk);
-                softmax_update(qi, q_base + qi, valid, chunk, head_dim, s);
-            }
-            values_update(queries, q_base, head_dim, chunk, rows, s);
         }
         k0 += chunk;
     }
@@ -258,39 +267,61 @@ unsafe fn attend_item<T: KvElem>(
 }
 
 /// Where a chunk's K and V rows of one head are: row `j` at `k + j·k_stride` and
-/// `v + j·v_stride`.
-#[derive(Clone, Copy)]
-struct ChunkRows {
-    k: *const f32,
+/// `v + j·v_stride`, elements of type `E` (f32, or the bf16 of a cache read in place).
+struct ChunkRows<E> {
+    k: *const E,
     k_stride: usize,
-    v: *const f32,
+    v: *const E,
     v_stride: usize,
 }
 
-/// The chunk's `chunk` slots from `slot0` (all in one block, so evenly spaced) of KV
-/// head `kv_head`: in place for an f32 cache, widened into the scratch otherwise — except
-/// V when `copy_values`: `P·V` sweeps the chunk's V rows once per 32-element slice of the
-/// head, and rows a cache row apart (4 KiB in an f32 Qwen3-0.6B cache) all fall in one
-/// 8-way L1 set, so a chunk of more than 8 rows evicts itself on every sweep. Prefill
-/// chunks (64 rows, shared by up to 32 query vectors) are copied contiguous; decode
-/// chunks are at most 8 rows and read in place.
+impl<E> Clone for ChunkRows<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for ChunkRows<E> {}
+
+/// A decode chunk's rows of KV head `kv_head` from `slot0` (the chunk lies in one block,
+/// so its rows are evenly spaced): in place, whatever the cache's type. Decode chunks are
+/// at most [`DOT_CHUNK_KEYS`] rows, which fit one 8-way L1 set even a cache row apart.
 #[inline(always)]
-fn chunk_rows<T: KvElem>(
+fn decode_chunk_rows<T: KvElem>(
+    kv: &PagedKv<'_, T>,
+    slot0: usize,
+    kv_head: usize,
+    head_dim: usize,
+) -> ChunkRows<T> {
+    let start = slot0 * kv.geometry.row_width() + kv_head * head_dim;
+    ChunkRows {
+        k: kv.k[start..].as_ptr(),
+        k_stride: kv.geometry.row_width(),
+        v: kv.v[start..].as_ptr(),
+        v_stride: kv.geometry.row_width(),
+    }
+}
+
+/// A prefill chunk's `chunk` rows of KV head `kv_head` from `slot0`, as f32: K in place
+/// from an f32 cache, widened into the scratch from a bf16 one; V always copied
+/// contiguous (widened if need be): `P·V` sweeps the chunk's V rows once per 32-element
+/// slice of the head, and rows a cache row apart (4 KiB in an f32 Qwen3-0.6B cache) all
+/// fall in one 8-way L1 set, so a chunk of more than 8 rows read in place would evict
+/// itself on every sweep.
+#[inline(always)]
+fn prefill_chunk_rows<T: KvElem>(
     kv: &PagedKv<'_, T>,
     slot0: usize,
     chunk: usize,
     kv_head: usize,
     head_dim: usize,
-    copy_values: bool,
     s: &mut Scratch,
-) -> ChunkRows {
+) -> ChunkRows<f32> {
     let row_width = kv.geometry.row_width();
     let start = slot0 * row_width + kv_head * head_dim;
     let row = |j: usize| start + j * row_width..start + j * row_width + head_dim;
     let span = start..start + (chunk - 1) * row_width + head_dim;
-    let in_place = |cache: &[T]| T::as_f32(&cache[span.clone()]).map(<[f32]>::as_ptr);
-    let (k, k_stride) = match in_place(kv.k) {
-        Some(k) => (k, row_width),
+    let (k, k_stride) = match T::as_f32(&kv.k[span]) {
+        Some(k) => (k.as_ptr(), row_width),
         None => {
             s.keys.resize(CHUNK_KEYS * head_dim, 0.0);
             for j in 0..chunk {
@@ -300,32 +331,26 @@ fn chunk_rows<T: KvElem>(
             (s.keys.as_ptr(), head_dim)
         }
     };
-    let (v, v_stride) = match in_place(kv.v) {
-        Some(v) if !copy_values => (v, row_width),
-        _ => {
-            s.values.resize(CHUNK_KEYS * head_dim, 0.0);
-            for j in 0..chunk {
-                let dst = &mut s.values[j * head_dim..(j + 1) * head_dim];
-                match T::as_f32(&kv.v[row(j)]) {
-                    Some(v) => dst.copy_from_slice(v),
-                    None => _ = T::row_f32(&kv.v[row(j)], dst),
-                }
-            }
-            (s.values.as_ptr(), head_dim)
+    s.values.resize(CHUNK_KEYS * head_dim, 0.0);
+    for j in 0..chunk {
+        let dst = &mut s.values[j * head_dim..(j + 1) * head_dim];
+        match T::as_f32(&kv.v[row(j)]) {
+            Some(v) => dst.copy_from_slice(v),
+            None => _ = T::row_f32(&kv.v[row(j)], dst),
         }
-    };
+    }
     ChunkRows {
         k,
         k_stride,
-        v,
-        v_stride,
+        v: s.values.as_ptr(),
+        v_stride: head_dim,
     }
 }
 
 /// `keys_t[d][j] = k_j[d]` for the chunk's keys, zeros for the rest of the last vector.
 /// Row by row: each K row is read in order (the scattered writes stay in L1).
 #[inline(always)]
-unsafe fn transpose_keys(rows: ChunkRows, chunk: usize, head_dim: usize, s: &mut Scratch) {
+unsafe fn transpose_keys(rows: ChunkRows<f32>, chunk: usize, head_dim: usize, s: &mut Scratch) {
     let padded = chunk.div_ceil(LANES) * LANES;
     let keys_t = s.keys_t.as_mut_ptr();
     for j in 0..padded {
@@ -380,12 +405,12 @@ unsafe fn scores_transposed(
 /// `scores[qi][key] = scale · q_qi · k_key` for every query vector (at most
 /// [`DOT_MAX_QUERIES`]) and the chunk's keys, as dot products on the K rows.
 #[inline(always)]
-unsafe fn scores_dot(
+unsafe fn scores_dot<E: KvElem>(
     query: &impl Fn(usize) -> *const f32,
     queries: usize,
     head_dim: usize,
     chunk: usize,
-    rows: ChunkRows,
+    rows: ChunkRows<E>,
     scale: f32,
     s: &mut Scratch,
 ) {
@@ -402,17 +427,17 @@ unsafe fn scores_dot(
     let mut key = 0;
     while key + keys_per_tile <= chunk {
         match queries {
-            1 => dot_tile::<1, 8>(&tile, key, s),
-            2 => dot_tile::<2, 4>(&tile, key, s),
-            _ => dot_tile::<4, 2>(&tile, key, s),
+            1 => dot_tile::<E, 1, 8>(&tile, key, s),
+            2 => dot_tile::<E, 2, 4>(&tile, key, s),
+            _ => dot_tile::<E, 4, 2>(&tile, key, s),
         }
         key += keys_per_tile;
     }
     while key < chunk {
         match queries {
-            1 => dot_tile::<1, 1>(&tile, key, s),
-            2 => dot_tile::<2, 1>(&tile, key, s),
-            _ => dot_tile::<4, 1>(&tile, key, s),
+            1 => dot_tile::<E, 1, 1>(&tile, key, s),
+            2 => dot_tile::<E, 2, 1>(&tile, key, s),
+            _ => dot_tile::<E, 4, 1>(&tile, key, s),
         }
         key += 1;
     }
@@ -420,9 +445,9 @@ unsafe fn scores_dot(
 
 /// What every dot tile of a chunk shares. Query pointers past the item's vectors repeat
 /// its last one (their scores land in unused rows of `scores`).
-struct DotTile {
+struct DotTile<E> {
     q: [*const f32; DOT_MAX_QUERIES],
-    rows: ChunkRows,
+    rows: ChunkRows<E>,
     head_dim: usize,
     scale: f32,
 }
@@ -430,17 +455,17 @@ struct DotTile {
 /// `Q` query vectors × `KEYS` keys from `key0`, dotted along the head, the `Q·KEYS ≤ 8`
 /// sums reduced together.
 #[inline(always)]
-unsafe fn dot_tile<const Q: usize, const KEYS: usize>(
-    tile: &DotTile,
+unsafe fn dot_tile<E: KvElem, const Q: usize, const KEYS: usize>(
+    tile: &DotTile<E>,
     key0: usize,
     s: &mut Scratch,
 ) {
     let mut acc = [[_mm256_setzero_ps(); KEYS]; Q];
-    let k: [*const f32; KEYS] =
+    let k: [*const E; KEYS] =
         std::array::from_fn(|j| tile.rows.k.add((key0 + j) * tile.rows.k_stride));
     let mut d = 0;
     while d < tile.head_dim {
-        let kv: [__m256; KEYS] = std::array::from_fn(|j| _mm256_loadu_ps(k[j].add(d)));
+        let kv: [__m256; KEYS] = std::array::from_fn(|j| E::load8(k[j].add(d)));
         for (acc_q, &qp) in acc.iter_mut().zip(&tile.q) {
             let qv = _mm256_loadu_ps(qp.add(d));
             for (a, &kj) in acc_q.iter_mut().zip(&kv) {
@@ -574,12 +599,12 @@ unsafe fn softmax_update(
 /// `acc[q_base + qi] += Σ_key scores[qi][key] · v_key` for the `queries` vectors of one
 /// KV head.
 #[inline(always)]
-unsafe fn values_update(
+unsafe fn values_update<E: KvElem>(
     queries: usize,
     q_base: usize,
     head_dim: usize,
     chunk: usize,
-    rows: ChunkRows,
+    rows: ChunkRows<E>,
     s: &mut Scratch,
 ) {
     let mut q0 = 0;
@@ -597,14 +622,14 @@ unsafe fn values_update(
                 rows,
             };
             match (n, slices) {
-                (2, 4) => pv_tile::<2, 4>(tile, s),
-                (2, 3) => pv_tile::<2, 3>(tile, s),
-                (2, 2) => pv_tile::<2, 2>(tile, s),
-                (2, _) => pv_tile::<2, 1>(tile, s),
-                (_, 4) => pv_tile::<1, 4>(tile, s),
-                (_, 3) => pv_tile::<1, 3>(tile, s),
-                (_, 2) => pv_tile::<1, 2>(tile, s),
-                _ => pv_tile::<1, 1>(tile, s),
+                (2, 4) => pv_tile::<E, 2, 4>(tile, s),
+                (2, 3) => pv_tile::<E, 2, 3>(tile, s),
+                (2, 2) => pv_tile::<E, 2, 2>(tile, s),
+                (2, _) => pv_tile::<E, 2, 1>(tile, s),
+                (_, 4) => pv_tile::<E, 1, 4>(tile, s),
+                (_, 3) => pv_tile::<E, 1, 3>(tile, s),
+                (_, 2) => pv_tile::<E, 1, 2>(tile, s),
+                _ => pv_tile::<E, 1, 1>(tile, s),
             }
             d0 += slices * LANES;
         }
@@ -613,19 +638,19 @@ unsafe fn values_update(
 }
 
 /// Where one `P·V` tile starts: query vectors `q0 ..`, head elements `d0 ..`.
-struct PvTile {
+struct PvTile<E> {
     q0: usize,
     q_base: usize,
     d0: usize,
     head_dim: usize,
     chunk: usize,
-    rows: ChunkRows,
+    rows: ChunkRows<E>,
 }
 
 /// `Q` query vectors × `D` 8-wide slices of the head, accumulated in registers over
 /// the chunk's keys.
 #[inline(always)]
-unsafe fn pv_tile<const Q: usize, const D: usize>(tile: PvTile, s: &mut Scratch) {
+unsafe fn pv_tile<E: KvElem, const Q: usize, const D: usize>(tile: PvTile<E>, s: &mut Scratch) {
     let acc_ptr: [*mut f32; Q] = std::array::from_fn(|i| {
         s.acc
             .as_mut_ptr()
@@ -637,9 +662,8 @@ unsafe fn pv_tile<const Q: usize, const D: usize>(tile: PvTile, s: &mut Scratch)
     let probs = s.scores.as_ptr().add(tile.q0 * CHUNK_KEYS);
     let values = tile.rows.v.add(tile.d0);
     for key in 0..tile.chunk {
-        let v: [__m256; D] = std::array::from_fn(|i| {
-            _mm256_loadu_ps(values.add(key * tile.rows.v_stride + i * LANES))
-        });
+        let v: [__m256; D] =
+            std::array::from_fn(|i| E::load8(values.add(key * tile.rows.v_stride + i * LANES)));
         for (i, acc_q) in acc.iter_mut().enumerate() {
             let p = _mm256_broadcast_ss(&*probs.add(i * CHUNK_KEYS + key));
             for (a, &vv) in acc_q.iter_mut().zip(&v) {
