@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use nanovllm_core::bench::{self, BenchOptions, WorkloadOverrides, WorkloadSpec};
-use nanovllm_core::{DeviceKind, EngineConfig, LoadFormat};
+use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Profile {
@@ -24,6 +24,13 @@ pub enum DeviceArg {
     Auto,
     Cpu,
     Cuda,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KvDTypeArg {
+    Auto,
+    F32,
+    Bf16,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +58,10 @@ pub struct BenchArgs {
     /// CPU KV-cache budget in GiB.
     #[arg(long)]
     pub kv_cache_memory_gib: Option<f64>,
+    /// Element type of the KV cache (auto: bf16 on CUDA, f32 on the CPU). llama.cpp's
+    /// default cache is f16, so CPU comparisons with it use bf16.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kv_cache_dtype: KvDTypeArg,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
     #[arg(long)]
     pub gpu_memory_utilization: Option<f64>,
@@ -104,6 +115,11 @@ impl BenchArgs {
         if let Some(gib) = self.kv_cache_memory_gib {
             config.kv_cache_memory_gib = gib;
         }
+        config.kv_cache_dtype = match self.kv_cache_dtype {
+            KvDTypeArg::Auto => KvCacheDType::Auto,
+            KvDTypeArg::F32 => KvCacheDType::F32,
+            KvDTypeArg::Bf16 => KvCacheDType::Bf16,
+        };
         if let Some(util) = self.gpu_memory_utilization {
             config.gpu_memory_utilization = util;
         }
