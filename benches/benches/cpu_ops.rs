@@ -191,31 +191,37 @@ fn bench_decode_attention(c: &mut Criterion) {
     group.finish();
 }
 
-/// A decode batch of 16 sequences at context 256 (the batched-decode benchmark's shape):
+/// A decode batch of 16 sequences at context 256 (the batched-decode benchmark's shape), on
+/// f32 and bf16 caches:
 /// the path that splits work by sequence × KV-head rows rather than by key ranges.
 fn bench_batched_decode_attention(c: &mut Criterion) {
     let backend = CpuBackend::new();
     let mut rng = Rng(0x1357_2468);
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let (num_seqs, context_len) = (16, 256);
-    let (cache, meta) = paged_setup(&backend, &mut rng, num_seqs, context_len, 1, DType::F32);
-    let q = tensor(
-        rng.vec(num_seqs * HEADS * HEAD_DIM),
-        &[num_seqs, HEADS * HEAD_DIM],
-        DType::F32,
-    );
     let mut group = c.benchmark_group("decode_attention");
     group.throughput(Throughput::Elements(
         (4 * num_seqs * HEADS * context_len * HEAD_DIM) as u64,
     ));
-    let id = BenchmarkId::new("f32_cache", format!("{num_seqs}seqs_ctx{context_len}"));
-    group.bench_function(id, |b| {
-        b.iter(|| {
-            backend
-                .decode_attention(black_box(&q), &cache.layers[0], &meta, scale)
-                .expect("decode_attention")
-        })
-    });
+    for cache_dtype in [DType::F32, DType::BF16] {
+        let (cache, meta) = paged_setup(&backend, &mut rng, num_seqs, context_len, 1, cache_dtype);
+        let q = tensor(
+            rng.vec(num_seqs * HEADS * HEAD_DIM),
+            &[num_seqs, HEADS * HEAD_DIM],
+            DType::F32,
+        );
+        let id = BenchmarkId::new(
+            format!("{cache_dtype}_cache"),
+            format!("{num_seqs}seqs_ctx{context_len}"),
+        );
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                backend
+                    .decode_attention(black_box(&q), &cache.layers[0], &meta, scale)
+                    .expect("decode_attention")
+            })
+        });
+    }
     group.finish();
 }
 
