@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::check::Floats;
-use super::parallel::{for_each_row, min_items, worth_parallel, OutPtr};
+use super::parallel::{for_each_row, min_items, with_taken, worth_parallel, OutPtr};
 use super::simd::{dot_bf16, dot_f32};
 
 thread_local! {
@@ -96,13 +96,7 @@ fn w_block_rows(m: usize, k: usize, n: usize) -> usize {
 /// The AVX2 blocked kernel over blocks of W rows, in parallel when worth it.
 #[cfg(target_arch = "x86_64")]
 fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    // The split buffer is taken out of the thread-local for the call, not borrowed: the
-    // calling thread may be a rayon worker (the engine runs its forward pass on one),
-    // which steals other jobs while it waits for the blocks below — another model's
-    // forward pass among them — and a nested call must find the buffer free.
-    let mut x_split = X_SPLIT.take();
-    {
-        let x_split = &mut x_split;
+    with_taken(&X_SPLIT, |x_split| {
         avx2::split_even_odd(xs, m, k, x_split);
         let rows = w_block_rows(m, k, n);
         let out_ptr = OutPtr(out.as_mut_ptr());
@@ -133,8 +127,7 @@ fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut 
         } else {
             (0..blocks).for_each(block_outputs);
         }
-    }
-    X_SPLIT.set(x_split);
+    });
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::parallel::{min_items, worth_parallel, OutPtr};
+use super::parallel::{min_items, with_taken, worth_parallel, OutPtr};
 
 /// Rows of `x` per register tile (and per packed x panel).
 pub(crate) const MR: usize = 6;
@@ -67,10 +67,7 @@ fn pack_x(xs: &[f32], m: usize, k: usize, packed: &mut Vec<f32>) {
     let panels = m.div_ceil(MR);
     // Every element is written below (rows past M as zeros), so no fill is needed first.
     packed.resize(panels * k * MR, 0.0);
-    for (p, panel) in packed[..panels * k * MR]
-        .chunks_exact_mut(k * MR)
-        .enumerate()
-    {
+    for (p, panel) in packed.chunks_exact_mut(k * MR).enumerate() {
         let rows = MR.min(m - p * MR);
         for i in 0..rows {
             let row = &xs[(p * MR + i) * k..(p * MR + i + 1) * k];
@@ -93,15 +90,12 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
     let nc = task_cols(n);
     let tasks = n.div_ceil(nc);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    // The packed x is taken out of its thread-local for the call, not borrowed: the
-    // calling thread may be a rayon worker, which steals other jobs (another model's
-    // forward pass among them) while it waits for the tasks, and a nested call must find
-    // the buffer free. The tasks make no rayon calls, so their PACKED_W borrow cannot
+    // The packed x is held across the parallel loop, so it is taken, not borrowed (see
+    // `with_taken`); the tasks make no rayon calls, so their PACKED_W borrow cannot
     // re-enter.
-    let mut packed_x = PACKED_X.take();
-    {
-        pack_x(xs, m, k, &mut packed_x);
-        let packed_x: &[f32] = &packed_x;
+    with_taken(&PACKED_X, |packed_x| {
+        pack_x(xs, m, k, packed_x);
+        let packed_x: &[f32] = packed_x;
         let task = |t: usize| {
             let n0 = t * nc;
             let block = ColumnBlock {
@@ -127,8 +121,7 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
         } else {
             (0..tasks).for_each(task);
         }
-    }
-    PACKED_X.set(packed_x);
+    });
 }
 
 /// One k of one packed W panel: `NR` f32 on a 64-byte line of their own, so neither of

@@ -4,7 +4,26 @@
 //! scalar operations runs on the calling thread, since a rayon split costs microseconds;
 //! above it, each rayon task gets at least [`PAR_GRAIN`] work.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use rayon::prelude::*;
+
+/// Runs `f` on the calling thread's buffer in `key`, taken out of the thread-local for
+/// the call rather than borrowed, for buffers held across a parallel loop. A rayon worker
+/// waiting for its loop's tasks steals other jobs — the engine runs its forward pass on
+/// a worker, so another model's forward pass among them — and a nested call must not
+/// find the buffer borrowed: it gets an empty one of its own (dropped when the outer call
+/// puts its buffer back).
+pub(crate) fn with_taken<T: Default, R>(
+    key: &'static LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut buffer = key.take();
+    let result = f(&mut buffer);
+    key.set(buffer);
+    result
+}
 
 /// An output buffer shared by parallel tasks that each write their own disjoint
 /// elements (the callers' tilings guarantee it); the buffer outlives the tasks.
