@@ -243,7 +243,7 @@ unsafe fn attend_item<T: KvElem>(
                 softmax(s);
                 values_update(queries, q_base, head_dim, chunk, rows, s);
             } else {
-                let rows = decode_chunk_rows(kv, slot0, kv_head, head_dim);
+                let rows = decode_chunk_rows(kv, slot0, chunk, kv_head, head_dim);
                 scores_dot(&head_query, queries, head_dim, chunk, rows, scale, s);
                 softmax(s);
                 values_update(queries, q_base, head_dim, chunk, rows, s);
@@ -268,6 +268,7 @@ unsafe fn attend_item<T: KvElem>(
 
 /// Where a chunk's K and V rows of one head are: row `j` at `k + j·k_stride` and
 /// `v + j·v_stride`, elements of type `E` (f32, or the bf16 of a cache read in place).
+#[derive(Clone, Copy)]
 struct ChunkRows<E> {
     k: *const E,
     k_stride: usize,
@@ -275,29 +276,27 @@ struct ChunkRows<E> {
     v_stride: usize,
 }
 
-impl<E> Clone for ChunkRows<E> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<E> Copy for ChunkRows<E> {}
-
-/// A decode chunk's rows of KV head `kv_head` from `slot0` (the chunk lies in one block,
-/// so its rows are evenly spaced): in place, whatever the cache's type. Decode chunks are
-/// at most [`DOT_CHUNK_KEYS`] rows, which fit one 8-way L1 set even a cache row apart.
+/// A decode chunk's `chunk` rows of KV head `kv_head` from `slot0` (the chunk lies in one
+/// block, so its rows are evenly spaced): in place, whatever the cache's type. Decode
+/// chunks are at most [`DOT_CHUNK_KEYS`] rows, which fit one 8-way L1 set even a cache
+/// row apart.
 #[inline(always)]
 fn decode_chunk_rows<T: KvElem>(
     kv: &PagedKv<'_, T>,
     slot0: usize,
+    chunk: usize,
     kv_head: usize,
     head_dim: usize,
 ) -> ChunkRows<T> {
-    let start = slot0 * kv.geometry.row_width() + kv_head * head_dim;
+    let row_width = kv.geometry.row_width();
+    let start = slot0 * row_width + kv_head * head_dim;
+    // Slicing the whole span checks every row the kernels will read.
+    let span = start..start + (chunk - 1) * row_width + head_dim;
     ChunkRows {
-        k: kv.k[start..].as_ptr(),
-        k_stride: kv.geometry.row_width(),
-        v: kv.v[start..].as_ptr(),
-        v_stride: kv.geometry.row_width(),
+        k: kv.k[span.clone()].as_ptr(),
+        k_stride: row_width,
+        v: kv.v[span].as_ptr(),
+        v_stride: row_width,
     }
 }
 
