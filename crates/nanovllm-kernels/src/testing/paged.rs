@@ -51,6 +51,19 @@ fn rows(data: &[f32], width: usize, from: usize, to: usize) -> &[f32] {
 }
 
 impl Scenario {
+    /// Qwen3-0.6B's attention shape (16 query heads, 8 KV heads of 128) in blocks of 16.
+    pub fn qwen3_0_6b(cache_dtype: DType, seqs: Vec<(usize, usize)>, seed: u64) -> Self {
+        Self {
+            heads: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            block_size: 16,
+            cache_dtype,
+            seqs,
+            seed,
+        }
+    }
+
     pub fn build(&self, backend: &dyn Backend) -> Built {
         let mut rng = Rng::new(self.seed);
         let (bs, num_seqs) = (self.block_size, self.seqs.len());
@@ -367,15 +380,7 @@ pub fn prefill_attention_bf16_cache(backend: &dyn Backend) {
 pub fn prefill_attention_long_sequences(backend: &dyn Backend) {
     check_prefill(
         backend,
-        &Scenario {
-            heads: 16,
-            kv_heads: 8,
-            head_dim: 128,
-            block_size: 16,
-            cache_dtype: DType::F32,
-            seqs: vec![(300, 300), (200, 72)],
-            seed: 41,
-        },
+        &Scenario::qwen3_0_6b(DType::F32, vec![(300, 300), (200, 72)], 41),
     );
 }
 
@@ -404,18 +409,7 @@ pub fn decode_attention_matches_reference(backend: &dyn Backend) {
 pub fn decode_attention_bf16_cache(backend: &dyn Backend) {
     let batch: Vec<(usize, usize)> = (0..32).map(|i| (1 + (i * 37) % 200, 1)).collect();
     for seqs in [vec![(1, 1), (33, 1), (517, 1)], batch] {
-        check_decode(
-            backend,
-            &Scenario {
-                heads: 16,
-                kv_heads: 8,
-                head_dim: 128,
-                block_size: 16,
-                cache_dtype: DType::BF16,
-                seqs,
-                seed: 60,
-            },
-        );
+        check_decode(backend, &Scenario::qwen3_0_6b(DType::BF16, seqs, 60));
     }
 }
 
