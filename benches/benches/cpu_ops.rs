@@ -6,8 +6,8 @@
 //!   plain-gemm baseline. Throughput is reported in FLOP/s (elements = 2·M·N·K).
 //! - `matmul_dram`: the same bf16 kernels over a 24-matrix ring of `[3072, 1024]` weights
 //!   (144 MiB, far beyond L3), so W streams from DRAM as in a real decode step.
-//! - decode attention, one sequence at context 1024 and 4096, f32 and bf16 cache; and a
-//!   batch of 16 sequences at context 256 (f32 cache).
+//! - decode attention, one sequence at context 1024 and 4096 and a batch of 16 sequences
+//!   at context 256, f32 and bf16 cache.
 //! - prefill attention, one 512-token sequence.
 //!
 //! Run: `cargo bench -p benches --bench cpu_ops`.
@@ -161,25 +161,32 @@ fn paged_setup(
     (cache, meta)
 }
 
+/// One sequence at context 1024 and 4096 (split across threads by key ranges), and a
+/// batch of 16 at context 256, the batched-decode benchmark's shape (split by sequence).
 fn bench_decode_attention(c: &mut Criterion) {
     let backend = CpuBackend::new();
     let mut rng = Rng(0x9abc_def0);
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let mut group = c.benchmark_group("decode_attention");
     for cache_dtype in [DType::F32, DType::BF16] {
-        for context_len in [1024, 4096] {
-            let (cache, meta) = paged_setup(&backend, &mut rng, 1, context_len, 1, cache_dtype);
+        for (num_seqs, context_len) in [(1, 1024), (1, 4096), (16, 256)] {
+            let (cache, meta) =
+                paged_setup(&backend, &mut rng, num_seqs, context_len, 1, cache_dtype);
             let q = tensor(
-                rng.vec(HEADS * HEAD_DIM),
-                &[1, HEADS * HEAD_DIM],
+                rng.vec(num_seqs * HEADS * HEAD_DIM),
+                &[num_seqs, HEADS * HEAD_DIM],
                 DType::F32,
             );
-            // QKᵀ and PV: 2 · 2 · heads · context · head_dim.
+            // QKᵀ and PV: 2 · 2 · heads · context · head_dim per sequence.
             group.throughput(Throughput::Elements(
-                (4 * HEADS * context_len * HEAD_DIM) as u64,
+                (4 * num_seqs * HEADS * context_len * HEAD_DIM) as u64,
             ));
-            let id = BenchmarkId::new(format!("{cache_dtype}_cache"), format!("ctx{context_len}"));
-            group.bench_with_input(id, &context_len, |b, _| {
+            let shape = match num_seqs {
+                1 => format!("ctx{context_len}"),
+                _ => format!("{num_seqs}seqs_ctx{context_len}"),
+            };
+            let id = BenchmarkId::new(format!("{cache_dtype}_cache"), shape);
+            group.bench_function(id, |b| {
                 b.iter(|| {
                     backend
                         .decode_attention(black_box(&q), &cache.layers[0], &meta, scale)
@@ -187,40 +194,6 @@ fn bench_decode_attention(c: &mut Criterion) {
                 })
             });
         }
-    }
-    group.finish();
-}
-
-/// A decode batch of 16 sequences at context 256 (the batched-decode benchmark's shape), on
-/// f32 and bf16 caches:
-/// the path that splits work by sequence × KV-head rows rather than by key ranges.
-fn bench_batched_decode_attention(c: &mut Criterion) {
-    let backend = CpuBackend::new();
-    let mut rng = Rng(0x1357_2468);
-    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
-    let (num_seqs, context_len) = (16, 256);
-    let mut group = c.benchmark_group("decode_attention");
-    group.throughput(Throughput::Elements(
-        (4 * num_seqs * HEADS * context_len * HEAD_DIM) as u64,
-    ));
-    for cache_dtype in [DType::F32, DType::BF16] {
-        let (cache, meta) = paged_setup(&backend, &mut rng, num_seqs, context_len, 1, cache_dtype);
-        let q = tensor(
-            rng.vec(num_seqs * HEADS * HEAD_DIM),
-            &[num_seqs, HEADS * HEAD_DIM],
-            DType::F32,
-        );
-        let id = BenchmarkId::new(
-            format!("{cache_dtype}_cache"),
-            format!("{num_seqs}seqs_ctx{context_len}"),
-        );
-        group.bench_function(id, |b| {
-            b.iter(|| {
-                backend
-                    .decode_attention(black_box(&q), &cache.layers[0], &meta, scale)
-                    .expect("decode_attention")
-            })
-        });
     }
     group.finish();
 }
@@ -259,7 +232,6 @@ criterion_group!(
     bench_matmul,
     bench_matmul_dram,
     bench_decode_attention,
-    bench_batched_decode_attention,
     bench_prefill_attention
 );
 criterion_main!(cpu_ops);
