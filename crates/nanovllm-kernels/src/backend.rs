@@ -14,7 +14,7 @@ use crate::attention::AttentionMetadata;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorParts};
 
 /// A compute device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,7 +90,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `x += y`, same shape.
     fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
     /// Splits the last dim of `x: [M, sum(sizes)]` into `[M, sizes[i]]` tensors.
-    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>>;
+    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts>;
     /// Gathers rows: `x: [M, N]`, `rows: U32 [R]` → `[R, N]`.
     fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;
 

@@ -43,4 +43,4 @@ pub use cuda::CudaBackend;
 pub use dtype::DType;
 pub use error::{KernelError, Result};
 pub use kv_cache::{KvCache, LayerKvCache};
-pub use tensor::{CpuStorage, Storage, Tensor};
+pub use tensor::{CpuStorage, Storage, Tensor, TensorParts, INLINE_DIMS};

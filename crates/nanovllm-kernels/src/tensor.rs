@@ -4,8 +4,13 @@
 //! Views and strides are deliberately absent; ops that would need a view
 //! (splitting fused projections, picking rows) are backend ops that produce
 //! new tensors. This keeps every op's memory contract obvious.
+//!
+//! Creating and dropping tensors allocates nothing in steady state: the shape is
+//! stored inline (up to [`INLINE_DIMS`] dimensions), and a dropped CPU tensor's buffer
+//! goes back to the CPU backend's buffer pool (`cpu/buffer_pool.rs`) for the next op.
 
 use half::{bf16, f16};
+use smallvec::SmallVec;
 
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
@@ -18,6 +23,13 @@ pub enum CpuStorage {
     F16(Vec<f16>),
     U32(Vec<u32>),
     I64(Vec<i64>),
+}
+
+impl Default for CpuStorage {
+    /// An empty f32 buffer (no allocation).
+    fn default() -> Self {
+        CpuStorage::F32(Vec::new())
+    }
 }
 
 impl CpuStorage {
@@ -93,10 +105,26 @@ impl Storage {
     }
 }
 
+/// Dimensions a shape holds without a heap allocation (more spill to the heap).
+pub const INLINE_DIMS: usize = 4;
+type Shape = SmallVec<[usize; INLINE_DIMS]>;
+/// The parts of a split tensor (`Backend::split_last_dim`), inline up to four.
+pub type TensorParts = SmallVec<[Tensor; 4]>;
+
 #[derive(Clone, Debug)]
 pub struct Tensor {
-    shape: Vec<usize>,
+    shape: Shape,
     storage: Storage,
+}
+
+impl Drop for Tensor {
+    // Only CPU storage exists without the `cuda` feature.
+    #[allow(irrefutable_let_patterns)]
+    fn drop(&mut self) {
+        if let Storage::Cpu(storage) = &mut self.storage {
+            crate::cpu::give_back_buffer(std::mem::take(storage));
+        }
+    }
 }
 
 fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
@@ -116,7 +144,7 @@ impl Tensor {
         let len = storage.len();
         check_len("Tensor::new", len, shape)?;
         Ok(Self {
-            shape: shape.to_vec(),
+            shape: Shape::from_slice(shape),
             storage,
         })
     }
@@ -142,7 +170,7 @@ impl Tensor {
     pub fn zeros_cpu(shape: &[usize], dtype: DType) -> Self {
         let len = shape.iter().product();
         Self {
-            shape: shape.to_vec(),
+            shape: Shape::from_slice(shape),
             storage: Storage::Cpu(CpuStorage::zeros(dtype, len)),
         }
     }
@@ -178,8 +206,12 @@ impl Tensor {
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
     }
-    pub fn into_storage(self) -> Storage {
-        self.storage
+    pub fn into_storage(mut self) -> Storage {
+        self.take_storage()
+    }
+    /// Moves the storage out, leaving an empty CPU buffer for `Drop` to ignore.
+    fn take_storage(&mut self) -> Storage {
+        std::mem::replace(&mut self.storage, Storage::Cpu(CpuStorage::default()))
     }
     pub fn is_cpu(&self) -> bool {
         matches!(self.storage, Storage::Cpu(_))
@@ -189,12 +221,10 @@ impl Tensor {
     }
 
     /// Same buffer, new shape with the same element count.
-    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
         check_len("reshape", self.numel(), shape)?;
-        Ok(Self {
-            shape: shape.to_vec(),
-            storage: self.storage,
-        })
+        self.shape = Shape::from_slice(shape);
+        Ok(self)
     }
 
     /// The CPU buffer, or an error naming the op when the tensor is on another device.

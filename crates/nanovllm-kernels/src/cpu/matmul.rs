@@ -51,7 +51,8 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     let xs = check::f32s(OP, "x", x)?;
     let weights = check::floats(OP, "w", w)?;
-    let mut out = vec![0.0f32; m * n];
+    // Zeroed: with K = 0 the product is all zeros and no kernel writes it.
+    let mut out = super::buffer_pool::take_f32_zeroed(m * n);
     if m > 0 && n > 0 && k > 0 {
         match weights {
             Floats::F32(ws) => {

@@ -9,6 +9,7 @@
 
 mod activation;
 mod attention;
+pub mod buffer_pool;
 mod check;
 mod convert;
 mod embedding;
@@ -35,7 +36,9 @@ use crate::backend::{Backend, Device};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
-use crate::tensor::{CpuStorage, Storage, Tensor};
+use crate::tensor::{CpuStorage, Storage, Tensor, TensorParts};
+
+pub(crate) use buffer_pool::give_back as give_back_buffer;
 
 #[derive(Debug, Clone)]
 pub struct CpuBackend;
@@ -123,7 +126,7 @@ impl Backend for CpuBackend {
     fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
         rows::add_inplace(x, y)
     }
-    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
+    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts> {
         rows::split_last_dim(x, sizes)
     }
     fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {

@@ -6,16 +6,18 @@ use rayon::prelude::*;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+use super::buffer_pool;
 use super::check::{self, Floats};
 use super::parallel::{for_each_row, min_items, worth_parallel};
 use super::simd::sum_squares;
 
-/// The norm weight as f32 (a vector of `N`, not a matrix, so widening it is cheap).
+/// The norm weight as f32 (a vector of `N`, not a matrix, so widening it is cheap), in a
+/// pooled buffer that the caller hands back with [`buffer_pool::recycle_f32`].
 fn weight_f32(op: &'static str, weight: &Tensor, n: usize) -> Result<Vec<f32>> {
     check::dims1(op, "weight", weight)?;
     check::expect_shape(op, weight, &[n])?;
     let w: Floats = check::floats(op, "weight", weight)?;
-    let mut out = vec![0.0f32; n];
+    let mut out = buffer_pool::take_f32(n);
     w.convert_range(0, &mut out);
     Ok(out)
 }
@@ -35,10 +37,11 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> 
     let (m, n) = check::dims2(OP, "x", x)?;
     let xs = check::f32s(OP, "x", x)?;
     let w = weight_f32(OP, weight, n)?;
-    let mut out = vec![0.0f32; m * n];
+    let mut out = buffer_pool::take_f32(m * n);
     for_each_row(&mut out, n, 3 * n, |i, row| {
         norm_row(&xs[i * n..(i + 1) * n], &w, eps, row)
     });
+    buffer_pool::recycle_f32(w);
     Tensor::from_f32(out, &[m, n])
 }
 
@@ -56,7 +59,7 @@ pub(crate) fn add_rms_norm(
     let w = weight_f32(OP, weight, n)?;
     let res = check::f32s_mut(OP, "residual", residual)?;
 
-    let mut out = vec![0.0f32; m * n];
+    let mut out = buffer_pool::take_f32(m * n);
     if n == 0 {
         return Tensor::from_f32(out, &[m, n]);
     }
@@ -79,5 +82,6 @@ pub(crate) fn add_rms_norm(
             .enumerate()
             .for_each(body);
     }
+    buffer_pool::recycle_f32(w);
     Tensor::from_f32(out, &[m, n])
 }

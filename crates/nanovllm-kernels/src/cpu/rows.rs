@@ -4,8 +4,9 @@
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::tensor::{CpuStorage, Tensor};
+use crate::tensor::{CpuStorage, Tensor, TensorParts};
 
+use super::buffer_pool;
 use super::check;
 use super::parallel::worth_parallel;
 
@@ -65,23 +66,28 @@ pub(crate) fn add_inplace(x: &mut Tensor, y: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn split_rows<T: Copy>(x: &[T], rows: usize, width: usize, sizes: &[usize]) -> Vec<Vec<T>> {
-    let mut offset = 0;
-    sizes
-        .iter()
-        .map(|&size| {
-            let mut part = Vec::with_capacity(rows * size);
-            for r in 0..rows {
-                let start = r * width + offset;
-                part.extend_from_slice(&x[start..start + size]);
-            }
-            offset += size;
-            part
-        })
+/// Column range `offset .. offset + size` of every row of `x`, into `part`.
+fn copy_columns<T: Copy>(x: &[T], width: usize, offset: usize, size: usize, part: &mut [T]) {
+    if size == 0 {
+        return;
+    }
+    for (row, dst) in x.chunks_exact(width).zip(part.chunks_exact_mut(size)) {
+        dst.copy_from_slice(&row[offset..offset + size]);
+    }
+}
+
+/// [`copy_columns`] into a new vector (dtypes the buffer pool does not serve).
+fn columns<T: Copy>(x: &[T], width: usize, offset: usize, size: usize) -> Vec<T> {
+    if size == 0 {
+        return Vec::new();
+    }
+    x.chunks_exact(width)
+        .flat_map(|row| &row[offset..offset + size])
+        .copied()
         .collect()
 }
 
-pub(crate) fn split_last_dim(x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
+pub(crate) fn split_last_dim(x: &Tensor, sizes: &[usize]) -> Result<TensorParts> {
     const OP: &str = "split_last_dim";
     let (rows, width) = check::dims2(OP, "x", x)?;
     let total: usize = sizes.iter().sum();
@@ -91,26 +97,31 @@ pub(crate) fn split_last_dim(x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>>
             msg: format!("sizes {sizes:?} sum to {total}, but x has {width} columns"),
         });
     }
-    let parts: Vec<CpuStorage> = per_dtype!(x.cpu(OP)?, |v, wrap| {
-        split_rows(v, rows, width, sizes)
-            .into_iter()
-            .map(wrap)
-            .collect()
-    });
-    parts
-        .into_iter()
-        .zip(sizes)
-        .map(|(storage, &size)| Tensor::from_cpu(storage, &[rows, size]))
-        .collect()
+    let xs = x.cpu(OP)?;
+    let mut parts = TensorParts::new();
+    let mut offset = 0;
+    for &size in sizes {
+        let storage = match xs {
+            // Activations: the parts' buffers come from the pool.
+            CpuStorage::F32(v) => {
+                let mut part = buffer_pool::take_f32(rows * size);
+                copy_columns(v, width, offset, size, &mut part);
+                CpuStorage::F32(part)
+            }
+            other => per_dtype!(other, |v, wrap| wrap(columns(v, width, offset, size))),
+        };
+        parts.push(Tensor::from_cpu(storage, &[rows, size])?);
+        offset += size;
+    }
+    Ok(parts)
 }
 
-fn gather_rows<T: Copy>(x: &[T], width: usize, rows: &[u32]) -> Vec<T> {
-    let mut out = Vec::with_capacity(rows.len() * width);
+fn gather_rows<T: Copy>(x: &[T], width: usize, rows: &[u32], out: &mut Vec<T>) {
+    out.clear();
     for &r in rows {
         let start = r as usize * width;
         out.extend_from_slice(&x[start..start + width]);
     }
-    out
 }
 
 pub(crate) fn index_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
@@ -119,6 +130,17 @@ pub(crate) fn index_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let picked = check::dims1(OP, "rows", rows)?;
     let rows = check::u32s(OP, "rows", rows)?;
     check::indices_below(OP, rows, num_rows)?;
-    let storage = per_dtype!(x.cpu(OP)?, |v, wrap| wrap(gather_rows(v, width, rows)));
+    let storage = match x.cpu(OP)? {
+        CpuStorage::F32(v) => {
+            let mut out = buffer_pool::take_f32(picked * width);
+            gather_rows(v, width, rows, &mut out);
+            CpuStorage::F32(out)
+        }
+        other => per_dtype!(other, |v, wrap| {
+            let mut out = Vec::with_capacity(picked * width);
+            gather_rows(v, width, rows, &mut out);
+            wrap(out)
+        }),
+    };
     Tensor::from_cpu(storage, &[picked, width])
 }

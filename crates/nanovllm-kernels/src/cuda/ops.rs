@@ -11,7 +11,7 @@ use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::host_bytes::{host_bytes, host_bytes_mut};
 use crate::kv_cache::LayerKvCache;
-use crate::tensor::{CpuStorage, Tensor};
+use crate::tensor::{CpuStorage, Tensor, TensorParts};
 use crate::validate;
 
 impl CudaBackend {
@@ -179,7 +179,7 @@ impl Backend for CudaBackend {
     fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
         elementwise::add_inplace(self, x, y)
     }
-    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
+    fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts> {
         rows::split_last_dim(self, x, sizes)
     }
     fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {

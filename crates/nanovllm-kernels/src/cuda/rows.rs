@@ -12,9 +12,9 @@ use super::device::{device_buf, CudaBackend};
 use super::launch::{as_i32, cuda_err, elementwise};
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorParts};
 
-pub(crate) fn split_last_dim(be: &CudaBackend, x: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
+pub(crate) fn split_last_dim(be: &CudaBackend, x: &Tensor, sizes: &[usize]) -> Result<TensorParts> {
     const OP: &str = "split_last_dim";
     let (rows, cols) = dims2(OP, "x", x)?;
     let total: usize = sizes.iter().sum();
@@ -27,7 +27,7 @@ pub(crate) fn split_last_dim(be: &CudaBackend, x: &Tensor, sizes: &[usize]) -> R
     let cols_i = as_i32(OP, "columns", cols)?;
     let f = be.function(&format!("copy_cols_{}", x.dtype().size_in_bytes()))?;
     let rows_i = rows as i64;
-    let mut parts = Vec::with_capacity(sizes.len());
+    let mut parts = TensorParts::new();
     let mut offset = 0usize;
     for &size in sizes {
         let part = be.alloc(&[rows, size], x.dtype())?;

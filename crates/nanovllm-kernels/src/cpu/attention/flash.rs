@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::super::kv::KvElem;
-use super::super::parallel::{min_items, worth_parallel, OutPtr};
+use super::super::parallel::{min_items, with_taken, worth_parallel, OutPtr};
 use super::super::simd::{has_avx2_fma, hsum_avx};
 use super::kernel::PagedKv;
 use super::meta::{Batch, Heads};
@@ -89,6 +89,8 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// The work items of a call, reused across calls.
+    static ITEMS: RefCell<Vec<Item>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Causal attention of every query row, prefill or decode ([`available`] checked).
@@ -100,10 +102,26 @@ pub(super) fn attend<T: KvElem>(
     scale: f32,
     out: &mut [f32],
 ) {
+    // Taken, not borrowed: the items outlive a parallel loop (see `with_taken`).
+    with_taken(&ITEMS, |items| {
+        items.clear();
+        attend_items(kv, heads, batch, qs, scale, out, items)
+    })
+}
+
+/// [`attend`] with the calling thread's item list.
+fn attend_items<T: KvElem>(
+    kv: &PagedKv<'_, T>,
+    heads: Heads,
+    batch: &Batch<'_>,
+    qs: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    items: &mut Vec<Item>,
+) {
     let width = heads.heads * heads.head_dim;
     let num_rows = out.len() / width;
     let kv_heads = heads.heads / heads.group;
-    let mut items = Vec::new();
     let mut total_cost = 0;
     let mut t = 0;
     while t < num_rows {

@@ -20,6 +20,7 @@ mod flash;
 mod kernel;
 mod meta;
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use half::bf16;
@@ -33,7 +34,7 @@ use crate::validate;
 
 use super::check;
 use super::kv::{CacheGeometry, KvBuffers, KvElem};
-use super::parallel::{for_each_row, min_items, worth_parallel};
+use super::parallel::{for_each_row, min_items, with_taken, worth_parallel};
 use kernel::{attend_full, attend_range, merge_partials, HeadStats, PagedKv, Task};
 use meta::{Batch, Heads};
 
@@ -82,7 +83,8 @@ fn run(
     let qs = check::f32s(op, "q", q)?;
     let width = heads.heads * heads.head_dim;
     let rows = qs.len() / width;
-    let mut out = vec![0.0f32; rows * width];
+    // Zeroed: a row with no keys (graph padding) is left at zero.
+    let mut out = super::buffer_pool::take_f32_zeroed(rows * width);
     match KvBuffers::of(op, cache)? {
         KvBuffers::F32(k, v) => {
             let kv = PagedKv { k, v, geometry };
@@ -131,9 +133,9 @@ fn attend_rows<T: KvElem>(
 ) {
     let width = heads.heads * heads.head_dim;
     let rows = out.len() / width;
-    let num_keys: Vec<usize> = (0..rows).map(|t| batch.query(t).1).collect();
-    let total_keys: usize = num_keys.iter().sum();
-    let max_keys = num_keys.iter().copied().max().unwrap_or(0);
+    let num_keys = |t: usize| batch.query(t).1;
+    let total_keys: usize = (0..rows).map(num_keys).sum();
+    let max_keys = (0..rows).map(num_keys).max().unwrap_or(0);
     // Scores and weighted sums: ~4 operations per (key, head, element).
     let cost_per_key = 4 * width;
     let ranges_per_row = (4 * rayon::current_num_threads()).div_ceil(rows.max(1));
@@ -149,8 +151,24 @@ fn attend_rows<T: KvElem>(
     if keys_per_range >= max_keys || !worth_parallel(total_keys * cost_per_key) {
         work.whole(total_keys, out);
     } else {
-        work.split(&num_keys, keys_per_range, out);
+        with_taken(&SPLIT_SCRATCH, |scratch| {
+            work.split(keys_per_range, out, scratch)
+        });
     }
+}
+
+/// The split path's per-call lists, kept per thread across calls.
+#[derive(Default)]
+struct SplitScratch {
+    /// (row, key range) work items.
+    items: Vec<(usize, Range<usize>)>,
+    /// Each item's unnormalised output and softmax statistics.
+    partials: Vec<f32>,
+    stats: Vec<HeadStats>,
+}
+
+thread_local! {
+    static SPLIT_SCRATCH: RefCell<SplitScratch> = RefCell::new(SplitScratch::default());
 }
 
 /// What every row computation shares.
@@ -186,19 +204,25 @@ impl<T: KvElem> Rows<'_, T> {
     }
 
     /// Items (row, key range) computed in parallel, then merged per row.
-    fn split(&self, num_keys: &[usize], keys_per_range: usize, out: &mut [f32]) {
+    fn split(&self, keys_per_range: usize, out: &mut [f32], scratch: &mut SplitScratch) {
         let (width, heads) = (self.heads.heads * self.heads.head_dim, self.heads.heads);
+        let rows = out.len() / width;
+        let SplitScratch {
+            items,
+            partials,
+            stats,
+        } = scratch;
         // Each row's items are consecutive; an empty row still gets one (empty) item.
-        let items: Vec<(usize, Range<usize>)> = num_keys
-            .iter()
-            .enumerate()
-            .flat_map(|(t, &n)| {
-                let count = n.div_ceil(keys_per_range).max(1);
-                (0..count).map(move |c| (t, c * keys_per_range..n.min((c + 1) * keys_per_range)))
-            })
-            .collect();
-        let mut partials = vec![0.0f32; items.len() * width];
-        let mut stats = vec![HeadStats::EMPTY; items.len() * heads];
+        items.clear();
+        items.extend((0..rows).flat_map(|t| {
+            let n = self.batch.query(t).1;
+            let count = n.div_ceil(keys_per_range).max(1);
+            (0..count).map(move |c| (t, c * keys_per_range..n.min((c + 1) * keys_per_range)))
+        }));
+        partials.clear();
+        partials.resize(items.len() * width, 0.0);
+        stats.clear();
+        stats.resize(items.len() * heads, HeadStats::EMPTY);
         partials
             .par_chunks_exact_mut(width)
             .zip(stats.par_chunks_exact_mut(heads))

@@ -10,18 +10,22 @@
 //! ```
 //! Every step is linear in the number of routed pairs; experts without pairs get no work.
 
+use std::cell::RefCell;
+
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::validate::moe::{expert_shapes, ExpertDims};
 
 use super::super::activation::silu_mul;
+use super::super::buffer_pool;
 use super::super::check::{self, Floats};
-use super::super::parallel::for_each_row;
+use super::super::parallel::{for_each_row, with_taken};
 use super::grouped_gemm::{grouped_matmul, GroupedShape};
 
 const OP: &str = "moe_experts";
 
 /// The (token, slot) pairs bucketed by expert.
+#[derive(Default)]
 struct Buckets {
     /// `E + 1` offsets: expert `e`'s pairs are `offsets[e] .. offsets[e + 1]`.
     offsets: Vec<usize>,
@@ -29,30 +33,42 @@ struct Buckets {
     tokens: Vec<usize>,
     /// Per pair `t·k + j`, its position in the sorted order.
     position: Vec<usize>,
+    /// Each expert's next free position while sorting.
+    next: Vec<usize>,
 }
 
-/// Stable counting sort of the pairs by expert id (ids validated `< experts`).
-fn bucket_by_expert(ids: &[u32], top_k: usize, experts: usize) -> Buckets {
-    let mut offsets = vec![0usize; experts + 1];
+thread_local! {
+    /// The buckets of a call, reused across calls.
+    static BUCKETS: RefCell<Buckets> = RefCell::new(Buckets::default());
+}
+
+/// Stable counting sort of the pairs by expert id (ids validated `< experts`), into `b`.
+fn bucket_by_expert(ids: &[u32], top_k: usize, experts: usize, b: &mut Buckets) {
+    let Buckets {
+        offsets,
+        next,
+        tokens,
+        position,
+    } = b;
+    offsets.clear();
+    offsets.resize(experts + 1, 0);
     for &e in ids {
         offsets[e as usize + 1] += 1;
     }
     for e in 0..experts {
         offsets[e + 1] += offsets[e];
     }
-    let mut next = offsets.clone();
-    let mut tokens = vec![0usize; ids.len()];
-    let mut position = vec![0usize; ids.len()];
+    next.clear();
+    next.extend_from_slice(offsets);
+    tokens.clear();
+    tokens.resize(ids.len(), 0);
+    position.clear();
+    position.resize(ids.len(), 0);
     for (pair, &e) in ids.iter().enumerate() {
         let p = next[e as usize];
         next[e as usize] += 1;
         tokens[p] = pair / top_k;
         position[pair] = p;
-    }
-    Buckets {
-        offsets,
-        tokens,
-        position,
     }
 }
 
@@ -63,28 +79,45 @@ pub(crate) fn moe_experts(
     topk_ids: &Tensor,
     topk_weights: &Tensor,
 ) -> Result<Tensor> {
-    let ExpertDims {
-        tokens,
-        hidden,
-        experts,
-        intermediate,
-        top_k,
-    } = expert_shapes(OP, x, w13, w2, topk_ids, topk_weights)?;
+    let dims = expert_shapes(OP, x, w13, w2, topk_ids, topk_weights)?;
     let xs = check::f32s(OP, "x", x)?;
     let w13s = check::floats(OP, "w13", w13)?;
     let w2s = check::floats(OP, "w2", w2)?;
     let ids = check::u32s(OP, "topk_ids", topk_ids)?;
     let weights = check::f32s(OP, "topk_weights", topk_weights)?;
-    check::indices_below(OP, ids, experts)?;
+    check::indices_below(OP, ids, dims.experts)?;
 
-    let buckets = bucket_by_expert(ids, top_k, experts);
-    let pairs = ids.len();
-    let mut gathered = vec![0f32; pairs * hidden];
+    // Taken, not borrowed: the buckets outlive parallel loops (see `with_taken`).
+    with_taken(&BUCKETS, |buckets| {
+        bucket_by_expert(ids, dims.top_k, dims.experts, buckets);
+        combine_experts(xs, w13s, w2s, weights, dims, buckets)
+    })
+}
+
+/// The gather, the two grouped products and the weighted sum, over sorted `buckets`.
+fn combine_experts(
+    xs: &[f32],
+    w13s: Floats,
+    w2s: Floats,
+    weights: &[f32],
+    dims: ExpertDims,
+    buckets: &Buckets,
+) -> Result<Tensor> {
+    let ExpertDims {
+        tokens,
+        hidden,
+        intermediate,
+        top_k,
+        ..
+    } = dims;
+    let pairs = tokens * top_k;
+    let mut gathered = buffer_pool::take_f32(pairs * hidden);
     for_each_row(&mut gathered, hidden, hidden, |p, row| {
         let t = buckets.tokens[p];
         row.copy_from_slice(&xs[t * hidden..(t + 1) * hidden]);
     });
     let gate_up = grouped(&gathered, w13s, &buckets.offsets, 2 * intermediate, hidden);
+    buffer_pool::recycle_f32(gathered);
     let act = silu_mul(&Tensor::from_f32(gate_up, &[pairs, 2 * intermediate])?)?;
     let ys = grouped(
         check::f32s(OP, "act", &act)?,
@@ -94,7 +127,7 @@ pub(crate) fn moe_experts(
         intermediate,
     );
 
-    let mut out = vec![0f32; tokens * hidden];
+    let mut out = buffer_pool::take_f32_zeroed(tokens * hidden);
     for_each_row(&mut out, hidden, top_k * hidden, |t, row| {
         for j in 0..top_k {
             let weight = weights[t * top_k + j];
@@ -104,13 +137,14 @@ pub(crate) fn moe_experts(
             }
         }
     });
+    buffer_pool::recycle_f32(ys);
     Tensor::from_f32(out, &[tokens, hidden])
 }
 
 /// `[P, n]` = each sorted pair's row of `x: [P, k]` times its expert's `w: [E, n, k]` rowsᵀ.
 fn grouped(x: &[f32], w: Floats, offsets: &[usize], n: usize, k: usize) -> Vec<f32> {
     let pairs = offsets.last().copied().unwrap_or(0);
-    let mut out = vec![0f32; pairs * n];
+    let mut out = buffer_pool::take_f32_zeroed(pairs * n);
     grouped_matmul(x, w, GroupedShape { offsets, n, k }, &mut out);
     out
 }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::super::check::Floats;
 use super::super::matmul::gemm_x_wt;
-use super::super::parallel::{worth_parallel, OutPtr};
+use super::super::parallel::{with_taken, worth_parallel, OutPtr};
 use super::super::simd::{dot_bf16, dot_f32};
 
 /// Up to this many rows an expert takes the dot-product path (see the module docs).
@@ -34,6 +34,8 @@ const TILE_ELEMS: usize = 1 << 16;
 thread_local! {
     /// Per-thread widened weight tile (or row), reused across items and calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The work items of a call, reused across calls.
+    static ITEMS: RefCell<Vec<Item>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The shape of one grouped product (validated by the caller).
@@ -69,30 +71,36 @@ pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mu
         out[..rows_total * n].fill(0.0);
         return;
     }
-    let items = work_items(offsets, n, k);
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    let run = |item: &Item| {
-        // SAFETY: `item` covers rows row0..row0+rows (< R) and columns n0..n0+tile_n (≤ n)
-        // of `out`, a block no other item touches.
-        unsafe { run_item(x, w, n, k, *item, out_ptr.get()) }
-    };
-    if worth_parallel(2 * rows_total * n * k) {
-        items.par_iter().for_each(run);
-    } else {
-        items.iter().for_each(run);
-    }
+    // Taken, not borrowed: the items outlive a parallel loop (see `with_taken`).
+    with_taken(&ITEMS, |items| {
+        work_items(offsets, n, k, items);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let run = |item: &Item| {
+            // SAFETY: `item` covers rows row0..row0+rows (< R) and columns n0..n0+tile_n
+            // (≤ n) of `out`, a block no other item touches.
+            unsafe { run_item(x, w, n, k, *item, out_ptr.get()) }
+        };
+        if worth_parallel(2 * rows_total * n * k) {
+            items.par_iter().for_each(run);
+        } else {
+            items.iter().for_each(run);
+        }
+    });
 }
 
 /// Splits every expert that owns rows into tiles of W rows: tiles fill [`TILE_ELEMS`] but
 /// leave ≥ 4 items per thread over all experts, for balance.
-fn work_items(offsets: &[usize], n: usize, k: usize) -> Vec<Item> {
+fn work_items(offsets: &[usize], n: usize, k: usize, items: &mut Vec<Item>) {
     let active = offsets.windows(2).filter(|w| w[1] > w[0]).count();
     let by_cache = (TILE_ELEMS / k).max(16);
     let by_balance = (active * n)
         .div_ceil(4 * rayon::current_num_threads())
         .max(16);
     let tile_rows = by_cache.min(by_balance).next_multiple_of(16);
-    let mut items = Vec::with_capacity(active * n.div_ceil(tile_rows));
+    items.clear();
+    // Room for every expert at once, so the list stops growing after its first call
+    // whichever experts the tokens pick.
+    items.reserve(offsets.len().saturating_sub(1) * n.div_ceil(tile_rows));
     for (expert, bounds) in offsets.windows(2).enumerate() {
         let (row0, rows) = (bounds[0], bounds[1].saturating_sub(bounds[0]));
         if rows == 0 {
@@ -108,7 +116,6 @@ fn work_items(offsets: &[usize], n: usize, k: usize) -> Vec<Item> {
             });
         }
     }
-    items
 }
 
 /// Computes one item's block of `out` (row stride `n`).

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::validate;
 
+use super::super::buffer_pool;
 use super::super::check;
 
 const OP: &str = "moe_route";
@@ -17,9 +18,9 @@ const OP: &str = "moe_route";
 pub(crate) fn moe_route(router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
     let (tokens, experts) = validate::moe::route_shapes(OP, router_logits, top_k)?;
     let logits = check::f32s(OP, "router_logits", router_logits)?;
-    let mut topk_ids = vec![0u32; tokens * top_k];
-    let mut topk_weights = vec![0f32; tokens * top_k];
-    let mut probs = vec![0f32; experts];
+    let mut topk_ids = buffer_pool::take_u32_zeroed(tokens * top_k);
+    let mut topk_weights = buffer_pool::take_f32_zeroed(tokens * top_k);
+    let mut probs = buffer_pool::take_f32(experts);
     for ((row, ids), weights) in logits
         .chunks_exact(experts)
         .zip(topk_ids.chunks_exact_mut(top_k))
@@ -28,6 +29,7 @@ pub(crate) fn moe_route(router_logits: &Tensor, top_k: usize) -> Result<(Tensor,
         softmax(row, &mut probs);
         top_k_renormalised(&mut probs, ids, weights);
     }
+    buffer_pool::recycle_f32(probs);
     Ok((
         Tensor::from_u32(topk_ids, &[tokens, top_k])?,
         Tensor::from_f32(topk_weights, &[tokens, top_k])?,

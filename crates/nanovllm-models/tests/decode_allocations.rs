@@ -1,0 +1,127 @@
+//! The decode loop reuses its buffers: once warm, a decode step's forward pass (every
+//! layer, attention over the paged cache, the LM head) makes no heap allocation at all,
+//! for the dense and the MoE model. Counted by a global allocator wrapper, so the test
+//! binary holds this one test (parallel tests would add their allocations to the count).
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::{build_input, load_fixture, new_cache, SeqStep};
+use nanovllm_kernels::cpu::buffer_pool;
+
+/// Counts allocations (and reallocations) while `COUNTING` is set.
+struct CountingAllocator;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Prefills four prompts, then runs decode steps with growing contexts; returns the
+/// allocations of each decode step's forward pass (logits dropped inside the count).
+fn decode_step_allocations(fixture: &str, steps: usize) -> Vec<usize> {
+    let (config, model) = load_fixture(fixture);
+    let backend = common::cpu_context().backend;
+    let block_size = 4;
+    let prompts: Vec<Vec<u32>> = (0..4)
+        .map(|s| {
+            (0..5 + 3 * s)
+                .map(|i| ((i * 7 + s) % config.vocab_size) as u32)
+                .collect()
+        })
+        .collect();
+    // Room for every prompt plus the decode steps, each sequence in its own blocks.
+    let blocks_per_seq = (prompts.last().map_or(0, Vec::len) + steps).div_ceil(block_size);
+    let tables: Vec<Vec<u32>> = (0..prompts.len())
+        .map(|s| {
+            (0..blocks_per_seq)
+                .map(|b| (s * blocks_per_seq + b) as u32)
+                .collect()
+        })
+        .collect();
+    let mut cache = new_cache(
+        backend.as_ref(),
+        model.as_ref(),
+        prompts.len() * blocks_per_seq,
+        block_size,
+    );
+    let prefill: Vec<SeqStep> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| SeqStep {
+            block_table: t,
+            num_cached: 0,
+            new_tokens: p,
+        })
+        .collect();
+    let input = build_input(backend.as_ref(), block_size, true, &prefill);
+    drop(model.forward(&input, &mut cache).expect("prefill"));
+
+    let next_token = [3u32];
+    (0..steps)
+        .map(|step| {
+            let decode: Vec<SeqStep> = prompts
+                .iter()
+                .zip(&tables)
+                .map(|(p, t)| SeqStep {
+                    block_table: t,
+                    num_cached: p.len() + step,
+                    new_tokens: &next_token,
+                })
+                .collect();
+            let input = build_input(backend.as_ref(), block_size, false, &decode);
+            ALLOCATIONS.store(0, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            let logits = model.forward(&input, &mut cache);
+            drop(logits);
+            COUNTING.store(false, Ordering::Relaxed);
+            ALLOCATIONS.load(Ordering::Relaxed)
+        })
+        .collect()
+}
+
+#[test]
+fn warm_decode_steps_allocate_nothing() {
+    // bf16 weights: the engine's CPU kernels throughout (f32 weights go through the
+    // `gemm` crate, which allocates its own packing buffers per call).
+    for fixture in ["qwen3-tiny-bf16", "mixtral-tiny-bf16"] {
+        let counts = decode_step_allocations(fixture, 4);
+        // The first decode step sizes the pool and the per-thread scratch.
+        assert!(
+            counts[0] > 0,
+            "{fixture}: the count sees the first step's allocations"
+        );
+        assert_eq!(
+            &counts[2..],
+            &[0, 0],
+            "{fixture}: allocations per decode step {counts:?}"
+        );
+    }
+    let stats = buffer_pool::stats();
+    assert!(stats.reused > 0, "op outputs came from the pool: {stats:?}");
+}
