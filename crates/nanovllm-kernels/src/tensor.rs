@@ -207,10 +207,7 @@ impl Tensor {
         &mut self.storage
     }
     pub fn into_storage(mut self) -> Storage {
-        self.take_storage()
-    }
-    /// Moves the storage out, leaving an empty CPU buffer for `Drop` to ignore.
-    fn take_storage(&mut self) -> Storage {
+        // An empty CPU buffer is left behind for `Drop`, which ignores it.
         std::mem::replace(&mut self.storage, Storage::Cpu(CpuStorage::default()))
     }
     pub fn is_cpu(&self) -> bool {

@@ -8,7 +8,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{build_input, load_fixture, new_cache, SeqStep};
+use common::{build_input, load_fixture, new_cache, run_step, BlockPool, SeqStep};
 use nanovllm_kernels::cpu::buffer_pool;
 
 /// Counts allocations (and reallocations) while `COUNTING` is set.
@@ -57,30 +57,23 @@ fn decode_step_allocations(fixture: &str, steps: usize) -> Vec<usize> {
         .collect();
     // Room for every prompt plus the decode steps, each sequence in its own blocks.
     let blocks_per_seq = (prompts.last().map_or(0, Vec::len) + steps).div_ceil(block_size);
-    let tables: Vec<Vec<u32>> = (0..prompts.len())
-        .map(|s| {
-            (0..blocks_per_seq)
-                .map(|b| (s * blocks_per_seq + b) as u32)
-                .collect()
-        })
-        .collect();
-    let mut cache = new_cache(
-        backend.as_ref(),
-        model.as_ref(),
-        prompts.len() * blocks_per_seq,
-        block_size,
-    );
+    let num_blocks = prompts.len() * blocks_per_seq;
+    let mut pool = BlockPool::identity(num_blocks);
+    let tables: Vec<Vec<u32>> = prompts.iter().map(|_| pool.take(blocks_per_seq)).collect();
+    let mut cache = new_cache(backend.as_ref(), model.as_ref(), num_blocks, block_size);
     let prefill: Vec<SeqStep> = prompts
         .iter()
         .zip(&tables)
-        .map(|(p, t)| SeqStep {
-            block_table: t,
-            num_cached: 0,
-            new_tokens: p,
-        })
+        .map(|(p, t)| SeqStep::prefill(t, p))
         .collect();
-    let input = build_input(backend.as_ref(), block_size, true, &prefill);
-    drop(model.forward(&input, &mut cache).expect("prefill"));
+    run_step(
+        model.as_ref(),
+        backend.as_ref(),
+        &mut cache,
+        block_size,
+        true,
+        &prefill,
+    );
 
     let next_token = [3u32];
     (0..steps)

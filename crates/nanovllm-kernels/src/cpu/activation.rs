@@ -19,7 +19,7 @@ pub(crate) fn silu_mul(gate_up: &Tensor) -> Result<Tensor> {
     }
     let n = width / 2;
     let xs = check::f32s(OP, "gate_up", gate_up)?;
-    let mut out = super::buffer_pool::take_f32(m * n);
+    let mut out = super::buffer_pool::take_for_overwrite(m * n);
     // exp is ~20 scalar operations.
     for_each_row(&mut out, n, 24 * n, |i, row| {
         let (gate, up) = xs[i * width..(i + 1) * width].split_at(n);

@@ -4,7 +4,7 @@
 //! Every CPU op returns a new tensor, so a step would otherwise allocate (and zero) one
 //! buffer per op per layer. Instead a CPU tensor hands its buffer to the process-wide
 //! pool when it is dropped ([`give_back`], from `Tensor`'s `Drop`), and ops take their
-//! output buffers from it ([`take_f32`] and friends). A decode step asks for the same
+//! output buffers from it ([`take_for_overwrite`], [`take_zeroed`]). A decode step asks for the same
 //! sizes as the step before, so from the second step on every request is served from
 //! the pool ([`stats`] counts the ones that were not).
 //!
@@ -13,13 +13,14 @@
 //!   smallest capacity in `len ..= 2·len` (so a small output never pins a big buffer);
 //!   failing that, by a new allocation, counted in [`PoolStats::fresh`].
 //! - Cost: one uncontended lock and a scan of at most [`MAX_FREE_BUFFERS`] entries per
-//!   take and per give-back; no zeroing unless asked for ([`take_f32_zeroed`]).
+//!   take and per give-back; no zeroing unless asked for ([`take_zeroed`]).
 //! - A taken buffer holds unspecified (but initialised) values: ops that use
-//!   [`take_f32`] write every element.
+//!   [`take_for_overwrite`] write every element.
 //! - Retention is bounded: at most [`MAX_RETAINED_BYTES`] and [`MAX_FREE_BUFFERS`]
 //!   buffers; giving back past either evicts the oldest free buffers first. Empty
 //!   buffers and ones larger than the whole budget (weights when a model is dropped) are
-//!   left to the allocator.
+//!   left to the allocator; every other size is pooled, down to one token's routing ids.
+//! - Every dtype is served ([`PoolElem`]); a buffer only serves requests of its own.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +34,6 @@ use crate::tensor::CpuStorage;
 pub const MAX_RETAINED_BYTES: usize = 256 << 20;
 /// Most free buffers held: a layer's worth of distinct sizes with room to spare.
 pub const MAX_FREE_BUFFERS: usize = 64;
-/// Buffers smaller than this are not pooled: only empty ones (every size that the
-/// decode loop allocates is pooled, ids and routing weights of one token included).
-pub const MIN_BYTES: usize = 1;
 
 /// What the pool has served since the process started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,7 +100,10 @@ macro_rules! pool_elem {
     };
 }
 pool_elem!(f32, F32);
+pool_elem!(half::bf16, BF16);
+pool_elem!(half::f16, F16);
 pool_elem!(u32, U32);
+pool_elem!(i64, I64);
 
 impl BufferPool {
     pub(crate) const fn new(max_bytes: usize, max_buffers: usize) -> Self {
@@ -132,7 +133,7 @@ impl BufferPool {
     /// Keeps `storage` for reuse, evicting the oldest buffers to stay within budget.
     pub(crate) fn give_back(&mut self, storage: CpuStorage) {
         let bytes = capacity_bytes(&storage);
-        if !(MIN_BYTES..=self.max_bytes).contains(&bytes) || self.max_buffers == 0 {
+        if bytes == 0 || bytes > self.max_bytes || self.max_buffers == 0 {
             return;
         }
         while self.retained_bytes + bytes > self.max_bytes || self.free.len() >= self.max_buffers {
@@ -153,7 +154,7 @@ impl BufferPool {
 
 /// Hands a dropped tensor's buffer to the pool (called from `Tensor`'s `Drop`).
 pub(crate) fn give_back(storage: CpuStorage) {
-    if capacity_bytes(&storage) < MIN_BYTES {
+    if capacity_bytes(&storage) == 0 {
         return;
     }
     // A poisoned lock only means another thread panicked mid-call; the list is still
@@ -164,7 +165,7 @@ pub(crate) fn give_back(storage: CpuStorage) {
 
 /// A buffer of exactly `len` elements, from the pool when one fits.
 fn take<T: PoolElem>(len: usize, zeroed: bool) -> Vec<T> {
-    if len * std::mem::size_of::<T>() >= MIN_BYTES {
+    if len > 0 {
         let reused = POOL
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -184,24 +185,19 @@ fn take<T: PoolElem>(len: usize, zeroed: bool) -> Vec<T> {
     vec![T::default(); len]
 }
 
-/// `len` f32s with unspecified values, for an op that writes every element.
-pub(crate) fn take_f32(len: usize) -> Vec<f32> {
+/// `len` elements with unspecified values, for an op that writes every element.
+pub(crate) fn take_for_overwrite<T: PoolElem>(len: usize) -> Vec<T> {
     take(len, false)
 }
 
-/// `len` zeroed f32s, for an op that accumulates into its output.
-pub(crate) fn take_f32_zeroed(len: usize) -> Vec<f32> {
+/// `len` zeroed elements, for an op that accumulates into its output or leaves parts zero.
+pub(crate) fn take_zeroed<T: PoolElem>(len: usize) -> Vec<T> {
     take(len, true)
 }
 
 /// Returns an op's scratch buffer (one that no tensor owns) to the pool.
 pub(crate) fn recycle_f32(buffer: Vec<f32>) {
     give_back(CpuStorage::F32(buffer));
-}
-
-/// `len` zeroed u32s.
-pub(crate) fn take_u32_zeroed(len: usize) -> Vec<u32> {
-    take(len, true)
 }
 
 #[cfg(test)]
@@ -256,10 +252,10 @@ mod tests {
     #[test]
     fn taken_buffers_have_the_asked_length_and_zeroed_ones_are_zero() {
         give_back(f32s(4096, 9.0));
-        let v = take_f32_zeroed(4000);
+        let v: Vec<f32> = take_zeroed(4000);
         assert_eq!(v.len(), 4000);
         assert!(v.iter().all(|&x| x == 0.0));
-        let w = take_f32(5000);
+        let w: Vec<f32> = take_for_overwrite(5000);
         assert_eq!(w.len(), 5000);
     }
 }

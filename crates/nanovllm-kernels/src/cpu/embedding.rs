@@ -17,7 +17,7 @@ pub(crate) fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
     let rows = check::floats(OP, "table", table)?;
     check::indices_below(OP, ids, vocab)?;
 
-    let mut out = super::buffer_pool::take_f32(num_tokens * hidden);
+    let mut out = super::buffer_pool::take_for_overwrite(num_tokens * hidden);
     for_each_row(&mut out, hidden, hidden, |t, row| {
         rows.convert_range(ids[t] as usize * hidden, row);
     });
@@ -32,7 +32,7 @@ pub(crate) fn embedding_shard(ids: &Tensor, table: &Tensor, vocab_start: usize) 
     let (shard_rows, hidden) = check::dims2(OP, "table", table)?;
     let rows = check::floats(OP, "table", table)?;
 
-    let mut out = super::buffer_pool::take_f32_zeroed(num_tokens * hidden);
+    let mut out = super::buffer_pool::take_zeroed(num_tokens * hidden);
     for_each_row(&mut out, hidden, hidden, |t, row| {
         let local = (ids[t] as usize).wrapping_sub(vocab_start);
         if local < shard_rows {

@@ -54,7 +54,7 @@ pub(crate) fn matmul_small_m(xs: &[f32], w: Floats, m: usize, k: usize, n: usize
     if m == 1 {
         for_each_row(out, 1, k, row_outputs);
     } else {
-        let mut out_t = super::buffer_pool::take_f32(n * m);
+        let mut out_t = super::buffer_pool::take_for_overwrite(n * m);
         for_each_row(&mut out_t, m, m * k, row_outputs);
         transpose_into(&out_t, m, out);
         super::buffer_pool::recycle_f32(out_t);

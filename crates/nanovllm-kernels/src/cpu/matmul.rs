@@ -52,7 +52,7 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let xs = check::f32s(OP, "x", x)?;
     let weights = check::floats(OP, "w", w)?;
     // Zeroed: with K = 0 the product is all zeros and no kernel writes it.
-    let mut out = super::buffer_pool::take_f32_zeroed(m * n);
+    let mut out = super::buffer_pool::take_zeroed(m * n);
     if m > 0 && n > 0 && k > 0 {
         match weights {
             Floats::F32(ws) => {

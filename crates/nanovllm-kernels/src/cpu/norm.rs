@@ -17,7 +17,7 @@ fn weight_f32(op: &'static str, weight: &Tensor, n: usize) -> Result<Vec<f32>> {
     check::dims1(op, "weight", weight)?;
     check::expect_shape(op, weight, &[n])?;
     let w: Floats = check::floats(op, "weight", weight)?;
-    let mut out = buffer_pool::take_f32(n);
+    let mut out = buffer_pool::take_for_overwrite(n);
     w.convert_range(0, &mut out);
     Ok(out)
 }
@@ -37,7 +37,7 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> 
     let (m, n) = check::dims2(OP, "x", x)?;
     let xs = check::f32s(OP, "x", x)?;
     let w = weight_f32(OP, weight, n)?;
-    let mut out = buffer_pool::take_f32(m * n);
+    let mut out = buffer_pool::take_for_overwrite(m * n);
     for_each_row(&mut out, n, 3 * n, |i, row| {
         norm_row(&xs[i * n..(i + 1) * n], &w, eps, row)
     });
@@ -59,7 +59,7 @@ pub(crate) fn add_rms_norm(
     let w = weight_f32(OP, weight, n)?;
     let res = check::f32s_mut(OP, "residual", residual)?;
 
-    let mut out = buffer_pool::take_f32(m * n);
+    let mut out = buffer_pool::take_for_overwrite(m * n);
     if n == 0 {
         return Tensor::from_f32(out, &[m, n]);
     }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::error::{KernelError, Result};
 use crate::tensor::{CpuStorage, Tensor, TensorParts};
 
-use super::buffer_pool;
+use super::buffer_pool::{self, PoolElem};
 use super::check;
 use super::parallel::worth_parallel;
 
@@ -66,25 +66,15 @@ pub(crate) fn add_inplace(x: &mut Tensor, y: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Column range `offset .. offset + size` of every row of `x`, into `part`.
-fn copy_columns<T: Copy>(x: &[T], width: usize, offset: usize, size: usize, part: &mut [T]) {
-    if size == 0 {
-        return;
+/// Column range `offset .. offset + size` of every row of `x`, in a pooled buffer.
+fn columns<T: PoolElem>(x: &[T], rows: usize, width: usize, offset: usize, size: usize) -> Vec<T> {
+    let mut part = buffer_pool::take_for_overwrite(rows * size);
+    if size > 0 {
+        for (row, dst) in x.chunks_exact(width).zip(part.chunks_exact_mut(size)) {
+            dst.copy_from_slice(&row[offset..offset + size]);
+        }
     }
-    for (row, dst) in x.chunks_exact(width).zip(part.chunks_exact_mut(size)) {
-        dst.copy_from_slice(&row[offset..offset + size]);
-    }
-}
-
-/// [`copy_columns`] into a new vector (dtypes the buffer pool does not serve).
-fn columns<T: Copy>(x: &[T], width: usize, offset: usize, size: usize) -> Vec<T> {
-    if size == 0 {
-        return Vec::new();
-    }
-    x.chunks_exact(width)
-        .flat_map(|row| &row[offset..offset + size])
-        .copied()
-        .collect()
+    part
 }
 
 pub(crate) fn split_last_dim(x: &Tensor, sizes: &[usize]) -> Result<TensorParts> {
@@ -101,27 +91,23 @@ pub(crate) fn split_last_dim(x: &Tensor, sizes: &[usize]) -> Result<TensorParts>
     let mut parts = TensorParts::new();
     let mut offset = 0;
     for &size in sizes {
-        let storage = match xs {
-            // Activations: the parts' buffers come from the pool.
-            CpuStorage::F32(v) => {
-                let mut part = buffer_pool::take_f32(rows * size);
-                copy_columns(v, width, offset, size, &mut part);
-                CpuStorage::F32(part)
-            }
-            other => per_dtype!(other, |v, wrap| wrap(columns(v, width, offset, size))),
-        };
+        let storage = per_dtype!(xs, |v, wrap| wrap(columns(v, rows, width, offset, size)));
         parts.push(Tensor::from_cpu(storage, &[rows, size])?);
         offset += size;
     }
     Ok(parts)
 }
 
-fn gather_rows<T: Copy>(x: &[T], width: usize, rows: &[u32], out: &mut Vec<T>) {
-    out.clear();
-    for &r in rows {
-        let start = r as usize * width;
-        out.extend_from_slice(&x[start..start + width]);
+/// Rows `rows` of `x` (row length `width`), in a pooled buffer.
+fn gather_rows<T: PoolElem>(x: &[T], width: usize, rows: &[u32]) -> Vec<T> {
+    let mut out = buffer_pool::take_for_overwrite(rows.len() * width);
+    if width > 0 {
+        for (dst, &r) in out.chunks_exact_mut(width).zip(rows) {
+            let start = r as usize * width;
+            dst.copy_from_slice(&x[start..start + width]);
+        }
     }
+    out
 }
 
 pub(crate) fn index_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
@@ -130,17 +116,6 @@ pub(crate) fn index_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let picked = check::dims1(OP, "rows", rows)?;
     let rows = check::u32s(OP, "rows", rows)?;
     check::indices_below(OP, rows, num_rows)?;
-    let storage = match x.cpu(OP)? {
-        CpuStorage::F32(v) => {
-            let mut out = buffer_pool::take_f32(picked * width);
-            gather_rows(v, width, rows, &mut out);
-            CpuStorage::F32(out)
-        }
-        other => per_dtype!(other, |v, wrap| {
-            let mut out = Vec::with_capacity(picked * width);
-            gather_rows(v, width, rows, &mut out);
-            wrap(out)
-        }),
-    };
+    let storage = per_dtype!(x.cpu(OP)?, |v, wrap| wrap(gather_rows(v, width, rows)));
     Tensor::from_cpu(storage, &[picked, width])
 }

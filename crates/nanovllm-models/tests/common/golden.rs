@@ -218,11 +218,7 @@ pub fn check_prefill_each_case(name: &'static str, tol: f32) {
             backend.as_ref(),
             &mut cache,
             true,
-            &[SeqStep {
-                block_table: &table,
-                num_cached: 0,
-                new_tokens: &case.prompt,
-            }],
+            &[SeqStep::prefill(&table, &case.prompt)],
         );
         g.check_logits(case, &logits[0], tol, "single prefill");
     }
@@ -239,11 +235,7 @@ pub fn check_packed_prefill_shuffled(name: &'static str, tol: f32) {
         .cases
         .iter()
         .zip(&tables)
-        .map(|(c, t)| SeqStep {
-            block_table: t,
-            num_cached: 0,
-            new_tokens: &c.prompt,
-        })
+        .map(|(c, t)| SeqStep::prefill(t, &c.prompt))
         .collect();
     let logits = g.step(backend.as_ref(), &mut cache, true, &steps);
     for (case, row) in g.cases.iter().zip(&logits) {
@@ -265,11 +257,7 @@ pub fn check_decode_after_prefill(name: &'static str, tol: f32) {
         .iter()
         .zip(&tables)
         .filter(|(c, _)| c.prompt.len() > 1)
-        .map(|(c, t)| SeqStep {
-            block_table: t,
-            num_cached: 0,
-            new_tokens: &c.prompt[..c.prompt.len() - 1],
-        })
+        .map(|(c, t)| SeqStep::prefill(t, &c.prompt[..c.prompt.len() - 1]))
         .collect();
     g.step(backend.as_ref(), &mut cache, true, &prefill);
     let decode: Vec<SeqStep> = g

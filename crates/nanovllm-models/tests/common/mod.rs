@@ -41,6 +41,17 @@ pub struct SeqStep<'a> {
     pub new_tokens: &'a [u32],
 }
 
+impl<'a> SeqStep<'a> {
+    /// A prefill from an empty cache: every token in `tokens` is new.
+    pub fn prefill(block_table: &'a [u32], tokens: &'a [u32]) -> Self {
+        Self {
+            block_table,
+            num_cached: 0,
+            new_tokens: tokens,
+        }
+    }
+}
+
 /// Builds the packed `ForwardInput` of one step (prefill when `is_prefill`).
 pub fn build_input(
     backend: &dyn Backend,

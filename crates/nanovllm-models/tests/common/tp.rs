@@ -51,11 +51,7 @@ pub fn run_tp(
                     let steps: Vec<SeqStep> = prompts
                         .iter()
                         .zip(&tables)
-                        .map(|(p, t)| SeqStep {
-                            block_table: t,
-                            num_cached: 0,
-                            new_tokens: p,
-                        })
+                        .map(|(p, t)| SeqStep::prefill(t, p))
                         .collect();
                     run_step(
                         model.as_ref(),

@@ -104,24 +104,35 @@ pub(super) fn attend<T: KvElem>(
 ) {
     // Taken, not borrowed: the items outlive a parallel loop (see `with_taken`).
     with_taken(&ITEMS, |items| {
-        items.clear();
-        attend_items(kv, heads, batch, qs, scale, out, items)
+        let total_cost = plan_items(heads, batch, out.len(), items);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let run = |item: &Item| {
+            // No rayon call happens while the scratch is borrowed, so it cannot re-enter.
+            SCRATCH.with_borrow_mut(|scratch| {
+                // SAFETY: `available` was checked; the item's rows and head group are in
+                // bounds of `qs` and `out`, and no other item writes them.
+                unsafe { attend_item(kv, heads, batch, qs, scale, *item, scratch, out_ptr) }
+            })
+        };
+        if worth_parallel(total_cost) {
+            let per_item = total_cost / items.len().max(1);
+            items
+                .par_iter()
+                .with_min_len(min_items(per_item))
+                .for_each(run);
+        } else {
+            items.iter().for_each(run);
+        }
     })
 }
 
-/// [`attend`] with the calling thread's item list.
-fn attend_items<T: KvElem>(
-    kv: &PagedKv<'_, T>,
-    heads: Heads,
-    batch: &Batch<'_>,
-    qs: &[f32],
-    scale: f32,
-    out: &mut [f32],
-    items: &mut Vec<Item>,
-) {
+/// Replaces `items` with the work items for an output of `out_len` floats and returns
+/// their total cost (scalar operations).
+fn plan_items(heads: Heads, batch: &Batch<'_>, out_len: usize, items: &mut Vec<Item>) -> usize {
     let width = heads.heads * heads.head_dim;
-    let num_rows = out.len() / width;
+    let num_rows = out_len / width;
     let kv_heads = heads.heads / heads.group;
+    items.clear();
     let mut total_cost = 0;
     let mut t = 0;
     while t < num_rows {
@@ -154,24 +165,7 @@ fn attend_items<T: KvElem>(
         }
         t += rows;
     }
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    let run = |item: &Item| {
-        // No rayon call happens while the scratch is borrowed, so it cannot re-enter.
-        SCRATCH.with_borrow_mut(|scratch| {
-            // SAFETY: `available` was checked; the item's rows and head group are in
-            // bounds of `qs` and `out`, and no other item writes them.
-            unsafe { attend_item(kv, heads, batch, qs, scale, *item, scratch, out_ptr) }
-        })
-    };
-    if worth_parallel(total_cost) {
-        let per_item = total_cost / items.len().max(1);
-        items
-            .par_iter()
-            .with_min_len(min_items(per_item))
-            .for_each(run);
-    } else {
-        items.iter().for_each(run);
-    }
+    total_cost
 }
 
 /// One item (see the module docs).

@@ -84,7 +84,7 @@ fn run(
     let width = heads.heads * heads.head_dim;
     let rows = qs.len() / width;
     // Zeroed: a row with no keys (graph padding) is left at zero.
-    let mut out = super::buffer_pool::take_f32_zeroed(rows * width);
+    let mut out = super::buffer_pool::take_zeroed(rows * width);
     match KvBuffers::of(op, cache)? {
         KvBuffers::F32(k, v) => {
             let kv = PagedKv { k, v, geometry };

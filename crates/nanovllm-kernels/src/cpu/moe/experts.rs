@@ -111,7 +111,7 @@ fn combine_experts(
         ..
     } = dims;
     let pairs = tokens * top_k;
-    let mut gathered = buffer_pool::take_f32(pairs * hidden);
+    let mut gathered = buffer_pool::take_for_overwrite(pairs * hidden);
     for_each_row(&mut gathered, hidden, hidden, |p, row| {
         let t = buckets.tokens[p];
         row.copy_from_slice(&xs[t * hidden..(t + 1) * hidden]);
@@ -127,7 +127,7 @@ fn combine_experts(
         intermediate,
     );
 
-    let mut out = buffer_pool::take_f32_zeroed(tokens * hidden);
+    let mut out = buffer_pool::take_zeroed(tokens * hidden);
     for_each_row(&mut out, hidden, top_k * hidden, |t, row| {
         for j in 0..top_k {
             let weight = weights[t * top_k + j];
@@ -144,7 +144,7 @@ fn combine_experts(
 /// `[P, n]` = each sorted pair's row of `x: [P, k]` times its expert's `w: [E, n, k]` rowsᵀ.
 fn grouped(x: &[f32], w: Floats, offsets: &[usize], n: usize, k: usize) -> Vec<f32> {
     let pairs = offsets.last().copied().unwrap_or(0);
-    let mut out = buffer_pool::take_f32_zeroed(pairs * n);
+    let mut out = buffer_pool::take_zeroed(pairs * n);
     grouped_matmul(x, w, GroupedShape { offsets, n, k }, &mut out);
     out
 }

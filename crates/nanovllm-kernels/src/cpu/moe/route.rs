@@ -18,9 +18,9 @@ const OP: &str = "moe_route";
 pub(crate) fn moe_route(router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
     let (tokens, experts) = validate::moe::route_shapes(OP, router_logits, top_k)?;
     let logits = check::f32s(OP, "router_logits", router_logits)?;
-    let mut topk_ids = buffer_pool::take_u32_zeroed(tokens * top_k);
-    let mut topk_weights = buffer_pool::take_f32_zeroed(tokens * top_k);
-    let mut probs = buffer_pool::take_f32(experts);
+    let mut topk_ids = buffer_pool::take_zeroed(tokens * top_k);
+    let mut topk_weights = buffer_pool::take_zeroed(tokens * top_k);
+    let mut probs = buffer_pool::take_for_overwrite(experts);
     for ((row, ids), weights) in logits
         .chunks_exact(experts)
         .zip(topk_ids.chunks_exact_mut(top_k))
