@@ -46,6 +46,7 @@ fn tensor(data: Vec<f32>, shape: &[usize], dtype: DType) -> Tensor {
 }
 
 fn bench_matmul(c: &mut Criterion) {
+    nanovllm_kernels::cpu::configure_process();
     let backend = CpuBackend::new();
     let mut rng = Rng(0x1234_5678);
     let mut group = c.benchmark_group("matmul");
@@ -78,6 +79,7 @@ fn bench_matmul(c: &mut Criterion) {
 fn bench_matmul_dram(c: &mut Criterion) {
     const RING: usize = 24;
     const N: usize = 3072;
+    nanovllm_kernels::cpu::configure_process();
     let backend = CpuBackend::new();
     let mut rng = Rng(0x5eed_0d0d);
     let ring: Vec<Tensor> = (0..RING)
@@ -164,6 +166,7 @@ fn paged_setup(
 /// One sequence at context 1024 and 4096 (split across threads by key ranges), and a
 /// batch of 16 at context 256, the batched-decode benchmark's shape (split by sequence).
 fn bench_decode_attention(c: &mut Criterion) {
+    nanovllm_kernels::cpu::configure_process();
     let backend = CpuBackend::new();
     let mut rng = Rng(0x9abc_def0);
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
@@ -199,6 +202,7 @@ fn bench_decode_attention(c: &mut Criterion) {
 }
 
 fn bench_prefill_attention(c: &mut Criterion) {
+    nanovllm_kernels::cpu::configure_process();
     let backend = CpuBackend::new();
     let mut rng = Rng(0x0fed_cba9);
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();

@@ -98,6 +98,7 @@ impl DenseMoe {
 }
 
 fn bench_moe_layer(c: &mut Criterion) {
+    nanovllm_kernels::cpu::configure_process();
     let backend = CpuBackend::new();
     let config = config();
     let source = DummySource::new(config.dtype, 0);

@@ -445,17 +445,15 @@ fn upload_staged<T>(
 }
 
 fn u32_vec(storage: Storage) -> Option<Vec<u32>> {
-    match storage {
-        Storage::Cpu(CpuStorage::U32(v)) => Some(v),
-        #[allow(unreachable_patterns)]
+    match storage.into_cpu()? {
+        CpuStorage::U32(v) => Some(v),
         _ => None,
     }
 }
 
 fn i64_vec(storage: Storage) -> Option<Vec<i64>> {
-    match storage {
-        Storage::Cpu(CpuStorage::I64(v)) => Some(v),
-        #[allow(unreachable_patterns)]
+    match storage.into_cpu()? {
+        CpuStorage::I64(v) => Some(v),
         _ => None,
     }
 }

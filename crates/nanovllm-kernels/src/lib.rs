@@ -22,6 +22,7 @@ mod dtype;
 mod error;
 mod host_bytes;
 mod kv_cache;
+mod storage;
 mod tensor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

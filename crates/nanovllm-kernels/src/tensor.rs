@@ -6,104 +6,15 @@
 //! new tensors. This keeps every op's memory contract obvious.
 //!
 //! Creating and dropping tensors allocates nothing in steady state: the shape is
-//! stored inline (up to [`INLINE_DIMS`] dimensions), and a dropped CPU tensor's buffer
-//! goes back to the CPU backend's buffer pool (`cpu/buffer_pool.rs`) for the next op.
+//! stored inline (up to [`INLINE_DIMS`] dimensions), and the buffer is a [`Storage`], which
+//! decides itself where its memory goes when dropped (`storage.rs`).
 
 use half::{bf16, f16};
 use smallvec::SmallVec;
 
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
-
-/// Host memory of a CPU tensor, one variant per [`DType`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum CpuStorage {
-    F32(Vec<f32>),
-    BF16(Vec<bf16>),
-    F16(Vec<f16>),
-    U32(Vec<u32>),
-    I64(Vec<i64>),
-}
-
-impl Default for CpuStorage {
-    /// An empty f32 buffer (no allocation).
-    fn default() -> Self {
-        CpuStorage::F32(Vec::new())
-    }
-}
-
-impl CpuStorage {
-    pub fn dtype(&self) -> DType {
-        match self {
-            CpuStorage::F32(_) => DType::F32,
-            CpuStorage::BF16(_) => DType::BF16,
-            CpuStorage::F16(_) => DType::F16,
-            CpuStorage::U32(_) => DType::U32,
-            CpuStorage::I64(_) => DType::I64,
-        }
-    }
-    pub fn len(&self) -> usize {
-        match self {
-            CpuStorage::F32(v) => v.len(),
-            CpuStorage::BF16(v) => v.len(),
-            CpuStorage::F16(v) => v.len(),
-            CpuStorage::U32(v) => v.len(),
-            CpuStorage::I64(v) => v.len(),
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn zeros(dtype: DType, len: usize) -> Self {
-        match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; len]),
-            // Zeroed allocations (calloc): big buffers start as untouched pages, so advice
-            // such as huge pages still applies when they are first written.
-            DType::BF16 => CpuStorage::BF16(bytemuck::zeroed_vec(len)),
-            DType::F16 => CpuStorage::F16(bytemuck::zeroed_vec(len)),
-            DType::U32 => CpuStorage::U32(vec![0; len]),
-            DType::I64 => CpuStorage::I64(vec![0; len]),
-        }
-    }
-}
-
-/// Where a tensor's buffer lives.
-#[derive(Clone, Debug)]
-pub enum Storage {
-    Cpu(CpuStorage),
-    /// Device memory of [`crate::cuda::CudaBackend`]; cloning copies device-to-device.
-    #[cfg(feature = "cuda")]
-    Cuda(crate::cuda::CudaStorage),
-}
-
-impl Storage {
-    pub fn dtype(&self) -> DType {
-        match self {
-            Storage::Cpu(s) => s.dtype(),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(s) => s.dtype(),
-        }
-    }
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        match self {
-            Storage::Cpu(s) => s.len(),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(s) => s.len(),
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Where the buffer lives.
-    pub fn device(&self) -> crate::backend::Device {
-        match self {
-            Storage::Cpu(_) => crate::backend::Device::Cpu,
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(s) => crate::backend::Device::Cuda(s.ordinal()),
-        }
-    }
-}
+pub use crate::storage::{CpuStorage, Storage};
 
 /// Dimensions a shape holds without a heap allocation (more spill to the heap).
 pub const INLINE_DIMS: usize = 4;
@@ -115,16 +26,6 @@ pub type TensorParts = SmallVec<[Tensor; 4]>;
 pub struct Tensor {
     shape: Shape,
     storage: Storage,
-}
-
-impl Drop for Tensor {
-    // Only CPU storage exists without the `cuda` feature.
-    #[allow(irrefutable_let_patterns)]
-    fn drop(&mut self) {
-        if let Storage::Cpu(storage) = &mut self.storage {
-            crate::cpu::give_back_buffer(std::mem::take(storage));
-        }
-    }
 }
 
 fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
@@ -203,12 +104,13 @@ impl Tensor {
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
-    pub fn storage_mut(&mut self) -> &mut Storage {
+    /// Crate-private: replacing the buffer could break `shape`'s element count, which the
+    /// kernels' raw-pointer loops trust.
+    pub(crate) fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
     }
-    pub fn into_storage(mut self) -> Storage {
-        // An empty CPU buffer is left behind for `Drop`, which ignores it.
-        std::mem::replace(&mut self.storage, Storage::Cpu(CpuStorage::default()))
+    pub fn into_storage(self) -> Storage {
+        self.storage
     }
     pub fn is_cpu(&self) -> bool {
         matches!(self.storage, Storage::Cpu(_))
@@ -237,7 +139,8 @@ impl Tensor {
         }
     }
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    pub fn cpu_mut(&mut self, op: &'static str) -> Result<&mut CpuStorage> {
+    /// Crate-private for the same reason as [`Self::storage_mut`].
+    pub(crate) fn cpu_mut(&mut self, op: &'static str) -> Result<&mut CpuStorage> {
         match &mut self.storage {
             Storage::Cpu(s) => Ok(s),
             #[cfg(feature = "cuda")]

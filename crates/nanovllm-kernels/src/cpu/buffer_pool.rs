@@ -3,7 +3,7 @@
 //!
 //! Every CPU op returns a new tensor, so a step would otherwise allocate (and zero) one
 //! buffer per op per layer. Instead a CPU tensor hands its buffer to the process-wide
-//! pool when it is dropped ([`give_back`], from `Tensor`'s `Drop`), and ops take their
+//! pool when it is dropped ([`give_back`], from `Storage`'s `Drop`), and ops take their
 //! output buffers from it ([`take_for_overwrite`], [`take_zeroed`]). A decode step asks for the same
 //! sizes as the step before, so from the second step on every request is served from
 //! the pool ([`stats`] counts the ones that were not).
@@ -152,7 +152,7 @@ impl BufferPool {
     }
 }
 
-/// Hands a dropped tensor's buffer to the pool (called from `Tensor`'s `Drop`).
+/// Hands a dropped tensor's buffer to the pool (called from `Storage`'s `Drop`).
 pub(crate) fn give_back(storage: CpuStorage) {
     if capacity_bytes(&storage) == 0 {
         return;

@@ -7,7 +7,8 @@
 //! and the trim threshold above it keeps those blocks in the heap, where the next op's
 //! allocation finds them. Process-wide and only tuning: results never depend on it.
 
-/// Applies the settings once per process (Linux with glibc; elsewhere nothing).
+/// Applies the settings once per process (Linux with glibc; elsewhere nothing); called by
+/// [`super::configure_process`].
 pub(crate) fn keep_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -15,8 +16,8 @@ pub(crate) fn keep_freed_buffers() {
         ONCE.call_once(|| {
             const MMAP_THRESHOLD: libc::c_int = 32 << 20;
             const TRIM_THRESHOLD: libc::c_int = 256 << 20;
-            // SAFETY: mallopt only changes allocator parameters; it is called once,
-            // before this backend allocates anything. A refusal leaves the defaults.
+            // SAFETY: mallopt only changes allocator parameters (glibc serialises it with
+            // allocation); it runs once per process. A refusal leaves the defaults.
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
                 libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);

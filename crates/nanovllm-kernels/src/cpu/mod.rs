@@ -50,12 +50,21 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
-    /// The backend; also tunes the process's allocator for reusing op outputs (see
-    /// `cpu/heap.rs`).
+    /// The backend. It has no state of its own: buffers come from the process-wide pool
+    /// (`buffer_pool.rs`) and threads from rayon's global pool. For full speed, call
+    /// [`configure_process`] once at startup as well.
     pub fn new() -> Self {
-        heap::keep_freed_buffers();
         Self
     }
+}
+
+/// Process-wide setup the CPU backend's speed relies on, done explicitly by whoever owns the
+/// process (the engine's device construction, a benchmark's `main`), never as a side effect of
+/// creating a backend. Idempotent: later calls do nothing. Today it raises glibc's mmap and
+/// trim thresholds so that freed op outputs stay in the heap for the next op (`heap.rs`).
+/// Only speed depends on it, never results.
+pub fn configure_process() {
+    heap::keep_freed_buffers();
 }
 
 impl Backend for CpuBackend {
