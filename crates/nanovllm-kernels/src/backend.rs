@@ -10,7 +10,10 @@
 //! - Integer inputs (token ids, positions, offsets, block tables) are `U32`;
 //!   slot mappings are `I64` so that −1 can mark "write nothing".
 
+use std::sync::Arc;
+
 use crate::attention::AttentionMetadata;
+use crate::capability::{CollectiveGroups, DeviceMemory, GraphCapture};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
@@ -151,4 +154,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         topk_ids: &Tensor,
         topk_weights: &Tensor,
     ) -> Result<Tensor>;
+
+    // ---- optional capabilities (see `capability.rs`) ------------------------
+    /// The device's own memory, when it has one to divide (a GPU); `None` on the CPU,
+    /// whose KV cache is sized from the host budget instead.
+    fn device_memory(&self) -> Option<&dyn DeviceMemory> {
+        None
+    }
+    /// Recording ops into replayable graphs (CUDA graphs); `None` runs every step eagerly.
+    fn graph_capture(&self) -> Option<&dyn GraphCapture> {
+        None
+    }
+    /// The device's collective library for tensor-parallel groups (NCCL); `None` uses the
+    /// engine's own communicators (threads, or TCP between processes).
+    fn collective_groups(self: Arc<Self>) -> Option<Arc<dyn CollectiveGroups>> {
+        None
+    }
 }

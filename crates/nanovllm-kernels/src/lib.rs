@@ -2,10 +2,12 @@
 //!
 //! Owns tensors and the [`Backend`] seam: a device, its buffers, and the small
 //! fixed set of ops that models are written in (embedding, RMSNorm, RoPE,
-//! matmul, SiLU·mul, paged KV store, prefill/decode attention, MoE and
-//! sampling helpers). The CPU backend implements every op in Rust,
-//! multithreaded with rayon; the CUDA backend (feature `cuda`) implements them
-//! with `kernels/*.cu` and cuBLAS.
+//! matmul, SiLU·mul, paged KV store, prefill/decode attention, MoE routing and
+//! experts), plus optional device capabilities the engine asks for
+//! ([`DeviceMemory`], [`GraphCapture`], [`CollectiveGroups`]). The CPU backend
+//! implements every op in Rust, multithreaded with rayon; the CUDA backend
+//! (feature `cuda`) implements them with `kernels/*.cu` and cuBLAS. Sampling is
+//! the engine's (`nanovllm-core`), on the host.
 //!
 //! It also defines the [`Communicator`] seam used by tensor-parallel layers.
 //!
@@ -14,6 +16,7 @@
 
 mod attention;
 mod backend;
+mod capability;
 mod comm;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -35,6 +38,7 @@ mod cuda_arch;
 
 pub use attention::AttentionMetadata;
 pub use backend::{Backend, Device};
+pub use capability::{CapturedGraph, CollectiveGroups, DeviceMemory, GraphCapture, MemoryStats};
 pub use comm::{Communicator, NoopCommunicator, TcpCommunicator, ThreadCommunicator};
 #[cfg(feature = "cuda")]
 pub use comm::{NcclCommunicator, NcclUniqueId, NCCL_UNIQUE_ID_BYTES};

@@ -7,14 +7,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A snapshot of [`MemoryTracker`]'s counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryStats {
-    /// Bytes currently allocated through the backend.
-    pub in_use_bytes: usize,
-    /// Largest `in_use_bytes` seen since creation or the last reset.
-    pub peak_bytes: usize,
-}
+use crate::capability::MemoryStats;
 
 #[derive(Debug, Default)]
 pub struct MemoryTracker {

@@ -37,6 +37,7 @@
 #[cfg(test)]
 mod arch;
 mod attention;
+mod capability;
 mod check;
 mod device;
 mod elementwise;
@@ -56,9 +57,8 @@ mod storage;
 
 pub use device::{device_count, is_available, unavailable_reason, CudaBackend};
 pub use graph::CudaGraph;
-pub use memory::{MemoryStats, MemoryTracker};
+pub use memory::MemoryTracker;
 pub use storage::CudaStorage;
 
-// For attention.rs / moe.rs (H2), which may also import them from `device`.
-#[allow(unused_imports)]
+// The NCCL communicator (`comm/nccl.rs`) reads and writes device buffers directly.
 pub(crate) use device::{device_buf, device_buf_mut};

@@ -2,11 +2,15 @@
 //! file (`embedding.rs`, `norm.rs`, `rope.rs`, `elementwise.rs`, `rows.rs`, `kv.rs`,
 //! `matmul.rs`; attention and MoE in `attention.rs` / `moe.rs`).
 
+use std::sync::Arc;
+
+use super::capability::NcclGroups;
 use super::device::{device_buf, device_buf_mut, known_range, set_known_range, CudaBackend};
 use super::launch::cuda_err;
 use super::{attention, elementwise, embedding, kv, matmul, moe, norm, rope, rows};
 use crate::attention::AttentionMetadata;
 use crate::backend::{Backend, Device};
+use crate::capability::{CollectiveGroups, DeviceMemory, GraphCapture};
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::host_bytes::{host_bytes, host_bytes_mut};
@@ -226,6 +230,16 @@ impl Backend for CudaBackend {
         topk_weights: &Tensor,
     ) -> Result<Tensor> {
         moe::moe_experts(self, x, w13, w2, topk_ids, topk_weights)
+    }
+
+    fn device_memory(&self) -> Option<&dyn DeviceMemory> {
+        Some(self)
+    }
+    fn graph_capture(&self) -> Option<&dyn GraphCapture> {
+        Some(self)
+    }
+    fn collective_groups(self: Arc<Self>) -> Option<Arc<dyn CollectiveGroups>> {
+        Some(Arc::new(NcclGroups { backend: self }))
     }
 }
 
