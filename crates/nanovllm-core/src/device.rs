@@ -74,79 +74,47 @@ pub fn choose_device(
     }
 }
 
-/// A rank's backend, plus the concrete CUDA backend when it is one (the runner needs its
-/// memory statistics and graph capture, which are not part of the [`Backend`] seam).
-#[derive(Clone, Debug)]
-pub struct DeviceBackend {
-    backend: Arc<dyn Backend>,
+/// The number of GPUs this build can use on this machine: 0 without the CUDA backend.
+pub fn visible_gpu_count() -> usize {
     #[cfg(feature = "cuda")]
-    cuda: Option<Arc<nanovllm_kernels::cuda::CudaBackend>>,
-}
-
-impl DeviceBackend {
-    /// Wraps any backend; it gets no CUDA-only features (memory-based KV sizing on the GPU,
-    /// CUDA graphs), even when it is a CUDA backend: use [`DeviceBackend::cuda`] for those.
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self {
-            backend,
-            #[cfg(feature = "cuda")]
-            cuda: None,
-        }
-    }
-
-    /// A CUDA backend with its CUDA-only features.
-    #[cfg(feature = "cuda")]
-    pub fn cuda(backend: Arc<nanovllm_kernels::cuda::CudaBackend>) -> Self {
-        Self {
-            backend: backend.clone(),
-            cuda: Some(backend),
-        }
-    }
-
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
-    }
-
-    /// The CUDA backend, when this is one.
-    #[cfg(feature = "cuda")]
-    pub fn cuda_backend(&self) -> Option<&Arc<nanovllm_kernels::cuda::CudaBackend>> {
-        self.cuda.as_ref()
-    }
+    return nanovllm_kernels::cuda::device_count();
+    #[cfg(not(feature = "cuda"))]
+    0
 }
 
 /// The backend for `config.device`; `local_rank` picks the GPU under tensor parallelism.
+/// What the engine does with it beyond the op set (GPU memory sizing, graph capture, NCCL)
+/// it asks the backend ([`Backend::device_memory`] and the other capabilities).
 pub fn create_backend(config: &EngineConfig, local_rank: usize) -> Result<Arc<dyn Backend>> {
-    Ok(create_device(config, local_rank)?.backend)
-}
-
-/// [`create_backend`], keeping the concrete CUDA backend for the runner.
-pub fn create_device(config: &EngineConfig, local_rank: usize) -> Result<DeviceBackend> {
-    #[cfg(feature = "cuda")]
-    let (cuda_built, num_gpus) = (true, nanovllm_kernels::cuda::device_count());
-    #[cfg(not(feature = "cuda"))]
-    let (cuda_built, num_gpus) = (false, 0);
-    match choose_device(config.device, cuda_built, num_gpus, local_rank)? {
-        DeviceChoice::Cpu => Ok(DeviceBackend::new(Arc::new(CpuBackend::new()))),
+    let cuda_built = cfg!(feature = "cuda");
+    match choose_device(config.device, cuda_built, visible_gpu_count(), local_rank)? {
+        DeviceChoice::Cpu => Ok(cpu_backend()),
         DeviceChoice::CpuFallback => {
             if local_rank == 0 {
                 eprintln!(
                     "notice: no CUDA device (no libcuda, or no GPU visible); running on the CPU"
                 );
             }
-            Ok(DeviceBackend::new(Arc::new(CpuBackend::new())))
+            Ok(cpu_backend())
         }
         DeviceChoice::Cuda { ordinal } => open_cuda(ordinal),
     }
 }
 
+/// The CPU backend, after the process-wide allocator tuning it relies on
+/// ([`nanovllm_kernels::cpu::configure_process`]).
+fn cpu_backend() -> Arc<dyn Backend> {
+    nanovllm_kernels::cpu::configure_process();
+    Arc::new(CpuBackend::new())
+}
+
 #[cfg(feature = "cuda")]
-fn open_cuda(ordinal: usize) -> Result<DeviceBackend> {
-    let backend = nanovllm_kernels::cuda::CudaBackend::new(ordinal)?;
-    Ok(DeviceBackend::cuda(Arc::new(backend)))
+fn open_cuda(ordinal: usize) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(nanovllm_kernels::cuda::CudaBackend::new(ordinal)?))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open_cuda(ordinal: usize) -> Result<DeviceBackend> {
+fn open_cuda(ordinal: usize) -> Result<Arc<dyn Backend>> {
     Err(EngineError::Internal(format!(
         "GPU {ordinal} chosen in a build without the CUDA backend"
     )))
@@ -206,7 +174,8 @@ mod tests {
             device: DeviceKind::Cpu,
             ..EngineConfig::new("m")
         };
-        let device = create_device(&config, 0).unwrap();
-        assert_eq!(device.backend().device(), nanovllm_kernels::Device::Cpu);
+        let backend = create_backend(&config, 0).unwrap();
+        assert_eq!(backend.device(), nanovllm_kernels::Device::Cpu);
+        assert!(backend.device_memory().is_none() && backend.graph_capture().is_none());
     }
 }

@@ -13,13 +13,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nanovllm_kernels::{Backend, Communicator, KvCache, NoopCommunicator};
+use nanovllm_kernels::{Backend, Communicator, NoopCommunicator};
 use nanovllm_models::{
     load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
 };
 use nanovllm_scheduler::{
-    BatchKind, FinishReason, FinishedSeq, SamplingParams, Scheduler, SchedulerConfig,
-    SchedulerError, SeqId,
+    BatchKind, FinishReason, FinishedSeq, SamplingParams, ScheduledBatch, Scheduler,
+    SchedulerConfig, SchedulerError, SeqId,
 };
 
 use crate::config::EngineConfig;
@@ -193,15 +193,14 @@ impl LLMEngine {
             tracing::info!("tensor parallelism runs eagerly: CUDA graphs are off");
             config.enforce_eager = true;
         }
-        let device = crate::device::create_device(&config, 0)?;
-        let backend = device.backend().clone();
+        let backend = crate::device::create_backend(&config, 0)?;
         let model_dir = config.model_dir();
         let generation_config = GenerationConfig::from_dir(&model_dir)?;
         let tokenizer = load_tokenizer(&config)?;
         // TP = 1 with `processes` still runs the process path (world size 1: a GPU check).
         let (comm, workers): (Arc<dyn Communicator>, _) =
             if tp > 1 || config.tp.mode == crate::tp::TpMode::Processes {
-                let (comm, workers) = WorkerGroup::start(&config, &device)?;
+                let (comm, workers) = WorkerGroup::start(&config, &backend)?;
                 (comm, Some(workers))
             } else {
                 (Arc::new(NoopCommunicator), None)
@@ -215,8 +214,7 @@ impl LLMEngine {
             },
         };
         let model = load_model(&model_config, &model_dir, config.load_format, &ctx)?;
-        let mut engine =
-            Self::from_device_parts(config, generation_config, tokenizer, device, model)?;
+        let mut engine = Self::from_parts(config, generation_config, tokenizer, backend, model)?;
         if let Some(mut workers) = workers {
             workers.init(engine.runner.kv_cache().num_blocks)?;
             engine.workers = Some(workers);
@@ -226,25 +224,14 @@ impl LLMEngine {
 
     /// Builds an engine around an already loaded model (custom models, tests).
     /// `config.model` and `config.load_format` are not read; `max_model_len` is
-    /// clamped to the model's `max_position_embeddings`.
+    /// clamped to the model's `max_position_embeddings`. What the backend can do decides the
+    /// rest: a device with its own memory sizes the KV cache from `gpu_memory_utilization`,
+    /// one that captures graphs replays decode steps through them (unless `enforce_eager`).
     pub fn from_parts(
-        config: EngineConfig,
-        generation_config: GenerationConfig,
-        tokenizer: Option<Tokenizer>,
-        backend: Arc<dyn Backend>,
-        model: Box<dyn Model>,
-    ) -> Result<Self> {
-        let device = DeviceBackend::new(backend);
-        Self::from_device_parts(config, generation_config, tokenizer, device, model)
-    }
-
-    /// [`Self::from_parts`] on a [`DeviceBackend`]: a CUDA one sizes the KV cache from
-    /// `gpu_memory_utilization` and captures decode CUDA graphs (unless `enforce_eager`).
-    pub fn from_device_parts(
         mut config: EngineConfig,
         generation_config: GenerationConfig,
         tokenizer: Option<Tokenizer>,
-        device: DeviceBackend,
+        backend: Arc<dyn Backend>,
         model: Box<dyn Model>,
     ) -> Result<Self> {
         config.validate()?;
@@ -261,8 +248,8 @@ impl LLMEngine {
         } else {
             model_config.eos_token_ids.clone()
         };
-        let backend = device.backend().clone();
-        let (num_blocks, bytes_per_block) = size_kv_cache(&config, &device, model.as_ref())?;
+        let (num_blocks, bytes_per_block) =
+            size_kv_cache(&config, backend.as_ref(), model.as_ref())?;
         tracing::info!(
             num_blocks,
             block_size = config.kvcache_block_size,
@@ -277,11 +264,9 @@ impl LLMEngine {
             num_blocks,
             eos_token_ids: eos_token_ids.clone(),
         })?;
-        #[allow(unused_mut)] // mutated only with CUDA graphs
         let mut runner = runner_for(&config, backend, model, num_blocks)?;
-        #[cfg(feature = "cuda")]
-        if let (Some(cuda), false) = (device.cuda_backend(), config.enforce_eager) {
-            runner.enable_cuda_graphs(cuda.clone(), config.max_num_seqs, config.max_model_len);
+        if !config.enforce_eager {
+            runner.enable_decode_graphs(config.max_num_seqs, config.max_model_len);
         }
         Ok(Self {
             config,
@@ -603,28 +588,6 @@ pub fn sampling_params_from(gen: &GenerationConfig) -> SamplingParams {
         p.temperature = 0.0;
     }
     p
-}
-
-/// How many KV blocks fit for `model` on `device` (see `kv_sizing`), and the bytes each
-/// takes. On a GPU this runs a warm-up prefill through the model, so under tensor
-/// parallelism every rank runs it at the same time (its collectives pair up).
-pub(crate) fn size_kv_cache(
-    config: &EngineConfig,
-    device: &DeviceBackend,
-    model: &dyn Model,
-) -> Result<(usize, usize)> {
-    let spec = model.kv_cache_spec();
-    let kv_dtype = config.kv_cache_dtype.dtype_on(device.backend().device());
-    let bytes_per_block = KvCache::bytes_per_block(
-        spec.num_layers,
-        config.kvcache_block_size,
-        spec.num_kv_heads,
-        spec.head_dim,
-        kv_dtype,
-    );
-    let num_blocks =
-        crate::kv_sizing::num_kvcache_blocks(config, device, model, kv_dtype, bytes_per_block)?;
-    Ok((num_blocks, bytes_per_block))
 }
 
 /// A runner over `num_blocks` KV blocks in the dtype, block size and sampling seed

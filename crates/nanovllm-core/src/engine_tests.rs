@@ -439,8 +439,7 @@ fn default_sampling_params_follow_the_generation_config() {
 
 #[test]
 fn the_cuda_device_is_a_clear_error() {
-    #[cfg(feature = "cuda")]
-    if nanovllm_kernels::cuda::is_available() {
+    if crate::device::visible_gpu_count() > 0 {
         eprintln!("skipped: a CUDA device is present, so device = cuda is no error here");
         return;
     }

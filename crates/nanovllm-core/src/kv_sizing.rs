@@ -1,32 +1,57 @@
-//! Sizing the paged KV cache on a GPU from `gpu_memory_utilization` (nano-vLLM's
-//! `warmup_model` + `allocate_kv_cache`).
+//! Sizing the paged KV cache: every rule about how many blocks an engine gets lives here.
 //!
-//! After the weights are loaded, a warm-up prefill of `max_num_batched_tokens` tokens (the
-//! largest step the scheduler ever runs) goes through the model with a small temporary KV
-//! cache, and the backend's peak allocation above what was in use before it is the
-//! activation memory a step needs. Then, with `free`/`total` read from the driver:
-//! ```text
-//! used        = total − free          weights, CUDA context, allocator caches, other processes
-//! num_blocks  = ⌊(total · utilization − used − peak_activation) / bytes_per_block⌋
-//! ```
-//! so weights + activations + KV cache stay within `utilization` of the device. `used` is
-//! read after the temporary cache and the warm-up's activations are dropped, so neither is
-//! counted twice. `num_kvcache_blocks` in the config overrides all this.
+//! - `num_kvcache_blocks` in the config overrides everything below.
+//! - On a device with memory of its own ([`Backend::device_memory`], a GPU), the cache fills
+//!   `gpu_memory_utilization` of it (nano-vLLM's `warmup_model` + `allocate_kv_cache`).
+//!   After the weights are loaded, a warm-up prefill of `max_num_batched_tokens` tokens (the
+//!   largest step the scheduler ever runs) goes through the model with a small temporary KV
+//!   cache, and the backend's peak allocation above what was in use before it is the
+//!   activation memory a step needs. Then, with `free`/`total` read from the driver:
+//!   ```text
+//!   used        = total − free          weights, context, allocator caches, other processes
+//!   num_blocks  = ⌊(total · utilization − used − peak_activation) / bytes_per_block⌋
+//!   ```
+//!   so weights + activations + KV cache stay within `utilization` of the device. `used` is
+//!   read after the temporary cache and the warm-up's activations are dropped, so neither is
+//!   counted twice. Under tensor parallelism the warm-up cannot run on one rank alone (its
+//!   collectives would wait for the others), so the activations are estimated instead.
+//! - On the CPU, the cache gets `kv_cache_memory_gib` of host memory.
+//!
+//! Zero blocks is always an error that names the setting to change.
 
-use nanovllm_kernels::{AttentionMetadata, Backend, DType, Tensor};
+use nanovllm_kernels::{AttentionMetadata, Backend, DType, DeviceMemory, KvCache, Tensor};
 use nanovllm_models::{ForwardInput, Model};
 
 use crate::config::EngineConfig;
-use crate::device::DeviceBackend;
 use crate::error::{EngineError, Result};
-use crate::runner::cpu_num_kvcache_blocks;
 
-/// KV blocks for an engine on `device`: `config.num_kvcache_blocks` when set; on a CUDA
-/// device, from `gpu_memory_utilization` after a measured warm-up ([`measure_gpu_memory`]);
-/// else from the CPU budget `kv_cache_memory_gib`.
+/// How many KV blocks fit for `model` on `backend`, and the bytes each takes. On a device
+/// with its own memory this runs a warm-up prefill through the model (without tensor
+/// parallelism; see the module docs).
+pub(crate) fn size_kv_cache(
+    config: &EngineConfig,
+    backend: &dyn Backend,
+    model: &dyn Model,
+) -> Result<(usize, usize)> {
+    let spec = model.kv_cache_spec();
+    let kv_dtype = config.kv_cache_dtype.dtype_on(backend.device());
+    let bytes_per_block = KvCache::bytes_per_block(
+        spec.num_layers,
+        config.kvcache_block_size,
+        spec.num_kv_heads,
+        spec.head_dim,
+        kv_dtype,
+    );
+    let num_blocks = num_kvcache_blocks(config, backend, model, kv_dtype, bytes_per_block)?;
+    Ok((num_blocks, bytes_per_block))
+}
+
+/// KV blocks for an engine on `backend`: `config.num_kvcache_blocks` when set; on a device
+/// with its own memory, from `gpu_memory_utilization` after a measured warm-up
+/// ([`measure_device_memory`]); else from the CPU budget `kv_cache_memory_gib`.
 pub fn num_kvcache_blocks(
     config: &EngineConfig,
-    device: &DeviceBackend,
+    backend: &dyn Backend,
     model: &dyn Model,
     kv_dtype: DType,
     bytes_per_block: usize,
@@ -34,29 +59,43 @@ pub fn num_kvcache_blocks(
     if let Some(n) = config.num_kvcache_blocks {
         return Ok(n);
     }
-    #[cfg(feature = "cuda")]
-    if let Some(cuda) = device.cuda_backend() {
-        let memory = if config.tensor_parallel_size > 1 {
-            // A warm-up forward would wait in its first collective for ranks that are not
-            // running it: estimate the activations instead.
-            let (free, total) = cuda.mem_info()?;
-            GpuMemory {
-                total_bytes: total as u64,
-                free_bytes: free as u64,
-                peak_activation_bytes: estimate_peak_activation_bytes(
-                    model.config(),
-                    config.tensor_parallel_size,
-                    config,
-                ),
-            }
-        } else {
-            measure_gpu_memory(cuda, device.backend().as_ref(), model, config, kv_dtype)?
-        };
-        tracing::info!(?memory, "GPU memory for KV-cache sizing");
-        return gpu_num_kvcache_blocks(memory, config.gpu_memory_utilization, bytes_per_block);
+    let Some(device_memory) = backend.device_memory() else {
+        return cpu_num_kvcache_blocks(config.kv_cache_memory_gib, bytes_per_block);
+    };
+    let memory = if config.tensor_parallel_size > 1 {
+        let (free, total) = device_memory.mem_info()?;
+        GpuMemory {
+            total_bytes: total as u64,
+            free_bytes: free as u64,
+            peak_activation_bytes: estimate_peak_activation_bytes(
+                model.config(),
+                config.tensor_parallel_size,
+                config,
+            ),
+        }
+    } else {
+        measure_device_memory(device_memory, backend, model, config, kv_dtype)?
+    };
+    tracing::info!(?memory, "device memory for KV-cache sizing");
+    gpu_num_kvcache_blocks(memory, config.gpu_memory_utilization, bytes_per_block)
+}
+
+/// Number of KV blocks of `bytes_per_block` that fit in `kv_cache_memory_gib` of host
+/// memory. Zero blocks is an error.
+pub fn cpu_num_kvcache_blocks(kv_cache_memory_gib: f64, bytes_per_block: usize) -> Result<usize> {
+    let budget_bytes = (kv_cache_memory_gib * (1u64 << 30) as f64) as u64;
+    let num_blocks = if bytes_per_block == 0 {
+        0
+    } else {
+        budget_bytes / bytes_per_block as u64
+    };
+    if num_blocks == 0 {
+        return Err(EngineError::KvCacheTooSmall {
+            budget_bytes,
+            bytes_per_block,
+        });
     }
-    let _ = (device, model, kv_dtype);
-    cpu_num_kvcache_blocks(config.kv_cache_memory_gib, bytes_per_block, None)
+    Ok(usize::try_from(num_blocks).unwrap_or(usize::MAX))
 }
 
 /// An upper estimate of a prefill step's activation bytes on one of `world_size` ranks
@@ -196,12 +235,11 @@ pub fn warmup_input(
     })
 }
 
-/// Runs the warm-up prefill on a CUDA backend and measures it: returns the device memory
-/// snapshot the sizing needs. The temporary KV cache is allocated before the peak is reset,
-/// so only activations count.
-#[cfg(feature = "cuda")]
-pub fn measure_gpu_memory(
-    cuda: &nanovllm_kernels::cuda::CudaBackend,
+/// Runs the warm-up prefill on a device with its own memory and measures it: returns the
+/// memory snapshot the sizing needs. The temporary KV cache is allocated before the peak is
+/// reset, so only activations count.
+pub fn measure_device_memory(
+    device_memory: &dyn DeviceMemory,
     backend: &dyn Backend,
     model: &dyn Model,
     config: &EngineConfig,
@@ -215,7 +253,7 @@ pub fn measure_gpu_memory(
         config.max_num_seqs,
     );
     let peak_activation_bytes = {
-        let mut cache = nanovllm_kernels::KvCache::new(
+        let mut cache = KvCache::new(
             backend,
             spec.num_layers,
             warmup_num_blocks(&seq_lens, block_size),
@@ -226,16 +264,16 @@ pub fn measure_gpu_memory(
         )?;
         let input = warmup_input(backend, &seq_lens, block_size)?;
         backend.synchronize()?;
-        cuda.reset_peak_memory();
-        let before = cuda.memory_stats().in_use_bytes;
+        device_memory.reset_peak_memory();
+        let before = device_memory.memory_stats().in_use_bytes;
         let logits = model.forward(&input, &mut cache)?;
         backend.synchronize()?;
         drop(logits);
-        let peak = cuda.memory_stats().peak_bytes;
+        let peak = device_memory.memory_stats().peak_bytes;
         peak.saturating_sub(before) as u64
     };
     backend.synchronize()?;
-    let (free, total) = cuda.mem_info()?;
+    let (free, total) = device_memory.mem_info()?;
     Ok(GpuMemory {
         total_bytes: total as u64,
         free_bytes: free as u64,
@@ -248,6 +286,36 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn kv_blocks_from_a_host_memory_budget() {
+        let per_block = KvCache::bytes_per_block(2, 16, 2, 64, DType::F32);
+        assert_eq!(per_block, 2 * 2 * 16 * 2 * 64 * 4);
+        // 1 GiB / 32 KiB = 32768 blocks.
+        assert_eq!(cpu_num_kvcache_blocks(1.0, per_block).unwrap(), 32768);
+        // Partial blocks are dropped: 1.5 blocks' worth → 1 block.
+        let gib_per_block = per_block as f64 / (1u64 << 30) as f64;
+        assert_eq!(
+            cpu_num_kvcache_blocks(1.5 * gib_per_block, per_block).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_host_budget_below_one_block_is_an_error() {
+        let err = cpu_num_kvcache_blocks(1e-9, 1 << 20).unwrap_err();
+        match err {
+            EngineError::KvCacheTooSmall {
+                budget_bytes,
+                bytes_per_block,
+            } => {
+                assert_eq!(bytes_per_block, 1 << 20);
+                assert!(budget_bytes < 1 << 20);
+            }
+            other => panic!("expected KvCacheTooSmall, got {other:?}"),
+        }
+        assert!(cpu_num_kvcache_blocks(1.0, 0).is_err());
+    }
 
     #[test]
     fn blocks_fill_the_allowed_memory_minus_used_and_activations() {
@@ -387,5 +455,20 @@ mod tests {
         let input = warmup_input(backend.as_ref(), &seq_lens, 16).unwrap();
         let logits = model.forward(&input, &mut cache).unwrap();
         assert_eq!(logits.shape(), &[3, config.vocab_size]);
+
+        // The whole sizing on the CPU: the override wins, else the host budget.
+        let engine = EngineConfig {
+            num_kvcache_blocks: Some(5),
+            ..EngineConfig::new("m")
+        };
+        let (blocks, per_block) = size_kv_cache(&engine, backend.as_ref(), model.as_ref()).unwrap();
+        assert_eq!(blocks, 5);
+        let engine = EngineConfig {
+            num_kvcache_blocks: None,
+            kv_cache_memory_gib: 64.0 * per_block as f64 / GIB as f64,
+            ..engine
+        };
+        let (blocks, _) = size_kv_cache(&engine, backend.as_ref(), model.as_ref()).unwrap();
+        assert_eq!(blocks, 64);
     }
 }

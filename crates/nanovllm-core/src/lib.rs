@@ -2,7 +2,7 @@
 //!
 //! The engine. Owns [`EngineConfig`], the user-facing [`LLM`] (batch
 //! `generate`) and [`LLMEngine`] (step API: add_request / step / abort), the
-//! [`ModelRunner`] (batch preparation on the device, KV-cache sizing), the
+//! [`ModelRunner`] (batch preparation on the device), KV-cache sizing ([`kv_sizing`]), the
 //! [`Sampler`] and the [`Tokenizer`], and the bench.py throughput run
 //! ([`bench`]).
 //!
@@ -20,7 +20,7 @@
 pub mod bench;
 pub mod chat_template;
 pub mod config;
-pub mod cuda_graph;
+pub mod decode_graph;
 pub mod device;
 pub mod engine;
 mod error;
@@ -45,9 +45,10 @@ pub use engine::{
     StepOutputs,
 };
 pub use error::{EngineError, RequestError, Result};
+pub use kv_sizing::cpu_num_kvcache_blocks;
 pub use llm::{Output, ParamsArg, Progress, LLM};
 pub use logprobs::{TokenLogprobs, TopLogprob};
-pub use runner::{cpu_num_kvcache_blocks, ModelRunner};
+pub use runner::ModelRunner;
 pub use sampler::Sampler;
 pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
 

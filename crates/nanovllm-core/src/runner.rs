@@ -6,8 +6,9 @@
 //! the logits of the sampled rows to the host and samples one token per
 //! sequence.
 //!
-//! On CUDA (unless `enforce_eager`), decode steps of up to 512 sequences replay a
-//! captured graph instead ([`crate::cuda_graph`]): the graph computes the hidden states,
+//! On a backend that captures graphs (CUDA; unless `enforce_eager`), decode steps of up to
+//! 512 sequences replay a captured graph instead ([`crate::decode_graph`]): the graph
+//! computes the hidden states,
 //! then [`Model::compute_logits`] runs eagerly on the batch's rows. Prefill and larger
 //! decode batches run eagerly. Reading the logits back is the step's only host
 //! synchronisation.
@@ -29,34 +30,10 @@ use nanovllm_kernels::{
 use nanovllm_models::{ForwardInput, Model};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
+use crate::decode_graph::DecodeGraphs;
 use crate::error::{EngineError, Result};
 use crate::logprobs::{token_logprobs, TokenLogprobs};
 use crate::sampler::{SampleRow, Sampler};
-
-/// Number of KV blocks for a CPU cache: `num_kvcache_blocks` when set, else as many
-/// blocks of `bytes_per_block` as fit in `kv_cache_memory_gib`. Zero blocks is an error.
-pub fn cpu_num_kvcache_blocks(
-    kv_cache_memory_gib: f64,
-    bytes_per_block: usize,
-    num_kvcache_blocks: Option<usize>,
-) -> Result<usize> {
-    if let Some(n) = num_kvcache_blocks {
-        return Ok(n);
-    }
-    let budget_bytes = (kv_cache_memory_gib * (1u64 << 30) as f64) as u64;
-    let num_blocks = if bytes_per_block == 0 {
-        0
-    } else {
-        budget_bytes / bytes_per_block as u64
-    };
-    if num_blocks == 0 {
-        return Err(EngineError::KvCacheTooSmall {
-            budget_bytes,
-            bytes_per_block,
-        });
-    }
-    Ok(usize::try_from(num_blocks).unwrap_or(usize::MAX))
-}
 
 /// Host-side staging vectors, refilled every step.
 #[derive(Debug, Default)]
@@ -77,9 +54,8 @@ pub struct ModelRunner {
     kv_cache: KvCache,
     sampler: Sampler,
     buffers: HostBuffers,
-    /// Captured decode graphs (CUDA, not `enforce_eager`, capture succeeded).
-    #[cfg(feature = "cuda")]
-    decode_graphs: Option<crate::cuda_graph::DecodeGraphs>,
+    /// Captured decode graphs (a backend that captures, not `enforce_eager`, capture succeeded).
+    decode_graphs: Option<DecodeGraphs>,
     /// Whether the forward pass runs on a rayon worker (see [`Self::run_forward_on_pool`]).
     forward_on_pool: bool,
 }
@@ -124,7 +100,6 @@ impl ModelRunner {
             sampler: Sampler::new(seed),
             buffers: HostBuffers::default(),
             forward_on_pool: false,
-            #[cfg(feature = "cuda")]
             decode_graphs: None,
         })
     }
@@ -139,19 +114,16 @@ impl ModelRunner {
         self.forward_on_pool = on && matches!(self.backend.device(), Device::Cpu);
     }
 
-    /// Captures decode graphs for [`crate::cuda_graph::graph_batch_sizes`]`(max_num_seqs)`
-    /// on `cuda` (the runner's backend). A failed capture is a warning, never an error: the
-    /// runner then stays eager. Returns whether graphs are on.
-    #[cfg(feature = "cuda")]
-    pub fn enable_cuda_graphs(
-        &mut self,
-        cuda: Arc<nanovllm_kernels::cuda::CudaBackend>,
-        max_num_seqs: usize,
-        max_model_len: usize,
-    ) -> bool {
+    /// Captures decode graphs for [`crate::decode_graph::graph_batch_sizes`]`(max_num_seqs)`
+    /// when the backend can ([`Backend::graph_capture`]). A failed capture is a warning,
+    /// never an error: the runner then stays eager. Returns whether graphs are on.
+    pub fn enable_decode_graphs(&mut self, max_num_seqs: usize, max_model_len: usize) -> bool {
         self.decode_graphs = None;
-        let captured = crate::cuda_graph::DecodeGraphs::capture(
-            cuda,
+        if self.backend.graph_capture().is_none() {
+            return false;
+        }
+        let captured = DecodeGraphs::capture(
+            self.backend.clone(),
             self.model.as_ref(),
             &mut self.kv_cache,
             max_num_seqs,
@@ -159,12 +131,12 @@ impl ModelRunner {
         );
         match captured {
             Ok(graphs) => {
-                tracing::info!(batch_sizes = ?graphs.batch_sizes(), "captured decode CUDA graphs");
+                tracing::info!(batch_sizes = ?graphs.batch_sizes(), "captured decode graphs");
                 self.decode_graphs = Some(graphs);
                 true
             }
             Err(e) => {
-                tracing::warn!("CUDA graph capture failed; running eagerly: {e}");
+                tracing::warn!("decode graph capture failed; running eagerly: {e}");
                 false
             }
         }
@@ -172,11 +144,10 @@ impl ModelRunner {
 
     /// Batch sizes with a captured decode graph (empty when eager).
     pub fn cuda_graph_batch_sizes(&self) -> Vec<usize> {
-        #[cfg(feature = "cuda")]
-        if let Some(graphs) = &self.decode_graphs {
-            return graphs.batch_sizes().to_vec();
-        }
-        Vec::new()
+        self.decode_graphs
+            .as_ref()
+            .map(|graphs| graphs.batch_sizes().to_vec())
+            .unwrap_or_default()
     }
 
     pub fn model(&self) -> &dyn Model {
@@ -291,7 +262,6 @@ impl ModelRunner {
     /// Logits of the batch's sampled rows (or of its first sequence's last row when none
     /// samples): a decode graph when one covers the batch, else the model eagerly.
     fn run_model(&mut self, batch: &ScheduledBatch) -> Result<Tensor> {
-        #[cfg(feature = "cuda")]
         if let Some(graphs) = self.decode_graphs.as_mut() {
             if graphs.covers(batch) {
                 // Decode: every sequence samples, one row each, so row i is sequence i.
@@ -461,41 +431,4 @@ fn i64_vec(storage: Storage) -> Option<Vec<i64>> {
 fn refill<T: Copy>(dst: &mut Vec<T>, src: &[T]) {
     dst.clear();
     dst.extend_from_slice(src);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kv_blocks_from_a_memory_budget() {
-        let per_block = nanovllm_kernels::KvCache::bytes_per_block(2, 16, 2, 64, DType::F32);
-        assert_eq!(per_block, 2 * 2 * 16 * 2 * 64 * 4);
-        // 1 GiB / 32 KiB = 32768 blocks.
-        assert_eq!(cpu_num_kvcache_blocks(1.0, per_block, None).unwrap(), 32768);
-        // Partial blocks are dropped: 1.5 blocks' worth → 1 block.
-        let gib_per_block = per_block as f64 / (1u64 << 30) as f64;
-        assert_eq!(
-            cpu_num_kvcache_blocks(1.5 * gib_per_block, per_block, None).unwrap(),
-            1
-        );
-        // The explicit override wins.
-        assert_eq!(cpu_num_kvcache_blocks(1.0, per_block, Some(5)).unwrap(), 5);
-    }
-
-    #[test]
-    fn a_budget_below_one_block_is_an_error() {
-        let err = cpu_num_kvcache_blocks(1e-9, 1 << 20, None).unwrap_err();
-        match err {
-            EngineError::KvCacheTooSmall {
-                budget_bytes,
-                bytes_per_block,
-            } => {
-                assert_eq!(bytes_per_block, 1 << 20);
-                assert!(budget_bytes < 1 << 20);
-            }
-            other => panic!("expected KvCacheTooSmall, got {other:?}"),
-        }
-        assert!(cpu_num_kvcache_blocks(1.0, 0, None).is_err());
-    }
 }

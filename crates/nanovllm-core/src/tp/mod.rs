@@ -36,14 +36,13 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nanovllm_kernels::Communicator;
+use nanovllm_kernels::{Backend, Communicator};
 use nanovllm_scheduler::ScheduledBatch;
 
 pub use config::{TpConfig, TpMode, DEFAULT_DIST_INIT_ADDR};
 pub use worker::{run_node, run_worker, NodeOptions, WorkerOptions};
 
 use crate::config::EngineConfig;
-use crate::device::DeviceBackend;
 use crate::error::{EngineError, Result};
 use processes::ProcessWorkers;
 use threads::ThreadWorkers;
@@ -71,7 +70,7 @@ impl WorkerGroup {
     /// world size 1, which is how a single GPU checks that path end to end.
     pub fn start(
         config: &EngineConfig,
-        rank0: &DeviceBackend,
+        rank0: &Arc<dyn Backend>,
     ) -> Result<(Arc<dyn Communicator>, Self)> {
         if config.tp.node_rank != 0 {
             return Err(EngineError::TensorParallel(format!(
@@ -89,7 +88,7 @@ impl WorkerGroup {
                 (c, Workers::Processes(w))
             }
             TpMode::Threads | TpMode::Auto => {
-                let (c, w) = ThreadWorkers::start(config, rank0.backend())?;
+                let (c, w) = ThreadWorkers::start(config, rank0)?;
                 (c, Workers::Threads(w))
             }
         };
@@ -175,29 +174,27 @@ impl WorkerGroup {
     }
 }
 
-/// A worker process's communicator: TCP on the CPU (`nccl_id` empty), NCCL on CUDA.
+/// A worker process's communicator: TCP when rank 0 sent no group id (the CPU), else the
+/// device's collective group (NCCL on CUDA; [`Backend::collective_groups`]).
 fn make_worker_comm(
-    device: &DeviceBackend,
+    backend: &Arc<dyn Backend>,
     rank: usize,
     world: usize,
     data: TcpStream,
-    nccl_id: &[u8],
+    group_id: &[u8],
     timeout: Duration,
 ) -> Result<Arc<dyn Communicator>> {
-    if nccl_id.is_empty() {
-        return worker::tcp_leaf(rank, world, data, timeout, device);
+    if group_id.is_empty() {
+        return worker::tcp_leaf(rank, world, data, timeout, backend);
     }
-    #[cfg(feature = "cuda")]
-    if let Some(cuda) = device.cuda_backend() {
-        let id = nanovllm_kernels::NcclUniqueId::from_bytes(nccl_id)?;
-        let comm = nanovllm_kernels::NcclCommunicator::new(cuda.clone(), rank, world, id)?;
-        return Ok(Arc::new(comm));
+    match backend.clone().collective_groups() {
+        Some(groups) => Ok(groups.join(rank, world, group_id)?),
+        None => Err(EngineError::Unsupported {
+            what: format!(
+                "rank {rank}: rank 0 set up a device collective group (NCCL) but this worker \
+                 runs on {}; run the same build and --device on every node",
+                backend.device()
+            ),
+        }),
     }
-    let _ = data;
-    Err(EngineError::Unsupported {
-        what: format!(
-            "rank {rank}: rank 0 set up NCCL but this worker has no CUDA device (or was built \
-             without --features cuda); run the same build and --device on every node"
-        ),
-    })
 }

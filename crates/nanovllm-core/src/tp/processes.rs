@@ -21,13 +21,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nanovllm_kernels::{Communicator, TcpCommunicator};
+use nanovllm_kernels::{Backend, Communicator, TcpCommunicator};
 use nanovllm_scheduler::ScheduledBatch;
 
 use super::codec::{encode_step, read_msg, write_frame, write_msg, Msg};
 use super::rendezvous::{accept_ranks, listen};
 use crate::config::EngineConfig;
-use crate::device::DeviceBackend;
 use crate::error::{EngineError, Result};
 
 /// How long a worker gets to exit after `Shutdown` before it is killed.
@@ -63,7 +62,7 @@ impl ProcessWorkers {
     /// Returns rank 0's communicator and the group.
     pub(crate) fn start(
         config: &EngineConfig,
-        rank0: &DeviceBackend,
+        rank0: &Arc<dyn Backend>,
     ) -> Result<(Arc<dyn Communicator>, Self)> {
         let tp = &config.tp;
         let world = config.tensor_parallel_size;
@@ -104,20 +103,20 @@ impl ProcessWorkers {
         }
         let engine_json = serde_json::to_string(config)
             .map_err(|e| EngineError::Internal(format!("serializing the engine config: {e}")))?;
-        #[cfg(feature = "cuda")]
-        if let Some(cuda) = rank0.cuda_backend() {
-            // NCCL: every rank joins with rank 0's id; the data connections stay unused.
-            let id = nanovllm_kernels::NcclUniqueId::new()?;
+        if let Some(groups) = rank0.clone().collective_groups() {
+            // The device's collectives (NCCL): every rank joins with rank 0's id; the data
+            // connections stay unused.
+            let id = groups.new_group_id()?;
             for rank in 1..world {
                 let msg = Msg::Config {
                     engine_json: engine_json.clone(),
-                    nccl_id: id.as_bytes().to_vec(),
+                    nccl_id: id.clone(),
                 };
                 group.send(rank, &msg)?;
             }
             group.collect(&Msg::Joined, "opening its device")?;
-            let comm = nanovllm_kernels::NcclCommunicator::new(cuda.clone(), 0, world, id)?;
-            return Ok((Arc::new(comm), group));
+            let comm = groups.join(0, world, &id)?;
+            return Ok((comm, group));
         }
         for rank in 1..world {
             let msg = Msg::Config {
@@ -127,9 +126,8 @@ impl ProcessWorkers {
             group.send(rank, &msg)?;
         }
         group.collect(&Msg::Joined, "opening its device")?;
-        let comm = Arc::new(
-            TcpCommunicator::root(joined.data, timeout)?.with_backend(rank0.backend().clone()),
-        );
+        let comm =
+            Arc::new(TcpCommunicator::root(joined.data, timeout)?.with_backend(rank0.clone()));
         let abort = comm.clone();
         group.abort_comm = Box::new(move |why| abort.abort(why));
         Ok((comm, group))

@@ -14,15 +14,15 @@ use nanovllm_models::{load_model, Model, ModelContext, ShardSpec};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
 use crate::config::EngineConfig;
-use crate::device::DeviceBackend;
-use crate::engine::{read_model_config, runner_for, size_kv_cache};
+use crate::engine::{read_model_config, runner_for};
 use crate::error::Result;
+use crate::kv_sizing::size_kv_cache;
 use crate::runner::ModelRunner;
 
 /// Rank `rank`'s device: GPU `rank % ranks_per_node` on CUDA.
-pub(crate) fn rank_device(config: &EngineConfig, rank: usize) -> Result<DeviceBackend> {
+pub(crate) fn rank_device(config: &EngineConfig, rank: usize) -> Result<Arc<dyn Backend>> {
     let local_rank = rank % config.tp.ranks_per_node(config.tensor_parallel_size);
-    crate::device::create_device(config, local_rank)
+    crate::device::create_backend(config, local_rank)
 }
 
 /// Loads rank `rank`'s shard of the model on `backend`, talking to its peers through `comm`.
@@ -54,10 +54,10 @@ pub(crate) fn load_rank_model(
 /// is rank 0's to choose (it arrives with `Init`), so this one is only logged.
 pub(crate) fn mirror_kv_sizing(
     config: &EngineConfig,
-    device: &DeviceBackend,
+    backend: &dyn Backend,
     model: &dyn Model,
 ) -> Result<()> {
-    let (own, _) = size_kv_cache(config, device, model)?;
+    let (own, _) = size_kv_cache(config, backend, model)?;
     tracing::debug!(own, "worker KV sizing (rank 0's count is used)");
     Ok(())
 }

@@ -192,8 +192,8 @@ fn worker_thread(
     rx: Receiver<ToWorker>,
     report: Sender<(usize, FromWorker)>,
 ) {
-    let device = match rank_device(&config, rank) {
-        Ok(d) => d,
+    let backend = match rank_device(&config, rank) {
+        Ok(b) => b,
         Err(e) => {
             let why = format!("rank {rank}: {e}");
             comm.abort(&why);
@@ -201,11 +201,10 @@ fn worker_thread(
             return;
         }
     };
-    let backend = device.backend().clone();
     let comm = Arc::new(comm.with_backend(backend.clone()));
     let run = || -> Result<()> {
         let model = load_rank_model(&config, rank, backend.clone(), comm.clone())?;
-        mirror_kv_sizing(&config, &device, model.as_ref())?;
+        mirror_kv_sizing(&config, backend.as_ref(), model.as_ref())?;
         let _ = report.send((rank, FromWorker::Loaded));
         let num_blocks = match rx.recv() {
             Ok(ToWorker::Init { num_blocks }) => num_blocks,

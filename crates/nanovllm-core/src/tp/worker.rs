@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nanovllm_kernels::{Communicator, TcpCommunicator};
+use nanovllm_kernels::{Backend, Communicator, TcpCommunicator};
 
 use super::codec::{read_msg, write_msg, Channel, Msg};
 use super::rank::{load_rank_model, mirror_kv_sizing, rank_device, RankRunner};
@@ -88,13 +88,12 @@ fn serve_steps(
         ))
     })?;
     let world = config.tensor_parallel_size;
-    let device = rank_device(&config, rank)?;
-    let backend = device.backend().clone();
+    let backend = rank_device(&config, rank)?;
     send(control, rank, &Msg::Joined)?;
     let comm: Arc<dyn Communicator> =
-        super::make_worker_comm(&device, rank, world, data, nccl_id, timeout)?;
+        super::make_worker_comm(&backend, rank, world, data, nccl_id, timeout)?;
     let model = load_rank_model(&config, rank, backend.clone(), comm)?;
-    mirror_kv_sizing(&config, &device, model.as_ref())?;
+    mirror_kv_sizing(&config, backend.as_ref(), model.as_ref())?;
     send(control, rank, &Msg::Loaded)?;
     let num_blocks = match recv(control, rank)? {
         Msg::Init { num_blocks } => usize::try_from(num_blocks).map_err(|_| {
@@ -232,16 +231,16 @@ fn stop_all(children: &mut [(usize, Child)]) {
     }
 }
 
-/// The TCP leaf communicator of a CPU worker (NCCL ones are built in `super::make_worker_comm`).
+/// The TCP leaf communicator of a CPU worker (device groups are joined in `super::make_worker_comm`).
 pub(crate) fn tcp_leaf(
     rank: usize,
     world: usize,
     data: TcpStream,
     timeout: Duration,
-    device: &crate::device::DeviceBackend,
+    backend: &Arc<dyn Backend>,
 ) -> Result<Arc<dyn Communicator>> {
     Ok(Arc::new(
-        TcpCommunicator::leaf(rank, world, data, timeout)?.with_backend(device.backend().clone()),
+        TcpCommunicator::leaf(rank, world, data, timeout)?.with_backend(backend.clone()),
     ))
 }
 

@@ -1,4 +1,5 @@
-//! CUDA graphs for decode steps (nano-vLLM's `capture_cudagraph`).
+//! Captured decode graphs (CUDA graphs; nano-vLLM's `capture_cudagraph`), on any backend
+//! that offers [`nanovllm_kernels::Backend::graph_capture`].
 //!
 //! A decode step of `n` sequences runs the graph captured for the smallest batch size
 //! `b ≥ n` from [`graph_batch_sizes`]: 1, 2, 4, 8, then every 16 up to `max_num_seqs`
@@ -120,15 +121,14 @@ pub fn fill_padded_decode(
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
 pub use captured::DecodeGraphs;
 
-#[cfg(feature = "cuda")]
 mod captured {
     use std::sync::Arc;
 
-    use nanovllm_kernels::cuda::{CudaBackend, CudaGraph};
-    use nanovllm_kernels::{AttentionMetadata, Backend, CpuStorage, KvCache, Storage, Tensor};
+    use nanovllm_kernels::{
+        AttentionMetadata, Backend, CapturedGraph, CpuStorage, GraphCapture, KvCache, Tensor,
+    };
     use nanovllm_models::{ForwardInput, Model};
     use nanovllm_scheduler::ScheduledBatch;
 
@@ -145,12 +145,12 @@ mod captured {
         input: ForwardInput,
         /// Static `[batch_size, hidden]` buffer the graph's last node writes.
         hidden: Tensor,
-        graph: CudaGraph,
+        graph: Box<dyn CapturedGraph>,
     }
 
     /// The decode graphs of one runner, ascending by batch size.
     pub struct DecodeGraphs {
-        cuda: Arc<CudaBackend>,
+        backend: Arc<dyn Backend>,
         graphs: Vec<CapturedDecode>,
         batch_sizes: Vec<usize>,
         width: usize,
@@ -169,34 +169,45 @@ mod captured {
     impl DecodeGraphs {
         /// Captures one graph per [`graph_batch_sizes`] entry, largest first, against
         /// `kv_cache` (which must outlive them unmoved in memory: its buffers are baked in).
+        /// An error when `backend` cannot capture graphs ([`Backend::graph_capture`]).
         pub fn capture(
-            cuda: Arc<CudaBackend>,
+            backend: Arc<dyn Backend>,
             model: &dyn Model,
             kv_cache: &mut KvCache,
             max_num_seqs: usize,
             max_model_len: usize,
         ) -> Result<Self> {
+            let capture = backend
+                .graph_capture()
+                .ok_or_else(|| EngineError::Unsupported {
+                    what: format!("{} cannot capture graphs", backend.device()),
+                })?;
             let block_size = kv_cache.block_size;
             let width = graph_block_table_width(max_model_len, block_size);
             let batch_sizes = graph_batch_sizes(max_num_seqs);
             let mut graphs = Vec::with_capacity(batch_sizes.len());
             for &b in batch_sizes.iter().rev() {
-                let captured =
-                    capture_one(&cuda, model, kv_cache, b, width, max_model_len, block_size)
-                        .map_err(|e| {
-                            // Never leave the stream in capture mode on the way out.
-                            if cuda.is_capturing() {
-                                let _ = cuda.end_capture();
-                            }
-                            EngineError::Internal(format!(
-                                "capturing the decode graph of batch size {b}: {e}"
-                            ))
-                        })?;
+                let shape = GraphShape {
+                    batch_size: b,
+                    width,
+                    max_model_len,
+                    block_size,
+                };
+                let captured = capture_one(backend.as_ref(), capture, model, kv_cache, shape)
+                    .map_err(|e| {
+                        // Never leave the stream in capture mode on the way out.
+                        if capture.is_capturing() {
+                            let _ = capture.end_capture();
+                        }
+                        EngineError::Internal(format!(
+                            "capturing the decode graph of batch size {b}: {e}"
+                        ))
+                    })?;
                 graphs.push(captured);
             }
             graphs.reverse();
             Ok(Self {
-                cuda,
+                backend,
                 graphs,
                 batch_sizes,
                 width,
@@ -229,29 +240,42 @@ mod captured {
                 .iter()
                 .position(|g| g.batch_size == b)
                 .ok_or_else(|| EngineError::Internal(format!("graph {b} missing")))?;
-            let cuda = self.cuda.as_ref();
+            let be = self.backend.as_ref();
             let g = &mut self.graphs[index];
             let s = &mut self.staging;
-            copy_u32(cuda, &mut s.input_ids, &mut g.input.input_ids)?;
-            copy_u32(cuda, &mut s.positions, &mut g.input.positions)?;
-            copy_u32(cuda, &mut s.context_lens, &mut g.input.attn.context_lens)?;
-            copy_u32(cuda, &mut s.block_tables, &mut g.input.attn.block_tables)?;
-            copy_i64(cuda, &mut s.slot_mapping, &mut g.input.attn.slot_mapping)?;
+            copy_staged(be, &mut s.input_ids, &mut g.input.input_ids)?;
+            copy_staged(be, &mut s.positions, &mut g.input.positions)?;
+            copy_staged(be, &mut s.context_lens, &mut g.input.attn.context_lens)?;
+            copy_staged(be, &mut s.block_tables, &mut g.input.attn.block_tables)?;
+            copy_staged(be, &mut s.slot_mapping, &mut g.input.attn.slot_mapping)?;
             g.graph.launch()?;
             Ok(&g.hidden)
         }
     }
 
-    fn capture_one(
-        cuda: &Arc<CudaBackend>,
-        model: &dyn Model,
-        kv_cache: &mut KvCache,
-        b: usize,
+    /// The sizes one graph is captured for.
+    #[derive(Clone, Copy)]
+    struct GraphShape {
+        batch_size: usize,
+        /// Block-table width (blocks per sequence).
         width: usize,
         max_model_len: usize,
         block_size: usize,
+    }
+
+    fn capture_one(
+        be: &dyn Backend,
+        capture: &dyn GraphCapture,
+        model: &dyn Model,
+        kv_cache: &mut KvCache,
+        shape: GraphShape,
     ) -> Result<CapturedDecode> {
-        let be: &dyn Backend = cuda.as_ref();
+        let GraphShape {
+            batch_size: b,
+            width,
+            max_model_len,
+            block_size,
+        } = shape;
         // Padding everywhere: the capture itself writes no KV and reads nothing.
         let zeros =
             |shape: &[usize]| be.upload(Tensor::zeros_cpu(shape, nanovllm_kernels::DType::U32));
@@ -277,11 +301,11 @@ mod captured {
         // must not happen inside the capture.
         drop(model.forward_hidden(&input, kv_cache)?);
         be.synchronize()?;
-        cuda.begin_capture()?;
+        capture.begin_capture()?;
         let out = model.forward_hidden(&input, kv_cache)?;
-        cuda.copy_device(&out, &mut hidden)?;
+        capture.copy_device(&out, &mut hidden)?;
         drop(out);
-        let graph = cuda.end_capture()?;
+        let graph = capture.end_capture()?;
         // A first replay proves the graph runs; its output is padding.
         graph.launch()?;
         be.synchronize()?;
@@ -293,21 +317,44 @@ mod captured {
         })
     }
 
-    /// Copies a staging vector into a static device input. The vector is lent to a host
-    /// tensor for the copy and taken back: no second host copy, and its capacity stays.
-    fn copy_u32(cuda: &CudaBackend, staged: &mut Vec<u32>, dst: &mut Tensor) -> Result<()> {
-        let host = Tensor::from_u32(std::mem::take(staged), dst.shape())?;
-        let copied = cuda.copy_from_host(&host, dst);
-        if let Storage::Cpu(CpuStorage::U32(v)) = host.into_storage() {
-            *staged = v;
+    /// A staging vector the host tensors can wrap and give back (u32 ids, i64 slots).
+    trait Staged: Sized {
+        fn wrap(v: Vec<Self>, shape: &[usize]) -> nanovllm_kernels::Result<Tensor>;
+        fn unwrap(storage: CpuStorage) -> Option<Vec<Self>>;
+    }
+    impl Staged for u32 {
+        fn wrap(v: Vec<u32>, shape: &[usize]) -> nanovllm_kernels::Result<Tensor> {
+            Tensor::from_u32(v, shape)
         }
-        Ok(copied?)
+        fn unwrap(storage: CpuStorage) -> Option<Vec<u32>> {
+            match storage {
+                CpuStorage::U32(v) => Some(v),
+                _ => None,
+            }
+        }
+    }
+    impl Staged for i64 {
+        fn wrap(v: Vec<i64>, shape: &[usize]) -> nanovllm_kernels::Result<Tensor> {
+            Tensor::from_i64(v, shape)
+        }
+        fn unwrap(storage: CpuStorage) -> Option<Vec<i64>> {
+            match storage {
+                CpuStorage::I64(v) => Some(v),
+                _ => None,
+            }
+        }
     }
 
-    fn copy_i64(cuda: &CudaBackend, staged: &mut Vec<i64>, dst: &mut Tensor) -> Result<()> {
-        let host = Tensor::from_i64(std::mem::take(staged), dst.shape())?;
-        let copied = cuda.copy_from_host(&host, dst);
-        if let Storage::Cpu(CpuStorage::I64(v)) = host.into_storage() {
+    /// Copies a staging vector into a static device input. The vector is lent to a host
+    /// tensor for the copy and taken back: no second host copy, and its capacity stays.
+    fn copy_staged<T: Staged>(
+        be: &dyn Backend,
+        staged: &mut Vec<T>,
+        dst: &mut Tensor,
+    ) -> Result<()> {
+        let host = T::wrap(std::mem::take(staged), dst.shape())?;
+        let copied = be.copy_from_host(&host, dst);
+        if let Some(v) = host.into_storage().into_cpu().and_then(T::unwrap) {
             *staged = v;
         }
         Ok(copied?)
