@@ -23,8 +23,8 @@ use nanovllm_scheduler::{
 };
 
 use crate::config::EngineConfig;
-use crate::device::DeviceBackend;
 use crate::error::{EngineError, RequestError, Result};
+use crate::kv_sizing::size_kv_cache;
 use crate::logprobs::TokenLogprobs;
 use crate::runner::ModelRunner;
 use crate::tokenizer::Tokenizer;
@@ -392,27 +392,57 @@ impl LLMEngine {
     pub fn step(&mut self) -> Result<StepOutputs> {
         let start = Instant::now();
         let mut out = StepOutputs::default();
-        let batch = loop {
+        if let Some(batch) = self.schedule(&mut out.finished)? {
+            let (sampled, logprobs) = self.execute(&batch)?;
+            self.account(batch, &sampled, logprobs, &mut out)?;
+        }
+        out.elapsed = start.elapsed();
+        if let Some(kind) = out.kind {
+            self.stats.num_steps += 1;
+            let (tokens, time) = match kind {
+                BatchKind::Prefill => (
+                    &mut self.stats.num_prefill_tokens,
+                    &mut self.stats.prefill_time,
+                ),
+                BatchKind::Decode => (
+                    &mut self.stats.num_decode_tokens,
+                    &mut self.stats.decode_time,
+                ),
+            };
+            *tokens += out.num_tokens as u64;
+            *time += out.elapsed;
+        }
+        Ok(out)
+    }
+
+    /// The next batch, or `None` with nothing to run. A request the scheduler finds it can
+    /// never fit is aborted and pushed to `finished` with the reason; the others go on.
+    fn schedule(&mut self, finished: &mut Vec<RequestOutput>) -> Result<Option<ScheduledBatch>> {
+        loop {
             match self.scheduler.schedule() {
-                Ok(batch) => break batch,
+                Ok(batch) => return Ok(batch),
                 Err(err @ SchedulerError::Unschedulable { seq_id, .. }) => {
-                    let finished = self.scheduler.abort(seq_id).ok_or_else(|| {
+                    let seq = self.scheduler.abort(seq_id).ok_or_else(|| {
                         EngineError::Internal(format!(
                             "scheduler reported sequence {seq_id} unschedulable but does not know it"
                         ))
                     })?;
                     tracing::warn!(request_id = seq_id, "aborting request: {err}");
-                    out.finished
-                        .push(self.finish(finished, Some(err.to_string()))?);
+                    finished.push(self.finish(seq, Some(err.to_string()))?);
                 }
                 Err(err) => return Err(err.into()),
             }
-        };
-        let Some(batch) = batch else {
-            out.elapsed = start.elapsed();
-            return Ok(out);
-        };
+        }
+    }
 
+    /// Runs `batch` on rank 0 (and, under tensor parallelism, on the workers' shards):
+    /// one token per sequence, and logprobs for the requests that asked. A failed step
+    /// aborts the batch's requests, since the scheduler would otherwise resume them from
+    /// a position whose tokens never came.
+    fn execute(
+        &mut self,
+        batch: &ScheduledBatch,
+    ) -> Result<(Vec<u32>, Vec<Option<TokenLogprobs>>)> {
         let params = batch
             .seqs
             .iter()
@@ -438,61 +468,52 @@ impl LLMEngine {
                 .map(|s| self.num_top_logprobs.get(&s.seq_id).copied())
                 .collect()
         };
-        // Under tensor parallelism the workers run the same batch on their shards.
         let executed = match self.workers.as_mut() {
-            None => self.runner.execute_with_logprobs(&batch, &params, &wanted),
-            Some(workers) => workers.begin_step(&batch).and_then(|()| {
-                match self.runner.execute_with_logprobs(&batch, &params, &wanted) {
+            None => self.runner.execute_with_logprobs(batch, &params, &wanted),
+            Some(workers) => workers.begin_step(batch).and_then(|()| {
+                match self.runner.execute_with_logprobs(batch, &params, &wanted) {
                     Ok(out) => workers.end_step().map(|()| out),
                     Err(err) => Err(workers.fail_step(err)),
                 }
             }),
         };
-        let (sampled, logprobs) = match executed {
-            Ok(sampled) => sampled,
-            Err(err) => {
-                // This batch never reaches postprocess, so the scheduler would resume its
-                // sequences from the wrong position: abort them to keep its state consistent.
-                for seq in &batch.seqs {
-                    if let Some(finished) = self.scheduler.abort(seq.seq_id) {
-                        self.finish(finished, Some(err.to_string()))?;
-                    }
+        executed.or_else(|err| {
+            for seq in &batch.seqs {
+                if let Some(finished) = self.scheduler.abort(seq.seq_id) {
+                    self.finish(finished, Some(err.to_string()))?;
                 }
-                return Err(err);
             }
-        };
+            Err(err)
+        })
+    }
+
+    /// Hands the step's tokens to the scheduler and fills `out`: new tokens, logprobs,
+    /// finished requests, the batch's kind and token count.
+    fn account(
+        &mut self,
+        batch: ScheduledBatch,
+        sampled: &[u32],
+        logprobs: Vec<Option<TokenLogprobs>>,
+        out: &mut StepOutputs,
+    ) -> Result<()> {
         let kind = batch.kind;
-        let num_tokens = match kind {
+        out.kind = Some(kind);
+        out.num_tokens = match kind {
             BatchKind::Prefill => batch.num_tokens(),
             BatchKind::Decode => batch.num_seqs(),
         };
-        let seq_ids: Vec<RequestId> = batch.seqs.iter().map(|s| s.seq_id).collect();
-        let step_output = self.scheduler.postprocess(batch, &sampled)?;
-
-        out.new_tokens = step_output.new_tokens;
-        out.logprobs = seq_ids
-            .into_iter()
+        out.logprobs = batch
+            .seqs
+            .iter()
             .zip(logprobs)
-            .filter_map(|(id, lp)| Some((id, lp?)))
+            .filter_map(|(s, lp)| Some((s.seq_id, lp?)))
             .collect();
+        let step_output = self.scheduler.postprocess(batch, sampled)?;
+        out.new_tokens = step_output.new_tokens;
         for finished in step_output.finished {
             out.finished.push(self.finish(finished, None)?);
         }
-        out.kind = Some(kind);
-        out.num_tokens = num_tokens;
-        out.elapsed = start.elapsed();
-        self.stats.num_steps += 1;
-        match kind {
-            BatchKind::Prefill => {
-                self.stats.num_prefill_tokens += num_tokens as u64;
-                self.stats.prefill_time += out.elapsed;
-            }
-            BatchKind::Decode => {
-                self.stats.num_decode_tokens += num_tokens as u64;
-                self.stats.decode_time += out.elapsed;
-            }
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Aborts a request at any time; returns it as finished (`Abort`), or `None` if unknown.
