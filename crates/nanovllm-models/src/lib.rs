@@ -3,8 +3,8 @@
 //! Owns model architectures: the [`Model`] trait, Hugging Face config parsing
 //! ([`ModelConfig`], [`GenerationConfig`]), weight loading (safetensors through
 //! mmap, or dummy random weights) with tensor-parallel sharding, the shared
-//! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`). A new
-//! architecture is one file plus one line in [`registry`].
+//! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`), each one line in
+//! [`registry`].
 //!
 //! It depends on the kernels crate only. It must not know about scheduling
 //! policy, sequences or sampling: a model maps a [`ForwardInput`] and a KV

@@ -1,5 +1,7 @@
 //! Architecture registry: `architectures[0]` of config.json → constructor.
-//! A new architecture is one file plus one line in [`ARCHITECTURES`].
+//! A new architecture built from the shared layers is one file plus one line in
+//! [`ARCHITECTURES`]; one that brings a new feature (biases, rope scaling, windows) also edits
+//! the shared layers and `config.rs` (see docs/ARCHITECTURE.md, *Architectures*).
 
 use std::path::Path;
 
