@@ -102,6 +102,8 @@ pub(super) fn attend<T: KvElem>(
     scale: f32,
     out: &mut [f32],
 ) {
+    // Checked in release too: the unsafe kernels below trust them (one check per call).
+    assert!(available(heads.head_dim) && qs.len() >= out.len());
     // Taken, not borrowed: the items outlive a parallel loop (see `with_taken`).
     with_taken(&ITEMS, |items| {
         let total_cost = plan_items(heads, batch, out.len(), items);
@@ -109,8 +111,9 @@ pub(super) fn attend<T: KvElem>(
         let run = |item: &Item| {
             // No rayon call happens while the scratch is borrowed, so it cannot re-enter.
             SCRATCH.with_borrow_mut(|scratch| {
-                // SAFETY: `available` was checked; the item's rows and head group are in
-                // bounds of `qs` and `out`, and no other item writes them.
+                // SAFETY: `available` holds and `qs` has a query row for each of the
+                // `out.len() / width` output rows (asserted above); the item's rows and
+                // head group are among those rows, and no other item writes them.
                 unsafe { attend_item(kv, heads, batch, qs, scale, *item, scratch, out_ptr) }
             })
         };

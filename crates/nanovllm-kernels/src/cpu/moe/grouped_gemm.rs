@@ -63,7 +63,10 @@ struct Item {
 pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mut [f32]) {
     let GroupedShape { offsets, n, k } = shape;
     let rows_total = offsets.last().copied().unwrap_or(0);
-    debug_assert!(x.len() >= rows_total * k && out.len() >= rows_total * n);
+    // Checked in release too: items write `out` through a raw pointer, and an expert's
+    // rows `offsets[e] .. offsets[e + 1]` must lie in it (one pass over E per call).
+    assert!(x.len() >= rows_total * k && out.len() >= rows_total * n);
+    assert!(offsets.iter().all(|&o| o <= rows_total));
     if rows_total == 0 || n == 0 {
         return;
     }
@@ -76,8 +79,9 @@ pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mu
         work_items(offsets, n, k, items);
         let out_ptr = OutPtr(out.as_mut_ptr());
         let run = |item: &Item| {
-            // SAFETY: `item` covers rows row0..row0+rows (< R) and columns n0..n0+tile_n
-            // (≤ n) of `out`, a block no other item touches.
+            // SAFETY: `item` covers rows row0..row0+rows (≤ R: every offset is, asserted
+            // above) and columns n0..n0+tile_n (≤ n) of `out`, which holds R·n (asserted
+            // above); no other item touches that block.
             unsafe { run_item(x, w, n, k, *item, out_ptr.get()) }
         };
         if worth_parallel(2 * rows_total * n * k) {
