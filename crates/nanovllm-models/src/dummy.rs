@@ -122,8 +122,10 @@ impl Rect {
                     }
                 }
             });
-        // SAFETY: `chunk`s tile `spare_capacity_mut()[..len]` exactly (`len` is a whole
-        // number of rows) and every element of every row was written above.
+        // SAFETY: `reserve` made room for `len` more elements; the `chunk`s tile
+        // `spare_capacity_mut()[..len]` exactly and each is whole rows (`len` and the
+        // chunk size are multiples of `width`), so `chunks_exact_mut` leaves no
+        // remainder and every element was written above.
         unsafe { out.set_len(out.len() + len) };
     }
 }

@@ -17,24 +17,35 @@ struct CountingAllocator;
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every call is forwarded unchanged to the system allocator.
+// SAFETY: every call is forwarded unchanged to the system allocator, so this allocator
+// keeps `System`'s guarantees; the counting touches only atomics, never the heap.
 unsafe impl GlobalAlloc for CountingAllocator {
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`]: `layout` has a non-zero size.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: forwarded with the caller's layout.
+        // SAFETY: the caller's layout has a non-zero size, as `System.alloc` requires.
         unsafe { System.alloc(layout) }
     }
+    /// # Safety
+    /// As [`GlobalAlloc::dealloc`]: `ptr` was allocated by this allocator with `layout`.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        // SAFETY: this allocator's blocks are `System`'s, so `ptr` came from `System`
+        // with this layout (the caller's guarantee).
         unsafe { System.dealloc(ptr, layout) }
     }
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`]: `ptr` was allocated by this allocator with `layout`,
+    /// and `new_size` is non-zero and does not overflow `isize` once rounded up to
+    /// `layout.align()`.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.load(Ordering::Relaxed) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: forwarded unchanged.
+        // SAFETY: `ptr` is a `System` block with `layout` (as in `dealloc`), and the
+        // caller guarantees `new_size` is valid for it.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

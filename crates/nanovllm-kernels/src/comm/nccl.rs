@@ -133,22 +133,24 @@ macro_rules! typed_view_mut {
     ($op:expr, $dtype:expr, $buf:expr, $len:expr, |$view:ident| $body:expr) => {
         match $dtype {
             DType::F32 => {
-                // SAFETY: the buffer holds `len` f32 values (the tensor's dtype and length).
+                // SAFETY: the tensor's dtype says the bytes are f32 values, and every bit
+                // pattern is one; `transmute_mut` returns None (an error here) when `len`
+                // values do not fit the buffer.
                 let mut v = unsafe { $buf.transmute_mut::<f32>($len) }.ok_or_else(|| short($op))?;
                 let $view = &mut v;
                 $body
             }
             DType::BF16 => {
                 // SAFETY: as above, for bf16.
-                let mut v =
-                    unsafe { $buf.transmute_mut::<half::bf16>($len) }.ok_or_else(|| short($op))?;
+                let v = unsafe { $buf.transmute_mut::<half::bf16>($len) };
+                let mut v = v.ok_or_else(|| short($op))?;
                 let $view = &mut v;
                 $body
             }
             DType::F16 => {
                 // SAFETY: as above, for f16.
-                let mut v =
-                    unsafe { $buf.transmute_mut::<half::f16>($len) }.ok_or_else(|| short($op))?;
+                let v = unsafe { $buf.transmute_mut::<half::f16>($len) };
+                let mut v = v.ok_or_else(|| short($op))?;
                 let $view = &mut v;
                 $body
             }
@@ -179,8 +181,8 @@ fn all_gather_as<T: NcclType>(
     world: usize,
     op: &'static str,
 ) -> Result<()> {
-    // SAFETY: `T` is f32, bf16 or f16, for which every bit pattern is a value; the
-    // lengths are checked against the buffers' sizes.
+    // SAFETY: `T` is the tensors' dtype (f32, bf16 or f16), for which every bit pattern
+    // is a value; `transmute` returns None (an error here) when `len` values do not fit.
     let s = unsafe { src.transmute::<T>(len) }.ok_or_else(|| short(op))?;
     // SAFETY: as above.
     let mut d = unsafe { dst.transmute_mut::<T>(world * len) }.ok_or_else(|| short(op))?;

@@ -97,6 +97,9 @@ fn w_block_rows(m: usize, k: usize, n: usize) -> usize {
 /// The AVX2 blocked kernel over blocks of W rows, in parallel when worth it.
 #[cfg(target_arch = "x86_64")]
 fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    // Checked in release too: the unsafe kernel below reads x and writes `out` through
+    // raw pointers (one check per call).
+    assert!(xs.len() >= m * k && out.len() >= m * n);
     with_taken(&X_SPLIT, |x_split| {
         avx2::split_even_odd(xs, m, k, x_split);
         let rows = w_block_rows(m, k, n);
@@ -104,9 +107,11 @@ fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut 
         let block_outputs = |block: usize| {
             let j = block * rows;
             let block_rows = rows.min(n - j);
-            // SAFETY: `available()` was checked by the caller; x is [m, k], the W rows
-            // j..j + block_rows are in bounds, and this block alone writes output columns
-            // j..j + block_rows of the m rows (row stride n) of `out`.
+            // SAFETY: `available()` was checked by the caller (`matmul_small_m`); x holds
+            // [m, k] (asserted above) and `x_split` is its split copy; the W rows j..j +
+            // block_rows are a bounds-checked slice; this block alone writes output
+            // columns j..j + block_rows of the m rows (row stride n) of `out`, which holds
+            // m·n (asserted above).
             unsafe {
                 avx2::block_outputs(
                     xs,

@@ -43,10 +43,14 @@ impl KvElem for f32 {
     fn as_f32(elems: &[f32]) -> Option<&[f32]> {
         Some(elems)
     }
+    /// # Safety
+    /// As [`KvElem::load8`]: AVX2 is available and `p` is valid for reading 8 f32.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
-        std::arch::x86_64::_mm256_loadu_ps(p)
+        // SAFETY: the caller guarantees AVX2 (so AVX) and 8 readable f32 at `p`; the load
+        // is unaligned, so `p` needs no particular alignment.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
 }
 
@@ -68,12 +72,18 @@ impl KvElem for bf16 {
     fn as_f32(_elems: &[bf16]) -> Option<&[f32]> {
         None
     }
+    /// # Safety
+    /// As [`KvElem::load8`]: AVX2 is available and `p` is valid for reading 8 bf16.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
-        let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        // SAFETY: the caller guarantees AVX2 and 8 readable bf16 at `p`: the 16 bytes the
+        // unaligned 128-bit load reads.
+        unsafe {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        }
     }
 }
 

@@ -95,27 +95,33 @@ pub(crate) unsafe fn gemm_x_wt(
     debug_assert!(x.len() >= m * k && w.len() >= n * k);
     // gemm computes dst = alpha·dst + beta·lhs·rhs; with read_dst = false, dst = lhs·rhs.
     // lhs = x (row-major [m, k]); rhs = wᵀ, i.e. element (kk, j) at w[j·k + kk].
-    gemm::gemm(
-        m,
-        n,
-        k,
-        out,
-        1,
-        out_stride as isize,
-        false,
-        x.as_ptr(),
-        1,
-        k as isize,
-        w.as_ptr(),
-        k as isize,
-        1,
-        0.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        parallelism,
-    )
+    // SAFETY: with these strides gemm reads x[i·k + kk] (i < m, kk < k) and w[j·k + kk]
+    // (j < n), inside the slices by the contract, and writes out[i·out_stride + j], which
+    // the contract makes valid and this call's alone; with read_dst = false it never
+    // reads `out`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            out_stride as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 /// W rows per tile: fills [`TILE_ELEMS`], but leaves ≥ 4 tiles per thread for balance.

@@ -85,8 +85,9 @@ fn pack_x(xs: &[f32], m: usize, k: usize, packed: &mut Vec<f32>) {
 
 /// `out = x · wᵀ` (shapes validated by the caller, all non-zero; [`available`] checked).
 pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    debug_assert!(available());
-    debug_assert!(xs.len() >= m * k && ws.len() >= n * k && out.len() >= m * n);
+    // Checked in release too: the unsafe kernel below trusts them (one check per call).
+    assert!(available());
+    assert!(xs.len() >= m * k && ws.len() >= n * k && out.len() >= m * n);
     let nc = task_cols(n);
     let tasks = n.div_ceil(nc);
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -103,8 +104,9 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
                 cols: nc.min(n - n0),
             };
             PACKED_W.with_borrow_mut(|packed_w| {
-                // SAFETY: `available()` holds; x is packed for [m, k], w is [n, k], and this
-                // task alone writes output columns n0..n0 + cols of the m rows of `out`.
+                // SAFETY: `available()` holds and w is [n, k] (asserted above); x is packed
+                // for [m, k]; this task alone writes output columns n0..n0 + cols of the m
+                // rows of `out`, which holds m·n (asserted above).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     avx2::column_block(packed_x, ws, Shape { m, k, n }, block, packed_w, out_ptr)

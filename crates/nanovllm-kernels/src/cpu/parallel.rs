@@ -32,6 +32,8 @@ pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: see the type's docs: no element is written by two tasks, none is read while
 // tasks run, and the buffer outlives them.
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: tasks sharing `&OutPtr` only copy the pointer out, and what
+// they write through it is disjoint.
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// A method (not field access) so closures capture the whole `Send + Sync` wrapper.

@@ -182,6 +182,10 @@ macro_rules! dispatch {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
+                /// The body compiled with `avx2,fma`.
+                ///
+                /// # Safety
+                /// The CPU supports AVX2 and FMA ([`has_avx2_fma`]).
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
                     $body::<true>($($arg),*)
@@ -217,7 +221,11 @@ dispatch!(
 #[inline(always)]
 pub(crate) unsafe fn hsum_avx(v: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    // SAFETY: register-only intrinsics (no memory access); the caller guarantees AVX,
+    // which implies the SSE ones.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
 }

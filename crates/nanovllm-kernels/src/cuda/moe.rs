@@ -163,9 +163,9 @@ pub(crate) fn moe_experts(
         shared_mem_bytes: 0,
     };
 
-    // SAFETY (all launches below): the arguments match the kernels' signatures in moe.cu,
-    // buffers have the sizes the kernels index (pairs, E + 1, [P, I], [P, H], [T, H]),
-    // and the GEMM grids are the host upper bounds the kernels guard against.
+    // Every launch below passes the arguments of its kernel's signature in moe.cu, in
+    // order, with buffers of the sizes the kernels index (pairs, E, E + 1, [P, I], [P, H],
+    // [T, H]); ids outside 0..E are skipped by every kernel that reads them.
     let func = be.function("moe_count")?;
     let mut launch = stream.launch_builder(&func);
     launch
@@ -173,6 +173,7 @@ pub(crate) fn moe_experts(
         .arg(&ints.pairs)
         .arg(&ints.experts)
         .arg(device_buf_mut(&mut counts, OP)?);
+    // SAFETY: matches `moe_count`; threads past `pairs` return, and `counts` has E slots.
     unsafe { launch.launch(per_pair) }.map_err(cuda_err(OP))?;
 
     let func = be.function("moe_offsets")?;
@@ -184,6 +185,8 @@ pub(crate) fn moe_experts(
         .arg(device_buf_mut(&mut offsets, OP)?)
         .arg(device_buf_mut(&mut cursor, OP)?)
         .arg(device_buf_mut(&mut tile_offsets, OP)?);
+    // SAFETY: matches `moe_offsets`, one thread: reads E counts, writes E + 1 offsets
+    // and tile offsets and E cursors.
     unsafe { launch.launch(LaunchConfig::for_num_elems(1)) }.map_err(cuda_err(OP))?;
 
     let func = be.function("moe_scatter")?;
@@ -196,6 +199,8 @@ pub(crate) fn moe_experts(
         .arg(device_buf_mut(&mut cursor, OP)?)
         .arg(device_buf_mut(&mut sorted_token, OP)?)
         .arg(device_buf_mut(&mut pair_pos, OP)?);
+    // SAFETY: matches `moe_scatter`; threads past `pairs` return; the cursors start at
+    // the offsets of `moe_offsets`, so each pair gets a distinct slot below `pairs`.
     unsafe { launch.launch(per_pair) }.map_err(cuda_err(OP))?;
 
     let row_tiles = grid_x(OP, plan::max_row_tiles(pairs, experts))?;
@@ -218,6 +223,9 @@ pub(crate) fn moe_experts(
         .arg(&ints.experts)
         .arg(&ints.intermediate)
         .arg(&ints.hidden);
+    // SAFETY: matches `moe_gemm_gate_up`; the grid is the host bound on row tiles and
+    // blocks past the last tile (`tile_offsets[E]`) exit; rows are whole 16-byte chunks
+    // (`check_experts`).
     unsafe { launch.launch(gemm(plan::gate_up_col_blocks(intermediate))?) }
         .map_err(cuda_err(OP))?;
 
@@ -232,6 +240,7 @@ pub(crate) fn moe_experts(
         .arg(&ints.experts)
         .arg(&ints.hidden)
         .arg(&ints.intermediate);
+    // SAFETY: matches `moe_gemm_down`; as for the gate/up GEMM, over `act` [P, I].
     unsafe { launch.launch(gemm(plan::down_col_blocks(hidden))?) }.map_err(cuda_err(OP))?;
 
     let func = be.function("moe_combine")?;
@@ -248,6 +257,8 @@ pub(crate) fn moe_experts(
         block_dim: (plan::PAIR_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    // SAFETY: matches `moe_combine`: one block per token over [T, H]; pairs whose id was
+    // skipped carry no position and are left out.
     unsafe { launch.launch(cfg) }.map_err(cuda_err(OP))?;
     Ok(out)
 }

@@ -102,6 +102,8 @@ pub(super) fn attend<T: KvElem>(
     scale: f32,
     out: &mut [f32],
 ) {
+    // Checked in release too: the unsafe kernels below trust them (one check per call).
+    assert!(available(heads.head_dim) && qs.len() >= out.len());
     // Taken, not borrowed: the items outlive a parallel loop (see `with_taken`).
     with_taken(&ITEMS, |items| {
         let total_cost = plan_items(heads, batch, out.len(), items);
@@ -109,8 +111,9 @@ pub(super) fn attend<T: KvElem>(
         let run = |item: &Item| {
             // No rayon call happens while the scratch is borrowed, so it cannot re-enter.
             SCRATCH.with_borrow_mut(|scratch| {
-                // SAFETY: `available` was checked; the item's rows and head group are in
-                // bounds of `qs` and `out`, and no other item writes them.
+                // SAFETY: `available` holds and `qs` has a query row for each of the
+                // `out.len() / width` output rows (asserted above); the item's rows and
+                // head group are among those rows, and no other item writes them.
                 unsafe { attend_item(kv, heads, batch, qs, scale, *item, scratch, out_ptr) }
             })
         };
@@ -171,8 +174,10 @@ fn plan_items(heads: Heads, batch: &Batch<'_>, out_len: usize, items: &mut Vec<I
 /// One item (see the module docs).
 ///
 /// # Safety
-/// AVX2+FMA are available, `head_dim` is a multiple of 8, and the item's output rows ×
-/// head group behind `out` are written by nobody else during the call.
+/// AVX2+FMA are available and `head_dim` is a multiple of 8 ([`available`]); `qs` holds
+/// a `heads·head_dim` query row for each of the batch's rows, and `out` is valid for
+/// writes of the item's rows × head group of the `[rows, heads·head_dim]` output, which
+/// nobody else touches during the call.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_item<T: KvElem>(
@@ -197,8 +202,12 @@ unsafe fn attend_item<T: KvElem>(
     let all_queries = queries * item.kv_heads;
     let head_of = |qi: usize| (item.first_kv_head + qi / queries) * group + qi % group;
     let row_of = |qi: usize| item.first_row + (qi % queries) / group;
-    let query =
-        |qi: usize| -> *const f32 { qs.as_ptr().add(row_of(qi) * width + head_of(qi) * head_dim) };
+    let query = |qi: usize| -> *const f32 {
+        // SAFETY: callers pass `qi < all_queries`: row `row_of(qi)` is one of the item's
+        // rows and `head_of(qi) < num_heads`, so the vector's `head_dim` elements lie in
+        // `qs`, which holds every row (the contract).
+        unsafe { qs.as_ptr().add(row_of(qi) * width + head_of(qi) * head_dim) }
+    };
     // Rows are in position order, so the last row sees the most keys.
     let all_keys = batch.query(item.first_row + item.rows - 1).1;
     let block_table = batch.block_table(item.seq);
@@ -238,42 +247,64 @@ unsafe fn attend_item<T: KvElem>(
                 for qi in 0..queries {
                     let keys = batch.query(row_of(q_base + qi)).1;
                     let valid = keys.saturating_sub(k0).min(chunk);
-                    softmax_update(qi, q_base + qi, valid, chunk, head_dim, s);
+                    // SAFETY: AVX2+FMA (this function's contract); row `qi` of the
+                    // scores and entry `q_base + qi` of the state exist (sized above).
+                    unsafe { softmax_update(qi, q_base + qi, valid, chunk, head_dim, s) };
                 }
             };
+            // What the kernels below need, and why it holds: AVX2+FMA and
+            // `head_dim % 8 == 0` (this function's contract); `rows` locates the chunk's
+            // `chunk` K and V rows of `head_dim` elements (bounds-checked by the slicing
+            // in `*_chunk_rows`; in the cache, or in scratch buffers nothing resizes until
+            // the next chunk); `head_query` gives KV head `g`'s `queries` vectors, each
+            // `head_dim` long; the scratch was sized above for `max(queries,
+            // DOT_MAX_QUERIES)` rows of `CHUNK_KEYS` scores, `all_queries` accumulators
+            // and a transposed chunk; and `chunk ≤ chunk_keys ≤ CHUNK_KEYS`.
             if transposed {
                 let rows = prefill_chunk_rows(kv, slot0, chunk, kv_head, head_dim, s);
-                transpose_keys(rows, chunk, head_dim, s);
-                scores_transposed(
-                    &head_query,
-                    queries,
-                    head_dim,
-                    chunk.div_ceil(LANES),
-                    scale,
-                    s,
-                );
+                // SAFETY: see the comment above `if transposed`.
+                unsafe {
+                    transpose_keys(rows, chunk, head_dim, s);
+                    scores_transposed(
+                        &head_query,
+                        queries,
+                        head_dim,
+                        chunk.div_ceil(LANES),
+                        scale,
+                        s,
+                    );
+                }
                 softmax(s);
-                values_update(queries, q_base, head_dim, chunk, rows, s);
+                // SAFETY: see the comment above `if transposed`.
+                unsafe { values_update(queries, q_base, head_dim, chunk, rows, s) };
             } else {
                 let rows = decode_chunk_rows(kv, slot0, chunk, kv_head, head_dim);
-                scores_dot(&head_query, queries, head_dim, chunk, rows, scale, s);
+                // SAFETY: see the comment above `if transposed`; `queries ≤
+                // DOT_MAX_QUERIES` (not `transposed`).
+                unsafe { scores_dot(&head_query, queries, head_dim, chunk, rows, scale, s) };
                 softmax(s);
-                values_update(queries, q_base, head_dim, chunk, rows, s);
+                // SAFETY: see the comment above `if transposed`.
+                unsafe { values_update(queries, q_base, head_dim, chunk, rows, s) };
             }
         }
         k0 += chunk;
     }
 
     for qi in 0..all_queries {
-        let dst = out.get().add(row_of(qi) * width + head_of(qi) * head_dim);
         // A query with no keys (none in valid metadata) stays zero.
         let inv = if s.sum[qi] > 0.0 {
             1.0 / s.sum[qi]
         } else {
             0.0
         };
-        for d in 0..head_dim {
-            *dst.add(d) = s.acc[qi * head_dim + d] * inv;
+        // SAFETY: query vector `qi`'s `head_dim` outputs (row `row_of(qi)`, head
+        // `head_of(qi)`) are in this item's rows × head group, which the caller
+        // guarantees are valid for writes and this call's alone.
+        unsafe {
+            let dst = out.get().add(row_of(qi) * width + head_of(qi) * head_dim);
+            for d in 0..head_dim {
+                *dst.add(d) = s.acc[qi * head_dim + d] * inv;
+            }
         }
     }
 }
@@ -360,20 +391,34 @@ fn prefill_chunk_rows<T: KvElem>(
 
 /// `keys_t[d][j] = k_j[d]` for the chunk's keys, zeros for the rest of the last vector.
 /// Row by row: each K row is read in order (the scattered writes stay in L1).
+///
+/// # Safety
+/// `rows.k` is valid for reading `chunk` rows of `head_dim` f32, `rows.k_stride` apart;
+/// `s.keys_t` holds `head_dim · CHUNK_KEYS` elements; `chunk ≤ CHUNK_KEYS`.
 #[inline(always)]
 unsafe fn transpose_keys(rows: ChunkRows<f32>, chunk: usize, head_dim: usize, s: &mut Scratch) {
-    let padded = chunk.div_ceil(LANES) * LANES;
-    let keys_t = s.keys_t.as_mut_ptr();
-    for j in 0..padded {
-        let row = rows.k.add(j.min(chunk - 1) * rows.k_stride);
-        let keep = if j < chunk { 1.0 } else { 0.0 };
-        for d in 0..head_dim {
-            *keys_t.add(d * CHUNK_KEYS + j) = *row.add(d) * keep;
+    // SAFETY: rows `j.min(chunk - 1) < chunk` and elements `d < head_dim` are readable
+    // (the contract); `d · CHUNK_KEYS + j < head_dim · CHUNK_KEYS` since `j < padded ≤
+    // CHUNK_KEYS` (a multiple of 8), so every write lands in `keys_t`.
+    unsafe {
+        let padded = chunk.div_ceil(LANES) * LANES;
+        let keys_t = s.keys_t.as_mut_ptr();
+        for j in 0..padded {
+            let row = rows.k.add(j.min(chunk - 1) * rows.k_stride);
+            let keep = if j < chunk { 1.0 } else { 0.0 };
+            for d in 0..head_dim {
+                *keys_t.add(d * CHUNK_KEYS + j) = *row.add(d) * keep;
+            }
         }
     }
 }
 
 /// `scores[qi][key] = scale · q_qi · k_key` for the chunk's `key_vectors · 8` keys.
+///
+/// # Safety
+/// AVX2+FMA are available; `query(qi)` for `qi < queries` points at `head_dim` readable
+/// f32; `s.keys_t` holds the `[head_dim][CHUNK_KEYS]` transposed chunk, `s.scores` at
+/// least `queries` rows of `CHUNK_KEYS`, and `key_vectors · 8 ≤ CHUNK_KEYS`.
 #[inline(always)]
 unsafe fn scores_transposed(
     query: &impl Fn(usize) -> *const f32,
@@ -397,15 +442,20 @@ unsafe fn scores_transposed(
                 head_dim,
                 scale,
             };
-            match (n, pair) {
-                (4, 2) => score_tile::<4, 2>(tile, s),
-                (4, _) => score_tile::<4, 1>(tile, s),
-                (3, 2) => score_tile::<3, 2>(tile, s),
-                (3, _) => score_tile::<3, 1>(tile, s),
-                (2, 2) => score_tile::<2, 2>(tile, s),
-                (2, _) => score_tile::<2, 1>(tile, s),
-                (_, 2) => score_tile::<1, 2>(tile, s),
-                _ => score_tile::<1, 1>(tile, s),
+            // SAFETY: AVX2+FMA (the contract); the tile's query pointers are vectors
+            // `q0 .. q0 + n` (repeating the last, `n ≥ 1`), inside `queries`; its key
+            // vectors `kv0 .. kv0 + pair ≤ key_vectors` fit `CHUNK_KEYS`.
+            unsafe {
+                match (n, pair) {
+                    (4, 2) => score_tile::<4, 2>(tile, s),
+                    (4, _) => score_tile::<4, 1>(tile, s),
+                    (3, 2) => score_tile::<3, 2>(tile, s),
+                    (3, _) => score_tile::<3, 1>(tile, s),
+                    (2, 2) => score_tile::<2, 2>(tile, s),
+                    (2, _) => score_tile::<2, 1>(tile, s),
+                    (_, 2) => score_tile::<1, 2>(tile, s),
+                    _ => score_tile::<1, 1>(tile, s),
+                }
             }
             kv0 += pair;
         }
@@ -415,6 +465,12 @@ unsafe fn scores_transposed(
 
 /// `scores[qi][key] = scale · q_qi · k_key` for every query vector (at most
 /// [`DOT_MAX_QUERIES`]) and the chunk's keys, as dot products on the K rows.
+///
+/// # Safety
+/// AVX2+FMA are available and `head_dim` is a multiple of 8; `1 ≤ queries ≤
+/// DOT_MAX_QUERIES`; `query(qi)` for `qi < queries` points at `head_dim` readable f32;
+/// `rows.k` is valid for reading `chunk` rows of `head_dim` elements, `rows.k_stride`
+/// apart.
 #[inline(always)]
 unsafe fn scores_dot<E: KvElem>(
     query: &impl Fn(usize) -> *const f32,
@@ -437,18 +493,25 @@ unsafe fn scores_dot<E: KvElem>(
     let keys_per_tile = 8 / queries.next_power_of_two();
     let mut key = 0;
     while key + keys_per_tile <= chunk {
-        match queries {
-            1 => dot_tile::<E, 1, 8>(&tile, key, s),
-            2 => dot_tile::<E, 2, 4>(&tile, key, s),
-            _ => dot_tile::<E, 4, 2>(&tile, key, s),
+        // SAFETY: AVX2+FMA, `head_dim % 8 == 0` (the contract); keys `key .. key +
+        // keys_per_tile ≤ chunk` are readable; each tile has `Q · KEYS = 8` sums.
+        unsafe {
+            match queries {
+                1 => dot_tile::<E, 1, 8>(&tile, key, s),
+                2 => dot_tile::<E, 2, 4>(&tile, key, s),
+                _ => dot_tile::<E, 4, 2>(&tile, key, s),
+            }
         }
         key += keys_per_tile;
     }
     while key < chunk {
-        match queries {
-            1 => dot_tile::<E, 1, 1>(&tile, key, s),
-            2 => dot_tile::<E, 2, 1>(&tile, key, s),
-            _ => dot_tile::<E, 4, 1>(&tile, key, s),
+        // SAFETY: as above, for the one key `key < chunk`.
+        unsafe {
+            match queries {
+                1 => dot_tile::<E, 1, 1>(&tile, key, s),
+                2 => dot_tile::<E, 2, 1>(&tile, key, s),
+                _ => dot_tile::<E, 4, 1>(&tile, key, s),
+            }
         }
         key += 1;
     }
@@ -465,54 +528,71 @@ struct DotTile<E> {
 
 /// `Q` query vectors × `KEYS` keys from `key0`, dotted along the head, the `Q·KEYS ≤ 8`
 /// sums reduced together.
+///
+/// # Safety
+/// AVX2+FMA are available and `tile.head_dim` is a multiple of 8; `tile.q[..Q]` point at
+/// `head_dim` readable f32 each; K rows `key0 .. key0 + KEYS` of `tile.rows` are
+/// readable (`head_dim` elements each); `Q · KEYS ≤ 8`.
 #[inline(always)]
 unsafe fn dot_tile<E: KvElem, const Q: usize, const KEYS: usize>(
     tile: &DotTile<E>,
     key0: usize,
     s: &mut Scratch,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); KEYS]; Q];
-    let k: [*const E; KEYS] =
-        std::array::from_fn(|j| tile.rows.k.add((key0 + j) * tile.rows.k_stride));
-    let mut d = 0;
-    while d < tile.head_dim {
-        let kv: [__m256; KEYS] = std::array::from_fn(|j| E::load8(k[j].add(d)));
-        for (acc_q, &qp) in acc.iter_mut().zip(&tile.q) {
-            let qv = _mm256_loadu_ps(qp.add(d));
-            for (a, &kj) in acc_q.iter_mut().zip(&kv) {
-                *a = _mm256_fmadd_ps(qv, kj, *a);
+    // SAFETY: the reads are K rows `key0 + j` (`j < KEYS`) and query vectors `i < Q`, 8
+    // elements at `d` with `d + 8 ≤ head_dim` (a multiple of 8); the store writes the local
+    // `sums`; `i · KEYS + j < Q · KEYS ≤ 8` indexes `lanes` and `sums`; AVX2+FMA are the
+    // contract's.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); KEYS]; Q];
+        let k: [*const E; KEYS] =
+            std::array::from_fn(|j| tile.rows.k.add((key0 + j) * tile.rows.k_stride));
+        let mut d = 0;
+        while d < tile.head_dim {
+            let kv: [__m256; KEYS] = std::array::from_fn(|j| E::load8(k[j].add(d)));
+            for (acc_q, &qp) in acc.iter_mut().zip(&tile.q) {
+                let qv = _mm256_loadu_ps(qp.add(d));
+                for (a, &kj) in acc_q.iter_mut().zip(&kv) {
+                    *a = _mm256_fmadd_ps(qv, kj, *a);
+                }
+            }
+            d += LANES;
+        }
+        let mut lanes = [_mm256_setzero_ps(); 8];
+        for (i, acc_q) in acc.iter().enumerate() {
+            for (j, &a) in acc_q.iter().enumerate() {
+                lanes[i * KEYS + j] = a;
             }
         }
-        d += LANES;
-    }
-    let mut lanes = [_mm256_setzero_ps(); 8];
-    for (i, acc_q) in acc.iter().enumerate() {
-        for (j, &a) in acc_q.iter().enumerate() {
-            lanes[i * KEYS + j] = a;
-        }
-    }
-    let mut sums = [0.0f32; 8];
-    _mm256_storeu_ps(
-        sums.as_mut_ptr(),
-        _mm256_mul_ps(hsum8(lanes), _mm256_set1_ps(tile.scale)),
-    );
-    for i in 0..Q {
-        for j in 0..KEYS {
-            s.scores[i * CHUNK_KEYS + key0 + j] = sums[i * KEYS + j];
+        let mut sums = [0.0f32; 8];
+        _mm256_storeu_ps(
+            sums.as_mut_ptr(),
+            _mm256_mul_ps(hsum8(lanes), _mm256_set1_ps(tile.scale)),
+        );
+        for i in 0..Q {
+            for j in 0..KEYS {
+                s.scores[i * CHUNK_KEYS + key0 + j] = sums[i * KEYS + j];
+            }
         }
     }
 }
 
 /// Lane `i` of the result is the sum of the lanes of `v[i]` (a fixed order).
+///
+/// # Safety
+/// AVX is available.
 #[inline(always)]
 unsafe fn hsum8(v: [__m256; 8]) -> __m256 {
-    let a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
-    let b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
-    // a = [v0..v3 low-half sums | v0..v3 high-half sums], b likewise for v4..v7.
-    _mm256_add_ps(
-        _mm256_permute2f128_ps::<0x20>(a, b),
-        _mm256_permute2f128_ps::<0x31>(a, b),
-    )
+    // SAFETY: register-only AVX intrinsics; AVX is the contract's.
+    unsafe {
+        let a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+        // a = [v0..v3 low-half sums | v0..v3 high-half sums], b likewise for v4..v7.
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        )
+    }
 }
 
 /// Where one score tile starts: query vectors `q0 ..` (pointers `q`), key vector `kv0`.
@@ -526,28 +606,39 @@ struct ScoreTile {
 
 /// `Q` query vectors × `KV` vectors of 8 keys: broadcast one query element, multiply it
 /// into each key vector's row of the transposed chunk.
+///
+/// # Safety
+/// AVX2+FMA are available; `tile.q[..Q]` point at `tile.head_dim` readable f32 each;
+/// `s.keys_t` holds `[head_dim][CHUNK_KEYS]`, `s.scores` rows `q0 .. q0 + Q` of
+/// `CHUNK_KEYS`, and `(kv0 + KV) · 8 ≤ CHUNK_KEYS`.
 #[inline(always)]
 unsafe fn score_tile<const Q: usize, const KV: usize>(tile: ScoreTile, s: &mut Scratch) {
-    let mut acc = [[_mm256_setzero_ps(); KV]; Q];
-    let keys_t = s.keys_t.as_ptr().add(tile.kv0 * LANES);
-    for d in 0..tile.head_dim {
-        let k: [__m256; KV] =
-            std::array::from_fn(|v| _mm256_loadu_ps(keys_t.add(d * CHUNK_KEYS + v * LANES)));
-        for (acc_q, &qp) in acc.iter_mut().zip(&tile.q) {
-            let qd = _mm256_broadcast_ss(&*qp.add(d));
-            for (a, &kv) in acc_q.iter_mut().zip(&k) {
-                *a = _mm256_fmadd_ps(qd, kv, *a);
+    // SAFETY: reads of `keys_t` stay in row `d < head_dim`, columns `kv0 · 8 .. (kv0 +
+    // KV) · 8 ≤ CHUNK_KEYS`; query reads are element `d < head_dim` of vectors `i < Q`;
+    // stores go to score rows `q0 + i` (`i < Q`), the same columns; AVX2+FMA are the
+    // contract's.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); KV]; Q];
+        let keys_t = s.keys_t.as_ptr().add(tile.kv0 * LANES);
+        for d in 0..tile.head_dim {
+            let k: [__m256; KV] =
+                std::array::from_fn(|v| _mm256_loadu_ps(keys_t.add(d * CHUNK_KEYS + v * LANES)));
+            for (acc_q, &qp) in acc.iter_mut().zip(&tile.q) {
+                let qd = _mm256_broadcast_ss(&*qp.add(d));
+                for (a, &kv) in acc_q.iter_mut().zip(&k) {
+                    *a = _mm256_fmadd_ps(qd, kv, *a);
+                }
             }
         }
-    }
-    let scale = _mm256_set1_ps(tile.scale);
-    for (i, acc_q) in acc.iter().enumerate() {
-        let row = s
-            .scores
-            .as_mut_ptr()
-            .add((tile.q0 + i) * CHUNK_KEYS + tile.kv0 * LANES);
-        for (v, &a) in acc_q.iter().enumerate() {
-            _mm256_storeu_ps(row.add(v * LANES), _mm256_mul_ps(a, scale));
+        let scale = _mm256_set1_ps(tile.scale);
+        for (i, acc_q) in acc.iter().enumerate() {
+            let row = s
+                .scores
+                .as_mut_ptr()
+                .add((tile.q0 + i) * CHUNK_KEYS + tile.kv0 * LANES);
+            for (v, &a) in acc_q.iter().enumerate() {
+                _mm256_storeu_ps(row.add(v * LANES), _mm256_mul_ps(a, scale));
+            }
         }
     }
 }
@@ -556,6 +647,9 @@ unsafe fn score_tile<const Q: usize, const KV: usize>(tile: ScoreTile, s: &mut S
 /// whose state is entry `qi`, over the chunk's first `valid` of `chunk` keys: the scores
 /// become probabilities relative to the (possibly raised) running max, the other keys
 /// zeros; the running sum and the accumulated outputs are rescaled to that max.
+///
+/// # Safety
+/// AVX2+FMA are available and `chunk ≤ CHUNK_KEYS`.
 #[inline(always)]
 unsafe fn softmax_update(
     local: usize,
@@ -576,23 +670,28 @@ unsafe fn softmax_update(
         .fold(f32::NEG_INFINITY, f32::max);
     let old_max = s.max[qi];
     let new_max = old_max.max(chunk_max);
-    let mut total = _mm256_setzero_ps();
-    let shift = _mm256_set1_ps(new_max);
-    let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mut j = 0;
-    // Whole vectors up to the chunk's end; `values_update` reads no key beyond it.
-    while j < chunk {
-        let p = scores.as_mut_ptr().add(j);
-        let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(p), shift));
-        // Keys past `valid` (masked, or padding) get probability 0.
-        let lane = _mm256_add_epi32(_mm256_set1_epi32(j as i32), lane_index);
-        let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lane);
-        let e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
-        _mm256_storeu_ps(p, e);
-        total = _mm256_add_ps(total, e);
-        j += LANES;
-    }
-    let chunk_sum = hsum_avx(total);
+    // SAFETY: `scores` is one row of `CHUNK_KEYS` (a multiple of 8) and `j < chunk ≤
+    // CHUNK_KEYS` steps by 8, so each 8-lane load and store stays in the row; AVX2+FMA
+    // are the contract's.
+    let chunk_sum = unsafe {
+        let mut total = _mm256_setzero_ps();
+        let shift = _mm256_set1_ps(new_max);
+        let lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut j = 0;
+        // Whole vectors up to the chunk's end; `values_update` reads no key beyond it.
+        while j < chunk {
+            let p = scores.as_mut_ptr().add(j);
+            let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(p), shift));
+            // Keys past `valid` (masked, or padding) get probability 0.
+            let lane = _mm256_add_epi32(_mm256_set1_epi32(j as i32), lane_index);
+            let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lane);
+            let e = _mm256_and_ps(e, _mm256_castsi256_ps(keep));
+            _mm256_storeu_ps(p, e);
+            total = _mm256_add_ps(total, e);
+            j += LANES;
+        }
+        hsum_avx(total)
+    };
     if old_max == f32::NEG_INFINITY {
         s.sum[qi] = chunk_sum;
     } else {
@@ -609,6 +708,12 @@ unsafe fn softmax_update(
 
 /// `acc[q_base + qi] += Σ_key scores[qi][key] · v_key` for the `queries` vectors of one
 /// KV head.
+///
+/// # Safety
+/// AVX2+FMA are available and `head_dim` is a multiple of 8; `rows.v` is valid for
+/// reading `chunk` rows of `head_dim` elements, `rows.v_stride` apart; `s.scores` holds
+/// `queries` rows of `CHUNK_KEYS` with `chunk ≤ CHUNK_KEYS`, and `s.acc` at least
+/// `(q_base + queries) · head_dim` elements.
 #[inline(always)]
 unsafe fn values_update<E: KvElem>(
     queries: usize,
@@ -632,15 +737,20 @@ unsafe fn values_update<E: KvElem>(
                 chunk,
                 rows,
             };
-            match (n, slices) {
-                (2, 4) => pv_tile::<E, 2, 4>(tile, s),
-                (2, 3) => pv_tile::<E, 2, 3>(tile, s),
-                (2, 2) => pv_tile::<E, 2, 2>(tile, s),
-                (2, _) => pv_tile::<E, 2, 1>(tile, s),
-                (_, 4) => pv_tile::<E, 1, 4>(tile, s),
-                (_, 3) => pv_tile::<E, 1, 3>(tile, s),
-                (_, 2) => pv_tile::<E, 1, 2>(tile, s),
-                _ => pv_tile::<E, 1, 1>(tile, s),
+            // SAFETY: AVX2+FMA (the contract); query vectors `q0 .. q0 + n ≤ queries`;
+            // head elements `d0 .. d0 + 8 · slices ≤ head_dim` (a multiple of 8, so
+            // `slices ≥ 1`).
+            unsafe {
+                match (n, slices) {
+                    (2, 4) => pv_tile::<E, 2, 4>(tile, s),
+                    (2, 3) => pv_tile::<E, 2, 3>(tile, s),
+                    (2, 2) => pv_tile::<E, 2, 2>(tile, s),
+                    (2, _) => pv_tile::<E, 2, 1>(tile, s),
+                    (_, 4) => pv_tile::<E, 1, 4>(tile, s),
+                    (_, 3) => pv_tile::<E, 1, 3>(tile, s),
+                    (_, 2) => pv_tile::<E, 1, 2>(tile, s),
+                    _ => pv_tile::<E, 1, 1>(tile, s),
+                }
             }
             d0 += slices * LANES;
         }
@@ -660,31 +770,43 @@ struct PvTile<E> {
 
 /// `Q` query vectors × `D` 8-wide slices of the head, accumulated in registers over
 /// the chunk's keys.
+///
+/// # Safety
+/// AVX2+FMA are available; `tile.d0 + 8 · D ≤ tile.head_dim`; `tile.rows.v` is valid
+/// for reading `tile.chunk` rows of `head_dim` elements; `s.scores` holds rows `q0 ..
+/// q0 + Q` of `CHUNK_KEYS` with `chunk ≤ CHUNK_KEYS`, and `s.acc` rows `q_base + q0 ..
+/// q_base + q0 + Q` of `head_dim`.
 #[inline(always)]
 unsafe fn pv_tile<E: KvElem, const Q: usize, const D: usize>(tile: PvTile<E>, s: &mut Scratch) {
-    let acc_ptr: [*mut f32; Q] = std::array::from_fn(|i| {
-        s.acc
-            .as_mut_ptr()
-            .add((tile.q_base + tile.q0 + i) * tile.head_dim + tile.d0)
-    });
-    let mut acc: [[__m256; D]; Q] = std::array::from_fn(|i| {
-        std::array::from_fn(|v| _mm256_loadu_ps(acc_ptr[i].add(v * LANES)))
-    });
-    let probs = s.scores.as_ptr().add(tile.q0 * CHUNK_KEYS);
-    let values = tile.rows.v.add(tile.d0);
-    for key in 0..tile.chunk {
-        let v: [__m256; D] =
-            std::array::from_fn(|i| E::load8(values.add(key * tile.rows.v_stride + i * LANES)));
-        for (i, acc_q) in acc.iter_mut().enumerate() {
-            let p = _mm256_broadcast_ss(&*probs.add(i * CHUNK_KEYS + key));
-            for (a, &vv) in acc_q.iter_mut().zip(&v) {
-                *a = _mm256_fmadd_ps(p, vv, *a);
+    // SAFETY: accumulator loads and stores are rows `q_base + q0 + i` (`i < Q`), elements
+    // `d0 .. d0 + 8 · D ≤ head_dim`; probabilities are score rows `q0 + i`, keys `< chunk`;
+    // V reads are rows `key < chunk`, the same elements. All exist by the contract, as do
+    // AVX2+FMA.
+    unsafe {
+        let acc_ptr: [*mut f32; Q] = std::array::from_fn(|i| {
+            s.acc
+                .as_mut_ptr()
+                .add((tile.q_base + tile.q0 + i) * tile.head_dim + tile.d0)
+        });
+        let mut acc: [[__m256; D]; Q] = std::array::from_fn(|i| {
+            std::array::from_fn(|v| _mm256_loadu_ps(acc_ptr[i].add(v * LANES)))
+        });
+        let probs = s.scores.as_ptr().add(tile.q0 * CHUNK_KEYS);
+        let values = tile.rows.v.add(tile.d0);
+        for key in 0..tile.chunk {
+            let v: [__m256; D] =
+                std::array::from_fn(|i| E::load8(values.add(key * tile.rows.v_stride + i * LANES)));
+            for (i, acc_q) in acc.iter_mut().enumerate() {
+                let p = _mm256_broadcast_ss(&*probs.add(i * CHUNK_KEYS + key));
+                for (a, &vv) in acc_q.iter_mut().zip(&v) {
+                    *a = _mm256_fmadd_ps(p, vv, *a);
+                }
             }
         }
-    }
-    for (acc_q, &dst) in acc.iter().zip(&acc_ptr) {
-        for (v, &a) in acc_q.iter().enumerate() {
-            _mm256_storeu_ps(dst.add(v * LANES), a);
+        for (acc_q, &dst) in acc.iter().zip(&acc_ptr) {
+            for (v, &a) in acc_q.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(v * LANES), a);
+            }
         }
     }
 }
@@ -693,39 +815,44 @@ unsafe fn pv_tile<E: KvElem, const Q: usize, const D: usize>(tile: PvTile<E>, s:
 /// `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `eʳ` by its degree-7 Taylor polynomial
 /// (truncation < 2e-8), times `2ⁿ` built in the exponent bits. Below −87 (where `eˣ`
 /// leaves the normal f32 range) the result is 0; NaN stays NaN.
+///
+/// # Safety
+/// AVX2+FMA are available.
 #[inline(always)]
 unsafe fn exp_avx2(x: __m256) -> __m256 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n · LN2_HI is exact for |n| < 2⁸.
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
-    let xc = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        xc,
-        _mm256_set1_ps(LOG2_E),
-    ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    // Horner: 1 + r(1 + r/2(1 + r/3(1 + r/4(1 + r/5(1 + r/6(1 + r/7)))))).
-    let mut p = _mm256_set1_ps(1.0 / 5040.0);
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    // SAFETY: register-only AVX/AVX2/FMA intrinsics; the features are the contract's.
+    unsafe {
+        const LOG2_E: f32 = std::f32::consts::LOG2_E;
+        // ln 2 split so that n · LN2_HI is exact for |n| < 2⁸.
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
+        let xc = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(xc, _mm256_set1_ps(LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        // Horner: 1 + r(1 + r/2(1 + r/3(1 + r/4(1 + r/5(1 + r/6(1 + r/7)))))).
+        let mut p = _mm256_set1_ps(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+        _mm256_andnot_ps(underflow, e)
     }
-    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_cvtps_epi32(n),
-        _mm256_set1_epi32(127),
-    ));
-    let e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-    _mm256_andnot_ps(underflow, e)
 }
 
 #[cfg(test)]
@@ -763,10 +890,16 @@ mod tests {
         assert_eq!(one, [1.0; LANES]);
     }
 
+    /// [`exp_avx2`] of 8 values.
+    ///
+    /// # Safety
+    /// AVX2+FMA are available.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp_avx2_array(x: [f32; LANES]) -> [f32; LANES] {
         let mut out = [0.0f32; LANES];
-        _mm256_storeu_ps(out.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(x.as_ptr())));
+        // SAFETY: the load reads the 8 floats of `x`, the store writes the 8 of `out`;
+        // AVX2+FMA are the contract's.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(x.as_ptr()))) };
         out
     }
 }

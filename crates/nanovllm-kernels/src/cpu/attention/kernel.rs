@@ -122,6 +122,10 @@ fn attend_dispatch<T: KvElem>(
     attend_body::<T, false>(kv, heads, task, out, stats, buffers)
 }
 
+/// [`attend_body`] compiled with `avx2,fma`.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA ([`has_avx2_fma`](super::super::simd::has_avx2_fma)).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn attend_avx2<T: KvElem>(

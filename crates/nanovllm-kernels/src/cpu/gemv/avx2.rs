@@ -89,8 +89,8 @@ pub(super) fn split_even_odd(xs: &[f32], m: usize, k: usize, out: &mut Vec<f32>)
 /// # Safety
 /// The CPU supports AVX2 and FMA ([`available`]); `xs` holds `M·K` values and `x_split`
 /// their `M·`[`split_len`]`(K)` split copy, `w` holds `R·K` bf16 bits, and `out` is valid
-/// for writes at `i·out_stride + r` for every `i < M`, `r < R`, which nothing else
-/// touches during the call.
+/// for reads and writes at `i·out_stride + r` for every `i < M`, `r < R`, which nothing
+/// else touches during the call.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn block_outputs(
     xs: &[f32],
@@ -133,11 +133,17 @@ pub(super) unsafe fn block_outputs(
             while r0 < rows {
                 let w_rows = (rows - r0).min(tile_rows);
                 let w_group = &w[r0 * k..(r0 + w_rows) * k];
-                let out_tile = Out {
-                    ptr: out.add(i0 * out_stride + r0),
-                    stride: out_stride,
-                };
-                tile(&x, w_group, w_rows, x_rows, i0, span, out_tile);
+                // SAFETY: AVX2+FMA (the contract). x rows `i0 .. i0 + x_rows ≤ m` and W
+                // rows `r0 .. r0 + w_rows ≤ R` exist, so the tile's outputs (x row
+                // `i0 + i`, W row `r0 + r`) are among the contract's writable ones; the
+                // span lies in `0 ..= split_len(k)` and its bounds are multiples of 16.
+                unsafe {
+                    let out_tile = Out {
+                        ptr: out.add(i0 * out_stride + r0),
+                        stride: out_stride,
+                    };
+                    tile(&x, w_group, w_rows, x_rows, i0, span, out_tile);
+                }
                 r0 += w_rows;
             }
             i0 += x_rows;
@@ -168,6 +174,13 @@ struct Out {
 }
 
 /// Dispatches one `w_rows × x_rows` register tile to its monomorphised kernel.
+///
+/// # Safety
+/// AVX2+FMA are available; `x` holds rows `i0 .. i0 + x_rows` (as given and split) and
+/// `w` holds `w_rows` rows of `x.k` bf16 bits, `1 ≤ w_rows ≤ 3`, `1 ≤ x_rows ≤ 4`; the
+/// span's bounds are multiples of 16 within `split_len(k)`; `out` is valid for reads
+/// and writes at `i·stride + r` for `i < x_rows`, `r < w_rows`, which nothing else
+/// touches during the call.
 #[inline(always)]
 unsafe fn tile(
     x: &Rows<'_>,
@@ -188,19 +201,23 @@ unsafe fn tile(
                 W_ROWS_NARROW
             }
     );
-    match (w_rows, x_rows) {
-        (3, 4) => block_3x4(x, w, i0, span, out),
-        (3, 3) => block::<3, 3, 1>(x, w, i0, span, out),
-        (2, 4) => block::<2, 4, 1>(x, w, i0, span, out),
-        (2, 3) => block::<2, 3, 1>(x, w, i0, span, out),
-        (1, 4) => block::<1, 4, 2>(x, w, i0, span, out),
-        (1, 3) => block::<1, 3, 2>(x, w, i0, span, out),
-        (3, 2) => block::<3, 2, 2>(x, w, i0, span, out),
-        (3, _) => block::<3, 1, 2>(x, w, i0, span, out),
-        (2, 2) => block::<2, 2, 2>(x, w, i0, span, out),
-        (2, _) => block::<2, 1, 2>(x, w, i0, span, out),
-        (_, 2) => block::<1, 2, 2>(x, w, i0, span, out),
-        _ => block::<1, 1, 2>(x, w, i0, span, out),
+    // SAFETY: each arm's kernel covers exactly `w_rows` W rows × `x_rows` x rows (the
+    // last arms the remaining 1–2), which the contract makes valid.
+    unsafe {
+        match (w_rows, x_rows) {
+            (3, 4) => block_3x4(x, w, i0, span, out),
+            (3, 3) => block::<3, 3, 1>(x, w, i0, span, out),
+            (2, 4) => block::<2, 4, 1>(x, w, i0, span, out),
+            (2, 3) => block::<2, 3, 1>(x, w, i0, span, out),
+            (1, 4) => block::<1, 4, 2>(x, w, i0, span, out),
+            (1, 3) => block::<1, 3, 2>(x, w, i0, span, out),
+            (3, 2) => block::<3, 2, 2>(x, w, i0, span, out),
+            (3, _) => block::<3, 1, 2>(x, w, i0, span, out),
+            (2, 2) => block::<2, 2, 2>(x, w, i0, span, out),
+            (2, _) => block::<2, 1, 2>(x, w, i0, span, out),
+            (_, 2) => block::<1, 2, 2>(x, w, i0, span, out),
+            _ => block::<1, 1, 2>(x, w, i0, span, out),
+        }
     }
 }
 
@@ -214,6 +231,10 @@ struct Rows<'a> {
 /// One 16-element pair at `o`: `acc_even[r][i] += w_even · x_even`, then the odd halves
 /// into `acc_odd` (the same set when `U = 1`). Each W row is loaded once; both halves are
 /// widened from the same words.
+///
+/// # Safety
+/// AVX2+FMA are available; every `w_ptr[r]` and `x_ptr[i]` is valid for reading
+/// elements `o .. o + 16`.
 #[inline(always)]
 unsafe fn pair<const R: usize, const X: usize, const U: usize>(
     w_ptr: &[*const u16; R],
@@ -221,22 +242,28 @@ unsafe fn pair<const R: usize, const X: usize, const U: usize>(
     o: usize,
     acc: &mut [[[__m256; X]; R]; U],
 ) {
-    let odd_mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
-    let words: [__m256i; R] = std::array::from_fn(|r| _mm256_loadu_si256(w_ptr[r].add(o).cast()));
-    let even: [__m256; R] =
-        std::array::from_fn(|r| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(words[r])));
-    for (i, &xp) in x_ptr.iter().enumerate() {
-        let xv = _mm256_loadu_ps(xp.add(o));
-        for (acc_r, &wr) in acc[0].iter_mut().zip(&even) {
-            acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
+    // SAFETY: the loads read W elements `o .. o + 16` (32 bytes) and x elements `o .. o
+    // + 8` and `o + 8 .. o + 16`, all readable by the contract; unaligned loads need no
+    // alignment; AVX2+FMA are the contract's.
+    unsafe {
+        let odd_mask = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        let words: [__m256i; R] =
+            std::array::from_fn(|r| _mm256_loadu_si256(w_ptr[r].add(o).cast()));
+        let even: [__m256; R] =
+            std::array::from_fn(|r| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(words[r])));
+        for (i, &xp) in x_ptr.iter().enumerate() {
+            let xv = _mm256_loadu_ps(xp.add(o));
+            for (acc_r, &wr) in acc[0].iter_mut().zip(&even) {
+                acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
+            }
         }
-    }
-    let odd: [__m256; R] =
-        std::array::from_fn(|r| _mm256_castsi256_ps(_mm256_and_si256(words[r], odd_mask)));
-    for (i, &xp) in x_ptr.iter().enumerate() {
-        let xv = _mm256_loadu_ps(xp.add(o + LANES));
-        for (acc_r, &wr) in acc[U - 1].iter_mut().zip(&odd) {
-            acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
+        let odd: [__m256; R] =
+            std::array::from_fn(|r| _mm256_castsi256_ps(_mm256_and_si256(words[r], odd_mask)));
+        for (i, &xp) in x_ptr.iter().enumerate() {
+            let xv = _mm256_loadu_ps(xp.add(o + LANES));
+            for (acc_r, &wr) in acc[U - 1].iter_mut().zip(&odd) {
+                acc_r[i] = _mm256_fmadd_ps(wr, xv, acc_r[i]);
+            }
         }
     }
 }
@@ -280,13 +307,20 @@ macro_rules! fmas_3x4 {
 /// The K loop is one assembly block because with 12 accumulators, 3 widened W vectors
 /// and an x vector all 16 registers are taken, and the compiler spilled an accumulator
 /// rather than keep the mask in memory and reload the W words for the odd halves.
+///
+/// # Safety
+/// As [`tile`] with 3 W rows and 4 x rows.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_3x4(x: &Rows<'_>, w: &[u16], i0: usize, span: Span, out: Out) {
     let k = x.k;
     let full = split_len(k);
-    let x_ptr: [*const f32; 4] = std::array::from_fn(|i| x.x_split.as_ptr().add((i0 + i) * full));
-    let w_ptr: [*const u16; 3] = std::array::from_fn(|r| w.as_ptr().add(r * k));
+    // SAFETY: x rows `i0 .. i0 + 4` and W rows `0 .. 3` exist (the contract), so each
+    // row's start is inside its buffer.
+    let x_ptr: [*const f32; 4] =
+        std::array::from_fn(|i| unsafe { x.x_split.as_ptr().add((i0 + i) * full) });
+    // SAFETY: as above.
+    let w_ptr: [*const u16; 3] = std::array::from_fn(|r| unsafe { w.as_ptr().add(r * k) });
     // The next row group's line (see the module docs): 3 rows further on.
     let pf_ptr: [*const u16; 3] = std::array::from_fn(|r| w_ptr[r].wrapping_add(3 * k));
     let mut a: [__m256; 12] = [_mm256_setzero_ps(); 12];
@@ -295,67 +329,77 @@ unsafe fn block_3x4(x: &Rows<'_>, w: &[u16], i0: usize, span: Span, out: Out) {
     // `o` counts elements: W at `w + 2·o` bytes, the split x at `x + 4·o` (even half)
     // and `x + 4·o + 32` (odd half).
     if span.start < span.end {
-        std::arch::asm!(
-            "2:",
-            "prefetcht0 byte ptr [{p0} + 2*{o}]",
-            "prefetcht0 byte ptr [{p1} + 2*{o}]",
-            "prefetcht0 byte ptr [{p2} + 2*{o}]",
-            // Even halves: the words shifted up.
-            "vmovdqu ymm12, ymmword ptr [{w0} + 2*{o}]",
-            "vmovdqu ymm13, ymmword ptr [{w1} + 2*{o}]",
-            "vmovdqu ymm14, ymmword ptr [{w2} + 2*{o}]",
-            "vpslld ymm12, ymm12, 16",
-            "vpslld ymm13, ymm13, 16",
-            "vpslld ymm14, ymm14, 16",
-            fmas_3x4!("0"),
-            // Odd halves: the words again from L1, masked with the constant in memory.
-            "vmovdqu ymm12, ymmword ptr [{w0} + 2*{o}]",
-            "vmovdqu ymm13, ymmword ptr [{w1} + 2*{o}]",
-            "vmovdqu ymm14, ymmword ptr [{w2} + 2*{o}]",
-            "vpand ymm12, ymm12, ymmword ptr [rip + {mask}]",
-            "vpand ymm13, ymm13, ymmword ptr [rip + {mask}]",
-            "vpand ymm14, ymm14, ymmword ptr [rip + {mask}]",
-            fmas_3x4!("32"),
-            "add {o}, 16",
-            "cmp {o}, {end}",
-            "jb 2b",
-            o = inout(reg) span.start => _,
-            end = in(reg) span.end,
-            w0 = in(reg) w_ptr[0],
-            w1 = in(reg) w_ptr[1],
-            w2 = in(reg) w_ptr[2],
-            p0 = in(reg) pf_ptr[0],
-            p1 = in(reg) pf_ptr[1],
-            p2 = in(reg) pf_ptr[2],
-            x0 = in(reg) x_ptr[0],
-            x1 = in(reg) x_ptr[1],
-            x2 = in(reg) x_ptr[2],
-            x3 = in(reg) x_ptr[3],
-            mask = sym ODD_MASK,
-            inout("ymm0") a[0],
-            inout("ymm1") a[1],
-            inout("ymm2") a[2],
-            inout("ymm3") a[3],
-            inout("ymm4") a[4],
-            inout("ymm5") a[5],
-            inout("ymm6") a[6],
-            inout("ymm7") a[7],
-            inout("ymm8") a[8],
-            inout("ymm9") a[9],
-            inout("ymm10") a[10],
-            inout("ymm11") a[11],
-            out("ymm12") _,
-            out("ymm13") _,
-            out("ymm14") _,
-            out("ymm15") _,
-            options(nostack, readonly),
-        );
+        // SAFETY: the loop reads W elements and split x elements `o .. o + 16` for `o`
+        // from `span.start` by 16 while below `span.end` (both multiples of 16 within
+        // `split_len(k)`), inside the rows the contract makes readable; it writes only
+        // the registers it names (ymm0–11 in and out, ymm12–15 clobbered, `o`), no
+        // memory (`readonly`) and no stack (`nostack`). Prefetches are hints that never
+        // fault, so the next group's rows may lie past W. `ODD_MASK` is a 32-byte
+        // aligned static. AVX2+FMA are the contract's.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                "prefetcht0 byte ptr [{p0} + 2*{o}]",
+                "prefetcht0 byte ptr [{p1} + 2*{o}]",
+                "prefetcht0 byte ptr [{p2} + 2*{o}]",
+                // Even halves: the words shifted up.
+                "vmovdqu ymm12, ymmword ptr [{w0} + 2*{o}]",
+                "vmovdqu ymm13, ymmword ptr [{w1} + 2*{o}]",
+                "vmovdqu ymm14, ymmword ptr [{w2} + 2*{o}]",
+                "vpslld ymm12, ymm12, 16",
+                "vpslld ymm13, ymm13, 16",
+                "vpslld ymm14, ymm14, 16",
+                fmas_3x4!("0"),
+                // Odd halves: the words again from L1, masked with the constant in memory.
+                "vmovdqu ymm12, ymmword ptr [{w0} + 2*{o}]",
+                "vmovdqu ymm13, ymmword ptr [{w1} + 2*{o}]",
+                "vmovdqu ymm14, ymmword ptr [{w2} + 2*{o}]",
+                "vpand ymm12, ymm12, ymmword ptr [rip + {mask}]",
+                "vpand ymm13, ymm13, ymmword ptr [rip + {mask}]",
+                "vpand ymm14, ymm14, ymmword ptr [rip + {mask}]",
+                fmas_3x4!("32"),
+                "add {o}, 16",
+                "cmp {o}, {end}",
+                "jb 2b",
+                o = inout(reg) span.start => _,
+                end = in(reg) span.end,
+                w0 = in(reg) w_ptr[0],
+                w1 = in(reg) w_ptr[1],
+                w2 = in(reg) w_ptr[2],
+                p0 = in(reg) pf_ptr[0],
+                p1 = in(reg) pf_ptr[1],
+                p2 = in(reg) pf_ptr[2],
+                x0 = in(reg) x_ptr[0],
+                x1 = in(reg) x_ptr[1],
+                x2 = in(reg) x_ptr[2],
+                x3 = in(reg) x_ptr[3],
+                mask = sym ODD_MASK,
+                inout("ymm0") a[0],
+                inout("ymm1") a[1],
+                inout("ymm2") a[2],
+                inout("ymm3") a[3],
+                inout("ymm4") a[4],
+                inout("ymm5") a[5],
+                inout("ymm6") a[6],
+                inout("ymm7") a[7],
+                inout("ymm8") a[8],
+                inout("ymm9") a[9],
+                inout("ymm10") a[10],
+                inout("ymm11") a[11],
+                out("ymm12") _,
+                out("ymm13") _,
+                out("ymm14") _,
+                out("ymm15") _,
+                options(nostack, readonly),
+            );
+        }
     }
     // Register `3·i + r` holds x row i × W row r.
     let acc: [[[__m256; 4]; 3]; 1] = [std::array::from_fn(|r| {
         std::array::from_fn(|i| a[3 * i + r])
     })];
-    finish(x, &w_ptr, &acc, i0, span, out);
+    // SAFETY: the 3 W row pointers and the 3 × 4 tile are the contract's.
+    unsafe { finish(x, &w_ptr, &acc, i0, span, out) };
 }
 
 /// The high 16 bits of every 32-bit lane: the odd bf16 elements' mask, in memory for
@@ -366,6 +410,9 @@ static ODD_MASK: Mask = Mask([0xffff_0000; 8]);
 
 /// `R` W rows × x rows `i0 .. i0 + X`; with `U = 2` the even and odd halves accumulate
 /// separately (more independent FMA chains when the tile is small).
+///
+/// # Safety
+/// As [`tile`] with `R` W rows and `X` x rows.
 #[inline(always)]
 unsafe fn block<const R: usize, const X: usize, const U: usize>(
     x: &Rows<'_>,
@@ -374,38 +421,51 @@ unsafe fn block<const R: usize, const X: usize, const U: usize>(
     span: Span,
     out: Out,
 ) {
-    let k = x.k;
-    let full = split_len(k);
-    let x_ptr: [*const f32; X] = std::array::from_fn(|i| x.x_split.as_ptr().add((i0 + i) * full));
-    let w_ptr: [*const u16; R] = std::array::from_fn(|r| w.as_ptr().add(r * k));
-    let mut acc = [[[_mm256_setzero_ps(); X]; R]; U];
-    let mut off = span.start;
-    // The next row group's line, or for a lone row the line SINGLE_ROW_PREFETCH ahead in
-    // the one stream (see the module docs).
-    let ahead = if R == 1 && X == 1 {
-        SINGLE_ROW_PREFETCH
-    } else {
-        R * k
-    };
-    // One cache line of each W row per step: one prefetch per row, two pairs.
-    while off + LINE_ELEMS <= span.end {
-        for &wp in &w_ptr {
-            // A hint only: it never faults, so running past the end of W is harmless.
-            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(off + ahead).cast());
+    // SAFETY: x rows `i0 .. i0 + X` and W rows `0 .. R` exist (the contract), so the row
+    // pointers are in bounds; `pair` reads elements `off .. off + 16 ≤ span.end ≤
+    // split_len(k)` of those rows (spans are whole 16-element pairs); prefetches are hints
+    // that never fault (`wrapping_add`: the address may lie past W); `finish` gets the
+    // contract's outputs. AVX2+FMA are the contract's.
+    unsafe {
+        let k = x.k;
+        let full = split_len(k);
+        let x_ptr: [*const f32; X] =
+            std::array::from_fn(|i| x.x_split.as_ptr().add((i0 + i) * full));
+        let w_ptr: [*const u16; R] = std::array::from_fn(|r| w.as_ptr().add(r * k));
+        let mut acc = [[[_mm256_setzero_ps(); X]; R]; U];
+        let mut off = span.start;
+        // The next row group's line, or for a lone row the line SINGLE_ROW_PREFETCH ahead in
+        // the one stream (see the module docs).
+        let ahead = if R == 1 && X == 1 {
+            SINGLE_ROW_PREFETCH
+        } else {
+            R * k
+        };
+        // One cache line of each W row per step: one prefetch per row, two pairs.
+        while off + LINE_ELEMS <= span.end {
+            for &wp in &w_ptr {
+                // A hint only: it never faults, so running past the end of W is harmless.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(off + ahead).cast());
+            }
+            pair(&w_ptr, &x_ptr, off, &mut acc);
+            pair(&w_ptr, &x_ptr, off + PAIR_ELEMS, &mut acc);
+            off += LINE_ELEMS;
         }
-        pair(&w_ptr, &x_ptr, off, &mut acc);
-        pair(&w_ptr, &x_ptr, off + PAIR_ELEMS, &mut acc);
-        off += LINE_ELEMS;
+        // Spans start at multiples of K_CHUNK, so at most one 16-element pair is left.
+        if off < span.end {
+            pair(&w_ptr, &x_ptr, off, &mut acc);
+        }
+        finish(x, &w_ptr, &acc, i0, span, out);
     }
-    // Spans start at multiples of K_CHUNK, so at most one 16-element pair is left.
-    if off < span.end {
-        pair(&w_ptr, &x_ptr, off, &mut acc);
-    }
-    finish(x, &w_ptr, &acc, i0, span, out);
 }
 
 /// The tile's outputs from its accumulators: the U sets added, each summed across lanes,
 /// the scalar K tail added on the last span, and written (first span) or added.
+///
+/// # Safety
+/// AVX2+FMA are available; `w_ptr[r]` points at W row `r`'s `x.k` bf16 bits, `x.xs`
+/// holds rows `i0 .. i0 + X`, and `out` is valid for reads and writes at
+/// `i·out.stride + r` for `i < X`, `r < R`, which nothing else touches during the call.
 #[inline(always)]
 unsafe fn finish<const R: usize, const X: usize, const U: usize>(
     x: &Rows<'_>,
@@ -415,24 +475,29 @@ unsafe fn finish<const R: usize, const X: usize, const U: usize>(
     span: Span,
     out: Out,
 ) {
-    let k = x.k;
-    let full = split_len(k);
-    for r in 0..R {
-        for i in 0..X {
-            let mut v = acc[0][r][i];
-            for acc_u in &acc[1..] {
-                v = _mm256_add_ps(v, acc_u[r][i]);
-            }
-            let mut sum = hsum_avx(v);
-            if span.last {
-                let x_row = x.xs.as_ptr().add((i0 + i) * k);
-                for kk in full..k {
-                    let wk = f32::from_bits((*w_ptr[r].add(kk) as u32) << 16);
-                    sum = (*x_row.add(kk)).mul_add(wk, sum);
+    // SAFETY: the tail reads elements `full .. k` of x row `i0 + i` and W row `r`, and
+    // the output is `(i, r)` with `i < X`, `r < R`: all valid by the contract, as are
+    // AVX2+FMA.
+    unsafe {
+        let k = x.k;
+        let full = split_len(k);
+        for r in 0..R {
+            for i in 0..X {
+                let mut v = acc[0][r][i];
+                for acc_u in &acc[1..] {
+                    v = _mm256_add_ps(v, acc_u[r][i]);
                 }
+                let mut sum = hsum_avx(v);
+                if span.last {
+                    let x_row = x.xs.as_ptr().add((i0 + i) * k);
+                    for kk in full..k {
+                        let wk = f32::from_bits((*w_ptr[r].add(kk) as u32) << 16);
+                        sum = (*x_row.add(kk)).mul_add(wk, sum);
+                    }
+                }
+                let dst = out.ptr.add(i * out.stride + r);
+                *dst = if span.first { sum } else { *dst + sum };
             }
-            let dst = out.ptr.add(i * out.stride + r);
-            *dst = if span.first { sum } else { *dst + sum };
         }
     }
 }

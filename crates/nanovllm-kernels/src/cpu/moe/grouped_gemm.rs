@@ -63,7 +63,10 @@ struct Item {
 pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mut [f32]) {
     let GroupedShape { offsets, n, k } = shape;
     let rows_total = offsets.last().copied().unwrap_or(0);
-    debug_assert!(x.len() >= rows_total * k && out.len() >= rows_total * n);
+    // Checked in release too: items write `out` through a raw pointer, and an expert's
+    // rows `offsets[e] .. offsets[e + 1]` must lie in it (one pass over E per call).
+    assert!(x.len() >= rows_total * k && out.len() >= rows_total * n);
+    assert!(offsets.iter().all(|&o| o <= rows_total));
     if rows_total == 0 || n == 0 {
         return;
     }
@@ -76,8 +79,9 @@ pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mu
         work_items(offsets, n, k, items);
         let out_ptr = OutPtr(out.as_mut_ptr());
         let run = |item: &Item| {
-            // SAFETY: `item` covers rows row0..row0+rows (< R) and columns n0..n0+tile_n
-            // (≤ n) of `out`, a block no other item touches.
+            // SAFETY: `item` covers rows row0..row0+rows (≤ R: every offset is, asserted
+            // above) and columns n0..n0+tile_n (≤ n) of `out`, which holds R·n (asserted
+            // above); no other item touches that block.
             unsafe { run_item(x, w, n, k, *item, out_ptr.get()) }
         };
         if worth_parallel(2 * rows_total * n * k) {
@@ -134,16 +138,20 @@ unsafe fn run_item(x: &[f32], w: Floats, n: usize, k: usize, item: Item, out: *m
     let xs = &x[row0 * k..(row0 + rows) * k];
     // Element offset of W_e row n0 in the stacked weights.
     let w_start = (expert * n + n0) * k;
-    let out_block = out.add(row0 * n + n0);
+    // SAFETY: element (row0, n0) is one of the item's, valid by the contract.
+    let out_block = unsafe { out.add(row0 * n + n0) };
     if rows <= DOT_MAX_ROWS {
-        dot_rows(xs, w, w_start, rows, k, tile_n, out_block, n);
+        // SAFETY: xs is [rows, k]; out_block's `rows × tile_n` block (row stride n) is
+        // the item's, which the contract gives to this call.
+        unsafe { dot_rows(xs, w, w_start, rows, k, tile_n, out_block, n) };
         return;
     }
     let gemm_tile = |tile: &[f32]| {
-        // SAFETY: xs is [rows, k], tile is [tile_n, k], and out_block's `rows × tile_n`
-        // block (row stride n) belongs to this item.
         // Items already run in parallel, so each gemm call stays on its thread.
-        gemm_x_wt(rows, tile_n, k, xs, tile, out_block, n, Parallelism::None)
+        // SAFETY: xs is [rows, k], tile is [tile_n, k] (callers pass exactly that), and
+        // out_block's `rows × tile_n` block (row stride n) is the item's, which the
+        // contract gives to this call.
+        unsafe { gemm_x_wt(rows, tile_n, k, xs, tile, out_block, n, Parallelism::None) }
     };
     match w {
         Floats::F32(ws) => gemm_tile(&ws[w_start..w_start + tile_n * k]),
@@ -175,13 +183,18 @@ unsafe fn dot_rows(
         let row_start = w_start + j * k;
         let write = |w_row: &[f32]| {
             for i in 0..rows {
-                *out.add(i * stride + j) = dot_f32(&xs[i * k..(i + 1) * k], w_row);
+                let dot = dot_f32(&xs[i * k..(i + 1) * k], w_row);
+                // SAFETY: output (i, j) with i < rows, j < tile_n is in the block the
+                // contract gives to this call.
+                unsafe { *out.add(i * stride + j) = dot };
             }
         };
         match w {
             Floats::F32(ws) => write(&ws[row_start..row_start + k]),
             Floats::BF16(ws) if rows == 1 => {
-                *out.add(j) = dot_bf16(xs, bytemuck::cast_slice(&ws[row_start..row_start + k]));
+                let dot = dot_bf16(xs, bytemuck::cast_slice(&ws[row_start..row_start + k]));
+                // SAFETY: as in `write`, for the one row.
+                unsafe { *out.add(j) = dot };
             }
             // No rayon call happens while the scratch is borrowed.
             _ => SCRATCH.with_borrow_mut(|row| {
