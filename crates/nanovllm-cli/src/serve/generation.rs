@@ -54,11 +54,13 @@ pub fn resolve_max_tokens(
             ));
         }
     }
-    if longest + max_tokens > max_model_len {
+    // `room` rather than `longest + max_tokens`: a request's max_tokens may be as large as
+    // u64::MAX, and the sum would wrap.
+    if max_tokens > room {
         return Err(ApiError::PromptTooLong {
             message: format!(
                 "this model's maximum context length is {max_model_len} tokens, but {} were requested ({longest} in the prompt, {max_tokens} to generate): shorten the prompt or lower max_tokens",
-                longest + max_tokens
+                (longest as u128) + (max_tokens as u128)
             ),
         });
     }

@@ -268,3 +268,27 @@ async fn a_full_waiting_queue_is_503() {
         .await;
     assert_eq!(ok.status(), StatusCode::OK);
 }
+
+/// `max_tokens` = 2^64 − 1 once wrapped `prompt + max_tokens` past the context check and was
+/// queued; it must be refused like any other request that does not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tokens_at_the_integer_limit_is_context_length_exceeded() {
+    let s = server(Setup::default());
+    for path in ["/v1/completions", "/v1/chat/completions"] {
+        let body = if path == "/v1/completions" {
+            json!({"prompt": "hello", "max_tokens": u64::MAX})
+        } else {
+            json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": u64::MAX})
+        };
+        let e = expect_error(s.post(path, &body).await, StatusCode::BAD_REQUEST).await;
+        assert_eq!(e["code"], "context_length_exceeded", "{path}: {e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("18446744073709551615 to generate"),
+            "{e}"
+        );
+    }
+    assert_eq!(s.metric("nanovllm_prompt_tokens_total").await, 0.0);
+}
