@@ -213,6 +213,19 @@ impl LLMEngine {
                 world_size: tp,
             },
         };
+        if backend.device_memory().is_none() {
+            // Host weights: refuse sizes the machine cannot hold before allocating them.
+            let bytes = model_config
+                .num_elements()
+                .and_then(|n| n.checked_mul(model_config.dtype.size_in_bytes() as u64))
+                .unwrap_or(u64::MAX);
+            crate::host_memory::check_fits(
+                "the model's weights",
+                bytes,
+                crate::host_memory::available_bytes(),
+                "use a smaller model, or a machine with more memory",
+            )?;
+        }
         let model = load_model(&model_config, &model_dir, config.load_format, &ctx)?;
         let mut engine = Self::from_parts(config, generation_config, tokenizer, backend, model)?;
         if let Some(mut workers) = workers {
@@ -256,6 +269,13 @@ impl LLMEngine {
             bytes_per_block,
             "KV cache sized"
         );
+        if let Some(warning) = crate::kv_sizing::capacity_warning(
+            num_blocks,
+            config.kvcache_block_size,
+            config.max_model_len,
+        ) {
+            tracing::warn!("{warning}");
+        }
         let scheduler = Scheduler::new(SchedulerConfig {
             max_num_seqs: config.max_num_seqs,
             max_num_batched_tokens: config.max_num_batched_tokens,

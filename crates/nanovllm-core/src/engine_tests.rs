@@ -461,3 +461,23 @@ fn the_cuda_device_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `--kv-cache-memory-gib 5000` once aborted the process (SIGABRT) when the allocation
+/// failed; now the sizing refuses it first, naming the flag.
+#[test]
+fn a_kv_cache_larger_than_the_machine_is_an_error_not_an_abort() {
+    let err = LLMEngine::new(EngineConfig {
+        device: crate::config::DeviceKind::Cpu,
+        kv_cache_memory_gib: 5000.0,
+        ..EngineConfig::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny"),
+        )
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::HostMemoryTooSmall { what, .. } if what == "the KV cache"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("--kv-cache-memory-gib"), "{msg}");
+}

@@ -8,6 +8,11 @@ use nanovllm_scheduler::{SchedulerError, SeqId};
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+/// Bytes as GiB, for messages.
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
 /// Everything the engine can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -54,6 +59,15 @@ pub enum EngineError {
         used_bytes: u64,
         peak_activation_bytes: u64,
         bytes_per_block: usize,
+    },
+    /// A large host allocation (weights, the CPU KV cache) would not fit in the memory the
+    /// machine has available: refused before allocating, instead of aborting.
+    #[error("{what} needs {:.1} GiB but the machine has {:.1} GiB available: {fix}", gib(*needed_bytes), gib(*available_bytes))]
+    HostMemoryTooSmall {
+        what: String,
+        needed_bytes: u64,
+        available_bytes: u64,
+        fix: String,
     },
     /// The logits of a sequence contain NaN or are all -inf: the model produced garbage.
     #[error("sequence {seq_id}: logits hold no finite maximum (NaN or all -inf); the model or its weights are broken")]

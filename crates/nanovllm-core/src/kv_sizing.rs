@@ -43,6 +43,20 @@ pub(crate) fn size_kv_cache(
         kv_dtype,
     );
     let num_blocks = num_kvcache_blocks(config, backend, model, kv_dtype, bytes_per_block)?;
+    if backend.device_memory().is_none() {
+        // The cache lives in host memory, one per rank on this host.
+        let ranks = config.tp.ranks_per_node(config.tensor_parallel_size).max(1) as u64;
+        let bytes = (num_blocks as u64)
+            .checked_mul(bytes_per_block as u64)
+            .and_then(|b| b.checked_mul(ranks))
+            .unwrap_or(u64::MAX);
+        crate::host_memory::check_fits(
+            "the KV cache",
+            bytes,
+            crate::host_memory::available_bytes(),
+            "lower --kv-cache-memory-gib (or num_kvcache_blocks)",
+        )?;
+    }
     Ok((num_blocks, bytes_per_block))
 }
 
@@ -78,6 +92,25 @@ pub fn num_kvcache_blocks(
     };
     tracing::info!(?memory, "device memory for KV-cache sizing");
     gpu_num_kvcache_blocks(memory, config.gpu_memory_utilization, bytes_per_block)
+}
+
+/// The startup warning when the whole cache holds fewer tokens than one sequence may reach
+/// (`max_model_len`): such a sequence is refused at admission, or aborted when it grows,
+/// so the operator should know before the first request. `None` when the cache suffices.
+pub fn capacity_warning(
+    num_blocks: usize,
+    block_size: usize,
+    max_model_len: usize,
+) -> Option<String> {
+    let tokens = num_blocks.saturating_mul(block_size);
+    (tokens < max_model_len).then(|| {
+        format!(
+            "the KV cache holds {tokens} tokens ({num_blocks} blocks of {block_size}), fewer than \
+             max_model_len = {max_model_len}: longer sequences will be refused; give the cache more \
+             memory (--kv-cache-memory-gib on the CPU, --gpu-memory-utilization on a GPU) or lower \
+             --max-model-len to {tokens}"
+        )
+    })
 }
 
 /// Number of KV blocks of `bytes_per_block` that fit in `kv_cache_memory_gib` of host
@@ -286,6 +319,21 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn a_cache_smaller_than_one_sequence_warns_and_says_what_to_change() {
+        assert_eq!(capacity_warning(32, 16, 512), None);
+        let msg = capacity_warning(31, 16, 512).unwrap();
+        assert!(
+            msg.contains("holds 496 tokens") && msg.contains("max_model_len = 512"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("--kv-cache-memory-gib") && msg.contains("--max-model-len to 496"),
+            "{msg}"
+        );
+        assert!(capacity_warning(usize::MAX, 16, 512).is_none());
+    }
 
     #[test]
     fn kv_blocks_from_a_host_memory_budget() {

@@ -24,6 +24,7 @@ pub mod decode_graph;
 pub mod device;
 pub mod engine;
 mod error;
+pub mod host_memory;
 pub mod kv_sizing;
 pub mod llm;
 pub mod logprobs;

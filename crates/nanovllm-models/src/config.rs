@@ -115,6 +115,47 @@ impl ModelConfig {
         Self::from_json_str(&json, &file)
     }
 
+    /// Elements the model holds once loaded, unsharded: every weight, plus the rotary
+    /// cos/sin table (`max_position_embeddings × head_dim`, f32) the model builds at load.
+    /// `None` when the count overflows `u64`. An engine compares it with the memory it has
+    /// before allocating anything, so a config with absurd sizes is an error, not an abort.
+    pub fn num_elements(&self) -> Option<u64> {
+        let n = |x: usize| u64::try_from(x).ok();
+        let (h, i, hd) = (
+            n(self.hidden_size)?,
+            n(self.intermediate_size)?,
+            n(self.head_dim)?,
+        );
+        let (nq, nkv) = (n(self.num_attention_heads)?, n(self.num_key_value_heads)?);
+        let vocab = n(self.vocab_size)?;
+        let embeddings = vocab
+            .checked_mul(h)?
+            .checked_mul(if self.tie_word_embeddings { 1 } else { 2 })?;
+        let attention = h.checked_mul(
+            nq.checked_mul(2)?
+                .checked_add(nkv.checked_mul(2)?)?
+                .checked_mul(hd)?,
+        )?;
+        let experts = n(self.num_local_experts.max(1))?;
+        let mlp = h.checked_mul(i)?.checked_mul(3)?.checked_mul(experts)?;
+        let router = if self.num_local_experts > 0 {
+            h.checked_mul(experts)?
+        } else {
+            0
+        };
+        let norms = h.checked_mul(2)?.checked_add(hd.checked_mul(2)?)?;
+        let layer = attention
+            .checked_add(mlp)?
+            .checked_add(router)?
+            .checked_add(norms)?;
+        let rope = n(self.max_position_embeddings)?.checked_mul(hd)?;
+        layer
+            .checked_mul(n(self.num_hidden_layers)?)?
+            .checked_add(embeddings)?
+            .checked_add(h)?
+            .checked_add(rope)
+    }
+
     /// Per-model sanity checks that no single field can express.
     fn validate(&self, file: &Path) -> Result<(), ModelError> {
         let positive = [
@@ -131,6 +172,27 @@ impl ModelConfig {
             if value == 0 {
                 return Err(invalid(file, format!("{name} must be positive, got 0")));
             }
+        }
+        // Token ids, positions and row offsets are u32 in the kernels; a dimension beyond
+        // that cannot be indexed (and could not be allocated anyway).
+        for (name, value) in positive {
+            if u32::try_from(value).is_err() {
+                return Err(invalid(
+                    file,
+                    format!(
+                        "{name} = {value} is larger than the engine supports (at most {})",
+                        u32::MAX
+                    ),
+                ));
+            }
+        }
+        if self.num_elements().is_none() {
+            return Err(invalid(
+                file,
+                "the sizes multiply to more weights than can be counted: check hidden_size, \
+                 intermediate_size, vocab_size and num_hidden_layers"
+                    .to_string(),
+            ));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(invalid(
@@ -467,6 +529,8 @@ impl Fields<'_> {
 mod tests {
     use std::path::PathBuf;
 
+    use serde_json::json;
+
     use super::*;
 
     fn file() -> PathBuf {
@@ -556,6 +620,35 @@ mod tests {
                 eos_token_ids: vec![151645],
             }
         );
+    }
+
+    #[test]
+    fn counts_every_weight_element_and_the_rope_table() {
+        // Qwen3-0.6B: 596,049,920 parameters (tied embeddings), plus 40960 × 128 rope entries.
+        let c = parse(QWEN3_0_6B).unwrap();
+        assert_eq!(c.num_elements(), Some(596_049_920 + 40960 * 128));
+        let untied = ModelConfig {
+            tie_word_embeddings: false,
+            ..c.clone()
+        };
+        assert_eq!(
+            untied.num_elements(),
+            Some(596_049_920 + 40960 * 128 + 151936 * 1024)
+        );
+    }
+
+    #[test]
+    fn absurd_sizes_are_config_errors_before_anything_is_allocated() {
+        expect_invalid(
+            &v5_with("hidden_size", Some(json!(1u64 << 40))),
+            "hidden_size = 1099511627776 is larger than the engine supports",
+        );
+        // Each size fits u32, but the weights they multiply to do not fit a u64.
+        let json = v5_with("intermediate_size", Some(json!(u32::MAX)));
+        let mut v: Value = serde_json::from_str(&json).unwrap();
+        v["hidden_size"] = json!(u32::MAX);
+        v["num_hidden_layers"] = json!(u32::MAX);
+        expect_invalid(&v.to_string(), "more weights than can be counted");
     }
 
     #[test]
