@@ -3,8 +3,9 @@
 //! Every test body takes a `&dyn Backend`: it builds fixed-seed random inputs on the
 //! host, uploads them, runs one op, reads the result back and compares it against a
 //! plain naive reference written here (loops, f64 accumulation, full softmax). The CPU
-//! backend runs them in `cpu::tests`; another backend runs the very same bodies with
-//! `nanovllm_kernels::backend_test_suite!(MyBackend::new())` inside a test file.
+//! backend runs them in `cpu::tests` (directly, and through [`PrimitiveOnly`] so that the
+//! trait's default methods are tested too); another backend runs the very same bodies
+//! with `nanovllm_kernels::backend_test_suite!(MyBackend::new())` inside a test file.
 //!
 //! Inputs are rounded to the backend's activation dtype (and weights / cache to theirs)
 //! *before* the reference sees them, so a tolerance only covers the op's own arithmetic.
@@ -16,8 +17,11 @@ pub mod check;
 pub mod dense;
 pub mod errors;
 pub mod paged;
+mod primitive_only;
 pub mod reference;
 pub mod rng;
+
+pub use primitive_only::PrimitiveOnly;
 
 /// Expands to one `#[test]` per test body, each running it on `$backend` (an expression
 /// evaluated afresh in every test, e.g. `CpuBackend::new()`).
