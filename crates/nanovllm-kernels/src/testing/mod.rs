@@ -16,6 +16,7 @@
 pub mod check;
 pub mod dense;
 pub mod errors;
+pub mod moe;
 pub mod paged;
 mod primitive_only;
 pub mod reference;
@@ -61,6 +62,15 @@ macro_rules! backend_test_suite {
             paged::decode_attention_bf16_cache,
             paged::decode_matches_prefill_last_token,
             paged::decode_zero_context_gives_zeros,
+            moe::route_matches_reference,
+            moe::route_picks_largest_and_breaks_ties_by_lower_id,
+            moe::route_rejects_bad_inputs,
+            moe::experts_f32_weights,
+            moe::experts_bf16_weights,
+            moe::experts_f16_weights,
+            moe::experts_skip_unpicked_experts,
+            moe::experts_zero_tokens,
+            moe::experts_reject_bad_inputs,
             errors::matmul_rejects_bad_inputs,
             errors::embedding_rejects_out_of_range_ids,
             errors::rope_rejects_bad_inputs,
