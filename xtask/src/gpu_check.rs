@@ -6,8 +6,9 @@
 //! (`run.sh` unpacks them into a temporary directory):
 //! - `bin/nanovllm` and `bin/xtask` (the throughput run is `xtask bench` on dummy
 //!   Qwen3-0.6B weights);
-//! - `tests/*`: the CUDA test binaries (the kernels' unit and `cuda_backend` tests, the
-//!   engine's `cuda_engine` tests);
+//! - `tests/*`: the CUDA test binaries (the kernels' unit tests and `cuda_vs_reference`,
+//!   `cuda_vs_cpu` and `cuda_runtime`, the engine's `cuda_engine` and `cuda_tp`: every test
+//!   target named `cuda*`);
 //! - `fixtures/` and `configs/` the tests and the bench read (the test binaries find them
 //!   through `NANOVLLM_REPO_ROOT`, which `run.sh` points at the folder);
 //! - `run.sh`: prints `nvidia-smi -L`, puts cuBLAS on the library path when the driver's
@@ -364,7 +365,7 @@ mod tests {
     #[test]
     fn test_binaries_are_picked_from_cargo_json() {
         let json = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/crates/nanovllm-kernels#0.1.0","target":{"kind":["lib"],"name":"nanovllm_kernels"},"profile":{"test":true},"executable":"/t/nanovllm_kernels-1"}
-{"reason":"compiler-artifact","package_id":"path+file:///w/crates/nanovllm-kernels#0.1.0","target":{"kind":["test"],"name":"cuda_backend"},"profile":{"test":true},"executable":"/t/cuda_backend-2"}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/nanovllm-kernels#0.1.0","target":{"kind":["test"],"name":"cuda_vs_reference"},"profile":{"test":true},"executable":"/t/cuda_vs_reference-2"}
 {"reason":"compiler-artifact","package_id":"path+file:///w/crates/nanovllm-core#0.1.0","target":{"kind":["lib"],"name":"nanovllm_core"},"profile":{"test":true},"executable":"/t/nanovllm_core-3"}
 {"reason":"compiler-artifact","package_id":"path+file:///w/crates/nanovllm-core#0.1.0","target":{"kind":["test"],"name":"cuda_engine"},"profile":{"test":true},"executable":"/t/cuda_engine-4"}
 {"reason":"compiler-artifact","package_id":"path+file:///w/crates/nanovllm-core#0.1.0","target":{"kind":["test"],"name":"golden_engine"},"profile":{"test":true},"executable":"/t/golden-5"}
@@ -379,7 +380,7 @@ mod tests {
             names,
             vec![
                 ("nanovllm-kernels".into(), "nanovllm_kernels".into()),
-                ("nanovllm-kernels".into(), "cuda_backend".into()),
+                ("nanovllm-kernels".into(), "cuda_vs_reference".into()),
                 ("nanovllm-core".into(), "cuda_engine".into()),
             ]
         );

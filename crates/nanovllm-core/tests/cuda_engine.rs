@@ -3,7 +3,7 @@
 //! through captured CUDA graphs gives the same tokens as `enforce_eager`; the KV cache is
 //! sized from `gpu_memory_utilization`.
 //!
-//! Without a GPU every test prints `skipped: ...` and passes, unless
+//! Without a GPU every test prints `skipped: <test>: <reason>` and passes, unless
 //! `NANOVLLM_REQUIRE_GPU=1` (set by `cargo xtask gpu-check`'s run.sh), which turns the skip
 //! into a failure. Fixtures are found under `NANOVLLM_REPO_ROOT` when set (a gpu-check
 //! bundle on another machine), else relative to this crate.
@@ -21,7 +21,8 @@ mod common;
 use nanovllm_core::{DeviceKind, EngineConfig, LLMEngine, SamplingParams};
 use serde_json::Value;
 
-use common::gpu::{bundle_root, gpu_available};
+use common::bundle_root;
+use nanovllm_kernels::testing::gpu::gpu_or_skip;
 
 const NEAR_TIE_MARGIN: f32 = 0.25;
 const FIXTURES: [&str; 4] = [
@@ -121,7 +122,7 @@ fn generate(config: EngineConfig, prompts: &[Vec<u32>]) -> Vec<Generated> {
 
 #[test]
 fn greedy_tokens_on_cuda_equal_the_cpu_except_after_near_ties() {
-    if !gpu_available("greedy_tokens_on_cuda_equal_the_cpu") {
+    if !gpu_or_skip() {
         return;
     }
     for fixture in FIXTURES {
@@ -153,7 +154,7 @@ fn greedy_tokens_on_cuda_equal_the_cpu_except_after_near_ties() {
 
 #[test]
 fn cuda_graph_replay_gives_the_eager_tokens() {
-    if !gpu_available("cuda_graph_replay_gives_the_eager_tokens") {
+    if !gpu_or_skip() {
         return;
     }
     for fixture in FIXTURES {
@@ -186,7 +187,7 @@ fn cuda_graph_replay_gives_the_eager_tokens() {
 
 #[test]
 fn the_kv_cache_is_sized_from_gpu_memory_utilization() {
-    if !gpu_available("the_kv_cache_is_sized_from_gpu_memory_utilization") {
+    if !gpu_or_skip() {
         return;
     }
     let (prompts, block_size) = prompts("qwen3-tiny");
@@ -215,7 +216,7 @@ fn the_kv_cache_is_sized_from_gpu_memory_utilization() {
 
 #[test]
 fn auto_picks_the_gpu() {
-    if !gpu_available("auto_picks_the_gpu") {
+    if !gpu_or_skip() {
         return;
     }
     let (_, block_size) = prompts("qwen3-tiny");

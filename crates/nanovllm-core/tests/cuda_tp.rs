@@ -5,7 +5,7 @@
 //! (an NCCL sum over one rank is a copy, so nothing else changes). More than one GPU is not
 //! covered here (see the README).
 //!
-//! Without a GPU the test prints `skipped: ...` and passes, unless
+//! Without a GPU the test prints `skipped: <test>: <reason>` and passes, unless
 //! `NANOVLLM_REQUIRE_GPU=1` (set by `cargo xtask gpu-check`), which makes the skip a failure.
 //! Fixtures are found under `NANOVLLM_REPO_ROOT` when set, else relative to this crate.
 //! (Named `cuda_*` so that `cargo xtask gpu-check` bundles it.)
@@ -16,11 +16,12 @@ mod common;
 use nanovllm_core::tp::TpMode;
 use nanovllm_core::{DeviceKind, EngineConfig, SamplingParams, LLM};
 
-use common::gpu::{bundle_root, gpu_available};
+use common::bundle_root;
+use nanovllm_kernels::testing::gpu::gpu_or_skip;
 
 #[test]
 fn nccl_world_size_1_matches_the_plain_engine_on_one_gpu() {
-    if !gpu_available("nccl_world_size_1_matches_the_plain_engine_on_one_gpu") {
+    if !gpu_or_skip() {
         return;
     }
     let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3, 4, 5], vec![9; 20], vec![7]];

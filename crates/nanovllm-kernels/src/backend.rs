@@ -9,6 +9,16 @@
 //!   [`Backend::matmul`] computes `x · Wᵀ`.
 //! - Integer inputs (token ids, positions, offsets, block tables) are `U32`;
 //!   slot mappings are `I64` so that −1 can mark "write nothing".
+//!
+//! Methods with a default body, built from the other methods (a backend may override
+//! them with something faster, and the CPU and CUDA backends do where noted):
+//! - [`Backend::upload_weight`]: [`Backend::upload`] (CUDA overrides: bf16 weights);
+//! - [`Backend::add_rms_norm`]: [`Backend::add_inplace`] then [`Backend::rms_norm`]
+//!   (both override with a fused kernel).
+//!
+//! Every other op has no default: none follows from the rest without changing its
+//! semantics or its cost. `testing::PrimitiveOnly` runs the shared op suite through the
+//! defaults.
 
 use std::sync::Arc;
 
@@ -18,6 +28,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::{Tensor, TensorParts};
+use crate::validate;
 
 /// A compute device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,13 +79,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) * weight`; `x: [M, N]`, `weight: [N]`.
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
     /// Fused residual add + RMSNorm: `residual += x`, then returns `rms_norm(residual)`.
+    /// The default runs [`Backend::add_inplace`] then [`Backend::rms_norm`]; a backend
+    /// overrides it with one pass over the rows.
     fn add_rms_norm(
         &self,
         x: &Tensor,
         residual: &mut Tensor,
         weight: &Tensor,
         eps: f32,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        // The shapes first, so that a call rms_norm would reject leaves `residual` as it
+        // was (as the fused versions do) and errors name this op.
+        const OP: &str = "add_rms_norm";
+        let (rows, cols) = validate::dims2(OP, "x", x)?;
+        validate::expect_shape(OP, residual, &[rows, cols])?;
+        validate::dims1(OP, "weight", weight)?;
+        validate::expect_shape(OP, weight, &[cols])?;
+        self.add_inplace(residual, x)?;
+        self.rms_norm(residual, weight, eps)
+    }
     /// Rotary embedding, neox style (rotate halves), in place.
     /// `x: [T, heads * head_dim]`, `positions: U32 [T]`,
     /// `cos_sin: f32 [max_positions, head_dim]` whose row p is `cos(p·inv_freq) ‖ sin(p·inv_freq)`

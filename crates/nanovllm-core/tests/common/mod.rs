@@ -9,9 +9,6 @@
 //! is why a correct f32 engine cannot flip a token through rounding.
 #![allow(dead_code)] // each test binary uses a different subset
 
-#[cfg(feature = "cuda")]
-pub mod gpu;
-
 use std::path::{Path, PathBuf};
 
 use nanovllm_core::{DeviceKind, EngineConfig, FinishReason, Output, SamplingParams, LLM};
@@ -19,6 +16,15 @@ use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The repository root as the GPU test files (`cuda_*`) find it: `NANOVLLM_REPO_ROOT`
+/// when set (a `cargo xtask gpu-check` bundle on another machine), else [`repo_root`].
+pub fn bundle_root() -> PathBuf {
+    match std::env::var_os("NANOVLLM_REPO_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => repo_root(),
+    }
 }
 
 pub fn fixture_dir(name: &str) -> PathBuf {

@@ -46,6 +46,25 @@ pub fn activation(backend: &dyn Backend, data: &[f32], shape: &[usize]) -> (Tens
     )
 }
 
+/// A model weight: a host tensor of `dtype` holding `data`, moved onto `backend` with
+/// [`Backend::upload_weight`] (which may store it narrower, e.g. bf16 on CUDA), and the
+/// values the backend then holds, for the reference to use.
+pub fn weight(
+    backend: &dyn Backend,
+    data: &[f32],
+    shape: &[usize],
+    dtype: DType,
+) -> (Tensor, Vec<f32>) {
+    let host = Tensor::from_f32(data.to_vec(), shape)
+        .and_then(|t| t.to_dtype_cpu(dtype))
+        .unwrap_or_else(|e| panic!("building a {dtype} test weight {shape:?}: {e}"));
+    let held = backend
+        .upload_weight(host)
+        .unwrap_or_else(|e| panic!("upload_weight failed: {e}"));
+    let values = host_f32(backend, &held);
+    (held, values)
+}
+
 pub fn upload_u32(backend: &dyn Backend, data: &[u32], shape: &[usize]) -> Tensor {
     let host = Tensor::from_u32(data.to_vec(), shape).unwrap_or_else(|e| panic!("{e}"));
     backend

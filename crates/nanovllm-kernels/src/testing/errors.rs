@@ -130,6 +130,18 @@ pub fn dense_ops_reject_bad_shapes(backend: &dyn Backend) {
         backend.add_rms_norm(&x, &mut residual, &w4, 1e-6),
         is_shape,
     );
+    // A weight that does not fit: an error, and the residual is left as it was.
+    let (mut residual, before) = activation(backend, &Rng::new(92).vec(12, 1.0), &[3, 4]);
+    expect_err(
+        "add_rms_norm weight length",
+        backend.add_rms_norm(&x, &mut residual, &w5, 1e-6),
+        is_shape,
+    );
+    assert_eq!(
+        host_f32(backend, &residual),
+        before,
+        "a rejected add_rms_norm changed the residual"
+    );
     let (odd, _) = activation(backend, &[1.0; 9], &[3, 3]);
     expect_err("silu_mul odd width", backend.silu_mul(&odd), is_invalid);
     let (mut a, _) = activation(backend, &[1.0; 12], &[3, 4]);

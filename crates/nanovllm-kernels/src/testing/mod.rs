@@ -3,39 +3,48 @@
 //! Every test body takes a `&dyn Backend`: it builds fixed-seed random inputs on the
 //! host, uploads them, runs one op, reads the result back and compares it against a
 //! plain naive reference written here (loops, f64 accumulation, full softmax). The CPU
-//! backend runs them in `cpu::tests`; another backend runs the very same bodies with
-//! `nanovllm_kernels::backend_test_suite!(MyBackend::new())` inside a test file.
+//! backend runs them in `cpu::tests` (directly, and through [`PrimitiveOnly`] so that the
+//! trait's default methods are tested too); another backend runs the very same bodies
+//! with `nanovllm_kernels::backend_test_suite!(MyBackend::new())` inside a test file
+//! (the CUDA backend: `tests/cuda_vs_reference.rs`).
 //!
 //! Inputs are rounded to the backend's activation dtype (and weights / cache to theirs)
 //! *before* the reference sees them, so a tolerance only covers the op's own arithmetic.
 //! Each test states its f32 tolerance; on a backend whose activations are narrower the
 //! checks widen by that dtype's rounding step ([`check::Tol::for_backend`]).
 //! Test bodies panic (via `assert!`) on failure, like any test.
+//!
+//! [`gpu`] holds the workspace's one rule for tests that find no GPU.
 
 pub mod check;
 pub mod dense;
 pub mod errors;
+pub mod gpu;
+pub mod moe;
 pub mod paged;
+mod primitive_only;
 pub mod reference;
 pub mod rng;
+
+pub use primitive_only::PrimitiveOnly;
 
 /// Expands to one `#[test]` per test body, each running it on `$backend` (an expression
 /// evaluated afresh in every test, e.g. `CpuBackend::new()`).
 ///
-/// `backend_test_suite!(skip_unless: ready, backend: make)` is for devices that may be
-/// absent: `ready` (a `Result<(), String>`, evaluated in every test) is checked first, and
-/// on `Err(reason)` the test prints `skipped: <reason>` and passes without touching
-/// `make`.
+/// `backend_test_suite!(with: run)` is for devices that may be absent: each test calls
+/// `run(|backend| body(backend))`, and `run` decides whether the body runs, e.g.
+/// [`testing::gpu::with_gpu`](crate::testing::gpu) (which opens cuda:0, or applies the
+/// skip rule).
 #[macro_export]
 macro_rules! backend_test_suite {
-    ($backend:expr) => {
-        $crate::backend_test_suite!(@list ::std::result::Result::<(), String>::Ok(()), $backend);
+    (with: $run:expr $(,)?) => {
+        $crate::backend_test_suite!(@list [with $run]);
     };
-    (skip_unless: $ready:expr, backend: $backend:expr $(,)?) => {
-        $crate::backend_test_suite!(@list $ready, $backend);
+    ($backend:expr $(,)?) => {
+        $crate::backend_test_suite!(@list [on $backend]);
     };
-    (@list $ready:expr, $backend:expr) => {
-        $crate::backend_test_suite!(@tests $ready, $backend;
+    (@list $how:tt) => {
+        $crate::backend_test_suite!(@tests $how;
             dense::matmul_f32_weights,
             dense::matmul_bf16_weights,
             dense::matmul_f16_weights,
@@ -57,6 +66,15 @@ macro_rules! backend_test_suite {
             paged::decode_attention_bf16_cache,
             paged::decode_matches_prefill_last_token,
             paged::decode_zero_context_gives_zeros,
+            moe::route_matches_reference,
+            moe::route_picks_largest_and_breaks_ties_by_lower_id,
+            moe::route_rejects_bad_inputs,
+            moe::experts_f32_weights,
+            moe::experts_bf16_weights,
+            moe::experts_f16_weights,
+            moe::experts_skip_unpicked_experts,
+            moe::experts_zero_tokens,
+            moe::experts_reject_bad_inputs,
             errors::matmul_rejects_bad_inputs,
             errors::embedding_rejects_out_of_range_ids,
             errors::rope_rejects_bad_inputs,
@@ -66,15 +84,18 @@ macro_rules! backend_test_suite {
             errors::decode_attention_rejects_bad_metadata,
         );
     };
-    (@tests $ready:expr, $backend:expr; $($module:ident :: $name:ident),* $(,)?) => {
+    (@tests [with $run:expr]; $($module:ident :: $name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                let ready: ::std::result::Result<(), String> = $ready;
-                if let ::std::result::Result::Err(reason) = ready {
-                    println!("skipped: {reason}");
-                    return;
-                }
+                ($run)(|backend| $crate::testing::$module::$name(backend));
+            }
+        )*
+    };
+    (@tests [on $backend:expr]; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
                 let backend = $backend;
                 $crate::testing::$module::$name(&backend);
             }

@@ -133,3 +133,96 @@ pub fn attention(
     }
     out
 }
+
+/// Mixtral routing of `logits: [T, E]`: per row, softmax, experts by descending
+/// probability (ties: the lower id first), the first `k` renormalised to sum to 1.
+/// Returns the ids, their weights, and the smallest nonzero gap between a row's k-th and
+/// (k+1)-th probability: a test insists on a clear gap, since a backend's f32 arithmetic
+/// may order a near tie either way (an exact tie has a defined order and needs no gap).
+pub fn moe_route(logits: &[f32], experts: usize, k: usize) -> (Vec<u32>, Vec<f64>, f64) {
+    let (mut ids, mut weights, mut min_gap) = (Vec::new(), Vec::new(), f64::INFINITY);
+    for row in logits.chunks_exact(experts) {
+        let max = row
+            .iter()
+            .map(|&l| l as f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let exps: Vec<f64> = row.iter().map(|&l| (l as f64 - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        let mut order: Vec<usize> = (0..experts).collect();
+        // Stable sort: equal probabilities keep ascending ids.
+        order.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]));
+        let chosen: f64 = order[..k].iter().map(|&e| exps[e] / sum).sum();
+        ids.extend(order[..k].iter().map(|&e| e as u32));
+        weights.extend(order[..k].iter().map(|&e| exps[e] / sum / chosen));
+        if k < experts {
+            let gap = (exps[order[k - 1]] - exps[order[k]]) / sum;
+            if gap > 0.0 {
+                min_gap = min_gap.min(gap);
+            }
+        }
+    }
+    (ids, weights, min_gap)
+}
+
+/// The weights of a MoE layer's experts, as the backend holds them.
+pub struct ExpertWeights<'a> {
+    /// `[E, 2I, H]`: each expert's gate rows, then its up rows.
+    pub w13: &'a [f32],
+    /// `[E, H, I]`: each expert's down projection.
+    pub w2: &'a [f32],
+    pub hidden: usize,
+    pub intermediate: usize,
+}
+
+/// Dense per-token `moe_experts`: `out[t] = Σ_j weights[t, j] · w2[e]·silu_mul(w13[e]·x[t])`
+/// with `e = ids[t, j]`, in f64. Also returns, per output, a bound on the rounding error
+/// of an f32 (or narrower) computation in units of its relative step: each matmul output
+/// may be off by `ε·Σ|terms|`, which silu·mul carries on (`|silu'| ≤ 1.1`) into the down
+/// projection; `scale[t, h]` is that propagated `Σ|terms|`.
+pub fn moe_experts(
+    x: &[f32],
+    w: &ExpertWeights,
+    ids: &[u32],
+    weights: &[f32],
+    k: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (h, i_size) = (w.hidden, w.intermediate);
+    let tokens = x.len() / h;
+    let mut out = vec![0f64; tokens * h];
+    let mut scale = vec![0f64; tokens * h];
+    let dot = |a: &[f32], b: &[f32]| -> (f64, f64) {
+        a.iter().zip(b).fold((0.0, 0.0), |(s, m), (&p, &q)| {
+            let term = p as f64 * q as f64;
+            (s + term, m + term.abs())
+        })
+    };
+    for t in 0..tokens {
+        let xt = &x[t * h..(t + 1) * h];
+        for j in 0..k {
+            let e = ids[t * k + j] as usize;
+            let gw = weights[t * k + j] as f64;
+            let w13e = &w.w13[e * 2 * i_size * h..(e + 1) * 2 * i_size * h];
+            let w2e = &w.w2[e * h * i_size..(e + 1) * h * i_size];
+            let mut act = vec![0f64; i_size];
+            let mut act_mag = vec![0f64; i_size];
+            for i in 0..i_size {
+                let (g, g_mag) = dot(xt, &w13e[i * h..(i + 1) * h]);
+                let (u, u_mag) = dot(xt, &w13e[(i_size + i) * h..(i_size + i + 1) * h]);
+                let silu = g / (1.0 + (-g).exp());
+                act[i] = silu * u;
+                act_mag[i] = act[i].abs() + 1.1 * u.abs() * g_mag + silu.abs() * u_mag;
+            }
+            for hh in 0..h {
+                let row = &w2e[hh * i_size..(hh + 1) * i_size];
+                let (mut y, mut y_mag) = (0.0, 0.0);
+                for i in 0..i_size {
+                    y += row[i] as f64 * act[i];
+                    y_mag += (row[i] as f64).abs() * act_mag[i];
+                }
+                out[t * h + hh] += gw * y;
+                scale[t * h + hh] += gw.abs() * y_mag;
+            }
+        }
+    }
+    (out, scale)
+}

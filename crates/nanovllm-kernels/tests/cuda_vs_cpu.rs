@@ -1,4 +1,6 @@
-//! CUDA attention and MoE kernels against the CPU backend's ops on random inputs.
+//! The CUDA backend against the CPU backend's ops on the same random inputs: paged
+//! attention (prefill and decode, many shapes and sequence mixes), MoE routing and
+//! experts on shapes larger than the shared suite's, and a chain of dense ops.
 //!
 //! Inputs are rounded to bf16 first, and the CPU gets exactly those values (f32
 //! activations, the same bf16 cache / weights), so a tolerance covers only the CUDA
@@ -6,30 +8,18 @@
 //! in the prefill P·V product, bf16 MoE intermediates, f32 accumulation in another order,
 //! and `--use_fast_math` exponentials. Each test states its bound.
 //!
-//! Without a GPU every test prints `skipped: no CUDA device (<reason>)` and passes.
+//! Without a GPU every test prints `skipped: <test>: <reason>` and passes, unless
+//! `NANOVLLM_REQUIRE_GPU=1` (`nanovllm_kernels::testing::gpu`).
 #![cfg(feature = "cuda")]
 
 use half::bf16;
-use nanovllm_kernels::cuda::{is_available, CudaBackend};
-use nanovllm_kernels::testing::check::{assert_close, assert_close_scaled, widen, Tol};
+use nanovllm_kernels::testing::check::{
+    assert_close, assert_close_scaled, host_f32, upload_float, upload_u32, widen, Tol,
+};
+use nanovllm_kernels::testing::gpu::with_gpu;
+use nanovllm_kernels::testing::reference;
 use nanovllm_kernels::testing::rng::Rng;
 use nanovllm_kernels::{AttentionMetadata, Backend, CpuBackend, DType, LayerKvCache, Tensor};
-
-/// Runs `body` on cuda:0, or prints why it is skipped. Under `NANOVLLM_REQUIRE_GPU=1`
-/// (set by `cargo xtask gpu-check`'s run.sh) a missing GPU is a failure, not a skip.
-fn with_gpu(body: impl FnOnce(&CudaBackend)) {
-    let require = std::env::var("NANOVLLM_REQUIRE_GPU").as_deref() == Ok("1");
-    if !is_available() {
-        assert!(!require, "no CUDA device, but NANOVLLM_REQUIRE_GPU=1");
-        println!("skipped: no CUDA device (libcuda or a CUDA GPU is missing)");
-        return;
-    }
-    match CudaBackend::new(0) {
-        Ok(be) => body(&be),
-        Err(e) if require => panic!("cuda:0: {e}, but NANOVLLM_REQUIRE_GPU=1"),
-        Err(e) => println!("skipped: no CUDA device ({e})"),
-    }
-}
 
 fn bf16_round(xs: &[f32]) -> Vec<f32> {
     xs.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
@@ -613,4 +603,78 @@ fn moe_term_scale(
         }
     }
     scale
+}
+
+// ---------------------------------------------------------------------------------------
+// Dense ops
+// ---------------------------------------------------------------------------------------
+
+/// One MLP-ish step on both backends: add_rms_norm → matmul (gate_up) → silu_mul →
+/// matmul (down) → rope on a projection → index_rows. bf16 activations round after every
+/// op, so the tolerance is the bf16 step (2⁻⁸) times a small op count, relative to each
+/// output's magnitude: 3e-2 relative plus 2e-3 absolute (outputs are ~0.03..3).
+#[test]
+fn dense_chain_matches_cpu() {
+    with_gpu(|be| {
+        let cpu = CpuBackend::new();
+        let (tokens, hidden, inter, heads, head_dim) = (37, 256, 512, 2, 128);
+        let mut rng = Rng::new(101);
+        let x = rng.vec(tokens * hidden, 1.0);
+        let residual = rng.vec(tokens * hidden, 1.0);
+        let norm_w = rng.vec(hidden, 1.0);
+        let w_gate_up = rng.vec(2 * inter * hidden, 0.05);
+        let w_down = rng.vec(hidden * inter, 0.05);
+        let positions: Vec<u32> = (0..tokens as u32).collect();
+        let table = reference::rope_table(64, head_dim, 10_000.0);
+        let rows: Vec<u32> = vec![36, 0, 5];
+
+        let run = |b: &dyn Backend| -> Vec<Vec<f32>> {
+            let act = b.activation_dtype();
+            let xt = upload_float(b, &x, &[tokens, hidden], act);
+            let mut res = upload_float(b, &residual, &[tokens, hidden], act);
+            let nw = upload_float(b, &norm_w, &[hidden], DType::BF16);
+            let gu = upload_float(b, &w_gate_up, &[2 * inter, hidden], DType::BF16);
+            let dn = upload_float(b, &w_down, &[hidden, inter], DType::BF16);
+            let h = b
+                .add_rms_norm(&xt, &mut res, &nw, 1e-6)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let g = b.matmul(&h, &gu).unwrap_or_else(|e| panic!("{e}"));
+            let a = b.silu_mul(&g).unwrap_or_else(|e| panic!("{e}"));
+            let mut d = b.matmul(&a, &dn).unwrap_or_else(|e| panic!("{e}"));
+            b.rope(
+                &mut d,
+                &upload_u32(b, &positions, &[tokens]),
+                &upload_float(b, &table, &[64, head_dim], DType::F32),
+                head_dim,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let picked = b
+                .index_rows(&d, &upload_u32(b, &rows, &[rows.len()]))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(heads * head_dim, hidden);
+            vec![
+                host_f32(b, &res),
+                host_f32(b, &h),
+                host_f32(b, &d),
+                host_f32(b, &picked),
+            ]
+        };
+        let want = run(&cpu);
+        let got = run(be);
+        for (name, (g, w)) in ["residual", "normed", "down+rope", "picked"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
+            let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            assert_close(
+                name,
+                g,
+                &w64,
+                Tol {
+                    abs: 2e-3,
+                    rel: 3e-2,
+                },
+            );
+        }
+    });
 }
