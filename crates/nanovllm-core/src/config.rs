@@ -132,7 +132,7 @@ impl EngineConfig {
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
         toml::from_str(text).map_err(|e| EngineError::ConfigFile {
             path: path.to_path_buf(),
-            msg: e.to_string(),
+            msg: one_line_toml_error(text, &e),
         })
     }
 
@@ -238,6 +238,21 @@ impl EngineConfig {
     }
 }
 
+/// A TOML error as one line: `line L, column C: message`. (The error's own `Display` spans
+/// five lines with a source excerpt and a caret, which breaks a one-line CLI error.)
+fn one_line_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +330,16 @@ mod tests {
         );
         let err = EngineConfig::from_toml_str("device = \"tpu\"", Path::new("e.toml")).unwrap_err();
         assert!(matches!(err, EngineError::ConfigFile { .. }));
+        // One line, with where the problem is.
+        let text = "max_num_seqs = 4\n\nmodle = \"x\"\n";
+        let msg = EngineConfig::from_toml_str(text, Path::new("e.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        assert!(
+            msg.starts_with("cannot load e.toml: line 3, column 1: unknown field `modle`"),
+            "{msg}"
+        );
     }
 
     #[test]
