@@ -18,8 +18,8 @@ use nanovllm_models::{
     load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
 };
 use nanovllm_scheduler::{
-    BatchKind, FinishReason, FinishedSeq, SamplingParams, Scheduler, SchedulerConfig,
-    SchedulerError, SeqId,
+    BatchKind, FinishReason, FinishedSeq, SamplingOverrides, SamplingParams, Scheduler,
+    SchedulerConfig, SchedulerError, SeqId,
 };
 
 use crate::config::EngineConfig;
@@ -581,28 +581,22 @@ impl LLMEngine {
     }
 }
 
-/// Sampling defaults from a generation config.
+/// Sampling defaults from a generation config, over [`SamplingParams::default`].
 pub fn sampling_params_from(gen: &GenerationConfig) -> SamplingParams {
-    let mut p = SamplingParams::default();
-    if let Some(t) = gen.temperature {
-        p.temperature = t;
+    SamplingOverrides {
+        // `do_sample = false` is Hugging Face's greedy decoding, whatever the temperature says.
+        temperature: if gen.do_sample == Some(false) {
+            Some(0.0)
+        } else {
+            gen.temperature
+        },
+        top_k: gen.top_k,
+        top_p: gen.top_p,
+        min_p: gen.min_p,
+        max_tokens: gen.max_new_tokens,
+        ..SamplingOverrides::default()
     }
-    if let Some(k) = gen.top_k {
-        p.top_k = k;
-    }
-    if let Some(top_p) = gen.top_p {
-        p.top_p = top_p;
-    }
-    if let Some(min_p) = gen.min_p {
-        p.min_p = min_p;
-    }
-    if let Some(n) = gen.max_new_tokens {
-        p.max_tokens = n;
-    }
-    if gen.do_sample == Some(false) {
-        p.temperature = 0.0;
-    }
-    p
+    .over(&SamplingParams::default())
 }
 
 /// How many KV blocks fit for `model` on `device` (see `kv_sizing`), and the bytes each
