@@ -336,9 +336,6 @@ impl LLMEngine {
                     .map_err(|e| RequestError::Tokenize(e.to_string()))?
             }
         };
-        if ids.is_empty() {
-            return Err(RequestError::EmptyPrompt);
-        }
         let vocab_size = self.model_config.vocab_size;
         if let Some((position, &token_id)) = ids
             .iter()
@@ -351,24 +348,9 @@ impl LLMEngine {
                 vocab_size,
             });
         }
-        if ids.len() > self.config.max_model_len {
-            return Err(RequestError::PromptTooLong {
-                prompt_len: ids.len(),
-                max_model_len: self.config.max_model_len,
-            });
-        }
-        params.validate().map_err(RequestError::Rejected)?;
-        let block_size = self.config.kvcache_block_size;
-        let num_blocks = self.runner.kv_cache().num_blocks;
-        let needed_blocks = ids.len().div_ceil(block_size);
-        if needed_blocks > num_blocks {
-            return Err(RequestError::Rejected(SchedulerError::PromptExceedsCache {
-                prompt_len: ids.len(),
-                needed_blocks,
-                block_size,
-                num_blocks,
-            }));
-        }
+        // Emptiness, length against max_model_len and the KV cache, and the params: the
+        // scheduler's rules, checked here so that a refused request is never queued.
+        self.scheduler.check_prompt(ids.len(), params)?;
         Ok(ids)
     }
 

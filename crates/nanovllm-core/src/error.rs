@@ -82,7 +82,9 @@ pub enum EngineError {
 /// Why a single request was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
-    #[error("empty prompt: a request needs at least one token")]
+    // The scheduler owns the prompt rules and their wording (`Scheduler::check_prompt`);
+    // these two variants keep their own names so callers can match them without it.
+    #[error("{}", SchedulerError::EmptyPrompt)]
     EmptyPrompt,
     #[error("token id {token_id} at prompt position {position} is out of range: the model's vocab_size is {vocab_size}")]
     TokenOutOfVocab {
@@ -90,7 +92,7 @@ pub enum RequestError {
         position: usize,
         vocab_size: usize,
     },
-    #[error("prompt of {prompt_len} tokens is longer than max_model_len = {max_model_len}: shorten it or raise max_model_len")]
+    #[error("{}", SchedulerError::PromptTooLong { prompt_len: *prompt_len, max_model_len: *max_model_len })]
     PromptTooLong {
         prompt_len: usize,
         max_model_len: usize,
@@ -107,9 +109,61 @@ pub enum RequestError {
     Rejected(SchedulerError),
 }
 
+impl From<SchedulerError> for RequestError {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::EmptyPrompt => RequestError::EmptyPrompt,
+            SchedulerError::PromptTooLong {
+                prompt_len,
+                max_model_len,
+            } => RequestError::PromptTooLong {
+                prompt_len,
+                max_model_len,
+            },
+            other => RequestError::Rejected(other),
+        }
+    }
+}
+
 impl EngineError {
     /// Wraps a request rejection, naming the prompt's index when there is one.
     pub fn invalid_request(index: Option<usize>, reason: RequestError) -> Self {
         EngineError::InvalidRequest { index, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_refusals_keep_their_request_error_variant_and_wording() {
+        let too_long = SchedulerError::PromptTooLong {
+            prompt_len: 9,
+            max_model_len: 8,
+        };
+        for (error, expected) in [
+            (SchedulerError::EmptyPrompt, RequestError::EmptyPrompt),
+            (
+                too_long.clone(),
+                RequestError::PromptTooLong {
+                    prompt_len: 9,
+                    max_model_len: 8,
+                },
+            ),
+            (
+                SchedulerError::InvalidConfig("x".into()),
+                RequestError::Rejected(SchedulerError::InvalidConfig("x".into())),
+            ),
+        ] {
+            let message = error.to_string();
+            let converted = RequestError::from(error);
+            assert_eq!(converted, expected);
+            assert_eq!(converted.to_string(), message);
+        }
+        assert_eq!(
+            RequestError::from(too_long).to_string(),
+            "prompt of 9 tokens is longer than max_model_len = 8: shorten it or raise max_model_len"
+        );
     }
 }
