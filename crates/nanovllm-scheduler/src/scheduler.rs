@@ -353,11 +353,6 @@ impl Scheduler {
         self.waiting.iter().copied()
     }
 
-    /// Running sequences in decode order (oldest admission first).
-    pub fn running_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.running.iter().copied()
-    }
-
     pub fn has_unfinished(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
