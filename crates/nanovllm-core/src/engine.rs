@@ -626,9 +626,9 @@ pub(crate) fn runner_for(
 
 /// config.json at `path` (the file itself, so a bare `configs/*.json` works for dummy weights).
 pub(crate) fn read_model_config(path: &Path) -> Result<ModelConfig> {
-    let json = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let json = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(ModelConfig::from_json_str(&json, path)?)
 }
