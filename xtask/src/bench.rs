@@ -8,16 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use nanovllm_core::bench::{self, BenchOptions, WorkloadOverrides, WorkloadSpec};
+use nanovllm_core::bench::{self, BenchFlags};
 use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Profile {
-    /// bench.py exactly: 256 sequences, prompts and outputs of 100–1024 tokens.
-    Seed,
-    /// Scaled for a 2-core CPU: 32 sequences, prompts and outputs of 32–256 tokens.
-    Cpu,
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DeviceArg {
@@ -33,6 +25,9 @@ pub enum KvDTypeArg {
     Bf16,
 }
 
+/// The engine flags `cargo xtask bench` has (a subset of `nanovllm bench`'s, with the same
+/// defaults), `--model-config` defaulting to the repository's dummy Qwen3-0.6B (the one
+/// difference from `nanovllm bench`), and the benchmark flags both share.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// A Hugging Face model directory (real weights).
@@ -43,18 +38,6 @@ pub struct BenchArgs {
     pub model_config: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub profile: Profile,
-    #[arg(long)]
-    pub num_seqs: Option<usize>,
-    #[arg(long)]
-    pub min_input: Option<usize>,
-    #[arg(long)]
-    pub max_input: Option<usize>,
-    #[arg(long)]
-    pub min_output: Option<usize>,
-    #[arg(long)]
-    pub max_output: Option<usize>,
     /// CPU KV-cache budget in GiB.
     #[arg(long)]
     pub kv_cache_memory_gib: Option<f64>,
@@ -70,33 +53,11 @@ pub struct BenchArgs {
     pub enforce_eager: bool,
     #[arg(long, default_value_t = 4096)]
     pub max_model_len: usize,
-    /// Sampling temperature of the measured requests (bench.py uses 0.6; 0 = greedy).
-    #[arg(long, default_value_t = bench::BENCH_PY_TEMPERATURE)]
-    pub temperature: f32,
-    /// Worker threads of the CPU backend's pool (default: rayon's, i.e. all cores or
-    /// `RAYON_NUM_THREADS`). Set it to match the thread count of a comparison run.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Write the figures as JSON too.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub bench: BenchFlags,
 }
 
 impl BenchArgs {
-    fn workload_spec(&self) -> WorkloadSpec {
-        let profile = match self.profile {
-            Profile::Seed => WorkloadSpec::SEED,
-            Profile::Cpu => WorkloadSpec::CPU,
-        };
-        profile.with_overrides(WorkloadOverrides {
-            num_seqs: self.num_seqs,
-            min_input: self.min_input,
-            max_input: self.max_input,
-            min_output: self.min_output,
-            max_output: self.max_output,
-        })
-    }
-
     fn engine_config(&self) -> EngineConfig {
         let mut config = match &self.model {
             Some(dir) => EngineConfig::new(dir),
@@ -129,15 +90,9 @@ impl BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let options = BenchOptions {
-        engine: args.engine_config(),
-        workload: args.workload_spec(),
-        temperature: args.temperature,
-        threads: args.threads,
-    };
-    let report = bench::run(options)?;
+    let report = bench::run(args.bench.options(args.engine_config()))?;
     print!("{report}");
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.bench.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }

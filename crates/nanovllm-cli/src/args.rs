@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use nanovllm_core::bench::BenchFlags;
 use nanovllm_core::tp::TpMode;
 use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
 
@@ -341,16 +342,10 @@ pub struct ChatArgs {
     pub chat_template_kwargs: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum BenchProfile {
-    /// bench.py exactly: 256 sequences, prompts and outputs of 100–1024 tokens.
-    Seed,
-    /// Scaled for a 2-core CPU: 32 sequences, prompts and outputs of 32–256 tokens.
-    Cpu,
-}
-
-/// `cargo xtask bench`'s flags, over the shared engine flags; one of `--model` and
-/// `--model-config` is required (an installed binary has no repository beside it).
+/// `nanovllm bench`: the shared engine flags, `--model-config`, and the benchmark's own
+/// flags (shared with `cargo xtask bench`). One of `--model` and `--model-config` is
+/// required: unlike `cargo xtask bench`, an installed binary has no repository beside it
+/// to take a default config.json from.
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
 pub struct BenchArgs {
@@ -360,32 +355,6 @@ pub struct BenchArgs {
     /// dummy), e.g. configs/qwen3-0.6b.json of the repository.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["model", "load_format"])]
     pub model_config: Option<PathBuf>,
-    /// The workload's shape; --num-seqs and the length bounds override it.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub profile: BenchProfile,
-    /// Sequences in the workload.
-    #[arg(long)]
-    pub num_seqs: Option<usize>,
-    /// Shortest prompt, in tokens.
-    #[arg(long)]
-    pub min_input: Option<usize>,
-    /// Longest prompt, in tokens.
-    #[arg(long)]
-    pub max_input: Option<usize>,
-    /// Fewest tokens generated for a sequence.
-    #[arg(long)]
-    pub min_output: Option<usize>,
-    /// Most tokens generated for a sequence.
-    #[arg(long)]
-    pub max_output: Option<usize>,
-    /// Sampling temperature of the measured requests (bench.py uses 0.6; 0 = greedy).
-    #[arg(long, default_value_t = nanovllm_core::bench::BENCH_PY_TEMPERATURE)]
-    pub temperature: f32,
-    /// Worker threads of the CPU backend's pool (default: rayon's, i.e. all cores or
-    /// `RAYON_NUM_THREADS`). Set it to match the thread count of a comparison run.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Write the figures as JSON too.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub bench: BenchFlags,
 }

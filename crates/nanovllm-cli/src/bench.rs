@@ -1,24 +1,19 @@
-//! `nanovllm bench`: throughput on nano-vLLM's bench.py workload. Parses the flags
-//! into [`nanovllm_core::bench::BenchOptions`], runs [`nanovllm_core::bench::run`],
-//! prints the report (the `Total:` line is bench.py's) and writes `--json`.
+//! `nanovllm bench`: throughput on nano-vLLM's bench.py workload. Builds the engine
+//! config from the flags, runs [`nanovllm_core::bench::run`] with the shared
+//! [`nanovllm_core::bench::BenchFlags`], prints the report (the `Total:` line is
+//! bench.py's) and writes `--json`.
 
 use anyhow::Context;
-use nanovllm_core::bench::{self, BenchOptions, WorkloadOverrides, WorkloadSpec};
+use nanovllm_core::bench;
 use nanovllm_core::{EngineConfig, LoadFormat};
 
-use crate::args::{BenchArgs, BenchProfile};
+use crate::args::BenchArgs;
 
 /// Runs the benchmark; `Ok(true)` on success (an error is fatal, exit code 2).
 pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
-    let options = BenchOptions {
-        engine: engine_config(&args)?,
-        workload: workload_spec(&args),
-        temperature: args.temperature,
-        threads: args.threads,
-    };
-    let report = bench::run(options)?;
+    let report = bench::run(args.bench.options(engine_config(&args)?))?;
     print!("{report}");
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.bench.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("cannot write --json {}", path.display()))?;
     }
@@ -37,18 +32,4 @@ fn engine_config(args: &BenchArgs) -> anyhow::Result<EngineConfig> {
     }
     config.validate()?;
     Ok(config)
-}
-
-fn workload_spec(args: &BenchArgs) -> WorkloadSpec {
-    let profile = match args.profile {
-        BenchProfile::Seed => WorkloadSpec::SEED,
-        BenchProfile::Cpu => WorkloadSpec::CPU,
-    };
-    profile.with_overrides(WorkloadOverrides {
-        num_seqs: args.num_seqs,
-        min_input: args.min_input,
-        max_input: args.max_input,
-        min_output: args.min_output,
-        max_output: args.max_output,
-    })
 }

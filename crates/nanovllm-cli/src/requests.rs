@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use nanovllm_core::{Prompt, SamplingParams};
+use nanovllm_core::{Prompt, SamplingOverrides, SamplingParams};
 use serde::Deserialize;
 
 use crate::args::SamplingArgs;
@@ -34,29 +34,18 @@ struct Line {
 
 /// Applies the sampling flags over `base` (the model's generation defaults).
 pub fn params_from_flags(base: &SamplingParams, flags: &SamplingArgs) -> SamplingParams {
-    let mut p = base.clone();
-    if let Some(v) = flags.max_tokens {
-        p.max_tokens = v;
+    SamplingOverrides {
+        max_tokens: flags.max_tokens,
+        temperature: flags.temperature,
+        top_p: flags.top_p,
+        top_k: flags.top_k,
+        min_p: flags.min_p,
+        seed: flags.seed,
+        // A switch: it can turn ignore_eos on, never off.
+        ignore_eos: flags.ignore_eos.then_some(true),
+        stop_token_ids: None,
     }
-    if let Some(v) = flags.temperature {
-        p.temperature = v;
-    }
-    if let Some(v) = flags.top_p {
-        p.top_p = v;
-    }
-    if let Some(v) = flags.top_k {
-        p.top_k = v;
-    }
-    if let Some(v) = flags.min_p {
-        p.min_p = v;
-    }
-    if flags.seed.is_some() {
-        p.seed = flags.seed;
-    }
-    if flags.ignore_eos {
-        p.ignore_eos = true;
-    }
-    p
+    .over(base)
 }
 
 fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> {
@@ -69,28 +58,17 @@ fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> 
         }
         (None, None) => return Err("missing \"prompt\" or \"prompt_token_ids\"".into()),
     };
-    let mut params = defaults.clone();
-    if let Some(v) = line.max_tokens {
-        params.max_tokens = v;
+    let params = SamplingOverrides {
+        max_tokens: line.max_tokens,
+        temperature: line.temperature,
+        top_p: line.top_p,
+        top_k: line.top_k,
+        min_p: line.min_p,
+        seed: line.seed,
+        ignore_eos: line.ignore_eos,
+        stop_token_ids: None,
     }
-    if let Some(v) = line.temperature {
-        params.temperature = v;
-    }
-    if let Some(v) = line.top_p {
-        params.top_p = v;
-    }
-    if let Some(v) = line.top_k {
-        params.top_k = v;
-    }
-    if let Some(v) = line.min_p {
-        params.min_p = v;
-    }
-    if line.seed.is_some() {
-        params.seed = line.seed;
-    }
-    if let Some(v) = line.ignore_eos {
-        params.ignore_eos = v;
-    }
+    .over(defaults);
     Ok(Request { prompt, params })
 }
 

@@ -84,6 +84,38 @@ fn nonexistent_model_path() {
     assert_one_line_error(&out, "/no/such/model");
 }
 
+/// A missing file is reported with the OS's reason once, not once per level of the error
+/// chain (the message of an error that also returned its cause from `source()` did that).
+#[test]
+fn a_missing_file_is_explained_once() {
+    let model = fixture("qwen3-tiny");
+    let model = model.to_str().unwrap();
+    let cases: [&[&str]; 4] = [
+        &["generate", "--model", "/no/such/model", "--prompt", "x"],
+        &["bench", "--model-config", "/no/such/config.json"],
+        &[
+            "generate",
+            "--config",
+            "/no/such/engine.toml",
+            "--prompt",
+            "x",
+        ],
+        &[
+            "generate",
+            "--model",
+            model,
+            "--input",
+            "/no/such/input.jsonl",
+        ],
+    ];
+    for args in cases {
+        let out = nanovllm(args);
+        assert_one_line_error(&out, "/no/such/");
+        let err = stderr(&out);
+        assert_eq!(err.matches("(os error ").count(), 1, "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn unknown_architecture() {
     let dir = copy_fixture("qwen3-tiny", "arch");

@@ -18,8 +18,8 @@ use nanovllm_models::{
     load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
 };
 use nanovllm_scheduler::{
-    BatchKind, FinishReason, FinishedSeq, SamplingParams, ScheduledBatch, Scheduler,
-    SchedulerConfig, SchedulerError, SeqId,
+    BatchKind, FinishReason, FinishedSeq, SamplingOverrides, SamplingParams, ScheduledBatch,
+    Scheduler, SchedulerConfig, SchedulerError, SeqId,
 };
 
 use crate::config::EngineConfig;
@@ -341,9 +341,6 @@ impl LLMEngine {
                     .map_err(|e| RequestError::Tokenize(e.to_string()))?
             }
         };
-        if ids.is_empty() {
-            return Err(RequestError::EmptyPrompt);
-        }
         let vocab_size = self.model_config.vocab_size;
         if let Some((position, &token_id)) = ids
             .iter()
@@ -356,24 +353,9 @@ impl LLMEngine {
                 vocab_size,
             });
         }
-        if ids.len() > self.config.max_model_len {
-            return Err(RequestError::PromptTooLong {
-                prompt_len: ids.len(),
-                max_model_len: self.config.max_model_len,
-            });
-        }
-        params.validate().map_err(RequestError::Rejected)?;
-        let block_size = self.config.kvcache_block_size;
-        let num_blocks = self.runner.kv_cache().num_blocks;
-        let needed_blocks = ids.len().div_ceil(block_size);
-        if needed_blocks > num_blocks {
-            return Err(RequestError::Rejected(SchedulerError::PromptExceedsCache {
-                prompt_len: ids.len(),
-                needed_blocks,
-                block_size,
-                num_blocks,
-            }));
-        }
+        // Emptiness, length against max_model_len and the KV cache, and the params: the
+        // scheduler's rules, checked here so that a refused request is never queued.
+        self.scheduler.check_prompt(ids.len(), params)?;
         Ok(ids)
     }
 
@@ -607,28 +589,22 @@ impl LLMEngine {
     }
 }
 
-/// Sampling defaults from a generation config.
+/// Sampling defaults from a generation config, over [`SamplingParams::default`].
 pub fn sampling_params_from(gen: &GenerationConfig) -> SamplingParams {
-    let mut p = SamplingParams::default();
-    if let Some(t) = gen.temperature {
-        p.temperature = t;
+    SamplingOverrides {
+        // `do_sample = false` is Hugging Face's greedy decoding, whatever the temperature says.
+        temperature: if gen.do_sample == Some(false) {
+            Some(0.0)
+        } else {
+            gen.temperature
+        },
+        top_k: gen.top_k,
+        top_p: gen.top_p,
+        min_p: gen.min_p,
+        max_tokens: gen.max_new_tokens,
+        ..SamplingOverrides::default()
     }
-    if let Some(k) = gen.top_k {
-        p.top_k = k;
-    }
-    if let Some(top_p) = gen.top_p {
-        p.top_p = top_p;
-    }
-    if let Some(min_p) = gen.min_p {
-        p.min_p = min_p;
-    }
-    if let Some(n) = gen.max_new_tokens {
-        p.max_tokens = n;
-    }
-    if gen.do_sample == Some(false) {
-        p.temperature = 0.0;
-    }
-    p
+    .over(&SamplingParams::default())
 }
 
 /// A runner over `num_blocks` KV blocks in the dtype, block size and sampling seed
@@ -654,9 +630,9 @@ pub(crate) fn runner_for(
 
 /// config.json at `path` (the file itself, so a bare `configs/*.json` works for dummy weights).
 pub(crate) fn read_model_config(path: &Path) -> Result<ModelConfig> {
-    let json = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+    let json = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(ModelConfig::from_json_str(&json, path)?)
 }

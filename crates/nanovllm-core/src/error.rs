@@ -1,4 +1,10 @@
 //! The engine's error type. Every variant names what is wrong and what to do.
+//!
+//! One convention for causes, in every crate: a message includes its cause, and no
+//! variant also returns it from `source()` (no `#[source]`, `#[from]` only on
+//! `#[error(transparent)]`), so a printer that walks the chain (anyhow's `{:#}` in the
+//! CLI) and one that does not (`to_string()` in serve's bodies, `tracing` lines) both
+//! say each cause exactly once.
 
 use std::path::PathBuf;
 
@@ -96,7 +102,9 @@ pub enum EngineError {
 /// Why a single request was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
-    #[error("empty prompt: a request needs at least one token")]
+    // The scheduler owns the prompt rules and their wording (`Scheduler::check_prompt`);
+    // these two variants keep their own names so callers can match them without it.
+    #[error("{}", SchedulerError::EmptyPrompt)]
     EmptyPrompt,
     #[error("token id {token_id} at prompt position {position} is out of range: the model's vocab_size is {vocab_size}")]
     TokenOutOfVocab {
@@ -104,7 +112,7 @@ pub enum RequestError {
         position: usize,
         vocab_size: usize,
     },
-    #[error("prompt of {prompt_len} tokens is longer than max_model_len = {max_model_len}: shorten it or raise max_model_len")]
+    #[error("{}", SchedulerError::PromptTooLong { prompt_len: *prompt_len, max_model_len: *max_model_len })]
     PromptTooLong {
         prompt_len: usize,
         max_model_len: usize,
@@ -121,9 +129,135 @@ pub enum RequestError {
     Rejected(SchedulerError),
 }
 
+impl From<SchedulerError> for RequestError {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::EmptyPrompt => RequestError::EmptyPrompt,
+            SchedulerError::PromptTooLong {
+                prompt_len,
+                max_model_len,
+            } => RequestError::PromptTooLong {
+                prompt_len,
+                max_model_len,
+            },
+            other => RequestError::Rejected(other),
+        }
+    }
+}
+
 impl EngineError {
     /// Wraps a request rejection, naming the prompt's index when there is one.
     pub fn invalid_request(index: Option<usize>, reason: RequestError) -> Self {
         EngineError::InvalidRequest { index, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use nanovllm_kernels::DType;
+
+    use super::*;
+
+    /// What anyhow's `{:#}` prints: each error of the chain, joined by ": ".
+    fn render_chain(error: &dyn Error) -> String {
+        let mut parts = vec![error.to_string()];
+        let mut cause = error.source();
+        while let Some(e) = cause {
+            parts.push(e.to_string());
+            cause = e.source();
+        }
+        parts.join(": ")
+    }
+
+    fn missing_file() -> ModelError {
+        ModelError::Io {
+            path: "/nonexistent/config.json".into(),
+            error: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }
+    }
+
+    #[test]
+    fn every_error_that_wraps_a_cause_says_it_once() {
+        let not_found = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        let kernel = || KernelError::UnsupportedDType {
+            op: "matmul",
+            dtype: DType::U32,
+        };
+        let kernel_text = kernel().to_string();
+        let scheduler = SchedulerError::PromptExceedsCache {
+            prompt_len: 9,
+            needed_blocks: 2,
+            block_size: 8,
+            num_blocks: 1,
+        };
+        let scheduler_text = scheduler.to_string();
+        let cases: Vec<(Box<dyn Error>, &str)> = vec![
+            (Box::new(missing_file()), &not_found),
+            (Box::new(EngineError::Model(missing_file())), &not_found),
+            (Box::new(ModelError::Kernel(kernel())), &kernel_text),
+            (Box::new(EngineError::Kernel(kernel())), &kernel_text),
+            (
+                Box::new(EngineError::Model(ModelError::Kernel(kernel()))),
+                &kernel_text,
+            ),
+            (
+                Box::new(EngineError::Scheduler(scheduler.clone())),
+                &scheduler_text,
+            ),
+            (
+                Box::new(RequestError::Rejected(scheduler.clone())),
+                &scheduler_text,
+            ),
+            (
+                Box::new(EngineError::invalid_request(
+                    Some(3),
+                    RequestError::Rejected(scheduler),
+                )),
+                &scheduler_text,
+            ),
+        ];
+        for (error, cause) in cases {
+            let shown = error.to_string();
+            let walked = render_chain(error.as_ref());
+            assert_eq!(shown.matches(cause).count(), 1, "{cause:?} in {shown:?}");
+            assert_eq!(walked.matches(cause).count(), 1, "{cause:?} in {walked:?}");
+        }
+        assert_eq!(
+            render_chain(&EngineError::Model(missing_file())),
+            format!("cannot read /nonexistent/config.json: {not_found}")
+        );
+    }
+
+    #[test]
+    fn scheduler_refusals_keep_their_request_error_variant_and_wording() {
+        let too_long = SchedulerError::PromptTooLong {
+            prompt_len: 9,
+            max_model_len: 8,
+        };
+        for (error, expected) in [
+            (SchedulerError::EmptyPrompt, RequestError::EmptyPrompt),
+            (
+                too_long.clone(),
+                RequestError::PromptTooLong {
+                    prompt_len: 9,
+                    max_model_len: 8,
+                },
+            ),
+            (
+                SchedulerError::InvalidConfig("x".into()),
+                RequestError::Rejected(SchedulerError::InvalidConfig("x".into())),
+            ),
+        ] {
+            let message = error.to_string();
+            let converted = RequestError::from(error);
+            assert_eq!(converted, expected);
+            assert_eq!(converted.to_string(), message);
+        }
+        assert_eq!(
+            RequestError::from(too_long).to_string(),
+            "prompt of 9 tokens is longer than max_model_len = 8: shorten it or raise max_model_len"
+        );
     }
 }

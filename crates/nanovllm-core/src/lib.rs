@@ -55,4 +55,6 @@ pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 // Re-exported so that front ends need only this crate.
 pub use nanovllm_models::LoadFormat;
-pub use nanovllm_scheduler::{BatchKind, FinishReason, SamplingParams, SchedulerError};
+pub use nanovllm_scheduler::{
+    BatchKind, FinishReason, SamplingOverrides, SamplingParams, SchedulerError,
+};

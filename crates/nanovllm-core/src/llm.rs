@@ -84,18 +84,6 @@ pub struct Progress {
     pub stats: EngineStats,
 }
 
-impl Progress {
-    /// Tokens per second of the step that just ran.
-    pub fn step_tokens_per_s(&self) -> f64 {
-        let s = self.step_elapsed.as_secs_f64();
-        if s > 0.0 {
-            self.step_tokens as f64 / s
-        } else {
-            0.0
-        }
-    }
-}
-
 /// Offline batch inference.
 #[derive(Debug)]
 pub struct LLM {

@@ -58,9 +58,6 @@ impl Tensor {
     pub fn from_bf16(data: Vec<bf16>, shape: &[usize]) -> Result<Self> {
         Self::from_cpu(CpuStorage::BF16(data), shape)
     }
-    pub fn from_f16(data: Vec<f16>, shape: &[usize]) -> Result<Self> {
-        Self::from_cpu(CpuStorage::F16(data), shape)
-    }
     pub fn from_u32(data: Vec<u32>, shape: &[usize]) -> Result<Self> {
         Self::from_cpu(CpuStorage::U32(data), shape)
     }

@@ -108,9 +108,9 @@ impl ModelConfig {
     /// Reads `dir/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
         let file = dir.join("config.json");
-        let json = std::fs::read_to_string(&file).map_err(|source| ModelError::Io {
+        let json = std::fs::read_to_string(&file).map_err(|error| ModelError::Io {
             path: file.clone(),
-            source,
+            error,
         })?;
         Self::from_json_str(&json, &file)
     }
@@ -280,7 +280,7 @@ impl GenerationConfig {
         match std::fs::read_to_string(&file) {
             Ok(json) => Self::from_json_str(&json, &file),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ModelError::Io { path: file, source }),
+            Err(error) => Err(ModelError::Io { path: file, error }),
         }
     }
 }

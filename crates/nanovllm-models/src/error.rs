@@ -3,13 +3,17 @@ use std::path::PathBuf;
 use nanovllm_kernels::{DType, KernelError};
 
 /// Errors of config parsing, weight loading and model execution.
+///
+/// Like every error enum of the workspace, a variant's message says its cause itself and
+/// `source()` returns `None` (a field named `source` or marked `#[source]`/`#[from]` would
+/// make printers that walk the chain, such as anyhow's `{:#}`, say the cause twice);
+/// `#[error(transparent)]` wrappers pass both on unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid {file}: {msg}")]
     InvalidConfig { file: PathBuf, msg: String },

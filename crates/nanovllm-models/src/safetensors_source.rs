@@ -226,9 +226,9 @@ fn extend_from_le_bytes<T: bytemuck::Pod>(v: &mut Vec<T>, bytes: &[u8]) {
 }
 
 fn read_weight_map(index: &Path) -> Result<HashMap<String, String>, ModelError> {
-    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(index).map_err(|error| ModelError::Io {
         path: index.to_path_buf(),
-        source,
+        error,
     })?;
     let bad = |msg: String| ModelError::InvalidCheckpoint {
         path: index.to_path_buf(),
@@ -248,9 +248,9 @@ fn read_weight_map(index: &Path) -> Result<HashMap<String, String>, ModelError> 
 }
 
 fn list_safetensors(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let io = |source| ModelError::Io {
+    let io = |error| ModelError::Io {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -265,16 +265,16 @@ fn list_safetensors(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
 
 /// Maps one file and parses its header (rejecting truncated or inconsistent files).
 fn map_file(path: PathBuf) -> Result<(MappedFile, Vec<(String, TensorInfo)>), ModelError> {
-    let file = File::open(&path).map_err(|source| ModelError::Io {
+    let file = File::open(&path).map_err(|error| ModelError::Io {
         path: path.clone(),
-        source,
+        error,
     })?;
     // SAFETY: the mapping is read-only. As with every mmap-based checkpoint
     // loader, another process truncating the file while we read is undefined;
     // checkpoints are not modified while a model loads.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|error| ModelError::Io {
         path: path.clone(),
-        source,
+        error,
     })?;
     let (header_len, metadata) =
         SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::InvalidCheckpoint {

@@ -129,17 +129,6 @@ impl BlockManager {
         self.free.iter().collect()
     }
 
-    /// Whether `allocate(seq)` would succeed now.
-    pub fn can_allocate(&self, seq: &Sequence) -> bool {
-        let mut num_hits = 0;
-        let mut num_free_hits = 0;
-        self.for_each_prefix_hit(&seq.token_ids, |block| {
-            num_hits += 1;
-            num_free_hits += usize::from(self.ref_counts[block as usize] == 0);
-        });
-        self.num_free_blocks_needed(seq.len(), num_hits, num_free_hits) <= self.free.len()
-    }
-
     /// Gives a sequence without blocks the `ceil(len / block_size)` blocks of all its tokens,
     /// reusing the cached prefix. Sets `block_table`, and `num_cached_tokens` and
     /// `num_computed_tokens` to the tokens served from the cache (always `<= len - 1`).
@@ -183,11 +172,6 @@ impl BlockManager {
         }
         seq.block_table.clear();
         seq.num_computed_tokens = 0;
-    }
-
-    /// Whether the block table can cover `seq.len()` tokens (what a decode step writes).
-    pub fn can_append(&self, seq: &Sequence) -> bool {
-        self.num_blocks_for(seq.len()) <= seq.block_table.len() + self.free.len()
     }
 
     /// Grows the block table to cover `seq.len()` tokens (one new block per decode step that

@@ -1,4 +1,5 @@
-//! Per-request sampling parameters.
+//! Per-request sampling parameters, and the optional overrides every front end
+//! (generation_config.json, CLI flags, JSONL lines, HTTP requests) lays over them.
 
 use serde::{Deserialize, Serialize};
 
@@ -81,5 +82,182 @@ impl SamplingParams {
             return bad("max_tokens", "0".into(), "an integer >= 1");
         }
         Ok(())
+    }
+}
+
+/// Fields a source of sampling settings sets; `None` keeps the value underneath.
+///
+/// Each front end (generation_config.json, CLI flags, a JSONL line, an HTTP request)
+/// translates its own spelling into one of these, and [`Self::apply_to`] is the one
+/// place that copies the fields onto [`SamplingParams`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub max_tokens: Option<usize>,
+    pub ignore_eos: Option<bool>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub seed: Option<u64>,
+}
+
+impl SamplingOverrides {
+    /// Overwrites each field of `params` that is set here; unset fields keep `params`' value.
+    pub fn apply_to(&self, params: &mut SamplingParams) {
+        // Destructured so that a field added to the struct cannot be forgotten here.
+        let Self {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            max_tokens,
+            ignore_eos,
+            stop_token_ids,
+            seed,
+        } = self;
+        if let Some(v) = *temperature {
+            params.temperature = v;
+        }
+        if let Some(v) = *top_k {
+            params.top_k = v;
+        }
+        if let Some(v) = *top_p {
+            params.top_p = v;
+        }
+        if let Some(v) = *min_p {
+            params.min_p = v;
+        }
+        if let Some(v) = *max_tokens {
+            params.max_tokens = v;
+        }
+        if let Some(v) = *ignore_eos {
+            params.ignore_eos = v;
+        }
+        if let Some(v) = stop_token_ids {
+            params.stop_token_ids.clone_from(v);
+        }
+        if seed.is_some() {
+            params.seed = *seed;
+        }
+    }
+
+    /// `base` with these overrides applied.
+    pub fn over(&self, base: &SamplingParams) -> SamplingParams {
+        let mut params = base.clone();
+        self.apply_to(&mut params);
+        params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A base whose every field differs from the default and from `all_set()`.
+    fn base() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 20,
+            top_p: 0.8,
+            min_p: 0.05,
+            max_tokens: 100,
+            ignore_eos: true,
+            stop_token_ids: vec![9],
+            seed: Some(1),
+        }
+    }
+
+    fn all_set() -> SamplingOverrides {
+        SamplingOverrides {
+            temperature: Some(0.0),
+            top_k: Some(5),
+            top_p: Some(0.5),
+            min_p: Some(0.1),
+            max_tokens: Some(7),
+            ignore_eos: Some(false),
+            stop_token_ids: Some(vec![3, 4]),
+            seed: Some(42),
+        }
+    }
+
+    #[test]
+    fn unset_overrides_keep_the_base() {
+        assert_eq!(SamplingOverrides::default().over(&base()), base());
+    }
+
+    #[test]
+    fn set_overrides_win() {
+        assert_eq!(
+            all_set().over(&base()),
+            SamplingParams {
+                temperature: 0.0,
+                top_k: 5,
+                top_p: 0.5,
+                min_p: 0.1,
+                max_tokens: 7,
+                ignore_eos: false,
+                stop_token_ids: vec![3, 4],
+                seed: Some(42),
+            }
+        );
+    }
+
+    #[test]
+    fn each_field_overrides_only_itself() {
+        let set = all_set();
+        let singles = [
+            SamplingOverrides {
+                temperature: set.temperature,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                top_k: set.top_k,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                top_p: set.top_p,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                min_p: set.min_p,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                max_tokens: set.max_tokens,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                ignore_eos: set.ignore_eos,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                stop_token_ids: set.stop_token_ids.clone(),
+                ..Default::default()
+            },
+            SamplingOverrides {
+                seed: set.seed,
+                ..Default::default()
+            },
+        ];
+        // Applying the single-field overrides one after another equals applying all at once,
+        // and each changes exactly one field of the base.
+        let mut params = base();
+        for single in &singles {
+            let before = params.clone();
+            single.apply_to(&mut params);
+            let changed = [
+                before.temperature != params.temperature,
+                before.top_k != params.top_k,
+                before.top_p != params.top_p,
+                before.min_p != params.min_p,
+                before.max_tokens != params.max_tokens,
+                before.ignore_eos != params.ignore_eos,
+                before.stop_token_ids != params.stop_token_ids,
+                before.seed != params.seed,
+            ];
+            assert_eq!(changed.iter().filter(|&&c| c).count(), 1, "{single:?}");
+        }
+        assert_eq!(params, set.over(&base()));
     }
 }

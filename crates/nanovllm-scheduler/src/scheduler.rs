@@ -127,32 +127,43 @@ impl Scheduler {
         &self.config
     }
 
-    /// Validates and queues a request; returns its id.
-    pub fn add(
-        &mut self,
-        prompt: Vec<u32>,
-        params: SamplingParams,
-    ) -> Result<SeqId, SchedulerError> {
-        params.validate()?;
+    /// Whether a request of `prompt_len` tokens with `params` may be queued: a prompt that
+    /// is not empty, fits `max_model_len` and the whole KV cache, and valid `params`.
+    /// [`Self::add`] runs it; a front end runs it to refuse a request before queueing it.
+    pub fn check_prompt(
+        &self,
+        prompt_len: usize,
+        params: &SamplingParams,
+    ) -> Result<(), SchedulerError> {
         let config = &self.config;
-        if prompt.is_empty() {
+        if prompt_len == 0 {
             return Err(SchedulerError::EmptyPrompt);
         }
-        if prompt.len() > config.max_model_len {
+        if prompt_len > config.max_model_len {
             return Err(SchedulerError::PromptTooLong {
-                prompt_len: prompt.len(),
+                prompt_len,
                 max_model_len: config.max_model_len,
             });
         }
-        let needed_blocks = prompt.len().div_ceil(config.block_size);
+        let needed_blocks = prompt_len.div_ceil(config.block_size);
         if needed_blocks > config.num_blocks {
             return Err(SchedulerError::PromptExceedsCache {
-                prompt_len: prompt.len(),
+                prompt_len,
                 needed_blocks,
                 block_size: config.block_size,
                 num_blocks: config.num_blocks,
             });
         }
+        params.validate()
+    }
+
+    /// Validates ([`Self::check_prompt`]) and queues a request; returns its id.
+    pub fn add(
+        &mut self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<SeqId, SchedulerError> {
+        self.check_prompt(prompt.len(), &params)?;
         let seq_id = self.next_seq_id;
         self.next_seq_id += 1;
         self.seqs
@@ -340,11 +351,6 @@ impl Scheduler {
     /// Waiting sequences, front (next to be admitted) first.
     pub fn waiting_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
         self.waiting.iter().copied()
-    }
-
-    /// Running sequences in decode order (oldest admission first).
-    pub fn running_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.running.iter().copied()
     }
 
     pub fn has_unfinished(&self) -> bool {

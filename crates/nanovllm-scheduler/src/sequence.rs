@@ -33,7 +33,6 @@ impl FinishReason {
 pub enum SequenceStatus {
     Waiting,
     Running,
-    Finished(FinishReason),
 }
 
 /// One request: its tokens so far, its place in the KV cache, and how to sample it.
@@ -79,20 +78,8 @@ impl Sequence {
     pub fn num_completion_tokens(&self) -> usize {
         self.token_ids.len() - self.num_prompt_tokens
     }
-    pub fn prompt_token_ids(&self) -> &[u32] {
-        &self.token_ids[..self.num_prompt_tokens]
-    }
     pub fn completion_token_ids(&self) -> &[u32] {
         &self.token_ids[self.num_prompt_tokens..]
-    }
-    pub fn last_token(&self) -> u32 {
-        *self
-            .token_ids
-            .last()
-            .expect("a sequence always holds its prompt")
-    }
-    pub fn is_finished(&self) -> bool {
-        matches!(self.status, SequenceStatus::Finished(_))
     }
     /// Blocks needed to hold `len()` tokens.
     pub fn num_blocks(&self, block_size: usize) -> usize {

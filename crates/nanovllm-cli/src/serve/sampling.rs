@@ -4,7 +4,7 @@
 //! Unset fields fall back to the server's defaults (the model's
 //! generation_config.json overlaid with the `serve` sampling flags).
 
-use nanovllm_core::{SamplingParams, SchedulerError};
+use nanovllm_core::{SamplingOverrides, SamplingParams, SchedulerError};
 use serde_json::Value as Json;
 
 use super::errors::ApiError;
@@ -41,56 +41,57 @@ pub fn build(
     max_tokens: usize,
     num_top_logprobs: Option<usize>,
 ) -> Result<Sampling, ApiError> {
-    let mut p = defaults.clone();
-    p.max_tokens = max_tokens;
-    if let Some(t) = fields.temperature {
-        if !(0.0..=2.0).contains(&t) {
+    // OpenAI's ranges, checked per field so that a refusal names it; `p.validate()` below
+    // then applies the engine's own checks to the merged parameters.
+    let temperature = match fields.temperature {
+        Some(t) if !(0.0..=2.0).contains(&t) => {
             return Err(ApiError::invalid(
                 "temperature",
                 format!("temperature must be in [0, 2], got {t}"),
             ));
         }
-        p.temperature = t;
-    }
-    if let Some(top_p) = fields.top_p {
-        if !(top_p > 0.0 && top_p <= 1.0) {
+        t => t,
+    };
+    let top_p = match fields.top_p {
+        Some(top_p) if !(top_p > 0.0 && top_p <= 1.0) => {
             return Err(ApiError::invalid(
                 "top_p",
                 format!("top_p must be in (0, 1], got {top_p}"),
             ));
         }
-        p.top_p = top_p;
-    }
-    if let Some(k) = fields.top_k {
-        p.top_k = match k {
-            -1 | 0 => 0,
-            k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
-            k => {
-                return Err(ApiError::invalid(
-                    "top_k",
-                    format!("top_k must be -1 or 0 (disabled) or a positive number, got {k}"),
-                ))
-            }
-        };
-    }
-    if let Some(min_p) = fields.min_p {
-        if !(0.0..=1.0).contains(&min_p) {
+        top_p => top_p,
+    };
+    let top_k = match fields.top_k {
+        None => None,
+        Some(-1 | 0) => Some(0),
+        Some(k) if k > 0 => Some(usize::try_from(k).unwrap_or(usize::MAX)),
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("top_k must be -1 or 0 (disabled) or a positive number, got {k}"),
+            ))
+        }
+    };
+    let min_p = match fields.min_p {
+        Some(min_p) if !(0.0..=1.0).contains(&min_p) => {
             return Err(ApiError::invalid(
                 "min_p",
                 format!("min_p must be in [0, 1], got {min_p}"),
             ));
         }
-        p.min_p = min_p;
+        min_p => min_p,
+    };
+    let p = SamplingOverrides {
+        max_tokens: Some(max_tokens),
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        seed: fields.seed,
+        ignore_eos: fields.ignore_eos,
+        stop_token_ids: fields.stop_token_ids.clone(),
     }
-    if fields.seed.is_some() {
-        p.seed = fields.seed;
-    }
-    if let Some(ids) = &fields.stop_token_ids {
-        p.stop_token_ids = ids.clone();
-    }
-    if let Some(ignore) = fields.ignore_eos {
-        p.ignore_eos = ignore;
-    }
+    .over(defaults);
     for (name, value) in [
         ("presence_penalty", fields.presence_penalty),
         ("frequency_penalty", fields.frequency_penalty),

@@ -7,13 +7,19 @@
 //! - [`workload`]: the [`WorkloadSpec`] (profile bounds) and the generated [`Workload`].
 //! - [`run()`]: the engine run and its measurement, returning a [`BenchReport`],
 //!   which prints as text (`Display`) and serialises as the `--json` schema.
+//! - `BenchFlags` (feature `clap`): the flags both front ends share, so that they
+//!   differ only in their engine flags and in `--model-config`'s default.
 
+#[cfg(feature = "clap")]
+mod flags;
 pub mod pyrandom;
 mod report;
 mod run;
 pub mod workload;
 
+#[cfg(feature = "clap")]
+pub use flags::BenchFlags;
 pub use pyrandom::PyRandom;
 pub use report::{peak_rss_mib, BenchReport};
 pub use run::{run, BenchOptions, BENCH_PY_TEMPERATURE};
-pub use workload::{Workload, WorkloadOverrides, WorkloadSpec, MAX_PROMPT_TOKEN_ID};
+pub use workload::{BenchProfile, Workload, WorkloadOverrides, WorkloadSpec, MAX_PROMPT_TOKEN_ID};

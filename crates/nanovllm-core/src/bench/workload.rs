@@ -30,13 +30,44 @@ pub struct WorkloadSpec {
     pub max_output: usize,
 }
 
-/// Bounds given on a command line, each replacing the profile's when set.
+/// A named [`WorkloadSpec`]: the `--profile` of `nanovllm bench` and `cargo xtask bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum BenchProfile {
+    /// bench.py exactly: 256 sequences, prompts and outputs of 100–1024 tokens.
+    Seed,
+    /// Scaled for a 2-core CPU: 32 sequences, prompts and outputs of 32–256 tokens.
+    Cpu,
+}
+
+impl BenchProfile {
+    pub fn spec(self) -> WorkloadSpec {
+        match self {
+            BenchProfile::Seed => WorkloadSpec::SEED,
+            BenchProfile::Cpu => WorkloadSpec::CPU,
+        }
+    }
+}
+
+/// Bounds given on a command line, each replacing the profile's when set (with the
+/// feature `clap`, these are the flags `--num-seqs`, `--min-input`, ...).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct WorkloadOverrides {
+    /// Sequences in the workload.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub num_seqs: Option<usize>,
+    /// Shortest prompt, in tokens.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub min_input: Option<usize>,
+    /// Longest prompt, in tokens.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub max_input: Option<usize>,
+    /// Fewest tokens generated for a sequence.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub min_output: Option<usize>,
+    /// Most tokens generated for a sequence.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub max_output: Option<usize>,
 }
 

@@ -24,24 +24,6 @@ impl Linear {
     pub fn new(weight: Tensor) -> Self {
         Self { weight }
     }
-    /// The whole `[out, in]` weight on every rank.
-    pub fn replicated(
-        loader: &WeightLoader,
-        name: &str,
-        out: usize,
-        inp: usize,
-    ) -> Result<Self, ModelError> {
-        Ok(Self::new(loader.full(name, &[out, inp])?))
-    }
-    /// Column-parallel: this rank's `out / world_size` output features, no communication.
-    pub fn column_parallel(
-        loader: &WeightLoader,
-        name: &str,
-        out: usize,
-        inp: usize,
-    ) -> Result<Self, ModelError> {
-        Ok(Self::new(loader.column_shard(name, [out, inp])?))
-    }
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }

@@ -50,6 +50,50 @@ fn new_validates_the_config() {
 }
 
 #[test]
+fn check_prompt_refuses_what_add_refuses_and_queues_nothing() {
+    let mut sched = Scheduler::new(SchedulerConfig {
+        max_model_len: 100,
+        ..config(4)
+    })
+    .unwrap();
+    let too_long = SchedulerError::PromptTooLong {
+        prompt_len: 101,
+        max_model_len: 100,
+    };
+    let exceeds_cache = SchedulerError::PromptExceedsCache {
+        prompt_len: 65,
+        needed_blocks: 5,
+        block_size: 16,
+        num_blocks: 4,
+    };
+    let bad_top_p = SamplingParams {
+        top_p: 0.0,
+        ..params(4)
+    };
+    for (prompt_len, p, expected) in [
+        (0, params(4), Err(SchedulerError::EmptyPrompt)),
+        (101, params(4), Err(too_long)),
+        (65, params(4), Err(exceeds_cache)),
+        (
+            4,
+            bad_top_p,
+            Err(SchedulerError::InvalidSamplingParam {
+                field: "top_p",
+                value: "0".into(),
+                expected: "a number in (0, 1]",
+            }),
+        ),
+        (64, params(4), Ok(())),
+    ] {
+        assert_eq!(sched.check_prompt(prompt_len, &p), expected, "{prompt_len}");
+        assert!(!sched.has_unfinished());
+        let added = sched.add(tokens(1, prompt_len), p).map(|_| ());
+        assert_eq!(added, expected, "{prompt_len}");
+    }
+    assert_eq!(sched.num_waiting(), 1);
+}
+
+#[test]
 fn add_validates_requests_and_assigns_increasing_ids() {
     let mut sched = Scheduler::new(SchedulerConfig {
         max_model_len: 100,
