@@ -354,8 +354,11 @@ impl LLMEngine {
             });
         }
         // Emptiness, length against max_model_len and the KV cache, and the params: the
-        // scheduler's rules, checked here so that a refused request is never queued.
+        // scheduler's rules, checked here so that a refused request is never queued. Then
+        // whether it can grow to max_tokens within the whole cache: refused now, not aborted
+        // mid-stream.
         self.scheduler.check_prompt(ids.len(), params)?;
+        self.scheduler.check_growth(ids.len(), params)?;
         Ok(ids)
     }
 

@@ -239,13 +239,38 @@ fn a_prompt_larger_than_the_cache_is_rejected_up_front() {
 }
 
 #[test]
-fn a_request_outgrowing_the_cache_is_aborted_and_the_rest_goes_on() {
-    // 2 blocks hold 32 tokens: 20 + 30 can never fit, 4 + 4 can.
+fn a_request_that_could_outgrow_the_cache_is_refused_at_admission() {
+    // 2 blocks hold 32 tokens. 20 prompt + 30 generated would need 49 in the cache (the last
+    // token is never fed back): refused up front, not aborted mid-stream. 20 + 13 needs
+    // exactly 32: admitted, and it runs to the end next to a small request.
     let mut engine = toy_engine(EngineConfig {
         num_kvcache_blocks: Some(2),
         ..toy_config()
     });
-    let big = engine.add_request(vec![3; 20], greedy(30)).unwrap();
+    let err = engine.add_request(vec![3; 20], greedy(30)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            EngineError::InvalidRequest {
+                reason: RequestError::Rejected(SchedulerError::SequenceExceedsCache {
+                    needed_tokens: 49,
+                    num_blocks: 2,
+                    ..
+                }),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("lower max_tokens"), "{err}");
+    // Even max_tokens = usize::MAX is a clean refusal (the sum saturates).
+    assert!(engine.add_request(vec![3; 4], greedy(usize::MAX)).is_err());
+    assert!(!engine.has_unfinished());
+
+    let exact_prompt = vec![3; 20];
+    let exact = engine
+        .add_request(exact_prompt.clone(), greedy(13))
+        .unwrap();
     let small_prompt = vec![5, 6, 7, 8];
     let small = engine.add_request(small_prompt.clone(), greedy(4)).unwrap();
     let mut finished = Vec::new();
@@ -256,15 +281,11 @@ fn a_request_outgrowing_the_cache_is_aborted_and_the_rest_goes_on() {
         finished.extend(engine.step().unwrap().finished);
     }
     assert!(!engine.has_unfinished());
-    let big_out = finished.iter().find(|o| o.request_id == big).unwrap();
-    assert_eq!(big_out.finish_reason, FinishReason::Abort);
-    assert!(
-        big_out.error.as_deref().unwrap_or("").contains("KV"),
-        "{big_out:?}"
-    );
-    let small_out = finished.iter().find(|o| o.request_id == small).unwrap();
-    assert_eq!(small_out.token_ids, toy_reference(&small_prompt, 4));
-    assert_eq!(small_out.error, None);
+    for (id, prompt, n) in [(exact, &exact_prompt, 13), (small, &small_prompt, 4)] {
+        let out = finished.iter().find(|o| o.request_id == id).unwrap();
+        assert_eq!(out.error, None, "{out:?}");
+        assert_eq!(out.token_ids, toy_reference(prompt, n));
+    }
 }
 
 #[test]

@@ -23,6 +23,15 @@ pub enum SchedulerError {
         block_size: usize,
         num_blocks: usize,
     },
+    #[error("prompt of {prompt_len} tokens with max_tokens = {max_tokens} may grow to {needed_tokens} tokens, which need {needed_blocks} KV blocks of {block_size} tokens, but the whole cache has {num_blocks}: lower max_tokens, shorten the prompt, or give the KV cache more memory")]
+    SequenceExceedsCache {
+        prompt_len: usize,
+        max_tokens: usize,
+        needed_tokens: usize,
+        needed_blocks: usize,
+        block_size: usize,
+        num_blocks: usize,
+    },
     #[error("sequence {seq_id} needs {needed_blocks} KV blocks but the whole cache has {num_blocks}: it can never be scheduled; give the KV cache more memory or lower max_tokens")]
     Unschedulable {
         seq_id: SeqId,

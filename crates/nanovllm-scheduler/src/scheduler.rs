@@ -157,6 +157,38 @@ impl Scheduler {
         params.validate()
     }
 
+    /// Whether a request of `prompt_len` tokens can reach `params.max_tokens` (or
+    /// `max_model_len`) without outgrowing the whole KV cache. The engine refuses a request
+    /// that fails it at admission, instead of aborting it mid-stream
+    /// ([`SchedulerError::Unschedulable`]) once it has grown; [`Self::add`] does not run it, so
+    /// a caller driving the scheduler directly may still queue such work.
+    pub fn check_growth(
+        &self,
+        prompt_len: usize,
+        params: &SamplingParams,
+    ) -> Result<(), SchedulerError> {
+        let config = &self.config;
+        // The longest the sequence gets in the cache: every token it is fed, i.e. the prompt
+        // and all but the last completion token, never past max_model_len (saturating:
+        // max_tokens may be as large as usize::MAX).
+        let needed_tokens = prompt_len
+            .saturating_add(params.max_tokens)
+            .saturating_sub(1)
+            .min(config.max_model_len);
+        let needed_blocks = needed_tokens.div_ceil(config.block_size);
+        if needed_blocks > config.num_blocks {
+            return Err(SchedulerError::SequenceExceedsCache {
+                prompt_len,
+                max_tokens: params.max_tokens,
+                needed_tokens,
+                needed_blocks,
+                block_size: config.block_size,
+                num_blocks: config.num_blocks,
+            });
+        }
+        Ok(())
+    }
+
     /// Validates ([`Self::check_prompt`]) and queues a request; returns its id.
     pub fn add(
         &mut self,

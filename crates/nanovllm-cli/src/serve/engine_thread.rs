@@ -372,7 +372,8 @@ fn rejection(e: EngineError) -> ApiError {
     match e {
         EngineError::InvalidRequest { reason, .. } => match reason {
             RequestError::PromptTooLong { .. }
-            | RequestError::Rejected(SchedulerError::PromptExceedsCache { .. }) => {
+            | RequestError::Rejected(SchedulerError::PromptExceedsCache { .. })
+            | RequestError::Rejected(SchedulerError::SequenceExceedsCache { .. }) => {
                 ApiError::PromptTooLong {
                     message: reason.to_string(),
                 }

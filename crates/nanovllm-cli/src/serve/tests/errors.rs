@@ -292,3 +292,34 @@ async fn max_tokens_at_the_integer_limit_is_context_length_exceeded() {
     }
     assert_eq!(s.metric("nanovllm_prompt_tokens_total").await, 0.0);
 }
+
+/// A request that fits the context but could outgrow the whole KV cache is refused at
+/// admission (it used to be accepted and then fail mid-stream with a 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_cache_can_never_hold_is_refused_at_admission() {
+    // 8 blocks of 16 tokens: 128 tokens, below the 512-token context.
+    let s = server(Setup {
+        num_kvcache_blocks: 8,
+        ..Setup::default()
+    });
+    let e = expect_error(
+        s.post(
+            "/v1/completions",
+            &json!({"prompt": "hello", "max_tokens": 300, "stream": true}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(e["code"], "context_length_exceeded", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("KV blocks"), "{e}");
+    assert_eq!(s.metric("nanovllm_prompt_tokens_total").await, 0.0);
+    // What fits still runs.
+    let (status, out) = s
+        .post_json(
+            "/v1/completions",
+            &json!({"prompt": "hello", "max_tokens": 8, "ignore_eos": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+}
