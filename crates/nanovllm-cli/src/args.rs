@@ -305,7 +305,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Require `Authorization: Bearer KEY` on /v1/* requests.
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", value_parser = non_empty_api_key)]
     pub api_key: Option<String>,
     /// The model name clients must send [default: the model directory's name].
     #[arg(long, value_name = "NAME")]
@@ -357,4 +357,36 @@ pub struct BenchArgs {
     pub model_config: Option<PathBuf>,
     #[command(flatten)]
     pub bench: BenchFlags,
+}
+
+/// `--api-key ''` would lock every client out (no bearer token is empty): refuse it.
+fn non_empty_api_key(key: &str) -> Result<String, String> {
+    if key.trim().is_empty() {
+        return Err(
+            "the key is empty, which no client can send: give a non-empty key, \
+                    or leave --api-key out to serve without one"
+                .into(),
+        );
+    }
+    Ok(key.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn an_empty_api_key_is_refused() {
+        for key in ["", "  "] {
+            let err = Cli::try_parse_from(["nanovllm", "serve", "--model", "m", "--api-key", key])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("the key is empty"), "{err}");
+        }
+        assert!(
+            Cli::try_parse_from(["nanovllm", "serve", "--model", "m", "--api-key", "k"]).is_ok()
+        );
+    }
 }

@@ -33,26 +33,26 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
     let defaults = params_from_flags(&engine.default_sampling_params(), &args.sampling);
     defaults.validate().context("invalid sampling flags")?;
 
-    let requests: Vec<Result<Request, String>> = match &args.input {
-        Some(path) => read_jsonl(path, &defaults)?,
-        None => args
-            .prompts
-            .iter()
-            .map(|p| {
-                Ok(Request {
+    // Read lazily: each request becomes token ids (or its error) as it is read, so a large
+    // input file is never held in memory as text.
+    let requests: Box<dyn Iterator<Item = anyhow::Result<Result<Request, String>>>> =
+        match &args.input {
+            Some(path) => Box::new(read_jsonl(path, &defaults)?),
+            None => Box::new(args.prompts.iter().map(|p| {
+                Ok(Ok(Request {
                     prompt: Prompt::Text(p.clone()),
                     params: defaults.clone(),
-                })
-            })
-            .collect(),
-    };
+                }))
+            })),
+        };
     let lenient = args.input.is_some();
 
     // Validate everything before the model runs.
-    let mut outcomes: Vec<Option<Outcome>> = (0..requests.len()).map(|_| None).collect();
+    let mut outcomes: Vec<Option<Outcome>> = Vec::new();
     let mut valid = Vec::new();
-    for (index, request) in requests.into_iter().enumerate() {
-        let checked = request.and_then(|r| {
+    for (index, request) in requests.enumerate() {
+        outcomes.push(None);
+        let checked = request?.and_then(|r| {
             engine
                 .validate_request(r.prompt, &r.params)
                 .map(|ids| (ids, r.params))

@@ -3,6 +3,7 @@
 //! A JSONL line that cannot be parsed becomes an error entry for its index;
 //! the other lines still run.
 
+use std::io::BufRead;
 use std::path::Path;
 
 use nanovllm_core::{Prompt, SamplingOverrides, SamplingParams};
@@ -72,18 +73,45 @@ fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> 
     Ok(Request { prompt, params })
 }
 
-/// Reads a JSONL file: one entry per non-blank line, each a request or the reason it is bad.
+/// Reads a JSONL file lazily, one entry per non-blank line, each a request or the reason it is
+/// bad: only one line is held in memory at a time, so a caller that turns each request into
+/// token ids as it goes never holds the whole file. A UTF-8 byte-order mark before the
+/// first line is skipped. An error reading the file ends the iteration with that error.
 pub fn read_jsonl(
     path: &Path,
     defaults: &SamplingParams,
-) -> anyhow::Result<Vec<Result<Request, String>>> {
-    let text = std::fs::read_to_string(path)
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Result<Request, String>>>> {
+    let file = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("cannot read --input {}: {e}", path.display()))?;
-    Ok(text
+    Ok(parse_jsonl(
+        std::io::BufReader::new(file),
+        defaults.clone(),
+        path.display().to_string(),
+    ))
+}
+
+/// [`read_jsonl`] over any reader; `name` names the source in errors.
+fn parse_jsonl(
+    reader: impl BufRead,
+    defaults: SamplingParams,
+    name: String,
+) -> impl Iterator<Item = anyhow::Result<Result<Request, String>>> {
+    reader
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| parse_line(l, defaults))
-        .collect())
+        .enumerate()
+        .filter_map(move |(number, line)| match line {
+            Err(e) => Some(Err(anyhow::anyhow!(
+                "cannot read --input {name} at line {}: {e}",
+                number + 1
+            ))),
+            Ok(line) => {
+                let text = match number {
+                    0 => line.strip_prefix('\u{feff}').unwrap_or(&line),
+                    _ => &line,
+                };
+                (!text.trim().is_empty()).then(|| Ok(parse_line(text, &defaults)))
+            }
+        })
 }
 
 #[cfg(test)]
@@ -102,6 +130,31 @@ mod tests {
         assert_eq!(r.prompt, Prompt::TokenIds(vec![1, 2]));
         assert_eq!(r.params.temperature, 0.5);
         assert_eq!(r.params.max_tokens, 8);
+    }
+
+    #[test]
+    fn jsonl_skips_a_byte_order_mark_and_blank_lines() {
+        let d = SamplingParams::greedy(8);
+        let text = "\u{feff}{\"prompt\": \"a\"}\n\n  \n{\"prompt\": \"b\"}\n{bad\n";
+        let entries: Vec<_> = parse_jsonl(text.as_bytes(), d, "in.jsonl".into())
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            entries[0].as_ref().unwrap().prompt,
+            Prompt::Text("a".into())
+        );
+        assert_eq!(
+            entries[1].as_ref().unwrap().prompt,
+            Prompt::Text("b".into())
+        );
+        assert!(entries[2].as_ref().unwrap_err().contains("invalid JSON"));
+        // A mark anywhere but the start is not skipped: it is not JSON.
+        let text = "{\"prompt\": \"a\"}\n\u{feff}{\"prompt\": \"b\"}\n";
+        let entries: Vec<_> = parse_jsonl(text.as_bytes(), SamplingParams::default(), "x".into())
+            .map(|e| e.unwrap())
+            .collect();
+        assert!(entries[1].is_err());
     }
 
     #[test]

@@ -336,6 +336,14 @@ impl LLMEngine {
             Prompt::TokenIds(ids) => ids,
             Prompt::Text(text) => {
                 let tokenizer = self.tokenizer.as_ref().ok_or(RequestError::NoTokenizer)?;
+                let max_bytes = tokenizer.max_text_bytes(self.config.max_model_len);
+                if text.len() > max_bytes {
+                    return Err(RequestError::PromptTextTooLong {
+                        bytes: text.len(),
+                        max_bytes,
+                        max_model_len: self.config.max_model_len,
+                    });
+                }
                 tokenizer
                     .encode(&text)
                     .map_err(|e| RequestError::Tokenize(e.to_string()))?

@@ -502,3 +502,37 @@ fn a_kv_cache_larger_than_the_machine_is_an_error_not_an_abort() {
     let msg = err.to_string();
     assert!(msg.contains("--kv-cache-memory-gib"), "{msg}");
 }
+
+/// A text prompt far beyond max_model_len is refused before it is tokenized (a 100 MB JSONL
+/// line once cost ~220 bytes of memory per byte).
+#[test]
+fn a_huge_text_prompt_is_refused_before_tokenizing() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+    let engine = LLMEngine::new(EngineConfig {
+        device: crate::config::DeviceKind::Cpu,
+        max_model_len: 64,
+        ..EngineConfig::new(dir)
+    })
+    .unwrap();
+    let max_bytes = engine.tokenizer().unwrap().max_text_bytes(64);
+    let text = "a".repeat(max_bytes + 1);
+    let err = engine
+        .validate_request(Prompt::Text(text), &SamplingParams::greedy(1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RequestError::PromptTextTooLong {
+                max_model_len: 64,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // At the bound it is tokenized (and then judged by its token count).
+    let text = "a".repeat(max_bytes);
+    assert!(!matches!(
+        engine.validate_request(Prompt::Text(text), &SamplingParams::greedy(1)),
+        Err(RequestError::PromptTextTooLong { .. })
+    ));
+}

@@ -117,6 +117,14 @@ pub enum RequestError {
         prompt_len: usize,
         max_model_len: usize,
     },
+    /// A text prompt too long to fit `max_model_len` tokens whatever it says, refused before
+    /// tokenizing ([`crate::Tokenizer::max_text_bytes`]).
+    #[error("prompt of {bytes} bytes cannot fit max_model_len = {max_model_len} tokens (at most {max_bytes} bytes can): shorten it or raise max_model_len")]
+    PromptTextTooLong {
+        bytes: usize,
+        max_bytes: usize,
+        max_model_len: usize,
+    },
     #[error("a text prompt needs a tokenizer but none is loaded: set `tokenizer` to a directory holding tokenizer.json, or pass token ids")]
     NoTokenizer,
     #[error("cannot tokenize the prompt: {0}")]

@@ -18,6 +18,8 @@ pub struct Tokenizer {
     dir: PathBuf,
     eos_token_id: Option<u32>,
     chat_template: Option<String>,
+    /// Longest vocabulary entry in bytes (see [`Self::max_text_bytes`]).
+    longest_token_bytes: usize,
 }
 
 impl Tokenizer {
@@ -49,12 +51,35 @@ impl Tokenizer {
             ),
             None => None,
         };
+        let longest_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(Self {
             inner,
             dir: dir.to_path_buf(),
             eos_token_id,
             chat_template,
+            longest_token_bytes,
         })
+    }
+
+    /// The most bytes a text can have and still encode to at most `max_tokens` tokens, so
+    /// that a longer prompt is refused before it is tokenized (a multi-megabyte prompt
+    /// would otherwise cost seconds of CPU and ~200 bytes of memory per byte).
+    ///
+    /// Why it never refuses a text that fits: every token covers at most as many bytes of
+    /// the text as its vocabulary entry has (a byte-level BPE entry spells each byte with a
+    /// 1–2 byte character; a SentencePiece entry spells a 1-byte space with the 3-byte `▁`),
+    /// so `max_tokens` tokens cover at most `max_tokens × longest entry` bytes; the factor 2
+    /// covers normalisation that shortens text (NFC composition) before it is split.
+    pub fn max_text_bytes(&self, max_tokens: usize) -> usize {
+        max_tokens
+            .saturating_mul(self.longest_token_bytes)
+            .saturating_mul(2)
     }
 
     /// Token ids of `text`, with the tokenizer's special tokens added as HF does by default.
@@ -225,6 +250,40 @@ mod tests {
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids, vec![9707, 11, 1879, 0, 220, 108386]);
         assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+
+    /// The byte bound never refuses a text that fits: for texts built to pack as many bytes
+    /// per token as possible (the longest vocabulary entries repeated, long runs of spaces
+    /// and symbols, CJK, emoji, combining marks), `bytes <= max_text_bytes(tokens)`.
+    #[test]
+    fn the_prompt_byte_bound_covers_every_text_that_fits() {
+        let Some(tok) = qwen3_tokenizer() else { return };
+        let vocab = tok.inner.get_vocab(false);
+        let mut longest: Vec<(&String, &u32)> = vocab.iter().collect();
+        longest.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
+        let mut texts: Vec<String> = longest[..20]
+            .iter()
+            .map(|(_, &id)| tok.decode(&[id]).unwrap().repeat(50))
+            .collect();
+        texts.extend([
+            " ".repeat(5000),
+            "=".repeat(5000),
+            "\n".repeat(3000),
+            "你好世界".repeat(500),
+            "🦀".repeat(500),
+            "e\u{301}".repeat(1000),
+            "ab".repeat(4000),
+        ]);
+        for text in &texts {
+            let n = tok.encode(text).unwrap().len();
+            assert!(
+                text.len() <= tok.max_text_bytes(n),
+                "{} bytes in {n} tokens exceed the bound {}",
+                text.len(),
+                tok.max_text_bytes(n)
+            );
+        }
+        assert_eq!(tok.max_text_bytes(usize::MAX), usize::MAX);
     }
 
     #[test]

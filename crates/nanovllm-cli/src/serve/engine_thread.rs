@@ -372,6 +372,7 @@ fn rejection(e: EngineError) -> ApiError {
     match e {
         EngineError::InvalidRequest { reason, .. } => match reason {
             RequestError::PromptTooLong { .. }
+            | RequestError::PromptTextTooLong { .. }
             | RequestError::Rejected(SchedulerError::PromptExceedsCache { .. })
             | RequestError::Rejected(SchedulerError::SequenceExceedsCache { .. }) => {
                 ApiError::PromptTooLong {
