@@ -408,6 +408,11 @@ impl LLMEngine {
         if let Some(batch) = self.schedule(&mut out.finished)? {
             let (sampled, logprobs) = self.execute(&batch)?;
             self.account(batch, &sampled, logprobs, &mut out)?;
+            if !self.scheduler.has_unfinished() {
+                // The last request just finished: what the backend keeps between steps is
+                // worth nothing until the next one arrives.
+                self.runner.backend().release_idle_memory();
+            }
         }
         out.elapsed = start.elapsed();
         if let Some(kind) = out.kind {

@@ -67,6 +67,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
     /// Waits for all queued work (no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
+    /// The engine has gone idle: free what the backend keeps for reuse between steps. The CPU
+    /// frees its buffer pool and returns free heap memory to the system; by default (and on
+    /// CUDA, whose memory is the KV cache's by design) nothing happens.
+    fn release_idle_memory(&self) {}
 
     // ---- dense ops ----------------------------------------------------------
     /// `ids: U32 [T]`, `table: [V, H]` → `[T, H]` in the activation dtype.

@@ -146,6 +146,12 @@ impl BufferPool {
         self.free.push_back(storage);
     }
 
+    /// Frees every held buffer (they go back to the allocator).
+    pub(crate) fn clear(&mut self) {
+        self.free.clear();
+        self.retained_bytes = 0;
+    }
+
     #[cfg(test)]
     pub(crate) fn retained_bytes(&self) -> usize {
         self.retained_bytes
@@ -195,6 +201,12 @@ pub(crate) fn take_zeroed<T: PoolElem>(len: usize) -> Vec<T> {
     take(len, true)
 }
 
+/// Frees every buffer the pool holds (the engine does this when it goes idle: between bursts
+/// nothing is worth keeping). The next step allocates afresh and refills the pool.
+pub(crate) fn clear() {
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Returns an op's scratch buffer (one that no tensor owns) to the pool.
 pub(crate) fn recycle_f32(buffer: Vec<f32>) {
     give_back(CpuStorage::F32(buffer));
@@ -238,6 +250,11 @@ mod tests {
         pool.give_back(f32s(1500, 2.0));
         pool.give_back(f32s(1200, 3.0));
         assert_eq!(pool.retained_bytes(), 3700 * 4);
+        let mut cleared = BufferPool::new(4000 * 4, 3);
+        cleared.give_back(f32s(1000, 1.0));
+        cleared.clear();
+        assert_eq!(cleared.retained_bytes(), 0);
+        assert!(cleared.take::<f32>(1000).is_none());
         // Bytes: 3700 + 800 > 4000 evicts the oldest (1000).
         pool.give_back(f32s(800, 4.0));
         assert_eq!(pool.retained_bytes(), 3500 * 4);

@@ -25,3 +25,15 @@ pub(crate) fn keep_freed_buffers() {
         });
     }
 }
+
+/// Returns free heap memory to the operating system (glibc's `malloc_trim`; elsewhere
+/// nothing). The raised trim threshold keeps freed buffers during a burst of steps; once
+/// the engine is idle they are worth nothing, and a large prompt's activations would
+/// otherwise stay resident (measured: idle RSS 952 → 1157 MiB after rounds of 4 MB prompts).
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory glibc holds as free; no live allocation moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

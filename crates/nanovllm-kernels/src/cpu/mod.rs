@@ -67,6 +67,13 @@ pub fn configure_process() {
     heap::keep_freed_buffers();
 }
 
+/// Frees what the CPU backend keeps for reuse between steps: the buffer pool's buffers and
+/// the heap's free memory. For an idle engine (the next step refills both).
+pub fn release_cached_memory() {
+    buffer_pool::clear();
+    heap::release_free_memory();
+}
+
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
         Device::Cpu
@@ -182,5 +189,9 @@ impl Backend for CpuBackend {
         topk_weights: &Tensor,
     ) -> Result<Tensor> {
         moe::moe_experts(x, w13, w2, topk_ids, topk_weights)
+    }
+
+    fn release_idle_memory(&self) {
+        release_cached_memory();
     }
 }
