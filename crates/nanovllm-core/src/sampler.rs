@@ -5,8 +5,15 @@
 //! drawn from what survives by inverse CDF with a single uniform number.
 //!
 //! Reproducibility: a request with `seed: Some(s)` owns a `ChaCha8Rng` seeded
-//! from `s` that persists across its steps, so its tokens do not depend on
-//! which other requests share its batches. Requests without a seed draw from
+//! from `s` that persists across its steps, so its random stream does not depend on
+//! which other requests share its batches: given the same logits, it draws the same
+//! tokens in any batch. The logits themselves depend on the batch only through rounding:
+//! the forward pass reduces in a batch-dependent order (GEMV tile shapes, attention
+//! splits), which moves a logit by about 1e-6 and can flip a near-tie in a filter's cutoff
+//! or at a boundary of the draw. So a seeded request is exactly reproducible for the same
+//! batch composition, and across compositions identical up to such near-ties
+//! (`engine_tests::seeded_output_is_reproducible_and_batch_independent_up_to_rounding`).
+//! Requests without a seed draw from
 //! the engine's stream (seeded by `EngineConfig::seed`), in batch order. The
 //! uniform numbers are drawn sequentially before the rows are processed in
 //! parallel, so the result never depends on thread scheduling. Greedy rows

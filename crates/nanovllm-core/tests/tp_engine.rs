@@ -1,7 +1,8 @@
 //! Tensor parallelism through the engine, in-process (one thread per rank): TP = 2 and 4
-//! must give the same greedy tokens as TP = 1 (and as transformers, on the fixtures), and
-//! the same logprobs within 1e-4 (the golden tolerance: only the order of the partial-sum
-//! additions differs between world sizes). The process path is tested with the binary, in
+//! give TP = 1's greedy tokens up to near-ties, as the README says: the same logprobs within
+//! 1e-4 (the golden tolerance: only the order of the partial-sum additions differs between
+//! world sizes), so a token may differ only at a step whose two best tokens are within 2e-4
+//! (on the fixtures, whose references have no such step, every token matches transformers). The process path is tested with the binary, in
 //! nanovllm-cli's `tp_cli.rs`.
 
 mod common;
@@ -64,22 +65,42 @@ fn run(config: EngineConfig, prompts: &[Vec<u32>], max_tokens: usize) -> Run {
         .collect()
 }
 
-/// Same tokens, and the same top-5 logprobs within `tol`, request by request.
-fn assert_same(label: &str, a: &Run, b: &Run, tol: f32) {
+/// What the README promises, request by request: the same greedy tokens up to near-ties.
+/// At every step the logprobs of the tokens both runs list in their top 5 agree within
+/// `tol` (only the order of the partial-sum additions differs between world sizes). A step
+/// may pick a different token only where it is a near-tie: both tokens are in `a`'s top 5
+/// with logprobs within `2 · tol`. The runs are compared up to that step (their contexts
+/// differ after it). Returns how many requests diverged at a near-tie.
+fn assert_same_up_to_near_ties(label: &str, a: &Run, b: &Run, tol: f32) -> usize {
     assert_eq!(a.len(), b.len());
+    let mut near_ties = 0;
     for (i, ((ta, la), (tb, lb))) in a.iter().zip(b).enumerate() {
-        assert_eq!(ta, tb, "{label}: request {i} tokens");
-        assert_eq!(la.len(), lb.len());
+        assert_eq!(ta.len(), tb.len(), "{label}: request {i} lengths");
+        assert_eq!((la.len(), lb.len()), (ta.len(), tb.len()));
         for (step, (xa, xb)) in la.iter().zip(lb).enumerate() {
-            for ((ia, pa), (ib, pb)) in xa.iter().zip(xb) {
-                assert_eq!(ia, ib, "{label}: request {i} step {step} top tokens");
+            for (id, pa) in xa {
+                if let Some((_, pb)) = xb.iter().find(|(ib, _)| ib == id) {
+                    assert!(
+                        (pa - pb).abs() <= tol,
+                        "{label}: request {i} step {step} token {id}: logprob {pa} vs {pb}"
+                    );
+                }
+            }
+            if ta[step] != tb[step] {
+                let logprob = |t: u32| xa.iter().find(|(id, _)| *id == t).map(|x| x.1);
+                let (pa, pb) = (logprob(ta[step]), logprob(tb[step]));
                 assert!(
-                    (pa - pb).abs() <= tol,
-                    "{label}: request {i} step {step}: logprob {pa} vs {pb}"
+                    matches!((pa, pb), (Some(pa), Some(pb)) if (pa - pb).abs() <= 2.0 * tol),
+                    "{label}: request {i} step {step}: token {} vs {} is no near-tie ({pa:?} vs {pb:?})",
+                    ta[step],
+                    tb[step]
                 );
+                near_ties += 1;
+                break;
             }
         }
     }
+    near_ties
 }
 
 #[test]
@@ -110,7 +131,9 @@ fn tp_matches_tp1_and_the_reference_on_fixtures() {
         }
         for &tp in worlds {
             let sharded = run(config(&dir, tp), &prompts, max_tokens);
-            assert_same(&format!("{fixture} tp {tp}"), &single, &sharded, 1e-4);
+            // The fixtures' references have no near-ties: every token must match.
+            let label = format!("{fixture} tp {tp}");
+            assert_eq!(assert_same_up_to_near_ties(&label, &single, &sharded, 1e-4), 0, "{label}");
         }
     }
 }
@@ -139,13 +162,28 @@ fn qwen3_tp4_matches_tp1_with_an_uneven_vocab() {
     let prompts = vec![vec![1, 17, 999, 1000, 3, 512], vec![7; 40], vec![42]];
     let single = run(cfg(1), &prompts, 12);
     for tp in [2, 4] {
-        assert_same(
+        assert_same_up_to_near_ties(
             &format!("dummy qwen3 tp {tp}"),
             &single,
             &run(cfg(tp), &prompts, 12),
             1e-4,
         );
     }
+
+    // Long generations, where a near-tie becomes likely somewhere: the guarantee holds to
+    // the end (or to the near-tie).
+    let long_prompts: Vec<Vec<u32>> = (0..4).map(|i| vec![i * 37 + 5, 11, 900 - i]).collect();
+    let long_cfg = |tp| EngineConfig {
+        num_kvcache_blocks: Some(128),
+        ..cfg(tp)
+    };
+    let single = run(long_cfg(1), &long_prompts, 240);
+    assert_same_up_to_near_ties(
+        "dummy qwen3 tp 2, 240 tokens",
+        &single,
+        &run(long_cfg(2), &long_prompts, 240),
+        1e-4,
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -187,7 +225,7 @@ fn tp_survives_preemption_and_prefix_caching() {
         ..config(&dir, tp)
     };
     let single = run(small(1), &prompts, 30);
-    assert_same(
+    assert_same_up_to_near_ties(
         "qwen3-tiny small cache tp 2",
         &single,
         &run(small(2), &prompts, 30),
