@@ -5,7 +5,8 @@
 # is available (GPU tests skip without a GPU), then the tests of `nanovllm serve`
 # through the official `openai` Python client (tests/openai; they need
 # `pip install openai pytest`, which .ci/run does; outside CI they are skipped
-# with a note when those packages are missing).
+# with a note when those packages are missing), and the reliability tests (tests/reliability:
+# slow clients, huge stop-string lists and big prompts must slow nobody else), under the same rules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
@@ -27,9 +28,10 @@ fi
 cargo build -p nanovllm-cli
 if python3 -c "import openai, pytest" 2>/dev/null; then
     NANOVLLM_BIN="$PWD/target/debug/nanovllm" python3 -m pytest -p no:cacheprovider tests/openai -q
+    NANOVLLM_BIN="$PWD/target/debug/nanovllm" python3 -m pytest -p no:cacheprovider tests/reliability -q
 elif [ "${CI:-}" = "true" ]; then
-    echo "error: the openai client tests need python3 with openai and pytest (pip install openai pytest)" >&2
+    echo "error: the openai client and reliability tests need python3 with openai and pytest (pip install openai pytest)" >&2
     exit 1
 else
-    echo "note: skipping tests/openai: python3 lacks openai or pytest (pip install openai pytest)" >&2
+    echo "note: skipping tests/openai and tests/reliability: python3 lacks openai or pytest (pip install openai pytest)" >&2
 fi

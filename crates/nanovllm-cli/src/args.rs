@@ -322,6 +322,10 @@ pub struct ServeArgs {
     /// Most sequences waiting for a slot in the batch; more are refused with 503.
     #[arg(long, default_value_t = 1024)]
     pub max_waiting_requests: usize,
+    /// Seconds a connection has to send a complete request head, counted from connecting
+    /// or from its previous response; idle keep-alive connections close after it too.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_s: u64,
 }
 
 #[derive(Debug, Args)]

@@ -108,6 +108,20 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The longest vocabulary entry (added tokens included), in UTF-8 bytes of its
+    /// vocabulary string: an upper bound on the bytes of normalized text one token
+    /// stands for, since every scheme spells each byte of text with at least one byte
+    /// (byte-level BPE: one character per byte; SentencePiece: `▁` for a space,
+    /// `<0x41>` for a byte; WordPiece: a `##` prefix).
+    pub fn max_token_bytes(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

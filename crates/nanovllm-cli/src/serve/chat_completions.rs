@@ -6,6 +6,10 @@
 //! any other part is refused: the models served are text-only), and a null
 //! `content` becomes "". Template variables come from `chat_template_kwargs`,
 //! plus `enable_thinking` when given at the top level.
+//!
+//! Rendering and tokenizing run on the [`CpuPool`](super::cpu_pool::CpuPool);
+//! a rendered prompt longer than `AppState::max_prompt_bytes` is refused
+//! before tokenizing.
 
 use std::sync::Arc;
 
@@ -16,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as JsonResponse;
 use serde_json::{Map, Value as Json};
 
+use super::completions::prompt_too_many_bytes;
 use super::errors::ApiError;
 use super::generation::{generate, resolve_max_tokens, Generated};
 use super::logprobs_format::chat_logprobs;
@@ -36,8 +41,14 @@ pub async fn handle(
     let body = request_body::parse_object(body, CHAT_FIELDS, state.limits.max_body_bytes)?;
     let request: ChatCompletionRequest = request_body::typed(&body)?;
     let fields: SamplingFields = request_body::typed(&body)?;
+    drop(body);
     check_model(&state, request.model.as_deref())?;
-    let prompt_ids = render_prompt(&state, &request)?;
+    let request = Arc::new(request);
+    let (shared, shared_request) = (state.clone(), request.clone());
+    let prompt_ids = state
+        .cpu
+        .run(move || render_prompt(&shared, &shared_request))
+        .await??;
     let prompts = vec![prompt_ids];
     let requested = request.max_completion_tokens.or(request.max_tokens);
     let max_tokens = resolve_max_tokens(&state, requested, &prompts)?;
@@ -119,6 +130,9 @@ fn render_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Ve
             &kwargs,
         )
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    if text.len() > state.max_prompt_bytes {
+        return Err(prompt_too_many_bytes(state, text.len()));
+    }
     let ids = state
         .tokenizer
         .encode(&text)

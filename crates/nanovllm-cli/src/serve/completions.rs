@@ -3,6 +3,9 @@
 //! `prompt` may be a string, a list of strings, a list of token ids, or a
 //! list of lists of token ids; each prompt gets `n` choices, numbered
 //! `prompt_index * n + j`. Usage counts each prompt's tokens once.
+//!
+//! Text prompts longer than `AppState::max_prompt_bytes` are refused before
+//! tokenizing; the others are tokenized on the [`CpuPool`](super::cpu_pool::CpuPool).
 
 use std::sync::Arc;
 
@@ -31,8 +34,9 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = request_body::parse_object(body, COMPLETION_FIELDS, state.limits.max_body_bytes)?;
-    let request: CompletionRequest = request_body::typed(&body)?;
+    let mut request: CompletionRequest = request_body::typed(&body)?;
     let fields: SamplingFields = request_body::typed(&body)?;
+    drop(body);
     check_model(&state, request.model.as_deref())?;
     if request.echo == Some(true) {
         return Err(ApiError::invalid(
@@ -40,7 +44,13 @@ pub async fn handle(
             "echo is not supported by this server: leave it out or set it to false",
         ));
     }
-    let prompts = tokenize_prompts(&state, &request.prompt)?;
+    check_prompt_bytes(&state, &request.prompt)?;
+    let prompt = std::mem::take(&mut request.prompt);
+    let shared = state.clone();
+    let prompts = state
+        .cpu
+        .run(move || tokenize_prompts(&shared, &prompt))
+        .await??;
     let max_tokens = resolve_max_tokens(&state, request.max_tokens, &prompts)?;
     let sampling = sampling::build(&state.defaults, &fields, max_tokens, request.logprobs)?;
     let want_logprobs = request.logprobs.is_some();
@@ -76,6 +86,30 @@ pub async fn handle(
         usage: Skip::Value(usage),
     })
     .into_response())
+}
+
+/// Refuses a text prompt too long to fit the context whatever its tokens, before
+/// spending time on tokenizing it.
+fn check_prompt_bytes(state: &AppState, prompt: &Json) -> Result<(), ApiError> {
+    let texts: Vec<&str> = match prompt {
+        Json::String(text) => vec![text],
+        Json::Array(items) => items.iter().filter_map(Json::as_str).collect(),
+        _ => Vec::new(),
+    };
+    match texts.iter().map(|t| t.len()).max() {
+        Some(bytes) if bytes > state.max_prompt_bytes => Err(prompt_too_many_bytes(state, bytes)),
+        _ => Ok(()),
+    }
+}
+
+/// The error for a prompt text of `bytes` bytes, beyond `state.max_prompt_bytes`.
+pub fn prompt_too_many_bytes(state: &AppState, bytes: usize) -> ApiError {
+    ApiError::PromptTooLong {
+        message: format!(
+            "the prompt is {bytes} bytes long, more than any text that fits this model's maximum context length of {} tokens ({} bytes at most): shorten the prompt",
+            state.max_model_len, state.max_prompt_bytes
+        ),
+    }
 }
 
 /// The prompts of `prompt`, as token ids.

@@ -8,8 +8,9 @@
 //!
 //! Invariants: every sequence the engine holds is in `tracked` and vice versa,
 //! except for a moment inside one loop turn. A sequence leaves both at once:
-//! finished by the engine, ended by a stop string, aborted because its handler
-//! is gone (its blocks are freed in that same turn), or failed. After every
+//! finished by the engine, ended by a stop string (its handler found it and
+//! says so), aborted because its handler is gone (its blocks are freed in that
+//! same turn), or failed. After every
 //! turn the gauges in [`Metrics`] show the engine's queues and KV cache.
 
 use std::collections::HashMap;
@@ -36,8 +37,6 @@ pub struct SeqRequest {
     pub params: SamplingParams,
     /// `Some(n)`: logprobs with `n` alternatives for every token.
     pub num_top_logprobs: Option<usize>,
-    /// Non-empty stop strings.
-    pub stop: Vec<String>,
 }
 
 enum Command {
@@ -49,6 +48,8 @@ enum Command {
     },
     /// The handler is gone: drop these sequences and free their blocks.
     Abort(Vec<RequestId>),
+    /// The handler found a stop string: end the sequence (as `stop`) and free its blocks.
+    StopStringFound(RequestId),
     /// Cancel everything in flight (each gets `Finished { Abort }`).
     AbortAll,
     /// Cancel everything and stop the thread.
@@ -92,6 +93,11 @@ impl EngineHandle {
         if !ids.is_empty() {
             let _ = self.commands.send(Command::Abort(ids));
         }
+    }
+
+    /// Ends a sequence whose text reached a stop string (no events follow).
+    pub fn stop_string_found(&self, id: RequestId) {
+        let _ = self.commands.send(Command::StopStringFound(id));
     }
 
     /// Cancels every sequence in flight.
@@ -242,6 +248,12 @@ impl EngineLoop {
                     }
                 }
             }
+            Command::StopStringFound(id) => {
+                // Unless the engine finished it meanwhile (and counted that).
+                if self.tracked.contains_key(&id) {
+                    self.abort(id, FinishLabel::Stop);
+                }
+            }
             Command::AbortAll => self.cancel_all(Finish::Abort),
             Command::Shutdown => return Flow::Exit,
         }
@@ -272,8 +284,7 @@ impl EngineLoop {
             match added {
                 Ok(id) => {
                     self.metrics.add_prompt_tokens(prompt_len);
-                    let tracked =
-                        Tracked::new(seq.choice, events.clone(), &seq.prompt_ids, seq.stop);
+                    let tracked = Tracked::new(seq.choice, events.clone(), &seq.prompt_ids);
                     self.tracked.insert(id, tracked);
                     ids.push(id);
                 }

@@ -5,10 +5,19 @@
 //! Choice numbering: prompt `p`'s choice `j` is choice `p * n + j`, which is
 //! also its index in `Submission::request_ids`.
 //!
+//! Stop strings: with any, a task of the request's own (`filter_stop_strings`)
+//! sits between the engine's events and the handler: it cuts each choice's
+//! text before its first stop string, ends the choice there (`finish_reason:
+//! "stop"`) and tells the engine to drop the sequence, which frees its blocks.
+//! It runs whether or not the client is reading, so the sequence ends as soon
+//! as the text is there; the engine thread never sees a stop string.
+//!
 //! Cancellation: a `Submission` owns an [`AbortGuard`]. Dropping it before
 //! every choice finished (the client disconnected, so axum dropped the
 //! handler future or the SSE stream) aborts the unfinished sequences, which
 //! frees their KV blocks in the engine thread's next turn.
+
+use std::sync::Arc;
 
 use axum::response::Response;
 use nanovllm_core::{RequestId, TokenLogprobs};
@@ -19,6 +28,7 @@ use super::errors::ApiError;
 use super::openai_types::{SamplingFields, Usage};
 use super::sampling::Sampling;
 use super::state::AppState;
+use super::stop_strings::{StopMatcher, StopStrings};
 use super::streaming::{sse_response, Api, ChunkWriter};
 use super::tracked::{ChoiceEvent, Finish, SeqEvent};
 
@@ -116,11 +126,12 @@ impl Drop for AbortGuard {
     }
 }
 
-/// Queues `n` sequences per prompt.
+/// Queues `n` sequences per prompt; `stops` are the request's compiled stop strings.
 pub async fn submit(
     state: &AppState,
     prompts: Vec<Vec<u32>>,
     sampling: &Sampling,
+    stops: Option<Arc<StopStrings>>,
 ) -> Result<Submission, ApiError> {
     let prompt_lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let mut seqs = Vec::with_capacity(prompts.len() * sampling.n);
@@ -131,13 +142,16 @@ pub async fn submit(
                 prompt_ids: prompt_ids.clone(),
                 params: sampling.params_for_choice(j),
                 num_top_logprobs: sampling.num_top_logprobs,
-                stop: sampling.stop.clone(),
             });
         }
     }
     let num_choices = seqs.len();
     let (sender, events) = mpsc::unbounded_channel();
     let request_ids = state.engine.add(seqs, sender).await?;
+    let events = match stops {
+        Some(stops) => filter_stop_strings(state, &request_ids, stops, events),
+        None => events,
+    };
     Ok(Submission {
         events,
         guard: AbortGuard {
@@ -148,6 +162,76 @@ pub async fn submit(
         prompt_lens,
         num_choices,
     })
+}
+
+/// Spawns the task that applies `stops` to every choice's events (see the module doc)
+/// and returns the filtered events.
+fn filter_stop_strings(
+    state: &AppState,
+    request_ids: &[RequestId],
+    stops: Arc<StopStrings>,
+    mut raw: mpsc::UnboundedReceiver<ChoiceEvent>,
+) -> mpsc::UnboundedReceiver<ChoiceEvent> {
+    let engine = state.engine.clone();
+    let request_ids = request_ids.to_vec();
+    let mut matchers: Vec<StopMatcher> = request_ids
+        .iter()
+        .map(|_| StopMatcher::new(Some(stops.clone())))
+        .collect();
+    let (filtered, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // Ends when the engine sent everything (or stopped), or the handler is gone:
+        // dropping `raw` then makes the engine drop the sequences still running.
+        while let Some(ChoiceEvent { choice, event }) = raw.recv().await {
+            let Some(matcher) = matchers.get_mut(choice) else {
+                continue;
+            };
+            if matcher.stopped() {
+                // Tokens generated before the engine saw the stop.
+                continue;
+            }
+            let mut out = Vec::with_capacity(2);
+            match event {
+                SeqEvent::Token {
+                    text,
+                    token_id,
+                    logprobs,
+                } => {
+                    let (text, stopped) = matcher.push(&text);
+                    out.push(SeqEvent::Token {
+                        text,
+                        token_id,
+                        logprobs,
+                    });
+                    if stopped {
+                        if let Some(&id) = request_ids.get(choice) {
+                            engine.stop_string_found(id);
+                        }
+                        out.push(SeqEvent::Finished {
+                            text: String::new(),
+                            finish: Finish::Stop,
+                        });
+                    }
+                }
+                SeqEvent::Finished { text, finish } => {
+                    let (mut text, stopped) = matcher.push(&text);
+                    let finish = if stopped {
+                        Finish::Stop
+                    } else {
+                        text.push_str(&matcher.flush());
+                        finish
+                    };
+                    out.push(SeqEvent::Finished { text, finish });
+                }
+            }
+            for event in out {
+                if filtered.send(ChoiceEvent { choice, event }).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    events
 }
 
 /// One finished choice of a non-streamed answer.
@@ -219,7 +303,10 @@ pub async fn generate(
         .stream_options
         .as_ref()
         .is_some_and(|o| o.include_usage);
-    let submission = submit(state, prompts, sampling).await?;
+    let stop = sampling.stop.clone();
+    // Compiling up to MAX_STOP_BYTES of stop strings takes a few milliseconds.
+    let stops = state.cpu.run(move || StopStrings::new(&stop)).await??;
+    let submission = submit(state, prompts, sampling, stops).await?;
     if fields.stream.unwrap_or(false) {
         let num_choices = submission.num_choices;
         let writer = ChunkWriter::new(api, state, include_usage, want_logprobs, num_choices);

@@ -8,15 +8,20 @@
 //! which aborts its sequences and frees their KV blocks.
 //!
 //! Shutdown: the first Ctrl-C (or SIGTERM) stops accepting connections and
-//! lets the requests in flight finish; a second one cancels them (each ends
-//! with `finish_reason: "abort"`). Then the engine thread stops and the
-//! process exits.
+//! lets the requests in flight finish (a connection still sending its request
+//! head gives up after `--http-header-timeout-s`, see [`http`]); a second one
+//! cancels them (each ends with `finish_reason: "abort"`) and exits at once,
+//! waiting at most [`ABORT_FLUSH`] for clients to read that last chunk, so a
+//! client that stopped reading cannot hold the process. Then the engine thread
+//! stops and the process exits.
 
 mod chat_completions;
 mod completions;
+mod cpu_pool;
 pub mod engine_thread;
 pub mod errors;
 mod generation;
+pub mod http;
 mod logprobs_format;
 pub mod metrics;
 pub mod openai_types;
@@ -33,6 +38,7 @@ mod tests;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context;
 use nanovllm_core::{ChatTemplate, LLMEngine, SamplingParams};
@@ -40,6 +46,7 @@ use nanovllm_core::{ChatTemplate, LLMEngine, SamplingParams};
 use crate::args::ServeArgs;
 use crate::requests::params_from_flags;
 use engine_thread::{EngineHandle, EngineLimits};
+use http::HttpOptions;
 use metrics::Metrics;
 use state::{AppState, ServerLimits};
 
@@ -68,6 +75,7 @@ pub fn start(
         .unwrap_or_else(|| engine.default_sampling_params());
     let max_model_len = engine.config().max_model_len;
     let vocab_size = engine.model_config().vocab_size;
+    let max_prompt_bytes = state::max_prompt_bytes(max_model_len, tokenizer.max_token_bytes());
     let metrics = Arc::new(Metrics::default());
     let limits = EngineLimits {
         max_waiting_requests: options.max_waiting_requests,
@@ -81,6 +89,8 @@ pub fn start(
         chat_template: options.chat_template.map(Arc::new),
         model_name: options.model_name,
         max_model_len,
+        max_prompt_bytes,
+        cpu: cpu_pool::CpuPool::for_this_machine(),
         vocab_size,
         defaults,
         default_max_tokens: options.default_max_tokens,
@@ -132,11 +142,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
         default_max_tokens,
     };
     let (state, engine_thread) = start(engine, options)?;
+    let http = HttpOptions {
+        header_timeout: Duration::from_secs(args.http_header_timeout_s),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(&args.host, args.port, state.clone()))?;
+    let served = runtime.block_on(serve(&args.host, args.port, http, state.clone()));
+    // Connections still open (a client that stopped reading) and tokenizing still under way
+    // are dropped, not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served?;
     state.engine.shutdown();
     if engine_thread.join().is_err() {
         anyhow::bail!("the engine thread panicked; see the log above");
@@ -144,8 +161,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Binds, prints the address on stdout, and serves until a shutdown signal.
-async fn serve(host: &str, port: u16, state: Arc<AppState>) -> anyhow::Result<()> {
+/// How long, after the second signal cancelled every request, clients get to read their
+/// last (`finish_reason: "abort"`) chunk before the server stops waiting for them.
+pub const ABORT_FLUSH: Duration = Duration::from_millis(500);
+
+/// Binds, prints the address on stdout, and serves until shut down (see the module doc).
+async fn serve(
+    host: &str,
+    port: u16,
+    http: HttpOptions,
+    state: Arc<AppState>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
@@ -157,25 +183,35 @@ async fn serve(host: &str, port: u16, state: Arc<AppState>) -> anyhow::Result<()
     );
     tracing::info!(%addr, model = %state.model_name, "listening");
     let engine = state.engine.clone();
-    axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(shutdown_signal(engine))
-        .await
-        .context("the HTTP server failed")?;
-    tracing::info!("all requests finished; stopping");
-    Ok(())
-}
-
-/// Resolves on the first Ctrl-C / SIGTERM; a second one cancels the requests in flight.
-async fn shutdown_signal(engine: EngineHandle) {
-    signal().await;
-    tracing::info!(
-        "shutting down: finishing the requests in flight (press Ctrl-C again to cancel them)"
-    );
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
+    // Signals are awaited in their own task, so both are seen whatever the server is doing.
     tokio::spawn(async move {
         signal().await;
-        tracing::warn!("cancelling the requests in flight");
-        engine.abort_all();
+        tracing::info!(
+            "shutting down: finishing the requests in flight (press Ctrl-C again to cancel them)"
+        );
+        let _ = first_tx.send(());
+        signal().await;
+        let _ = second_tx.send(());
     });
+    let graceful = async {
+        let _ = first_rx.await;
+    };
+    let mut server = std::pin::pin!(http::serve(listener, routes::router(state), http, graceful));
+    tokio::select! {
+        () = server.as_mut() => {
+            tracing::info!("all requests finished; stopping");
+            return Ok(());
+        }
+        Ok(()) = second_rx => {}
+    }
+    tracing::warn!("cancelling the requests in flight");
+    engine.abort_all();
+    if tokio::time::timeout(ABORT_FLUSH, server).await.is_err() {
+        tracing::warn!("closing the connections whose clients are not reading");
+    }
+    Ok(())
 }
 
 async fn signal() {

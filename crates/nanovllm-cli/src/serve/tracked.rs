@@ -2,11 +2,11 @@
 //! the [`SeqEvent`]s it sends back to the HTTP handler that owns it.
 //!
 //! Every generated token yields exactly one `Token` event (its text may be
-//! empty: a partial UTF-8 character, or text held back because it may start a
-//! stop string); then exactly one `Finished` event carries the remaining text
-//! and the reason. The text of a token that ended the sequence as an
-//! end-of-sequence or stop token id is never shown (as vLLM does), and the
-//! text stops just before the first stop string.
+//! empty: a partial UTF-8 character); then exactly one `Finished` event
+//! carries the remaining text and the reason. The text of a token that ended
+//! the sequence as an end-of-sequence or stop token id is never shown (as vLLM
+//! does). Stop strings are not looked for here but in the request's own task
+//! (`generation`), so that they cost the engine thread nothing.
 
 use std::time::Instant;
 
@@ -16,7 +16,6 @@ use nanovllm_core::{
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::{FinishLabel, Metrics};
-use super::stop_strings::StopMatcher;
 
 /// How a sequence ended, as the API reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,7 +78,6 @@ pub struct Tracked {
     choice: usize,
     events: UnboundedSender<ChoiceEvent>,
     detokenizer: IncrementalDetokenizer,
-    stop: StopMatcher,
     arrival: Instant,
     last_token_at: Option<Instant>,
 }
@@ -88,25 +86,19 @@ pub struct Tracked {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AfterToken {
     Continue,
-    /// It ended here (a stop string, or a detokenizer failure): its `Finished`
-    /// is sent and the engine must abort it.
+    /// It ended here (a detokenizer failure): its `Finished` is sent and the
+    /// engine must abort it.
     Ended(FinishLabel),
     /// Its handler is gone: the engine must abort it.
     Orphaned,
 }
 
 impl Tracked {
-    pub fn new(
-        choice: usize,
-        events: UnboundedSender<ChoiceEvent>,
-        prompt_ids: &[u32],
-        stop: Vec<String>,
-    ) -> Self {
+    pub fn new(choice: usize, events: UnboundedSender<ChoiceEvent>, prompt_ids: &[u32]) -> Self {
         Self {
             choice,
             events,
             detokenizer: IncrementalDetokenizer::new(prompt_ids),
-            stop: StopMatcher::new(stop),
             arrival: Instant::now(),
             last_token_at: None,
         }
@@ -139,38 +131,28 @@ impl Tracked {
                 }
             }
         };
-        let (text, stopped) = self.stop.push(&piece);
         let sent = self.send(SeqEvent::Token {
-            text,
+            text: piece,
             token_id,
             logprobs,
         });
-        if stopped {
-            self.finish(String::new(), Finish::Stop);
-            AfterToken::Ended(FinishLabel::Stop)
-        } else if sent {
+        if sent {
             AfterToken::Continue
         } else {
             AfterToken::Orphaned
         }
     }
 
-    /// The engine finished the sequence: flush the held-back text and report why.
+    /// The engine finished the sequence: flush the detokenizer and report why.
     pub fn on_finished(mut self, tokenizer: &Tokenizer, output: &RequestOutput) -> Finish {
-        let mut finish = match (&output.error, output.finish_reason) {
+        let finish = match (&output.error, output.finish_reason) {
             (Some(e), _) => Finish::Error(e.clone()),
             (None, FinishReason::Eos | FinishReason::Stop) => Finish::Stop,
             (None, FinishReason::Length) => Finish::Length,
             (None, FinishReason::Abort) => Finish::Abort,
         };
         let tail = self.detokenizer.finish(tokenizer).unwrap_or_default();
-        let (mut text, stopped) = self.stop.push(&tail);
-        if stopped {
-            finish = Finish::Stop;
-        } else {
-            text.push_str(&self.stop.flush());
-        }
-        self.finish(text, finish.clone());
+        self.finish(tail, finish.clone());
         finish
     }
 
