@@ -569,7 +569,9 @@ fn seeded_output_is_reproducible_and_batch_independent_up_to_rounding() {
                     max_tokens: 20 + i as usize,
                     ..SamplingParams::default()
                 };
-                engine.add_request(vec![7 + i; 3 + 4 * i as usize], other).unwrap();
+                engine
+                    .add_request(vec![7 + i; 3 + 4 * i as usize], other)
+                    .unwrap();
             }
         }
         let id = engine
@@ -592,11 +594,18 @@ fn seeded_output_is_reproducible_and_batch_independent_up_to_rounding() {
     let alone = run(false);
     let crowd = run(true);
     assert_eq!(alone.len(), 24);
-    assert_eq!(crowd, run(true), "the same composition must reproduce exactly");
+    assert_eq!(
+        crowd,
+        run(true),
+        "the same composition must reproduce exactly"
+    );
     for (step, (a, c)) in alone.iter().zip(&crowd).enumerate() {
         for (id, pa) in &a.2 {
             if let Some((_, pc)) = c.2.iter().find(|(ic, _)| ic == id) {
-                assert!((pa - pc).abs() <= 1e-4, "step {step} token {id}: {pa} vs {pc}");
+                assert!(
+                    (pa - pc).abs() <= 1e-4,
+                    "step {step} token {id}: {pa} vs {pc}"
+                );
             }
         }
         if a.0 != c.0 {

@@ -72,14 +72,16 @@ impl Tokenizer {
     /// would otherwise cost seconds of CPU and ~200 bytes of memory per byte).
     ///
     /// Why it never refuses a text that fits: every token covers at most as many bytes of
-    /// the text as its vocabulary entry has (a byte-level BPE entry spells each byte with a
-    /// 1–2 byte character; a SentencePiece entry spells a 1-byte space with the 3-byte `▁`),
-    /// so `max_tokens` tokens cover at most `max_tokens × longest entry` bytes; the factor 2
-    /// covers normalisation that shortens text (NFC composition) before it is split.
+    /// normalized text as its vocabulary entry has (every scheme spells each byte with at
+    /// least one: byte-level BPE one character per byte, SentencePiece `▁` for a space and
+    /// `<0x41>` for a byte, WordPiece a `##` prefix), so `max_tokens` tokens cover at most
+    /// `max_tokens × longest entry` normalized bytes; and normalization shrinks text at
+    /// most about 3 to 1 (NFC: Hangul L+V+T jamo, 9 bytes, compose into one 3-byte
+    /// syllable), hence the factor 4. (Qwen3: 256-byte entries, 1 KiB per token.)
     pub fn max_text_bytes(&self, max_tokens: usize) -> usize {
         max_tokens
             .saturating_mul(self.longest_token_bytes)
-            .saturating_mul(2)
+            .saturating_mul(4)
     }
 
     /// Token ids of `text`, with the tokenizer's special tokens added as HF does by default.
@@ -106,20 +108,6 @@ impl Tokenizer {
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
-    }
-
-    /// The longest vocabulary entry (added tokens included), in UTF-8 bytes of its
-    /// vocabulary string: an upper bound on the bytes of normalized text one token
-    /// stands for, since every scheme spells each byte of text with at least one byte
-    /// (byte-level BPE: one character per byte; SentencePiece: `▁` for a space,
-    /// `<0x41>` for a byte; WordPiece: a `##` prefix).
-    pub fn max_token_bytes(&self) -> usize {
-        self.inner
-            .get_vocab(true)
-            .keys()
-            .map(String::len)
-            .max()
-            .unwrap_or(0)
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -286,6 +274,8 @@ mod tests {
             "你好世界".repeat(500),
             "🦀".repeat(500),
             "e\u{301}".repeat(1000),
+            // Hangul jamo that NFC composes 3 to 1.
+            "\u{1100}\u{1161}\u{11a8}".repeat(1000),
             "ab".repeat(4000),
         ]);
         for text in &texts {

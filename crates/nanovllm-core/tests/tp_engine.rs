@@ -133,7 +133,11 @@ fn tp_matches_tp1_and_the_reference_on_fixtures() {
             let sharded = run(config(&dir, tp), &prompts, max_tokens);
             // The fixtures' references have no near-ties: every token must match.
             let label = format!("{fixture} tp {tp}");
-            assert_eq!(assert_same_up_to_near_ties(&label, &single, &sharded, 1e-4), 0, "{label}");
+            assert_eq!(
+                assert_same_up_to_near_ties(&label, &single, &sharded, 1e-4),
+                0,
+                "{label}"
+            );
         }
     }
 }

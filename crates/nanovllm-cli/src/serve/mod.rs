@@ -75,7 +75,7 @@ pub fn start(
         .unwrap_or_else(|| engine.default_sampling_params());
     let max_model_len = engine.config().max_model_len;
     let vocab_size = engine.model_config().vocab_size;
-    let max_prompt_bytes = state::max_prompt_bytes(max_model_len, tokenizer.max_token_bytes());
+    let max_prompt_bytes = tokenizer.max_text_bytes(max_model_len);
     let metrics = Arc::new(Metrics::default());
     let limits = EngineLimits {
         max_waiting_requests: options.max_waiting_requests,

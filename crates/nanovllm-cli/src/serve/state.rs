@@ -33,7 +33,7 @@ pub struct AppState {
     /// The engine's effective context length.
     pub max_model_len: usize,
     /// Longest prompt text, in bytes, that could fit `max_model_len` tokens; longer
-    /// prompts are refused before tokenizing (see [`max_prompt_bytes`]).
+    /// prompts are refused before tokenizing ([`nanovllm_core::Tokenizer::max_text_bytes`]).
     pub max_prompt_bytes: usize,
     /// Where tokenizing and other CPU-heavy request work runs.
     pub cpu: CpuPool,
@@ -47,22 +47,4 @@ pub struct AppState {
     pub limits: ServerLimits,
     /// Unix time the server started (`created` of the model card).
     pub started_at: u64,
-}
-
-/// How many bytes of text normalization can fold into one: NFC composes at most
-/// about 3 to 1 (Hangul L+V+T jamo, 9 bytes, become one 3-byte syllable; a Latin
-/// letter with two combining marks, 5 bytes, becomes one 3-byte character).
-const NORMALIZATION_SHRINK: usize = 4;
-
-/// The longest prompt text (in bytes) that can still fit `max_model_len` tokens.
-///
-/// A token stands for at most `max_token_bytes` bytes of normalized text
-/// ([`Tokenizer::max_token_bytes`]), and normalized text is at least a quarter
-/// of the input (`NORMALIZATION_SHRINK`); so a longer text always has more
-/// than `max_model_len` tokens, and refusing it before tokenizing never
-/// refuses a prompt that would fit. (Qwen3: 256-byte entries, so 1 KiB per token.)
-pub fn max_prompt_bytes(max_model_len: usize, max_token_bytes: usize) -> usize {
-    max_model_len
-        .saturating_mul(max_token_bytes.max(1))
-        .saturating_mul(NORMALIZATION_SHRINK)
 }
