@@ -7,23 +7,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use nanovllm_core::bench::{self, BenchFlags};
 use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum KvDTypeArg {
-    Auto,
-    F32,
-    Bf16,
-}
 
 /// The engine flags `cargo xtask bench` has (a subset of `nanovllm bench`'s, with the same
 /// defaults), `--model-config` defaulting to the repository's dummy Qwen3-0.6B (the one
@@ -37,14 +23,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "configs/qwen3-0.6b.json")]
     pub model_config: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceArg,
+    pub device: DeviceKind,
     /// CPU KV-cache budget in GiB.
     #[arg(long)]
     pub kv_cache_memory_gib: Option<f64>,
     /// Element type of the KV cache (auto: bf16 on CUDA, f32 on the CPU). llama.cpp's
     /// default cache is f16, so CPU comparisons with it use bf16.
     #[arg(long, value_enum, default_value = "auto")]
-    pub kv_cache_dtype: KvDTypeArg,
+    pub kv_cache_dtype: KvCacheDType,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
     #[arg(long)]
     pub gpu_memory_utilization: Option<f64>,
@@ -67,20 +53,12 @@ impl BenchArgs {
                 c
             }
         };
-        config.device = match self.device {
-            DeviceArg::Auto => DeviceKind::Auto,
-            DeviceArg::Cpu => DeviceKind::Cpu,
-            DeviceArg::Cuda => DeviceKind::Cuda,
-        };
+        config.device = self.device;
         config.max_model_len = self.max_model_len;
         if let Some(gib) = self.kv_cache_memory_gib {
             config.kv_cache_memory_gib = gib;
         }
-        config.kv_cache_dtype = match self.kv_cache_dtype {
-            KvDTypeArg::Auto => KvCacheDType::Auto,
-            KvDTypeArg::F32 => KvCacheDType::F32,
-            KvDTypeArg::Bf16 => KvCacheDType::Bf16,
-        };
+        config.kv_cache_dtype = self.kv_cache_dtype;
         if let Some(util) = self.gpu_memory_utilization {
             config.gpu_memory_utilization = util;
         }

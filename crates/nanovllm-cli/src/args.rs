@@ -71,24 +71,9 @@ pub struct WorkerArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LoadFormatArg {
     Safetensors,
     Dummy,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum KvDTypeArg {
-    /// bf16 on CUDA, f32 on the CPU.
-    Auto,
-    F32,
-    Bf16,
 }
 
 /// Flags that shape the engine; each overrides the TOML config when given.
@@ -106,7 +91,7 @@ pub struct EngineArgs {
     /// auto uses a GPU when this build (`--features cuda`) and machine have one, else the
     /// CPU (a CUDA build says so in one line); cuda without a GPU is an error.
     #[arg(long, value_enum)]
-    pub device: Option<DeviceArg>,
+    pub device: Option<DeviceKind>,
     /// `dummy` runs random weights of the config's shapes (benchmarks).
     #[arg(long, value_enum)]
     pub load_format: Option<LoadFormatArg>,
@@ -130,7 +115,7 @@ pub struct EngineArgs {
     pub num_kvcache_blocks: Option<usize>,
     /// Element type of the KV cache [default: auto: bf16 on CUDA, f32 on the CPU].
     #[arg(long, value_enum)]
-    pub kv_cache_dtype: Option<KvDTypeArg>,
+    pub kv_cache_dtype: Option<KvCacheDType>,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
     #[arg(long)]
     pub gpu_memory_utilization: Option<f64>,
@@ -181,11 +166,7 @@ impl EngineArgs {
             cfg.tokenizer = Some(t.clone());
         }
         if let Some(d) = self.device {
-            cfg.device = match d {
-                DeviceArg::Auto => DeviceKind::Auto,
-                DeviceArg::Cpu => DeviceKind::Cpu,
-                DeviceArg::Cuda => DeviceKind::Cuda,
-            };
+            cfg.device = d;
         }
         if let Some(f) = self.load_format {
             cfg.load_format = match f {
@@ -194,11 +175,7 @@ impl EngineArgs {
             };
         }
         if let Some(d) = self.kv_cache_dtype {
-            cfg.kv_cache_dtype = match d {
-                KvDTypeArg::Auto => KvCacheDType::Auto,
-                KvDTypeArg::F32 => KvCacheDType::F32,
-                KvDTypeArg::Bf16 => KvCacheDType::Bf16,
-            };
+            cfg.kv_cache_dtype = d;
         }
         macro_rules! overlay {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };

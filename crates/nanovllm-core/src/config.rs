@@ -28,6 +28,7 @@ enum LoadFormatDef {
 
 /// Which device runs the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     /// A GPU when this build has the CUDA backend and the machine a device; else the CPU
@@ -40,6 +41,7 @@ pub enum DeviceKind {
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum KvCacheDType {
     /// The device's natural choice: bf16 on CUDA, f32 on the CPU.

@@ -127,7 +127,7 @@ mod captured {
     use std::sync::Arc;
 
     use nanovllm_kernels::{
-        AttentionMetadata, Backend, CapturedGraph, CpuStorage, GraphCapture, KvCache, Tensor,
+        AttentionMetadata, Backend, CapturedGraph, GraphCapture, KvCache, Tensor,
     };
     use nanovllm_models::{ForwardInput, Model};
     use nanovllm_scheduler::ScheduledBatch;
@@ -137,6 +137,7 @@ mod captured {
         PaddedDecodeInput,
     };
     use crate::error::{EngineError, Result};
+    use crate::runner::{copy_staged, copy_u32, i64_vec};
 
     /// One captured decode graph and its static buffers.
     struct CapturedDecode {
@@ -243,11 +244,17 @@ mod captured {
             let be = self.backend.as_ref();
             let g = &mut self.graphs[index];
             let s = &mut self.staging;
-            copy_staged(be, &mut s.input_ids, &mut g.input.input_ids)?;
-            copy_staged(be, &mut s.positions, &mut g.input.positions)?;
-            copy_staged(be, &mut s.context_lens, &mut g.input.attn.context_lens)?;
-            copy_staged(be, &mut s.block_tables, &mut g.input.attn.block_tables)?;
-            copy_staged(be, &mut s.slot_mapping, &mut g.input.attn.slot_mapping)?;
+            copy_u32(be, &mut s.input_ids, &mut g.input.input_ids)?;
+            copy_u32(be, &mut s.positions, &mut g.input.positions)?;
+            copy_u32(be, &mut s.context_lens, &mut g.input.attn.context_lens)?;
+            copy_u32(be, &mut s.block_tables, &mut g.input.attn.block_tables)?;
+            copy_staged(
+                be,
+                &mut s.slot_mapping,
+                &mut g.input.attn.slot_mapping,
+                Tensor::from_i64,
+                i64_vec,
+            )?;
             g.graph.launch()?;
             Ok(&g.hidden)
         }
@@ -315,49 +322,6 @@ mod captured {
             hidden,
             graph,
         })
-    }
-
-    /// A staging vector the host tensors can wrap and give back (u32 ids, i64 slots).
-    trait Staged: Sized {
-        fn wrap(v: Vec<Self>, shape: &[usize]) -> nanovllm_kernels::Result<Tensor>;
-        fn unwrap(storage: CpuStorage) -> Option<Vec<Self>>;
-    }
-    impl Staged for u32 {
-        fn wrap(v: Vec<u32>, shape: &[usize]) -> nanovllm_kernels::Result<Tensor> {
-            Tensor::from_u32(v, shape)
-        }
-        fn unwrap(storage: CpuStorage) -> Option<Vec<u32>> {
-            match storage {
-                CpuStorage::U32(v) => Some(v),
-                _ => None,
-            }
-        }
-    }
-    impl Staged for i64 {
-        fn wrap(v: Vec<i64>, shape: &[usize]) -> nanovllm_kernels::Result<Tensor> {
-            Tensor::from_i64(v, shape)
-        }
-        fn unwrap(storage: CpuStorage) -> Option<Vec<i64>> {
-            match storage {
-                CpuStorage::I64(v) => Some(v),
-                _ => None,
-            }
-        }
-    }
-
-    /// Copies a staging vector into a static device input. The vector is lent to a host
-    /// tensor for the copy and taken back: no second host copy, and its capacity stays.
-    fn copy_staged<T: Staged>(
-        be: &dyn Backend,
-        staged: &mut Vec<T>,
-        dst: &mut Tensor,
-    ) -> Result<()> {
-        let host = T::wrap(std::mem::take(staged), dst.shape())?;
-        let copied = be.copy_from_host(&host, dst);
-        if let Some(v) = host.into_storage().into_cpu().and_then(T::unwrap) {
-            *staged = v;
-        }
-        Ok(copied?)
     }
 }
 

@@ -22,9 +22,14 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// An error when `bytes` (of `what`) exceed `available` (`None`: unknown, so no check).
-/// `fix` says which setting to change.
-pub fn check_fits(what: &str, bytes: u64, available: Option<u64>, fix: &str) -> Result<()> {
+/// An error when `bytes` (of `what`; `None`: more than a `u64` counts) exceed what the host
+/// has available now. `fix` says which setting to change.
+pub fn check_fits(what: &str, bytes: Option<u64>, fix: &str) -> Result<()> {
+    check_fits_in(what, bytes.unwrap_or(u64::MAX), available_bytes(), fix)
+}
+
+/// [`check_fits`] against `available` (`None`: unknown, so no check).
+fn check_fits_in(what: &str, bytes: u64, available: Option<u64>, fix: &str) -> Result<()> {
     match available {
         Some(available) if bytes > available => Err(EngineError::HostMemoryTooSmall {
             what: what.to_string(),
@@ -54,9 +59,9 @@ mod tests {
 
     #[test]
     fn too_much_is_one_error_naming_the_setting() {
-        assert!(check_fits("x", 10, Some(10), "lower y").is_ok());
-        assert!(check_fits("x", u64::MAX, None, "lower y").is_ok());
-        let err = check_fits(
+        assert!(check_fits_in("x", 10, Some(10), "lower y").is_ok());
+        assert!(check_fits_in("x", u64::MAX, None, "lower y").is_ok());
+        let err = check_fits_in(
             "the KV cache",
             11 << 30,
             Some(10 << 30),

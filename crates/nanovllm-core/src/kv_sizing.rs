@@ -48,14 +48,9 @@ pub(crate) fn size_kv_cache(
         let ranks = config.tp.ranks_per_node(config.tensor_parallel_size).max(1) as u64;
         let bytes = (num_blocks as u64)
             .checked_mul(bytes_per_block as u64)
-            .and_then(|b| b.checked_mul(ranks))
-            .unwrap_or(u64::MAX);
-        crate::host_memory::check_fits(
-            "the KV cache",
-            bytes,
-            crate::host_memory::available_bytes(),
-            "lower --kv-cache-memory-gib (or num_kvcache_blocks)",
-        )?;
+            .and_then(|b| b.checked_mul(ranks));
+        let fix = "lower --kv-cache-memory-gib (or num_kvcache_blocks)";
+        crate::host_memory::check_fits("the KV cache", bytes, fix)?;
     }
     Ok((num_blocks, bytes_per_block))
 }

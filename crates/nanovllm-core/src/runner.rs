@@ -414,6 +414,28 @@ fn upload_staged<T>(
     Ok(device)
 }
 
+/// Copies a staging vector into an existing device tensor (a static input of a captured
+/// graph), keeping `dst`'s buffer. The vector is lent to a host tensor for the copy and taken
+/// back: no second host copy, and its capacity stays.
+pub(crate) fn copy_staged<T>(
+    backend: &dyn Backend,
+    host: &mut Vec<T>,
+    dst: &mut Tensor,
+    wrap: fn(Vec<T>, &[usize]) -> nanovllm_kernels::Result<Tensor>,
+    take_back: fn(Storage) -> Option<Vec<T>>,
+) -> Result<()> {
+    let staged = wrap(std::mem::take(host), dst.shape())?;
+    let copied = backend.copy_from_host(&staged, dst);
+    if let Some(v) = take_back(staged.into_storage()) {
+        *host = v;
+    }
+    Ok(copied?)
+}
+
+pub(crate) fn copy_u32(backend: &dyn Backend, host: &mut Vec<u32>, dst: &mut Tensor) -> Result<()> {
+    copy_staged(backend, host, dst, Tensor::from_u32, u32_vec)
+}
+
 fn u32_vec(storage: Storage) -> Option<Vec<u32>> {
     match storage.into_cpu()? {
         CpuStorage::U32(v) => Some(v),
@@ -421,7 +443,7 @@ fn u32_vec(storage: Storage) -> Option<Vec<u32>> {
     }
 }
 
-fn i64_vec(storage: Storage) -> Option<Vec<i64>> {
+pub(crate) fn i64_vec(storage: Storage) -> Option<Vec<i64>> {
     match storage.into_cpu()? {
         CpuStorage::I64(v) => Some(v),
         _ => None,

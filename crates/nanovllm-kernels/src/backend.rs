@@ -94,11 +94,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<Tensor> {
         // The shapes first, so that a call rms_norm would reject leaves `residual` as it
         // was (as the fused versions do) and errors name this op.
-        const OP: &str = "add_rms_norm";
-        let (rows, cols) = validate::dims2(OP, "x", x)?;
-        validate::expect_shape(OP, residual, &[rows, cols])?;
-        validate::dims1(OP, "weight", weight)?;
-        validate::expect_shape(OP, weight, &[cols])?;
+        validate::add_rms_norm_shapes("add_rms_norm", x, residual, weight)?;
         self.add_inplace(residual, x)?;
         self.rms_norm(residual, weight, eps)
     }

@@ -53,8 +53,7 @@ pub(crate) fn add_rms_norm(
     eps: f32,
 ) -> Result<Tensor> {
     const OP: &str = "add_rms_norm";
-    let (m, n) = check::dims2(OP, "x", x)?;
-    check::expect_shape(OP, residual, &[m, n])?;
+    let (m, n) = crate::validate::add_rms_norm_shapes(OP, x, residual, weight)?;
     let xs = check::f32s(OP, "x", x)?;
     let w = weight_f32(OP, weight, n)?;
     let res = check::f32s_mut(OP, "residual", residual)?;

@@ -66,6 +66,21 @@ pub(crate) fn expect_shape(op: &'static str, t: &Tensor, expected: &[usize]) -> 
     Ok(())
 }
 
+/// The shapes of a fused residual add + RMSNorm: `x` and `residual` `[M, N]`, `weight`
+/// `[N]`; returns `(M, N)`.
+pub(crate) fn add_rms_norm_shapes(
+    op: &'static str,
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+) -> Result<(usize, usize)> {
+    let (rows, cols) = dims2(op, "x", x)?;
+    expect_shape(op, residual, &[rows, cols])?;
+    dims1(op, "weight", weight)?;
+    expect_shape(op, weight, &[cols])?;
+    Ok((rows, cols))
+}
+
 /// `t` must have `dtype`; its name is the `expected` of the error.
 pub(crate) fn expect_dtype(
     op: &'static str,
