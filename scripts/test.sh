@@ -27,6 +27,7 @@ fi
 cargo build -p nanovllm-cli
 if python3 -c "import openai, pytest" 2>/dev/null; then
     NANOVLLM_BIN="$PWD/target/debug/nanovllm" python3 -m pytest -p no:cacheprovider tests/openai -q
+    NANOVLLM_BIN="$PWD/target/debug/nanovllm" python3 -m pytest -p no:cacheprovider tests/reliability/test_worker_death.py -q
 elif [ "${CI:-}" = "true" ]; then
     echo "error: the openai client tests need python3 with openai and pytest (pip install openai pytest)" >&2
     exit 1

@@ -321,6 +321,10 @@ pub struct ServeArgs {
     /// Most sequences waiting for a slot in the batch; more are refused with 503.
     #[arg(long, default_value_t = 1024)]
     pub max_waiting_requests: usize,
+    /// Rebuilds of a broken tensor-parallel group (a worker died or failed) over the
+    /// server's life; then it exits non-zero for its supervisor. 0: exit at the first break.
+    #[arg(long, default_value_t = 3)]
+    pub tp_max_restarts: usize,
 }
 
 #[derive(Debug, Args)]
