@@ -4,7 +4,8 @@ The server runs TP 2 with worker processes on the CPU (the tiny Qwen3 fixture wi
 own tokenizer: 4 attention and 2 KV heads split over 2 ranks). Killing rank 1 with
 SIGKILL must be noticed at once, even with no request in flight: /health turns 503
 with the reason, a stream in flight ends with an error event, and the server rebuilds
-the group and serves again; with `--tp-max-restarts 0` it exits non-zero by itself.
+the group and serves again; with `--tp-max-restarts 0` it exits non-zero by itself, and a
+SIGTERM while the group is broken exits non-zero too.
 
 Self-contained (no conftest): the binary is `target/debug/nanovllm` (override with
 NANOVLLM_BIN); build it first with `cargo build -p nanovllm-cli`.
@@ -225,6 +226,27 @@ def test_a_killed_worker_is_noticed_at_once_and_the_group_is_rebuilt():
         # Healthy again, so a signal is a clean stop.
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0, server.stderr()
+    finally:
+        server.kill()
+
+
+def test_a_signal_while_the_group_is_broken_exits_non_zero():
+    server = TpServer("--tp-max-restarts", "3")
+    try:
+        status, text = complete(server)
+        assert status == 200, text
+        os.kill(server.rank1_pid(), signal.SIGKILL)
+        wait_for("/health turned 503", lambda: http("GET", f"{server.url}/health", timeout=5)[0] == 503,
+                 timeout_s=5, server=server)
+        # Within the 1 s pause before the restart: the group is still broken.
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            code = server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server did not stop on SIGTERM: {server.stderr()}")
+        assert code != 0, server.stderr()
+        time.sleep(0.2)  # the stderr reader catches up with the last line
+        assert "stopped while the tensor-parallel group was broken" in server.stderr(), server.stderr()
     finally:
         server.kill()
 

@@ -161,6 +161,22 @@ fn a_killed_worker_fails_the_step_quickly_and_names_its_rank() {
     );
     eprintln!("error after the kill: {err}");
     assert!(err.contains("rank 1"), "{err}");
+    // The step may have seen the sockets close before the exit status existed; the check
+    // reaps the worker and names it.
+    let start = Instant::now();
+    let why = loop {
+        let why = engine.check_tp_group().expect("the group is broken");
+        if why.contains("signal: 9") || start.elapsed() > Duration::from_secs(5) {
+            break why;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(why.contains("signal: 9"), "{why}");
+    assert_eq!(why.matches("signal: 9").count(), 1, "named once: {why}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pids[0])).exists(),
+        "the dead worker is still a zombie"
+    );
     // The group stays broken: the next step fails at once too.
     engine
         .add_request(vec![7u32], SamplingParams::greedy(1))

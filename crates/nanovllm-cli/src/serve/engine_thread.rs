@@ -344,7 +344,7 @@ impl EngineLoop {
                     reason,
                     max_restarts: budget.max(),
                 };
-                tracing::error!("{}", failed.unavailable().unwrap_or_default());
+                // Not logged here: the server exits with this as its one-line error.
                 health.send_replace(failed);
                 refuse_queued(&commands, &health, Duration::ZERO);
                 return None;

@@ -47,7 +47,7 @@ impl Health {
                 let spent = if *max_restarts == 0 {
                     "restarts are off (--tp-max-restarts 0)".to_string()
                 } else {
-                    format!("its {max_restarts} restarts (--tp-max-restarts) are spent")
+                    format!("no restart is left (all {max_restarts} of --tp-max-restarts used)")
                 };
                 Some(format!(
                     "the tensor-parallel group broke ({reason}) and {spent}: the server is \
@@ -170,6 +170,10 @@ mod tests {
             reason: reason.into(),
             max_restarts: 3,
         };
-        assert!(spent.unavailable().unwrap().contains("3 restarts"));
+        let message = spent.unavailable().unwrap();
+        assert!(
+            message.contains("all 3 of --tp-max-restarts used"),
+            "{message}"
+        );
     }
 }

@@ -166,11 +166,13 @@ impl WorkerGroup {
     /// the group is broken, now or by an earlier step; `None` while it is whole. A broken
     /// group runs no more steps.
     pub fn check(&mut self) -> Option<&str> {
-        if self.broken.is_none() {
-            self.broken = match &mut self.workers {
-                Workers::Threads(w) => w.check(),
-                Workers::Processes(w) => w.check(),
-            };
+        match (&mut self.broken, &mut self.workers) {
+            (None, Workers::Threads(w)) => self.broken = w.check(),
+            (None, Workers::Processes(w)) => self.broken = w.check(),
+            // A step that broke the group may have seen the dead worker's sockets close before
+            // its exit status existed: reap it now (no zombie) and name its status.
+            (Some(why), Workers::Processes(w)) => *why = w.explain(std::mem::take(why)),
+            (Some(_), Workers::Threads(_)) => {}
         }
         self.broken.as_deref()
     }

@@ -207,16 +207,20 @@ impl ProcessWorkers {
             })
     }
 
-    /// `why`, plus the exit status of any local worker that has exited.
+    /// `why`, plus the exit status of any local worker that has exited (and that `why` does
+    /// not name yet: a broken group's reason is explained again as its workers are reaped).
     pub(crate) fn explain(&mut self, why: String) -> String {
         let mut exits = Vec::new();
         for w in &mut self.local {
             if let Ok(Some(status)) = w.child.try_wait() {
-                exits.push(format!(
+                let exit = format!(
                     "worker rank {} (pid {}) exited: {status}",
                     w.rank,
                     w.child.id()
-                ));
+                );
+                if !why.contains(&exit) {
+                    exits.push(exit);
+                }
             }
         }
         if exits.is_empty() {
