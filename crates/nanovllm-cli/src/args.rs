@@ -303,6 +303,10 @@ pub struct ServeArgs {
     /// or from its previous response; idle keep-alive connections close after it too.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_header_timeout_s: u64,
+    /// Rebuilds of a broken tensor-parallel group (a worker died or failed) over the
+    /// server's life; then it exits non-zero for its supervisor. 0: exit at the first break.
+    #[arg(long, default_value_t = 3)]
+    pub tp_max_restarts: usize,
 }
 
 #[derive(Debug, Args)]

@@ -1,7 +1,8 @@
 //! Tensor parallelism end to end with the real binary: `nanovllm generate
 //! --tensor-parallel-size 2 --device cpu` (threads, and worker processes over TCP) gives the
 //! same greedy tokens as TP = 1 and as transformers; and the process path's faults: a
-//! killed worker makes the engine fail within a bounded time, shutdown leaves no worker
+//! killed worker makes the engine fail within a bounded time (and is noticed and reaped
+//! between steps by `check_tp_group`), shutdown leaves no worker
 //! behind, a bad `--dist-init-addr` fails fast with a message.
 
 mod common;
@@ -160,6 +161,22 @@ fn a_killed_worker_fails_the_step_quickly_and_names_its_rank() {
     );
     eprintln!("error after the kill: {err}");
     assert!(err.contains("rank 1"), "{err}");
+    // The step may have seen the sockets close before the exit status existed; the check
+    // reaps the worker and names it.
+    let start = Instant::now();
+    let why = loop {
+        let why = engine.check_tp_group().expect("the group is broken");
+        if why.contains("signal: 9") || start.elapsed() > Duration::from_secs(5) {
+            break why;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(why.contains("signal: 9"), "{why}");
+    assert_eq!(why.matches("signal: 9").count(), 1, "named once: {why}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pids[0])).exists(),
+        "the dead worker is still a zombie"
+    );
     // The group stays broken: the next step fails at once too.
     engine
         .add_request(vec![7u32], SamplingParams::greedy(1))
@@ -168,6 +185,47 @@ fn a_killed_worker_fails_the_step_quickly_and_names_its_rank() {
     assert!(again.contains("broke earlier"), "{again}");
     drop(engine);
     assert!(!alive(pids[0]));
+}
+
+#[test]
+fn a_worker_killed_while_idle_is_reaped_and_noticed_without_a_step() {
+    let mut engine = process_engine(&fixture("qwen3-tiny"));
+    let pids = engine.tp_worker_pids();
+    assert_eq!(engine.check_tp_group(), None, "a whole group is not broken");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // No step runs: only the check may notice (and reap) the dead worker.
+    let start = Instant::now();
+    let why = loop {
+        if let Some(why) = engine.check_tp_group() {
+            break why;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the dead worker went unnoticed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("noticed: {why}");
+    assert!(why.contains("rank 1"), "{why}");
+    assert!(why.contains("signal: 9"), "{why}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pids[0])).exists(),
+        "the dead worker is still a zombie"
+    );
+    // It stays broken, and the next step fails at once with the reason.
+    assert_eq!(engine.check_tp_group().as_deref(), Some(why.as_str()));
+    engine
+        .add_request(vec![1u32, 2], SamplingParams::greedy(1))
+        .unwrap();
+    let err = engine.step().unwrap_err().to_string();
+    assert!(
+        err.contains("broke earlier") && err.contains("signal: 9"),
+        "{err}"
+    );
 }
 
 #[test]

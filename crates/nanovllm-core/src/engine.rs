@@ -537,6 +537,15 @@ impl LLMEngine {
         }
     }
 
+    /// Under tensor parallelism, between steps and without blocking: checks the workers (a
+    /// local worker process that exited is reaped and named with its exit status) and
+    /// returns why the group is broken, now or by an earlier step. `None` while the group is
+    /// whole, or without one. A broken group fails every later step: drop this engine and
+    /// build a new one from [`LLMEngine::config`] to recover.
+    pub fn check_tp_group(&mut self) -> Option<String> {
+        self.workers.as_mut()?.check().map(str::to_owned)
+    }
+
     /// Process ids of this host's tensor-parallel worker processes (empty without them).
     pub fn tp_worker_pids(&self) -> Vec<u32> {
         self.workers

@@ -12,19 +12,29 @@
 //! says so), aborted because its handler is gone (its blocks are freed in that
 //! same turn), or failed. After every
 //! turn the gauges in [`Metrics`] show the engine's queues and KV cache.
+//!
+//! Tensor parallelism: every turn checks the worker group (an idle loop wakes
+//! every [`TP_CHECK_INTERVAL`] for it), so a worker that dies is noticed and
+//! reaped at once, not on the next request. A broken group fails everything in
+//! flight, then the engine is rebuilt from its config (new workers, weights
+//! loaded again) while the [`RestartBudget`] allows; meanwhile [`Health`] says
+//! why and new requests are refused with 503. A spent budget is
+//! [`Health::Failed`]: the thread ends and the server exits non-zero.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use nanovllm_core::{
     EngineError, LLMEngine, Prompt, RequestError, RequestId, SamplingParams, SchedulerError,
     StepOutputs,
 };
-use tokio::sync::{mpsc::UnboundedSender, oneshot};
+use tokio::sync::{mpsc::UnboundedSender, oneshot, watch};
 
 use super::errors::ApiError;
+use super::health::{Health, RestartBudget};
 use super::metrics::{FinishLabel, Metrics};
 use super::tracked::{ends_by_token, AfterToken, ChoiceEvent, Finish, Tracked};
 
@@ -56,11 +66,21 @@ enum Command {
     Shutdown,
 }
 
+/// How often an idle engine with tensor-parallel workers checks them: a worker that dies
+/// between requests is noticed (and reaped) within this.
+const TP_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// The pause before each restart (requests are refused meanwhile): the dead rank's peers
+/// exit and the OS frees what it held (a GPU's memory is released asynchronously), so the
+/// new group does not fail for want of it.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
 /// Limits the engine thread enforces.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineLimits {
     /// Most sequences waiting to be scheduled; more are refused (503).
     pub max_waiting_requests: usize,
+    /// Rebuilds of a broken tensor-parallel group over the server's life.
+    pub max_tp_restarts: usize,
 }
 
 /// The handlers' side: cheap to clone.
@@ -68,6 +88,7 @@ pub struct EngineLimits {
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     alive: Arc<AtomicBool>,
+    health: watch::Receiver<Health>,
 }
 
 impl EngineHandle {
@@ -77,6 +98,10 @@ impl EngineHandle {
         seqs: Vec<SeqRequest>,
         events: UnboundedSender<ChoiceEvent>,
     ) -> Result<Vec<RequestId>, ApiError> {
+        // Refused here, not on the engine thread: a restart keeps that thread busy.
+        if let Some(reason) = self.health().unavailable() {
+            return Err(ApiError::EngineUnavailable { reason });
+        }
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Add {
@@ -110,9 +135,23 @@ impl EngineHandle {
         let _ = self.commands.send(Command::Shutdown);
     }
 
-    /// False once the thread has exited (shutdown, or a panic).
+    /// False once the thread has exited (shutdown, a panic, or restarts spent).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
+    }
+
+    /// What the engine thread can do now (its last word once it has exited).
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// Resolves once the engine thread has given up (restarts spent) or has ended.
+    pub async fn gave_up(&self) {
+        let mut health = self.health.clone();
+        // An error means the thread is gone: also the end.
+        let _ = health
+            .wait_for(|h| matches!(h, Health::Failed { .. }))
+            .await;
     }
 }
 
@@ -135,9 +174,11 @@ pub fn spawn(
     metrics.set_engine_gauges(0, 0, kv.num_blocks, kv.num_free_blocks);
     let (commands, receiver) = mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
+    let (health_tx, health) = watch::channel(Health::Ready);
     let handle = EngineHandle {
         commands,
         alive: alive.clone(),
+        health,
     };
     let thread = std::thread::Builder::new()
         .name("nanovllm-engine".into())
@@ -150,14 +191,28 @@ pub fn spawn(
                 }
             }
             let _alive = Alive(alive);
-            EngineLoop {
+            let mut engine_loop = EngineLoop {
                 engine,
                 limits,
                 metrics,
                 commands: receiver,
                 tracked: HashMap::new(),
+                health: health_tx,
+                budget: RestartBudget::new(limits.max_tp_restarts),
+            };
+            loop {
+                match engine_loop.run() {
+                    Ended::Shutdown => {
+                        engine_loop.cancel_all(Finish::Abort);
+                        engine_loop.publish_gauges();
+                        break;
+                    }
+                    Ended::GroupBroke(reason) => match engine_loop.recover(reason) {
+                        Some(rebuilt) => engine_loop = rebuilt,
+                        None => break,
+                    },
+                }
             }
-            .run();
         })?;
     Ok((handle, thread))
 }
@@ -168,6 +223,16 @@ struct EngineLoop {
     metrics: Arc<Metrics>,
     commands: mpsc::Receiver<Command>,
     tracked: HashMap<RequestId, Tracked>,
+    health: watch::Sender<Health>,
+    budget: RestartBudget,
+}
+
+/// Why [`EngineLoop::run`] returned.
+enum Ended {
+    /// Shut down (or every handle is gone).
+    Shutdown,
+    /// The tensor-parallel group broke, for this reason.
+    GroupBroke(String),
 }
 
 /// Whether the loop goes on after a command.
@@ -178,18 +243,31 @@ enum Flow {
 }
 
 impl EngineLoop {
-    fn run(mut self) {
+    fn run(&mut self) -> Ended {
+        let has_workers = self.engine.config().tensor_parallel_size > 1;
         loop {
             self.publish_gauges();
+            // Every turn: a few non-blocking syscalls per worker, nothing next to a step.
+            if let Some(reason) = self.engine.check_tp_group() {
+                return Ended::GroupBroke(reason);
+            }
             if !self.engine.has_unfinished() {
-                // Idle: sleep until a command arrives (or every handle is gone).
-                match self.commands.recv() {
-                    Ok(command) => {
-                        if self.handle(command) == Flow::Exit {
-                            break;
-                        }
+                // Idle: sleep until a command arrives (or every handle is gone); with
+                // workers, wake up to check them, since one may die between requests.
+                let command = if has_workers {
+                    match self.commands.recv_timeout(TP_CHECK_INTERVAL) {
+                        Ok(command) => command,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return Ended::Shutdown,
                     }
-                    Err(_) => break,
+                } else {
+                    match self.commands.recv() {
+                        Ok(command) => command,
+                        Err(_) => return Ended::Shutdown,
+                    }
+                };
+                if self.handle(command) == Flow::Exit {
+                    return Ended::Shutdown;
                 }
             }
             let mut exit = false;
@@ -209,17 +287,111 @@ impl EngineLoop {
                 }
             }
             if exit {
-                break;
+                return Ended::Shutdown;
             }
             if self.engine.has_unfinished() {
                 match self.engine.step() {
                     Ok(out) => self.process(out),
-                    Err(e) => self.fail_all(&e),
+                    Err(e) => {
+                        // A broken group: `recover` turns /health 503 before it fails the
+                        // requests, so no client sees a healthy server after its error.
+                        if let Some(reason) = self.engine.check_tp_group() {
+                            return Ended::GroupBroke(reason);
+                        }
+                        self.fail_all(&e);
+                    }
                 }
             }
         }
-        self.cancel_all(Finish::Abort);
-        self.publish_gauges();
+    }
+
+    /// The group broke: fails what is left in flight, drops the engine (stopping its
+    /// workers and freeing its memory), and builds a new one from the same config while the
+    /// budget allows. `None`: no engine (restarts spent, or shut down meanwhile).
+    fn recover(mut self, reason: String) -> Option<EngineLoop> {
+        tracing::error!("the tensor-parallel group broke: {reason}");
+        self.metrics.set_engine_healthy(false);
+        let mut attempt = self.budget.take();
+        // Unhealthy first, then the requests fail: a client that retries at once is refused.
+        self.health.send_replace(match attempt {
+            Some(attempt) => Health::Recovering {
+                reason: reason.clone(),
+                attempt,
+                max_restarts: self.budget.max(),
+            },
+            None => Health::Failed {
+                reason: reason.clone(),
+                max_restarts: self.budget.max(),
+            },
+        });
+        // Their KV cache lived on the broken group: none can go on.
+        self.cancel_all(Finish::Error(format!(
+            "the tensor-parallel group broke ({reason}); retry the request"
+        )));
+        let config = self.engine.config().clone();
+        let EngineLoop {
+            engine,
+            limits,
+            metrics,
+            commands,
+            tracked,
+            health,
+            mut budget,
+        } = self;
+        drop(engine);
+        let mut last_error: Option<String> = None;
+        loop {
+            let Some(this_attempt) = attempt else {
+                let reason = match &last_error {
+                    Some(e) => format!("{reason}; the last restart failed: {e}"),
+                    None => reason,
+                };
+                let failed = Health::Failed {
+                    reason,
+                    max_restarts: budget.max(),
+                };
+                // Not logged here: the server exits with this as its one-line error.
+                health.send_replace(failed);
+                refuse_queued(&commands, &health, Duration::ZERO);
+                return None;
+            };
+            health.send_replace(Health::Recovering {
+                reason: reason.clone(),
+                attempt: this_attempt,
+                max_restarts: budget.max(),
+            });
+            if refuse_queued(&commands, &health, RESTART_PAUSE) == Flow::Exit {
+                return None;
+            }
+            tracing::warn!(
+                "restarting the tensor-parallel group (attempt {this_attempt} of {})",
+                budget.max()
+            );
+            match LLMEngine::new(config.clone()) {
+                Ok(engine) => {
+                    tracing::info!("the tensor-parallel group is back (restart {this_attempt})");
+                    metrics.count_tp_restart();
+                    metrics.set_engine_healthy(true);
+                    health.send_replace(Health::Ready);
+                    return Some(EngineLoop {
+                        engine,
+                        limits,
+                        metrics,
+                        commands,
+                        tracked,
+                        health,
+                        budget,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "restart {this_attempt} of the tensor-parallel group failed: {e}"
+                    );
+                    last_error = Some(e.to_string());
+                    attempt = budget.take();
+                }
+            }
+        }
     }
 
     fn handle(&mut self, command: Command) -> Flow {
@@ -375,6 +547,45 @@ impl EngineLoop {
             kv.num_blocks,
             kv.num_free_blocks,
         );
+    }
+}
+
+/// While there is no engine: answers the commands that arrive within `wait` (at least the
+/// ones already queued), refusing every request with the health's reason. `Exit` on
+/// `Shutdown` or when every handle is gone.
+fn refuse_queued(
+    commands: &mpsc::Receiver<Command>,
+    health: &watch::Sender<Health>,
+    wait: Duration,
+) -> Flow {
+    let deadline = Instant::now() + wait;
+    loop {
+        let command = match commands.try_recv() {
+            Ok(command) => command,
+            Err(mpsc::TryRecvError::Disconnected) => return Flow::Exit,
+            Err(mpsc::TryRecvError::Empty) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Flow::Continue;
+                }
+                match commands.recv_timeout(left) {
+                    Ok(command) => command,
+                    Err(mpsc::RecvTimeoutError::Timeout) => return Flow::Continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return Flow::Exit,
+                }
+            }
+        };
+        match command {
+            Command::Add { reply, .. } => {
+                let reason = health.borrow().unavailable().unwrap_or_else(|| {
+                    "the engine is being rebuilt after a tensor-parallel failure".into()
+                });
+                let _ = reply.send(Err(ApiError::EngineUnavailable { reason }));
+            }
+            // Nothing is in flight without an engine.
+            Command::Abort(_) | Command::AbortAll | Command::StopStringFound(_) => {}
+            Command::Shutdown => return Flow::Exit,
+        }
     }
 }
 

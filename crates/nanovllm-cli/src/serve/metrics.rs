@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -107,6 +107,9 @@ pub struct Metrics {
     num_waiting: AtomicUsize,
     kv_blocks_total: AtomicUsize,
     kv_blocks_free: AtomicUsize,
+    /// False while the tensor-parallel group is broken (being rebuilt, or given up).
+    engine_healthy: AtomicBool,
+    tp_restarts: AtomicU64,
     pub time_to_first_token: Histogram,
     pub time_per_output_token: Histogram,
 }
@@ -122,6 +125,8 @@ impl Default for Metrics {
             num_waiting: AtomicUsize::new(0),
             kv_blocks_total: AtomicUsize::new(0),
             kv_blocks_free: AtomicUsize::new(0),
+            engine_healthy: AtomicBool::new(true),
+            tp_restarts: AtomicU64::new(0),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
             time_per_output_token: Histogram::new(TPOT_BUCKETS),
         }
@@ -177,6 +182,15 @@ impl Metrics {
         self.kv_blocks_total
             .store(kv_blocks_total, Ordering::Relaxed);
         self.kv_blocks_free.store(kv_blocks_free, Ordering::Relaxed);
+    }
+
+    pub fn set_engine_healthy(&self, healthy: bool) {
+        self.engine_healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// One successful rebuild of a broken tensor-parallel group.
+    pub fn count_tp_restart(&self) {
+        self.tp_restarts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything.
@@ -255,6 +269,18 @@ impl Metrics {
             "nanovllm_num_requests_waiting",
             "Sequences waiting to be scheduled.",
             self.num_waiting.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "nanovllm_engine_healthy",
+            "1 while the engine serves; 0 while its tensor-parallel group is broken (see /health).",
+            u8::from(self.engine_healthy.load(Ordering::Relaxed)).to_string(),
+        );
+        counter(
+            &mut out,
+            "nanovllm_tp_restarts_total",
+            "Successful rebuilds of a broken tensor-parallel group.",
+            self.tp_restarts.load(Ordering::Relaxed),
         );
         let total = self.kv_blocks_total.load(Ordering::Relaxed);
         let free = self.kv_blocks_free.load(Ordering::Relaxed);
@@ -365,5 +391,12 @@ mod tests {
         assert_eq!(value(&text, "nanovllm_kv_cache_blocks_total"), 10.0);
         assert_eq!(value(&text, "nanovllm_kv_cache_blocks_free"), 4.0);
         assert_eq!(value(&text, "nanovllm_kv_cache_usage_perc"), 0.6);
+        assert_eq!(value(&text, "nanovllm_engine_healthy"), 1.0);
+        assert_eq!(value(&text, "nanovllm_tp_restarts_total"), 0.0);
+        m.set_engine_healthy(false);
+        m.count_tp_restart();
+        let text = m.render();
+        assert_eq!(value(&text, "nanovllm_engine_healthy"), 0.0);
+        assert_eq!(value(&text, "nanovllm_tp_restarts_total"), 1.0);
     }
 }

@@ -14,6 +14,12 @@
 //! waiting at most [`ABORT_FLUSH`] for clients to read that last chunk, so a
 //! client that stopped reading cannot hold the process. Then the engine thread
 //! stops and the process exits.
+//!
+//! Tensor-parallel failures ([`health`]): a broken worker group turns
+//! `/health` 503 and is rebuilt up to `--tp-max-restarts` times; then the
+//! server stops by itself (as on a first signal). It exits non-zero when it
+//! stops with the group broken (given up, or a signal during a restart), so a
+//! supervisor sees it.
 
 mod chat_completions;
 mod completions;
@@ -21,6 +27,7 @@ mod cpu_pool;
 pub mod engine_thread;
 pub mod errors;
 mod generation;
+pub mod health;
 pub mod http;
 mod logprobs_format;
 pub mod metrics;
@@ -46,6 +53,7 @@ use nanovllm_core::{ChatTemplate, LLMEngine, SamplingParams};
 use crate::args::ServeArgs;
 use crate::requests::params_from_flags;
 use engine_thread::{EngineHandle, EngineLimits};
+use health::Health;
 use http::HttpOptions;
 use metrics::Metrics;
 use state::{AppState, ServerLimits};
@@ -60,6 +68,8 @@ pub struct ServerOptions {
     /// Sampling of a request that sets nothing; `None`: the engine's defaults.
     pub defaults: Option<SamplingParams>,
     pub default_max_tokens: Option<usize>,
+    /// Rebuilds of a broken tensor-parallel group before the server gives up.
+    pub max_tp_restarts: usize,
 }
 
 /// Starts the engine thread and builds the handlers' shared state.
@@ -79,6 +89,7 @@ pub fn start(
     let metrics = Arc::new(Metrics::default());
     let limits = EngineLimits {
         max_waiting_requests: options.max_waiting_requests,
+        max_tp_restarts: options.max_tp_restarts,
     };
     let (handle, thread): (EngineHandle, _) = engine_thread::spawn(engine, limits, metrics.clone())
         .context("cannot start the engine thread")?;
@@ -140,6 +151,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
         chat_template,
         defaults: Some(defaults),
         default_max_tokens,
+        max_tp_restarts: args.tp_max_restarts,
     };
     let (state, engine_thread) = start(engine, options)?;
     let http = HttpOptions {
@@ -154,11 +166,43 @@ pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
     // are dropped, not waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
     served?;
+    // As the server stopped: a broken group makes the exit non-zero, whatever stopped it.
+    let health = state.engine.health();
     state.engine.shutdown();
-    if engine_thread.join().is_err() {
+    join_engine(engine_thread, &health)?;
+    match health {
+        Health::Ready => Ok(true),
+        Health::Recovering { reason, .. } => anyhow::bail!(
+            "stopped while the tensor-parallel group was broken ({reason}) and before a \
+             restart brought it back"
+        ),
+        failed @ Health::Failed { .. } => {
+            anyhow::bail!("{}", failed.unavailable().unwrap_or_default())
+        }
+    }
+}
+
+/// How long a stopping server waits for an engine thread that is rebuilding its group (a
+/// rebuild may wait up to --tp-timeout-secs for a rank that never comes).
+const RESTART_JOIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Joins the engine thread; during a restart, at most [`RESTART_JOIN_BOUND`] (the process
+/// exit then ends it, and its new workers exit when rank 0's connections close).
+fn join_engine(thread: JoinHandle<()>, health: &Health) -> anyhow::Result<()> {
+    if matches!(health, Health::Recovering { .. }) {
+        let deadline = std::time::Instant::now() + RESTART_JOIN_BOUND;
+        while !thread.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!("the engine thread is still restarting its group; exiting anyway");
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    if thread.join().is_err() {
         anyhow::bail!("the engine thread panicked; see the log above");
     }
-    Ok(true)
+    Ok(())
 }
 
 /// How long, after the second signal cancelled every request, clients get to read their
@@ -195,8 +239,14 @@ async fn serve(
         signal().await;
         let _ = second_tx.send(());
     });
-    let graceful = async {
-        let _ = first_rx.await;
+    // The first signal, or the engine thread giving up (restarts spent) or ending, stops
+    // accepting and lets what is in flight finish.
+    let gave_up = state.engine.clone();
+    let graceful = async move {
+        tokio::select! {
+            _ = first_rx => {}
+            () = gave_up.gave_up() => tracing::error!("the engine has stopped: stopping the server"),
+        }
     };
     let mut server = std::pin::pin!(http::serve(listener, routes::router(state), http, graceful));
     tokio::select! {

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::errors::ApiError;
+use super::health::Health;
 use super::openai_types::ModelCard;
 use super::state::AppState;
 use super::{chat_completions, completions};
@@ -112,15 +113,17 @@ async fn get_model(
     Ok(Json(model_card(&state)).into_response())
 }
 
-/// 200 while the engine thread runs, 503 once it has stopped.
+/// 200 `{"status": "ok"}` while the engine serves; 503 with why while its tensor-parallel
+/// group is broken (`recovering`, `failed`) or once its thread has stopped.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.engine.is_alive() {
-        StatusCode::OK.into_response()
-    } else {
-        ApiError::EngineUnavailable {
+    let health = state.engine.health();
+    match health {
+        Health::Ready if state.engine.is_alive() => Json(health.body()).into_response(),
+        Health::Ready => ApiError::EngineUnavailable {
             reason: "the engine thread has stopped; see the server log".into(),
         }
-        .into_response()
+        .into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(health.body())).into_response(),
     }
 }
 

@@ -23,6 +23,9 @@
 //! No hang: a failing rank reports why, a dead one closes its connections,
 //! and a silent one times out (`tp.timeout_secs`); the step then fails with an
 //! error naming the rank, and the group stays broken (later steps fail at once).
+//! Between steps [`WorkerGroup::check`] notices a dead worker without a step
+//! (a local worker process is reaped at once); the engine's owner decides
+//! what to do with a broken group (`nanovllm serve` rebuilds the engine).
 
 pub mod codec;
 mod config;
@@ -156,6 +159,22 @@ impl WorkerGroup {
         };
         self.broken.get_or_insert_with(|| err.to_string());
         err
+    }
+
+    /// Between steps, without blocking: checks that every worker is still there (a local
+    /// worker process that exited is reaped and named with its exit status) and returns why
+    /// the group is broken, now or by an earlier step; `None` while it is whole. A broken
+    /// group runs no more steps.
+    pub fn check(&mut self) -> Option<&str> {
+        match (&mut self.broken, &mut self.workers) {
+            (None, Workers::Threads(w)) => self.broken = w.check(),
+            (None, Workers::Processes(w)) => self.broken = w.check(),
+            // A step that broke the group may have seen the dead worker's sockets close before
+            // its exit status existed: reap it now (no zombie) and name its status.
+            (Some(why), Workers::Processes(w)) => *why = w.explain(std::mem::take(why)),
+            (Some(_), Workers::Threads(_)) => {}
+        }
+        self.broken.as_deref()
     }
 
     /// Process ids of the worker processes on this host (empty with threads).

@@ -11,7 +11,10 @@
 //! Failure: a worker that dies closes its connections, so the collective or
 //! control read that needed it fails at once, naming the rank (and, for a
 //! local worker, its exit status). Rank 0's death closes the connections
-//! from the other end; workers exit. Dropping the group sends `Shutdown`,
+//! from the other end; workers exit. Between steps [`ProcessWorkers::check`]
+//! notices a dead worker without waiting for the next step: it reaps a local
+//! worker that exited (no zombie stays) and sees any rank's control connection
+//! close. Dropping the group sends `Shutdown`,
 //! waits briefly, then kills and reaps any local worker still running: no
 //! process is left behind.
 
@@ -176,16 +179,48 @@ impl ProcessWorkers {
         self.local.iter().map(|w| w.child.id()).collect()
     }
 
-    /// `why`, plus the exit status of any local worker that has exited.
+    /// Between steps, without blocking: why a worker is gone, if one is. A local worker
+    /// that exited is reaped and named with its exit status; any rank (remote ones too)
+    /// whose control connection closed is named. The communicator is aborted then, so
+    /// the next collective fails at once instead of waiting for the dead rank.
+    pub(crate) fn check(&mut self) -> Option<String> {
+        let why = self.exited_local().or_else(|| {
+            (1..=self.control.len()).find_map(|rank| {
+                probe_idle(&self.control[rank - 1]).map(|what| format!("rank {rank} {what}"))
+            })
+        })?;
+        let why = self.explain(why);
+        (self.abort_comm)(&why);
+        Some(why)
+    }
+
+    fn exited_local(&mut self) -> Option<String> {
+        self.local
+            .iter_mut()
+            .find_map(|w| match w.child.try_wait() {
+                Ok(Some(status)) => Some(format!(
+                    "worker rank {} (pid {}) exited: {status}",
+                    w.rank,
+                    w.child.id()
+                )),
+                _ => None,
+            })
+    }
+
+    /// `why`, plus the exit status of any local worker that has exited (and that `why` does
+    /// not name yet: a broken group's reason is explained again as its workers are reaped).
     pub(crate) fn explain(&mut self, why: String) -> String {
         let mut exits = Vec::new();
         for w in &mut self.local {
             if let Ok(Some(status)) = w.child.try_wait() {
-                exits.push(format!(
+                let exit = format!(
                     "worker rank {} (pid {}) exited: {status}",
                     w.rank,
                     w.child.id()
-                ));
+                );
+                if !why.contains(&exit) {
+                    exits.push(exit);
+                }
             }
         }
         if exits.is_empty() {
@@ -274,6 +309,28 @@ impl Drop for ProcessWorkers {
                 }
             }
         }
+    }
+}
+
+/// What is wrong with an idle worker's control connection, if anything. Between steps a
+/// worker sends nothing, so readable bytes are a protocol error and a readable end of file
+/// means its process is gone.
+fn probe_idle(stream: &TcpStream) -> Option<&'static str> {
+    if stream.set_nonblocking(true).is_err() {
+        return Some("has an unusable control connection");
+    }
+    let mut byte = [0u8; 1];
+    let seen = stream.peek(&mut byte);
+    // Blocking again for the next step's reads (with their timeouts).
+    if stream.set_nonblocking(false).is_err() {
+        return Some("has an unusable control connection");
+    }
+    match seen {
+        Ok(0) => Some("closed its control connection (did its process die?)"),
+        Ok(_) => Some("sent a message while idle (a protocol error)"),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+        Err(_) => Some("lost its control connection (did its process die?)"),
     }
 }
 

@@ -118,6 +118,15 @@ impl ThreadWorkers {
         self.comm.abort(reason);
     }
 
+    /// Between steps: why a worker thread has ended, if one has (a thread only ends on
+    /// `Shutdown`, so any that did is dead); `None` while all run.
+    pub(crate) fn check(&mut self) -> Option<String> {
+        let rank = self.handles.iter().position(|h| h.is_finished())? + 1;
+        let why = self.failure_of(rank);
+        self.comm.abort(&why);
+        Some(why)
+    }
+
     fn send_all(&mut self, msg: impl Fn() -> ToWorker) -> Result<()> {
         for (i, tx) in self.to_workers.iter().enumerate() {
             if tx.send(msg()).is_err() {

@@ -91,6 +91,7 @@ pub fn server(setup: Setup) -> TestServer {
         chat_template: ChatTemplate::from_tokenizer_dir(&fixture_dir()).unwrap(),
         defaults: None,
         default_max_tokens: None,
+        max_tp_restarts: 0,
     };
     let (state, thread) = start(engine, options).expect("the server starts");
     TestServer {
