@@ -18,6 +18,7 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -52,12 +53,14 @@ def require_tokenizer() -> None:
 class Server:
     """A `nanovllm serve` process; `url` is its base URL once started."""
 
-    def __init__(self, *extra_args: str):
-        require_tokenizer()
+    def __init__(self, *extra_args: str, model: Path = MODEL, tokenizer: Path | None = TOKENIZER):
+        """`tokenizer=None`: the model directory's own tokenizer."""
+        if tokenizer is not None:
+            require_tokenizer()
         args = [
             str(binary()), "serve",
-            "--model", str(MODEL),
-            "--tokenizer", str(TOKENIZER),
+            "--model", str(model),
+            *(["--tokenizer", str(tokenizer)] if tokenizer is not None else []),
             "--device", "cpu",
             "--port", "0",
             "--kvcache-block-size", "16",
@@ -69,22 +72,27 @@ class Server:
         )
         self.stderr_lines: list[str] = []
         threading.Thread(target=self._drain_stderr, daemon=True).start()
-        lines: "queue.Queue[str]" = queue.Queue()
+        lines: "queue.Queue[str | None]" = queue.Queue()
         threading.Thread(target=self._read_stdout, args=(lines,), daemon=True).start()
         try:
             line = lines.get(timeout=STARTUP_TIMEOUT_S)
         except queue.Empty:
             self.kill()
             raise RuntimeError(f"the server did not start in {STARTUP_TIMEOUT_S} s: {self.stderr()}")
+        if line is None:
+            self.process.wait(timeout=10)
+            time.sleep(0.2)  # the stderr reader catches up
+            raise RuntimeError(f"the server exited with {self.process.returncode}: {self.stderr()}")
         if "listening on " not in line:
             self.kill()
             raise RuntimeError(f"unexpected first line {line!r}: {self.stderr()}")
         self.url = line.split("listening on ", 1)[1].split()[0]
 
-    def _read_stdout(self, lines: "queue.Queue[str]") -> None:
+    def _read_stdout(self, lines: "queue.Queue[str | None]") -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             lines.put(line)
+        lines.put(None)  # stdout closed: the server exited
 
     def _drain_stderr(self) -> None:
         assert self.process.stderr is not None

@@ -14,6 +14,7 @@ _spec = importlib.util.spec_from_file_location(
 openai_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(openai_conftest)
 
+REPO = openai_conftest.REPO
 Server = openai_conftest.Server
 http = openai_conftest.http
 metrics = openai_conftest.metrics

@@ -7,45 +7,28 @@ with the reason, a stream in flight ends with an error event, and the server reb
 the group and serves again; with `--tp-max-restarts 0` it exits non-zero by itself, and a
 SIGTERM while the group is broken exits non-zero too.
 
-Self-contained (no conftest): the binary is `target/debug/nanovllm` (override with
-NANOVLLM_BIN); build it first with `cargo build -p nanovllm-cli`.
+The server is tests/openai's `Server` (through reliability_helpers) on another fixture: the
+binary is `target/debug/nanovllm` (override with NANOVLLM_BIN); build it first with
+`cargo build -p nanovllm-cli`.
 """
 
 import json
 import os
-import queue
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "fixtures" / "qwen3-tiny"
-STARTUP_TIMEOUT_S = 60
+from reliability_helpers import REPO, Server
 
 
-def binary() -> Path:
-    path = Path(os.environ.get("NANOVLLM_BIN", REPO / "target" / "debug" / "nanovllm"))
-    if not path.is_file():
-        pytest.fail(f"{path} not found: build it with `cargo build -p nanovllm-cli` (or set NANOVLLM_BIN)")
-    return path
-
-
-class TpServer:
+class TpServer(Server):
     """`nanovllm serve` with TP 2 over worker processes; `url` once it listens."""
 
     def __init__(self, *extra_args: str):
-        args = [
-            str(binary()), "serve",
-            "--model", str(MODEL),
-            "--device", "cpu",
-            "--port", "0",
-            "--kvcache-block-size", "16",
+        super().__init__(
             "--num-kvcache-blocks", "256",
             "--tensor-parallel-size", "2",
             "--tp-mode", "processes",
@@ -53,47 +36,9 @@ class TpServer:
             # A dead rank is noticed by its closed sockets; this only bounds a silent one.
             "--tp-timeout-secs", "20",
             *extra_args,
-        ]
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            model=REPO / "fixtures" / "qwen3-tiny",
+            tokenizer=None,
         )
-        self.stderr_lines: list[str] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-        lines: "queue.Queue[str | None]" = queue.Queue()
-        threading.Thread(target=self._read_stdout, args=(lines,), daemon=True).start()
-        try:
-            line = lines.get(timeout=STARTUP_TIMEOUT_S)
-        except queue.Empty:
-            self.kill()
-            raise RuntimeError(f"the server did not start in {STARTUP_TIMEOUT_S} s: {self.stderr()}")
-        if line is None:
-            self.process.wait(timeout=10)
-            time.sleep(0.2)  # the stderr reader catches up
-            raise RuntimeError(f"the server exited with {self.process.returncode}: {self.stderr()}")
-        if "listening on " not in line:
-            self.kill()
-            raise RuntimeError(f"unexpected first line {line!r}: {self.stderr()}")
-        self.url = line.split("listening on ", 1)[1].split()[0]
-
-    def _read_stdout(self, lines: "queue.Queue[str | None]") -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            lines.put(line)
-        lines.put(None)  # stdout closed: the server exited
-
-    def _drain_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.stderr_lines.append(line)
-
-    def stderr(self) -> str:
-        return "".join(self.stderr_lines[-50:])
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
     def worker_pids(self) -> list[int]:
         """The server's children whose command line says `worker` (its TP ranks)."""
