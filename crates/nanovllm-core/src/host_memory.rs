@@ -9,6 +9,13 @@
 
 use crate::error::{EngineError, Result};
 
+/// Returns free heap memory to the operating system, after host work that allocated a lot
+/// and is done (e.g. tokenizing a multi-megabyte prompt: measured, idle RSS of a server grew
+/// from 90 to 191 MiB over three rounds of 0.4–0.5 MB prompts and stayed there).
+pub fn release_free_heap() {
+    nanovllm_kernels::cpu::release_free_heap();
+}
+
 /// Bytes the host can hand out now, or `None` where that cannot be read.
 pub fn available_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -14,6 +14,9 @@ use tokio::sync::Semaphore;
 
 use super::errors::ApiError;
 
+/// A pool job that runs at least this long is followed by a heap trim.
+const HEAVY_JOB: std::time::Duration = std::time::Duration::from_millis(50);
+
 #[derive(Clone, Debug)]
 pub struct CpuPool {
     permits: Arc<Semaphore>,
@@ -47,7 +50,15 @@ impl CpuPool {
             .map_err(|_| ApiError::Internal("the CPU pool is closed".into()))?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            job()
+            let start = std::time::Instant::now();
+            let out = job();
+            if start.elapsed() >= HEAVY_JOB {
+                // A job this long allocated in proportion to a huge input (tokenizing uses
+                // ~200 bytes per prompt byte); hand that memory back rather than keep it
+                // resident until the engine next goes idle. A trim costs about a millisecond.
+                nanovllm_core::host_memory::release_free_heap();
+            }
+            out
         })
         .await
         .map_err(|e| ApiError::Internal(format!("a request's CPU work failed: {e}")))

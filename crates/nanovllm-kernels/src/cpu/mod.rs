@@ -71,6 +71,13 @@ pub fn configure_process() {
 /// the heap's free memory. For an idle engine (the next step refills both).
 pub fn release_cached_memory() {
     buffer_pool::clear();
+    release_free_heap();
+}
+
+/// Returns the heap's free memory to the operating system (glibc's `malloc_trim`): for
+/// after work that allocated a lot and is done (a multi-megabyte prompt's tokenizing), whose
+/// freed memory would otherwise stay resident. Leaves the buffer pool alone.
+pub fn release_free_heap() {
     heap::release_free_memory();
 }
 
