@@ -42,11 +42,16 @@ def victim(url: str) -> None:
 
 def victim_time_beside(url: str, stop: list[str] | None) -> float:
     """The victim's time while ATTACKERS long requests (with `stop`) generate beside it."""
-    base = metrics(url)["nanovllm_num_requests_running"]
+    # Idle first (the previous run's sequences are gone), so the attackers are all that runs.
+    wait_until(lambda: metrics(url)["nanovllm_num_requests_running"] == 0,
+               timeout_s=30, what="the server to be idle")
     results = []
 
     def attack(i: int) -> None:
-        body = {"model": MODEL_NAME, "prompt": f"Attacker {i} writes", "max_tokens": 180,
+        # Long enough that all of them are still running when the last one is admitted,
+        # even on a busy machine where their tokenizing is serialised (one CPU-pool permit
+        # on 2 cores).
+        body = {"model": MODEL_NAME, "prompt": f"Attacker {i} writes", "max_tokens": 400,
                 "n": CHOICES, "temperature": 0, "ignore_eos": True}
         if stop is not None:
             body["stop"] = stop
@@ -55,8 +60,8 @@ def victim_time_beside(url: str, stop: list[str] | None) -> float:
     threads = [threading.Thread(target=attack, args=(i,)) for i in range(ATTACKERS)]
     for t in threads:
         t.start()
-    wait_until(lambda: metrics(url)["nanovllm_num_requests_running"] >= base + ATTACKERS * CHOICES,
-               timeout_s=30, what="the attackers to run")
+    wait_until(lambda: metrics(url)["nanovllm_num_requests_running"] >= ATTACKERS * CHOICES,
+               timeout_s=60, what="the attackers to run")
     elapsed = timed(lambda: victim(url))
     for t in threads:
         t.join(timeout=120)
