@@ -14,6 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json as JsonResponse;
+use nanovllm_core::RequestError;
 use serde_json::Value as Json;
 
 use super::errors::ApiError;
@@ -102,13 +103,16 @@ fn check_prompt_bytes(state: &AppState, prompt: &Json) -> Result<(), ApiError> {
     }
 }
 
-/// The error for a prompt text of `bytes` bytes, beyond `state.max_prompt_bytes`.
+/// The error for a prompt text of `bytes` bytes, beyond `state.max_prompt_bytes`: the
+/// engine's own refusal ([`RequestError::PromptTextTooLong`]), so both say it alike.
 pub fn prompt_too_many_bytes(state: &AppState, bytes: usize) -> ApiError {
+    let refusal = RequestError::PromptTextTooLong {
+        bytes,
+        max_bytes: state.max_prompt_bytes,
+        max_model_len: state.max_model_len,
+    };
     ApiError::PromptTooLong {
-        message: format!(
-            "the prompt is {bytes} bytes long, more than any text that fits this model's maximum context length of {} tokens ({} bytes at most): shorten the prompt",
-            state.max_model_len, state.max_prompt_bytes
-        ),
+        message: refusal.to_string(),
     }
 }
 
