@@ -27,6 +27,7 @@ use crate::capability::{CollectiveGroups, DeviceMemory, GraphCapture};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
+use crate::sampling::{SampleOutput, SamplingRow};
 use crate::tensor::{Tensor, TensorParts};
 use crate::validate;
 
@@ -177,6 +178,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         topk_ids: &Tensor,
         topk_weights: &Tensor,
     ) -> Result<Tensor>;
+
+    // ---- sampling -----------------------------------------------------------
+    /// Samples one token per row of `logits: [R, V]` (activation dtype) with `rows[r]`, as
+    /// defined in [`crate::sampling`]: processing (token mask, logit bias, penalties), greedy
+    /// or temperature → top-k → top-p → min-p → inverse CDF with a Philox uniform, and the
+    /// logprobs of the rows that ask. Consumes the logits, which it may edit in place.
+    /// Only the tokens (and requested logprobs) reach the host; on a device, that copy is the
+    /// op's one synchronisation.
+    fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
 
     // ---- optional capabilities (see `capability.rs`) ------------------------
     /// The device's own memory, when it has one to divide (a GPU); `None` on the CPU,

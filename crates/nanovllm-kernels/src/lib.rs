@@ -7,7 +7,7 @@
 //! ([`DeviceMemory`], [`GraphCapture`], [`CollectiveGroups`]). The CPU backend
 //! implements every op in Rust, multithreaded with rayon; the CUDA backend
 //! (feature `cuda`) implements them with `kernels/*.cu` and cuBLAS. Sampling is
-//! the engine's (`nanovllm-core`), on the host.
+//! an op too ([`Backend::sample`], defined in [`sampling`]): only token ids reach the host.
 //!
 //! It also defines the [`Communicator`] seam used by tensor-parallel layers.
 //!
@@ -25,6 +25,7 @@ mod dtype;
 mod error;
 mod host_bytes;
 mod kv_cache;
+pub mod sampling;
 mod storage;
 mod tensor;
 #[cfg(any(test, feature = "testing"))]
@@ -48,4 +49,5 @@ pub use cuda::CudaBackend;
 pub use dtype::DType;
 pub use error::{KernelError, Result};
 pub use kv_cache::{KvCache, LayerKvCache};
+pub use sampling::{Penalties, RowLogprobs, SampleOutput, SamplingRow, NO_FINITE_LOGIT};
 pub use tensor::{CpuStorage, Storage, Tensor, TensorParts, INLINE_DIMS};

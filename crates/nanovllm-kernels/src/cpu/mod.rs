@@ -27,6 +27,7 @@ mod packed_gemm;
 mod parallel;
 mod rope;
 mod rows;
+mod sampling;
 mod simd;
 #[cfg(test)]
 mod tests;
@@ -84,6 +85,13 @@ pub fn release_free_heap() {
 impl Backend for CpuBackend {
     fn device(&self) -> Device {
         Device::Cpu
+    }
+    fn sample(
+        &self,
+        logits: Tensor,
+        rows: &[crate::sampling::SamplingRow<'_>],
+    ) -> Result<crate::sampling::SampleOutput> {
+        sampling::sample(logits, rows)
     }
     fn activation_dtype(&self) -> DType {
         DType::F32

@@ -92,6 +92,13 @@ impl Backend for CudaBackend {
     fn device(&self) -> Device {
         Device::Cuda(self.ordinal())
     }
+    fn sample(
+        &self,
+        logits: Tensor,
+        rows: &[crate::sampling::SamplingRow<'_>],
+    ) -> Result<crate::sampling::SampleOutput> {
+        self.sample_rows(logits, rows)
+    }
     fn activation_dtype(&self) -> DType {
         DType::BF16
     }
@@ -260,5 +267,19 @@ mod tests {
         );
         assert_eq!(storage_range(&CpuStorage::I64(vec![])), None);
         assert_eq!(storage_range(&CpuStorage::F32(vec![1.0])), None);
+    }
+}
+
+impl CudaBackend {
+    /// PLACEHOLDER (being written): `Backend::sample` on the device.
+    fn sample_rows(
+        &self,
+        _logits: Tensor,
+        _rows: &[crate::sampling::SamplingRow<'_>],
+    ) -> Result<crate::sampling::SampleOutput> {
+        Err(crate::error::KernelError::Invalid {
+            op: "sample",
+            msg: "not implemented yet".into(),
+        })
     }
 }

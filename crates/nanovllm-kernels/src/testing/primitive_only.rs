@@ -2,7 +2,10 @@
 //! default body, so that running the shared suite on it tests the defaults (e.g.
 //! `add_rms_norm` as `add_inplace` then `rms_norm`) the way a new backend would use them.
 
-use crate::{AttentionMetadata, Backend, DType, Device, LayerKvCache, Result, Tensor, TensorParts};
+use crate::{
+    AttentionMetadata, Backend, DType, Device, LayerKvCache, Result, SampleOutput, SamplingRow,
+    Tensor, TensorParts,
+};
 
 /// Forwards every required method of [`Backend`] to the inner backend and overrides none
 /// of the defaulted ones. Run the suite on it with
@@ -40,5 +43,6 @@ impl<B: Backend> Backend for PrimitiveOnly<B> {
         fn decode_attention(&self, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
         fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
         fn moe_experts(&self, x: &Tensor, w13: &Tensor, w2: &Tensor, topk_ids: &Tensor, topk_weights: &Tensor) -> Result<Tensor>;
+        fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
     }
 }
