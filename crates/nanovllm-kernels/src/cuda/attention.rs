@@ -11,9 +11,10 @@
 //! Invariants: `q` and the output are bf16 `[rows, heads * head_dim]`; metadata tensors are
 //! U32 on the device. Grids are sized from shapes and the host upper bounds
 //! `max_seqlen_q` / `max_context_len`; per-sequence lengths are read on the device, so a
-//! captured decode graph stays valid when replayed with new lengths, and nothing here
-//! synchronises with the host (the value checks of [`validate`] run only in debug builds
-//! outside capture).
+//! captured decode graph stays valid when replayed with new lengths. Outside capture the
+//! metadata values are checked on the host before any launch, in every build, from the
+//! host copies the tensors keep when written by `copy_from_host` (see `check_values`), so
+//! bad metadata is the same error as on the CPU and the engine's steps never synchronise.
 
 mod plan;
 mod validate;
@@ -21,7 +22,6 @@ mod validate;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use crate::attention::AttentionMetadata;
-use crate::backend::Backend;
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::kv_cache::LayerKvCache;
@@ -292,7 +292,12 @@ fn generic(
     Ok(())
 }
 
-/// The metadata value checks (see [`validate`]): debug builds, outside graph capture.
+/// The metadata value checks (see [`validate`]), in every build, outside graph capture
+/// (a captured graph replays with values not known yet; the kernels clamp lengths and
+/// block ids, so bad values there give wrong numbers, never an out-of-bounds access).
+/// The values come from the tensors' host copies, which the runner's `copy_from_host`
+/// leaves (no device access, no synchronisation); metadata written on the device is read
+/// back instead.
 fn check_values(
     be: &CudaBackend,
     op: &'static str,
@@ -302,17 +307,16 @@ fn check_values(
     max_blocks: usize,
     prefill: bool,
 ) -> Result<()> {
-    if !cfg!(debug_assertions) || be.is_capturing() {
+    if be.is_capturing() {
         return Ok(());
     }
-    let u32s = |t: &Tensor| -> Result<Vec<u32>> { Ok(be.to_host(t)?.as_u32_slice()?.to_vec()) };
     let cu = if prefill {
-        Some(u32s(&meta.cu_seqlens_q)?)
+        Some(be.u32_values(&meta.cu_seqlens_q, op)?)
     } else {
         None
     };
-    let context_lens = u32s(&meta.context_lens)?;
-    let block_tables = u32s(&meta.block_tables)?;
+    let context_lens = be.u32_values(&meta.context_lens, op)?;
+    let block_tables = be.u32_values(&meta.block_tables, op)?;
     let values = MetadataValues {
         cu_seqlens_q: cu.as_deref(),
         context_lens: &context_lens,

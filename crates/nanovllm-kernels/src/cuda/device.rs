@@ -284,13 +284,11 @@ impl CudaBackend {
         self.stream
             .memcpy_dtod(&src_buf.slice(..bytes), &mut dst_buf.slice_mut(..bytes))
             .map_err(cuda_err("copy_device"))?;
-        // A captured copy replays with other data: its range is unknown.
-        let range = if self.is_capturing() {
-            None
-        } else {
-            known_range(src)
-        };
+        // A captured copy replays with other data: its range and values are unknown.
+        let capturing = self.is_capturing();
+        let range = if capturing { None } else { known_range(src) };
         set_known_range(dst, range);
+        set_host_copy(dst, if capturing { None } else { host_copy(src) });
         Ok(())
     }
 
@@ -375,7 +373,7 @@ pub(crate) fn device_buf<'a>(t: &'a Tensor, op: &'static str) -> Result<&'a Cuda
 }
 
 /// The device buffer of a CUDA tensor, mutably, or [`KernelError::WrongDevice`].
-/// Forgets the tensor's known index range: the caller may write anything.
+/// Forgets the tensor's known index range and host copy: the caller may write anything.
 pub(crate) fn device_buf_mut<'a>(
     t: &'a mut Tensor,
     op: &'static str,
@@ -383,6 +381,7 @@ pub(crate) fn device_buf_mut<'a>(
     match t.storage_mut() {
         Storage::Cuda(s) => {
             s.known_range = None;
+            s.host_copy.forget();
             Ok(&mut s.buf)
         }
         other => Err(KernelError::WrongDevice {
@@ -405,5 +404,21 @@ pub(crate) fn known_range(t: &Tensor) -> Option<(i64, i64)> {
 pub(crate) fn set_known_range(t: &mut Tensor, range: Option<(i64, i64)>) {
     if let Storage::Cuda(s) = t.storage_mut() {
         s.known_range = range;
+    }
+}
+
+/// The values of a u32 CUDA tensor as last written from the host, when kept (see
+/// [`super::host_copy`]).
+pub(crate) fn host_copy(t: &Tensor) -> Option<&[u32]> {
+    match t.storage() {
+        Storage::Cuda(s) => s.host_copy.get(),
+        _ => None,
+    }
+}
+
+/// Records the values just written to a CUDA tensor (`None`: unknown).
+pub(crate) fn set_host_copy(t: &mut Tensor, values: Option<&[u32]>) {
+    if let Storage::Cuda(s) = t.storage_mut() {
+        s.host_copy.set(values);
     }
 }

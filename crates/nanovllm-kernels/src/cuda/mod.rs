@@ -27,8 +27,12 @@
 //! - **Index validation without syncs.** Ids, positions, rows and slots are range-checked
 //!   before a launch (errors as on the CPU). Integer tensors copied from the host carry
 //!   their `(min, max)`, so the check is free; a kernel-written index tensor is read back
-//!   at each use (`CudaBackend::index_range`). Kernels also bounds-check, so a bad index skipped
-//!   by a capture never reads or writes out of bounds.
+//!   at each use (`CudaBackend::index_range`). Small u32 tensors written from the host also
+//!   keep their values (`host_copy.rs`), so attention checks its metadata values (offsets,
+//!   lengths, block ids) in every build, like the CPU, without touching the device.
+//!   Kernels also bounds-check, so a bad index skipped by a capture never reads or writes
+//!   out of bounds. (MoE expert ids are device-written: they are checked in debug builds
+//!   only; the kernels drop an out-of-range id.)
 //! - **Cached pool memory.** Freed buffers stay in the device's default memory pool for
 //!   reuse; [`CudaBackend::mem_info`] trims the pool first, so its `free` is accurate.
 //! - **No panics without a GPU.** [`is_available`] and [`CudaBackend::new`] probe for
@@ -43,6 +47,7 @@ mod device;
 mod elementwise;
 mod embedding;
 mod graph;
+mod host_copy;
 mod kernels;
 mod kv;
 mod launch;

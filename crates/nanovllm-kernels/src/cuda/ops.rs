@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use super::capability::NcclGroups;
-use super::device::{device_buf, device_buf_mut, known_range, set_known_range, CudaBackend};
+use super::device::{
+    device_buf, device_buf_mut, host_copy, known_range, set_host_copy, set_known_range,
+    CudaBackend,
+};
 use super::launch::cuda_err;
 use super::{attention, elementwise, embedding, kv, matmul, moe, norm, rope, rows};
 use crate::attention::AttentionMetadata;
@@ -68,6 +71,21 @@ impl CudaBackend {
         }
         let host = self.download(t, op)?;
         Ok(storage_range(host.cpu(op)?))
+    }
+
+    /// The values of a u32 tensor, for host-side checks: its host copy when it has one
+    /// (no device access; see `super::host_copy`), else read back (waits for queued
+    /// work, so not while capturing).
+    pub(crate) fn u32_values<'a>(
+        &self,
+        t: &'a Tensor,
+        op: &'static str,
+    ) -> Result<std::borrow::Cow<'a, [u32]>> {
+        if let Some(values) = host_copy(t) {
+            return Ok(std::borrow::Cow::Borrowed(values));
+        }
+        let host = self.download(t, op)?;
+        Ok(std::borrow::Cow::Owned(host.as_u32_slice()?.to_vec()))
     }
 }
 
@@ -135,6 +153,11 @@ impl Backend for CudaBackend {
             .memcpy_htod(bytes, &mut buf.slice_mut(..bytes.len()))
             .map_err(cuda_err("copy_from_host"))?;
         set_known_range(dst, storage_range(host));
+        let values = match host {
+            CpuStorage::U32(v) => Some(v.as_slice()),
+            _ => None,
+        };
+        set_host_copy(dst, values);
         Ok(())
     }
 

@@ -14,11 +14,16 @@
 //! buffer written both from the host and by a replayed CUDA graph keeps the host range
 //! after a replay; kernels bounds-check every index, so a stale range can only change
 //! which error is reported, never cause an out-of-bounds access.
+//!
+//! `host_copy` goes one step further for small u32 tensors: their values as last written
+//! from the host ([`HostCopy`]), under the same rules as `known_range`, so attention can
+//! check its metadata without a device read.
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
+use super::host_copy::HostCopy;
 use super::memory::MemoryTracker;
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
@@ -29,6 +34,7 @@ pub struct CudaStorage {
     pub(crate) len: usize,
     pub(crate) tracker: Arc<MemoryTracker>,
     pub(crate) known_range: Option<(i64, i64)>,
+    pub(crate) host_copy: HostCopy,
 }
 
 /// Bytes actually allocated for `len` elements of `dtype` (at least one, see module docs).
@@ -58,6 +64,7 @@ impl CudaStorage {
             len,
             tracker: tracker.clone(),
             known_range: None,
+            host_copy: HostCopy::default(),
         })
     }
 
@@ -94,6 +101,7 @@ impl CudaStorage {
                 msg: e.to_string(),
             })?;
         out.known_range = self.known_range;
+        out.host_copy.set(self.host_copy.get());
         Ok(out)
     }
 }

@@ -1,4 +1,9 @@
 //! Bad inputs give the documented `KernelError`, never a panic or an out-of-bounds access.
+//!
+//! Every backend promises these errors in every build (debug and release) outside CUDA
+//! graph capture. Attention metadata *values* included: the CPU reads them directly; CUDA
+//! checks the host copies its u32 tensors keep when written from the host (the runner's
+//! `copy_from_host`), so the check costs no device read (`cuda/host_copy.rs`).
 
 use crate::{AttentionMetadata, Backend, DType, KernelError, KvCache, Result};
 
@@ -351,5 +356,37 @@ pub fn decode_attention_rejects_bad_metadata(backend: &dyn Backend) {
         "decode q width not a multiple of head_dim",
         backend.decode_attention(&q_odd, layer, &built.meta, built.scale),
         is_invalid,
+    );
+
+    // The values checked are the latest written: a bad block table copied over a good
+    // one in place (as the runner and decode graphs reuse their tensors), then the good
+    // one again. A used block id past the cache is an error; padding past a sequence's
+    // blocks is not looked at.
+    let num_blocks = built.cache.num_blocks;
+    let good = super::check::host_u32(backend, &built.meta.block_tables);
+    let mut bad = good.clone();
+    bad[0] = num_blocks as u32;
+    let shape = built.meta.block_tables.shape().to_vec();
+    let mut meta = built.meta.clone();
+    let write = |tables: &[u32], into: &mut crate::Tensor| {
+        let host = crate::Tensor::from_u32(tables.to_vec(), &shape)
+            .unwrap_or_else(|e| panic!("a host block table: {e}"));
+        backend
+            .copy_from_host(&host, into)
+            .unwrap_or_else(|e| panic!("copy_from_host: {e}"));
+    };
+    write(&bad, &mut meta.block_tables);
+    expect_err(
+        "decode block id ≥ num_blocks",
+        backend.decode_attention(&built.q, layer, &meta, built.scale),
+        is_out_of_range(num_blocks, num_blocks),
+    );
+    write(&good, &mut meta.block_tables);
+    backend
+        .decode_attention(&built.q, layer, &meta, built.scale)
+        .unwrap_or_else(|e| panic!("the good block table written back must run: {e}"));
+    assert!(
+        good.contains(&u32::MAX),
+        "the scenario pads its block tables with u32::MAX, which must be ignored"
     );
 }

@@ -1,12 +1,13 @@
-//! Host-side validation of attention inputs on CUDA: ranks, shapes and dtypes always
-//! (no device access; the checks common to both backends are in
-//! [`crate::validate::attention`]), and — in debug builds outside graph capture — the metadata
-//! *values* (offsets, lengths, block ids), which needs a device-to-host copy. Errors
-//! match the CPU backend's (`src/cpu/attention/meta.rs`) kind for kind.
+//! Host-side validation of attention inputs on CUDA: ranks, shapes and dtypes (the checks
+//! common to both backends are in [`crate::validate::attention`]), and — in every build,
+//! outside graph capture — the metadata *values* (offsets, lengths, block ids), read from
+//! the tensors' host copies (no device access when the metadata was written from the
+//! host, as the runner does). Errors match the CPU backend's (`src/cpu/attention/meta.rs`)
+//! kind for kind.
 //!
-//! Release builds skip the value checks so the ops never synchronise with the host; the
-//! kernels then clamp lengths to the block table and block ids to the cache, so bad
-//! metadata gives wrong numbers but never an out-of-bounds access.
+//! Inside a capture the values are not known yet and are not checked; the kernels clamp
+//! lengths to the block table and block ids to the cache, so bad metadata replayed there
+//! gives wrong numbers but never an out-of-bounds access.
 
 use crate::attention::AttentionMetadata;
 use crate::dtype::DType;
