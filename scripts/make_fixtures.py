@@ -2,9 +2,10 @@
 """Build the golden-test fixtures under `fixtures/`: tiny random Qwen3 / Mixtral checkpoints
 saved by transformers, plus the reference outputs the Rust golden tests compare against.
 
-Run by hand, never in CI:  python3 scripts/make_fixtures.py   (needs torch, transformers,
-tokenizers, safetensors). Everything is seeded, so a rerun with the same library versions
-rewrites byte-identical weights and references.
+Run by hand, never in CI:  python3 scripts/make_fixtures.py [--only NAME ...]   (needs torch,
+transformers, tokenizers, safetensors). Everything is seeded, so a rerun with the same library
+versions rewrites byte-identical weights and references. `--only` rebuilds the named fixtures and
+leaves the others as they are (a new fixture need not rewrite the old ones with newer versions).
 
 Invariants (the Rust tests rely on them, see fixtures/README.md):
 - references are computed from the SAVED directory loaded back in f32
@@ -18,6 +19,7 @@ Invariants (the Rust tests rely on them, see fixtures/README.md):
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -112,6 +114,8 @@ class FixtureSpec:
     eos_as_list: bool = False
     sampling_defaults: dict = field(default_factory=dict)
     routing_reference: bool = False
+    # More `len{n}` cases after the standard ones (long prompts for the attention kernels).
+    extra_prompt_lengths: tuple[int, ...] = ()
 
 
 COMMON = dict(
@@ -184,6 +188,32 @@ SPECS = [
         dtype=torch.bfloat16,
         tokenizer="qwen3",
         eos_as_list=True,
+    ),
+    # The real Qwen3 attention shape (Qwen3-0.6B: head_dim 128, 16 q / 8 kv heads, i.e. GQA
+    # groups of 2) on a tiny model, so the CUDA engine tests run the tensor-core prefill and
+    # flash-decoding kernels end to end (the fixtures above have head_dim 16 or 32, which only
+    # the generic kernel serves). `len600` spans ten 64-row prefill tiles and two 512-key
+    # decode splits (so the split-combine kernel runs too).
+    FixtureSpec(
+        name="qwen3-tiny-d128",
+        architecture="Qwen3ForCausalLM",
+        config=dict(
+            COMMON,
+            max_position_embeddings=1024,
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=128,
+            intermediate_size=128,
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            initializer_range=0.3,
+        ),
+        seed=1036,
+        dtype=torch.bfloat16,
+        extra_prompt_lengths=(600,),
     ),
     FixtureSpec(
         name="mixtral-tiny",
@@ -491,6 +521,7 @@ def make_prompts(spec: FixtureSpec, special_ids: dict) -> list[tuple[str, list[i
     shared_prefix = draw(2 * BLOCK_SIZE_FOR_TESTS)
     prompts.append(("shared_a", shared_prefix + draw(5)))
     prompts.append(("shared_b", shared_prefix + draw(13)))
+    prompts += [(f"len{n}", draw(n)) for n in spec.extra_prompt_lengths]
     return prompts
 
 
@@ -701,6 +732,12 @@ def print_summary(results: list[dict]) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    names = [spec.name for spec in SPECS]
+    parser.add_argument(
+        "--only", nargs="+", choices=names, metavar="NAME", help=f"one or more of {names}"
+    )
+    args = parser.parse_args()
     check(
         (QWEN3_TOKENIZER_DIR / "tokenizer.json").exists(),
         f"no Qwen3 tokenizer at {QWEN3_TOKENIZER_DIR}; set QWEN3_TOKENIZER_DIR",
@@ -709,6 +746,8 @@ def main() -> None:
     tiny_tokenizer = train_tiny_tokenizer(512)
     results = []
     for spec in SPECS:
+        if args.only and spec.name not in args.only:
+            continue
         print(f"building {spec.name} ...", flush=True)
         results.append(make_fixture(spec, tiny_tokenizer))
     print_summary(results)

@@ -16,11 +16,30 @@ use nanovllm_core::{
     SamplingParams, SchedulerError, LLM,
 };
 
-const FIXTURES: [&str; 3] = ["qwen3-tiny", "qwen3-tiny-bf16", "qwen3-tiny-fullvocab"];
+/// `qwen3-tiny-d128` has Qwen3's real attention shape (head_dim 128, GQA groups of 2) and
+/// a 600-token case; `cuda_engine.rs` runs it on a GPU, where only this shape takes the
+/// fast attention kernels.
+const FIXTURES: [&str; 4] = [
+    "qwen3-tiny",
+    "qwen3-tiny-bf16",
+    "qwen3-tiny-fullvocab",
+    "qwen3-tiny-d128",
+];
 /// The fixtures the scenarios other than `all_cases_batched_together` run on.
 const SMALL_FIXTURES: [&str; 2] = ["qwen3-tiny", "qwen3-tiny-bf16"];
 
 engine_scenarios!(FIXTURES, SMALL_FIXTURES);
+
+/// `qwen3-tiny-d128` through the other scenarios but preemption: its `len600` case alone
+/// needs more KV blocks than all the others together, so a cache sized for it never has
+/// to preempt (`check_preemption` would fail on its premise, not on the engine).
+#[test]
+fn head_dim_128_alone_shuffled_prefix_cached_and_chunked() {
+    let fixture = "qwen3-tiny-d128";
+    check_each_alone_and_shuffled(fixture);
+    check_prefix_cache(fixture);
+    check_chunked_prefill(fixture);
+}
 
 /// The Qwen3 tokenizer shipped next to the repo, or `None` (printing why) outside CI.
 fn qwen3_tokenizer_dir() -> Option<PathBuf> {
