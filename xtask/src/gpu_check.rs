@@ -1,6 +1,6 @@
 //! `cargo xtask gpu-check`: builds here everything a GPU machine needs to check the CUDA
-//! build, into one folder (`target/gpu-check/`, < 64 MiB), and prints the one command that
-//! runs it there.
+//! build, into one folder (`target/gpu-check/`), and prints the one command that runs it
+//! there.
 //!
 //! The folder holds, all built with `--release --features cuda`, stripped and gzipped
 //! (`run.sh` unpacks them into a temporary directory):
@@ -11,10 +11,14 @@
 //!   target named `cuda*`);
 //! - `fixtures/` and `configs/` the tests and the bench read (the test binaries find them
 //!   through `NANOVLLM_REPO_ROOT`, which `run.sh` points at the folder);
-//! - `run.sh`: prints `nvidia-smi -L`, puts cuBLAS on the library path when the driver's
-//!   default path lacks it, runs every test binary with `NANOVLLM_REQUIRE_GPU=1` (so a test
-//!   that would skip for want of a GPU fails instead), then the throughput run, then a
-//!   summary; it exits non-zero when anything failed.
+//! - `run.sh` (from the template `gpu_check/run.sh`, whose header says what it does): the
+//!   GPUs and the CUDA libraries it will load (cuBLAS found when off the loader's path,
+//!   `libnccl.so.2` exposed as `libnccl.so`), every test binary under a time limit with
+//!   `NANOVLLM_REQUIRE_GPU=1` (a test that would skip for want of a GPU fails instead), the
+//!   bench with CUDA graphs and with `--enforce-eager`; a full log and a summary in `$OUT`.
+//!
+//! A device call carries the repository's working tree *and* the bundle, 64 MiB in all:
+//! [`transfer_size_verdict`] checks that total, not the bundle alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,24 +26,46 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use clap::Args;
 
-/// The folder's size limit (what one device call carries).
-const MAX_BUNDLE_BYTES: u64 = 64 << 20;
+/// What one device call carries: the working tree (tracked and untracked-not-ignored
+/// files) plus the bundle.
+const MAX_TRANSFER_BYTES: u64 = 64 << 20;
+
+/// `run.sh`'s time limits (seconds; each can be overridden there by an environment
+/// variable). Sized so that the whole check fits one 10-minute device command with room to
+/// run it again within a 15-minute device budget: the tests take about 2 minutes and each
+/// bench about 1 when all is well, and no step may start past `BUDGET_S`.
+const TEST_TIMEOUT_S: u32 = 150;
+const BENCH_TIMEOUT_S: u32 = 120;
+const BUDGET_S: u32 = 360;
+// Checked when compiling: the budget leaves a 10-minute command a minute for unpacking and
+// transfers, two whole runs and a machine start (~2 minutes) fit 15 minutes of device time,
+// and one test binary or both benches cannot use up the budget alone.
+const _: () = assert!(
+    BUDGET_S <= 10 * 60 - 60
+        && 2 * BUDGET_S + 2 * 60 <= 15 * 60
+        && TEST_TIMEOUT_S < BUDGET_S
+        && 2 * BENCH_TIMEOUT_S < BUDGET_S
+);
+
+/// The template `run.sh` is made from (`@NAME@` placeholders, see [`run_script`]).
+const RUN_SH_TEMPLATE: &str = include_str!("gpu_check/run.sh");
 
 #[derive(Debug, Args)]
 pub struct GpuCheckArgs {
     /// Where to put the bundle (relative to the repository root).
     #[arg(long, default_value = "target/gpu-check")]
     pub out: PathBuf,
-    /// Sequences of the throughput run (bench.py's workload shape, fewer sequences so that
-    /// the whole check stays within 10 minutes).
+    /// Sequences of each throughput run (bench.py's workload shape, fewer sequences so that
+    /// both runs, graphs and eager, fit the check's time budget).
     #[arg(long, default_value_t = 256)]
     pub bench_num_seqs: usize,
 }
 
 /// Fixtures the CUDA tests read.
-const FIXTURES: [&str; 4] = [
+const FIXTURES: [&str; 5] = [
     "qwen3-tiny",
     "qwen3-tiny-bf16",
+    "qwen3-tiny-d128",
     "mixtral-tiny",
     "mixtral-tiny-bf16",
 ];
@@ -192,29 +218,123 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> anyhow::Result<()> {
         out.join("configs/qwen3-0.6b.json"),
     )
     .context("copying configs/qwen3-0.6b.json")?;
-    let script = run_script(&test_names, args.bench_num_seqs);
+    let script = run_script(&test_names, args.bench_num_seqs)?;
     std::fs::write(out.join("run.sh"), script)?;
 
-    let size = dir_size(&out)?;
+    let bundle = dir_size(&out)?;
+    let (tree, tree_files) = tree_size(&root, &out)?;
     println!(
-        "gpu-check bundle: {} ({:.1} MiB, {} test binaries: {})",
+        "gpu-check bundle: {} ({}, {} test binaries: {})",
         args.out.display(),
-        size as f64 / (1 << 20) as f64,
+        mib(bundle),
         test_names.len(),
         test_names.join(", ")
     );
-    if size >= MAX_BUNDLE_BYTES {
-        bail!(
-            "the bundle is {:.1} MiB, over the 64 MiB limit: drop test binaries or strip harder",
-            size as f64 / (1 << 20) as f64
-        );
+    let verdict = transfer_size_verdict(tree, tree_files, bundle, MAX_TRANSFER_BYTES);
+    match verdict {
+        Ok(line) => println!("{line}"),
+        Err(line) => bail!("{line}"),
     }
     println!(
         "run on the GPU machine, from the repository root, carrying {}:",
         args.out.display()
     );
     println!("    bash {}/run.sh", args.out.display());
+    println!(
+        "    (output: $OUT/summary.txt first, then $OUT/gpu-check.log; without OUT, {}/results/)",
+        args.out.display()
+    );
     Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Whether the working tree (`tree` bytes in `tree_files` files) plus the bundle fit what
+/// one device call carries (`limit` bytes): `Ok` with a line giving both and their sum, or
+/// `Err` with the same figures and the excess.
+pub fn transfer_size_verdict(
+    tree: u64,
+    tree_files: usize,
+    bundle: u64,
+    limit: u64,
+) -> Result<String, String> {
+    let total = tree.saturating_add(bundle);
+    let figures = format!(
+        "transfer: working tree {} ({tree_files} files) + bundle {} = {} of the {} one device call carries",
+        mib(tree),
+        mib(bundle),
+        mib(total),
+        mib(limit)
+    );
+    if total > limit {
+        return Err(format!(
+            "{figures}: over by {}; drop test binaries, strip harder or shrink the tree",
+            mib(total - limit)
+        ));
+    }
+    Ok(figures)
+}
+
+/// Bytes and files of what a device call sends besides the bundle: the files git tracks
+/// or would track (tracked, and untracked but not ignored) as they are on disk, plus a
+/// `shared/` folder inside the checkout, ignored or not. Paths inside `bundle` are left
+/// out (they are counted as the bundle).
+fn tree_size(root: &Path, bundle: &Path) -> anyhow::Result<(u64, usize)> {
+    let output = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(root)
+        .output()
+        .context("starting git ls-files (the working tree's size counts towards 64 MiB)")?;
+    if !output.status.success() {
+        bail!(
+            "git ls-files failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    let (mut bytes, mut files) = (0u64, 0usize);
+    let mut count = |path: PathBuf| {
+        if path.starts_with(bundle) || !seen.insert(path.clone()) {
+            return;
+        }
+        // A tracked file deleted from the working tree does not travel.
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            bytes += meta.len();
+            files += 1;
+        }
+    };
+    for name in output.stdout.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        count(root.join(String::from_utf8_lossy(name).as_ref()));
+    }
+    let shared = root.join("shared");
+    if shared.is_dir() {
+        for file in files_under(&shared)? {
+            count(file);
+        }
+    }
+    Ok((bytes, files))
+}
+
+/// Every file (or link) under `dir`, recursively.
+fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            out.extend(files_under(&entry.path())?);
+        } else {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }
 
 /// The workspace root: where `cargo xtask` runs from (`CARGO_MANIFEST_DIR/..` at build time
@@ -277,86 +397,37 @@ fn dir_size(dir: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// `run.sh` for the bundle: tests (each must not skip), then the throughput run, then a
-/// summary.
-pub fn run_script(test_names: &[String], bench_num_seqs: usize) -> String {
+/// `run.sh` for the bundle: [`RUN_SH_TEMPLATE`] with the test binaries, the bench size
+/// and the time limits filled in. Test names are pasted into the script, so they must be
+/// plain (letters, digits, `-`, `_`).
+pub fn run_script(test_names: &[String], bench_num_seqs: usize) -> anyhow::Result<String> {
+    if let Some(bad) = test_names.iter().find(|n| {
+        n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }) {
+        bail!("test binary name {bad:?} is not plain enough to paste into run.sh");
+    }
+    if bench_num_seqs == 0 {
+        bail!("--bench-num-seqs must be at least 1");
+    }
     let tests = test_names
         .iter()
         .map(|n| format!("    {n}"))
         .collect::<Vec<_>>()
         .join("\n");
-    format!(
-        r#"#!/usr/bin/env bash
-# nanovllm GPU check (made by `cargo xtask gpu-check`): the CUDA tests, then a short
-# throughput run on dummy Qwen3-0.6B weights. Run from anywhere: bash <bundle>/run.sh
-set -uo pipefail
-here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
-export NANOVLLM_REPO_ROOT="$here"   # fixtures/ and configs/ of the bundle
-export NANOVLLM_REQUIRE_GPU=1       # a test that would skip for want of a GPU fails
-export RUST_BACKTRACE=1
-
-# The binaries are gzipped (the bundle must stay under 64 MiB): unpack them.
-work="$(mktemp -d "${{TMPDIR:-/tmp}}/nanovllm-gpu-check.XXXXXX")"
-mkdir -p "$work/bin" "$work/tests"
-for f in "$here"/bin/*.gz "$here"/tests/*.gz; do
-    dst="$work/$(basename "$(dirname "$f")")/$(basename "$f" .gz)"
-    gunzip -c "$f" > "$dst" && chmod +x "$dst"
-done
-
-echo "== GPUs"
-nvidia-smi -L || echo "warning: nvidia-smi failed"
-
-# cuBLAS (and NVRTC) may be outside the default library path: look in the usual places.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so'; then
-    for dir in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 /usr/local/cuda/targets/*/lib \
-               /usr/local/cuda-*/targets/*/lib /usr/lib/x86_64-linux-gnu /usr/lib64 \
-               $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null | \
-                 xargs -n1 -I{{}} find {{}}/nvidia -maxdepth 3 -type d -name lib 2>/dev/null); do
-        if ls "$dir"/libcublasLt.so* >/dev/null 2>&1; then
-            export LD_LIBRARY_PATH="$dir${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
-            echo "cuBLAS from $dir"
-            break
-        fi
-    done
-fi
-
-failed=()
-passed=()
-tests=(
-{tests}
-)
-for t in "${{tests[@]}}"; do
-    echo
-    echo "== test $t"
-    # One test at a time: the engine tests size their KV cache from free GPU memory.
-    if "$work/tests/$t" --test-threads=1; then
-        passed+=("$t")
-    else
-        failed+=("$t")
-    fi
-done
-
-echo
-echo "== throughput: xtask bench --profile seed --num-seqs {bench_num_seqs} (dummy Qwen3-0.6B, cuda)"
-bench_line="(not run)"
-if "$work/bin/xtask" bench --profile seed --num-seqs {bench_num_seqs} \
-        --model-config "$here/configs/qwen3-0.6b.json" --device cuda \
-        --json "$work/bench.json" | tee "$work/bench.txt"; then
-    bench_line="$(grep '^Total:' "$work/bench.txt" || true)"
-    passed+=("bench")
-else
-    failed+=("bench")
-fi
-
-echo
-echo "== summary"
-echo "passed: ${{passed[*]:-none}}"
-echo "failed: ${{failed[*]:-none}}"
-echo "throughput: $bench_line (target: >= 20000 tok/s at 256 seqs on one H100)"
-[ ${{#failed[@]}} -eq 0 ]
-"#
-    )
+    let script = RUN_SH_TEMPLATE
+        .replace("@TESTS@", &tests)
+        .replace("@BENCH_NUM_SEQS@", &bench_num_seqs.to_string())
+        .replace("@TEST_TIMEOUT_S@", &TEST_TIMEOUT_S.to_string())
+        .replace("@BENCH_TIMEOUT_S@", &BENCH_TIMEOUT_S.to_string())
+        .replace("@BUDGET_S@", &BUDGET_S.to_string());
+    Ok(script)
 }
+
+#[cfg(test)]
+mod run_sh_tests;
 
 #[cfg(test)]
 mod tests {
@@ -404,12 +475,105 @@ mod tests {
     }
 
     #[test]
-    fn the_run_script_runs_every_test_then_the_bench() {
-        let s = run_script(&["a-lib".into(), "b-cuda_engine".into()], 64);
-        assert!(s.contains("    a-lib\n    b-cuda_engine\n"));
+    fn the_run_script_lists_the_tests_and_fills_every_placeholder() {
+        let s = run_script(&["a-lib".into(), "b-cuda_engine".into()], 64).unwrap();
+        assert!(s.contains("tests=(\n    a-lib\n    b-cuda_engine\n)"));
+        assert!(s.contains("bench_num_seqs=64\n"));
+        assert!(s.contains(&format!("NANOVLLM_TEST_TIMEOUT_S:-{TEST_TIMEOUT_S}}}")));
+        assert!(s.contains(&format!("NANOVLLM_CHECK_BUDGET_S:-{BUDGET_S}}}")));
+        assert_eq!(
+            placeholders(&s),
+            Vec::<&str>::new(),
+            "unfilled placeholders"
+        );
+        let mut names = placeholders(RUN_SH_TEMPLATE);
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names,
+            [
+                "BENCH_NUM_SEQS",
+                "BENCH_TIMEOUT_S",
+                "BUDGET_S",
+                "TESTS",
+                "TEST_TIMEOUT_S"
+            ]
+        );
         assert!(s.contains("NANOVLLM_REQUIRE_GPU=1"));
-        assert!(s.contains("--profile seed --num-seqs 64"));
-        assert!(s.contains("nvidia-smi -L"));
-        assert!(s.find("== test").unwrap() < s.find("== throughput").unwrap());
+    }
+
+    /// The `@NAME@` placeholders in `s` (bash's own `[@]` has no capital after the `@`).
+    fn placeholders(s: &str) -> Vec<&str> {
+        let mut found = Vec::new();
+        for (i, _) in s.match_indices('@') {
+            let rest = &s[i + 1..];
+            let len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_uppercase() || *b == b'_')
+                .count();
+            if len > 0 && rest[len..].starts_with('@') {
+                found.push(&rest[..len]);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_run_script_refuses_names_it_cannot_paste() {
+        for bad in ["a b", "a;rm", "", "x$(y)"] {
+            assert!(run_script(&[bad.to_string()], 8).is_err(), "{bad:?}");
+        }
+        assert!(run_script(&["ok".into()], 0).is_err());
+    }
+
+    #[test]
+    fn the_transfer_counts_the_tree_and_the_bundle() {
+        const MIB: u64 = 1 << 20;
+        let limit = 64 * MIB;
+        let ok = transfer_size_verdict(10 * MIB, 120, 40 * MIB, limit).unwrap();
+        assert!(
+            ok.contains(
+                "working tree 10.0 MiB (120 files) + bundle 40.0 MiB = 50.0 MiB of the 64.0 MiB"
+            ),
+            "{ok}"
+        );
+        // Exactly the limit travels; one byte more does not.
+        assert!(transfer_size_verdict(24 * MIB, 1, 40 * MIB, limit).is_ok());
+        let over = transfer_size_verdict(24 * MIB + 1, 1, 40 * MIB, limit).unwrap_err();
+        assert!(over.contains("over by 0.0 MiB"), "{over}");
+        // The bundle alone fits, the sum does not: the old check would have passed this.
+        let err = transfer_size_verdict(20 * MIB, 7, 50 * MIB, limit).unwrap_err();
+        assert!(
+            err.contains("working tree 20.0 MiB (7 files) + bundle 50.0 MiB = 70.0 MiB"),
+            "{err}"
+        );
+        assert!(err.contains("over by 6.0 MiB"), "{err}");
+        assert!(
+            transfer_size_verdict(u64::MAX, 1, 1, limit).is_err(),
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn the_tree_size_counts_what_git_would_send() {
+        let root = repo_root().unwrap();
+        let bundle = root.join("target/gpu-check");
+        let (bytes, files) = tree_size(&root, &bundle).unwrap();
+        let readme = std::fs::metadata(root.join("README.md")).unwrap().len();
+        assert!(
+            files > 100 && bytes > readme,
+            "{files} files, {bytes} bytes"
+        );
+        // A bundle inside the tree is left out (it is counted as the bundle).
+        let (without, _) = tree_size(&root, &root.join("fixtures")).unwrap();
+        assert_eq!(
+            bytes - without,
+            files_under(&root.join("fixtures"))
+                .unwrap()
+                .iter()
+                .map(|f| std::fs::symlink_metadata(f).unwrap().len())
+                .sum::<u64>(),
+            "a bundle inside the tree is not counted twice"
+        );
     }
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use super::capability::NcclGroups;
 use super::device::{
-    device_buf, device_buf_mut, host_copy, known_range, set_host_copy, set_known_range,
-    CudaBackend,
+    device_buf, device_buf_mut, host_copy, known_range, set_host_copy, set_known_range, CudaBackend,
 };
 use super::launch::cuda_err;
 use super::{attention, elementwise, embedding, kv, matmul, moe, norm, rope, rows};
