@@ -222,7 +222,9 @@ run_test() {
     timeout -k 10 "$limit" "$work/tests/$t" --test-threads=1 2>&1 | tee "$work/test.out"
     rc=${PIPESTATUS[0]}
     counts="$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 passed, \2 failed/p' "$work/test.out" | tail -n 1)"
-    failed="$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$work/test.out" | paste -sd, - | sed 's/,/, /g')"
+    # The failed tests' names: the first ten, then how many more.
+    failed="$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$work/test.out" |
+        awk 'NR <= 10 { printf "%s%s", (NR > 1 ? ", " : ""), $0 } END { if (NR > 10) printf " and %d more", NR - 10 }')"
     case "$rc" in
     0) status=PASS detail="${counts:-ran}" ;;
     124 | 137)
@@ -310,9 +312,9 @@ main() {
 
     echo "== GPUs"
     local gpus
-    gpus="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)" ||
+    gpus="$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)" ||
         gpus="nvidia-smi failed: $gpus"
-    nvidia-smi -L 2>&1
+    timeout 30 nvidia-smi -L 2>&1
     note "gpu: $(echo "$gpus" | paste -sd';' -)"
 
     echo "== libraries"

@@ -91,16 +91,14 @@ echo
 echo "test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s"
 "#;
 
+/// Twelve failures: the summary names the first ten.
 const FAILING: &str = r#"#!/usr/bin/env bash
 echo "test a_works ... ok"
-echo "test b_fails ... FAILED"
-echo "test c_fails_too ... FAILED"
+for i in 01 02 03 04 05 06 07 08 09 10 11 12; do
+    echo "test f$i ... FAILED"
+done
 echo
-echo "failures:"
-echo "    b_fails"
-echo "    c_fails_too"
-echo
-echo "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+echo "test result: FAILED. 1 passed; 12 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
 exit 101
 "#;
 
@@ -290,7 +288,9 @@ fn run_sh_writes_the_summary_and_log_under_out_and_survives_a_hang() {
         lines[pass]
     );
     assert!(
-        lines[fail].ends_with("exit 101, 1 passed, 2 failed: b_fails, c_fails_too"),
+        lines[fail].ends_with(
+            "exit 101, 1 passed, 12 failed: f01, f02, f03, f04, f05, f06, f07, f08, f09, f10 and 2 more"
+        ),
         "{}",
         lines[fail]
     );
@@ -346,7 +346,7 @@ fn run_sh_writes_the_summary_and_log_under_out_and_survives_a_hang() {
         &format!("nccl link: {}", nccl.display()),
         "require gpu: 1, args: --test-threads=1",
         &format!("repo root: {}", m.bundle.display()),
-        "test b_fails ... FAILED",
+        "test f12 ... FAILED",
         "test slow_one ... ",
         "== summary",
     ] {
