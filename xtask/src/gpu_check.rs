@@ -111,6 +111,16 @@ pub fn test_binaries_from_json(stdout: &str) -> anyhow::Result<Vec<TestBinary>> 
     Ok(out)
 }
 
+/// The order `run.sh` runs them in (cargo's JSON order varies between builds): the
+/// kernels' tests first, as they are quick and say the most about a failure further up,
+/// then the engine's; by target name within a package.
+pub fn order_tests(tests: &mut [TestBinary]) {
+    tests.sort_by(|a, b| {
+        let key = |t: &TestBinary| (t.package != "nanovllm-kernels", t.target.clone());
+        key(a).cmp(&key(b))
+    });
+}
+
 /// The package name in a cargo package id (either spec form).
 fn package_name(id: &str) -> String {
     if id.contains(' ') {
@@ -185,7 +195,8 @@ pub fn run_gpu_check(args: GpuCheckArgs) -> anyhow::Result<()> {
     if !output.status.success() {
         bail!("cargo test --release --features cuda --no-run failed");
     }
-    let tests = test_binaries_from_json(&String::from_utf8_lossy(&output.stdout))?;
+    let mut tests = test_binaries_from_json(&String::from_utf8_lossy(&output.stdout))?;
+    order_tests(&mut tests);
     if tests.is_empty() {
         bail!("found no CUDA test binaries in cargo's output");
     }
@@ -456,6 +467,14 @@ mod tests {
             ]
         );
         assert_eq!(got[2].executable, PathBuf::from("/t/cuda_engine-4"));
+        let mut ordered = got.clone();
+        ordered.rotate_left(1);
+        order_tests(&mut ordered);
+        let targets: Vec<&str> = ordered.iter().map(|t| t.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            ["cuda_vs_reference", "nanovllm_kernels", "cuda_engine"]
+        );
     }
 
     #[test]
