@@ -55,7 +55,10 @@ impl<F: Fence> StagingRing<F> {
     /// [`STAGING_ALIGN`]); at least two segments, or a wait would stall on the copies of the
     /// step being staged.
     pub(crate) fn new(segment_bytes: usize, fences: Vec<F>) -> Self {
-        assert!(fences.len() >= 2, "a staging ring needs two segments or more");
+        assert!(
+            fences.len() >= 2,
+            "a staging ring needs two segments or more"
+        );
         assert!(
             segment_bytes > 0 && segment_bytes % STAGING_ALIGN == 0,
             "segments hold whole aligned reservations"

@@ -98,7 +98,10 @@ impl PinnedStaging {
     /// Queues a copy of `bytes` into the start of `dst` (at least as long) through the ring.
     /// Returns `false`, having done nothing, when `bytes` is too long to stage.
     pub(crate) fn copy(&mut self, bytes: &[u8], dst: &mut CudaSlice<u8>) -> Result<bool> {
-        assert!(dst.len() >= bytes.len(), "staged copy overruns its destination");
+        assert!(
+            dst.len() >= bytes.len(),
+            "staged copy overruns its destination"
+        );
         let Some(offset) = self.ring.reserve(bytes.len())? else {
             return Ok(false);
         };

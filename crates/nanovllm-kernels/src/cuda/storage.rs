@@ -82,7 +82,10 @@ impl CudaStorage {
         if len > self.len {
             return Err(KernelError::Invalid {
                 op: "alias_rows",
-                msg: format!("an alias of {len} elements of a {}-element buffer", self.len),
+                msg: format!(
+                    "an alias of {len} elements of a {}-element buffer",
+                    self.len
+                ),
             });
         }
         let stream = self.stream().clone();
