@@ -27,8 +27,11 @@ use nanovllm_core::{BatchKind, StepTimes};
 const NUM_SEQS: usize = 256;
 const STEPS_PER_BUILD: u64 = 256;
 
+/// Picks one part of a step's times.
+type Part = fn(&StepTimes) -> Duration;
+
 /// Runs `iters` decode steps of 256 sequences; returns the part `part` picks, summed.
-fn timed_steps(iters: u64, part: fn(&StepTimes) -> Duration) -> Duration {
+fn timed_steps(iters: u64, part: Part) -> Duration {
     let mut timed = Duration::ZERO;
     let mut done = 0;
     while done < iters {
@@ -52,7 +55,7 @@ fn decode_step(c: &mut Criterion) {
     group.sample_size(20);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(4));
-    let parts: [(&str, fn(&StepTimes) -> Duration); 5] = [
+    let parts: [(&str, Part); 5] = [
         ("host_256_seqs", StepTimes::host),
         ("schedule_256_seqs", |t| t.schedule),
         ("inputs_256_seqs", |t| t.inputs),

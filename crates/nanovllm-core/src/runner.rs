@@ -138,7 +138,11 @@ impl ModelRunner {
         );
         match captured {
             Ok(graphs) => {
-                tracing::info!(batch_sizes = ?graphs.batch_sizes(), "captured decode graphs");
+                tracing::info!(
+                    batch_sizes = ?graphs.batch_sizes(),
+                    in_graph_logits_rows = graphs.in_graph_logits_rows(),
+                    "captured decode graphs"
+                );
                 self.decode_graphs = Some(graphs);
                 true
             }
