@@ -12,7 +12,7 @@
 //! backend's pinned staging), launches the graph, and takes the logits the graph computed
 //! in its static logits buffer (or, for batches too large for that buffer, runs
 //! [`Model::compute_logits`] eagerly on the batch's rows). A graph step allocates no device
-//! memory. Prefill and larger decode batches run eagerly. Reading the sampled tokens back is
+//! memory. Prefill and larger decode batches run eagerly. Reading back what sampling needs is
 //! the step's only host synchronisation.
 //!
 //! Invariants of the built input (see `AttentionMetadata`): `cu_seqlens_q`
