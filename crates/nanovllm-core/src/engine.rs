@@ -1,6 +1,7 @@
 //! [`LLMEngine`]: the step API (add_request / step / abort).
 //!
-//! One `step()` is schedule → [`ModelRunner::execute`] → `Scheduler::postprocess`.
+//! One `step()` is schedule → [`ModelRunner::execute`] → `Scheduler::postprocess`; where
+//! its time went is measured on the way ([`StepTimes`]: a few `Instant::now()` per step).
 //! Requests are validated completely in `add_request`, before anything is
 //! queued, so a rejected request never disturbs the ones in flight. A request
 //! the scheduler finds it can never fit (`SchedulerError::Unschedulable`) is
@@ -100,15 +101,75 @@ pub struct StepOutputs {
     pub num_tokens: usize,
     /// Wall time of schedule + execute + postprocess.
     pub elapsed: Duration,
+    /// `elapsed` split into host work and the forward pass (see [`StepTimes`]).
+    pub times: StepTimes,
     /// `(request, logprobs)` for every new token of a request added with
     /// [`LLMEngine::add_request_with_logprobs`], in batch order.
     pub logprobs: Vec<(RequestId, TokenLogprobs)>,
+}
+
+/// Where one step's time went, split at the engine's calls into the scheduler and the
+/// runner (never inside the runner's sampling), so that host work shows apart from the
+/// forward pass.
+///
+/// On a device the forward pass is queued asynchronously and the step waits for it when
+/// the sampled tokens come back, so [`StepTimes::forward`] is the time spent waiting on the
+/// device (plus sampling on the host while sampling runs there), and [`StepTimes::host`]
+/// what the host adds to every step. On the CPU `forward` is the forward pass and sampling
+/// themselves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    /// `Scheduler::schedule` (and aborting requests that can never fit).
+    pub schedule: Duration,
+    /// Gathering each sequence's sampling parameters, and the runner building its inputs
+    /// and staging them on the device (copies queued, not waited for).
+    pub inputs: Duration,
+    /// The rest of the runner's step: the forward pass (on a device: queueing it and waiting
+    /// for it) and sampling, until the tokens are on the host.
+    pub forward: Duration,
+    /// `Scheduler::postprocess` (tokens appended, stop checks, blocks freed) and the
+    /// step's outputs (finished requests, their text).
+    pub postprocess: Duration,
+}
+
+impl StepTimes {
+    /// Host work of the step: everything but the forward pass and sampling.
+    pub fn host(&self) -> Duration {
+        self.schedule + self.inputs + self.postprocess
+    }
+
+    /// The whole step.
+    pub fn total(&self) -> Duration {
+        self.host() + self.forward
+    }
+
+    /// Adds `other` part by part.
+    pub fn add(&mut self, other: &StepTimes) {
+        self.schedule += other.schedule;
+        self.inputs += other.inputs;
+        self.forward += other.forward;
+        self.postprocess += other.postprocess;
+    }
+
+    /// `self − earlier`, part by part (zero where `earlier` is larger): the time between two
+    /// readings of a cumulative counter.
+    pub fn since(&self, earlier: &StepTimes) -> StepTimes {
+        StepTimes {
+            schedule: self.schedule.saturating_sub(earlier.schedule),
+            inputs: self.inputs.saturating_sub(earlier.inputs),
+            forward: self.forward.saturating_sub(earlier.forward),
+            postprocess: self.postprocess.saturating_sub(earlier.postprocess),
+        }
+    }
 }
 
 /// Cumulative counters since the engine was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EngineStats {
     pub num_steps: u64,
+    /// Decode steps, and their [`StepTimes`] summed.
+    pub num_decode_steps: u64,
+    pub decode_step_times: StepTimes,
     /// Prompt tokens computed (prefix-cache hits excluded, recomputation after preemption included).
     pub num_prefill_tokens: u64,
     pub num_decode_tokens: u64,
@@ -400,9 +461,14 @@ impl LLMEngine {
     pub fn step(&mut self) -> Result<StepOutputs> {
         let start = Instant::now();
         let mut out = StepOutputs::default();
-        if let Some(batch) = self.schedule(&mut out.finished)? {
-            let (sampled, logprobs) = self.execute(&batch)?;
+        let scheduled = self.schedule(&mut out.finished)?;
+        let scheduled_at = Instant::now();
+        out.times.schedule = scheduled_at - start;
+        if let Some(batch) = scheduled {
+            let (sampled, logprobs) = self.execute(&batch, &mut out.times)?;
+            let executed_at = Instant::now();
             self.account(batch, &sampled, logprobs, &mut out)?;
+            out.times.postprocess = executed_at.elapsed();
             if !self.scheduler.has_unfinished() {
                 // The last request just finished: what the backend keeps between steps is
                 // worth nothing until the next one arrives.
@@ -417,10 +483,14 @@ impl LLMEngine {
                     &mut self.stats.num_prefill_tokens,
                     &mut self.stats.prefill_time,
                 ),
-                BatchKind::Decode => (
-                    &mut self.stats.num_decode_tokens,
-                    &mut self.stats.decode_time,
-                ),
+                BatchKind::Decode => {
+                    self.stats.num_decode_steps += 1;
+                    self.stats.decode_step_times.add(&out.times);
+                    (
+                        &mut self.stats.num_decode_tokens,
+                        &mut self.stats.decode_time,
+                    )
+                }
             };
             *tokens += out.num_tokens as u64;
             *time += out.elapsed;
@@ -451,11 +521,13 @@ impl LLMEngine {
     /// Runs `batch` on rank 0 (and, under tensor parallelism, on the workers' shards):
     /// one token per sequence, and logprobs for the requests that asked. A failed step
     /// aborts the batch's requests, since the scheduler would otherwise resume them from
-    /// a position whose tokens never came.
+    /// a position whose tokens never came. Fills `times.inputs` and `times.forward`.
     fn execute(
         &mut self,
         batch: &ScheduledBatch,
+        times: &mut StepTimes,
     ) -> Result<(Vec<u32>, Vec<Option<TokenLogprobs>>)> {
+        let start = Instant::now();
         let params = batch
             .seqs
             .iter()
@@ -481,6 +553,8 @@ impl LLMEngine {
                 .map(|s| self.num_top_logprobs.get(&s.seq_id).copied())
                 .collect()
         };
+        let runner_start = Instant::now();
+        self.runner.take_input_time();
         let executed = match self.workers.as_mut() {
             None => self.runner.execute_with_logprobs(batch, &params, &wanted),
             Some(workers) => workers.begin_step(batch).and_then(|()| {
@@ -490,6 +564,12 @@ impl LLMEngine {
                 }
             }),
         };
+        // The runner reports how long it spent on its inputs; the rest of its call is the
+        // forward pass and sampling.
+        let runner_time = runner_start.elapsed();
+        let runner_inputs = self.runner.take_input_time().min(runner_time);
+        times.inputs = (runner_start - start) + runner_inputs;
+        times.forward = runner_time - runner_inputs;
         executed.or_else(|err| {
             for seq in &batch.seqs {
                 if let Some(finished) = self.scheduler.abort(seq.seq_id) {

@@ -614,3 +614,34 @@ fn seeded_output_is_reproducible_and_batch_independent_up_to_rounding() {
         assert!((a.1 - c.1).abs() <= 1e-4, "step {step}: {} vs {}", a.1, c.1);
     }
 }
+
+#[test]
+fn step_times_split_each_step_and_decode_steps_are_summed() {
+    use crate::engine::StepTimes;
+    use nanovllm_scheduler::BatchKind;
+
+    let mut engine = toy_engine(toy_config());
+    for prompt in toy_prompts().into_iter().take(3) {
+        engine.add_request(prompt, greedy(5)).unwrap();
+    }
+    let (mut decode_steps, mut summed) = (0, StepTimes::default());
+    while engine.has_unfinished() {
+        let out = engine.step().unwrap();
+        // The parts are disjoint spans of the step.
+        assert!(out.times.total() <= out.elapsed, "{out:?}");
+        assert_eq!(out.times.host() + out.times.forward, out.times.total());
+        if out.kind == Some(BatchKind::Decode) {
+            decode_steps += 1;
+            summed.add(&out.times);
+        }
+    }
+    let stats = engine.stats();
+    assert!(decode_steps >= 4);
+    assert_eq!(stats.num_decode_steps, decode_steps);
+    assert_eq!(stats.decode_step_times, summed);
+    assert_eq!(stats.decode_step_times.since(&summed), StepTimes::default());
+    // An idle step measures nothing.
+    let idle = engine.step().unwrap();
+    assert_eq!(idle.kind, None);
+    assert_eq!(idle.times.forward, std::time::Duration::ZERO);
+}

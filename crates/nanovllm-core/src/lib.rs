@@ -43,7 +43,7 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{DeviceKind, EngineConfig, KvCacheDType};
 pub use engine::{
     sampling_params_from, EngineStats, KvCacheUsage, LLMEngine, Prompt, RequestId, RequestOutput,
-    StepOutputs,
+    StepOutputs, StepTimes,
 };
 pub use error::{EngineError, RequestError, Result};
 pub use kv_sizing::cpu_num_kvcache_blocks;

@@ -7,11 +7,13 @@
 //! sequence.
 //!
 //! On a backend that captures graphs (CUDA; unless `enforce_eager`), decode steps of up to
-//! 512 sequences replay a captured graph instead ([`crate::decode_graph`]): the graph
-//! computes the hidden states,
-//! then [`Model::compute_logits`] runs eagerly on the batch's rows. Prefill and larger
-//! decode batches run eagerly. Reading the logits back is the step's only host
-//! synchronisation.
+//! 512 sequences replay a captured graph instead ([`crate::decode_graph`]): the step stages
+//! its inputs into the graph's static buffers (host-to-device copies queued through the
+//! backend's pinned staging), launches the graph, and takes the logits the graph computed
+//! in its static logits buffer (or, for batches too large for that buffer, runs
+//! [`Model::compute_logits`] eagerly on the batch's rows). A graph step allocates no device
+//! memory. Prefill and larger decode batches run eagerly. Reading back what sampling needs is
+//! the step's only host synchronisation.
 //!
 //! Invariants of the built input (see `AttentionMetadata`): `cu_seqlens_q`
 //! and `slot_mapping` are the batch's own; `context_lens[i]` is
@@ -23,6 +25,7 @@
 //! sequence, whose logits are ignored.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nanovllm_kernels::{
     AttentionMetadata, Backend, CpuStorage, DType, Device, KvCache, Storage, Tensor,
@@ -30,7 +33,7 @@ use nanovllm_kernels::{
 use nanovllm_models::{ForwardInput, Model};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
-use crate::decode_graph::DecodeGraphs;
+use crate::decode_graph::{DecodeGraphs, Replayed};
 use crate::error::{EngineError, Result};
 use crate::logprobs::{token_logprobs, TokenLogprobs};
 use crate::sampler::{SampleRow, Sampler};
@@ -58,6 +61,9 @@ pub struct ModelRunner {
     decode_graphs: Option<DecodeGraphs>,
     /// Whether the forward pass runs on a rayon worker (see [`Self::run_forward_on_pool`]).
     forward_on_pool: bool,
+    /// Time the steps since the last [`Self::take_input_time`] spent building and staging
+    /// their inputs.
+    input_time: Duration,
 }
 
 impl std::fmt::Debug for ModelRunner {
@@ -101,6 +107,7 @@ impl ModelRunner {
             buffers: HostBuffers::default(),
             forward_on_pool: false,
             decode_graphs: None,
+            input_time: Duration::ZERO,
         })
     }
 
@@ -131,7 +138,11 @@ impl ModelRunner {
         );
         match captured {
             Ok(graphs) => {
-                tracing::info!(batch_sizes = ?graphs.batch_sizes(), "captured decode graphs");
+                tracing::info!(
+                    batch_sizes = ?graphs.batch_sizes(),
+                    in_graph_logits_rows = graphs.in_graph_logits_rows(),
+                    "captured decode graphs"
+                );
                 self.decode_graphs = Some(graphs);
                 true
             }
@@ -160,6 +171,13 @@ impl ModelRunner {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Time spent building and staging step inputs (host work, up to the forward pass or the
+    /// graph launch) since the last call; resets it. The engine reads it around
+    /// [`Self::execute`] to tell host time from the forward pass's.
+    pub fn take_input_time(&mut self) -> Duration {
+        std::mem::take(&mut self.input_time)
     }
 
     /// The sampler, e.g. to drop a finished request's random stream.
@@ -261,20 +279,33 @@ impl ModelRunner {
 
     /// Logits of the batch's sampled rows (or of its first sequence's last row when none
     /// samples): a decode graph when one covers the batch, else the model eagerly.
+    ///
+    /// The returned tensor may alias a decode graph's static logits buffer
+    /// ([`Replayed::Logits`]): the caller consumes it within the step (sampling), so it is
+    /// dropped before the next replay rewrites that buffer and before the graphs are.
     fn run_model(&mut self, batch: &ScheduledBatch) -> Result<Tensor> {
+        let start = Instant::now();
         if let Some(graphs) = self.decode_graphs.as_mut() {
             if graphs.covers(batch) {
-                // Decode: every sequence samples, one row each, so row i is sequence i.
-                let b = &mut self.buffers;
-                b.logits_indices.clear();
-                b.logits_indices.extend(0..batch.num_seqs() as u32);
-                let n = b.logits_indices.len();
-                let indices = upload_u32(self.backend.as_ref(), &mut b.logits_indices, &[n])?;
-                let hidden = graphs.replay(batch)?;
-                return Ok(self.model.compute_logits(hidden, &indices)?);
+                let staged = graphs.stage(batch)?;
+                self.input_time += start.elapsed();
+                return match graphs.launch(staged)? {
+                    Replayed::Logits(logits) => Ok(logits),
+                    Replayed::Hidden(hidden) => {
+                        // Decode: every sequence samples, one row each, so row i is sequence i.
+                        let b = &mut self.buffers;
+                        b.logits_indices.clear();
+                        b.logits_indices.extend(0..batch.num_seqs() as u32);
+                        let n = b.logits_indices.len();
+                        let be = self.backend.as_ref();
+                        let indices = upload_u32(be, &mut b.logits_indices, &[n])?;
+                        Ok(self.model.compute_logits(hidden, &indices)?)
+                    }
+                };
             }
         }
         let input = self.build_input(batch)?;
+        self.input_time += start.elapsed();
         let (model, kv_cache) = (&self.model, &mut self.kv_cache);
         let logits = if self.forward_on_pool {
             rayon::scope(|_| model.forward(&input, kv_cache))?

@@ -262,3 +262,149 @@ fn auto_picks_the_gpu() {
         LLMEngine::new(config("qwen3-tiny", DeviceKind::Auto, block_size)).expect("engine");
     assert_eq!(engine.device(), nanovllm_kernels::Device::Cuda(0));
 }
+
+/// A decode step through a captured graph allocates no device memory: its inputs are
+/// copied into the graph's static buffers and its logits, computed inside the graph into the
+/// shared static logits buffer, are handed on as an alias. Three sequences replay the graph
+/// of batch size 4, so the alias has fewer rows than the graph, and its logits equal an
+/// eager forward pass of the same three rows (same inputs, same KV cache).
+#[test]
+fn a_graph_decode_step_allocates_nothing_and_gives_the_eager_logits() {
+    use std::sync::Arc;
+
+    use nanovllm_core::decode_graph::{DecodeGraphs, Replayed};
+    use nanovllm_kernels::{
+        AttentionMetadata, Backend, CudaBackend, DType, KvCache, NoopCommunicator, Tensor,
+    };
+    use nanovllm_models::{load_model, ForwardInput, ModelConfig, ModelContext, ShardSpec};
+    use nanovllm_scheduler::{BatchKind, ScheduledBatch, ScheduledSeq};
+
+    if !gpu_or_skip() {
+        return;
+    }
+    let cuda = Arc::new(CudaBackend::new(0).expect("cuda:0"));
+    let backend: Arc<dyn Backend> = cuda.clone();
+    let dir = bundle_root().join("fixtures").join("qwen3-tiny");
+    let model_config = ModelConfig::from_dir(&dir).expect("config.json");
+    let ctx = ModelContext {
+        backend: backend.clone(),
+        comm: Arc::new(NoopCommunicator),
+        shard: ShardSpec {
+            rank: 0,
+            world_size: 1,
+        },
+    };
+    let model = load_model(
+        &model_config,
+        &dir,
+        nanovllm_core::LoadFormat::Safetensors,
+        &ctx,
+    )
+    .expect("model");
+    let spec = model.kv_cache_spec();
+    let (block_size, max_model_len) = (16, 64);
+    let mut kv = KvCache::new(
+        backend.as_ref(),
+        spec.num_layers,
+        16,
+        block_size,
+        spec.num_kv_heads,
+        spec.head_dim,
+        DType::BF16,
+    )
+    .expect("kv cache");
+    let mut graphs =
+        DecodeGraphs::capture(backend.clone(), model.as_ref(), &mut kv, 4, max_model_len)
+            .expect("capture");
+    assert_eq!(graphs.batch_sizes(), [1, 2, 4]);
+    assert_eq!(graphs.in_graph_logits_rows(), 4);
+
+    // Contexts 5, 17 and 33 over blocks 3 | 4, 5 | 7, 8, 9 (a zeroed cache: the numbers are
+    // the same for both paths, which is all this compares).
+    let seq = |seq_id, context_len| ScheduledSeq {
+        seq_id,
+        num_computed_tokens: context_len - 1,
+        num_new_tokens: 1,
+        context_len,
+        sample: true,
+    };
+    let batch = ScheduledBatch {
+        kind: BatchKind::Decode,
+        block_size,
+        seqs: vec![seq(0, 5), seq(1, 17), seq(2, 33)],
+        input_ids: vec![11, 12, 13],
+        positions: vec![4, 16, 32],
+        cu_seqlens_q: vec![0, 1, 2, 3],
+        slot_mapping: vec![3 * 16 + 4, 5 * 16, 9 * 16],
+        block_tables: vec![3, 4, 5, 7, 8, 9],
+        block_table_offsets: vec![0, 1, 3, 6],
+    };
+    batch.check_invariants().expect("a valid batch");
+
+    // A first step creates what is made once (the pinned staging ring: host memory).
+    let staged = graphs.stage(&batch).expect("stage");
+    drop(graphs.launch(staged).expect("launch"));
+    backend.synchronize().expect("sync");
+
+    cuda.reset_peak_memory();
+    let before = cuda.memory_stats();
+    let graph_logits = {
+        let staged = graphs.stage(&batch).expect("stage");
+        let Replayed::Logits(logits) = graphs.launch(staged).expect("launch") else {
+            panic!("a batch of 3 fits the in-graph logits");
+        };
+        assert_eq!(logits.shape(), [3, model_config.vocab_size]);
+        backend
+            .to_host(&logits)
+            .expect("read back")
+            .to_vec_f32()
+            .expect("f32")
+    };
+    backend.synchronize().expect("sync");
+    let after = cuda.memory_stats();
+    assert_eq!(
+        after.peak_bytes, before.in_use_bytes,
+        "a graph step allocated device memory"
+    );
+    assert_eq!(after.in_use_bytes, before.in_use_bytes);
+
+    let upload_u32 = |v: Vec<u32>, shape: &[usize]| {
+        backend
+            .upload(Tensor::from_u32(v, shape).expect("host tensor"))
+            .expect("upload")
+    };
+    let input = ForwardInput {
+        input_ids: upload_u32(batch.input_ids.clone(), &[3]),
+        positions: upload_u32(batch.positions.clone(), &[3]),
+        attn: AttentionMetadata {
+            is_prefill: false,
+            num_seqs: 3,
+            block_size,
+            cu_seqlens_q: upload_u32(batch.cu_seqlens_q.clone(), &[4]),
+            context_lens: upload_u32(vec![5, 17, 33], &[3]),
+            block_tables: upload_u32(vec![3, 0, 0, 4, 5, 0, 7, 8, 9], &[3, 3]),
+            slot_mapping: backend
+                .upload(Tensor::from_i64(batch.slot_mapping.clone(), &[3]).expect("slots"))
+                .expect("upload"),
+            max_seqlen_q: 1,
+            max_context_len: 33,
+        },
+        logits_indices: upload_u32(vec![0, 1, 2], &[3]),
+    };
+    let eager = model.forward(&input, &mut kv).expect("eager forward");
+    let eager = backend
+        .to_host(&eager)
+        .expect("read back")
+        .to_vec_f32()
+        .expect("f32");
+    assert_eq!(eager.len(), graph_logits.len());
+    // The fixture's logits stay below 16, where a bf16 step is at most 0.0625: the two paths
+    // may differ by the rounding of GEMMs of 3 and 4 rows, nothing more.
+    let worst = eager
+        .iter()
+        .zip(&graph_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(graph_logits.iter().all(|x| x.is_finite()));
+    assert!(worst <= 0.125, "graph and eager logits differ by {worst}");
+}

@@ -55,6 +55,27 @@ pub trait GraphCapture: Send + Sync {
     /// Device-to-device copy of `src` into `dst` (same shape and dtype), keeping `dst`'s
     /// buffer; allowed while capturing.
     fn copy_device(&self, src: &Tensor, dst: &mut Tensor) -> Result<()>;
+    /// A tensor of the first `rows` rows of `buffer` (shape `[rows, buffer.shape[1..]]`) that
+    /// shares `buffer`'s memory: a graph's static output handed to an op that takes its input
+    /// by value (e.g. [`crate::Backend::sample`]), or one buffer shared by several graphs'
+    /// outputs, with no copy and no allocation. Dropping the alias frees nothing, and it is
+    /// not counted in [`DeviceMemory::memory_stats`]. An error when `rows` exceeds `buffer`'s
+    /// first dimension, or when the backend cannot alias (the default): the caller then
+    /// copies instead.
+    ///
+    /// # Safety
+    /// The alias is a second handle on `buffer`'s memory that the borrow checker does not
+    /// see. The caller must drop it before `buffer` is dropped, and must treat `buffer`
+    /// and the alias as one buffer: ops queued through either (a graph replay writing
+    /// `buffer`, an op editing the alias in place) see each other's writes in stream order,
+    /// so the alias's contents are only meaningful until the next write through `buffer`.
+    unsafe fn alias_rows(&self, buffer: &Tensor, rows: usize) -> Result<Tensor> {
+        let _ = (buffer, rows);
+        Err(crate::error::KernelError::Invalid {
+            op: "alias_rows",
+            msg: "this backend cannot alias device buffers".to_string(),
+        })
+    }
 }
 
 /// A recorded graph: each launch replays the same kernels on the same buffers.

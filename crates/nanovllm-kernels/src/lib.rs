@@ -26,6 +26,9 @@ mod error;
 mod host_bytes;
 mod kv_cache;
 pub mod sampling;
+// Used by the CUDA backend's pinned staging; tested on every build.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod staging;
 mod storage;
 mod tensor;
 #[cfg(any(test, feature = "testing"))]

@@ -20,6 +20,6 @@ pub mod workload;
 #[cfg(feature = "clap")]
 pub use flags::BenchFlags;
 pub use pyrandom::PyRandom;
-pub use report::{peak_rss_mib, BenchReport};
+pub use report::{peak_rss_mib, BenchReport, DecodeStepMs};
 pub use run::{run, BenchOptions, BENCH_PY_TEMPERATURE};
 pub use workload::{BenchProfile, Workload, WorkloadOverrides, WorkloadSpec, MAX_PROMPT_TOKEN_ID};

@@ -27,6 +27,36 @@ pub struct BenchReport {
     pub peak_rss_mib: Option<f64>,
     /// Decode batch sizes replayed through CUDA graphs (empty: eager).
     pub cuda_graph_batch_sizes: Vec<usize>,
+    /// Where a decode step's time went, mean over the measured run's decode steps.
+    pub decode_step: DecodeStepMs,
+}
+
+/// Mean milliseconds per decode step, split as [`crate::StepTimes`]: host work (scheduling,
+/// inputs, postprocessing) and the forward pass with sampling (on a GPU: waiting on the
+/// device).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct DecodeStepMs {
+    pub steps: u64,
+    pub host: f64,
+    pub schedule: f64,
+    pub inputs: f64,
+    pub postprocess: f64,
+    pub forward: f64,
+}
+
+impl DecodeStepMs {
+    /// The means of `total` (summed over `steps` decode steps).
+    pub fn mean_of(total: &crate::StepTimes, steps: u64) -> Self {
+        let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps.max(1) as f64;
+        Self {
+            steps,
+            host: per_step(total.host()),
+            schedule: per_step(total.schedule),
+            inputs: per_step(total.inputs),
+            postprocess: per_step(total.postprocess),
+            forward: per_step(total.forward),
+        }
+    }
 }
 
 impl fmt::Display for BenchReport {
@@ -75,6 +105,17 @@ impl fmt::Display for BenchReport {
             )?,
             _ => writeln!(f, "CUDA graphs           off (eager)")?,
         }
+        let step = &self.decode_step;
+        writeln!(
+            f,
+            "decode step host      {:.3} ms (schedule {:.3}, inputs {:.3}, postprocess {:.3}; mean of {} steps)",
+            step.host, step.schedule, step.inputs, step.postprocess, step.steps
+        )?;
+        writeln!(
+            f,
+            "decode step forward   {:.3} ms (forward pass and sampling; on a GPU, waiting on the device)",
+            step.forward
+        )?;
         if let Some(mib) = self.peak_rss_mib {
             writeln!(f, "peak memory (RSS)     {mib:.0} MiB")?;
         }
@@ -110,6 +151,14 @@ mod tests {
             peak_kv_cache_used_fraction: 0.4567,
             peak_rss_mib,
             cuda_graph_batch_sizes,
+            decode_step: DecodeStepMs {
+                steps: 150,
+                host: 0.4125,
+                schedule: 0.1,
+                inputs: 0.05,
+                postprocess: 0.2625,
+                forward: 24.5,
+            },
         }
     }
 
@@ -127,9 +176,32 @@ mean decode batch     27.5
 preemptions           2
 peak KV-cache use     45.7%
 CUDA graphs           off (eager)
+decode step host      0.412 ms (schedule 0.100, inputs 0.050, postprocess 0.263; mean of 150 steps)
+decode step forward   24.500 ms (forward pass and sampling; on a GPU, waiting on the device)
 peak memory (RSS)     3061 MiB
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn decode_step_means_divide_by_the_step_count() {
+        use std::time::Duration;
+        let total = crate::StepTimes {
+            schedule: Duration::from_millis(2),
+            inputs: Duration::from_millis(4),
+            forward: Duration::from_millis(100),
+            postprocess: Duration::from_millis(6),
+        };
+        let mean = DecodeStepMs::mean_of(&total, 4);
+        assert_eq!(mean.steps, 4);
+        assert!((mean.host - 3.0).abs() < 1e-9);
+        assert!((mean.forward - 25.0).abs() < 1e-9);
+        assert!((mean.postprocess - 1.5).abs() < 1e-9);
+        // No decode step: zeros, not NaN.
+        assert_eq!(
+            DecodeStepMs::mean_of(&crate::StepTimes::default(), 0).host,
+            0.0
+        );
     }
 
     #[test]
@@ -146,6 +218,8 @@ peak memory (RSS)     3061 MiB
         assert_eq!(json["prompt_tokens"], 4567);
         assert_eq!(json["cuda_graph_batch_sizes"], serde_json::json!([1, 2]));
         assert!(json["peak_rss_mib"].is_null());
-        assert_eq!(json.as_object().unwrap().len(), 14);
+        assert_eq!(json["decode_step"]["steps"], 150);
+        assert_eq!(json["decode_step"]["forward"], 24.5);
+        assert_eq!(json.as_object().unwrap().len(), 15);
     }
 }

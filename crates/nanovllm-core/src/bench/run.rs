@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use nanovllm_scheduler::{BatchKind, SamplingParams};
 
-use crate::bench::report::{peak_rss_mib, BenchReport};
+use crate::bench::report::{peak_rss_mib, BenchReport, DecodeStepMs};
 use crate::bench::workload::{Workload, WorkloadSpec, MAX_PROMPT_TOKEN_ID};
 use crate::config::EngineConfig;
 use crate::engine::LLMEngine;
@@ -125,6 +125,12 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
         peak_kv_cache_used_fraction: peak_kv,
         peak_rss_mib: peak_rss_mib(),
         cuda_graph_batch_sizes: engine.cuda_graph_batch_sizes(),
+        decode_step: DecodeStepMs::mean_of(
+            &stats
+                .decode_step_times
+                .since(&stats_before.decode_step_times),
+            stats.num_decode_steps - stats_before.num_decode_steps,
+        ),
     })
 }
 
@@ -222,6 +228,12 @@ mod tests {
         assert!(report.peak_kv_cache_used_fraction <= 1.0);
         assert!(report.mean_decode_batch_size >= 1.0 && report.mean_decode_batch_size <= 3.0);
         assert!(report.cuda_graph_batch_sizes.is_empty());
+        // Every decode step of the run was timed.
+        let step = report.decode_step;
+        assert!(step.steps > 0);
+        assert!(step.forward > 0.0);
+        let parts = step.schedule + step.inputs + step.postprocess;
+        assert!((step.host - parts).abs() < 1e-9);
     }
 
     #[test]

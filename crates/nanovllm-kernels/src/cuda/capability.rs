@@ -35,6 +35,10 @@ impl GraphCapture for CudaBackend {
     fn copy_device(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
         CudaBackend::copy_device(self, src, dst)
     }
+    unsafe fn alias_rows(&self, buffer: &Tensor, rows: usize) -> Result<Tensor> {
+        // SAFETY: the caller upholds the trait method's contract, which is this one's.
+        unsafe { CudaBackend::alias_rows(self, buffer, rows) }
+    }
 }
 
 impl CapturedGraph for CudaGraph {

@@ -17,6 +17,7 @@ use super::graph::CudaGraph;
 use super::kernels::FATBINS;
 use super::launch::cuda_err;
 use super::memory::MemoryTracker;
+use super::pinned::PinnedStaging;
 use super::storage::CudaStorage;
 use crate::capability::MemoryStats;
 use crate::dtype::DType;
@@ -99,6 +100,9 @@ pub struct CudaBackend {
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     tracker: Arc<MemoryTracker>,
     capturing: AtomicBool,
+    /// Pinned staging of small host-to-device copies (`pinned.rs`), made on first use. It
+    /// drains its copies when dropped, before the stream and context are.
+    staging: Mutex<Option<PinnedStaging>>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     ordinal: usize,
@@ -186,6 +190,7 @@ impl CudaBackend {
             modules,
             tracker,
             capturing: AtomicBool::new(false),
+            staging: Mutex::new(None),
             stream,
             ctx,
             ordinal,
@@ -271,6 +276,43 @@ impl CudaBackend {
         self.capturing.load(Ordering::SeqCst)
     }
 
+    /// A tensor of the first `rows` rows of `buffer` sharing its memory (see
+    /// [`crate::GraphCapture::alias_rows`]). Allowed while capturing: it queues nothing.
+    ///
+    /// # Safety
+    /// As for [`crate::GraphCapture::alias_rows`]: drop the alias before `buffer`.
+    pub unsafe fn alias_rows(&self, buffer: &Tensor, rows: usize) -> Result<Tensor> {
+        let storage = match buffer.storage() {
+            Storage::Cuda(s) => s,
+            other => {
+                return Err(KernelError::WrongDevice {
+                    op: "alias_rows",
+                    expected: "cuda".to_string(),
+                    found: other.device().to_string(),
+                })
+            }
+        };
+        let Some((&first, rest)) = buffer.shape().split_first() else {
+            return Err(KernelError::Invalid {
+                op: "alias_rows",
+                msg: "a scalar has no rows".to_string(),
+            });
+        };
+        if rows > first {
+            return Err(KernelError::Invalid {
+                op: "alias_rows",
+                msg: format!("{rows} rows of a buffer of {first}"),
+            });
+        }
+        let row_len: usize = rest.iter().product();
+        // SAFETY: the caller drops the alias before `buffer` (this function's contract).
+        let alias = unsafe { storage.alias_prefix(rows * row_len)? };
+        let mut shape: smallvec::SmallVec<[usize; crate::tensor::INLINE_DIMS]> =
+            buffer.shape().into();
+        shape[0] = rows;
+        Tensor::new(Storage::Cuda(alias), &shape)
+    }
+
     /// Device-to-device copy of `src` into `dst` (same shape and dtype), keeping `dst`'s
     /// buffer. Capturable.
     pub fn copy_device(&self, src: &Tensor, dst: &mut Tensor) -> Result<()> {
@@ -290,6 +332,23 @@ impl CudaBackend {
         set_known_range(dst, range);
         set_host_copy(dst, if capturing { None } else { host_copy(src) });
         Ok(())
+    }
+
+    /// Queues a copy of `bytes` into the start of `dst` through the pinned staging ring
+    /// (`pinned.rs`). Returns `false`, having done nothing, when `bytes` is too long to
+    /// stage: the caller then copies directly from its pageable memory.
+    pub(crate) fn copy_staged(&self, bytes: &[u8], dst: &mut CudaSlice<u8>) -> Result<bool> {
+        let mut staging = self.staging.lock().map_err(|_| KernelError::Cuda {
+            op: "copy_from_host",
+            msg: "the staging lock was poisoned by a panic on another thread".to_string(),
+        })?;
+        if staging.is_none() {
+            *staging = Some(PinnedStaging::new(&self.stream)?);
+        }
+        match staging.as_mut() {
+            Some(ring) => ring.copy(bytes, dst),
+            None => Ok(false),
+        }
     }
 
     /// Makes the context current on the calling thread (cudarc's launches do this
@@ -363,7 +422,7 @@ impl CudaBackend {
 /// The device buffer of a CUDA tensor, or [`KernelError::WrongDevice`] naming `op`.
 pub(crate) fn device_buf<'a>(t: &'a Tensor, op: &'static str) -> Result<&'a CudaSlice<u8>> {
     match t.storage() {
-        Storage::Cuda(s) => Ok(&s.buf),
+        Storage::Cuda(s) => Ok(&*s.buf),
         other => Err(KernelError::WrongDevice {
             op,
             expected: "cuda".to_string(),
@@ -382,7 +441,7 @@ pub(crate) fn device_buf_mut<'a>(
         Storage::Cuda(s) => {
             s.known_range = None;
             s.host_copy.forget();
-            Ok(&mut s.buf)
+            Ok(&mut *s.buf)
         }
         other => Err(KernelError::WrongDevice {
             op,

@@ -33,6 +33,9 @@
 //!   Kernels also bounds-check, so a bad index skipped by a capture never reads or writes
 //!   out of bounds. (MoE expert ids are device-written: they are checked in debug builds
 //!   only; the kernels drop an out-of-range id.)
+//! - **Pinned staging.** `copy_from_host` of up to 1 MiB (every step input) copies into a
+//!   persistent page-locked ring and queues an asynchronous copy from there (`pinned.rs`);
+//!   a segment of the ring is rewritten only after an event proves its last copies ran.
 //! - **Cached pool memory.** Freed buffers stay in the device's default memory pool for
 //!   reuse; [`CudaBackend::mem_info`] trims the pool first, so its `free` is accurate.
 //! - **No panics without a GPU.** [`is_available`] and [`CudaBackend::new`] probe for
@@ -56,6 +59,7 @@ mod memory;
 mod moe;
 mod norm;
 mod ops;
+mod pinned;
 mod rope;
 mod rows;
 mod storage;

@@ -148,9 +148,13 @@ impl Backend for CudaBackend {
         }
         let stream = self.stream().clone();
         let buf = device_buf_mut(dst, "copy_from_host")?;
-        stream
-            .memcpy_htod(bytes, &mut buf.slice_mut(..bytes.len()))
-            .map_err(cuda_err("copy_from_host"))?;
+        // Small copies (a step's inputs) go through pinned memory, asynchronously; large
+        // ones (weights) directly from the pageable source.
+        if !self.copy_staged(bytes, buf)? {
+            stream
+                .memcpy_htod(bytes, &mut buf.slice_mut(..bytes.len()))
+                .map_err(cuda_err("copy_from_host"))?;
+        }
         set_known_range(dst, storage_range(host));
         let values = match host {
             CpuStorage::U32(v) => Some(v.as_slice()),

@@ -6,6 +6,11 @@
 //! valid pointer), and those bytes were counted in `tracker` when allocated; `Drop`
 //! uncounts them. The buffer is freed stream-ordered on the backend's stream.
 //!
+//! An *alias* ([`CudaStorage::alias_prefix`], behind `GraphCapture::alias_rows`) is the
+//! exception: it views a prefix of another storage's buffer (a captured graph's static
+//! output), owns nothing, counts nothing and frees nothing. Its creator guarantees that it is
+//! dropped before the storage it views.
+//!
 //! `known_range` caches `(min, max)` of an integer tensor's values when they were last
 //! written from the host (`upload`, `copy_from_host`) or copied from a tensor with a known
 //! range, so index validation (ids, positions, slots, rows) needs no device-to-host copy.
@@ -19,9 +24,10 @@
 //! from the host ([`HostCopy`]), under the same rules as `known_range`, so attention can
 //! check its metadata without a device read.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::host_copy::HostCopy;
 use super::memory::MemoryTracker;
@@ -29,12 +35,15 @@ use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 
 pub struct CudaStorage {
-    pub(crate) buf: CudaSlice<u8>,
+    /// Dropped by hand (`Drop`): freed when owned, handed back unfreed when an alias.
+    pub(crate) buf: ManuallyDrop<CudaSlice<u8>>,
     pub(crate) dtype: DType,
     pub(crate) len: usize,
     pub(crate) tracker: Arc<MemoryTracker>,
     pub(crate) known_range: Option<(i64, i64)>,
     pub(crate) host_copy: HostCopy,
+    /// False for an alias (see the module docs).
+    owned: bool,
 }
 
 /// Bytes actually allocated for `len` elements of `dtype` (at least one, see module docs).
@@ -59,13 +68,55 @@ impl CudaStorage {
         })?;
         tracker.allocated(bytes);
         Ok(Self {
-            buf,
+            buf: ManuallyDrop::new(buf),
             dtype,
             len,
             tracker: tracker.clone(),
             known_range: None,
             host_copy: HostCopy::default(),
+            owned: true,
         })
+    }
+
+    /// A storage of the first `len` elements of this one's buffer, sharing it: no copy, no
+    /// allocation, nothing counted; dropping it frees nothing. An error when `len` exceeds
+    /// this storage's length.
+    ///
+    /// # Safety
+    /// The alias must be dropped before this storage's buffer is freed (see
+    /// `GraphCapture::alias_rows`).
+    pub(crate) unsafe fn alias_prefix(&self, len: usize) -> Result<Self> {
+        if len > self.len {
+            return Err(KernelError::Invalid {
+                op: "alias_rows",
+                msg: format!(
+                    "an alias of {len} elements of a {}-element buffer",
+                    self.len
+                ),
+            });
+        }
+        let stream = self.stream().clone();
+        let (ptr, _sync) = self.buf.device_ptr(&stream);
+        // `alloc_bytes` is monotonic in `len`, so this is within `buf`, never empty.
+        let bytes = alloc_bytes(len, self.dtype);
+        // SAFETY: `ptr` is the start of a live allocation of at least `bytes` bytes. The
+        // slice made from it is never freed (`Drop` leaks an alias's slice), and the caller
+        // keeps the allocation alive for as long as the alias exists.
+        let buf = unsafe { stream.upgrade_device_ptr::<u8>(ptr, bytes) };
+        Ok(Self {
+            buf: ManuallyDrop::new(buf),
+            dtype: self.dtype,
+            len,
+            tracker: self.tracker.clone(),
+            known_range: None,
+            host_copy: HostCopy::default(),
+            owned: false,
+        })
+    }
+
+    /// Whether this storage owns its buffer (false for an alias).
+    pub fn is_owned(&self) -> bool {
+        self.owned
     }
 
     pub fn dtype(&self) -> DType {
@@ -95,7 +146,7 @@ impl CudaStorage {
         let mut out = Self::alloc(self.stream(), &self.tracker, self.len, self.dtype)?;
         let stream = self.stream().clone();
         stream
-            .memcpy_dtod(&self.buf, &mut out.buf)
+            .memcpy_dtod(&*self.buf, &mut *out.buf)
             .map_err(|e| KernelError::Cuda {
                 op: "clone",
                 msg: e.to_string(),
@@ -120,7 +171,15 @@ impl Clone for CudaStorage {
 
 impl Drop for CudaStorage {
     fn drop(&mut self) {
-        self.tracker.freed(self.buf.len());
+        // SAFETY: `buf` is taken once, here, and never used again.
+        let buf = unsafe { ManuallyDrop::take(&mut self.buf) };
+        if self.owned {
+            self.tracker.freed(buf.len());
+            drop(buf);
+        } else {
+            // An alias: the memory belongs to the storage it views.
+            let _ = buf.leak();
+        }
     }
 }
 

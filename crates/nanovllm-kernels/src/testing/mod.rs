@@ -19,6 +19,7 @@
 pub mod check;
 pub mod dense;
 pub mod errors;
+mod fake_graphs;
 pub mod gpu;
 pub mod moe;
 pub mod paged;
@@ -26,6 +27,7 @@ mod primitive_only;
 pub mod reference;
 pub mod rng;
 
+pub use fake_graphs::FakeGraphs;
 pub use primitive_only::PrimitiveOnly;
 
 /// Expands to one `#[test]` per test body, each running it on `$backend` (an expression
