@@ -371,6 +371,7 @@ mod tests {
             num_new_tokens: 1,
             context_len,
             sample: true,
+            num_generated_tokens: 1,
         };
         ScheduledBatch {
             kind: BatchKind::Decode,
