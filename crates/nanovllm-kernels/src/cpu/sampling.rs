@@ -8,19 +8,18 @@
 //!   a bf16/f16 row is widened into a per-thread buffer first): mask, bias, penalties; then
 //!   one pass turns NaN into −∞ and finds the maximum and the argmax;
 //! - logprobs: one f64 pass for the log-normaliser, the `n` best kept in a small sorted list;
-//! - sampled: the candidates are the tokens whose logit is above −∞, in id order (a −∞ token
-//!   has weight 0: it is never drawn, and it ranks last in every filter's order, so dropping
-//!   it changes no filter's outcome). A filter finds its cutoff token on a copy — top-k with
-//!   one `select_nth` on the logits, top-p with a quickselect for the shortest prefix
-//!   (expected linear time) — and keeps the candidates that rank up to the cutoff with one
-//!   `retain`. So the survivors stay in ascending id order for the draw, and nothing is ever
-//!   fully sorted.
+//! - sampled: the candidates are the row's tokens in id order. A filter finds its cutoff
+//!   token among the candidates' rank keys (one `u64` per token: value, then id) — top-k with
+//!   one `select_nth`, top-p with a quickselect for the shortest prefix (expected linear
+//!   time) — and keeps the candidates that rank up to the cutoff with one `retain`, so they
+//!   stay in ascending id order for the draw. A small top-k (at most 1/8 of the row) takes
+//!   its survivors from the selection instead and sorts what is left of them by id before
+//!   the draw. The vocabulary is never sorted.
 //!
 //! Rows are independent and each one's random number is a function of its own
 //! `(seed, step)`, so the result never depends on threads or on the other rows.
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -39,6 +38,10 @@ const OP: &str = "sample";
 
 /// Below this many candidates, [`nucleus_cutoff`] sorts instead of partitioning further.
 const NUCLEUS_SORT_LEN: usize = 32;
+/// Top-k keeping at most `1 / TOP_K_SORT_FRACTION` of the candidates selects them in place
+/// and sorts the final survivors by id (`k log k`, less than the copy and `retain` over the
+/// whole row that a larger `k` uses to keep the id order without sorting).
+const TOP_K_SORT_FRACTION: usize = 8;
 
 /// A token and its value: the processed logit until the weights are computed, the weight
 /// `exp((l − max) / temperature)` after.
@@ -60,8 +63,8 @@ struct Scratch {
 struct Work {
     /// The row's candidates, in ascending id order.
     cands: Vec<Cand>,
-    /// A copy of the candidates for a filter's selection to reorder.
-    sel: Vec<Cand>,
+    /// Rank keys of the candidates, for a filter's selection to reorder.
+    keys: Vec<u64>,
     /// One bit per token: already given the repetition penalty (it applies once per token).
     seen: Vec<u64>,
 }
@@ -276,21 +279,36 @@ fn penalise(l: &mut [f32], p: &Penalties<'_>, seen: &mut Vec<u64>) {
     }
 }
 
-/// More likely first: the larger value, then the lower id (IEEE comparison, so −0 and +0
-/// are equal values; the values here are never NaN).
-fn by_likelihood(a: &Cand, b: &Cand) -> Ordering {
-    if a.value > b.value {
-        Ordering::Less
-    } else if a.value < b.value {
-        Ordering::Greater
+/// A token's rank as one integer: ascending keys are more likely first — the larger value,
+/// then the lower id — so selections compare plain `u64`s. Values are never NaN here; −0
+/// ranks as +0 (IEEE equal values tie and go by id).
+#[inline(always)]
+fn rank_key(value: f32, id: u32) -> u64 {
+    let bits = if value == 0.0 { 0 } else { value.to_bits() };
+    // IEEE order as unsigned order: flip every bit of a negative, the sign bit of the rest.
+    let ascending = if bits >> 31 == 1 {
+        !bits
     } else {
-        a.id.cmp(&b.id)
-    }
+        bits | 1 << 31
+    };
+    ((!ascending as u64) << 32) | id as u64
 }
 
-/// Whether `c` ranks at or before `cut` in [`by_likelihood`] order.
-fn up_to(c: &Cand, cut: &Cand) -> bool {
-    by_likelihood(c, cut) != Ordering::Greater
+/// The value a [`rank_key`] was made from (+0 for −0).
+#[inline(always)]
+fn key_value(key: u64) -> f32 {
+    let ascending = !((key >> 32) as u32);
+    let bits = if ascending >> 31 == 1 {
+        ascending & !(1 << 31)
+    } else {
+        !ascending
+    };
+    f32::from_bits(bits)
+}
+
+#[inline(always)]
+fn key_id(key: u64) -> u32 {
+    key as u32
 }
 
 /// Temperature, top-k, top-p, min-p, then the inverse-CDF draw. `l` has no NaN and its
@@ -303,20 +321,32 @@ fn draw(l: &[f32], max: f32, spec: &SamplingRow<'_>, work: &mut Work) -> u32 {
 /// Leaves in `work.cands` the survivors of the filters, in ascending id order, with their
 /// weights.
 fn filter(l: &[f32], max: f32, spec: &SamplingRow<'_>, work: &mut Work) {
-    let Work { cands, sel, .. } = work;
+    let Work { cands, keys, .. } = work;
     cands.clear();
-    cands.extend(
-        l.iter()
-            .enumerate()
-            .filter(|(_, &x)| x > f32::NEG_INFINITY)
-            .map(|(id, &value)| Cand {
-                id: id as u32,
-                value,
-            }),
-    );
-    if spec.top_k > 0 && spec.top_k < cands.len() {
-        let cut = kth_most_likely(cands, sel, spec.top_k);
-        cands.retain(|c| up_to(c, &cut));
+    // Every token, −∞ ones included: they rank last in every order and weigh 0, so they
+    // change no filter's outcome and are never drawn (keeping them makes this a plain copy).
+    cands.extend(l.iter().enumerate().map(|(id, &value)| Cand {
+        id: id as u32,
+        value,
+    }));
+    let mut in_id_order = true;
+    let k = spec.top_k;
+    if k > 0 && k < cands.len() {
+        keys.clear();
+        keys.extend(cands.iter().map(|c| rank_key(c.value, c.id)));
+        let (_, &mut cut, _) = keys.select_nth_unstable(k - 1);
+        if k <= cands.len() / TOP_K_SORT_FRACTION {
+            // A few survivors: take them from the selection, sort them by id at the end.
+            cands.clear();
+            cands.extend(keys[..k].iter().map(|&key| Cand {
+                id: key_id(key),
+                value: key_value(key),
+            }));
+            in_id_order = false;
+        } else {
+            // Many: keep the candidates that rank up to the cutoff, in id order.
+            cands.retain(|c| rank_key(c.value, c.id) <= cut);
+        }
     }
     let t = spec.temperature;
     for c in cands.iter_mut() {
@@ -324,62 +354,58 @@ fn filter(l: &[f32], max: f32, spec: &SamplingRow<'_>, work: &mut Work) {
     }
     if spec.top_p < 1.0 && cands.len() > 1 {
         let total: f64 = cands.iter().map(|c| c.value as f64).sum();
-        sel.clear();
-        sel.extend_from_slice(cands);
-        if let Some(cut) = nucleus_cutoff(sel, spec.top_p as f64 * total) {
-            cands.retain(|c| up_to(c, &cut));
+        keys.clear();
+        keys.extend(cands.iter().map(|c| rank_key(c.value, c.id)));
+        if let Some(cut) = nucleus_cutoff(keys, spec.top_p as f64 * total) {
+            cands.retain(|c| rank_key(c.value, c.id) <= cut);
         }
     }
     if spec.min_p > 0.0 {
         // The top weight is exactly 1 (`exp(0)`) and survives every filter.
         cands.retain(|c| c.value >= spec.min_p);
     }
+    if !in_id_order {
+        cands.sort_unstable_by_key(|c| c.id);
+    }
 }
 
-/// The `k`-th most likely candidate (`1 ≤ k ≤ cands.len()`), selected on a copy.
-fn kth_most_likely(cands: &[Cand], sel: &mut Vec<Cand>, k: usize) -> Cand {
-    sel.clear();
-    sel.extend_from_slice(cands);
-    let (_, kth, _) = sel.select_nth_unstable_by(k - 1, by_likelihood);
-    *kth
-}
-
-/// The last candidate of the shortest prefix, in [`by_likelihood`] order, whose weight sum
-/// is `≥ target`; `None` when even the whole set falls short (only by rounding: then every
-/// candidate is kept). Reorders `items`.
+/// The [`rank_key`] of the last candidate of the shortest prefix, most likely first, whose
+/// weight sum is `≥ target`; `None` when even the whole set falls short (only by rounding:
+/// then every candidate is kept). `keys` are rank keys of weights; reorders them.
 ///
 /// A quickselect: partition around the median, sum the more likely half, and continue in
 /// the half that holds the cutoff, so the work halves each round (expected linear time;
 /// sums in f64, in an order of their own, as the definition allows).
-fn nucleus_cutoff(items: &mut [Cand], target: f64) -> Option<Cand> {
-    // `items[..lo]` rank before `items[lo..hi]` and sum to `before < target`; the cutoff,
-    // if any, is in `items[lo..hi]`.
-    let (mut lo, mut hi) = (0, items.len());
+fn nucleus_cutoff(keys: &mut [u64], target: f64) -> Option<u64> {
+    let weight = |key: &u64| key_value(*key) as f64;
+    // `keys[..lo]` rank before `keys[lo..hi]` and sum to `before < target`; the cutoff, if
+    // any, is in `keys[lo..hi]`.
+    let (mut lo, mut hi) = (0, keys.len());
     let mut before = 0.0f64;
     let mut narrowed = false;
     while hi - lo > NUCLEUS_SORT_LEN {
-        let part = &mut items[lo..hi];
+        let part = &mut keys[lo..hi];
         let m = part.len() / 2;
-        let (upper, pivot, _) = part.select_nth_unstable_by(m, by_likelihood);
-        let upper_sum: f64 = upper.iter().map(|c| c.value as f64).sum();
+        let (upper, &mut pivot, _) = part.select_nth_unstable(m);
+        let upper_sum: f64 = upper.iter().map(weight).sum();
         if before + upper_sum >= target {
             hi = lo + m;
             narrowed = true;
         } else {
-            before += upper_sum + pivot.value as f64;
+            before += upper_sum + weight(&pivot);
             if before >= target {
-                return Some(*pivot);
+                return Some(pivot);
             }
             lo += m + 1;
         }
     }
-    let part = &mut items[lo..hi];
-    part.sort_unstable_by(by_likelihood);
+    let part = &mut keys[lo..hi];
+    part.sort_unstable();
     let mut sum = before;
-    for c in part.iter() {
-        sum += c.value as f64;
+    for key in part.iter() {
+        sum += weight(key);
         if sum >= target {
-            return Some(*c);
+            return Some(*key);
         }
     }
     // Summed in another order, the prefix through `hi` reached the target: it is the cutoff.
@@ -540,34 +566,63 @@ mod tests {
     }
 
     #[test]
+    fn rank_keys_order_by_value_then_id_and_keep_the_value() {
+        let values = [
+            f32::NEG_INFINITY,
+            -3.4e38,
+            -1.0,
+            -1e-40,
+            -0.0,
+            0.0,
+            1e-40,
+            0.5,
+            1.0,
+            3.4e38,
+        ];
+        let mut items: Vec<(f32, u32)> = Vec::new();
+        for (i, &v) in values.iter().enumerate() {
+            items.push((v, 2 * i as u32 + 1));
+            items.push((v, 2 * i as u32));
+        }
+        let mut by_key = items.clone();
+        by_key.sort_by_key(|&(v, id)| rank_key(v, id));
+        let mut by_definition = items.clone();
+        by_definition.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+        // −0 and +0 are one value: compare as values, ids exactly.
+        let ids = |v: &[(f32, u32)]| v.iter().map(|&(x, id)| (x == 0.0, id)).collect::<Vec<_>>();
+        assert_eq!(ids(&by_key), ids(&by_definition));
+        for &(v, id) in &items {
+            let key = rank_key(v, id);
+            assert_eq!(key_id(key), id);
+            assert_eq!(key_value(key), if v == 0.0 { 0.0 } else { v });
+        }
+    }
+
+    #[test]
     fn nucleus_cutoff_matches_a_full_sort() {
         let mut rng = Rng::new(7);
         for case in 0..300 {
             let n = 1 + rng.below(if case % 3 == 0 { 2000 } else { 100 });
             // Few distinct weights (many exact ties) and some zeros.
             let levels = 1 + rng.below(12);
-            let items: Vec<Cand> = (0..n)
-                .map(|id| Cand {
-                    id: id as u32,
-                    value: rng.below(levels) as f32 / 4.0,
-                })
+            let keys: Vec<u64> = (0..n)
+                .map(|id| rank_key(rng.below(levels) as f32 / 4.0, id as u32))
                 .collect();
-            let total: f64 = items.iter().map(|c| c.value as f64).sum();
+            let total: f64 = keys.iter().map(|&k| key_value(k) as f64).sum();
             let target = (0.05 + 0.9 * (rng.uniform() as f64 + 1.0) / 2.0) * total;
-            let mut sorted = items.clone();
-            sorted.sort_by(by_likelihood);
+            // The definition: most likely first (larger weight, then lower id), the first
+            // prefix reaching the target. Multiples of 1/4 sum exactly: no rounding anywhere.
+            let mut sorted: Vec<(f32, u32)> =
+                keys.iter().map(|&k| (key_value(k), key_id(k))).collect();
+            sorted.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
             let mut sum = 0.0;
-            // Multiples of 1/4 sum exactly: no rounding anywhere.
-            let want = sorted.iter().copied().find(|c| {
-                sum += c.value as f64;
+            let want = sorted.iter().find(|&&(w, _)| {
+                sum += w as f64;
                 sum >= target
             });
-            let mut scratch = items.clone();
-            assert_eq!(
-                nucleus_cutoff(&mut scratch, target),
-                want,
-                "case {case}, n {n}"
-            );
+            let mut scratch = keys.clone();
+            let got = nucleus_cutoff(&mut scratch, target).map(|k| (key_value(k), key_id(k)));
+            assert_eq!(got, want.copied(), "case {case}, n {n}");
         }
     }
 
