@@ -27,7 +27,7 @@ pub mod reference;
 pub mod rng;
 pub mod sampling;
 
-pub use primitive_only::PrimitiveOnly;
+pub use primitive_only::{Bf16Logits, PrimitiveOnly};
 
 /// Expands to one `#[test]` per test body, each running it on `$backend` (an expression
 /// evaluated afresh in every test, e.g. `CpuBackend::new()`).
