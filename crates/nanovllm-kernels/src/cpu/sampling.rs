@@ -38,8 +38,8 @@ const OP: &str = "sample";
 
 /// Below this many candidates, [`nucleus_cutoff`] sorts instead of partitioning further.
 const NUCLEUS_SORT_LEN: usize = 32;
-/// Top-k keeping at most `1 / TOP_K_SORT_FRACTION` of the candidates selects them in place
-/// and sorts the final survivors by id (`k log k`, less than the copy and `retain` over the
+/// Top-k keeping at most `1 / TOP_K_SORT_FRACTION` of the candidates takes them from the
+/// selection and sorts the final survivors by id (`k log k`, less than the `retain` over the
 /// whole row that a larger `k` uses to keep the id order without sorting).
 const TOP_K_SORT_FRACTION: usize = 8;
 
@@ -61,7 +61,8 @@ struct Scratch {
 
 #[derive(Default)]
 struct Work {
-    /// The row's candidates, in ascending id order.
+    /// The row's candidates, in ascending id order (but for a small top-k's survivors,
+    /// until `filter` sorts them).
     cands: Vec<Cand>,
     /// Rank keys of the candidates, for a filter's selection to reorder.
     keys: Vec<u64>,
