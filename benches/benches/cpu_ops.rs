@@ -9,13 +9,17 @@
 //! - decode attention, one sequence at context 1024 and 4096 and a batch of 16 sequences
 //!   at context 256, f32 and bf16 cache.
 //! - prefill attention, one 512-token sequence.
+//! - `sample` over Qwen3's 151 936-token vocabulary, 1 and 32 rows: greedy, plain
+//!   temperature, and Qwen3's defaults (T 0.6, top-k 20, top-p 0.95).
 //!
 //! Run: `cargo bench -p benches --bench cpu_ops`.
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use nanovllm_kernels::{AttentionMetadata, Backend, CpuBackend, DType, KvCache, Tensor};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use nanovllm_kernels::{
+    AttentionMetadata, Backend, CpuBackend, DType, KvCache, SamplingRow, Tensor,
+};
 
 const HIDDEN: usize = 1024;
 const HEADS: usize = 16;
@@ -231,11 +235,62 @@ fn bench_prefill_attention(c: &mut Criterion) {
     group.finish();
 }
 
+fn bench_sample(c: &mut Criterion) {
+    nanovllm_kernels::cpu::configure_process();
+    let backend = CpuBackend::new();
+    let mut rng = Rng(0x5a3f_1e07);
+    let vocab = 151_936;
+    let mut group = c.benchmark_group("sample");
+    group.sample_size(20);
+    let settings = [
+        ("greedy", SamplingRow::default()),
+        (
+            "t1",
+            SamplingRow {
+                temperature: 1.0,
+                ..SamplingRow::default()
+            },
+        ),
+        (
+            "qwen3_defaults",
+            SamplingRow {
+                temperature: 0.6,
+                top_k: 20,
+                top_p: 0.95,
+                ..SamplingRow::default()
+            },
+        ),
+    ];
+    for rows in [1, 32] {
+        // Logits spread like a model's: [-8, 8).
+        let logits: Vec<f32> = rng.vec(rows * vocab).iter().map(|x| 8.0 * x).collect();
+        let logits = tensor(logits, &[rows, vocab], DType::F32);
+        group.throughput(Throughput::Elements((rows * vocab) as u64));
+        for (name, setting) in settings {
+            let specs: Vec<SamplingRow<'_>> = (0..rows)
+                .map(|r| SamplingRow {
+                    seed: r as u64,
+                    ..setting
+                })
+                .collect();
+            group.bench_function(BenchmarkId::new(name, format!("r{rows}")), |b| {
+                b.iter_batched(
+                    || logits.clone(),
+                    |t| backend.sample(t, black_box(&specs)).expect("sample"),
+                    BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     cpu_ops,
     bench_matmul,
     bench_matmul_dram,
     bench_decode_attention,
-    bench_prefill_attention
+    bench_prefill_attention,
+    bench_sample
 );
 criterion_main!(cpu_ops);

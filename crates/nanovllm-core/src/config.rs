@@ -92,7 +92,8 @@ pub struct EngineConfig {
     pub num_kvcache_blocks: Option<usize>,
     /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
     pub kv_cache_dtype: KvCacheDType,
-    /// Seed of the engine's random stream (requests without their own seed draw from it).
+    /// Seed of the requests without one of their own: each gets
+    /// [`crate::sampling::request_seed`]`(seed, request id)`.
     pub seed: u64,
     /// How tensor-parallel ranks run and meet (TOML table `[tp]`; see [`crate::tp`]).
     pub tp: crate::tp::TpConfig,

@@ -621,7 +621,10 @@ mod captured {
                 assert!(runner.enable_decode_graphs(4, 64));
                 let launches = backend.launches();
                 let params = SamplingParams::greedy(1);
-                let tokens = runner.execute(&decode_batch(), &[&params; 3]).unwrap();
+                let tokens = runner
+                    .execute(&decode_batch(), &[&params; 3])
+                    .unwrap()
+                    .tokens;
                 // The capture's logits (padding token 0 → one-hot at 1), through either
                 // the in-graph logits or the static hidden states.
                 assert_eq!(tokens, [1, 1, 1], "can_alias = {can_alias}");
@@ -714,6 +717,7 @@ mod tests {
             num_new_tokens: 1,
             context_len,
             sample: true,
+            num_generated_tokens: 1,
         };
         ScheduledBatch {
             kind: BatchKind::Decode,

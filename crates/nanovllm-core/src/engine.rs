@@ -5,7 +5,9 @@
 //! Requests are validated completely in `add_request`, before anything is
 //! queued, so a rejected request never disturbs the ones in flight. A request
 //! the scheduler finds it can never fit (`SchedulerError::Unschedulable`) is
-//! aborted and reported finished with an `error`; the others go on.
+//! aborted and reported finished with an `error`; the others go on. So is a request whose
+//! logits hold no finite maximum at a step (NaN, all −∞: [`EngineError::NonFiniteLogits`]),
+//! without touching the rest of its batch.
 //!
 //! A request id is the scheduler's sequence id (arrival order, never reused).
 
@@ -14,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nanovllm_kernels::sampling::MAX_NUM_LOGPROBS;
 use nanovllm_kernels::{Backend, Communicator, NoopCommunicator};
 use nanovllm_models::{
     load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
@@ -27,7 +30,7 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, RequestError, Result};
 use crate::kv_sizing::size_kv_cache;
 use crate::logprobs::TokenLogprobs;
-use crate::runner::ModelRunner;
+use crate::runner::{ModelRunner, StepSamples};
 use crate::tokenizer::Tokenizer;
 use crate::tp::WorkerGroup;
 
@@ -436,13 +439,23 @@ impl LLMEngine {
     }
 
     /// [`Self::add_request`]; with `Some(n)` every token it generates comes with
-    /// its logprob and the `n` most likely alternatives in [`StepOutputs::logprobs`].
+    /// its logprob and the `n` most likely alternatives in [`StepOutputs::logprobs`]
+    /// (`n ≤` [`MAX_NUM_LOGPROBS`]).
     pub fn add_request_with_logprobs(
         &mut self,
         prompt: impl Into<Prompt>,
         params: SamplingParams,
         num_top_logprobs: Option<usize>,
     ) -> Result<RequestId> {
+        if let Some(requested) = num_top_logprobs.filter(|&n| n > MAX_NUM_LOGPROBS) {
+            return Err(EngineError::invalid_request(
+                None,
+                RequestError::TooManyLogprobs {
+                    requested,
+                    max: MAX_NUM_LOGPROBS,
+                },
+            ));
+        }
         let ids = self
             .validate_request(prompt.into(), &params)
             .map_err(|reason| EngineError::invalid_request(None, reason))?;
@@ -465,9 +478,10 @@ impl LLMEngine {
         let scheduled_at = Instant::now();
         out.times.schedule = scheduled_at - start;
         if let Some(batch) = scheduled {
-            let (sampled, logprobs) = self.execute(&batch, &mut out.times)?;
+            let samples = self.execute(&batch, &mut out.times)?;
             let executed_at = Instant::now();
-            self.account(batch, &sampled, logprobs, &mut out)?;
+            self.abort_non_finite(&samples.non_finite, &mut out.finished)?;
+            self.account(batch, &samples.tokens, samples.logprobs, &mut out)?;
             out.times.postprocess = executed_at.elapsed();
             if !self.scheduler.has_unfinished() {
                 // The last request just finished: what the backend keeps between steps is
@@ -522,11 +536,7 @@ impl LLMEngine {
     /// one token per sequence, and logprobs for the requests that asked. A failed step
     /// aborts the batch's requests, since the scheduler would otherwise resume them from
     /// a position whose tokens never came. Fills `times.inputs` and `times.forward`.
-    fn execute(
-        &mut self,
-        batch: &ScheduledBatch,
-        times: &mut StepTimes,
-    ) -> Result<(Vec<u32>, Vec<Option<TokenLogprobs>>)> {
+    fn execute(&mut self, batch: &ScheduledBatch, times: &mut StepTimes) -> Result<StepSamples> {
         let start = Instant::now();
         let params = batch
             .seqs
@@ -578,6 +588,24 @@ impl LLMEngine {
             }
             Err(err)
         })
+    }
+
+    /// Aborts the requests whose logits had no finite maximum at this step, before the
+    /// scheduler sees the step's tokens: it then skips them, and the rest of the batch goes
+    /// on.
+    fn abort_non_finite(
+        &mut self,
+        seq_ids: &[RequestId],
+        finished: &mut Vec<RequestOutput>,
+    ) -> Result<()> {
+        for &seq_id in seq_ids {
+            let err = EngineError::NonFiniteLogits { seq_id };
+            tracing::warn!(request_id = seq_id, "aborting request: {err}");
+            if let Some(seq) = self.scheduler.abort(seq_id) {
+                finished.push(self.finish(seq, Some(err.to_string()))?);
+            }
+        }
+        Ok(())
     }
 
     /// Hands the step's tokens to the scheduler and fills `out`: new tokens, logprobs,
@@ -671,7 +699,6 @@ impl LLMEngine {
 
     /// Forgets a finished sequence's engine-side state and builds its output.
     fn finish(&mut self, f: FinishedSeq, error: Option<String>) -> Result<RequestOutput> {
-        self.runner.sampler_mut().forget(f.seq_id);
         self.num_top_logprobs.remove(&f.seq_id);
         let text = match &self.tokenizer {
             Some(tok) => tok.decode(&f.completion_token_ids)?,

@@ -363,6 +363,164 @@ fn seeded_requests_reproduce_regardless_of_the_batch() {
     assert_ne!(alone[0].token_ids, other_seed[0].token_ids);
 }
 
+/// Sampled tokens are a function of (request seed, generated count): preemption and
+/// recomputation (a 5-block cache) change nothing, for seeded requests and for unseeded ones
+/// (whose seeds come from the engine's seed and their request id).
+#[test]
+fn sampled_outputs_survive_preemption() {
+    let prompts = toy_prompts();
+    let params: Vec<SamplingParams> = (0..prompts.len())
+        .map(|i| SamplingParams {
+            temperature: 0.8,
+            top_k: if i % 3 == 0 { 20 } else { 0 },
+            seed: (i % 2 == 0).then_some(1000 + i as u64),
+            ignore_eos: true,
+            max_tokens: 24,
+            ..SamplingParams::default()
+        })
+        .collect();
+    let run = |num_kvcache_blocks| {
+        let mut llm = LLM::from_engine(toy_engine(EngineConfig {
+            num_kvcache_blocks: Some(num_kvcache_blocks),
+            seed: 5,
+            ..toy_config()
+        }));
+        let outputs = llm
+            .generate(prompts.clone(), ParamsArg::PerPrompt(params.clone()))
+            .unwrap();
+        let tokens: Vec<Vec<u32>> = outputs.into_iter().map(|o| o.token_ids).collect();
+        (tokens, llm.into_engine().stats().num_preemptions)
+    };
+    let (roomy, none) = run(64);
+    let (tight, preemptions) = run(5);
+    assert_eq!(none, 0);
+    assert!(preemptions > 0, "a 5-block cache must preempt");
+    assert_eq!(roomy, tight);
+    // Sampling, not greedy: most tokens differ from the toy's greedy continuation.
+    let greedy_tokens: usize = prompts
+        .iter()
+        .zip(&roomy)
+        .map(|(p, t)| {
+            let g = toy_reference(p, 24);
+            t.iter().zip(&g).filter(|(a, b)| a == b).count()
+        })
+        .sum();
+    assert!(
+        greedy_tokens < roomy.len() * 24 / 2,
+        "{greedy_tokens} greedy tokens"
+    );
+}
+
+/// Requests without a seed draw from seeds derived from the engine's seed and their id:
+/// the same engine seed reproduces them, another one does not.
+#[test]
+fn unseeded_requests_follow_the_engine_seed() {
+    let sampled = SamplingParams {
+        temperature: 1.0,
+        ignore_eos: true,
+        max_tokens: 16,
+        ..SamplingParams::default()
+    };
+    let run = |seed| {
+        let mut llm = LLM::from_engine(toy_engine(EngineConfig {
+            seed,
+            ..toy_config()
+        }));
+        let outputs = llm
+            .generate([vec![10u32, 20, 30], vec![10, 20, 30]], sampled.clone())
+            .unwrap();
+        outputs.into_iter().map(|o| o.token_ids).collect::<Vec<_>>()
+    };
+    let a = run(1);
+    assert_eq!(a, run(1));
+    assert_ne!(a, run(2));
+    assert_ne!(a[0], a[1], "two requests, two streams");
+}
+
+/// A request whose logits hold NaN is aborted with `NonFiniteLogits`; the requests sharing
+/// its batches finish normally.
+#[test]
+fn a_request_with_non_finite_logits_is_aborted_alone() {
+    let poison = 96;
+    let mut model = ToyModel::new(512);
+    model.poison = Some(poison);
+    let mut engine = LLMEngine::from_parts(
+        toy_config(),
+        GenerationConfig::default(),
+        None,
+        Arc::new(CpuBackend::new()),
+        Box::new(model),
+    )
+    .unwrap();
+    let good: Vec<u32> = vec![1, 2, 3, 4];
+    let other: Vec<u32> = (0..20).collect();
+    let a = engine.add_request(good.clone(), greedy(6)).unwrap();
+    let bad = engine
+        .add_request_with_logprobs(vec![poison, 5, 6], greedy(6), Some(2))
+        .unwrap();
+    let c = engine
+        .add_request(
+            other.clone(),
+            SamplingParams {
+                seed: Some(3),
+                ignore_eos: true,
+                max_tokens: 6,
+                ..SamplingParams::default()
+            },
+        )
+        .unwrap();
+    let mut finished = Vec::new();
+    while engine.has_unfinished() {
+        let out = engine.step().unwrap();
+        assert!(out.new_tokens.iter().all(|(r, _)| *r != bad));
+        assert!(out.logprobs.iter().all(|(r, _)| *r != bad));
+        finished.extend(out.finished);
+    }
+    finished.sort_by_key(|f| f.request_id);
+    assert_eq!(finished.len(), 3);
+    assert_eq!(finished[0].request_id, a);
+    assert_eq!(finished[0].token_ids, toy_reference(&good, 6));
+    assert_eq!(finished[0].error, None);
+    assert_eq!(finished[1].request_id, bad);
+    assert_eq!(finished[1].finish_reason, FinishReason::Abort);
+    assert!(finished[1].token_ids.is_empty());
+    let error = finished[1].error.as_deref().unwrap_or_default();
+    assert_eq!(
+        error,
+        EngineError::NonFiniteLogits { seq_id: bad }.to_string()
+    );
+    assert_eq!(finished[2].request_id, c);
+    assert_eq!(finished[2].token_ids.len(), 6);
+    assert_eq!(finished[2].error, None);
+    assert_eq!(
+        engine.kv_cache_usage().num_free_blocks,
+        64,
+        "the aborted request's blocks are freed"
+    );
+}
+
+#[test]
+fn too_many_top_logprobs_is_a_request_error() {
+    let mut engine = toy_engine(toy_config());
+    let max = nanovllm_kernels::sampling::MAX_NUM_LOGPROBS;
+    match engine.add_request_with_logprobs(vec![1u32, 2], greedy(2), Some(max + 1)) {
+        Err(EngineError::InvalidRequest {
+            reason: RequestError::TooManyLogprobs { requested, max: m },
+            ..
+        }) => assert_eq!((requested, m), (max + 1, max)),
+        other => panic!("expected TooManyLogprobs, got {other:?}"),
+    }
+    assert!(!engine.has_unfinished());
+    engine
+        .add_request_with_logprobs(vec![1u32, 2], greedy(2), Some(max))
+        .unwrap();
+    while engine.has_unfinished() {
+        for (_, lp) in engine.step().unwrap().logprobs {
+            assert_eq!(lp.top.len(), max.min(TOY_VOCAB));
+        }
+    }
+}
+
 #[test]
 fn generate_validates_every_prompt_first() {
     let mut llm = LLM::from_engine(toy_engine(toy_config()));
@@ -537,7 +695,7 @@ fn a_huge_text_prompt_is_refused_before_tokenizing() {
     ));
 }
 
-/// What the sampler's docs promise about seeded requests on a real model (the Qwen3 fixture,
+/// What `crate::sampling`'s docs promise about seeded requests on a real model (the Qwen3 fixture,
 /// whose forward pass reduces in a batch-dependent order): the same batch composition gives
 /// exactly the same tokens; alone against in a crowd, the request's logprobs agree within
 /// 1e-4 (rounding only) at every step up to the first token that differs, if any.

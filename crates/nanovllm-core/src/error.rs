@@ -75,8 +75,9 @@ pub enum EngineError {
         available_bytes: u64,
         fix: String,
     },
-    /// The logits of a sequence contain NaN or are all -inf: the model produced garbage.
-    #[error("sequence {seq_id}: logits hold no finite maximum (NaN or all -inf); the model or its weights are broken")]
+    /// The logits of a sequence have no finite maximum (NaN or -inf everywhere, or a +inf):
+    /// the model produced garbage. The engine aborts that request alone.
+    #[error("sequence {seq_id}: logits hold no finite maximum (NaN or all -inf, or +inf); the model or its weights are broken")]
     NonFiniteLogits { seq_id: SeqId },
     /// A benchmark setting ([`crate::bench`]) that the workload or the model cannot run.
     #[error("invalid benchmark {what} = {value}: expected {expected}")]
@@ -129,6 +130,9 @@ pub enum RequestError {
     NoTokenizer,
     #[error("cannot tokenize the prompt: {0}")]
     Tokenize(String),
+    /// More top logprobs than a step computes per token.
+    #[error("{requested} top logprobs asked for; at most {max} are supported")]
+    TooManyLogprobs { requested: usize, max: usize },
     /// The chat template refused the messages (`raise_exception`) or failed on them.
     #[error("cannot apply the chat template: {0}")]
     ChatTemplate(String),

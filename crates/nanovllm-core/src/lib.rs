@@ -2,9 +2,9 @@
 //!
 //! The engine. Owns [`EngineConfig`], the user-facing [`LLM`] (batch
 //! `generate`) and [`LLMEngine`] (step API: add_request / step / abort), the
-//! [`ModelRunner`] (batch preparation on the device), KV-cache sizing ([`kv_sizing`]), the
-//! [`Sampler`] and the [`Tokenizer`], and the bench.py throughput run
-//! ([`bench`]).
+//! [`ModelRunner`] (batch preparation on the device; the backend samples there, see
+//! [`sampling`] for seeds and steps), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
+//! and the bench.py throughput run ([`bench`]).
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
 //! never sees a tensor and the model never sees a scheduling decision.
@@ -29,7 +29,7 @@ pub mod kv_sizing;
 pub mod llm;
 pub mod logprobs;
 pub mod runner;
-pub mod sampler;
+pub mod sampling;
 pub mod tokenizer;
 pub mod tp;
 
@@ -49,8 +49,7 @@ pub use error::{EngineError, RequestError, Result};
 pub use kv_sizing::cpu_num_kvcache_blocks;
 pub use llm::{Output, ParamsArg, Progress, LLM};
 pub use logprobs::{TokenLogprobs, TopLogprob};
-pub use runner::ModelRunner;
-pub use sampler::Sampler;
+pub use runner::{ModelRunner, StepSamples};
 pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 // Re-exported so that front ends need only this crate.

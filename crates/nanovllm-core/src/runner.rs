@@ -1,10 +1,13 @@
 //! [`ModelRunner`]: executes one [`ScheduledBatch`] on the device.
 //!
-//! It owns the backend, the model, the paged [`KvCache`] and the [`Sampler`].
+//! It owns the backend, the model and the paged [`KvCache`].
 //! Each step it packs the batch into a [`ForwardInput`] (host staging buffers are
-//! kept and refilled, never reallocated per step, on every backend), runs the model, brings
-//! the logits of the sampled rows to the host and samples one token per
-//! sequence.
+//! kept and refilled, never reallocated per step, on every backend), runs the model, and
+//! hands the logits of the sampled rows to [`Backend::sample`] with one
+//! [`SamplingRow`](nanovllm_kernels::SamplingRow) per sampling sequence
+//! ([`crate::sampling`]: its seed, and its number of generated tokens as the step). The
+//! logits stay on the device; only the tokens, and the logprobs a request asked for, come
+//! back.
 //!
 //! On a backend that captures graphs (CUDA; unless `enforce_eager`), decode steps of up to
 //! 512 sequences replay a captured graph instead ([`crate::decode_graph`]): the step stages
@@ -12,8 +15,9 @@
 //! backend's pinned staging), launches the graph, and takes the logits the graph computed
 //! in its static logits buffer (or, for batches too large for that buffer, runs
 //! [`Model::compute_logits`] eagerly on the batch's rows). A graph step allocates no device
-//! memory. Prefill and larger decode batches run eagerly. Reading back what sampling needs is
-//! the step's only host synchronisation.
+//! memory. Prefill and larger decode batches run eagerly. Sampling runs on the device
+//! ([`Backend::sample`]); reading the sampled tokens back is the step's only host
+//! synchronisation.
 //!
 //! Invariants of the built input (see `AttentionMetadata`): `cu_seqlens_q`
 //! and `slot_mapping` are the batch's own; `context_lens[i]` is
@@ -28,15 +32,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nanovllm_kernels::{
-    AttentionMetadata, Backend, CpuStorage, DType, Device, KvCache, Storage, Tensor,
+    AttentionMetadata, Backend, CpuStorage, DType, Device, KvCache, SamplingRow, Storage, Tensor,
+    NO_FINITE_LOGIT,
 };
 use nanovllm_models::{ForwardInput, Model};
-use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
+use nanovllm_scheduler::{SamplingParams, ScheduledBatch, SeqId};
 
 use crate::decode_graph::{DecodeGraphs, Replayed};
 use crate::error::{EngineError, Result};
-use crate::logprobs::{token_logprobs, TokenLogprobs};
-use crate::sampler::{SampleRow, Sampler};
+use crate::logprobs::TokenLogprobs;
+use crate::sampling::sampling_row;
 
 /// Host-side staging vectors, refilled every step.
 #[derive(Debug, Default)]
@@ -50,12 +55,28 @@ struct HostBuffers {
     logits_indices: Vec<u32>,
 }
 
+/// What one step sampled, per scheduled sequence in batch order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepSamples {
+    /// Each sequence's token; 0 for a sequence that does not sample (an unfinished prompt
+    /// chunk, whose token the scheduler ignores) or that is in [`Self::non_finite`].
+    pub tokens: Vec<u32>,
+    /// Logprobs of the sequences that asked and got a token.
+    pub logprobs: Vec<Option<TokenLogprobs>>,
+    /// Sequences whose logits had no finite maximum (NaN, all −∞, or a +∞): they got no
+    /// token ([`EngineError::NonFiniteLogits`]); the others of the batch are unaffected.
+    pub non_finite: Vec<SeqId>,
+}
+
 /// Runs batches through the model and samples from the result.
 pub struct ModelRunner {
     backend: Arc<dyn Backend>,
     model: Box<dyn Model>,
     kv_cache: KvCache,
-    sampler: Sampler,
+    /// `EngineConfig::seed`: the seed of requests without their own ([`crate::sampling`]).
+    seed: u64,
+    /// One row per sampling sequence, refilled every step.
+    sample_rows: Vec<SamplingRow<'static>>,
     buffers: HostBuffers,
     /// Captured decode graphs (a backend that captures, not `enforce_eager`, capture succeeded).
     decode_graphs: Option<DecodeGraphs>,
@@ -80,7 +101,8 @@ impl std::fmt::Debug for ModelRunner {
 
 impl ModelRunner {
     /// Allocates a KV cache of `num_blocks` blocks of `block_size` tokens laid out as the
-    /// model asks ([`Model::kv_cache_spec`]) and a sampler seeded by `seed`.
+    /// model asks ([`Model::kv_cache_spec`]); requests without a seed of their own sample
+    /// with one derived from `seed` ([`crate::sampling::request_seed`]).
     pub fn new(
         backend: Arc<dyn Backend>,
         model: Box<dyn Model>,
@@ -103,7 +125,8 @@ impl ModelRunner {
             backend,
             model,
             kv_cache,
-            sampler: Sampler::new(seed),
+            seed,
+            sample_rows: Vec::new(),
             buffers: HostBuffers::default(),
             forward_on_pool: false,
             decode_graphs: None,
@@ -180,101 +203,87 @@ impl ModelRunner {
         std::mem::take(&mut self.input_time)
     }
 
-    /// The sampler, e.g. to drop a finished request's random stream.
-    pub fn sampler_mut(&mut self) -> &mut Sampler {
-        &mut self.sampler
-    }
-
-    /// Runs one step; returns one token per scheduled sequence, in batch order.
-    /// `params[i]` belongs to `batch.seqs[i]`. A sequence with `sample == false`
-    /// (an unfinished prompt chunk) gets token 0, which the scheduler ignores.
+    /// Runs one step; samples one token per scheduled sequence, in batch order.
+    /// `params[i]` belongs to `batch.seqs[i]`.
     pub fn execute(
         &mut self,
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
-    ) -> Result<Vec<u32>> {
-        Ok(self.execute_with_logprobs(batch, params, &[])?.0)
+    ) -> Result<StepSamples> {
+        self.execute_with_logprobs(batch, params, &[])
     }
 
     /// [`Self::execute`], plus the logprobs of each sampled token for the
     /// sequences that ask: `num_top_logprobs[i] = Some(n)` gives `batch.seqs[i]`
     /// its token's logprob and the `n` most likely alternatives (see
-    /// [`crate::logprobs`]). An empty `num_top_logprobs` asks for none.
+    /// [`crate::logprobs`]; `n ≤` [`nanovllm_kernels::sampling::MAX_NUM_LOGPROBS`]). An
+    /// empty `num_top_logprobs` asks for none.
     pub fn execute_with_logprobs(
         &mut self,
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
         num_top_logprobs: &[Option<usize>],
-    ) -> Result<(Vec<u32>, Vec<Option<TokenLogprobs>>)> {
-        let mut logprobs = vec![None; batch.num_seqs()];
-        if !num_top_logprobs.is_empty() && num_top_logprobs.len() != batch.num_seqs() {
+    ) -> Result<StepSamples> {
+        let num_seqs = batch.num_seqs();
+        if !num_top_logprobs.is_empty() && num_top_logprobs.len() != num_seqs {
             return Err(EngineError::Internal(format!(
-                "execute got {} logprob requests for {} sequences",
+                "execute got {} logprob requests for {num_seqs} sequences",
                 num_top_logprobs.len(),
-                batch.num_seqs()
             )));
         }
-        if params.len() != batch.num_seqs() {
+        if params.len() != num_seqs {
             return Err(EngineError::Internal(format!(
-                "execute got {} sampling params for {} sequences",
+                "execute got {} sampling params for {num_seqs} sequences",
                 params.len(),
-                batch.num_seqs()
             )));
         }
-        if batch.num_seqs() == 0 {
-            return Ok((Vec::new(), logprobs));
+        let mut samples = StepSamples {
+            tokens: vec![0; num_seqs],
+            logprobs: vec![None; num_seqs],
+            non_finite: Vec::new(),
+        };
+        if num_seqs == 0 {
+            return Ok(samples);
         }
         let logits = self.run_model(batch)?;
-        let logits = if logits.is_cpu() {
-            logits
-        } else {
-            self.backend.to_host(&logits)?
-        };
-        let (num_rows, vocab_size) = logits.dims2()?;
-        let rows: Vec<SampleRow<'_>> = batch
-            .seqs
-            .iter()
-            .zip(params)
-            .filter(|(s, _)| s.sample)
-            .map(|(s, p)| SampleRow {
-                seq_id: s.seq_id,
-                params: p,
-            })
-            .collect();
-        let mut sampled = vec![0u32; batch.num_seqs()];
-        if rows.is_empty() {
-            return Ok((sampled, logprobs));
+        self.sample_rows.clear();
+        for (i, (seq, p)) in batch.seqs.iter().zip(params).enumerate() {
+            if seq.sample {
+                let num_logprobs = num_top_logprobs.get(i).copied().flatten();
+                let step = seq.num_generated_tokens as u64;
+                self.sample_rows
+                    .push(sampling_row(p, self.seed, seq.seq_id, step, num_logprobs));
+            }
         }
-        if num_rows != rows.len() {
+        if self.sample_rows.is_empty() {
+            return Ok(samples); // prompt chunks only: their logits are ignored
+        }
+        let (num_rows, _) = logits.dims2()?;
+        if num_rows != self.sample_rows.len() {
             return Err(EngineError::Internal(format!(
                 "model returned {num_rows} logit rows for {} sampled sequences",
-                rows.len()
+                self.sample_rows.len()
             )));
         }
-        let logits_f32;
-        let logits_slice = match logits.dtype() {
-            DType::F32 => logits.as_f32_slice()?,
-            _ => {
-                logits_f32 = logits.to_vec_f32()?;
-                &logits_f32
-            }
-        };
-        let tokens = self.sampler.sample(logits_slice, vocab_size, &rows)?;
-        // `row` counts the sampled sequences: their logits rows are in batch order.
-        let mut row = 0;
-        for (i, seq) in batch.seqs.iter().enumerate() {
-            if !seq.sample {
+        let out = self.backend.sample(logits, &self.sample_rows)?;
+        if out.tokens.len() != num_rows || out.logprobs.len() != num_rows {
+            return Err(EngineError::Internal(format!(
+                "sampling returned {} tokens and {} logprobs for {num_rows} rows",
+                out.tokens.len(),
+                out.logprobs.len()
+            )));
+        }
+        // The sampled sequences' rows are in batch order.
+        let sampled = batch.seqs.iter().enumerate().filter(|(_, s)| s.sample);
+        for ((i, seq), (token, logprobs)) in sampled.zip(out.tokens.into_iter().zip(out.logprobs)) {
+            if token == NO_FINITE_LOGIT {
+                samples.non_finite.push(seq.seq_id);
                 continue;
             }
-            let token = tokens.get(row).copied().unwrap_or(0);
-            sampled[i] = token;
-            if let Some(&Some(num_top)) = num_top_logprobs.get(i) {
-                let row_logits = &logits_slice[row * vocab_size..(row + 1) * vocab_size];
-                logprobs[i] = token_logprobs(row_logits, params[i].temperature, token, num_top);
-            }
-            row += 1;
+            samples.tokens[i] = token;
+            samples.logprobs[i] = logprobs.map(|row| TokenLogprobs::from_row(token, row));
         }
-        Ok((sampled, logprobs))
+        Ok(samples)
     }
 
     /// Logits of the batch's sampled rows (or of its first sequence's last row when none

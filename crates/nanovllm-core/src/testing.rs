@@ -2,7 +2,8 @@
 //!
 //! Its "KV" for a token is `(token id, position)`, written through the slot
 //! mapping. Its next-token logits for a sequence are a one-hot at
-//! `context_hash(all context tokens read back through the block table) % vocab`.
+//! `context_hash(all context tokens read back through the block table) % vocab`
+//! (NaN everywhere for a sequence that starts with the model's `poison` token, if any).
 //! So a step is only right when the runner passed consistent positions,
 //! slot mapping, context lengths, block tables and logits indices, and the
 //! scheduler kept the cache contents right across prefix hits, chunks and
@@ -39,6 +40,9 @@ pub struct ToyModel {
     config: ModelConfig,
     /// Rows of logits returned so far (to check which rows the runner asks for).
     pub logit_rows: AtomicUsize,
+    /// A sequence whose first token is this one gets NaN logits (a broken model, for one
+    /// request only).
+    pub poison: Option<u32>,
 }
 
 pub fn toy_model_config(max_position_embeddings: usize) -> ModelConfig {
@@ -68,6 +72,7 @@ impl ToyModel {
         Self {
             config: toy_model_config(max_position_embeddings),
             logit_rows: AtomicUsize::new(0),
+            poison: None,
         }
     }
 }
@@ -148,14 +153,20 @@ impl Model for ToyModel {
                 }
                 context.push(cache[slot * 2] as u32);
             }
-            next.push((b - 1, toy_next_token(&context)));
+            let poisoned = self.poison.is_some() && context.first() == self.poison.as_ref();
+            let next_token = if poisoned {
+                f32::NAN
+            } else {
+                toy_next_token(&context) as f32
+            };
+            next.push((b - 1, next_token));
         }
         if meta.max_seqlen_q != max_q || meta.max_context_len != max_ctx {
             return Err(bad("max_seqlen_q / max_context_len wrong".into()));
         }
         let mut hidden = vec![-1.0f32; ids.len()];
         for (last, tok) in next {
-            hidden[last] = tok as f32;
+            hidden[last] = tok;
         }
         Ok(Tensor::from_f32(hidden, &[ids.len(), 1])?)
     }
@@ -170,10 +181,15 @@ impl Model for ToyModel {
         let mut logits = vec![0.0f32; rows.len() * TOY_VOCAB];
         for (j, &row) in rows.iter().enumerate() {
             let tok = hidden.get(row as usize).copied().unwrap_or(-1.0);
+            let out = &mut logits[j * TOY_VOCAB..(j + 1) * TOY_VOCAB];
+            if tok.is_nan() {
+                out.fill(f32::NAN); // a poisoned sequence
+                continue;
+            }
             if tok < 0.0 {
                 return Err(bad(format!("logits row {row} is no sequence's last row")));
             }
-            logits[j * TOY_VOCAB + tok as usize] = 1.0;
+            out[tok as usize] = 1.0;
         }
         self.logit_rows.fetch_add(rows.len(), Ordering::Relaxed);
         Ok(Tensor::from_f32(logits, &[rows.len(), TOY_VOCAB])?)

@@ -16,7 +16,8 @@
 //!      `l -= frequency * count + presence` for every output token (`count` its number of
 //!      occurrences in the output).
 //!
-//!    A row whose processed logits hold no finite value gets [`NO_FINITE_LOGIT`] as its
+//!    A row whose processed logits have no finite maximum (every value −∞ or NaN, or a +∞
+//!    among them, which would make the weights below NaN) gets [`NO_FINITE_LOGIT`] as its
 //!    token (the model produced garbage, or the mask allowed nothing finite); the other
 //!    rows are unaffected.
 //! 2. **Greedy** (`temperature == 0`): the lowest id among the largest processed logits.
@@ -50,7 +51,7 @@
 
 use crate::error::{KernelError, Result};
 
-/// The token of a row whose processed logits hold no finite value.
+/// The token of a row whose processed logits have no finite maximum (all −∞/NaN, or a +∞).
 pub const NO_FINITE_LOGIT: u32 = u32::MAX;
 
 /// The most top logprobs a row may ask for (OpenAI allows 20; vLLM defaults to 20).
@@ -135,7 +136,8 @@ pub struct RowLogprobs {
 /// What [`crate::Backend::sample`] returns, in row order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SampleOutput {
-    /// One token per row; [`NO_FINITE_LOGIT`] for a row with no finite processed logit.
+    /// One token per row; [`NO_FINITE_LOGIT`] for a row whose processed logits have no
+    /// finite maximum.
     pub tokens: Vec<u32>,
     /// `Some` exactly for the rows that asked (and whose token is not [`NO_FINITE_LOGIT`]).
     pub logprobs: Vec<Option<RowLogprobs>>,
@@ -202,9 +204,10 @@ pub fn validate_rows(
             ));
         }
         if let Some(p) = &row.penalties {
-            if !(p.repetition.is_finite() && p.repetition > 0.0)
-                || !p.frequency.is_finite()
-                || !p.presence.is_finite()
+            if !(p.repetition.is_finite()
+                && p.repetition > 0.0
+                && p.frequency.is_finite()
+                && p.presence.is_finite())
             {
                 return invalid(format!(
                     "row {r}: penalties (repetition {}, frequency {}, presence {}) must be finite, repetition > 0",

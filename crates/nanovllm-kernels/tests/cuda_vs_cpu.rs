@@ -1,6 +1,7 @@
 //! The CUDA backend against the CPU backend's ops on the same random inputs: paged
 //! attention (prefill and decode, many shapes and sequence mixes), MoE routing and
-//! experts on shapes larger than the shared suite's, and a chain of dense ops.
+//! experts on shapes larger than the shared suite's, a chain of dense ops, and sampling
+//! over a real vocabulary.
 //!
 //! Inputs are rounded to bf16 first, and the CPU gets exactly those values (f32
 //! activations, the same bf16 cache / weights), so a tolerance covers only the CUDA
@@ -19,7 +20,10 @@ use nanovllm_kernels::testing::check::{
 use nanovllm_kernels::testing::gpu::with_gpu;
 use nanovllm_kernels::testing::reference;
 use nanovllm_kernels::testing::rng::Rng;
-use nanovllm_kernels::{AttentionMetadata, Backend, CpuBackend, DType, LayerKvCache, Tensor};
+use nanovllm_kernels::testing::sampling::{logprob_tol, reference_row};
+use nanovllm_kernels::{
+    AttentionMetadata, Backend, CpuBackend, DType, LayerKvCache, SamplingRow, Tensor,
+};
 
 fn bf16_round(xs: &[f32]) -> Vec<f32> {
     xs.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
@@ -676,5 +680,106 @@ fn dense_chain_matches_cpu() {
                 },
             );
         }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// `Backend::sample` at the engine's shapes (Qwen3's 151 936-token vocabulary, 1 to 64
+/// rows; the shared suite uses small vocabularies), both backends on the same bf16 logits:
+/// greedy tokens exactly the CPU's; sampled tokens exactly the CPU's wherever the plain
+/// reference finds the draw clear of every decision boundary (`testing::sampling::GUARD`),
+/// which must be most rows; logprobs with the same ids, values within
+/// `testing::sampling::logprob_tol` of each other's.
+#[test]
+fn sample_matches_cpu_at_model_shapes() {
+    with_gpu(|be| {
+        let cpu = CpuBackend::new();
+        let vocab = 151_936;
+        let mut rng = Rng::new(301);
+        let mut compared = 0;
+        let mut sampled_rows = 0;
+        for rows in [1, 7, 64] {
+            let data = bf16_round(&rng.vec(rows * vocab, 8.0));
+            let specs: Vec<SamplingRow<'_>> = (0..rows)
+                .map(|r| {
+                    let base = match r % 4 {
+                        0 => SamplingRow::default(),
+                        1 => SamplingRow {
+                            temperature: 0.6,
+                            top_k: 20,
+                            top_p: 0.95,
+                            ..SamplingRow::default()
+                        },
+                        2 => SamplingRow {
+                            temperature: 1.0,
+                            ..SamplingRow::default()
+                        },
+                        _ => SamplingRow {
+                            temperature: 0.8,
+                            top_p: 0.9,
+                            min_p: 0.01,
+                            ..SamplingRow::default()
+                        },
+                    };
+                    SamplingRow {
+                        seed: 7 + r as u64,
+                        step: r as u64 / 2,
+                        num_logprobs: (r % 3 == 0).then_some(5),
+                        ..base
+                    }
+                })
+                .collect();
+            let got = be
+                .sample(up(be, &bf16_tensor(&data, &[rows, vocab])), &specs)
+                .unwrap_or_else(|e| panic!("cuda sample of {rows} rows: {e}"));
+            let want = cpu
+                .sample(f32_tensor(&data, &[rows, vocab]), &specs)
+                .unwrap_or_else(|e| panic!("cpu sample of {rows} rows: {e}"));
+            for (r, spec) in specs.iter().enumerate() {
+                let what = format!("{rows} rows, row {r} ({spec:?})");
+                let certain = spec.is_greedy()
+                    || reference_row(&data[r * vocab..(r + 1) * vocab], spec).certain;
+                sampled_rows += usize::from(!spec.is_greedy());
+                if certain {
+                    compared += usize::from(!spec.is_greedy());
+                    assert_eq!(got.tokens[r], want.tokens[r], "{what}");
+                }
+                let (Some(g), Some(w)) = (&got.logprobs[r], &want.logprobs[r]) else {
+                    assert_eq!(
+                        got.logprobs[r].is_some(),
+                        spec.num_logprobs.is_some(),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        want.logprobs[r].is_some(),
+                        spec.num_logprobs.is_some(),
+                        "{what}"
+                    );
+                    continue;
+                };
+                let tol = logprob_tol();
+                let close = |a: f32, b: f32| {
+                    (a as f64 - b as f64).abs() <= tol.abs + tol.rel * (b as f64).abs()
+                };
+                let ids = |t: &[(u32, f32)]| t.iter().map(|&(id, _)| id).collect::<Vec<_>>();
+                assert_eq!(ids(&g.top), ids(&w.top), "{what}: top ids");
+                for (a, b) in g.top.iter().zip(&w.top) {
+                    assert!(close(a.1, b.1), "{what}: top {a:?} vs cpu {b:?} ({tol:?})");
+                }
+                if got.tokens[r] == want.tokens[r] {
+                    assert!(
+                        close(g.logprob, w.logprob),
+                        "{what}: {} vs cpu {}",
+                        g.logprob,
+                        w.logprob
+                    );
+                }
+            }
+        }
+        assert!(
+            compared * 10 >= sampled_rows * 9,
+            "only {compared} of {sampled_rows} sampled rows clear of a boundary"
+        );
     });
 }

@@ -41,6 +41,9 @@ pub struct ScheduledSeq {
     pub context_len: usize,
     /// False for a prefill chunk that does not reach the end of the prompt: its sampled token is ignored.
     pub sample: bool,
+    /// Tokens the sequence had generated before this step (kept across a preemption): the
+    /// step of the random numbers its next token draws (`nanovllm_kernels::sampling`).
+    pub num_generated_tokens: usize,
 }
 
 /// One engine step, as plain data. See the module docs for the invariants.
@@ -122,6 +125,7 @@ impl ScheduledBatch {
             num_new_tokens,
             context_len: end,
             sample,
+            num_generated_tokens: seq.token_ids.len() - seq.num_prompt_tokens,
         });
     }
 

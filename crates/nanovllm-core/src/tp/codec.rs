@@ -205,6 +205,7 @@ fn encode_batch(e: &mut Enc, b: &ScheduledBatch) {
         e.u64(s.num_new_tokens as u64);
         e.u64(s.context_len as u64);
         e.u8(s.sample as u8);
+        e.u64(s.num_generated_tokens as u64);
     }
     e.u32s(&b.input_ids);
     e.u32s(&b.positions);
@@ -225,7 +226,7 @@ fn decode_batch(d: &mut Dec) -> std::io::Result<ScheduledBatch> {
     };
     let block_size = d.usize()?;
     let num_seqs = d.u32()? as usize;
-    let mut seqs = Vec::with_capacity(num_seqs.min(d.0.len() / 33));
+    let mut seqs = Vec::with_capacity(num_seqs.min(d.0.len() / 41));
     for _ in 0..num_seqs {
         seqs.push(ScheduledSeq {
             seq_id: d.u64()?,
@@ -233,6 +234,7 @@ fn decode_batch(d: &mut Dec) -> std::io::Result<ScheduledBatch> {
             num_new_tokens: d.usize()?,
             context_len: d.usize()?,
             sample: d.u8()? != 0,
+            num_generated_tokens: d.usize()?,
         });
     }
     let input_ids = d.u32s()?;
@@ -348,6 +350,7 @@ mod tests {
                     num_new_tokens: 3,
                     context_len: 19,
                     sample: true,
+                    num_generated_tokens: 3,
                 },
                 ScheduledSeq {
                     seq_id: u64::MAX,
@@ -355,6 +358,7 @@ mod tests {
                     num_new_tokens: 2,
                     context_len: 2,
                     sample: false,
+                    num_generated_tokens: 0,
                 },
             ],
             input_ids: vec![1, 2, 3, 151_000, 5],

@@ -1,6 +1,6 @@
 //! Tensor parallelism: the engine's ranks 1..N (rank 0 is the engine itself).
 //!
-//! Rank 0 owns the scheduler, the sampler and the tokenizer. Every step it
+//! Rank 0 owns the scheduler, the requests' sampling and the tokenizer. Every step it
 //! sends the workers the [`ScheduledBatch`] it is about to run
 //! ([`WorkerGroup::begin_step`]), runs it on its own shard, and waits for the
 //! workers to finish theirs ([`WorkerGroup::end_step`]). Every rank runs the

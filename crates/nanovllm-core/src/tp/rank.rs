@@ -4,8 +4,9 @@
 //!
 //! A worker runs the same [`ModelRunner`] as rank 0 on the same batch, so it
 //! takes part in exactly the same collectives in the same order. It samples
-//! greedily and throws the tokens away: rank 0 alone owns the sampler, and the
-//! vocab-parallel logits are gathered on every rank anyway.
+//! greedily and throws the tokens away (a row without a finite maximum included): rank 0
+//! alone samples for the requests, and the vocab-parallel logits are gathered on every
+//! rank anyway.
 
 use std::sync::Arc;
 

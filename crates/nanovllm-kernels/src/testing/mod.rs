@@ -26,9 +26,10 @@ pub mod paged;
 mod primitive_only;
 pub mod reference;
 pub mod rng;
+pub mod sampling;
 
 pub use fake_graphs::FakeGraphs;
-pub use primitive_only::PrimitiveOnly;
+pub use primitive_only::{Bf16Logits, PrimitiveOnly};
 
 /// Expands to one `#[test]` per test body, each running it on `$backend` (an expression
 /// evaluated afresh in every test, e.g. `CpuBackend::new()`).
@@ -84,6 +85,15 @@ macro_rules! backend_test_suite {
             errors::store_kv_rejects_bad_slots,
             errors::prefill_attention_rejects_bad_metadata,
             errors::decode_attention_rejects_bad_metadata,
+            sampling::greedy_matches_reference_exactly,
+            sampling::greedy_ties_nan_and_rows_without_a_finite_logit,
+            sampling::processing_matches_reference,
+            sampling::sampled_tokens_match_reference,
+            sampling::sampled_distribution_fits_chi_square,
+            sampling::seeded_rows_do_not_depend_on_their_batch,
+            sampling::filter_edge_cases,
+            sampling::logprobs_match_reference,
+            sampling::invalid_inputs_are_errors,
         );
     };
     (@tests [with $run:expr]; $($module:ident :: $name:ident),* $(,)?) => {

@@ -287,6 +287,11 @@ impl Workload {
                 Err(e) => return Err(TestCaseError::fail(format!("schedule: {e}"))),
             };
             batch.check_invariants().map_err(TestCaseError::fail)?;
+            for s in &batch.seqs {
+                // Preempted and recomputed sequences included: the sampler's step.
+                let generated = self.live.get(&s.seq_id).map(|r| r.streamed.len());
+                prop_assert_eq!(Some(s.num_generated_tokens), generated);
+            }
             prop_assert!(batch.num_seqs() <= cfg.max_num_seqs);
             if batch.is_prefill() {
                 prop_assert!(batch.num_tokens() <= cfg.max_num_batched_tokens);
