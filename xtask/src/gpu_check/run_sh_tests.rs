@@ -127,6 +127,8 @@ if [ "$eager" = 1 ]; then
 else
     echo "CUDA graphs           3 batch sizes, 1..=4"
 fi
+echo "decode step host      0.050 ms (schedule 0.020, inputs 0.010, postprocess 0.020; mean of 9 steps)"
+echo "decode step forward   4.000 ms (forward pass and sampling; on a GPU, waiting on the device)"
 echo '{"output_tokens_per_s": 700.0}' > "$json"
 "#;
 
@@ -303,13 +305,15 @@ fn run_sh_writes_the_summary_and_log_under_out_and_survives_a_hang() {
     assert!(hang < graphs && graphs < eager);
     assert!(
         lines[graphs].ends_with(
-            "Total: 700tok, Time: 1.00s, Throughput: 700.00tok/s | CUDA graphs           3 batch sizes, 1..=4"
+            "Total: 700tok, Time: 1.00s, Throughput: 700.00tok/s | CUDA graphs           3 batch sizes, 1..=4 \
+             | decode step host      0.050 ms (schedule 0.020, inputs 0.010, postprocess 0.020; mean of 9 steps) \
+             | decode step forward   4.000 ms (forward pass and sampling; on a GPU, waiting on the device)"
         ),
         "{}",
         lines[graphs]
     );
     assert!(
-        lines[eager].ends_with("| CUDA graphs           off (eager)"),
+        lines[eager].contains("| CUDA graphs           off (eager) | decode step host"),
         "{}",
         lines[eager]
     );
