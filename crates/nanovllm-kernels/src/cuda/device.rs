@@ -17,6 +17,7 @@ use super::graph::CudaGraph;
 use super::kernels::FATBINS;
 use super::launch::cuda_err;
 use super::memory::MemoryTracker;
+use super::sampling::SampleStaging;
 use super::storage::CudaStorage;
 use crate::capability::MemoryStats;
 use crate::dtype::DType;
@@ -99,6 +100,8 @@ pub struct CudaBackend {
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     tracker: Arc<MemoryTracker>,
     capturing: AtomicBool,
+    /// `sample`'s persistent pinned host buffers (see `sampling.rs`).
+    pub(super) sample_staging: Mutex<SampleStaging>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     ordinal: usize,
@@ -186,6 +189,7 @@ impl CudaBackend {
             modules,
             tracker,
             capturing: AtomicBool::new(false),
+            sample_staging: Mutex::new(SampleStaging::default()),
             stream,
             ctx,
             ordinal,

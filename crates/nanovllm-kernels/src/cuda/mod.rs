@@ -53,6 +53,7 @@ mod norm;
 mod ops;
 mod rope;
 mod rows;
+mod sampling;
 mod storage;
 
 pub use device::{device_count, is_available, unavailable_reason, CudaBackend};
