@@ -55,7 +55,7 @@
 // running sum of order 1 already ignores weights below 2⁻⁵⁴).
 //
 // Work: O(V) per pass, O(V / 1024 + log) span. Passes over the row, per sampled row:
-// 1 (argmax) + 4 (top-k select and ties) + 2 (gather, when k ≤ LIST_CAP) + 4 (top-p) + 1
+// 1 (argmax) + 4 (top-k select and ties) + 1 (gather, when k ≤ LIST_CAP) + 4 (top-p) + 1
 // (CDF), fewer when a filter is off; after a top-k gather the later passes read ≤ k
 // entries from shared memory. Weights are computed only where a cheap bound on s = (l −
 // max) / T does not already rule them out (mass 0 or below the current threshold), so in
@@ -63,8 +63,8 @@
 //
 // COST ESTIMATE (not measured: this machine has no GPU), 256 rows × 151 936 bf16 logits
 // (78 MB) on an H100 (≈ 3.3 TB/s HBM, 50 MB L2), greedy: one pass, ≈ 78 MB read ≈ 25–30 µs.
-// Top-k 50 + top-p 0.9: 5 full passes (argmax, 3 radix, ties) + 2 (gather) ≈ 7 × 78 MB =
-// 0.55 GB ≈ 0.15–0.2 ms; the rest works on 50 entries per row. Top-p alone (no top-k):
+// Top-k 50 + top-p 0.9: 6 full passes (argmax, 3 radix, ties, gather) ≈ 6 × 78 MB =
+// 0.47 GB ≈ 0.15–0.2 ms; the rest works on 50 entries per row. Top-p alone (no top-k):
 // 1 + 3 + 1 + 1 = 6 passes ≈ 0.47 GB ≈ 0.15 ms plus the f64 exps the bounds let through
 // (worst case, a flat row at high temperature: V exps per pass ≈ 39 M · 4 passes of ≈ 20
 // DFMA ≈ 3 GFLOP64 ≈ 0.1 ms at 34 TFLOP/s f64). Logprobs add 1 exp pass + 5 passes for

@@ -30,7 +30,11 @@
 //!   to a boundary can give another token than an f64 implementation (see sampling.cu).
 //! - Not capturable (it copies to and from the host and synchronises).
 
+#[cfg(test)]
+mod emu;
 pub(crate) mod pack;
+#[cfg(test)]
+mod reference;
 
 use std::ptr::NonNull;
 use std::sync::{Arc, MutexGuard};
@@ -133,8 +137,7 @@ impl CudaBackend {
     fn sample_staging(&self) -> Result<MutexGuard<'_, SampleStaging>> {
         self.sample_staging.lock().map_err(|_| KernelError::Cuda {
             op: OP,
-            msg: "the sampling staging lock was poisoned by a panic on another thread"
-                .to_string(),
+            msg: "the sampling staging lock was poisoned by a panic on another thread".to_string(),
         })
     }
 

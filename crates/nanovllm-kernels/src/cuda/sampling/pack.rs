@@ -159,7 +159,11 @@ impl Plan {
             h[H_FLAGS] = flags;
             h[H_TEMPERATURE] = row.temperature.to_bits();
             // 0 turns top-k off: asked for, or keeping every token anyway.
-            h[H_TOP_K] = if row.top_k < vocab { row.top_k as u32 } else { 0 };
+            h[H_TOP_K] = if row.top_k < vocab {
+                row.top_k as u32
+            } else {
+                0
+            };
             h[H_TOP_P] = row.top_p.to_bits();
             h[H_MIN_P] = row.min_p.to_bits();
             h[H_SEED_LO] = row.seed as u32;
@@ -171,9 +175,8 @@ impl Plan {
             h[H_MASK] = rp.mask_at;
             h[H_EDITS] = rp.edits_at;
             h[H_NUM_EDITS] = rp.num_edits;
-            let (repetition, frequency, presence) = row
-                .penalties
-                .map_or((1.0f32, 0.0f32, 0.0f32), |p| {
+            let (repetition, frequency, presence) =
+                row.penalties.map_or((1.0f32, 0.0f32, 0.0f32), |p| {
                     (p.repetition, p.frequency, p.presence)
                 });
             h[H_REPETITION] = repetition.to_bits();
@@ -230,8 +233,12 @@ impl Scratch {
         // (id, position in the list), sorted by id then position: each id's entries keep
         // their list order.
         self.bias.clear();
-        self.bias
-            .extend(row.logit_bias.iter().enumerate().map(|(i, &(id, _))| (id, i)));
+        self.bias.extend(
+            row.logit_bias
+                .iter()
+                .enumerate()
+                .map(|(i, &(id, _))| (id, i)),
+        );
         self.bias.sort_unstable();
         self.prompt.clear();
         self.out.clear();
@@ -239,8 +246,12 @@ impl Scratch {
             self.prompt.extend_from_slice(p.prompt_tokens);
             self.prompt.sort_unstable();
             self.prompt.dedup();
-            self.out
-                .extend(p.output_counts.iter().enumerate().map(|(i, &(id, _))| (id, i)));
+            self.out.extend(
+                p.output_counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(id, _))| (id, i)),
+            );
             self.out.sort_unstable();
         }
         let (mut b, mut p, mut o) = (0, 0, 0);
@@ -329,7 +340,10 @@ mod tests {
             // V masses of at most 2^F each.
             let f = mass_bits(v);
             assert!((v as u128) << f <= 1u128 << 63, "V {v}, F {f}");
-            assert!((v as u128) << (f + 1) > 1u128 << 63, "F {f} is not the largest");
+            assert!(
+                (v as u128) << (f + 1) > 1u128 << 63,
+                "F {f} is not the largest"
+            );
         }
     }
 
