@@ -202,10 +202,11 @@ pub fn validate_rows(
             ));
         }
         if let Some(p) = &row.penalties {
-            if !(p.repetition.is_finite() && p.repetition > 0.0)
-                || !p.frequency.is_finite()
-                || !p.presence.is_finite()
-            {
+            let valid = p.repetition.is_finite()
+                && p.repetition > 0.0
+                && p.frequency.is_finite()
+                && p.presence.is_finite();
+            if !valid {
                 return invalid(format!(
                     "row {r}: penalties (repetition {}, frequency {}, presence {}) must be finite, repetition > 0",
                     p.repetition, p.frequency, p.presence
