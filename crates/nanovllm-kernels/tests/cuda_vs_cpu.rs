@@ -983,15 +983,18 @@ fn check_sampling(be: &dyn Backend, values: &[f32], rows: &[SamplingRow<'_>]) {
             assert_eq!(got.tokens[r], want.tokens[r], "{what}: margin {margin:e}");
             assert_logprobs_close(&what, &got.logprobs[r], &want.logprobs[r]);
         }
-        assert!(got.tokens[r] == NO_FINITE_LOGIT || (got.tokens[r] as usize) < vocab);
-        assert_eq!(
-            got.logprobs[r].is_some(),
-            row.num_logprobs.is_some(),
+        let token = got.tokens[r];
+        assert!(
+            token == NO_FINITE_LOGIT || (token as usize) < vocab,
             "{what}"
         );
+        let asked = row.num_logprobs.is_some() && token != NO_FINITE_LOGIT;
+        assert_eq!(got.logprobs[r].is_some(), asked, "{what}");
     }
+    // A draw landing on a token of probability ≲ 2e-5 (the bulk of a 152k vocabulary at
+    // temperature 1) is always that close to a boundary; most draws are not.
     assert!(
-        compared * 10 >= sampled * 9,
+        compared * 3 >= sampled * 2,
         "only {compared} of {sampled} sampled rows compared"
     );
 }
