@@ -20,8 +20,9 @@
 //      sum of masses fits a u64 (Σ ≤ V · 2^F ≤ 2^63). Every weight ≥ 2⁻²² is exact in it.
 //   4. top-p: radix select by MASS on the key of w (the f32 bits of w ≥ 0): the largest
 //      w* whose "mass of weights ≥ w*" reaches P = ceil(top_p · S) (S the survivors'
-//      mass), 3 passes with u64 mass histograms; then the first j = ceil(rest / fx(w*))
-//      ids tied at w* (rest = P − mass above w*), found as for top-k. This is exactly
+//      mass), 3 passes with 64-bit integer mass histograms; then the first
+//      j = ceil(rest / fx(w*)) ids tied at w* (rest = P − mass above w*), found as for
+//      top-k. This is exactly
 //      "the shortest prefix in (w desc, id asc) order whose mass is ≥ top_p × total".
 //   5. min-p: w ≥ min_p, tested inline by the last pass.
 //   6. inverse CDF: one pass of per-thread survivor masses, a block exclusive scan (in id
@@ -40,10 +41,11 @@
 // binary search and then merges the list with its ascending ids. A token in both the
 // prompt and the output gets the repetition penalty once.
 //
-// Determinism: no floating-point atomics. Histograms and mass sums are integers (u64
-// atomics commute), the f64 log-sum-exp is a fixed-order tree (per-thread sums in id
-// order, a xor butterfly, then warp 0), the argmax and every tie rule compare (key, id)
-// pairs, a total order. The same input gives the same tokens and logprobs on every run.
+// Determinism: no floating-point atomics. Histograms and mass sums are integers (integer
+// atomics commute; a 64-bit bin is two 32-bit words with an exact carry, see hist_add),
+// the f64 log-sum-exp is a fixed-order tree (per-thread sums in id order, a xor
+// butterfly, then warp 0), the argmax and every tie rule compare (key, id) pairs, a total
+// order. The same input gives the same tokens and logprobs on every run.
 // Compiled WITHOUT --use_fast_math and with --fmad=false (build.rs): IEEE division, no
 // flush-to-zero, no contraction, so the f32 steps round exactly as Rust's.
 //
@@ -164,7 +166,10 @@ __device__ __forceinline__ u64 scale_uniform(u64 bits, u64 total) {
 // ---- Block primitives (every thread calls them; they end with the block in step) -------
 
 struct Shared {
-  u64 hist[RADIX_BINS];
+  // A bin's weight is hist_hi · 2^32 + hist_lo: 32-bit shared atomics are native on every
+  // target, 64-bit adds may be compare-and-swap loops (slow under contention).
+  u32 hist_lo[RADIX_BINS];
+  u32 hist_hi[RADIX_BINS];
   u32 list_id[LIST_CAP];
   float list_l[LIST_CAP];
   u64 warp_u64[32];
@@ -262,6 +267,20 @@ __device__ void block_argmax(u32 &key, u32 &id, Shared &sh) {
   key = sh.best_key;
   id = sh.best_id;
   __syncthreads();
+}
+
+// Adds w to a bin: the low word atomically, then the high word plus the carry the low
+// add produced (seen in the value it replaced), so hi · 2^32 + lo is the exact sum in any
+// order. Weights of 1 (counting) never carry: one atomic.
+__device__ __forceinline__ void hist_add(Shared &sh, u32 bin, u64 w) {
+  const u32 lo = (u32)w;
+  const u32 old = atomicAdd(&sh.hist_lo[bin], lo);
+  const u32 hi = (u32)(w >> 32) + (old + lo < old ? 1u : 0u);
+  if (hi != 0u) atomicAdd(&sh.hist_hi[bin], hi);
+}
+
+__device__ __forceinline__ u64 hist_get(const Shared &sh, u32 bin) {
+  return ((u64)sh.hist_hi[bin] << 32) + sh.hist_lo[bin];
 }
 
 // ---- A row and its processed logits ----------------------------------------------------
@@ -458,14 +477,17 @@ __device__ Selected radix_select(const Dom &dom, Keys &keys, Need need_of_total,
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0;
     const u32 bins = pass == 2 ? 1024u : 2048u;
-    for (u32 b = threadIdx.x; b < bins; b += THREADS) sh.hist[b] = 0ull;
+    for (u32 b = threadIdx.x; b < bins; b += THREADS) {
+      sh.hist_lo[b] = 0u;
+      sh.hist_hi[b] = 0u;
+    }
     keys.begin_pass(prefix);
     __syncthreads();
     dom.for_each([&](u32 i, float l) {
       u32 key;
       u64 w;
       if (!keys.get(i, l, key, w) || (key & prefix_mask) != prefix) return;
-      atomicAdd(&sh.hist[(key >> shift) & (bins - 1)], w);
+      hist_add(sh, (key >> shift) & (bins - 1), w);
     });
     __syncthreads();
     // Thread t owns `per` consecutive bins in DESCENDING digit order, so the exclusive
@@ -473,7 +495,7 @@ __device__ Selected radix_select(const Dom &dom, Keys &keys, Need need_of_total,
     const u32 per = (bins + THREADS - 1) / THREADS;
     const u32 r0 = min(bins, threadIdx.x * per), r1 = min(bins, r0 + per);
     u64 own = 0;
-    for (u32 r = r0; r < r1; ++r) own += sh.hist[bins - 1 - r];
+    for (u32 r = r0; r < r1; ++r) own += hist_get(sh, bins - 1 - r);
     if (threadIdx.x == 0) {
       sh.found_digit = 0;
       sh.found_before = 0;
@@ -484,7 +506,7 @@ __device__ Selected radix_select(const Dom &dom, Keys &keys, Need need_of_total,
     u64 cum = above;
     for (u32 r = r0; r < r1; ++r) {
       const u32 b = bins - 1 - r;
-      const u64 h = sh.hist[b];
+      const u64 h = hist_get(sh, b);
       if (cum < need && need <= cum + h) {  // exactly one bin in the block
         sh.found_digit = b;
         sh.found_before = cum;

@@ -88,8 +88,8 @@ template <typename T> T __shfl_xor_sync(unsigned, T v, int mask) {
   return emu_shfl(v, (int)(threadIdx.x & 31) ^ mask);
 }
 
-inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
-  return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+inline unsigned int atomicAdd(unsigned int *p, unsigned int v) {
+  return std::atomic_ref<unsigned int>(*p).fetch_add(v);
 }
 
 inline unsigned int __float_as_uint(float x) {

@@ -568,3 +568,19 @@ fn min_p_keeps_weights_equal_to_it() {
     let seen: std::collections::BTreeSet<u32> = got.tokens.iter().copied().collect();
     assert_eq!(seen, [3, 11, 12, 40].into_iter().collect());
 }
+
+#[test]
+fn histogram_bins_sum_exactly_across_32_bit_carries() {
+    for threads in [64, 1024] {
+        let Some(emu) = emulator(threads) else { return };
+        let output = Command::new(&emu)
+            .arg("--hist-selftest")
+            .output()
+            .unwrap_or_else(|e| panic!("running the emulator: {e}"));
+        assert!(
+            output.status.success(),
+            "{threads} threads: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
