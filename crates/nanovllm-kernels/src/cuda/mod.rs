@@ -29,6 +29,10 @@
 //!   their `(min, max)`, so the check is free; a kernel-written index tensor is read back
 //!   at each use (`CudaBackend::index_range`). Kernels also bounds-check, so a bad index skipped
 //!   by a capture never reads or writes out of bounds.
+//! - **Pinned host staging.** `sample` (`sampling.rs`) keeps two page-locked host buffers
+//!   (its packed parameters and its results), grown when too small and reused across
+//!   calls; they are host memory, not counted by the tracker, and no copy uses them once
+//!   `sample` returns (it synchronises, also on its error paths).
 //! - **Cached pool memory.** Freed buffers stay in the device's default memory pool for
 //!   reuse; [`CudaBackend::mem_info`] trims the pool first, so its `free` is accurate.
 //! - **No panics without a GPU.** [`is_available`] and [`CudaBackend::new`] probe for

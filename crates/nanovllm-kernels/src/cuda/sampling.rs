@@ -29,6 +29,12 @@
 //!   f64 sums by at most `V · 2^-(F+1)`, so only a uniform (or a top-p prefix) that close
 //!   to a boundary can give another token than an f64 implementation (see sampling.cu).
 //! - Not capturable (it copies to and from the host and synchronises).
+//!
+//! Tests: [`pack`]'s layout; `emu.rs` runs the kernel's own source on the host (CUDA
+//! threads as host threads, under ASan/UBSan) against `reference.rs`, a literal
+//! implementation of the definition: tokens exactly with the same fixed-point masses, as
+//! the f64 definition wherever no decision is within 1e-9 of its boundary, logprobs bit
+//! for bit. `tests/cuda_vs_cpu.rs` compares the device with the CPU backend (GPU only).
 
 #[cfg(test)]
 mod emu;
