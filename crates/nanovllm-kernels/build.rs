@@ -118,9 +118,8 @@ fn compile(
     let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin")
         .args(gencode)
-        // Fast math: kernels accumulate in f32 and store bf16, whose rounding (2⁻⁸)
-        // dwarfs the ulp-level error of __expf / approximate division.
-        .args(["-O3", "--use_fast_math", "-std=c++17", "-lineinfo"])
+        .args(["-O3", "-std=c++17", "-lineinfo"])
+        .args(math_flags(&stem))
         .arg("-I")
         .arg(kernel_dir);
     // A pip-installed nvcc keeps CUDA headers in <bin>/../include; nvcc.profile usually
@@ -145,6 +144,18 @@ fn compile(
         ));
     }
     Ok((stem, out))
+}
+
+/// Floating-point flags of one kernel file. Fast math everywhere (kernels accumulate in
+/// f32 and store bf16, whose rounding, 2⁻⁸, dwarfs the ulp-level error of __expf or an
+/// approximate division), except `sampling.cu`: it must round every f32 step of the
+/// processed logits and weights exactly as the CPU does, so it gets IEEE division and
+/// exp/log, no flush-to-zero and no fused multiply-add contraction.
+fn math_flags(stem: &str) -> &'static [&'static str] {
+    match stem {
+        "sampling" => &["--fmad=false"],
+        _ => &["--use_fast_math"],
+    }
 }
 
 fn find_nvcc() -> Result<PathBuf, String> {

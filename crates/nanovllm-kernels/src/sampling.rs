@@ -33,8 +33,12 @@
 //!
 //!    Then one uniform number `u = uniform(seed, step)` picks a survivor by inverse CDF in
 //!    **ascending id order**: the first survivor whose running weight sum exceeds
-//!    `u ×` the survivors' total (f64 sums; a backend may sum in any order, so a token at a
-//!    boundary may differ by rounding between backends, never the distribution).
+//!    `u ×` the survivors' total. The sums (here and in top-p) are f64 on the CPU; a backend
+//!    may sum in any order, or in fixed point (CUDA: `round(w · 2^F)` in a u64 with
+//!    `F = 63 − ⌈log2 V⌉`, exact and order-free, within `V · 2^−(F+1)` of the f64 sum; a weight
+//!    below `2^−(F+1)` then has no mass and is never drawn, about 1e-14 for Qwen's vocabulary).
+//!    So a token at a boundary may differ by rounding between backends, never the
+//!    distribution.
 //! 4. **Logprobs** (`num_logprobs: Some(n)`): from the log-softmax of the processed logits
 //!    divided by the temperature (the processed logits themselves when greedy), before the
 //!    filters, summed in f64 — the distribution the filters start from, so a filtered-out

@@ -1,7 +1,8 @@
 //! The CUDA backend against the CPU backend's ops on the same random inputs: paged
 //! attention (prefill and decode, many shapes and sequence mixes), MoE routing and
 //! experts on shapes larger than the shared suite's, a chain of dense ops, and sampling
-//! over a real vocabulary.
+//! over a real vocabulary (greedy tokens exactly; sampled tokens wherever no decision is
+//! within rounding of a boundary; logprobs within a tolerance).
 //!
 //! Inputs are rounded to bf16 first, and the CPU gets exactly those values (f32
 //! activations, the same bf16 cache / weights), so a tolerance covers only the CUDA
@@ -14,6 +15,7 @@
 #![cfg(feature = "cuda")]
 
 use half::bf16;
+use nanovllm_kernels::sampling::uniform;
 use nanovllm_kernels::testing::check::{
     assert_close, assert_close_scaled, host_f32, upload_float, upload_u32, widen, Tol,
 };
@@ -22,7 +24,8 @@ use nanovllm_kernels::testing::reference;
 use nanovllm_kernels::testing::rng::Rng;
 use nanovllm_kernels::testing::sampling::{logprob_tol, reference_row};
 use nanovllm_kernels::{
-    AttentionMetadata, Backend, CpuBackend, DType, LayerKvCache, SamplingRow, Tensor,
+    AttentionMetadata, Backend, CpuBackend, DType, LayerKvCache, Penalties, RowLogprobs,
+    SampleOutput, SamplingRow, Tensor, NO_FINITE_LOGIT,
 };
 
 fn bf16_round(xs: &[f32]) -> Vec<f32> {
@@ -781,5 +784,430 @@ fn sample_matches_cpu_at_model_shapes() {
             compared * 10 >= sampled_rows * 9,
             "only {compared} of {sampled_rows} sampled rows clear of a boundary"
         );
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Sampling
+// ---------------------------------------------------------------------------------------
+
+/// Definition step 1 (`nanovllm_kernels::sampling`), in f32: mask, bias, penalties.
+fn processed_logits(logits: &[f32], row: &SamplingRow<'_>) -> Vec<f32> {
+    let sanitize = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+    let mut l: Vec<f32> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| match row.allowed_tokens {
+            Some(m) if (m[i / 32] >> (i % 32)) & 1 == 0 => f32::NEG_INFINITY,
+            _ => sanitize(x),
+        })
+        .collect();
+    for &(id, bias) in row.logit_bias {
+        l[id as usize] += bias;
+    }
+    if let Some(p) = &row.penalties {
+        let mut seen = vec![false; l.len()];
+        for &id in p
+            .prompt_tokens
+            .iter()
+            .chain(p.output_counts.iter().map(|(id, _)| id))
+        {
+            seen[id as usize] = true;
+        }
+        for (x, _) in l.iter_mut().zip(&seen).filter(|(_, &s)| s) {
+            *x = if *x > 0.0 {
+                *x / p.repetition
+            } else {
+                *x * p.repetition
+            };
+        }
+        for &(id, count) in p.output_counts {
+            l[id as usize] -= p.frequency * count as f32 + p.presence;
+        }
+    }
+    l.into_iter().map(sanitize).collect()
+}
+
+/// Total order of processed logits (no NaN left; −0 = +0).
+fn logit_order(a: f32, b: f32) -> std::cmp::Ordering {
+    a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+}
+
+/// How far (relative) the definition's decisions for a sampled row are from a boundary
+/// that rounding could cross, with f64 sums: the top-p prefix mass against `top_p × S`
+/// and the two weights either side of the top-p cut (when their logits differ: equal
+/// logits have equal weights in any implementation), each survivor's weight against
+/// min-p, and `u × total` against the CDF steps around it. Two implementations of the
+/// definition that differ only by rounding (exp ulps, summation order, the CUDA kernel's
+/// fixed-point masses) pick the same token when this exceeds their rounding.
+fn sample_margin(logits: &[f32], row: &SamplingRow<'_>) -> f64 {
+    let l = processed_logits(logits, row);
+    if row.is_greedy() || !l.iter().any(|x| x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = l
+        .iter()
+        .map(|&x| {
+            if x == max {
+                1.0
+            } else {
+                (((x - max) / row.temperature) as f64).exp()
+            }
+        })
+        .collect();
+    let mut ids: Vec<usize> = (0..l.len()).collect();
+    if row.top_k >= 1 && row.top_k < l.len() {
+        ids.sort_by(|&a, &b| logit_order(l[b], l[a]).then(a.cmp(&b)));
+        ids.truncate(row.top_k);
+    }
+    let mut margin = f64::INFINITY;
+    if row.top_p < 1.0 {
+        ids.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+        let total: f64 = ids.iter().map(|&i| w[i]).sum();
+        let need = row.top_p as f64 * total;
+        let mut acc = 0.0;
+        let mut kept = 0;
+        while acc < need && kept < ids.len() {
+            margin = margin.min((need - acc) / total);
+            acc += w[ids[kept]];
+            kept += 1;
+        }
+        margin = margin.min((acc - need) / total);
+        if let (Some(&last), Some(&next)) = (ids.get(kept - 1), ids.get(kept)) {
+            if l[last] != l[next] {
+                margin = margin.min((w[last] - w[next]) / w[last]);
+            }
+        }
+        ids.truncate(kept);
+    }
+    if row.min_p > 0.0 {
+        for &i in &ids {
+            margin = margin.min((w[i] / row.min_p as f64 - 1.0).abs());
+        }
+        ids.retain(|&i| w[i] >= row.min_p as f64);
+    }
+    ids.sort_unstable();
+    let total: f64 = ids.iter().map(|&i| w[i]).sum();
+    let target = uniform(row.seed, row.step) * total;
+    let mut run = 0.0;
+    for &i in &ids {
+        let before = run;
+        run += w[i];
+        if run > target {
+            return margin
+                .min((run - target) / total)
+                .min((target - before) / total);
+        }
+    }
+    0.0
+}
+
+/// Logits like a language model's, rounded to bf16: a bulk around 0 and a few spikes.
+fn lm_logits(rng: &mut Rng, vocab: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..vocab)
+        .map(|_| 2.0 * (rng.uniform() + rng.uniform() + rng.uniform()))
+        .collect();
+    for _ in 0..8 {
+        let i = rng.below(vocab);
+        v[i] = 8.0 + 8.0 * rng.uniform().abs();
+    }
+    bf16_round(&v)
+}
+
+/// The processing inputs rows borrow: an even-ids mask, biases, penalties.
+struct Processing {
+    mask: Vec<u32>,
+    bias: Vec<(u32, f32)>,
+    prompt: Vec<u32>,
+    output: Vec<(u32, u32)>,
+}
+
+impl Processing {
+    fn new(rng: &mut Rng, vocab: usize) -> Self {
+        let mut mask = vec![0u32; vocab.div_ceil(32)];
+        for i in (0..vocab).step_by(2) {
+            mask[i / 32] |= 1 << (i % 32);
+        }
+        let mut id = || rng.below(vocab) as u32;
+        let bias = vec![
+            (id(), 5.0),
+            (id(), -3.0),
+            (7 % vocab as u32, 2.5),
+            (7 % vocab as u32, 0.5),
+        ];
+        let mut prompt: Vec<u32> = (0..50).map(|_| id()).collect();
+        prompt.sort_unstable();
+        prompt.dedup();
+        let mut output: Vec<(u32, u32)> = prompt.iter().take(10).map(|&t| (t, 2)).collect();
+        output.extend((0..20).map(|k| (id(), 1 + k % 3)));
+        output.sort_unstable_by_key(|e| e.0);
+        output.dedup_by_key(|e| e.0);
+        Self {
+            mask,
+            bias,
+            prompt,
+            output,
+        }
+    }
+
+    fn penalties(&self) -> Penalties<'_> {
+        Penalties {
+            repetition: 1.3,
+            frequency: 0.2,
+            presence: 0.4,
+            prompt_tokens: &self.prompt,
+            output_counts: &self.output,
+        }
+    }
+}
+
+/// The settings a sampling case cycles through (greedy, each filter alone and together,
+/// processing, logprobs); row `r` uses setting `r % len` and step `r / len`.
+fn sampling_settings(p: &Processing) -> Vec<SamplingRow<'_>> {
+    let t1 = SamplingRow {
+        temperature: 1.0,
+        ..SamplingRow::default()
+    };
+    let processing = SamplingRow {
+        allowed_tokens: Some(&p.mask),
+        logit_bias: &p.bias,
+        penalties: Some(p.penalties()),
+        ..SamplingRow::default()
+    };
+    vec![
+        SamplingRow::default(),
+        SamplingRow {
+            num_logprobs: Some(20),
+            ..SamplingRow::default()
+        },
+        t1,
+        SamplingRow {
+            temperature: 0.7,
+            top_k: 50,
+            ..t1
+        },
+        SamplingRow { top_p: 0.9, ..t1 },
+        SamplingRow {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            num_logprobs: Some(5),
+            ..t1
+        },
+        SamplingRow {
+            temperature: 1.2,
+            min_p: 0.1,
+            ..t1
+        },
+        SamplingRow {
+            top_k: 3000,
+            top_p: 0.8,
+            ..t1
+        },
+        SamplingRow {
+            temperature: 1.5,
+            top_k: 2048,
+            ..t1
+        },
+        processing,
+        SamplingRow {
+            temperature: 0.9,
+            top_p: 0.9,
+            num_logprobs: Some(3),
+            ..processing
+        },
+    ]
+}
+
+fn sample_on(
+    be: &dyn Backend,
+    values: &[f32],
+    rows: &[SamplingRow<'_>],
+    dtype: DType,
+) -> SampleOutput {
+    let shape = [rows.len(), values.len() / rows.len()];
+    let logits = match dtype {
+        DType::BF16 => bf16_tensor(values, &shape),
+        _ => f32_tensor(values, &shape),
+    };
+    be.sample(up(be, &logits), rows)
+        .unwrap_or_else(|e| panic!("sample on {:?}: {e}", be.device()))
+}
+
+/// Logprobs within `1e-4 + 1e-5·|x|`; the top ids equal except where two values are that
+/// close (a near tie may order differently), or at the last place.
+fn assert_logprobs_close(what: &str, got: &Option<RowLogprobs>, want: &Option<RowLogprobs>) {
+    let close = |a: f32, b: f32| a == b || (a - b).abs() <= 1e-4 + 1e-5 * b.abs();
+    let (got, want) = match (got, want) {
+        (None, None) => return,
+        (Some(g), Some(w)) => (g, w),
+        _ => panic!("{what}: logprobs {got:?}, expected {want:?}"),
+    };
+    assert!(
+        close(got.logprob, want.logprob),
+        "{what}: {got:?} vs {want:?}"
+    );
+    assert_eq!(got.top.len(), want.top.len(), "{what}: {got:?} vs {want:?}");
+    let n = want.top.len();
+    for j in 0..n {
+        let (g, w) = (got.top[j], want.top[j]);
+        assert!(close(g.1, w.1), "{what}: place {j}: {got:?} vs {want:?}");
+        let near_tie = j + 1 == n
+            || (j > 0 && close(want.top[j - 1].1, w.1))
+            || (j + 1 < n && close(want.top[j + 1].1, w.1));
+        assert!(
+            g.0 == w.0 || near_tie,
+            "{what}: place {j}: {got:?} vs {want:?}"
+        );
+    }
+}
+
+/// CUDA (bf16 logits) against the CPU (the same values in f32) on `rows`.
+fn check_sampling(be: &dyn Backend, values: &[f32], rows: &[SamplingRow<'_>]) {
+    let cpu = CpuBackend::new();
+    let vocab = values.len() / rows.len();
+    let want = sample_on(&cpu, values, rows, DType::F32);
+    let got = sample_on(be, values, rows, DType::BF16);
+    assert_eq!(got.tokens.len(), rows.len());
+    let (mut sampled, mut compared) = (0, 0);
+    for (r, row) in rows.iter().enumerate() {
+        let what = format!("row {r} of {} (vocab {vocab}): {row:?}", rows.len());
+        let margin = sample_margin(&values[r * vocab..(r + 1) * vocab], row);
+        if !row.is_greedy() {
+            sampled += 1;
+        }
+        // Greedy: exactly. Sampled: where no decision is within 1e-5 of its boundary
+        // (exp ulps, sums in another order or in fixed point move boundaries ≲ 1e-7).
+        if margin > 1e-5 {
+            compared += usize::from(!row.is_greedy());
+            assert_eq!(got.tokens[r], want.tokens[r], "{what}: margin {margin:e}");
+            assert_logprobs_close(&what, &got.logprobs[r], &want.logprobs[r]);
+        }
+        let token = got.tokens[r];
+        assert!(
+            token == NO_FINITE_LOGIT || (token as usize) < vocab,
+            "{what}"
+        );
+        let asked = row.num_logprobs.is_some() && token != NO_FINITE_LOGIT;
+        assert_eq!(got.logprobs[r].is_some(), asked, "{what}");
+    }
+    // A draw landing on a token of probability ≲ 2e-5 (the bulk of a 152k vocabulary at
+    // temperature 1) is always that close to a boundary; most draws are not.
+    assert!(
+        compared * 3 >= sampled * 2,
+        "only {compared} of {sampled} sampled rows compared"
+    );
+}
+
+/// `count` rows cycling through the settings, each with its own logits.
+fn sampling_rows<'a>(
+    rng: &mut Rng,
+    settings: &[SamplingRow<'a>],
+    vocab: usize,
+    count: usize,
+) -> (Vec<f32>, Vec<SamplingRow<'a>>) {
+    let rows: Vec<SamplingRow<'a>> = (0..count)
+        .map(|r| SamplingRow {
+            seed: 17 + (r % settings.len()) as u64,
+            step: (r / settings.len()) as u64,
+            ..settings[r % settings.len()]
+        })
+        .collect();
+    let values = (0..count).flat_map(|_| lm_logits(rng, vocab)).collect();
+    (values, rows)
+}
+
+#[test]
+fn sample_matches_cpu_on_a_qwen_sized_vocabulary() {
+    with_gpu(|be| {
+        let vocab = 151_936;
+        let mut rng = Rng::new(900);
+        let p = Processing::new(&mut rng, vocab);
+        let settings = sampling_settings(&p);
+        let (values, rows) = sampling_rows(&mut rng, &settings, vocab, 3 * settings.len());
+        check_sampling(be, &values, &rows);
+    });
+}
+
+#[test]
+fn sample_matches_cpu_on_512_rows() {
+    with_gpu(|be| {
+        let vocab = 1000;
+        let mut rng = Rng::new(901);
+        let p = Processing::new(&mut rng, vocab);
+        let settings = sampling_settings(&p);
+        let (values, rows) = sampling_rows(&mut rng, &settings, vocab, 512);
+        check_sampling(be, &values, &rows);
+    });
+}
+
+#[test]
+fn sample_special_rows_match_cpu() {
+    with_gpu(|be| {
+        let vocab = 3001;
+        let mut rng = Rng::new(902);
+        let p = Processing::new(&mut rng, vocab);
+        let base = lm_logits(&mut rng, vocab);
+        let nothing = vec![0u32; vocab.div_ceil(32)];
+        let mut nan = vec![f32::NAN; vocab];
+        nan[5] = 1.0;
+        nan[3000] = 2.0;
+        let mut inf = base.clone();
+        inf[10] = f32::NEG_INFINITY;
+        // Coarse logits: thousands of exact ties at every top-k and top-p threshold.
+        let coarse: Vec<f32> = base.iter().map(|x| x.round()).collect();
+        let mut rows = Vec::new();
+        let mut values = Vec::new();
+        for (r, setting) in sampling_settings(&p).into_iter().enumerate() {
+            for logits in [&base, &nan, &inf, &coarse] {
+                rows.push(SamplingRow {
+                    seed: 3,
+                    step: r as u64,
+                    ..setting
+                });
+                values.extend_from_slice(logits);
+            }
+            rows.push(SamplingRow {
+                allowed_tokens: Some(&nothing),
+                ..setting
+            });
+            values.extend_from_slice(&base);
+        }
+        check_sampling(be, &values, &rows);
+        let got = sample_on(be, &values, &rows, DType::BF16);
+        for (r, t) in got.tokens.iter().enumerate() {
+            if r % 5 == 4 {
+                assert_eq!(*t, NO_FINITE_LOGIT, "row {r}: the mask allows nothing");
+                assert_eq!(got.logprobs[r], None);
+            }
+        }
+    });
+}
+
+/// f32 logits holding the same (bf16) values give the same output as bf16 ones; a row
+/// gives the same token and logprobs alone as in a batch; and every run gives the same.
+#[test]
+fn sample_is_deterministic_batch_independent_and_dtype_independent() {
+    with_gpu(|be| {
+        let vocab = 32_000;
+        let mut rng = Rng::new(903);
+        let p = Processing::new(&mut rng, vocab);
+        let settings = sampling_settings(&p);
+        let (values, rows) = sampling_rows(&mut rng, &settings, vocab, 2 * settings.len());
+        let batch = sample_on(be, &values, &rows, DType::BF16);
+        assert_eq!(sample_on(be, &values, &rows, DType::BF16), batch);
+        assert_eq!(sample_on(be, &values, &rows, DType::F32), batch);
+        for r in 0..rows.len() {
+            let alone = sample_on(
+                be,
+                &values[r * vocab..(r + 1) * vocab],
+                &rows[r..r + 1],
+                DType::BF16,
+            );
+            assert_eq!(alone.tokens[0], batch.tokens[r], "row {r}");
+            assert_eq!(alone.logprobs[0], batch.logprobs[r], "row {r}");
+        }
     });
 }

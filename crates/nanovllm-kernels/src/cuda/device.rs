@@ -18,6 +18,7 @@ use super::kernels::FATBINS;
 use super::launch::cuda_err;
 use super::memory::MemoryTracker;
 use super::pinned::PinnedStaging;
+use super::sampling::SampleStaging;
 use super::storage::CudaStorage;
 use crate::capability::MemoryStats;
 use crate::dtype::DType;
@@ -103,6 +104,8 @@ pub struct CudaBackend {
     /// Pinned staging of small host-to-device copies (`pinned.rs`), made on first use. It
     /// drains its copies when dropped, before the stream and context are.
     staging: Mutex<Option<PinnedStaging>>,
+    /// `sample`'s persistent pinned host buffers (see `sampling.rs`).
+    pub(super) sample_staging: Mutex<SampleStaging>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     ordinal: usize,
@@ -191,6 +194,7 @@ impl CudaBackend {
             tracker,
             capturing: AtomicBool::new(false),
             staging: Mutex::new(None),
+            sample_staging: Mutex::new(SampleStaging::default()),
             stream,
             ctx,
             ordinal,

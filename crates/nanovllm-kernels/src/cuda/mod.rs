@@ -36,6 +36,10 @@
 //! - **Pinned staging.** `copy_from_host` of up to 1 MiB (every step input) copies into a
 //!   persistent page-locked ring and queues an asynchronous copy from there (`pinned.rs`);
 //!   a segment of the ring is rewritten only after an event proves its last copies ran.
+//! - **Pinned host staging.** `sample` (`sampling.rs`) keeps two page-locked host buffers
+//!   (its packed parameters and its results), grown when too small and reused across
+//!   calls; they are host memory, not counted by the tracker, and no copy uses them once
+//!   `sample` returns (it synchronises, also on its error paths).
 //! - **Cached pool memory.** Freed buffers stay in the device's default memory pool for
 //!   reuse; [`CudaBackend::mem_info`] trims the pool first, so its `free` is accurate.
 //! - **No panics without a GPU.** [`is_available`] and [`CudaBackend::new`] probe for
@@ -62,6 +66,7 @@ mod ops;
 mod pinned;
 mod rope;
 mod rows;
+mod sampling;
 mod storage;
 
 pub use device::{device_count, is_available, unavailable_reason, CudaBackend};

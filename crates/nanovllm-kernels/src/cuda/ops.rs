@@ -1,6 +1,7 @@
 //! `impl Backend for CudaBackend`: memory ops here, every compute op delegated to its
 //! file (`embedding.rs`, `norm.rs`, `rope.rs`, `elementwise.rs`, `rows.rs`, `kv.rs`,
-//! `matmul.rs`; attention and MoE in `attention.rs` / `moe.rs`).
+//! `matmul.rs`; attention and MoE in `attention.rs` / `moe.rs`; sampling in
+//! `sampling.rs`).
 
 use std::sync::Arc;
 
@@ -293,19 +294,5 @@ mod tests {
         );
         assert_eq!(storage_range(&CpuStorage::I64(vec![])), None);
         assert_eq!(storage_range(&CpuStorage::F32(vec![1.0])), None);
-    }
-}
-
-impl CudaBackend {
-    /// PLACEHOLDER (being written): `Backend::sample` on the device.
-    fn sample_rows(
-        &self,
-        _logits: Tensor,
-        _rows: &[crate::sampling::SamplingRow<'_>],
-    ) -> Result<crate::sampling::SampleOutput> {
-        Err(crate::error::KernelError::Invalid {
-            op: "sample",
-            msg: "not implemented yet".into(),
-        })
     }
 }
