@@ -327,6 +327,7 @@ fn a_graph_decode_step_allocates_nothing_and_gives_the_eager_logits() {
         num_new_tokens: 1,
         context_len,
         sample: true,
+        num_generated_tokens: 0,
     };
     let batch = ScheduledBatch {
         kind: BatchKind::Decode,
