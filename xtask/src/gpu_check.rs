@@ -18,7 +18,10 @@
 //!   bench with CUDA graphs and with `--enforce-eager`; a full log and a summary in `$OUT`.
 //!
 //! A device call carries the repository's working tree *and* the bundle, 64 MiB in all:
-//! [`transfer_size_verdict`] checks that total, not the bundle alone.
+//! [`transfer_size_verdict`] checks that total, not the bundle alone. The lent machines are
+//! H100s and H200s (sm_90), so the kernels are compiled for `CUDA_COMPUTE_CAP=90a` only
+//! ([`BUNDLE_COMPUTE_CAPS`]; an explicit `CUDA_COMPUTE_CAP` wins): every test binary embeds
+//! the fatbins, and the default sm_80 cubins would add a third to each.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -140,8 +143,17 @@ fn package_name(id: &str) -> String {
     id.to_string()
 }
 
+/// The GPU targets of the bundle's kernels when `CUDA_COMPUTE_CAP` is not set: the lent
+/// machines' H100/H200 (a cubin for sm_90a and PTX for compute_90).
+pub const BUNDLE_COMPUTE_CAPS: &str = "90a";
+
+/// `cargo`, with the bundle's GPU targets (see the module docs).
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+        cmd.env("CUDA_COMPUTE_CAP", BUNDLE_COMPUTE_CAPS);
+    }
+    cmd
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
