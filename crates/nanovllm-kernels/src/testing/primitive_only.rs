@@ -21,31 +21,41 @@ macro_rules! forward {
     };
 }
 
+/// Forwards every required method of [`Backend`] but `activation_dtype` (which each wrapper
+/// decides) to `self.0`: one list for both wrappers here.
+macro_rules! forward_required_ops {
+    () => {
+        forward! {
+            fn device(&self) -> Device;
+            fn upload(&self, host: Tensor) -> Result<Tensor>;
+            fn copy_from_host(&self, src: &Tensor, dst: &mut Tensor) -> Result<()>;
+            fn to_host(&self, t: &Tensor) -> Result<Tensor>;
+            fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
+            fn synchronize(&self) -> Result<()>;
+            fn embedding(&self, ids: &Tensor, table: &Tensor) -> Result<Tensor>;
+            fn embedding_shard(&self, ids: &Tensor, table: &Tensor, vocab_start: usize) -> Result<Tensor>;
+            fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
+            fn rope(&self, x: &mut Tensor, positions: &Tensor, cos_sin: &Tensor, head_dim: usize) -> Result<()>;
+            fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
+            fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor>;
+            fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
+            fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts>;
+            fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;
+            fn store_kv(&self, k: &Tensor, v: &Tensor, cache: &mut LayerKvCache, slot_mapping: &Tensor) -> Result<()>;
+            fn prefill_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
+            fn decode_attention(&self, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
+            fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
+            fn moe_experts(&self, x: &Tensor, w13: &Tensor, w2: &Tensor, topk_ids: &Tensor, topk_weights: &Tensor) -> Result<Tensor>;
+            fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
+        }
+    };
+}
+
 impl<B: Backend> Backend for PrimitiveOnly<B> {
-    forward! {
-        fn device(&self) -> Device;
-        fn activation_dtype(&self) -> DType;
-        fn upload(&self, host: Tensor) -> Result<Tensor>;
-        fn copy_from_host(&self, src: &Tensor, dst: &mut Tensor) -> Result<()>;
-        fn to_host(&self, t: &Tensor) -> Result<Tensor>;
-        fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
-        fn synchronize(&self) -> Result<()>;
-        fn embedding(&self, ids: &Tensor, table: &Tensor) -> Result<Tensor>;
-        fn embedding_shard(&self, ids: &Tensor, table: &Tensor, vocab_start: usize) -> Result<Tensor>;
-        fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
-        fn rope(&self, x: &mut Tensor, positions: &Tensor, cos_sin: &Tensor, head_dim: usize) -> Result<()>;
-        fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
-        fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor>;
-        fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
-        fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts>;
-        fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;
-        fn store_kv(&self, k: &Tensor, v: &Tensor, cache: &mut LayerKvCache, slot_mapping: &Tensor) -> Result<()>;
-        fn prefill_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
-        fn decode_attention(&self, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
-        fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
-        fn moe_experts(&self, x: &Tensor, w13: &Tensor, w2: &Tensor, topk_ids: &Tensor, topk_weights: &Tensor) -> Result<Tensor>;
-        fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
+    fn activation_dtype(&self) -> DType {
+        self.0.activation_dtype()
     }
+    forward_required_ops!();
 }
 
 /// The inner backend with [`Backend::activation_dtype`] reporting bf16, and every required
@@ -59,27 +69,5 @@ impl<B: Backend> Backend for Bf16Logits<B> {
     fn activation_dtype(&self) -> DType {
         DType::BF16
     }
-    forward! {
-        fn device(&self) -> Device;
-        fn upload(&self, host: Tensor) -> Result<Tensor>;
-        fn copy_from_host(&self, src: &Tensor, dst: &mut Tensor) -> Result<()>;
-        fn to_host(&self, t: &Tensor) -> Result<Tensor>;
-        fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
-        fn synchronize(&self) -> Result<()>;
-        fn embedding(&self, ids: &Tensor, table: &Tensor) -> Result<Tensor>;
-        fn embedding_shard(&self, ids: &Tensor, table: &Tensor, vocab_start: usize) -> Result<Tensor>;
-        fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
-        fn rope(&self, x: &mut Tensor, positions: &Tensor, cos_sin: &Tensor, head_dim: usize) -> Result<()>;
-        fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
-        fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor>;
-        fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
-        fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts>;
-        fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;
-        fn store_kv(&self, k: &Tensor, v: &Tensor, cache: &mut LayerKvCache, slot_mapping: &Tensor) -> Result<()>;
-        fn prefill_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
-        fn decode_attention(&self, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
-        fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
-        fn moe_experts(&self, x: &Tensor, w13: &Tensor, w2: &Tensor, topk_ids: &Tensor, topk_weights: &Tensor) -> Result<Tensor>;
-        fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
-    }
+    forward_required_ops!();
 }
