@@ -10,8 +10,12 @@
 //! ```
 //! then the final norm, the wanted rows only (`logits_indices`), and the LM head (tied
 //! or not). Tensor parallelism: attention heads and the feed-forward's intermediate
-//! features are split across ranks; the row-parallel projections all-reduce, and the
+//! features are split across ranks (KV heads are replicated when there are fewer than
+//! ranks: see [`crate::loader`]); the row-parallel projections all-reduce, and the
 //! vocab-parallel LM head gathers, so every rank returns the full logits.
+//!
+//! Loading is strict: once every layer is loaded, a checkpoint tensor that no layer read
+//! is an error naming it ([`WeightLoader::check_all_used`]).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -56,7 +60,7 @@ pub struct DecoderLm<F> {
     norm: RmsNorm,
     lm_head: ParallelLmHead,
     rotary: RotaryEmbedding,
-    /// This rank's KV heads.
+    /// How many KV heads this rank holds ([`crate::ShardSpec::kv_head_range`]).
     num_kv_heads: usize,
 }
 
@@ -150,6 +154,7 @@ impl<F: FeedForward> DecoderLm<F> {
         };
         let rotary =
             RotaryEmbedding::new(backend, c.head_dim, c.max_position_embeddings, c.rope_theta)?;
+        loader.check_all_used(c)?;
         Ok(Self {
             config: config.clone(),
             ctx: ctx.clone(),
@@ -158,7 +163,7 @@ impl<F: FeedForward> DecoderLm<F> {
             norm,
             lm_head,
             rotary,
-            num_kv_heads: c.num_key_value_heads / shard.world_size,
+            num_kv_heads: shard.kv_head_range(c.num_key_value_heads)?.len(),
         })
     }
 
@@ -369,16 +374,18 @@ mod tests {
     }
 
     #[test]
-    fn world_size_must_divide_heads_and_intermediate() {
+    fn world_size_must_split_heads_and_intermediate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
         let config = ModelConfig::from_dir(&dir).unwrap(); // 4 q, 2 kv, 128
-        let err = check_shardable(&config, 4).unwrap_err().to_string();
+        let err = check_shardable(&config, 3).unwrap_err().to_string();
         assert!(
-            err.contains("tensor_parallel_size = 4 does not divide num_key_value_heads = 2")
-                && err.contains("use 1 or 2"),
+            err.contains("tensor_parallel_size = 3 does not divide num_attention_heads = 4")
+                && err.contains("use 1, 2 or 4"),
             "{err}"
         );
+        // 4 ranks: each KV head on two of them.
         assert!(check_shardable(&config, 2).is_ok());
+        assert!(check_shardable(&config, 4).is_ok());
         assert!(check_shardable(&config, 0).is_err());
     }
 }

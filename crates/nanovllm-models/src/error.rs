@@ -47,6 +47,19 @@ pub enum ModelError {
         second: String,
         second_dtype: DType,
     },
+    #[error(
+        "the checkpoint has {count} tensor(s) that {architecture} does not use: {}; \
+         config.json's architecture does not match the checkpoint, or the checkpoint holds \
+         weights this engine does not implement",
+        list_names(.first, .count)
+    )]
+    UnusedTensors {
+        architecture: String,
+        /// How many tensors went unused.
+        count: usize,
+        /// The first few of them, sorted by name.
+        first: Vec<String>,
+    },
     #[error("tensor parallelism: {0}")]
     Shard(String),
     #[error("KV cache does not fit the model: {field} is {found}, the model needs {expected}")]
@@ -75,4 +88,13 @@ pub enum ModelError {
     },
     #[error(transparent)]
     Kernel(#[from] KernelError),
+}
+
+/// `a, b, c` or `a, b, c and 7 more` (of `count` names, `first` listed).
+fn list_names(first: &[String], count: &usize) -> String {
+    let listed = first.join(", ");
+    match count.saturating_sub(first.len()) {
+        0 => listed,
+        more => format!("{listed} and {more} more"),
+    }
 }

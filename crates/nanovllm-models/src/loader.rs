@@ -12,9 +12,13 @@
 //! - [`WeightLoader::row_shard`]: row-parallel, dim 1 (input features) split
 //!   evenly the same way.
 //! - [`WeightLoader::packed_column_shard`]: several column-parallel weights
-//!   (`q/k/v_proj` → `qkv_proj`, `gate/up_proj` → `gate_up_proj`) concatenated
-//!   along dim 0, each rank holding *its own* slice of every part in order
-//!   (rank r: its q rows, then its k rows, then its v rows).
+//!   (`gate/up_proj` → `gate_up_proj`) concatenated along dim 0, each rank
+//!   holding *its own* even slice of every part in order (rank r: its gate
+//!   rows, then its up rows).
+//! - [`WeightLoader::pack_rows`]: the same with the row range of each part
+//!   given, for weights (`[out, in]`) and biases (`[out]`) alike. `q/k/v_proj`
+//!   → `qkv_proj` uses it: rank r holds its q heads, then its KV heads' k rows,
+//!   then their v rows, where the KV heads follow [`ShardSpec::kv_head_range`].
 //! - [`WeightLoader::stacked_row_shard`]: row-parallel weights of one shape (the
 //!   experts' `w2`) stacked along a new first dim, `[n, out, in / W]`.
 //! - [`WeightLoader::vocab_shard`]: vocab-parallel rows of `[vocab, hidden]`.
@@ -25,8 +29,25 @@
 //!
 //! Weights keep the dtype stored in the checkpoint (bf16 stays bf16, no f32
 //! copy); the matmul kernels widen on the fly.
+//!
+//! **KV heads under tensor parallelism.** With `W` ranks and `K` KV heads, either
+//! `W` divides `K` (each rank holds `K / W` heads, split evenly like the q heads)
+//! or `K` divides `W` and each KV head is replicated on `W / K` ranks, as vLLM
+//! does: rank `r` holds the one head `r / (W / K)`. The q heads are always split
+//! evenly, and since `(Q / W)` divides `(Q / K)` a rank's q heads all belong to
+//! its KV head's group. [`check_tensor_parallel_size`] admits exactly these sizes.
+//!
+//! **Strict loading.** The [`WeightLoader`] records every tensor name it reads;
+//! at the end of a model's load, [`WeightLoader::check_all_used`] turns any
+//! tensor of the checkpoint that was not read into [`ModelError::UnusedTensors`],
+//! except those [`why_ignorable`] lists (with the reason each may be skipped).
+//! Under tensor parallelism every rank reads (a slice of) every tensor it needs,
+//! so each rank checks its own loader. A source that generates weights on demand
+//! ([`crate::DummySource`]) lists no names, so there is nothing to check.
 
+use std::collections::HashSet;
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 use nanovllm_kernels::cpu::vec_with_capacity;
 use nanovllm_kernels::{Backend, CpuStorage, DType, Tensor};
@@ -69,6 +90,24 @@ impl ShardSpec {
         Ok(self.rank * per..(self.rank + 1) * per)
     }
 
+    /// The KV heads this rank holds (see the module docs): its even share when the world
+    /// size divides `num_kv_heads`, else, when the world size is a multiple of it, the one
+    /// head `rank / (world_size / num_kv_heads)`, replicated on that many ranks.
+    pub fn kv_head_range(&self, num_kv_heads: usize) -> Result<Range<usize>, ModelError> {
+        if num_kv_heads > 0 && self.world_size > num_kv_heads && self.world_size % num_kv_heads == 0
+        {
+            let head = self.rank / (self.world_size / num_kv_heads);
+            return Ok(head..head + 1);
+        }
+        self.even_range("num_key_value_heads", num_kv_heads)
+    }
+
+    /// How many KV heads each rank holds, for the sizes [`check_tensor_parallel_size`]
+    /// admits: `num_kv_heads / world_size`, or 1 when heads are replicated.
+    pub fn kv_heads_per_rank(&self, num_kv_heads: usize) -> usize {
+        num_kv_heads.div_ceil(self.world_size.max(1))
+    }
+
     /// Rows per rank of a vocab-parallel table: `ceil(vocab / world_size)`.
     pub fn vocab_per_rank(&self, vocab: usize) -> usize {
         vocab.div_ceil(self.world_size)
@@ -97,42 +136,49 @@ pub fn check_divisible(what: &str, count: usize, world_size: usize) -> Result<()
     Ok(())
 }
 
-/// Checks that `tensor_parallel_size` divides every count split across ranks (attention
-/// heads, KV heads, the MLP / experts' intermediate size). The error names the first
-/// count that fails and lists the sizes that divide them all, e.g. "tensor_parallel_size
-/// = 3 does not divide num_key_value_heads = 8 of this model; use 1, 2, 4 or 8".
+/// Checks that `tensor_parallel_size` splits this model: it must divide the counts split
+/// evenly across ranks (`num_attention_heads`, the MLP / experts' `intermediate_size`),
+/// and either divide `num_key_value_heads` or be a multiple of it (each KV head is then
+/// replicated on `tensor_parallel_size / num_key_value_heads` ranks). The error names the
+/// first count that fails and lists the sizes that work, e.g. "tensor_parallel_size = 3
+/// does not divide num_attention_heads = 32 of this model; use 1, 2, 4, 8, 16 or 32".
 pub fn check_tensor_parallel_size(
     config: &ModelConfig,
     tensor_parallel_size: usize,
 ) -> Result<(), ModelError> {
-    let counts = [
-        ("num_attention_heads", config.num_attention_heads),
-        ("num_key_value_heads", config.num_key_value_heads),
+    let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
+    let even = [
+        ("num_attention_heads", heads),
         ("intermediate_size", config.intermediate_size),
     ];
-    let common = counts.iter().fold(0, |g, &(_, c)| gcd(g, c));
-    let works: Vec<usize> = (1..=common).filter(|w| common % w == 0).collect();
-    if tensor_parallel_size == 0 {
+    let splits_kv = |w: usize| kv_heads % w == 0 || (kv_heads > 0 && w % kv_heads == 0);
+    let works = |w: usize| splits_kv(w) && even.iter().all(|&(_, c)| c % w == 0);
+    // Every size that works divides num_attention_heads, so none is larger.
+    let working: Vec<usize> = (1..=heads).filter(|&w| works(w)).collect();
+    let tp = tensor_parallel_size;
+    let fail = |what: String| {
+        Err(ModelError::Shard(format!(
+            "tensor_parallel_size = {tp} {what} of this model; use {}",
+            or_list(&working)
+        )))
+    };
+    if tp == 0 {
         return Err(ModelError::Shard(format!(
             "tensor_parallel_size must be at least 1; use {}",
-            or_list(&works)
+            or_list(&working)
         )));
     }
-    match counts.iter().find(|(_, c)| c % tensor_parallel_size != 0) {
-        None => Ok(()),
-        Some((what, count)) => Err(ModelError::Shard(format!(
-            "tensor_parallel_size = {tensor_parallel_size} does not divide {what} = {count} \
-             of this model; use {}",
-            or_list(&works)
-        ))),
+    if heads % tp != 0 {
+        return fail(format!("does not divide num_attention_heads = {heads}"));
     }
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+    if !splits_kv(tp) {
+        return fail(format!(
+            "neither divides nor is a multiple of num_key_value_heads = {kv_heads}"
+        ));
+    }
+    match even.iter().find(|(_, c)| c % tp != 0) {
+        None => Ok(()),
+        Some((what, count)) => fail(format!("does not divide {what} = {count}")),
     }
 }
 
@@ -185,6 +231,9 @@ impl Slice {
 pub trait WeightSource: Send + Sync {
     /// Whether the source holds `name` (a dummy source holds every name).
     fn contains(&self, name: &str) -> bool;
+    /// Every tensor name the source stores, sorted; empty for a source that generates
+    /// tensors on demand (which holds every name, so strict loading has nothing to check).
+    fn names(&self) -> Vec<&str>;
     /// The dtype `name` is stored in. Errors: [`ModelError::MissingTensor`],
     /// [`ModelError::UnsupportedDType`].
     fn dtype(&self, name: &str) -> Result<DType, ModelError>;
@@ -236,11 +285,65 @@ pub(crate) fn buffer_dtype_mismatch(out: &CpuStorage, name: &str, dtype: DType) 
     }
 }
 
-/// Loads layer weights for one rank onto one backend.
+/// Checkpoint tensors that no layer reads but real checkpoints carry, matched by name
+/// suffix, each with why skipping it changes nothing.
+const IGNORABLE_SUFFIXES: &[(&str, &str)] = &[
+    (
+        ".rotary_emb.inv_freq",
+        "RoPE inverse frequencies that older transformers saved per layer; they are computed \
+         from the config (transformers skips them too)",
+    ),
+    (
+        ".rotary_emb.cos_cached",
+        "a RoPE cos table some ColossalAI-trained checkpoints carry; computed from the config \
+         (vLLM skips it too)",
+    ),
+    (
+        ".rotary_emb.sin_cached",
+        "a RoPE sin table some ColossalAI-trained checkpoints carry; computed from the config \
+         (vLLM skips it too)",
+    ),
+];
+
+/// The tied LM head's stored copy.
+const LM_HEAD: &str = "lm_head.weight";
+
+/// Why checkpoint tensor `name` may go unread by a `config` model, or `None` when leaving
+/// it unread is an error (strict loading: see the module docs). The whole list: the
+/// suffixes of [`IGNORABLE_SUFFIXES`], and `lm_head.weight` when `tie_word_embeddings` is
+/// set (transformers then ties the LM head to the embedding and ignores the stored copy).
+pub fn why_ignorable(name: &str, config: &ModelConfig) -> Option<&'static str> {
+    if name == LM_HEAD && config.tie_word_embeddings {
+        return Some(
+            "tie_word_embeddings is set: transformers ties the LM head to the embedding and \
+             ignores the stored copy",
+        );
+    }
+    IGNORABLE_SUFFIXES
+        .iter()
+        .find(|(suffix, _)| name.ends_with(suffix))
+        .map(|&(_, why)| why)
+}
+
+/// How many unused tensor names an [`ModelError::UnusedTensors`] lists.
+const UNUSED_LISTED: usize = 5;
+
+/// One part of a packed column-parallel tensor: this rank reads `rows` of tensor `name`,
+/// whose full first dim (output features) is `out_features`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedPart<'n> {
+    pub name: &'n str,
+    pub out_features: usize,
+    pub rows: Range<usize>,
+}
+
+/// Loads layer weights for one rank onto one backend, recording the names it reads.
 pub struct WeightLoader<'a> {
     source: &'a dyn WeightSource,
     backend: &'a dyn Backend,
     shard: ShardSpec,
+    /// Every tensor read so far (a slice counts), for [`WeightLoader::check_all_used`].
+    used: Mutex<HashSet<String>>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -249,7 +352,33 @@ impl<'a> WeightLoader<'a> {
             source,
             backend,
             shard,
+            used: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Strict loading: an error naming the checkpoint's tensors this loader never read,
+    /// unless [`why_ignorable`] says why they may be skipped. Call once, after the model
+    /// is loaded.
+    pub fn check_all_used(&self, config: &ModelConfig) -> Result<(), ModelError> {
+        let used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        let unused: Vec<&str> = self
+            .source
+            .names()
+            .into_iter()
+            .filter(|name| !used.contains(*name) && why_ignorable(name, config).is_none())
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        Err(ModelError::UnusedTensors {
+            architecture: config.architecture.clone(),
+            count: unused.len(),
+            first: unused
+                .iter()
+                .take(UNUSED_LISTED)
+                .map(|n| (*n).to_owned())
+                .collect(),
+        })
     }
 
     pub fn shard(&self) -> ShardSpec {
@@ -262,7 +391,7 @@ impl<'a> WeightLoader<'a> {
 
     /// The whole tensor, replicated on every rank.
     pub fn full(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
-        self.upload(self.source.read(name, shape, &Slice::Full)?)
+        self.upload(self.read(name, shape, &Slice::Full)?)
     }
 
     /// Column-parallel: this rank's rows of `[out, in]`.
@@ -275,44 +404,65 @@ impl<'a> WeightLoader<'a> {
         let cols = self
             .shard
             .even_range(&format!("the input features of {name}"), shape[1])?;
-        self.upload(self.source.read(name, &shape, &Slice::Cols(cols))?)
+        self.upload(self.read(name, &shape, &Slice::Cols(cols))?)
     }
 
     /// Packed column-parallel: `parts[i] = (name, out_features)`, all with `in_features`
-    /// columns; returns this rank's rows of every part, concatenated in order, assembled
-    /// in one buffer.
+    /// columns, each split evenly across ranks; returns this rank's rows of every part,
+    /// concatenated in order, assembled in one buffer.
     pub fn packed_column_shard(
         &self,
         parts: &[(&str, usize)],
         in_features: usize,
     ) -> Result<Tensor, ModelError> {
-        let Some(&(first, _)) = parts.first() else {
+        let parts = parts
+            .iter()
+            .map(|&(name, out_features)| {
+                Ok(PackedPart {
+                    name,
+                    out_features,
+                    rows: self
+                        .shard
+                        .even_range(&format!("the output features of {name}"), out_features)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        self.pack_rows(&parts, &[in_features])
+    }
+
+    /// The given rows of several tensors of shape `[part.out_features, ..inner]` (`inner`
+    /// is `[in_features]` for weights, empty for biases), concatenated along dim 0 in
+    /// order and assembled in one buffer: `[Σ rows, ..inner]`. The parts must share a dtype.
+    pub fn pack_rows(&self, parts: &[PackedPart], inner: &[usize]) -> Result<Tensor, ModelError> {
+        let Some(first) = parts.first() else {
             return Err(ModelError::Shard("no weights to pack".into()));
         };
-        let dtype = self.source.dtype(first)?;
-        let mut slices = Vec::with_capacity(parts.len());
-        let mut rows = 0;
-        for &(name, out) in parts {
-            let part_dtype = self.source.dtype(name)?;
+        let dtype = self.source.dtype(first.name)?;
+        for part in parts {
+            let part_dtype = self.source.dtype(part.name)?;
             if part_dtype != dtype {
                 return Err(ModelError::MixedDTypes {
-                    first: first.to_owned(),
+                    first: first.name.to_owned(),
                     first_dtype: dtype,
-                    second: name.to_owned(),
+                    second: part.name.to_owned(),
                     second_dtype: part_dtype,
                 });
             }
-            let range = self
-                .shard
-                .even_range(&format!("the output features of {name}"), out)?;
-            rows += range.len();
-            slices.push((name, [out, in_features], Slice::Rows(range)));
         }
-        let mut buffer = empty_storage(dtype, rows * in_features)?;
-        for (name, shape, slice) in &slices {
-            self.source.read_into(name, shape, slice, &mut buffer)?;
+        let rows: usize = parts.iter().map(|p| p.rows.len()).sum();
+        let row_len: usize = inner.iter().product();
+        let mut buffer = empty_storage(dtype, rows * row_len)?;
+        for part in parts {
+            let shape: Vec<usize> = [part.out_features].iter().chain(inner).copied().collect();
+            self.read_into(
+                part.name,
+                &shape,
+                &Slice::Rows(part.rows.clone()),
+                &mut buffer,
+            )?;
         }
-        self.upload(Tensor::from_cpu(buffer, &[rows, in_features])?)
+        let shape: Vec<usize> = [rows].iter().chain(inner).copied().collect();
+        self.upload(Tensor::from_cpu(buffer, &shape)?)
     }
 
     /// Row-parallel weights of the same shape stacked along a new first dim (the experts
@@ -341,8 +491,7 @@ impl<'a> WeightLoader<'a> {
                     second_dtype: part_dtype,
                 });
             }
-            self.source
-                .read_into(name, &shape, &Slice::Cols(cols.clone()), &mut buffer)?;
+            self.read_into(name, &shape, &Slice::Cols(cols.clone()), &mut buffer)?;
         }
         self.upload(Tensor::from_cpu(
             buffer,
@@ -361,8 +510,7 @@ impl<'a> WeightLoader<'a> {
         let per = self.shard.vocab_per_rank(vocab);
         let rows = self.shard.vocab_range(vocab);
         let mut buffer = empty_storage(self.source.dtype(name)?, per * hidden)?;
-        self.source
-            .read_into(name, &[vocab, hidden], &Slice::Rows(rows), &mut buffer)?;
+        self.read_into(name, &[vocab, hidden], &Slice::Rows(rows), &mut buffer)?;
         match &mut buffer {
             CpuStorage::F32(v) => v.resize(per * hidden, 0.0),
             CpuStorage::BF16(v) => v.resize(per * hidden, half::bf16::ZERO),
@@ -376,7 +524,34 @@ impl<'a> WeightLoader<'a> {
         let rows = self
             .shard
             .even_range(&format!("the output features of {name}"), shape[0])?;
-        self.source.read(name, &shape, &Slice::Rows(rows))
+        self.read(name, &shape, &Slice::Rows(rows))
+    }
+
+    /// [`WeightSource::read`], recording `name` as used.
+    fn read(&self, name: &str, shape: &[usize], slice: &Slice) -> Result<Tensor, ModelError> {
+        self.mark_used(name);
+        self.source.read(name, shape, slice)
+    }
+
+    /// [`WeightSource::read_into`], recording `name` as used.
+    fn read_into(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        out: &mut CpuStorage,
+    ) -> Result<(), ModelError> {
+        self.mark_used(name);
+        self.source.read_into(name, shape, slice, out)
+    }
+
+    fn mark_used(&self, name: &str) {
+        // Poisoned only if a thread panicked while inserting a name: the set is still a
+        // set of names read, which is all strict loading needs.
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        if !used.contains(name) {
+            used.insert(name.to_owned());
+        }
     }
 
     fn upload(&self, host: Tensor) -> Result<Tensor, ModelError> {
@@ -387,3 +562,7 @@ impl<'a> WeightLoader<'a> {
 #[cfg(test)]
 #[path = "loader_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "strict_loading_tests.rs"]
+mod strict_loading_tests;

@@ -140,7 +140,8 @@ fn qkv_packing_puts_each_ranks_q_then_k_then_v() {
     }
     // The same layer through QkvParallelLinear has the same weight.
     let qkv =
-        crate::layers::QkvParallelLinear::load(&loader(&src, 1, 2), "a", hidden, 4, 2, hd).unwrap();
+        crate::layers::QkvParallelLinear::load(&loader(&src, 1, 2), "a", hidden, 4, 2, hd, false)
+            .unwrap();
     let direct = loader(&src, 1, 2)
         .packed_column_shard(&parts, hidden)
         .unwrap();
@@ -456,7 +457,8 @@ fn tp_config(q_heads: usize, kv_heads: usize, intermediate: usize) -> ModelConfi
 #[test]
 fn tensor_parallel_size_must_divide_heads_and_lists_working_sizes() {
     let config = tp_config(32, 8, 256);
-    for ok in [1, 2, 4, 8] {
+    // 16 and 32 replicate each of the 8 KV heads on 2 and 4 ranks.
+    for ok in [1, 2, 4, 8, 16, 32] {
         check_tensor_parallel_size(&config, ok).unwrap();
     }
     let msg = check_tensor_parallel_size(&config, 3)
@@ -464,17 +466,25 @@ fn tensor_parallel_size_must_divide_heads_and_lists_working_sizes() {
         .to_string();
     assert!(
         msg.contains("tensor_parallel_size = 3 does not divide num_attention_heads = 32")
-            && msg.contains("use 1, 2, 4 or 8"),
+            && msg.contains("use 1, 2, 4, 8, 16 or 32"),
         "{msg}"
     );
-    // The KV heads are the limit: 16 q heads, 4 kv heads, tp 8.
-    let msg = check_tensor_parallel_size(&tp_config(16, 4, 256), 8)
+    // The KV heads are the limit: 24 q heads, 4 kv heads; 6 neither divides 4 nor is a
+    // multiple of it, while 8 and 12 replicate each KV head.
+    let msg = check_tensor_parallel_size(&tp_config(24, 4, 240), 6)
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("does not divide num_key_value_heads = 4") && msg.contains("use 1, 2 or 4"),
+        msg.contains(
+            "tensor_parallel_size = 6 neither divides nor is a multiple of \
+             num_key_value_heads = 4"
+        ) && msg.contains("use 1, 2, 4, 8, 12 or 24"),
         "{msg}"
     );
+    // MQA: one KV head replicated on every rank.
+    for ok in [1, 2, 4, 8] {
+        check_tensor_parallel_size(&tp_config(8, 1, 64), ok).unwrap();
+    }
     // The MLP too: 8 / 8 heads but intermediate 36 → only 1, 2 or 4.
     let msg = check_tensor_parallel_size(&tp_config(8, 8, 36), 8)
         .unwrap_err()
@@ -484,4 +494,97 @@ fn tensor_parallel_size_must_divide_heads_and_lists_working_sizes() {
         "{msg}"
     );
     assert!(check_tensor_parallel_size(&config, 0).is_err());
+}
+
+/// Rank r of W holds its even share of the KV heads when W divides them, else the head
+/// `r / (W / K)`; `kv_heads_per_rank` agrees, and every head is held by some rank.
+#[test]
+fn kv_head_ranges_split_or_replicate() {
+    let range = |kv, rank, world_size| ShardSpec { rank, world_size }.kv_head_range(kv);
+    for (kv, world, expected) in [
+        (4, 2, vec![0..2, 2..4]),
+        (2, 2, vec![0..1, 1..2]),
+        (2, 4, vec![0..1, 0..1, 1..2, 1..2]),
+        (1, 2, vec![0..1, 0..1]),
+        (1, 4, vec![0..1; 4]),
+        (8, 16, (0..16).map(|r| r / 2..r / 2 + 1).collect()),
+    ] {
+        let got: Vec<_> = (0..world).map(|r| range(kv, r, world).unwrap()).collect();
+        assert_eq!(got, expected, "{kv} kv heads on {world} ranks");
+        let spec = ShardSpec {
+            rank: 0,
+            world_size: world,
+        };
+        assert_eq!(spec.kv_heads_per_rank(kv), expected[0].len());
+    }
+    match range(4, 0, 6) {
+        Err(ModelError::Shard(msg)) => assert!(msg.contains("num_key_value_heads (4)"), "{msg}"),
+        other => panic!("expected a Shard error, got {other:?}"),
+    }
+}
+
+/// q/k/v weights and biases of 4 q heads and 2 kv heads (head_dim 2, hidden 3), packed by
+/// `QkvParallelLinear` at world sizes 1, 2 and 4 (4: each KV head on two ranks).
+#[test]
+fn qkv_weights_and_biases_pack_split_or_replicated_kv_heads() {
+    let (hd, hidden, heads, kv_heads) = (2, 3, 4, 2);
+    let q: Vec<f32> = (0..24).map(|i| 100.0 + i as f32).collect();
+    let k: Vec<f32> = (0..12).map(|i| 200.0 + i as f32).collect();
+    let v: Vec<f32> = (0..12).map(|i| 300.0 + i as f32).collect();
+    let qb: Vec<f32> = (0..8).map(|i| 400.0 + i as f32).collect();
+    let kb: Vec<f32> = (0..4).map(|i| 500.0 + i as f32).collect();
+    let vb: Vec<f32> = (0..4).map(|i| 600.0 + i as f32).collect();
+    let dir = TempDir::new("qkv-bias");
+    write_safetensors(
+        &dir.path().join("model.safetensors"),
+        &[
+            RawTensor::f32("a.q_proj.weight", &[8, 3], &q),
+            RawTensor::f32("a.k_proj.weight", &[4, 3], &k),
+            RawTensor::f32("a.v_proj.weight", &[4, 3], &v),
+            RawTensor::f32("a.q_proj.bias", &[8], &qb),
+            RawTensor::f32("a.k_proj.bias", &[4], &kb),
+            RawTensor::f32("a.v_proj.bias", &[4], &vb),
+        ],
+    );
+    let src = SafetensorsSource::open(dir.path()).unwrap();
+    for world in [1, 2, 4] {
+        for rank in 0..world {
+            let l = loader(&src, rank, world);
+            let qkv =
+                crate::layers::QkvParallelLinear::load(&l, "a", hidden, heads, kv_heads, hd, true)
+                    .unwrap();
+            // This rank's q heads, and its KV heads: even split, or head rank / (world / 2).
+            let q_heads = rank * heads / world..(rank + 1) * heads / world;
+            let kv = if world > kv_heads {
+                let head = rank / (world / kv_heads);
+                head..head + 1
+            } else {
+                rank * kv_heads / world..(rank + 1) * kv_heads / world
+            };
+            let feats = |h: &Range<usize>| h.start * hd..h.end * hd;
+            let mut weight = rows_of(&q, hidden, feats(&q_heads));
+            weight.extend(rows_of(&k, hidden, feats(&kv)));
+            weight.extend(rows_of(&v, hidden, feats(&kv)));
+            let rows = (q_heads.len() + 2 * kv.len()) * hd;
+            assert_eq!(qkv.weight().shape(), &[rows, hidden]);
+            assert_eq!(
+                values(qkv.weight()),
+                weight,
+                "weight, rank {rank} of {world}"
+            );
+            let mut bias = rows_of(&qb, 1, feats(&q_heads));
+            bias.extend(rows_of(&kb, 1, feats(&kv)));
+            bias.extend(rows_of(&vb, 1, feats(&kv)));
+            let loaded = qkv.bias().unwrap();
+            assert_eq!(loaded.shape(), &[rows]);
+            assert_eq!(values(loaded), bias, "bias, rank {rank} of {world}");
+            // Without biases none are read or held.
+            let l = loader(&src, rank, world);
+            let no_bias =
+                crate::layers::QkvParallelLinear::load(&l, "a", hidden, heads, kv_heads, hd, false)
+                    .unwrap();
+            assert!(no_bias.bias().is_none());
+            assert_eq!(values(no_bias.weight()), weight);
+        }
+    }
 }

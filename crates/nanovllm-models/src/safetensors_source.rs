@@ -124,13 +124,6 @@ impl SafetensorsSource {
             tensors,
         })
     }
-
-    /// Names of all tensors, sorted.
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
-    }
 }
 
 impl SafetensorsSource {
@@ -147,6 +140,12 @@ impl SafetensorsSource {
 impl WeightSource for SafetensorsSource {
     fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     fn dtype(&self, name: &str) -> Result<DType, ModelError> {

@@ -11,10 +11,10 @@ use tp::check_ranks_match_reference;
 
 #[test]
 fn sharded_ranks_match_the_reference_on_fixtures() {
-    // mixtral-tiny: 4 q / 2 kv heads, intermediate 96 → 2 ranks;
-    // mixtral-tiny-bf16: 4 / 4 heads, intermediate 64 → 2 and 4 ranks.
+    // mixtral-tiny: 4 q / 2 kv heads, intermediate 96 → 2 ranks, and 4 with each KV head
+    // on two ranks; mixtral-tiny-bf16: 4 / 4 heads, intermediate 64 → 2 and 4 ranks.
     for (fixture, worlds) in [
-        ("mixtral-tiny", &[2][..]),
+        ("mixtral-tiny", &[2, 4][..]),
         ("mixtral-tiny-bf16", &[2, 4][..]),
     ] {
         for &world_size in worlds {

@@ -8,7 +8,9 @@
 //! o_proj(o)                                             row-parallel, all-reduced
 //! ```
 //! No biases. GQA: `num_key_value_heads` divides `num_attention_heads`; under tensor
-//! parallelism each rank holds `heads / W` q heads and `kv_heads / W` kv heads.
+//! parallelism each rank holds `heads / W` q heads and `kv_heads / W` kv heads, or one kv
+//! head replicated on `W / kv_heads` ranks when `W` exceeds `kv_heads` (see
+//! [`crate::loader`]), so a rank's q heads always share its kv heads' groups.
 
 use std::sync::Arc;
 
@@ -37,8 +39,8 @@ pub struct Attention {
 
 impl Attention {
     /// Loads `{prefix}.{q,k,v,o}_proj.weight` (and `{prefix}.{q,k}_norm.weight` when
-    /// `qk_norm`) for this rank. The caller has checked that the world size divides both
-    /// head counts.
+    /// `qk_norm`) for this rank. The caller has checked the world size
+    /// ([`crate::check_tensor_parallel_size`]).
     pub fn load(
         loader: &WeightLoader,
         prefix: &str,
@@ -64,6 +66,7 @@ impl Attention {
                 c.num_attention_heads,
                 c.num_key_value_heads,
                 hd,
+                false,
             )?,
             qk_norm,
             o_proj: RowParallelLinear::load(

@@ -2,16 +2,19 @@
 //!
 //! - [`Linear`]: one weight as given (replicated, or a column shard).
 //! - [`QkvParallelLinear`]: `q/k/v_proj` packed into one column-parallel
-//!   weight; this rank's rows are its q heads, then its k heads, then its v heads.
+//!   weight; this rank's rows are its q heads, then its k heads, then its v heads
+//!   (KV heads replicated across ranks when there are fewer than ranks). Optional
+//!   q/k/v biases are loaded packed the same way; `forward` does not add them yet.
 //! - [`MergedColumnParallelLinear`]: `gate_proj/up_proj` packed the same way.
 //! - [`RowParallelLinear`]: input features sharded; partial sums are all-reduced.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use nanovllm_kernels::{Backend, Communicator, Tensor};
 
 use crate::error::ModelError;
-use crate::loader::WeightLoader;
+use crate::loader::{PackedPart, WeightLoader};
 
 /// A plain linear layer over one weight tensor.
 #[derive(Debug)]
@@ -33,10 +36,12 @@ impl Linear {
     }
 }
 
-/// Fused q/k/v projection for (grouped-query) attention.
+/// Fused q/k/v projection for (grouped-query) attention, with optional q/k/v biases.
 #[derive(Debug)]
 pub struct QkvParallelLinear {
     linear: Linear,
+    /// `[q_size + 2 * kv_size]`, packed like the weight's rows (Qwen2's q/k/v biases).
+    bias: Option<Tensor>,
     /// This rank's q features: `local q heads * head_dim`.
     q_size: usize,
     /// This rank's k (= v) features: `local kv heads * head_dim`.
@@ -44,8 +49,11 @@ pub struct QkvParallelLinear {
 }
 
 impl QkvParallelLinear {
-    /// Loads `{prefix}.q_proj/k_proj/v_proj.weight` and packs this rank's heads.
-    /// The caller has checked that the world size divides both head counts.
+    /// Loads `{prefix}.q_proj/k_proj/v_proj.weight` (and `.bias` when `bias`) and packs
+    /// this rank's heads: its q heads, split evenly, then its KV heads' k rows and v rows
+    /// ([`crate::ShardSpec::kv_head_range`]: split evenly, or one head replicated on
+    /// several ranks). The biases are packed the same way. The caller has checked the
+    /// world size ([`crate::check_tensor_parallel_size`]).
     pub fn load(
         loader: &WeightLoader,
         prefix: &str,
@@ -53,25 +61,45 @@ impl QkvParallelLinear {
         num_heads: usize,
         num_kv_heads: usize,
         head_dim: usize,
+        bias: bool,
     ) -> Result<Self, ModelError> {
-        let world = loader.shard().world_size;
-        let (q, k, v) = (
-            format!("{prefix}.q_proj.weight"),
-            format!("{prefix}.k_proj.weight"),
-            format!("{prefix}.v_proj.weight"),
-        );
-        let weight = loader.packed_column_shard(
-            &[
-                (&q, num_heads * head_dim),
-                (&k, num_kv_heads * head_dim),
-                (&v, num_kv_heads * head_dim),
-            ],
-            hidden_size,
-        )?;
+        let shard = loader.shard();
+        let q_heads = shard.even_range("num_attention_heads", num_heads)?;
+        let kv_heads = shard.kv_head_range(num_kv_heads)?;
+        let features = |heads: &Range<usize>| heads.start * head_dim..heads.end * head_dim;
+        let names = |kind: &str| {
+            ["q_proj", "k_proj", "v_proj"].map(|proj| format!("{prefix}.{proj}.{kind}"))
+        };
+        let pack = |kind: &str, inner: &[usize]| {
+            let [q, k, v] = names(kind);
+            loader.pack_rows(
+                &[
+                    PackedPart {
+                        name: &q,
+                        out_features: num_heads * head_dim,
+                        rows: features(&q_heads),
+                    },
+                    PackedPart {
+                        name: &k,
+                        out_features: num_kv_heads * head_dim,
+                        rows: features(&kv_heads),
+                    },
+                    PackedPart {
+                        name: &v,
+                        out_features: num_kv_heads * head_dim,
+                        rows: features(&kv_heads),
+                    },
+                ],
+                inner,
+            )
+        };
+        let weight = pack("weight", &[hidden_size])?;
+        let bias = if bias { Some(pack("bias", &[])?) } else { None };
         Ok(Self {
             linear: Linear::new(weight),
-            q_size: num_heads / world * head_dim,
-            kv_size: num_kv_heads / world * head_dim,
+            bias,
+            q_size: q_heads.len() * head_dim,
+            kv_size: kv_heads.len() * head_dim,
         })
     }
     /// `x: [T, hidden]` → `(q [T, q_size], k [T, kv_size], v [T, kv_size])`.
@@ -93,6 +121,11 @@ impl QkvParallelLinear {
     }
     pub fn weight(&self) -> &Tensor {
         self.linear.weight()
+    }
+    /// This rank's packed q/k/v biases, `[q_size + 2 * kv_size]`, when loaded with them.
+    /// `forward` does not add them.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 }
 

@@ -14,7 +14,8 @@ use crate::common::golden::{floats, ids};
 use crate::common::*;
 
 /// Loads the model on `world_size` threads and prefills `prompts` (packed) on each;
-/// returns each rank's logits rows. Each rank must hold `1 / world_size` of the KV heads.
+/// returns each rank's logits rows. Each rank must hold `1 / world_size` of the KV heads, or
+/// one when they are replicated.
 pub fn run_tp(
     config: &ModelConfig,
     dir: &Path,
@@ -38,7 +39,14 @@ pub fn run_tp(
                     };
                     let model = load_model(config, dir, format, &ctx).unwrap();
                     let spec = model.kv_cache_spec();
-                    assert_eq!(spec.num_kv_heads, config.num_key_value_heads / world_size);
+                    // Split evenly, or one KV head replicated on world / kv_heads ranks.
+                    let kv_heads = config.num_key_value_heads;
+                    let expected = if world_size > kv_heads {
+                        1
+                    } else {
+                        kv_heads / world_size
+                    };
+                    assert_eq!(spec.num_kv_heads, expected);
                     let blocks: Vec<usize> = prompts
                         .iter()
                         .map(|p| p.len().div_ceil(block_size))
