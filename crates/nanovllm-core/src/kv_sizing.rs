@@ -130,7 +130,7 @@ pub fn cpu_num_kvcache_blocks(kv_cache_memory_gib: f64, bytes_per_block: usize) 
 /// (bf16 activations, f32 logits), for when the warm-up cannot run (tensor parallelism,
 /// where rank 0 alone would block in a collective). Per token of the largest step it
 /// counts the hidden state, residual, normed input and layer output (4·H), q/k/v and the
-/// attention output of this rank's heads, and the feed-forward's gate‖up plus activation
+/// attention output of this rank's heads (one KV head when they are replicated), and the feed-forward's gate‖up plus activation
 /// (3·I per routed expert), then doubles everything for temporaries that overlap; plus
 /// twice the logits of `max_num_seqs` rows.
 pub fn estimate_peak_activation_bytes(
@@ -141,13 +141,17 @@ pub fn estimate_peak_activation_bytes(
     let tp = world_size.max(1) as u64;
     let tokens = config.max_num_batched_tokens as u64;
     let (h, hd) = (model.hidden_size as u64, model.head_dim as u64);
-    let (nq, nkv) = (
-        model.num_attention_heads as u64,
-        model.num_key_value_heads as u64,
-    );
+    // This rank's heads: q split evenly, KV split evenly or one replicated head.
+    let local_q = model.num_attention_heads as u64 / tp;
+    let local_kv = nanovllm_models::ShardSpec {
+        rank: 0,
+        world_size: world_size.max(1),
+    }
+    .kv_heads_per_rank(model.num_key_value_heads) as u64;
     let routed = model.num_experts_per_tok.max(1) as u64;
-    let per_token =
-        4 * h + (2 * nq + 2 * nkv) * hd / tp + 3 * model.intermediate_size as u64 * routed / tp;
+    let per_token = 4 * h
+        + (2 * local_q + 2 * local_kv) * hd
+        + 3 * model.intermediate_size as u64 * routed / tp;
     let logits =
         config.max_num_seqs.min(config.max_num_batched_tokens) as u64 * model.vocab_size as u64 * 4;
     2 * (tokens * per_token * 2 + logits)
@@ -428,6 +432,16 @@ mod tests {
             ..config
         };
         assert!(estimate_peak_activation_bytes(&model, 1, &half) < one);
+        // Fewer KV heads than ranks: each rank holds one replicated KV head, so at 4 ranks
+        // with 2 KV heads: 4·1024 + (2·16/4 + 2·1)·128 + 3·3072/4 = 7680 elements a token.
+        let mqa = nanovllm_models::ModelConfig {
+            num_key_value_heads: 2,
+            ..model
+        };
+        assert_eq!(
+            estimate_peak_activation_bytes(&mqa, 4, &half),
+            2 * (8192 * 7680 * 2 + 512 * 151936 * 4)
+        );
     }
 
     #[test]

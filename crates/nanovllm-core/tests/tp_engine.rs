@@ -105,10 +105,12 @@ fn assert_same_up_to_near_ties(label: &str, a: &Run, b: &Run, tol: f32) -> usize
 
 #[test]
 fn tp_matches_tp1_and_the_reference_on_fixtures() {
+    // qwen3-tiny and mixtral-tiny have 4 q / 2 kv heads: at TP 4 each KV head is on two
+    // ranks.
     for (fixture, worlds) in [
-        ("qwen3-tiny", &[2][..]),
+        ("qwen3-tiny", &[2, 4][..]),
         ("qwen3-tiny-bf16", &[2][..]),
-        ("mixtral-tiny", &[2][..]),
+        ("mixtral-tiny", &[2, 4][..]),
         ("mixtral-tiny-bf16", &[2, 4][..]),
     ] {
         let dir = fixture_dir(fixture);
@@ -142,27 +144,54 @@ fn tp_matches_tp1_and_the_reference_on_fixtures() {
     }
 }
 
-/// No Qwen3 fixture has 4 KV heads, so TP = 4 runs a dummy-weight Qwen3 (weights are a pure
-/// function of name and element, hence the same model at every world size) with 8 q / 4 kv
-/// heads and an odd vocabulary (the last rank's embedding and LM-head rows are padding).
+/// A temporary directory holding a dummy-weight Qwen3's config.json, removed on drop.
+struct DummyModel(std::path::PathBuf);
+
+impl DummyModel {
+    /// `q_heads` / `kv_heads` heads of 16, hidden 64, an odd vocabulary of 1001 (the last
+    /// rank's embedding and LM-head rows are padding).
+    fn qwen3(q_heads: usize, kv_heads: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "nanovllm-tp-{q_heads}q{kv_heads}kv-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            format!(
+                r#"{{"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64,
+                "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": {q_heads}, "num_key_value_heads": {kv_heads},
+                "head_dim": 16, "vocab_size": 1001, "max_position_embeddings": 256,
+                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true,
+                "torch_dtype": "float32"}}"#
+            ),
+        )
+        .unwrap();
+        Self(dir)
+    }
+
+    fn config(&self, tp: usize) -> EngineConfig {
+        EngineConfig {
+            load_format: LoadFormat::Dummy,
+            ..config(&self.0.join("config.json"), tp)
+        }
+    }
+}
+
+impl Drop for DummyModel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// No Qwen3 fixture has 4 KV heads, so TP = 4 with split KV heads runs a dummy-weight Qwen3
+/// (weights are a pure function of name and element, hence the same model at every world
+/// size) with 8 q / 4 kv heads and an odd vocabulary.
 #[test]
 fn qwen3_tp4_matches_tp1_with_an_uneven_vocab() {
-    let dir = std::env::temp_dir().join(format!("nanovllm-tp4-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("config.json");
-    std::fs::write(
-        &config_path,
-        r#"{"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
-        "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4,
-        "head_dim": 16, "vocab_size": 1001, "max_position_embeddings": 256,
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": true,
-        "torch_dtype": "float32"}"#,
-    )
-    .unwrap();
-    let cfg = |tp| EngineConfig {
-        load_format: LoadFormat::Dummy,
-        ..config(&config_path, tp)
-    };
+    let model = DummyModel::qwen3(8, 4);
+    let cfg = |tp| model.config(tp);
     let prompts = vec![vec![1, 17, 999, 1000, 3, 512], vec![7; 40], vec![42]];
     let single = run(cfg(1), &prompts, 12);
     for tp in [2, 4] {
@@ -188,24 +217,44 @@ fn qwen3_tp4_matches_tp1_with_an_uneven_vocab() {
         &run(long_cfg(2), &long_prompts, 240),
         1e-4,
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fewer KV heads than ranks: each KV head replicated on `tp / kv_heads` ranks (MQA at TP 2
+/// and 4; 2 KV heads at TP 4), through the engine's KV-cache sizing, prefill and decode.
+#[test]
+fn replicated_kv_heads_match_tp1() {
+    let prompts = vec![vec![1, 17, 999, 1000, 3, 512], vec![7; 40], vec![42]];
+    for (q_heads, kv_heads, worlds) in [(8, 1, &[2, 4][..]), (8, 2, &[4][..])] {
+        let model = DummyModel::qwen3(q_heads, kv_heads);
+        let single = run(model.config(1), &prompts, 12);
+        for &tp in worlds {
+            assert_same_up_to_near_ties(
+                &format!("dummy qwen3 {q_heads} q / {kv_heads} kv heads, tp {tp}"),
+                &single,
+                &run(model.config(tp), &prompts, 12),
+                1e-4,
+            );
+        }
+    }
 }
 
 #[test]
-fn an_indivisible_tp_size_names_the_count_and_the_sizes_that_work() {
+fn an_unsplittable_tp_size_names_the_count_and_the_sizes_that_work() {
     let err = LLMEngine::new(config(&fixture_dir("qwen3-tiny"), 3))
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("tensor_parallel_size = 3 does not divide num_attention_heads = 4")
-            && err.contains("use 1 or 2"),
+            && err.contains("use 1, 2 or 4"),
         "{err}"
     );
-    let err = LLMEngine::new(config(&fixture_dir("qwen3-tiny"), 4))
+    // 6 q / 2 kv heads: 3 ranks would split the q heads but not the KV heads.
+    let err = LLMEngine::new(config(&fixture_dir("qwen3-tiny-bf16"), 3))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("does not divide num_key_value_heads = 2") && err.contains("use 1 or 2"),
+        err.contains("neither divides nor is a multiple of num_key_value_heads = 2")
+            && err.contains("use 1, 2 or 6"),
         "{err}"
     );
 }
@@ -229,10 +278,13 @@ fn tp_survives_preemption_and_prefix_caching() {
         ..config(&dir, tp)
     };
     let single = run(small(1), &prompts, 30);
-    assert_same_up_to_near_ties(
-        "qwen3-tiny small cache tp 2",
-        &single,
-        &run(small(2), &prompts, 30),
-        1e-4,
-    );
+    // TP 4 replicates each of the 2 KV heads on two ranks.
+    for tp in [2, 4] {
+        assert_same_up_to_near_ties(
+            &format!("qwen3-tiny small cache tp {tp}"),
+            &single,
+            &run(small(tp), &prompts, 30),
+            1e-4,
+        );
+    }
 }
