@@ -24,7 +24,7 @@ mod safetensors_source;
 #[cfg(test)]
 mod test_util;
 
-pub use config::{GenerationConfig, ModelConfig};
+pub use config::{GenerationConfig, ModelConfig, RopeScaling};
 pub use dummy::DummySource;
 pub use error::ModelError;
 pub use loader::{
