@@ -148,8 +148,13 @@ impl<F: FeedForward> DecoderLm<F> {
                 ctx.comm.clone(),
             )?
         };
-        let rotary =
-            RotaryEmbedding::new(backend, c.head_dim, c.max_position_embeddings, c.rope_theta)?;
+        let rotary = RotaryEmbedding::new(
+            backend,
+            c.head_dim,
+            c.max_position_embeddings,
+            c.rope_theta,
+            &c.rope_scaling,
+        )?;
         Ok(Self {
             config: config.clone(),
             ctx: ctx.clone(),
