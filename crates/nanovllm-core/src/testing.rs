@@ -77,8 +77,14 @@ pub fn toy_model_config(max_position_embeddings: usize) -> ModelConfig {
 
 impl ToyModel {
     pub fn new(max_position_embeddings: usize) -> Self {
+        Self::with_config(toy_model_config(max_position_embeddings))
+    }
+
+    /// The toy model reporting `config` (its vocab must stay [`TOY_VOCAB`]): e.g. another
+    /// architecture's name or a sliding window, for what the engine reads from the config.
+    pub fn with_config(config: ModelConfig) -> Self {
         Self {
-            config: toy_model_config(max_position_embeddings),
+            config,
             logit_rows: AtomicUsize::new(0),
             poison: None,
         }

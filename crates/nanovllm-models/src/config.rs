@@ -26,6 +26,7 @@ use nanovllm_kernels::DType;
 use serde_json::{Map, Value};
 
 use crate::error::ModelError;
+use crate::features::SlidingWindow;
 
 mod rope;
 
@@ -90,8 +91,8 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Parses `config.json` text without the interim feature refusal.
-    fn parse_json(json: &str, file: &Path) -> Result<Self, ModelError> {
+    /// Parses `config.json` text; `file` only names the file in errors.
+    pub fn from_json_str(json: &str, file: &Path) -> Result<Self, ModelError> {
         let value: Value = serde_json::from_str(json).map_err(|e| invalid(file, e.to_string()))?;
         let obj = value
             .as_object()
@@ -151,13 +152,6 @@ impl ModelConfig {
         Ok(config)
     }
 
-    /// Parses and validates `config.json` text; `file` only names the file in errors.
-    pub fn from_json_str(json: &str, file: &Path) -> Result<Self, ModelError> {
-        let config = Self::parse_json(json, file)?;
-        config.reject_not_yet_implemented(file)?;
-        Ok(config)
-    }
-
     /// Reads `dir/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
         let file = dir.join("config.json");
@@ -166,6 +160,18 @@ impl ModelConfig {
             error,
         })?;
         Self::from_json_str(&json, &file)
+    }
+
+    /// The longest sequence the engine may serve: `max_position_embeddings`, and for an
+    /// architecture that declares [`SlidingWindow::ClampMaxModelLen`] (Mistral) at most the
+    /// window, so that windowed and full attention never differ.
+    pub fn max_model_len_limit(&self) -> usize {
+        let clamps = crate::registry::features_of(&self.architecture)
+            .is_some_and(|f| f.sliding_window == SlidingWindow::ClampMaxModelLen);
+        match self.sliding_window {
+            Some(window) if clamps => self.max_position_embeddings.min(window),
+            _ => self.max_position_embeddings,
+        }
     }
 
     /// Whether layer `i` holds a sparse MoE block rather than the dense MLP, by transformers'
@@ -190,9 +196,9 @@ impl ModelConfig {
 
     /// Elements the model holds once loaded, unsharded: every weight and bias, plus the
     /// rotary cos/sin table (`max_position_embeddings × head_dim`, f32) the model builds at
-    /// load. Dense and sparse layers are counted apart ([`ModelConfig::is_sparse_layer`]),
-    /// biases as the config says, q/k norms always (2·head_dim per layer, at most an
-    /// overestimate).
+    /// load. Dense and sparse layers are counted apart ([`ModelConfig::is_sparse_layer`]);
+    /// q/k norms and fixed q/k/v biases as the architecture declares them
+    /// ([`crate::registry::features_of`]), the other biases as the config says.
     /// `None` when the count overflows `u64`. An engine compares it with the memory it has
     /// before allocating anything, so a config with absurd sizes is an error, not an abort.
     pub fn num_elements(&self) -> Option<u64> {
@@ -207,10 +213,19 @@ impl ModelConfig {
         let qkv_out = q.checked_add(kv.checked_mul(2)?)?;
         // q, k, v and o projections.
         let mut attention = h.checked_mul(qkv_out.checked_add(q)?)?;
+        let features = crate::registry::features_of(&self.architecture);
         if self.attention_bias {
             attention = attention.checked_add(qkv_out)?.checked_add(h)?;
+        } else if features.is_some_and(|f| f.qkv_bias) {
+            attention = attention.checked_add(qkv_out)?;
         }
-        let qk_norm = hd.checked_mul(2)?;
+        // An architecture this build does not know (a custom model) is counted with q/k
+        // norms: at most 2·head_dim elements per layer too many.
+        let qk_norm = if features.is_none_or(|f| f.qk_norm) {
+            hd.checked_mul(2)?
+        } else {
+            0
+        };
         // SwiGLU: gate, up [I, H] and down [H, I], plus biases [I], [I], [H] when mlp_bias.
         let swiglu = |inter: usize| -> Option<u64> {
             let i = n(inter)?;
@@ -344,33 +359,6 @@ impl ModelConfig {
                     "num_experts_per_tok {} exceeds num_local_experts {}",
                     self.num_experts_per_tok, self.num_local_experts
                 ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Interim: until the architectures declare their features, nothing but default rope,
-    /// full attention and unbiased projections runs.
-    fn reject_not_yet_implemented(&self, file: &Path) -> Result<(), ModelError> {
-        if self.rope_scaling != RopeScaling::Default {
-            return Err(invalid(
-                file,
-                format!(
-                    "rope type {:?} is not implemented yet",
-                    self.rope_scaling.name()
-                ),
-            ));
-        }
-        if let Some(window) = self.sliding_window {
-            return Err(invalid(
-                file,
-                format!("sliding_window is {window}: sliding-window attention is not supported"),
-            ));
-        }
-        if self.attention_bias || self.mlp_bias {
-            return Err(invalid(
-                file,
-                "attention_bias / mlp_bias is true: biased projections are not implemented".into(),
             ));
         }
         Ok(())
@@ -883,21 +871,24 @@ mod tests {
         expect_invalid("[1, 2]", "object");
     }
 
-    /// Until the architectures declare what they support, scaled rope, windows and biases
-    /// parse but are refused.
+    /// Scaled rope, windows and biases parse; the architecture decides about them
+    /// (`features.rs`).
     #[test]
-    fn scaled_rope_windows_and_biases_are_refused_for_now() {
+    fn scaled_rope_windows_and_biases_parse() {
         let yarn = json!({"rope_type": "yarn", "factor": 4.0});
-        expect_invalid(
-            &v5_with("rope_scaling", Some(yarn)),
-            "\"yarn\" is not implemented yet",
-        );
+        let c = parse(&v5_with("rope_scaling", Some(yarn))).unwrap();
+        assert_eq!(c.rope_scaling.name(), "yarn");
         let window = v5_with_all(&[
             ("use_sliding_window", json!(true)),
             ("sliding_window", json!(4096)),
+            ("attention_bias", json!(true)),
+            ("mlp_bias", json!(true)),
         ]);
-        expect_invalid(&window.to_string(), "sliding_window is 4096");
-        expect_invalid(&v5_with("mlp_bias", Some(Value::Bool(true))), "mlp_bias");
+        let c = parse(&window.to_string()).unwrap();
+        assert_eq!(
+            (c.sliding_window, c.attention_bias, c.mlp_bias),
+            (Some(4096), true, true)
+        );
     }
 
     /// `QWEN3_TINY_V5` with every `(field, value)` set at the top level (`null` removes).
@@ -974,20 +965,6 @@ mod tests {
         )];
         let err = window(&chunked).unwrap_err().to_string();
         assert!(err.contains("layer_types[1]"), "{err}");
-    }
-
-    /// transformers 4 and 5 forms name the same biases and windows alike.
-    #[test]
-    fn bias_flags_parse() {
-        let v = v5_with_all(&[("attention_bias", json!(true)), ("mlp_bias", json!(true))]);
-        let f = Fields {
-            obj: v.as_object().unwrap(),
-            file: &file(),
-        };
-        assert_eq!(f.optional_bool("attention_bias").unwrap(), Some(true));
-        let c = parse(QWEN3_TINY_V5).unwrap();
-        assert!(!c.attention_bias && !c.mlp_bias);
-        assert_eq!(c.sliding_window, None);
     }
 
     /// Qwen3-30B-A3B's config.json (transformers 4 form, as published).
@@ -1095,9 +1072,9 @@ mod tests {
         let json = std::fs::read_to_string(&path).unwrap();
         let c = ModelConfig::from_json_str(&json, &path).unwrap();
         assert_eq!(c.num_sparse_layers(), 32);
-        // Mixtral 8x7B: 46.70 B parameters (no q/k norms in the checkpoint; counted here at
-        // 2·128 per layer) plus the rope table.
-        let n = c.num_elements().unwrap() - 32 * 256 - 32768 * 128;
+        // Mixtral 8x7B: 46.70 B parameters (no q/k norms: the architecture declares none)
+        // plus the rope table.
+        let n = c.num_elements().unwrap() - 32768 * 128;
         assert_eq!(n, 46_702_792_704);
     }
 

@@ -313,16 +313,8 @@ fn check_rope_values(
 mod tests {
     use serde_json::json;
 
-    use std::path::Path;
-
-    use super::super::tests::{expect_invalid, v5_with};
-    use super::super::ModelConfig;
+    use super::super::tests::{expect_invalid, parse, v5_with};
     use super::*;
-
-    /// Parsed without the interim refusal of scaled rope.
-    fn parse(json: &str) -> Result<ModelConfig, ModelError> {
-        ModelConfig::parse_json(json, Path::new("config.json"))
-    }
 
     /// `QWEN3_TINY_V5` (max_position_embeddings 512) with `fields` set at the top level.
     fn with(fields: Value) -> String {

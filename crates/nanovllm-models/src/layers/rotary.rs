@@ -98,7 +98,9 @@ pub fn inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> 
                     } else {
                         inv
                     };
-                    let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    // transformers: `~(wavelen < high) * ~(wavelen > low)`; the same for
+                    // non-NaN wavelengths (theta > 0 makes every one a number or +inf).
+                    let is_medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     if is_medium {
                         let smooth = ((1.0 / wavelen) * old_context_len as f32 - low) / span;
                         (1.0 - smooth) * scaled / factor + smooth * scaled
@@ -478,7 +480,7 @@ mod tests {
     /// implementations may differ by an ulp of the result, so 2e-7 of the attention factor.
     #[test]
     fn table_entries_equal_transformers() {
-        let cases: [(f64, RopeScaling, [f32; 3], [f32; 3]); 3] = [
+        let cases: [(f64, RopeScaling, [f64; 3], [f64; 3]); 3] = [
             (
                 5e5,
                 llama31(),
@@ -510,16 +512,16 @@ mod tests {
         for (theta, scaling, cos, sin) in cases {
             let table = cos_sin_table(128, p + 1, theta, &scaling);
             let row = &table[p * 128..];
-            let tol = 2e-7 * scaling.attention_factor() as f32;
+            let tol = 2e-7 * scaling.attention_factor();
             for (k, i) in [0, 30, 63].into_iter().enumerate() {
                 assert!(
-                    (row[i] - cos[k]).abs() <= tol,
+                    (row[i] as f64 - cos[k]).abs() <= tol,
                     "{scaling:?} cos {i}: {} vs {}",
                     row[i],
                     cos[k]
                 );
                 assert!(
-                    (row[64 + i] - sin[k]).abs() <= tol,
+                    (row[64 + i] as f64 - sin[k]).abs() <= tol,
                     "{scaling:?} sin {i}: {} vs {}",
                     row[64 + i],
                     sin[k]
