@@ -8,7 +8,7 @@
 //! `num_key_value_heads` = `num_attention_heads`, `head_dim` =
 //! `hidden_size / num_attention_heads`, `rope_theta` = 10000,
 //! `tie_word_embeddings` = false (the Qwen3/Mixtral config default); the rope
-//! kinds' defaults are resolved in [`rope`], the MoE ones as transformers'
+//! kinds' defaults are resolved in `config/rope.rs`, the MoE ones as transformers'
 //! `Qwen3MoeConfig`.
 //! A missing, `null` or `"auto"` dtype means **f32**: the config does not say
 //! what the checkpoint holds, and f32 never loses precision (the loader keeps
