@@ -120,4 +120,30 @@ mod tests {
         ));
         assert!(model.forward(&input, &mut cache).is_ok());
     }
+
+    /// Qwen3 with YaRN for long context (transformers-5 form): with the same dummy weights,
+    /// the scaled table changes the logits.
+    #[test]
+    fn yarn_rope_scaling_reaches_qwen3() {
+        use serde_json::json;
+
+        use crate::llama::tests::{prefill_logits, tiny};
+        let dummy = |config: &ModelConfig| {
+            crate::load_model(
+                config,
+                std::path::Path::new("/nonexistent"),
+                crate::LoadFormat::Dummy,
+                &crate::test_util::cpu_ctx(),
+            )
+            .unwrap()
+        };
+        let default = tiny(ARCHITECTURE, json!({}));
+        let v5 = json!({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0,
+            "factor": 4.0, "original_max_position_embeddings": 64}});
+        let yarn = tiny(ARCHITECTURE, v5);
+        let (ids, positions) = ([3, 17, 42, 5, 9], [0, 1, 2, 3, 4]);
+        let a = prefill_logits(dummy(&default).as_ref(), &ids, &positions);
+        let b = prefill_logits(dummy(&yarn).as_ref(), &ids, &positions);
+        assert_ne!(a, b);
+    }
 }

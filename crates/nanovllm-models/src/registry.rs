@@ -1,6 +1,6 @@
 //! Architecture registry: `architectures[0]` of config.json → constructor and declared
 //! [`Features`]. A new architecture built from the shared layers is one file (its loader
-//! and its `FEATURES`) plus one line in [`ARCHITECTURES`]; one that brings a new feature
+//! and its `FEATURES`) plus one line in `ARCHITECTURES`; one that brings a new feature
 //! (biases, windows, a routing variant) also edits the shared layers that gain a parameter
 //! and [`Features`] (see docs/ARCHITECTURE.md, *Architectures*).
 

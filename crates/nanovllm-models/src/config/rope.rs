@@ -44,7 +44,7 @@ pub enum RopeScaling {
         mscale: Option<f64>,
         mscale_all_dim: Option<f64>,
         /// Explicit factor for cos/sin; when `None` it follows from `factor`, `mscale` and
-        /// `mscale_all_dim` ([`RopeScaling::yarn_attention_factor`]).
+        /// `mscale_all_dim` ([`RopeScaling::attention_factor`]).
         attention_factor: Option<f64>,
         /// Whether the correction range is rounded outwards to whole dimensions: `true` when
         /// absent, `false` for JSON `null` (transformers reads `get("truncate", True)`).
@@ -191,7 +191,7 @@ impl Fields<'_> {
                 ))
             }
         };
-        check_rope_values(self, field, theta, &scaling)?;
+        check_rope_values(self, field, &scaling)?;
         Ok((theta, scaling))
     }
 
@@ -243,13 +243,9 @@ fn missing_rope_key(f: &Fields, field: &str, kind: &str, name: &str) -> ModelErr
     )
 }
 
-/// Values the formulas cannot use (divisions by zero, logarithms of non-positive numbers).
-fn check_rope_values(
-    f: &Fields,
-    field: &str,
-    theta: f64,
-    scaling: &RopeScaling,
-) -> Result<(), ModelError> {
+/// Values the formulas cannot use (divisions by zero, logarithms of non-positive numbers);
+/// `rope_theta` is checked with the other sizes (`ModelConfig::validate`).
+fn check_rope_values(f: &Fields, field: &str, scaling: &RopeScaling) -> Result<(), ModelError> {
     let positive = |name: &str, x: f64| {
         if x.is_finite() && x > 0.0 {
             Ok(())
@@ -260,7 +256,6 @@ fn check_rope_values(
             ))
         }
     };
-    positive("rope_theta", theta)?;
     match *scaling {
         RopeScaling::Default => {}
         RopeScaling::Llama3 {
