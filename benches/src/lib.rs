@@ -7,7 +7,7 @@ use nanovllm_core::bench::{Workload, WorkloadSpec, BENCH_PY_TEMPERATURE};
 use nanovllm_core::{EngineConfig, LLMEngine};
 use nanovllm_kernels::{CpuBackend, DType, KvCache, Tensor};
 use nanovllm_models::{
-    ForwardInput, GenerationConfig, KvCacheSpec, Model, ModelConfig, ModelError,
+    ForwardInput, GenerationConfig, KvCacheSpec, Model, ModelConfig, ModelError, RopeScaling,
 };
 use nanovllm_scheduler::{SamplingParams, Scheduler, SchedulerConfig, SchedulerError};
 
@@ -77,11 +77,19 @@ impl NullModel {
                 vocab_size: NULL_VOCAB,
                 max_position_embeddings,
                 rope_theta: 10000.0,
+                rope_scaling: RopeScaling::Default,
                 rms_norm_eps: 1e-6,
+                attention_bias: false,
+                mlp_bias: false,
+                sliding_window: None,
                 tie_word_embeddings: false,
                 dtype: DType::F32,
                 num_local_experts: 0,
                 num_experts_per_tok: 0,
+                moe_intermediate_size: 0,
+                norm_topk_prob: false,
+                decoder_sparse_step: 1,
+                mlp_only_layers: vec![],
                 bos_token_id: None,
                 eos_token_ids: vec![],
             },

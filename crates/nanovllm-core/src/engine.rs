@@ -296,7 +296,9 @@ impl LLMEngine {
 
     /// Builds an engine around an already loaded model (custom models, tests).
     /// `config.model` and `config.load_format` are not read; `max_model_len` is
-    /// clamped to the model's `max_position_embeddings`. What the backend can do decides the
+    /// clamped to the model's `max_position_embeddings`, and to its sliding window where the
+    /// architecture serves windowed models that way
+    /// ([`ModelConfig::max_model_len_limit`]). What the backend can do decides the
     /// rest: a device with its own memory sizes the KV cache from `gpu_memory_utilization`,
     /// one that captures graphs replays decode steps through them (unless `enforce_eager`).
     pub fn from_parts(
@@ -308,10 +310,17 @@ impl LLMEngine {
     ) -> Result<Self> {
         config.validate()?;
         let model_config = model.config().clone();
-        if model_config.max_position_embeddings > 0 {
-            config.max_model_len = config
-                .max_model_len
-                .min(model_config.max_position_embeddings);
+        let limit = model_config.max_model_len_limit();
+        if limit < model_config.max_position_embeddings && config.max_model_len > limit {
+            tracing::warn!(
+                "max_model_len clamped from {} to the model's sliding window, {limit} tokens: \
+                 windowed attention is not implemented, and up to the window it equals full \
+                 attention",
+                config.max_model_len
+            );
+        }
+        if limit > 0 {
+            config.max_model_len = config.max_model_len.min(limit);
         }
         let eos_token_ids = if !generation_config.eos_token_ids.is_empty() {
             generation_config.eos_token_ids.clone()

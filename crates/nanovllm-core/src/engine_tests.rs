@@ -573,6 +573,31 @@ fn max_model_len_is_clamped_to_the_model() {
     assert_eq!(engine.config().max_model_len, 100);
 }
 
+/// Mistral declares windowed models served up to the window: `max_model_len` is clamped
+/// to `sliding_window`; an architecture that refuses or ignores windows is not clamped.
+#[test]
+fn max_model_len_is_clamped_to_a_clamping_architectures_window() {
+    let engine_for = |architecture: &str| {
+        let mut config = crate::testing::toy_model_config(512);
+        config.architecture = architecture.into();
+        config.sliding_window = Some(64);
+        LLMEngine::from_parts(
+            EngineConfig {
+                max_model_len: 4096,
+                ..toy_config()
+            },
+            GenerationConfig::default(),
+            None,
+            Arc::new(CpuBackend::new()),
+            Box::new(ToyModel::with_config(config)),
+        )
+        .unwrap()
+    };
+    assert_eq!(engine_for("MistralForCausalLM").config().max_model_len, 64);
+    assert_eq!(engine_for("LlamaForCausalLM").config().max_model_len, 512);
+    assert_eq!(engine_for("ToyForCausalLM").config().max_model_len, 512);
+}
+
 #[test]
 fn eos_ids_prefer_the_generation_config() {
     let gen = GenerationConfig {

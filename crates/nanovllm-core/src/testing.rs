@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nanovllm_kernels::{DType, KernelError, KvCache, Tensor};
-use nanovllm_models::{ForwardInput, KvCacheSpec, Model, ModelConfig, ModelError};
+use nanovllm_models::{ForwardInput, KvCacheSpec, Model, ModelConfig, ModelError, RopeScaling};
 
 pub const TOY_VOCAB: usize = 97;
 
@@ -57,11 +57,19 @@ pub fn toy_model_config(max_position_embeddings: usize) -> ModelConfig {
         vocab_size: TOY_VOCAB,
         max_position_embeddings,
         rope_theta: 10000.0,
+        rope_scaling: RopeScaling::Default,
         rms_norm_eps: 1e-6,
+        attention_bias: false,
+        mlp_bias: false,
+        sliding_window: None,
         tie_word_embeddings: false,
         dtype: DType::F32,
         num_local_experts: 0,
         num_experts_per_tok: 0,
+        moe_intermediate_size: 0,
+        norm_topk_prob: false,
+        decoder_sparse_step: 1,
+        mlp_only_layers: vec![],
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -69,8 +77,14 @@ pub fn toy_model_config(max_position_embeddings: usize) -> ModelConfig {
 
 impl ToyModel {
     pub fn new(max_position_embeddings: usize) -> Self {
+        Self::with_config(toy_model_config(max_position_embeddings))
+    }
+
+    /// The toy model reporting `config` (its vocab must stay [`TOY_VOCAB`]): e.g. another
+    /// architecture's name or a sliding window, for what the engine reads from the config.
+    pub fn with_config(config: ModelConfig) -> Self {
         Self {
-            config: toy_model_config(max_position_embeddings),
+            config,
             logit_rows: AtomicUsize::new(0),
             poison: None,
         }

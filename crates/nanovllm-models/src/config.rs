@@ -7,16 +7,18 @@
 //! Defaults follow transformers where a field may be absent:
 //! `num_key_value_heads` = `num_attention_heads`, `head_dim` =
 //! `hidden_size / num_attention_heads`, `rope_theta` = 10000,
-//! `tie_word_embeddings` = false (the Qwen3/Mixtral config default).
+//! `tie_word_embeddings` = false (the Qwen3/Mixtral config default); the rope
+//! kinds' defaults are resolved in `config/rope.rs`, the MoE ones as transformers'
+//! `Qwen3MoeConfig`.
 //! A missing, `null` or `"auto"` dtype means **f32**: the config does not say
 //! what the checkpoint holds, and f32 never loses precision (the loader keeps
 //! each tensor in the dtype stored in the file anyway; the config dtype only
 //! decides what dummy weights are made of).
 //!
-//! Everything this crate cannot run is rejected here with
-//! [`ModelError::InvalidConfig`] naming the field: rope scaling other than the
-//! default, sliding-window or non-`full_attention` layers, attention biases,
-//! activations other than SiLU.
+//! Parsing rejects, with [`ModelError::InvalidConfig`] naming the field, only what no
+//! architecture can run: malformed values, activations other than SiLU, rope kinds
+//! the engine does not implement. Features some architectures have (biases, windows,
+//! scaled rope) are parsed into [`ModelConfig`] for the architecture to accept or refuse.
 
 use std::path::Path;
 
@@ -24,6 +26,11 @@ use nanovllm_kernels::DType;
 use serde_json::{Map, Value};
 
 use crate::error::ModelError;
+use crate::features::SlidingWindow;
+
+mod rope;
+
+pub use rope::{RopeScaling, IMPLEMENTED_ROPE_TYPES};
 
 /// The architecture-independent view of `config.json`.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,15 +46,45 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
+    /// `rope_parameters.rope_theta` (transformers 5) or top-level `rope_theta` (4); 10000
+    /// when neither is given.
     pub rope_theta: f64,
+    /// The rope kind and its parameters, every default resolved ([`RopeScaling`]).
+    pub rope_scaling: RopeScaling,
     pub rms_norm_eps: f64,
+    /// `attention_bias` (default false): biases on the attention projections, as the
+    /// config states it. Architectures whose biases are fixed (Qwen2's q/k/v) declare that
+    /// themselves.
+    pub attention_bias: bool,
+    /// `mlp_bias` (Llama; default false): biases on the MLP projections.
+    pub mlp_bias: bool,
+    /// The effective attention window, whatever the architecture does with it: the
+    /// `sliding_window` size when `use_sliding_window` is true (Qwen), when
+    /// `use_sliding_window` is absent (Mistral), or when `layer_types` names a
+    /// `sliding_attention` layer; `None` otherwise.
+    pub sliding_window: Option<usize>,
     pub tie_word_embeddings: bool,
     /// The checkpoint's dtype (`torch_dtype` / `dtype`); weights stay in it in memory.
     pub dtype: DType,
-    /// Mixture of experts (Mixtral): experts per layer; 0 for dense models.
+    /// Mixture of experts: experts per sparse layer (`num_local_experts`, Mixtral, or
+    /// `num_experts`, Qwen3-MoE); 0 for dense models.
     pub num_local_experts: usize,
     /// Mixture of experts: experts chosen per token.
     pub num_experts_per_tok: usize,
+    /// Each expert's intermediate size where it differs from the dense MLP's
+    /// (`moe_intermediate_size`, Qwen3-MoE); 0 when absent (Mixtral's experts use
+    /// `intermediate_size`, see [`ModelConfig::expert_intermediate_size`]).
+    pub moe_intermediate_size: usize,
+    /// Whether the top-k router weights are renormalised to sum to 1 (`norm_topk_prob`;
+    /// default false, as transformers' `Qwen3MoeConfig`). Mixtral always renormalises and
+    /// ignores this field.
+    pub norm_topk_prob: bool,
+    /// Every `decoder_sparse_step`-th layer is sparse (default 1: all of them); see
+    /// [`ModelConfig::is_sparse_layer`].
+    pub decoder_sparse_step: usize,
+    /// Layers that use the dense MLP even when the step would make them sparse
+    /// (`mlp_only_layers`, default empty).
+    pub mlp_only_layers: Vec<usize>,
     pub bos_token_id: Option<u32>,
     /// eos ids named in config.json (may be a list).
     pub eos_token_ids: Vec<u32>,
@@ -81,6 +118,8 @@ impl ModelConfig {
                 ))
             }
         };
+        let max_position_embeddings = f.required_usize("max_position_embeddings")?;
+        let (rope_theta, rope_scaling) = f.rope(max_position_embeddings)?;
         let config = ModelConfig {
             architecture,
             hidden_size,
@@ -90,13 +129,21 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             vocab_size: f.required_usize("vocab_size")?,
-            max_position_embeddings: f.required_usize("max_position_embeddings")?,
-            rope_theta: f.rope_theta()?,
+            max_position_embeddings,
+            rope_theta,
+            rope_scaling,
             rms_norm_eps: f.required_f64("rms_norm_eps")?,
+            attention_bias: f.optional_bool("attention_bias")?.unwrap_or(false),
+            mlp_bias: f.optional_bool("mlp_bias")?.unwrap_or(false),
+            sliding_window: f.sliding_window()?,
             tie_word_embeddings: f.optional_bool("tie_word_embeddings")?.unwrap_or(false),
             dtype: f.dtype()?,
-            num_local_experts: f.optional_usize("num_local_experts")?.unwrap_or(0),
+            num_local_experts: f.num_experts()?,
             num_experts_per_tok: f.optional_usize("num_experts_per_tok")?.unwrap_or(0),
+            moe_intermediate_size: f.optional_usize("moe_intermediate_size")?.unwrap_or(0),
+            norm_topk_prob: f.optional_bool("norm_topk_prob")?.unwrap_or(false),
+            decoder_sparse_step: f.optional_usize("decoder_sparse_step")?.unwrap_or(1),
+            mlp_only_layers: f.usize_list("mlp_only_layers")?,
             bos_token_id: f.optional_u32("bos_token_id")?,
             eos_token_ids: token_ids(obj.get("eos_token_id"), "eos_token_id", file)?,
         };
@@ -115,45 +162,117 @@ impl ModelConfig {
         Self::from_json_str(&json, &file)
     }
 
-    /// Elements the model holds once loaded, unsharded: every weight, plus the rotary
-    /// cos/sin table (`max_position_embeddings × head_dim`, f32) the model builds at load.
+    /// The longest sequence the engine may serve: `max_position_embeddings`, and for an
+    /// architecture that declares [`SlidingWindow::ClampMaxModelLen`] (Mistral) at most the
+    /// window, so that windowed and full attention never differ.
+    pub fn max_model_len_limit(&self) -> usize {
+        let clamps = crate::registry::features_of(&self.architecture)
+            .is_some_and(|f| f.sliding_window == SlidingWindow::ClampMaxModelLen);
+        match self.sliding_window {
+            Some(window) if clamps => self.max_position_embeddings.min(window),
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    /// Whether layer `i` holds a sparse MoE block rather than the dense MLP, by transformers'
+    /// Qwen3-MoE rule: the model has experts, `i` is not in `mlp_only_layers`, and
+    /// `(i + 1) % decoder_sparse_step == 0`. With the defaults (step 1, no dense layers)
+    /// every layer of a MoE model is sparse, as in Mixtral.
+    pub fn is_sparse_layer(&self, i: usize) -> bool {
+        self.num_local_experts > 0
+            && !self.mlp_only_layers.contains(&i)
+            && (i + 1) % self.decoder_sparse_step.max(1) == 0
+    }
+
+    /// Each expert's intermediate size: `moe_intermediate_size` when given (Qwen3-MoE),
+    /// else `intermediate_size` (Mixtral).
+    pub fn expert_intermediate_size(&self) -> usize {
+        if self.moe_intermediate_size > 0 {
+            self.moe_intermediate_size
+        } else {
+            self.intermediate_size
+        }
+    }
+
+    /// Elements the model holds once loaded, unsharded: every weight and bias, plus the
+    /// rotary cos/sin table (`max_position_embeddings × head_dim`, f32) the model builds at
+    /// load. Dense and sparse layers are counted apart ([`ModelConfig::is_sparse_layer`]);
+    /// q/k norms and fixed q/k/v biases as the architecture declares them
+    /// ([`crate::registry::features_of`]), the other biases as the config says.
     /// `None` when the count overflows `u64`. An engine compares it with the memory it has
     /// before allocating anything, so a config with absurd sizes is an error, not an abort.
     pub fn num_elements(&self) -> Option<u64> {
         let n = |x: usize| u64::try_from(x).ok();
-        let (h, i, hd) = (
-            n(self.hidden_size)?,
-            n(self.intermediate_size)?,
-            n(self.head_dim)?,
-        );
+        let (h, hd) = (n(self.hidden_size)?, n(self.head_dim)?);
         let (nq, nkv) = (n(self.num_attention_heads)?, n(self.num_key_value_heads)?);
         let vocab = n(self.vocab_size)?;
         let embeddings = vocab
             .checked_mul(h)?
             .checked_mul(if self.tie_word_embeddings { 1 } else { 2 })?;
-        let attention = h.checked_mul(
-            nq.checked_mul(2)?
-                .checked_add(nkv.checked_mul(2)?)?
-                .checked_mul(hd)?,
-        )?;
-        let experts = n(self.num_local_experts.max(1))?;
-        let mlp = h.checked_mul(i)?.checked_mul(3)?.checked_mul(experts)?;
-        let router = if self.num_local_experts > 0 {
-            h.checked_mul(experts)?
+        let (q, kv) = (nq.checked_mul(hd)?, nkv.checked_mul(hd)?);
+        let qkv_out = q.checked_add(kv.checked_mul(2)?)?;
+        // q, k, v and o projections.
+        let mut attention = h.checked_mul(qkv_out.checked_add(q)?)?;
+        let features = crate::registry::features_of(&self.architecture);
+        if self.attention_bias {
+            attention = attention.checked_add(qkv_out)?.checked_add(h)?;
+        } else if features.is_some_and(|f| f.qkv_bias) {
+            attention = attention.checked_add(qkv_out)?;
+        }
+        // An architecture this build does not know (a custom model) is counted with q/k
+        // norms: at most 2·head_dim elements per layer too many.
+        let qk_norm = if features.is_none_or(|f| f.qk_norm) {
+            hd.checked_mul(2)?
         } else {
             0
         };
-        let norms = h.checked_mul(2)?.checked_add(hd.checked_mul(2)?)?;
-        let layer = attention
-            .checked_add(mlp)?
-            .checked_add(router)?
-            .checked_add(norms)?;
+        // SwiGLU: gate, up [I, H] and down [H, I], plus biases [I], [I], [H] when mlp_bias.
+        let swiglu = |inter: usize| -> Option<u64> {
+            let i = n(inter)?;
+            let weights = h.checked_mul(i)?.checked_mul(3)?;
+            let biases = if self.mlp_bias {
+                i.checked_mul(2)?.checked_add(h)?
+            } else {
+                0
+            };
+            weights.checked_add(biases)
+        };
+        let dense_ffn = swiglu(self.intermediate_size)?;
+        let experts = n(self.num_local_experts)?;
+        let sparse_ffn = swiglu(self.expert_intermediate_size())?
+            .checked_mul(experts)?
+            .checked_add(h.checked_mul(experts)?)?;
+        let layer_common = attention
+            .checked_add(qk_norm)?
+            .checked_add(h.checked_mul(2)?)?;
+        let layers = n(self.num_hidden_layers)?;
+        let sparse = n(self.num_sparse_layers())?;
         let rope = n(self.max_position_embeddings)?.checked_mul(hd)?;
-        layer
-            .checked_mul(n(self.num_hidden_layers)?)?
+        layer_common
+            .checked_mul(layers)?
+            .checked_add(sparse_ffn.checked_mul(sparse)?)?
+            .checked_add(dense_ffn.checked_mul(layers - sparse)?)?
             .checked_add(embeddings)?
-            .checked_add(h)?
+            .checked_add(h)? // the final norm
             .checked_add(rope)
+    }
+
+    /// How many layers [`ModelConfig::is_sparse_layer`] holds true for, without visiting
+    /// each (a config may claim billions of layers before validation rejects it).
+    pub fn num_sparse_layers(&self) -> usize {
+        if self.num_local_experts == 0 {
+            return 0;
+        }
+        let step = self.decoder_sparse_step.max(1);
+        let mut dense: Vec<usize> = self
+            .mlp_only_layers
+            .iter()
+            .copied()
+            .filter(|&i| i < self.num_hidden_layers && (i + 1) % step == 0)
+            .collect();
+        dense.sort_unstable();
+        dense.dedup();
+        self.num_hidden_layers / step - dense.len()
     }
 
     /// Per-model sanity checks that no single field can express.
@@ -225,6 +344,12 @@ impl ModelConfig {
                     "rms_norm_eps must be non-negative, got {}",
                     self.rms_norm_eps
                 ),
+            ));
+        }
+        if self.decoder_sparse_step == 0 {
+            return Err(invalid(
+                file,
+                "decoder_sparse_step must be positive (1 makes every layer sparse), got 0".into(),
             ));
         }
         if self.num_experts_per_tok > self.num_local_experts {
@@ -412,104 +537,94 @@ impl Fields<'_> {
         }
     }
 
-    /// `rope_parameters.rope_theta` (transformers 5) or top-level `rope_theta` (4).
-    fn rope_theta(&self) -> Result<f64, ModelError> {
-        if let Some(params) = self.rope_parameters()? {
-            let nested = Fields {
-                obj: params,
-                file: self.file,
-            };
-            if let Some(theta) = nested.optional_f64("rope_theta")? {
-                return Ok(theta);
-            }
-        }
-        Ok(self.optional_f64("rope_theta")?.unwrap_or(10_000.0))
-    }
-
-    fn rope_parameters(&self) -> Result<Option<&Map<String, Value>>, ModelError> {
-        self.get("rope_parameters")
-            .map(|v| {
-                v.as_object()
-                    .ok_or_else(|| self.wrong_type("rope_parameters", "an object", v))
-            })
-            .transpose()
-    }
-
-    fn reject_unsupported_features(&self) -> Result<(), ModelError> {
-        // Rope scaling: transformers 4 `rope_scaling`, transformers 5 `rope_parameters`.
-        for field in ["rope_scaling", "rope_parameters"] {
-            let Some(v) = self.get(field) else { continue };
-            let obj = v
-                .as_object()
-                .ok_or_else(|| self.wrong_type(field, "an object", v))?;
-            let kind = obj
-                .get("rope_type")
-                .or_else(|| obj.get("type"))
-                .filter(|k| !k.is_null());
-            match kind.map(|k| k.as_str()) {
-                None | Some(Some("default")) => {}
-                Some(Some(other)) => {
-                    return Err(invalid(
-                        self.file,
-                        format!(
-                            "{field}: rope type {other:?} is not supported (only \"default\" \
-                             rotary embeddings are implemented)"
-                        ),
-                    ))
+    /// The effective window (see [`ModelConfig::sliding_window`]). transformers' Qwen
+    /// configs drop the size unless `use_sliding_window` is true; Mistral's has no
+    /// `use_sliding_window` and windows whenever `sliding_window` is set; transformers 5
+    /// configs may name the windowed layers in `layer_types`.
+    fn sliding_window(&self) -> Result<Option<usize>, ModelError> {
+        let window = self.optional_usize("sliding_window")?;
+        let windowed_layer = match self.get("layer_types") {
+            None => None,
+            Some(v) => {
+                let types = v
+                    .as_array()
+                    .ok_or_else(|| self.wrong_type("layer_types", "a list of strings", v))?;
+                let mut first = None;
+                for (i, t) in types.iter().enumerate() {
+                    match t.as_str() {
+                        Some("full_attention") => {}
+                        Some("sliding_attention") => {
+                            first = first.or(Some(i));
+                        }
+                        _ => {
+                            return Err(invalid(
+                                self.file,
+                                format!(
+                                    "layer_types[{i}] is {t}: only \"full_attention\" and \
+                                     \"sliding_attention\" layers exist in the implemented \
+                                     architectures"
+                                ),
+                            ))
+                        }
+                    }
                 }
-                Some(None) => {
-                    return Err(invalid(
-                        self.file,
-                        format!("{field}: rope_type must be a string"),
-                    ))
-                }
+                first
             }
-        }
-        if let Some(v) = self.get("layer_types") {
-            let types = v
-                .as_array()
-                .ok_or_else(|| self.wrong_type("layer_types", "a list of strings", v))?;
-            for (i, t) in types.iter().enumerate() {
-                if t.as_str() != Some("full_attention") {
-                    return Err(invalid(
-                        self.file,
-                        format!(
-                            "layer_types[{i}] is {t}: only \"full_attention\" layers are \
-                             supported (no sliding-window attention)"
-                        ),
-                    ));
-                }
-            }
-        }
-        // Qwen configs carry `sliding_window` with `use_sliding_window: false`; Mistral-style
-        // configs (no `use_sliding_window`) mean a window whenever `sliding_window` is set.
-        match (
-            self.optional_bool("use_sliding_window")?,
-            self.optional_usize("sliding_window")?,
-        ) {
-            (Some(true), _) => {
-                return Err(invalid(
-                    self.file,
-                    "use_sliding_window is true: sliding-window attention is not supported".into(),
-                ))
-            }
-            (None, Some(window)) => {
-                return Err(invalid(
+        };
+        if let Some(i) = windowed_layer {
+            return match window {
+                Some(w) => Ok(Some(w)),
+                None => Err(invalid(
                     self.file,
                     format!(
-                        "sliding_window is {window}: sliding-window attention is not supported \
-                         (set it to null for full attention)"
+                        "layer_types[{i}] is \"sliding_attention\" but sliding_window is not \
+                         set"
                     ),
-                ))
-            }
-            _ => {}
+                )),
+            };
         }
-        if self.optional_bool("attention_bias")? == Some(true) {
-            return Err(invalid(
+        Ok(match self.optional_bool("use_sliding_window")? {
+            Some(true) | None => window,
+            Some(false) => None,
+        })
+    }
+
+    /// Experts per sparse layer: Mixtral's `num_local_experts` or Qwen3-MoE's `num_experts`
+    /// (transformers maps one onto the other); both given must agree.
+    fn num_experts(&self) -> Result<usize, ModelError> {
+        match (
+            self.optional_usize("num_local_experts")?,
+            self.optional_usize("num_experts")?,
+        ) {
+            (Some(a), Some(b)) if a != b => Err(invalid(
                 self.file,
-                "attention_bias is true: biased q/k/v/o projections are not implemented".into(),
-            ));
+                format!("num_local_experts {a} and num_experts {b} disagree; keep one"),
+            )),
+            (Some(n), _) | (None, Some(n)) => Ok(n),
+            (None, None) => Ok(0),
         }
+    }
+
+    /// A list of non-negative integers; absent or `null` is empty.
+    fn usize_list(&self, name: &str) -> Result<Vec<usize>, ModelError> {
+        let Some(v) = self.get(name) else {
+            return Ok(Vec::new());
+        };
+        let expected = "a list of non-negative integers";
+        v.as_array()
+            .ok_or_else(|| self.wrong_type(name, expected, v))?
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| self.wrong_type(name, expected, v))
+            })
+            .collect()
+    }
+
+    /// Architecture-independent checks of what the parsed fields cannot say: the
+    /// activation.
+    fn reject_unsupported_features(&self) -> Result<(), ModelError> {
         let act = self
             .optional_str("hidden_act")?
             .or(self.optional_str("hidden_activation")?);
@@ -571,12 +686,12 @@ mod tests {
       "vocab_size": 256
     }"#;
 
-    fn parse(json: &str) -> Result<ModelConfig, ModelError> {
+    pub(super) fn parse(json: &str) -> Result<ModelConfig, ModelError> {
         ModelConfig::from_json_str(json, &file())
     }
 
     /// `QWEN3_TINY_V5` with one top-level field replaced (or removed when `value` is None).
-    fn v5_with(field: &str, value: Option<Value>) -> String {
+    pub(super) fn v5_with(field: &str, value: Option<Value>) -> String {
         let mut v: Value = serde_json::from_str(QWEN3_TINY_V5).unwrap();
         let obj = v.as_object_mut().unwrap();
         match value {
@@ -586,7 +701,7 @@ mod tests {
         v.to_string()
     }
 
-    fn expect_invalid(json: &str, needle: &str) {
+    pub(super) fn expect_invalid(json: &str, needle: &str) {
         match parse(json) {
             Err(ModelError::InvalidConfig { msg, .. }) => {
                 assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}")
@@ -611,11 +726,19 @@ mod tests {
                 vocab_size: 151936,
                 max_position_embeddings: 40960,
                 rope_theta: 1_000_000.0,
+                rope_scaling: RopeScaling::Default,
                 rms_norm_eps: 1e-6,
+                attention_bias: false,
+                mlp_bias: false,
+                sliding_window: None,
                 tie_word_embeddings: true,
                 dtype: DType::BF16,
                 num_local_experts: 0,
                 num_experts_per_tok: 0,
+                moe_intermediate_size: 0,
+                norm_topk_prob: false,
+                decoder_sparse_step: 1,
+                mlp_only_layers: vec![],
                 bos_token_id: Some(151643),
                 eos_token_ids: vec![151645],
             }
@@ -748,39 +871,211 @@ mod tests {
         expect_invalid("[1, 2]", "object");
     }
 
+    /// Scaled rope, windows and biases parse; the architecture decides about them
+    /// (`features.rs`).
     #[test]
-    fn rejects_rope_scaling() {
-        let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
-        expect_invalid(&v5_with("rope_scaling", Some(yarn)), "yarn");
-        let linear = serde_json::json!({"type": "linear", "factor": 2.0});
-        expect_invalid(&v5_with("rope_scaling", Some(linear)), "linear");
-        let v5 = serde_json::json!({"rope_type": "dynamic", "rope_theta": 1e4});
-        expect_invalid(&v5_with("rope_parameters", Some(v5)), "dynamic");
-        // `null` and default scaling are fine.
-        parse(&v5_with("rope_scaling", Some(Value::Null))).unwrap();
-        let default = serde_json::json!({"rope_type": "default"});
-        parse(&v5_with("rope_scaling", Some(default))).unwrap();
-    }
-
-    #[test]
-    fn rejects_sliding_window_layers() {
-        let types = serde_json::json!(["full_attention", "sliding_attention"]);
-        expect_invalid(&v5_with("layer_types", Some(types)), "layer_types[1]");
-        expect_invalid(
-            &v5_with("use_sliding_window", Some(Value::Bool(true))),
-            "use_sliding_window",
+    fn scaled_rope_windows_and_biases_parse() {
+        let yarn = json!({"rope_type": "yarn", "factor": 4.0});
+        let c = parse(&v5_with("rope_scaling", Some(yarn))).unwrap();
+        assert_eq!(c.rope_scaling.name(), "yarn");
+        let window = v5_with_all(&[
+            ("use_sliding_window", json!(true)),
+            ("sliding_window", json!(4096)),
+            ("attention_bias", json!(true)),
+            ("mlp_bias", json!(true)),
+        ]);
+        let c = parse(&window.to_string()).unwrap();
+        assert_eq!(
+            (c.sliding_window, c.attention_bias, c.mlp_bias),
+            (Some(4096), true, true)
         );
     }
 
+    /// `QWEN3_TINY_V5` with every `(field, value)` set at the top level (`null` removes).
+    fn v5_with_all(fields: &[(&str, Value)]) -> Value {
+        let mut v: Value = serde_json::from_str(QWEN3_TINY_V5).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        for (k, x) in fields {
+            if x.is_null() {
+                obj.remove(*k);
+            } else {
+                obj.insert((*k).to_owned(), x.clone());
+            }
+        }
+        v
+    }
+
+    /// The window as [`Fields::sliding_window`] resolves it (bypassing the interim refusal).
+    fn window(fields: &[(&str, Value)]) -> Result<Option<usize>, ModelError> {
+        let v = v5_with_all(fields);
+        Fields {
+            obj: v.as_object().unwrap(),
+            file: &file(),
+        }
+        .sliding_window()
+    }
+
     #[test]
-    fn mistral_style_sliding_window_is_rejected_but_qwen_style_is_not() {
-        // Qwen: a window size with use_sliding_window false means full attention.
-        parse(&v5_with("sliding_window", Some(Value::from(4096)))).unwrap();
-        let mut v: Value = serde_json::from_str(&v5_with("use_sliding_window", None)).unwrap();
-        v.as_object_mut()
-            .unwrap()
-            .insert("sliding_window".into(), Value::from(4096));
-        expect_invalid(&v.to_string(), "sliding_window is 4096");
+    fn effective_sliding_window() {
+        // QWEN3_TINY_V5: sliding_window null, use_sliding_window false, full layers.
+        assert_eq!(window(&[]).unwrap(), None);
+        // Qwen: a size with use_sliding_window false means full attention; true means the window.
+        assert_eq!(window(&[("sliding_window", json!(4096))]).unwrap(), None);
+        let qwen_on = [
+            ("sliding_window", json!(4096)),
+            ("use_sliding_window", json!(true)),
+        ];
+        assert_eq!(window(&qwen_on).unwrap(), Some(4096));
+        // Mistral: no use_sliding_window, the size alone windows.
+        let mistral = [
+            ("sliding_window", json!(4096)),
+            ("use_sliding_window", Value::Null),
+            ("layer_types", Value::Null),
+        ];
+        assert_eq!(window(&mistral).unwrap(), Some(4096));
+        assert_eq!(
+            window(&[
+                ("use_sliding_window", Value::Null),
+                ("layer_types", Value::Null)
+            ])
+            .unwrap(),
+            None
+        );
+        // transformers 5: a sliding_attention layer windows even with use_sliding_window false.
+        let layers = [
+            ("sliding_window", json!(64)),
+            (
+                "layer_types",
+                json!(["full_attention", "sliding_attention"]),
+            ),
+        ];
+        assert_eq!(window(&layers).unwrap(), Some(64));
+        let no_size = [(
+            "layer_types",
+            json!(["sliding_attention", "full_attention"]),
+        )];
+        let err = window(&no_size).unwrap_err().to_string();
+        assert!(
+            err.contains("layer_types[0]") && err.contains("not set"),
+            "{err}"
+        );
+        let chunked = [(
+            "layer_types",
+            json!(["full_attention", "chunked_attention"]),
+        )];
+        let err = window(&chunked).unwrap_err().to_string();
+        assert!(err.contains("layer_types[1]"), "{err}");
+    }
+
+    /// Qwen3-30B-A3B's config.json (transformers 4 form, as published).
+    const QWEN3_30B_A3B: &str = r#"{
+      "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false,
+      "attention_dropout": 0.0, "bos_token_id": 151643, "decoder_sparse_step": 1,
+      "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048,
+      "initializer_range": 0.02, "intermediate_size": 6144, "max_position_embeddings": 40960,
+      "max_window_layers": 48, "mlp_only_layers": [], "model_type": "qwen3_moe",
+      "moe_intermediate_size": 768, "norm_topk_prob": true, "num_attention_heads": 32,
+      "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 48,
+      "num_key_value_heads": 4, "output_router_logits": false, "rms_norm_eps": 1e-06,
+      "rope_scaling": null, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+      "sliding_window": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+      "transformers_version": "4.51.0", "use_cache": true, "use_sliding_window": false,
+      "vocab_size": 151936
+    }"#;
+
+    #[test]
+    fn qwen3_moe_fields_and_element_count() {
+        let c = parse(QWEN3_30B_A3B).unwrap();
+        assert_eq!(
+            (
+                c.num_local_experts,
+                c.num_experts_per_tok,
+                c.moe_intermediate_size,
+                c.expert_intermediate_size(),
+                c.norm_topk_prob,
+                c.decoder_sparse_step,
+            ),
+            (128, 8, 768, 768, true, 1)
+        );
+        assert!((0..48).all(|i| c.is_sparse_layer(i)));
+        assert_eq!(c.num_sparse_layers(), 48);
+        // Per layer: attention 2048·(2·4096 + 2·512) + q/k norms 256 + layer norms 4096 +
+        // router 128·2048 + experts 128·3·2048·768; plus untied embeddings, the final norm and
+        // the rope table. 30.53 B, the published "30.5B".
+        let layer = 2048 * (2 * 4096 + 2 * 512) + 256 + 4096 + 128 * 2048 + 128 * 3 * 2048 * 768;
+        let expect = 48 * layer + 2 * 151936 * 2048 + 2048 + 40960 * 128;
+        assert_eq!(c.num_elements(), Some(expect));
+        assert_eq!(expect / 10_000_000, 3053);
+
+        // Dense layers in between: step 2 makes layers 1, 3, … sparse; mlp_only_layers
+        // turns 3 dense too (0 is dense already, 99 is out of range).
+        let mut v: Value = serde_json::from_str(QWEN3_30B_A3B).unwrap();
+        v["decoder_sparse_step"] = json!(2);
+        v["mlp_only_layers"] = json!([0, 3, 3, 99]);
+        v["num_hidden_layers"] = json!(6);
+        let c = parse(&v.to_string()).unwrap();
+        let sparse: Vec<usize> = (0..6).filter(|&i| c.is_sparse_layer(i)).collect();
+        assert_eq!(sparse, vec![1, 5]);
+        assert_eq!(c.num_sparse_layers(), 2);
+        let dense_ffn = 3 * 2048 * 6144;
+        let common = 2048 * (2 * 4096 + 2 * 512) + 256 + 4096;
+        let sparse_ffn = 128 * 2048 + 128 * 3 * 2048 * 768;
+        assert_eq!(
+            c.num_elements(),
+            Some(
+                6 * common
+                    + 2 * sparse_ffn
+                    + 4 * dense_ffn
+                    + 2 * 151936 * 2048
+                    + 2048
+                    + 40960 * 128
+            )
+        );
+
+        // Defaults: norm_topk_prob false (Qwen3MoeConfig), step 1, no dense layers.
+        for field in [
+            "norm_topk_prob",
+            "decoder_sparse_step",
+            "mlp_only_layers",
+            "moe_intermediate_size",
+        ] {
+            v.as_object_mut().unwrap().remove(field);
+        }
+        let c = parse(&v.to_string()).unwrap();
+        assert_eq!(
+            (
+                c.norm_topk_prob,
+                c.decoder_sparse_step,
+                c.mlp_only_layers.len(),
+                c.moe_intermediate_size
+            ),
+            (false, 1, 0, 0)
+        );
+        assert_eq!(c.expert_intermediate_size(), 6144);
+        v["decoder_sparse_step"] = json!(0);
+        expect_invalid(&v.to_string(), "decoder_sparse_step must be positive");
+        v["decoder_sparse_step"] = json!(1);
+        v["num_local_experts"] = json!(64);
+        expect_invalid(
+            &v.to_string(),
+            "num_local_experts 64 and num_experts 128 disagree",
+        );
+        v["num_local_experts"] = json!(128);
+        parse(&v.to_string()).unwrap();
+        v["mlp_only_layers"] = json!([1, -2]);
+        expect_invalid(&v.to_string(), "mlp_only_layers must be a list");
+    }
+
+    #[test]
+    fn mixtral_counts_every_layer_sparse_with_intermediate_size() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mixtral-8x7b.json");
+        let json = std::fs::read_to_string(&path).unwrap();
+        let c = ModelConfig::from_json_str(&json, &path).unwrap();
+        assert_eq!(c.num_sparse_layers(), 32);
+        // Mixtral 8x7B: 46.70 B parameters (no q/k norms: the architecture declares none)
+        // plus the rope table.
+        let n = c.num_elements().unwrap() - 32768 * 128;
+        assert_eq!(n, 46_702_792_704);
     }
 
     /// Every fixture's config.json and generation_config.json parses (both config forms,
@@ -818,11 +1113,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_attention_bias_and_other_activations() {
-        expect_invalid(
-            &v5_with("attention_bias", Some(Value::Bool(true))),
-            "attention_bias",
-        );
+    fn rejects_other_activations() {
         expect_invalid(&v5_with("hidden_act", Some(Value::from("gelu"))), "gelu");
     }
 

@@ -152,8 +152,13 @@ impl<F: FeedForward> DecoderLm<F> {
                 ctx.comm.clone(),
             )?
         };
-        let rotary =
-            RotaryEmbedding::new(backend, c.head_dim, c.max_position_embeddings, c.rope_theta)?;
+        let rotary = RotaryEmbedding::new(
+            backend,
+            c.head_dim,
+            c.max_position_embeddings,
+            c.rope_theta,
+            &c.rope_scaling,
+        )?;
         loader.check_all_used(c)?;
         Ok(Self {
             config: config.clone(),

@@ -22,6 +22,13 @@ pub enum ModelError {
         name: String,
         supported: Vec<&'static str>,
     },
+    #[error("{architecture} does not support {field}: {msg}")]
+    UnsupportedFeature {
+        architecture: String,
+        /// The config field and its value, e.g. `attention_bias = true`.
+        field: String,
+        msg: String,
+    },
     #[error("tensor {name} is missing from the checkpoint in {dir}")]
     MissingTensor { name: String, dir: PathBuf },
     #[error("tensor {name} has shape {found:?}, expected {expected:?}")]

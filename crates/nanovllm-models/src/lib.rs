@@ -3,8 +3,9 @@
 //! Owns model architectures: the [`Model`] trait, Hugging Face config parsing
 //! ([`ModelConfig`], [`GenerationConfig`]), weight loading (safetensors through
 //! mmap, or dummy random weights) with tensor-parallel sharding, the shared
-//! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`), each one line in
-//! [`registry`].
+//! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`, `llama.rs`,
+//! `mistral.rs`), each declaring what it supports ([`features::Features`]) and each one
+//! line in [`registry`].
 //!
 //! It depends on the kernels crate only. It must not know about scheduling
 //! policy, sequences or sampling: a model maps a [`ForwardInput`] and a KV
@@ -14,8 +15,11 @@ pub mod config;
 pub mod decoder;
 mod dummy;
 mod error;
+pub mod features;
 pub mod layers;
+pub mod llama;
 pub mod loader;
+pub mod mistral;
 pub mod mixtral;
 mod model;
 pub mod qwen3;
@@ -24,7 +28,7 @@ mod safetensors_source;
 #[cfg(test)]
 mod test_util;
 
-pub use config::{GenerationConfig, ModelConfig};
+pub use config::{GenerationConfig, ModelConfig, RopeScaling};
 pub use dummy::DummySource;
 pub use error::ModelError;
 pub use loader::{

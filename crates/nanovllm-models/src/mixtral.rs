@@ -13,6 +13,7 @@ use nanovllm_kernels::{Backend, Tensor};
 use crate::config::ModelConfig;
 use crate::decoder::{DecoderLm, DecoderSpec, FeedForward};
 use crate::error::ModelError;
+use crate::features::{Features, FeedForwardKind, MoeRouting, SlidingWindow, ALL_ROPE_TYPES};
 use crate::layers::SparseMoeBlock;
 use crate::loader::{WeightLoader, WeightSource};
 use crate::model::{Model, ModelContext};
@@ -20,6 +21,22 @@ use crate::model::{Model, ModelContext};
 pub const ARCHITECTURE: &str = "MixtralForCausalLM";
 
 pub type MixtralForCausalLM = DecoderLm<SparseMoeBlock>;
+
+/// What Mixtral supports: no q/k norms, no biases, no sliding window (a `sliding_window`
+/// is refused), every rope kind, and a sparse MoE block in every layer whose top-k weights
+/// are always renormalised (`norm_topk_prob` is not read).
+pub const FEATURES: Features = Features {
+    qk_norm: false,
+    qkv_bias: false,
+    attention_bias: false,
+    mlp_bias: false,
+    sliding_window: SlidingWindow::Reject,
+    feed_forward: FeedForwardKind::Moe {
+        routing: MoeRouting::AlwaysRenormalise,
+        dense_layers: false,
+    },
+    rope_types: ALL_ROPE_TYPES,
+};
 
 impl FeedForward for SparseMoeBlock {
     fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
@@ -46,7 +63,7 @@ pub fn load_mixtral(
         source,
         ctx,
         DecoderSpec {
-            qk_norm: false,
+            qk_norm: FEATURES.qk_norm,
             load_ffn: &load_ffn,
         },
     )

@@ -1,18 +1,12 @@
 //! Qwen3 (`Qwen3ForCausalLM`): the shared pre-norm decoder ([`crate::decoder`]) with
-//! grouped-query attention, per-head RMSNorm on q and k (before RoPE), and a dense SwiGLU
-//! MLP:
-//! ```text
-//! h = down_proj(silu(gate_proj(x)) * up_proj(x))      gate ‖ up packed in one matmul
-//! ```
-//! Tensor parallelism: the MLP's intermediate features are split across ranks
-//! (`gate_up_proj` column-parallel, `down_proj` row-parallel and all-reduced).
-
-use nanovllm_kernels::{Backend, Tensor};
+//! grouped-query attention, per-head RMSNorm on q and k (before RoPE), and the dense
+//! SwiGLU [`Mlp`].
 
 use crate::config::ModelConfig;
-use crate::decoder::{DecoderLm, DecoderSpec, FeedForward};
+use crate::decoder::{DecoderLm, DecoderSpec};
 use crate::error::ModelError;
-use crate::layers::{MergedColumnParallelLinear, RowParallelLinear};
+use crate::features::{Features, FeedForwardKind, SlidingWindow, ALL_ROPE_TYPES};
+use crate::layers::Mlp;
 use crate::loader::{WeightLoader, WeightSource};
 use crate::model::{Model, ModelContext};
 
@@ -20,50 +14,18 @@ pub const ARCHITECTURE: &str = "Qwen3ForCausalLM";
 
 pub type Qwen3ForCausalLM = DecoderLm<Mlp>;
 
-/// The dense SwiGLU MLP.
-#[derive(Debug)]
-pub struct Mlp {
-    gate_up_proj: MergedColumnParallelLinear,
-    down_proj: RowParallelLinear,
-}
-
-impl Mlp {
-    /// Loads `{prefix}.mlp.{gate_proj,up_proj,down_proj}.weight` for this rank.
-    pub fn load(
-        loader: &WeightLoader,
-        prefix: &str,
-        config: &ModelConfig,
-        ctx: &ModelContext,
-    ) -> Result<Self, ModelError> {
-        let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
-        let mlp = format!("{prefix}.mlp");
-        Ok(Self {
-            gate_up_proj: MergedColumnParallelLinear::load(
-                loader,
-                &[
-                    (&format!("{mlp}.gate_proj.weight"), intermediate),
-                    (&format!("{mlp}.up_proj.weight"), intermediate),
-                ],
-                hidden,
-            )?,
-            down_proj: RowParallelLinear::load(
-                loader,
-                &format!("{mlp}.down_proj.weight"),
-                hidden,
-                intermediate,
-                ctx.comm.clone(),
-            )?,
-        })
-    }
-}
-
-impl FeedForward for Mlp {
-    fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
-        let gate_up = self.gate_up_proj.forward(backend, x)?;
-        let act = backend.silu_mul(&gate_up)?;
-        self.down_proj.forward(backend, &act)
-    }
-}
+/// What Qwen3 supports: q/k norms, every rope kind (YaRN for long context), no biases
+/// (`attention_bias: true` is refused), no sliding window (`use_sliding_window: true` is
+/// refused), a dense MLP.
+pub const FEATURES: Features = Features {
+    qk_norm: true,
+    qkv_bias: false,
+    attention_bias: false,
+    mlp_bias: false,
+    sliding_window: SlidingWindow::Reject,
+    feed_forward: FeedForwardKind::Dense,
+    rope_types: ALL_ROPE_TYPES,
+};
 
 /// Loads a Qwen3 model for this rank.
 pub fn load_qwen3(
@@ -77,7 +39,7 @@ pub fn load_qwen3(
         source,
         ctx,
         DecoderSpec {
-            qk_norm: true,
+            qk_norm: FEATURES.qk_norm,
             load_ffn: &load_ffn,
         },
     )
@@ -94,7 +56,7 @@ pub fn load(
 
 #[cfg(test)]
 mod tests {
-    use nanovllm_kernels::{CpuBackend, DType, KvCache};
+    use nanovllm_kernels::{CpuBackend, DType, KvCache, Tensor};
 
     use super::*;
     use crate::model::ForwardInput;
@@ -157,5 +119,31 @@ mod tests {
             Err(ModelError::Kernel(_))
         ));
         assert!(model.forward(&input, &mut cache).is_ok());
+    }
+
+    /// Qwen3 with YaRN for long context (transformers-5 form): with the same dummy weights,
+    /// the scaled table changes the logits.
+    #[test]
+    fn yarn_rope_scaling_reaches_qwen3() {
+        use serde_json::json;
+
+        use crate::llama::tests::{prefill_logits, tiny};
+        let dummy = |config: &ModelConfig| {
+            crate::load_model(
+                config,
+                std::path::Path::new("/nonexistent"),
+                crate::LoadFormat::Dummy,
+                &crate::test_util::cpu_ctx(),
+            )
+            .unwrap()
+        };
+        let default = tiny(ARCHITECTURE, json!({}));
+        let v5 = json!({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0,
+            "factor": 4.0, "original_max_position_embeddings": 64}});
+        let yarn = tiny(ARCHITECTURE, v5);
+        let (ids, positions) = ([3, 17, 42, 5, 9], [0, 1, 2, 3, 4]);
+        let a = prefill_logits(dummy(&default).as_ref(), &ids, &positions);
+        let b = prefill_logits(dummy(&yarn).as_ref(), &ids, &positions);
+        assert_ne!(a, b);
     }
 }

@@ -1,13 +1,15 @@
-//! Architecture registry: `architectures[0]` of config.json → constructor.
-//! A new architecture built from the shared layers is one file plus one line in
-//! [`ARCHITECTURES`]; one that brings a new feature (biases, rope scaling, windows) also edits
-//! the shared layers and `config.rs` (see docs/ARCHITECTURE.md, *Architectures*).
+//! Architecture registry: `architectures[0]` of config.json → constructor and declared
+//! [`Features`]. A new architecture built from the shared layers is one file (its loader
+//! and its `FEATURES`) plus one line in `ARCHITECTURES`; one that brings a new feature
+//! (biases, windows, a routing variant) also edits the shared layers that gain a parameter
+//! and [`Features`] (see docs/ARCHITECTURE.md, *Architectures*).
 
 use std::path::Path;
 
 use crate::config::ModelConfig;
 use crate::dummy::DummySource;
 use crate::error::ModelError;
+use crate::features::{check_features, Features};
 use crate::loader::{LoadFormat, WeightSource};
 use crate::model::{Model, ModelContext};
 use crate::safetensors_source::SafetensorsSource;
@@ -16,10 +18,37 @@ use crate::safetensors_source::SafetensorsSource;
 pub type Constructor =
     fn(&ModelConfig, &dyn WeightSource, &ModelContext) -> Result<Box<dyn Model>, ModelError>;
 
-/// One line per architecture: the `architectures[0]` name and its constructor.
-const ARCHITECTURES: &[(&str, Constructor)] = &[
-    (crate::qwen3::ARCHITECTURE, crate::qwen3::load),
-    (crate::mixtral::ARCHITECTURE, crate::mixtral::load),
+/// One registry row.
+pub struct Architecture {
+    /// `architectures[0]` in config.json.
+    pub name: &'static str,
+    pub load: Constructor,
+    /// What the architecture supports; checked against the config before loading.
+    pub features: &'static Features,
+}
+
+/// One line per architecture.
+const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        name: crate::qwen3::ARCHITECTURE,
+        load: crate::qwen3::load,
+        features: &crate::qwen3::FEATURES,
+    },
+    Architecture {
+        name: crate::mixtral::ARCHITECTURE,
+        load: crate::mixtral::load,
+        features: &crate::mixtral::FEATURES,
+    },
+    Architecture {
+        name: crate::llama::ARCHITECTURE,
+        load: crate::llama::load,
+        features: &crate::llama::FEATURES,
+    },
+    Architecture {
+        name: crate::mistral::ARCHITECTURE,
+        load: crate::mistral::load,
+        features: &crate::mistral::FEATURES,
+    },
 ];
 
 /// Seed of dummy weights: fixed, so dummy runs are reproducible.
@@ -27,28 +56,35 @@ const DUMMY_SEED: u64 = 0;
 
 /// The architectures this build can load.
 pub fn supported_architectures() -> Vec<&'static str> {
-    ARCHITECTURES.iter().map(|(name, _)| *name).collect()
+    ARCHITECTURES.iter().map(|a| a.name).collect()
+}
+
+/// The declared features of architecture `name`; `None` for one this build cannot load.
+pub fn features_of(name: &str) -> Option<&'static Features> {
+    find(name).map(|a| a.features)
+}
+
+fn find(name: &str) -> Option<&'static Architecture> {
+    ARCHITECTURES.iter().find(|a| a.name == name)
 }
 
 /// Builds the model named by `config.architecture`, loading weights from `dir`
 /// (ignored for [`LoadFormat::Dummy`]) onto `ctx.backend`, sharded by `ctx.shard`.
+/// A config asking for a feature the architecture does not declare is refused first.
 pub fn load_model(
     config: &ModelConfig,
     dir: &Path,
     format: LoadFormat,
     ctx: &ModelContext,
 ) -> Result<Box<dyn Model>, ModelError> {
-    let constructor = ARCHITECTURES
-        .iter()
-        .find(|(name, _)| *name == config.architecture)
-        .map(|(_, c)| *c)
-        .ok_or_else(|| ModelError::UnknownArchitecture {
-            name: config.architecture.clone(),
-            supported: supported_architectures(),
-        })?;
+    let arch = find(&config.architecture).ok_or_else(|| ModelError::UnknownArchitecture {
+        name: config.architecture.clone(),
+        supported: supported_architectures(),
+    })?;
+    check_features(config, arch.name, arch.features)?;
     match format {
-        LoadFormat::Safetensors => constructor(config, &SafetensorsSource::open(dir)?, ctx),
-        LoadFormat::Dummy => constructor(config, &DummySource::new(config.dtype, DUMMY_SEED), ctx),
+        LoadFormat::Safetensors => (arch.load)(config, &SafetensorsSource::open(dir)?, ctx),
+        LoadFormat::Dummy => (arch.load)(config, &DummySource::new(config.dtype, DUMMY_SEED), ctx),
     }
 }
 

@@ -10,6 +10,7 @@
 mod attention;
 mod embedding;
 mod linear;
+mod mlp;
 mod moe;
 mod norm;
 mod rotary;
@@ -17,6 +18,7 @@ mod rotary;
 pub use attention::Attention;
 pub use embedding::{ParallelLmHead, VocabParallelEmbedding};
 pub use linear::{Linear, MergedColumnParallelLinear, QkvParallelLinear, RowParallelLinear};
+pub use mlp::Mlp;
 pub use moe::SparseMoeBlock;
 pub use norm::RmsNorm;
 pub use rotary::RotaryEmbedding;
