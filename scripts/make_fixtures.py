@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Build the golden-test fixtures under `fixtures/`: tiny random Qwen3 / Mixtral checkpoints
-saved by transformers, plus the reference outputs the Rust golden tests compare against.
+"""Build the golden-test fixtures under `fixtures/`: tiny random Qwen3, Mixtral, Llama, Qwen2,
+Mistral and Qwen3-MoE checkpoints saved by transformers, plus the reference outputs the Rust
+golden tests compare against.
 
 Run by hand, never in CI:  python3 scripts/make_fixtures.py [--only NAME ...]   (needs torch,
 transformers, tokenizers, safetensors). Everything is seeded, so a rerun with the same library
@@ -14,13 +15,16 @@ Invariants (the Rust tests rely on them, see fixtures/README.md):
 - greedy continuations come from a plain loop of full forward passes (no KV cache), cross-checked
   against `model.generate`, and every greedy step's top1-top2 logit margin is above MIN_MARGIN so
   a correct engine cannot flip a choice through rounding;
-- prompt token ids never contain a special-token id.
+- prompt token ids never contain a special-token id;
+- scaled RoPE (llama3, YaRN) as loaded matches a float64 transcription of the formulas and
+  differs from plain RoPE; a sliding window covers every case (prompt + greedy tokens).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -36,10 +40,18 @@ from tokenizers import processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +116,7 @@ class FixtureSpec:
     """One fixture directory: model dims, seed, checkpoint format and tokenizer kind."""
 
     name: str
-    architecture: str  # "Qwen3ForCausalLM" | "MixtralForCausalLM"
+    architecture: str  # a key of ARCHITECTURES
     config: dict
     seed: int
     dtype: torch.dtype
@@ -116,6 +128,11 @@ class FixtureSpec:
     routing_reference: bool = False
     # More `len{n}` cases after the standard ones (long prompts for the attention kernels).
     extra_prompt_lengths: tuple[int, ...] = ()
+    # Keys written into config.json after saving, as real checkpoints carry them (e.g. Qwen2.5's
+    # `sliding_window` next to `use_sliding_window: false`, which transformers ignores).
+    config_overrides: dict = field(default_factory=dict)
+    # Draw every bias (Qwen2's q/k/v) from N(0, initializer_range): transformers zeroes them.
+    random_biases: bool = False
 
 
 COMMON = dict(
@@ -260,7 +277,184 @@ SPECS = [
         dtype=torch.bfloat16,
         routing_reference=True,
     ),
+    # Llama 3 with `llama3` rope scaling at a tiny `original_max_position_embeddings` (64) and
+    # theta 500000, so that with head_dim 16 the three frequency bands all occur: pair 0 keeps
+    # its frequency (wavelength 6.3 < 64/4), pair 1 is smoothed (32.6, between 16 and 64) and
+    # pairs 2..7 are divided by the factor 8 (> 64).
+    FixtureSpec(
+        name="llama-tiny",
+        architecture="LlamaForCausalLM",
+        config=dict(
+            COMMON,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=128,
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-5,
+            initializer_range=0.3,
+        ),
+        seed=1121,
+        dtype=torch.bfloat16,
+    ),
+    # Qwen2.5's shape of config (transformers-4 form, head_dim implied = hidden / heads = 16, a
+    # `sliding_window` that `use_sliding_window: false` turns off) with random q/k/v biases;
+    # one KV head (MQA), so tensor parallelism at 2 and 4 replicates it.
+    FixtureSpec(
+        name="qwen2-tiny",
+        architecture="Qwen2ForCausalLM",
+        config=dict(
+            COMMON,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            intermediate_size=96,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+            initializer_range=0.3,
+        ),
+        seed=1102,
+        dtype=torch.float32,
+        config_form="transformers4",
+        config_overrides={"use_sliding_window": False, "sliding_window": 32, "max_window_layers": 1},
+        random_biases=True,
+    ),
+    # Mistral with a sliding window (80) longer than every reference sequence (prompt + greedy
+    # tokens, at most 69), so windowed and full attention agree and an engine that clamps
+    # `max_model_len` to the window still serves every case. An explicit head_dim (8 x 16 = 128
+    # ≠ hidden 64), as Mistral-Nemo has.
+    FixtureSpec(
+        name="mistral-tiny",
+        architecture="MistralForCausalLM",
+        config=dict(
+            COMMON,
+            sliding_window=80,
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=16,
+            intermediate_size=96,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+            initializer_range=0.3,
+        ),
+        seed=1123,
+        dtype=torch.float32,
+    ),
+    # Qwen3-MoE: layers 0 and 2 sparse, layer 1 dense through `mlp_only_layers`; routing
+    # weights are the raw softmax probabilities (`norm_topk_prob: false`).
+    FixtureSpec(
+        name="qwen3-moe-tiny",
+        architecture="Qwen3MoeForCausalLM",
+        config=dict(
+            COMMON,
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            num_experts=8,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            decoder_sparse_step=1,
+            mlp_only_layers=[1],
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+            initializer_range=0.3,
+        ),
+        seed=1104,
+        dtype=torch.float32,
+        routing_reference=True,
+    ),
+    # Qwen3-MoE in bf16: only layer 1 sparse through `decoder_sparse_step: 2`, 16 experts,
+    # top-4, renormalised routing weights (`norm_topk_prob: true`), tied embeddings; config in
+    # the transformers-4 form Qwen3-30B-A3B ships (`num_experts`, not `num_local_experts`).
+    FixtureSpec(
+        name="qwen3-moe-tiny-bf16",
+        architecture="Qwen3MoeForCausalLM",
+        config=dict(
+            COMMON,
+            vocab_size=512,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            moe_intermediate_size=16,
+            num_experts=16,
+            num_experts_per_tok=4,
+            norm_topk_prob=True,
+            decoder_sparse_step=2,
+            mlp_only_layers=[],
+            tie_word_embeddings=True,
+            rms_norm_eps=1e-6,
+            initializer_range=0.3,
+        ),
+        seed=1105,
+        dtype=torch.bfloat16,
+        config_form="transformers4",
+        routing_reference=True,
+    ),
+    # Qwen3 with YaRN (factor 4 over 32 original positions, as Qwen3's own long-context
+    # recipe writes it) in the transformers-4 form: interpolated frequencies for all but the
+    # fastest pairs, and cos/sin scaled by 0.1 ln 4 + 1.
+    FixtureSpec(
+        name="qwen3-yarn-tiny",
+        architecture="Qwen3ForCausalLM",
+        config=dict(
+            COMMON,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+            max_position_embeddings=128,
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+            intermediate_size=128,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-6,
+            initializer_range=0.3,
+        ),
+        seed=1106,
+        dtype=torch.bfloat16,
+        config_form="transformers4",
+    ),
 ]
+
+ARCHITECTURES = {
+    "Qwen3ForCausalLM": (Qwen3Config, Qwen3ForCausalLM),
+    "MixtralForCausalLM": (MixtralConfig, MixtralForCausalLM),
+    "LlamaForCausalLM": (LlamaConfig, LlamaForCausalLM),
+    "Qwen2ForCausalLM": (Qwen2Config, Qwen2ForCausalLM),
+    "MistralForCausalLM": (MistralConfig, MistralForCausalLM),
+    "Qwen3MoeForCausalLM": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
+}
 
 
 def fail(message: str) -> None:
@@ -407,39 +601,57 @@ def build_model(spec: FixtureSpec, special_ids: dict):
     config_kwargs["bos_token_id"] = special_ids["<|endoftext|>"]
     config_kwargs["eos_token_id"] = special_ids["<|im_end|>"]
     config_kwargs["pad_token_id"] = None
-    if spec.architecture == "Qwen3ForCausalLM":
-        config, model_class = Qwen3Config(**config_kwargs), Qwen3ForCausalLM
-    else:
-        config, model_class = MixtralConfig(**config_kwargs), MixtralForCausalLM
+    config_class, model_class = ARCHITECTURES[spec.architecture]
+    config = config_class(**config_kwargs)
     torch.manual_seed(spec.seed)
     model = model_class(config)
     # transformers initialises every RMSNorm weight to exactly 1, which would hide a loader that
-    # drops norm weights; draw them from [0.5, 1.5) instead.
+    # drops norm weights; draw them from [0.5, 1.5) instead. Biases start at 0 for the same
+    # reason: draw them like the weights.
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("norm.weight"):
                 parameter.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                check(spec.random_biases, f"{spec.name}: unexpected bias {name}")
+                parameter.normal_(0.0, spec.config["initializer_range"])
+    if spec.random_biases:
+        biases = [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+        check(len(biases) > 0, f"{spec.name}: random_biases but the model has none")
     model.eval()
     return model.to(spec.dtype)
 
 
 def rewrite_config_as_transformers4(directory: Path) -> None:
-    """The pre-5.0 config.json form most Hub checkpoints still ship."""
+    """The pre-5.0 config.json form most Hub checkpoints still ship: top-level `rope_theta`,
+    and `rope_scaling` null for plain RoPE, else the other rope parameters (`rope_type` first,
+    as Qwen's model cards write it)."""
     path = directory / "config.json"
     config = json.loads(path.read_text())
-    rope = config.pop("rope_parameters")
-    check(rope.get("rope_type", "default") == "default", "transformers-4 form needs plain RoPE")
+    rope = dict(config.pop("rope_parameters"))
+    rope_type = rope.pop("rope_type", "default")
+    theta = rope.pop("rope_theta")
+    rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **rope}
     rewritten = {}
     for key, value in config.items():
         if key == "dtype":
             rewritten["torch_dtype"] = value
+        elif key == "num_local_experts" and config["model_type"] == "qwen3_moe":
+            rewritten["num_experts"] = value  # transformers 5 saves Qwen3-MoE's under Mixtral's name
         elif key == "layer_types":
             continue
         else:
             rewritten[key] = value
-    rewritten["rope_theta"] = rope["rope_theta"]
-    rewritten["rope_scaling"] = None
+    rewritten["rope_theta"] = theta
+    rewritten["rope_scaling"] = rope_scaling
     write_json(path, dict(sorted(rewritten.items())))
+
+
+def apply_config_overrides(directory: Path, overrides: dict) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.update(overrides)
+    write_json(path, dict(sorted(config.items())))
 
 
 def write_generation_config(directory: Path, spec: FixtureSpec, special_ids: dict) -> None:
@@ -484,19 +696,83 @@ def load_back(directory: Path, spec: FixtureSpec, original) -> torch.nn.Module:
     )
     model.eval()
     check(model.dtype == torch.float32, "reference model must run in f32")
-    theta = model.config.rope_parameters["rope_theta"]
-    check(theta == 10000.0, f"{spec.name}: loaded rope_theta {theta}, config form misread")
+    wanted_rope = spec.config["rope_parameters"]
+    loaded_rope = model.config.rope_parameters
+    for key, value in wanted_rope.items():
+        got = loaded_rope.get(key)
+        check(got == value, f"{spec.name}: loaded rope {key} {got}, wanted {value}: form misread")
+    theta = loaded_rope["rope_theta"]
     # RoPE frequencies must be computed in f32 (not rounded through the checkpoint dtype).
-    head_dim = model.config.head_dim or model.config.hidden_size // model.config.num_attention_heads
+    head_dim = getattr(model.config, "head_dim", None)
+    head_dim = head_dim or model.config.hidden_size // model.config.num_attention_heads
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
     inv_freq = 1.0 / (theta**exponents)
-    check(torch.equal(model.model.rotary_emb.inv_freq, inv_freq), f"{spec.name}: inv_freq")
+    rotary = model.model.rotary_emb
+    check(rotary.inv_freq.dtype == torch.float32, f"{spec.name}: inv_freq dtype")
+    if wanted_rope["rope_type"] == "default":
+        check(torch.equal(rotary.inv_freq, inv_freq), f"{spec.name}: inv_freq")
+        check(rotary.attention_scaling == 1.0, f"{spec.name}: attention scaling")
+    else:
+        # The scaled frequencies against a plain float64 transcription of the formulas, and
+        # they must really differ from plain RoPE's (else the fixture tests nothing).
+        want_inv_freq, want_scaling = scaled_rope_reference(wanted_rope, head_dim)
+        got = rotary.inv_freq.to(torch.float64)
+        check(torch.allclose(got, want_inv_freq, rtol=1e-6, atol=0), f"{spec.name}: inv_freq")
+        check(not torch.equal(rotary.inv_freq, inv_freq), f"{spec.name}: scaling changes nothing")
+        scaling = rotary.attention_scaling
+        check(abs(scaling - want_scaling) <= 1e-6, f"{spec.name}: attention scaling {scaling}")
     expected = {k: v.to(torch.float32) for k, v in original.state_dict().items()}
     loaded = model.state_dict()
     check(expected.keys() == loaded.keys(), f"{spec.name}: parameter names changed on reload")
     for name, value in expected.items():
         check(torch.equal(loaded[name], value), f"{spec.name}: {name} changed on save/reload")
     return model
+
+
+def scaled_rope_reference(rope: dict, head_dim: int) -> tuple[torch.Tensor, float]:
+    """`llama3` / `yarn` inverse frequencies (float64) and cos/sin scaling, written out from
+    the Llama 3.1 reference code and the YaRN paper (transformers' defaults: beta_fast 32,
+    beta_slow 1, truncated correction range, attention factor 0.1 ln(factor) + 1)."""
+    theta, factor = rope["rope_theta"], rope["factor"]
+    original = rope["original_max_position_embeddings"]
+    pairs = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    plain = 1.0 / theta**pairs
+    if rope["rope_type"] == "llama3":
+        low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+        out = []
+        for f in plain.tolist():
+            wavelen = 2 * math.pi / f
+            if wavelen < original / high:
+                out.append(f)
+            elif wavelen > original / low:
+                out.append(f / factor)
+            else:
+                smooth = (original / wavelen - low) / (high - low)
+                out.append((1 - smooth) * f / factor + smooth * f)
+        return torch.tensor(out, dtype=torch.float64), 1.0
+    check(rope["rope_type"] == "yarn", f"no reference for rope type {rope['rope_type']}")
+
+    def correction_dim(rotations: float) -> float:
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_dim(32)), 0)
+    high = min(math.ceil(correction_dim(1)), head_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    inv_freq = plain / factor * ramp + plain * (1 - ramp)
+    return inv_freq, 0.1 * math.log(factor) + 1.0
+
+
+def rope_reference(model) -> dict:
+    """What the engine's rope must reproduce: transformers' f32 `inv_freq` and the factor it
+    multiplies cos and sin by."""
+    rotary = model.model.rotary_emb
+    return {
+        "rope_type": model.config.rope_parameters["rope_type"],
+        "inv_freq": f32_list(rotary.inv_freq),
+        "attention_scaling": float(rotary.attention_scaling),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,10 +842,48 @@ def check_against_generate(model, prompt: list[int], expected: list[int], what: 
     check(generated == expected, f"{what}: generate {generated} != greedy loop {expected}")
 
 
+# Where each MoE architecture saves its router and experts: (block name in the layer, expert
+# weight names for gate, up, down).
+MOE_LAYOUTS = {
+    "MixtralForCausalLM": ("block_sparse_moe", ("w1", "w3", "w2")),
+    "Qwen3MoeForCausalLM": ("mlp", ("gate_proj", "up_proj", "down_proj")),
+}
+
+
+def first_sparse_layer(spec: FixtureSpec) -> int:
+    """transformers' rule: layer i is sparse unless listed in `mlp_only_layers`, and only when
+    (i + 1) is a multiple of `decoder_sparse_step` (Mixtral: every layer)."""
+    config = spec.config
+    step, dense = config.get("decoder_sparse_step", 1), config.get("mlp_only_layers", [])
+    for layer in range(config["num_hidden_layers"]):
+        if layer not in dense and (layer + 1) % step == 0:
+            return layer
+    fail(f"{spec.name}: no sparse layer")
+
+
+def check_layer_kinds(spec: FixtureSpec, directory: Path) -> None:
+    """Qwen3-MoE: the saved checkpoint has experts exactly in the layers the rule names, and
+    both kinds of layer occur."""
+    tensors = saved_tensors(directory)
+    config = spec.config
+    step, dense = config["decoder_sparse_step"], config["mlp_only_layers"]
+    kinds = []
+    for layer in range(config["num_hidden_layers"]):
+        sparse = layer not in dense and (layer + 1) % step == 0
+        has_router = f"model.layers.{layer}.mlp.gate.weight" in tensors
+        has_dense = f"model.layers.{layer}.mlp.gate_proj.weight" in tensors
+        check(has_router == sparse and has_dense != sparse, f"{spec.name}: layer {layer} kind")
+        kinds.append(sparse)
+    check(any(kinds) and not all(kinds), f"{spec.name}: wants both dense and sparse layers")
+
+
 @torch.no_grad()
-def routing_reference(model, directory: Path, prompt: list[int]) -> dict:
-    """Layer 0's MoE block on the real inputs it sees for the first 4 tokens of `prompt`."""
-    moe = model.model.layers[0].mlp
+def routing_reference(model, spec: FixtureSpec, directory: Path, prompt: list[int]) -> dict:
+    """The first sparse layer's MoE block on the real inputs it sees for the first 4 tokens of
+    `prompt` (Mixtral: layer 0)."""
+    layer = first_sparse_layer(spec)
+    block, (gate_name, up_name, down_name) = MOE_LAYOUTS[spec.architecture]
+    moe = model.model.layers[layer].mlp
     captured = []
     hook = moe.register_forward_pre_hook(lambda _module, args: captured.append(args[0].clone()))
     last_logits(model, prompt)
@@ -580,7 +894,7 @@ def routing_reference(model, directory: Path, prompt: list[int]) -> dict:
 
     # Naive reference from the tensors as SAVED (per-expert w1/w2/w3): checks that the saved
     # layout and transformers' fused in-memory layout describe the same computation.
-    prefix = "model.layers.0.block_sparse_moe"
+    prefix = f"model.layers.{layer}.{block}"
     gate = load_saved_tensor(directory, f"{prefix}.gate.weight")
     check(torch.allclose(hidden_states @ gate.T, router_logits, atol=1e-5), "router logits")
     naive = torch.zeros_like(hidden_states)
@@ -590,7 +904,7 @@ def routing_reference(model, directory: Path, prompt: list[int]) -> dict:
             expert = int(topk_ids[token, slot])
             w1, w2, w3 = (
                 load_saved_tensor(directory, f"{prefix}.experts.{expert}.{w}.weight")
-                for w in ("w1", "w2", "w3")
+                for w in (gate_name, down_name, up_name)
             )
             expert_out = w2 @ (torch.nn.functional.silu(w1 @ x) * (w3 @ x))
             naive[token] += topk_weights[token, slot] * expert_out
@@ -601,9 +915,20 @@ def routing_reference(model, directory: Path, prompt: list[int]) -> dict:
     top_k = topk_ids.shape[1]
     min_topk_gap = float((sorted_probs[:, top_k - 1] - sorted_probs[:, top_k]).min())
     check(min_topk_gap > MIN_MARGIN, f"expert choice not decisive (gap {min_topk_gap})")
-    return {
-        "source": "input of model.layers.0 MoE block (post_attention_layernorm output) for the "
-        "first 4 tokens of case len17",
+    if spec.config.get("norm_topk_prob", True):
+        sums = topk_weights.sum(dim=-1)
+        check(torch.allclose(sums, torch.ones_like(sums), atol=1e-6), "weights renormalised")
+    else:
+        top_probs = torch.gather(probs, 1, topk_ids)
+        check(torch.allclose(topk_weights, top_probs, atol=1e-7), "weights are raw softmax")
+    reference = {
+        "source": f"input of model.layers.{layer} MoE block (post_attention_layernorm output) "
+        "for the first 4 tokens of case len17",
+    }
+    if layer != 0 or spec.architecture != "MixtralForCausalLM":
+        reference["layer"] = layer
+        reference["prefix"] = prefix
+    return reference | {
         "hidden_states": f32_list(hidden_states),
         "router_logits": f32_list(router_logits),
         "topk_ids": topk_ids.tolist(),
@@ -615,7 +940,13 @@ def routing_reference(model, directory: Path, prompt: list[int]) -> dict:
 
 def compute_references(model, spec: FixtureSpec, directory: Path, special_ids: dict) -> dict:
     cases = []
+    window = spec.config.get("sliding_window")
     for name, prompt in make_prompts(spec, special_ids):
+        if window is not None:
+            # Within the window, windowed attention is full attention: the engine may clamp
+            # `max_model_len` to it and must still serve every case.
+            total = len(prompt) + NUM_GREEDY_TOKENS
+            check(total <= window, f"{spec.name}/{name}: {total} tokens exceed the window")
         logits = last_logits(model, prompt)
         top = torch.topk(logits, TOP_LOGITS)
         greedy_ids, margin = greedy(model, prompt, NUM_GREEDY_TOKENS)
@@ -641,7 +972,9 @@ def compute_references(model, spec: FixtureSpec, directory: Path, special_ids: d
         reference["text_cases"] = text_cases(model, spec)
     if spec.routing_reference:
         len17 = next(case["prompt_token_ids"] for case in cases if case["name"] == "len17")
-        reference["routing"] = routing_reference(model, directory, len17)
+        reference["routing"] = routing_reference(model, spec, directory, len17)
+    if spec.config["rope_parameters"]["rope_type"] != "default":
+        reference["rope"] = rope_reference(model)
     return reference
 
 
@@ -690,6 +1023,10 @@ def make_fixture(spec: FixtureSpec, tiny_tokenizer: Tokenizer) -> dict:
     original.save_pretrained(directory, **save_kwargs)
     if spec.config_form == "transformers4":
         rewrite_config_as_transformers4(directory)
+    if spec.config_overrides:
+        apply_config_overrides(directory, spec.config_overrides)
+    if spec.architecture == "Qwen3MoeForCausalLM":
+        check_layer_kinds(spec, directory)
     write_generation_config(directory, spec, special_ids)
     if spec.max_shard_size is not None:
         check(len(safetensors_files(directory)) >= 2, f"{spec.name}: expected several shards")

@@ -1,0 +1,45 @@
+//! Golden engine tests for Qwen2: greedy continuations of `qwen2-tiny` (f32, q/k/v
+//! biases, MQA with one KV head, a `sliding_window` that `use_sliding_window: false` turns
+//! off) through `LLM` must equal transformers' (scenarios in `common/mod.rs`), however the
+//! engine batches, chunks, caches, preempts or shards the work; at TP 2 and 4 the one KV
+//! head is replicated on every rank.
+//!
+//! Every greedy step of the reference has a top-1/top-2 logit margin ≥ 2.3e-2
+//! (`greedy_min_margin`), so a correct f32 engine cannot flip a token through rounding.
+
+mod common;
+
+use common::*;
+use nanovllm_core::tp::TpMode;
+use nanovllm_core::EngineConfig;
+
+const FIXTURES: [&str; 1] = ["qwen2-tiny"];
+const TP_SIZES: [usize; 2] = [2, 4];
+
+#[test]
+fn fixtures_are_qwen2() {
+    for fixture in FIXTURES {
+        assert_eq!(reference(fixture).architecture, "Qwen2ForCausalLM");
+    }
+}
+
+engine_scenarios!(FIXTURES, FIXTURES);
+
+/// All cases in one batch through the engine at tensor parallelism `tp` (one thread per
+/// rank): the tokens must be transformers'. Sharding changes only the order of the
+/// partial-sum additions (logits within 1e-4), far below the references' margins.
+#[test]
+fn tensor_parallel_engine_matches_reference() {
+    for fixture in FIXTURES {
+        let r = reference(fixture);
+        for tp in TP_SIZES {
+            let mut config = EngineConfig {
+                tensor_parallel_size: tp,
+                ..test_config(fixture, r.block_size)
+            };
+            config.tp.mode = TpMode::Threads;
+            config.tp.timeout_secs = 60;
+            generate_and_check(&mut llm(config), &r.cases, &format!("{fixture} tp {tp}"));
+        }
+    }
+}
