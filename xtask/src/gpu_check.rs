@@ -65,12 +65,18 @@ pub struct GpuCheckArgs {
 }
 
 /// Fixtures the CUDA tests read.
-const FIXTURES: [&str; 5] = [
+const FIXTURES: [&str; 11] = [
     "qwen3-tiny",
     "qwen3-tiny-bf16",
     "qwen3-tiny-d128",
     "mixtral-tiny",
     "mixtral-tiny-bf16",
+    "llama-tiny",
+    "qwen2-tiny",
+    "mistral-tiny",
+    "qwen3-moe-tiny",
+    "qwen3-moe-tiny-bf16",
+    "qwen3-yarn-tiny",
 ];
 
 /// One test executable: `(package, target name)` and where cargo put it.

@@ -1,4 +1,5 @@
-//! End to end on a GPU: greedy tokens of the Qwen3 and Mixtral fixtures on CUDA (bf16
+//! End to end on a GPU: greedy tokens of every architecture's fixtures (Qwen3, Mixtral,
+//! Llama, Qwen2, Mistral, Qwen3-MoE, Qwen3 with YaRN) on CUDA (bf16
 //! activations and KV cache) equal the CPU f32 engine's, except after a near tie, and the
 //! CPU engine's equal transformers' (`reference.json`), so the GPU is checked against
 //! transformers in the same run; decode through captured CUDA graphs gives the same tokens
@@ -19,7 +20,7 @@
 //! both saw the same context); where they first part, the CPU's top-1/top-2 logit margin at
 //! that step must be below [`NEAR_TIE_MARGIN`] = 0.25 (a near tie that bf16 rounding may
 //! flip), and the rest of the sequence is not compared (its contexts differ). The
-//! fixtures' logits stay below 16 (the references' largest is 10.4; qwen3-tiny-d128's 9.2,
+//! fixtures' logits stay below 16 (the references' largest is 10.9; qwen3-tiny-d128's 9.2,
 //! also on its 600-token case), where one bf16 ulp is ≤ 0.0625; 0.25 (4 ulps) covers the
 //! rounding of the bf16 logits themselves plus the bf16 activations' error through the
 //! fixtures' 2–3 layers.
@@ -34,12 +35,18 @@ use common::bundle_root;
 use nanovllm_kernels::testing::gpu::gpu_or_skip;
 
 const NEAR_TIE_MARGIN: f32 = 0.25;
-const FIXTURES: [&str; 5] = [
+const FIXTURES: [&str; 11] = [
     "qwen3-tiny",
     "qwen3-tiny-bf16",
     "qwen3-tiny-d128",
     "mixtral-tiny",
     "mixtral-tiny-bf16",
+    "llama-tiny",
+    "qwen2-tiny",
+    "mistral-tiny",
+    "qwen3-moe-tiny",
+    "qwen3-moe-tiny-bf16",
+    "qwen3-yarn-tiny",
 ];
 const MAX_TOKENS: usize = 24;
 

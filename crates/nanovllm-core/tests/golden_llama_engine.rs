@@ -9,8 +9,6 @@
 mod common;
 
 use common::*;
-use nanovllm_core::tp::TpMode;
-use nanovllm_core::EngineConfig;
 
 const FIXTURES: [&str; 1] = ["llama-tiny"];
 const TP_SIZES: [usize; 2] = [2, 4];
@@ -24,21 +22,10 @@ fn fixtures_are_llama() {
 
 engine_scenarios!(FIXTURES, FIXTURES);
 
-/// All cases in one batch through the engine at tensor parallelism `tp` (one thread per
-/// rank): the tokens must be transformers'. Sharding changes only the order of the
-/// partial-sum additions (logits within 1e-4), far below the references' margins.
+/// All cases in one batch at each of `TP_SIZES` (threads): transformers' tokens.
 #[test]
 fn tensor_parallel_engine_matches_reference() {
     for fixture in FIXTURES {
-        let r = reference(fixture);
-        for tp in TP_SIZES {
-            let mut config = EngineConfig {
-                tensor_parallel_size: tp,
-                ..test_config(fixture, r.block_size)
-            };
-            config.tp.mode = TpMode::Threads;
-            config.tp.timeout_secs = 60;
-            generate_and_check(&mut llm(config), &r.cases, &format!("{fixture} tp {tp}"));
-        }
+        check_tensor_parallel(fixture, &TP_SIZES);
     }
 }

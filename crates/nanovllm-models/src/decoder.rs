@@ -24,6 +24,7 @@ use nanovllm_kernels::{Backend, KvCache, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::features::Features;
 use crate::layers::{Attention, ParallelLmHead, RmsNorm, RotaryEmbedding, VocabParallelEmbedding};
 use crate::loader::{WeightLoader, WeightSource};
 use crate::model::{ForwardInput, KvCacheSpec, Model, ModelContext};
@@ -44,11 +45,12 @@ pub struct DecoderLayer<F> {
 
 /// How an architecture differs from the shared decoder.
 pub struct DecoderSpec<'a, F> {
-    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
-    pub qk_norm: bool,
-    /// Loads layer `i`'s feed-forward block; the argument is the layer's weight prefix
-    /// (`model.layers.{i}`).
-    pub load_ffn: &'a dyn Fn(&WeightLoader, &str) -> Result<F, ModelError>,
+    /// The architecture's declaration: the attention block reads `qk_norm` (per-head
+    /// RMSNorm of q and k before RoPE, Qwen3) and `qkv_bias` (Qwen2) from it.
+    pub features: &'a Features,
+    /// Loads layer `i`'s feed-forward block; the arguments are `i` and the layer's weight
+    /// prefix (`model.layers.{i}`).
+    pub load_ffn: &'a dyn Fn(&WeightLoader, usize, &str) -> Result<F, ModelError>,
 }
 
 #[derive(Debug)]
@@ -126,7 +128,7 @@ impl<F: FeedForward> DecoderLm<F> {
                         &loader,
                         &format!("{prefix}.self_attn"),
                         c,
-                        spec.qk_norm,
+                        spec.features,
                         ctx.comm.clone(),
                     )?,
                     post_attention_layernorm: RmsNorm::load(
@@ -135,7 +137,7 @@ impl<F: FeedForward> DecoderLm<F> {
                         hidden,
                         c.rms_norm_eps,
                     )?,
-                    ffn: (spec.load_ffn)(&loader, &prefix)?,
+                    ffn: (spec.load_ffn)(&loader, i, &prefix)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;

@@ -70,6 +70,16 @@ pub enum MoeRouting {
     NormTopkProb,
 }
 
+impl MoeRouting {
+    /// Whether `config`'s top-k router weights are renormalised to sum to 1.
+    pub fn renormalizes(self, config: &ModelConfig) -> bool {
+        match self {
+            MoeRouting::AlwaysRenormalise => true,
+            MoeRouting::NormTopkProb => config.norm_topk_prob,
+        }
+    }
+}
+
 /// Every rope kind the shared rotary embedding implements.
 pub const ALL_ROPE_TYPES: &[&str] = &IMPLEMENTED_ROPE_TYPES;
 

@@ -4,7 +4,7 @@
 //! ([`ModelConfig`], [`GenerationConfig`]), weight loading (safetensors through
 //! mmap, or dummy random weights) with tensor-parallel sharding, the shared
 //! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`, `llama.rs`,
-//! `mistral.rs`), each declaring what it supports ([`features::Features`]) and each one
+//! `mistral.rs`, `qwen2.rs`, `qwen3_moe.rs`), each declaring what it supports ([`features::Features`]) and each one
 //! line in [`registry`].
 //!
 //! It depends on the kernels crate only. It must not know about scheduling
@@ -22,7 +22,9 @@ pub mod loader;
 pub mod mistral;
 pub mod mixtral;
 mod model;
+pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
 pub mod registry;
 mod safetensors_source;
 #[cfg(test)]

@@ -150,6 +150,8 @@ pub fn check_tensor_parallel_size(
     let even = [
         ("num_attention_heads", heads),
         ("intermediate_size", config.intermediate_size),
+        // 0 (divisible by anything) unless the experts have their own width (Qwen3-MoE).
+        ("moe_intermediate_size", config.moe_intermediate_size),
     ];
     let splits_kv = |w: usize| kv_heads % w == 0 || (kv_heads > 0 && w % kv_heads == 0);
     let works = |w: usize| splits_kv(w) && even.iter().all(|&(_, c)| c % w == 0);

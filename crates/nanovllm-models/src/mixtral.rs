@@ -14,7 +14,7 @@ use crate::config::ModelConfig;
 use crate::decoder::{DecoderLm, DecoderSpec, FeedForward};
 use crate::error::ModelError;
 use crate::features::{Features, FeedForwardKind, MoeRouting, SlidingWindow, ALL_ROPE_TYPES};
-use crate::layers::SparseMoeBlock;
+use crate::layers::{ExpertNames, SparseMoeBlock};
 use crate::loader::{WeightLoader, WeightSource};
 use crate::model::{Model, ModelContext};
 
@@ -50,11 +50,13 @@ pub fn load_mixtral(
     source: &dyn WeightSource,
     ctx: &ModelContext,
 ) -> Result<MixtralForCausalLM, ModelError> {
-    let load_ffn = |loader: &WeightLoader, prefix: &str| {
+    let load_ffn = |loader: &WeightLoader, _layer: usize, prefix: &str| {
         SparseMoeBlock::load(
             loader,
             &format!("{prefix}.block_sparse_moe"),
+            ExpertNames::MIXTRAL,
             config,
+            MoeRouting::AlwaysRenormalise.renormalizes(config),
             ctx.comm.clone(),
         )
     };
@@ -63,7 +65,7 @@ pub fn load_mixtral(
         source,
         ctx,
         DecoderSpec {
-            qk_norm: FEATURES.qk_norm,
+            features: &FEATURES,
             load_ffn: &load_ffn,
         },
     )

@@ -33,13 +33,14 @@ pub fn load_qwen3(
     source: &dyn WeightSource,
     ctx: &ModelContext,
 ) -> Result<Qwen3ForCausalLM, ModelError> {
-    let load_ffn = |loader: &WeightLoader, prefix: &str| Mlp::load(loader, prefix, config, ctx);
+    let load_ffn =
+        |loader: &WeightLoader, _layer: usize, prefix: &str| Mlp::load(loader, prefix, config, ctx);
     DecoderLm::load(
         config,
         source,
         ctx,
         DecoderSpec {
-            qk_norm: FEATURES.qk_norm,
+            features: &FEATURES,
             load_ffn: &load_ffn,
         },
     )

@@ -49,6 +49,16 @@ const ARCHITECTURES: &[Architecture] = &[
         load: crate::mistral::load,
         features: &crate::mistral::FEATURES,
     },
+    Architecture {
+        name: crate::qwen2::ARCHITECTURE,
+        load: crate::qwen2::load,
+        features: &crate::qwen2::FEATURES,
+    },
+    Architecture {
+        name: crate::qwen3_moe::ARCHITECTURE,
+        load: crate::qwen3_moe::load,
+        features: &crate::qwen3_moe::FEATURES,
+    },
 ];
 
 /// Seed of dummy weights: fixed, so dummy runs are reproducible.

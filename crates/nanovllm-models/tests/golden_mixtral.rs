@@ -16,7 +16,7 @@ use std::sync::Arc;
 use common::golden::*;
 use common::{cpu_context, fixture_dir, max_abs_diff, BlockPool};
 use nanovllm_kernels::{Communicator, KernelError, Tensor};
-use nanovllm_models::layers::SparseMoeBlock;
+use nanovllm_models::layers::{ExpertNames, SparseMoeBlock};
 use nanovllm_models::{SafetensorsSource, ShardSpec, WeightLoader};
 
 const TOL: f32 = 1e-4;
@@ -47,7 +47,15 @@ fn layer0_moe(g: &Golden, shard: ShardSpec, comm: Arc<dyn Communicator>) -> Spar
     let source = SafetensorsSource::open(&fixture_dir(g.name)).unwrap();
     let backend = backend();
     let loader = WeightLoader::new(&source, backend.as_ref(), shard);
-    SparseMoeBlock::load(&loader, "model.layers.0.block_sparse_moe", &g.config, comm).unwrap()
+    SparseMoeBlock::load(
+        &loader,
+        "model.layers.0.block_sparse_moe",
+        ExpertNames::MIXTRAL,
+        &g.config,
+        true,
+        comm,
+    )
+    .unwrap()
 }
 
 /// The routing reference's `hidden_states` as an activation tensor.

@@ -132,6 +132,23 @@ pub fn greedy(n: usize) -> SamplingParams {
     }
 }
 
+/// All of `fixture`'s cases in one batch through the engine at each tensor-parallel size
+/// in `tp_sizes` (one thread per rank): the tokens must be transformers'. Sharding changes
+/// only the order of the partial-sum additions (logits within 1e-4), far below the
+/// references' margins.
+pub fn check_tensor_parallel(fixture: &str, tp_sizes: &[usize]) {
+    let r = reference(fixture);
+    for &tp in tp_sizes {
+        let mut config = EngineConfig {
+            tensor_parallel_size: tp,
+            ..test_config(fixture, r.block_size)
+        };
+        config.tp.mode = nanovllm_core::tp::TpMode::Threads;
+        config.tp.timeout_secs = 60;
+        generate_and_check(&mut llm(config), &r.cases, &format!("{fixture} tp {tp}"));
+    }
+}
+
 /// Generates `cases` together in one call and checks each against its reference.
 pub fn generate_and_check(llm: &mut LLM, cases: &[Case], what: &str) -> Vec<Output> {
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt_token_ids.clone()).collect();

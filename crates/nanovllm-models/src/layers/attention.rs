@@ -1,13 +1,13 @@
 //! The self-attention block of the decoder architectures (Llama-style, as Qwen3 and
 //! Mixtral use it):
 //! ```text
-//! q, k, v = qkv_proj(x)                                 packed, this rank's heads
+//! q, k, v = qkv_proj(x) [+ q/k/v biases]                packed, this rank's heads; biases (Qwen2)
 //! q, k = q_norm(q), k_norm(k)                           per head, only with `qk_norm` (Qwen3)
 //! q, k = rope(q, k); store_kv(k, v)
 //! o = attention(q, paged K/V) · head_dim^-0.5 scaled   prefill or decode
 //! o_proj(o)                                             row-parallel, all-reduced
 //! ```
-//! No biases. GQA: `num_key_value_heads` divides `num_attention_heads`; under tensor
+//! No o_proj bias. GQA: `num_key_value_heads` divides `num_attention_heads`; under tensor
 //! parallelism each rank holds `heads / W` q heads and `kv_heads / W` kv heads, or one kv
 //! head replicated on `W / kv_heads` ranks when `W` exceeds `kv_heads` (see
 //! [`crate::loader`]), so a rank's q heads always share its kv heads' groups.
@@ -18,6 +18,7 @@ use nanovllm_kernels::{Backend, Communicator, LayerKvCache, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::features::Features;
 use crate::layers::{QkvParallelLinear, RmsNorm, RotaryEmbedding, RowParallelLinear};
 use crate::loader::WeightLoader;
 use crate::model::ForwardInput;
@@ -38,19 +39,20 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// Loads `{prefix}.{q,k,v,o}_proj.weight` (and `{prefix}.{q,k}_norm.weight` when
-    /// `qk_norm`) for this rank. The caller has checked the world size
+    /// Loads `{prefix}.{q,k,v,o}_proj.weight`, `{prefix}.{q,k}_norm.weight` when
+    /// `features.qk_norm` and `{prefix}.{q,k,v}_proj.bias` when `features.qkv_bias`, for
+    /// this rank. The caller has checked the world size
     /// ([`crate::check_tensor_parallel_size`]).
     pub fn load(
         loader: &WeightLoader,
         prefix: &str,
         config: &ModelConfig,
-        qk_norm: bool,
+        features: &Features,
         comm: Arc<dyn Communicator>,
     ) -> Result<Self, ModelError> {
         let c = config;
         let (hidden, hd, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
-        let qk_norm = if qk_norm {
+        let qk_norm = if features.qk_norm {
             Some(QkNorm {
                 q_norm: RmsNorm::load(loader, &format!("{prefix}.q_norm.weight"), hd, eps)?,
                 k_norm: RmsNorm::load(loader, &format!("{prefix}.k_norm.weight"), hd, eps)?,
@@ -66,7 +68,7 @@ impl Attention {
                 c.num_attention_heads,
                 c.num_key_value_heads,
                 hd,
-                false,
+                features.qkv_bias,
             )?,
             qk_norm,
             o_proj: RowParallelLinear::load(

@@ -4,7 +4,7 @@
 //! - [`QkvParallelLinear`]: `q/k/v_proj` packed into one column-parallel
 //!   weight; this rank's rows are its q heads, then its k heads, then its v heads
 //!   (KV heads replicated across ranks when there are fewer than ranks). Optional
-//!   q/k/v biases are loaded packed the same way; `forward` does not add them yet.
+//!   q/k/v biases (Qwen2) are packed the same way and added to the packed output.
 //! - [`MergedColumnParallelLinear`]: `gate_proj/up_proj` packed the same way.
 //! - [`RowParallelLinear`]: input features sharded; partial sums are all-reduced.
 
@@ -108,7 +108,10 @@ impl QkvParallelLinear {
         backend: &dyn Backend,
         x: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), ModelError> {
-        let qkv = self.linear.forward(backend, x)?;
+        let mut qkv = self.linear.forward(backend, x)?;
+        if let Some(bias) = &self.bias {
+            backend.add_bias(&mut qkv, bias)?;
+        }
         let mut parts = backend
             .split_last_dim(&qkv, &[self.q_size, self.kv_size, self.kv_size])?
             .into_iter();

@@ -19,6 +19,6 @@ pub use attention::Attention;
 pub use embedding::{ParallelLmHead, VocabParallelEmbedding};
 pub use linear::{Linear, MergedColumnParallelLinear, QkvParallelLinear, RowParallelLinear};
 pub use mlp::Mlp;
-pub use moe::SparseMoeBlock;
+pub use moe::{ExpertNames, SparseMoeBlock};
 pub use norm::RmsNorm;
 pub use rotary::RotaryEmbedding;

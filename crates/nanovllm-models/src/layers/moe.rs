@@ -1,12 +1,16 @@
-//! The sparse mixture-of-experts block (Mixtral's `block_sparse_moe`):
+//! The sparse mixture-of-experts block, one implementation for every MoE architecture
+//! (Mixtral's `block_sparse_moe`, Qwen3-MoE's `mlp`); what differs is a parameter: the
+//! experts' tensor names ([`ExpertNames`]) and whether the top-k weights are renormalised.
 //! ```text
 //! router_logits = x · gateᵀ                            [T, E], gate replicated
 //! ids, weights  = moe_route(router_logits, top_k)      softmax in f32, top-k, renormalised
-//! out           = moe_experts(x, w13, w2, ids, weights)   Σ_j w_j · w2_e(silu(w1_e·x) · w3_e·x)
+//!                                                      (Mixtral; Qwen3-MoE if norm_topk_prob)
+//! out           = moe_experts(x, w13, w2, ids, weights)   Σ_j w_j · down_e(silu(gate_e·x) · up_e·x)
 //! ```
-//! Weights are stacked per layer ONCE at load, in the checkpoint dtype:
-//! `w13: [E, 2·I_r, H]` (expert `e`'s rows `0..I_r` are its w1 = gate, `I_r..2·I_r` its
-//! w3 = up, so `silu_mul` semantics hold) and `w2: [E, H, I_r]`.
+//! Experts are `ModelConfig::expert_intermediate_size` wide (`moe_intermediate_size` for
+//! Qwen3-MoE). Weights are stacked per layer ONCE at load, in the checkpoint dtype:
+//! `w13: [E, 2·I_r, H]` (expert `e`'s rows `0..I_r` are its gate projection, `I_r..2·I_r`
+//! its up projection, so `silu_mul` semantics hold) and `w2: [E, H, I_r]` (down).
 //!
 //! Tensor parallelism shards the intermediate dim of every expert: each rank holds all
 //! `E` experts with `I_r = I / W` features (w1/w3 column-parallel, w2 row-parallel), routes
@@ -22,6 +26,32 @@ use crate::error::ModelError;
 use crate::layers::Linear;
 use crate::loader::WeightLoader;
 
+/// An architecture's names for one expert's projections, under `{prefix}.experts.{e}.`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertNames {
+    /// `[I, H]`, through SiLU.
+    pub gate: &'static str,
+    /// `[I, H]`, multiplied with the activated gate.
+    pub up: &'static str,
+    /// `[H, I]`.
+    pub down: &'static str,
+}
+
+impl ExpertNames {
+    /// Mixtral: `w1` (gate), `w3` (up), `w2` (down).
+    pub const MIXTRAL: Self = Self {
+        gate: "w1",
+        up: "w3",
+        down: "w2",
+    };
+    /// Qwen3-MoE: `gate_proj`, `up_proj`, `down_proj`, as its dense MLP.
+    pub const QWEN3_MOE: Self = Self {
+        gate: "gate_proj",
+        up: "up_proj",
+        down: "down_proj",
+    };
+}
+
 #[derive(Debug)]
 pub struct SparseMoeBlock {
     /// Router `[E, H]`, replicated.
@@ -31,22 +61,28 @@ pub struct SparseMoeBlock {
     /// `[E, H, I_r]`: per expert, this rank's w2 columns.
     w2: Tensor,
     top_k: usize,
+    /// Whether the top-k weights are renormalised to sum to 1.
+    renormalize: bool,
     comm: Arc<dyn Communicator>,
 }
 
 impl SparseMoeBlock {
-    /// Loads `{prefix}.gate.weight [E, H]` and `{prefix}.experts.{e}.{w1,w3}.weight [I, H]`,
-    /// `{prefix}.experts.{e}.w2.weight [H, I]` for `e < E = num_local_experts`, this rank's
-    /// share, stacked. Errors name a missing expert ([`ModelError::MissingExpert`]) or a
+    /// Loads `{prefix}.gate.weight [E, H]` and, with `names` (e.g. Mixtral's w1/w3/w2),
+    /// `{prefix}.experts.{e}.{gate,up}.weight [I, H]`, `{prefix}.experts.{e}.{down}.weight
+    /// [H, I]` for `e < E = num_local_experts` and `I =`
+    /// [`ModelConfig::expert_intermediate_size`], this rank's share, stacked.
+    /// `renormalize`: whether routing renormalises the top-k weights. Errors name a missing expert ([`ModelError::MissingExpert`]) or a
     /// router with another expert count ([`ModelError::ExpertCount`]). The caller has
     /// checked that the world size divides `intermediate_size`.
     pub fn load(
         loader: &WeightLoader,
         prefix: &str,
+        names: ExpertNames,
         config: &ModelConfig,
+        renormalize: bool,
         comm: Arc<dyn Communicator>,
     ) -> Result<Self, ModelError> {
-        let (hidden, intermediate) = (config.hidden_size, config.intermediate_size);
+        let (hidden, intermediate) = (config.hidden_size, config.expert_intermediate_size());
         let (experts, top_k) = (config.num_local_experts, config.num_experts_per_tok);
         if experts == 0 || top_k == 0 || top_k > experts {
             return Err(ModelError::InvalidConfig {
@@ -72,7 +108,7 @@ impl SparseMoeBlock {
         };
         let name = |e: usize, w: &str| format!("{prefix}.experts.{e}.{w}.weight");
         for e in 0..experts {
-            for w in ["w1", "w2", "w3"] {
+            for w in [names.gate, names.up, names.down] {
                 if !loader.contains(&name(e, w)) {
                     return Err(ModelError::MissingExpert {
                         layer: prefix.to_owned(),
@@ -82,10 +118,10 @@ impl SparseMoeBlock {
                 }
             }
         }
-        // w1_0, w3_0, w1_1, w3_1, …: each part is split across ranks on its own, so every
-        // rank's block of 2·I_r rows is its w1 rows then its w3 rows.
+        // gate_0, up_0, gate_1, up_1, …: each part is split across ranks on its own, so every
+        // rank's block of 2·I_r rows is its gate rows then its up rows.
         let w13_names: Vec<String> = (0..experts)
-            .flat_map(|e| [name(e, "w1"), name(e, "w3")])
+            .flat_map(|e| [name(e, names.gate), name(e, names.up)])
             .collect();
         let w13_parts: Vec<(&str, usize)> = w13_names
             .iter()
@@ -94,13 +130,14 @@ impl SparseMoeBlock {
         let w13 = loader.packed_column_shard(&w13_parts, hidden)?;
         let local = w13.shape()[0] / (2 * experts);
         let w13 = w13.reshape(&[experts, 2 * local, hidden])?;
-        let w2_names: Vec<String> = (0..experts).map(|e| name(e, "w2")).collect();
+        let w2_names: Vec<String> = (0..experts).map(|e| name(e, names.down)).collect();
         let w2 = loader.stacked_row_shard(&w2_names, [hidden, intermediate])?;
         Ok(Self {
             gate: Linear::new(gate),
             w13,
             w2,
             top_k,
+            renormalize,
             comm,
         })
     }
@@ -135,6 +172,10 @@ impl SparseMoeBlock {
     }
     pub fn top_k(&self) -> usize {
         self.top_k
+    }
+    /// Whether routing renormalises the top-k weights.
+    pub fn renormalizes(&self) -> bool {
+        self.renormalize
     }
 }
 
@@ -209,7 +250,9 @@ mod tests {
         SparseMoeBlock::load(
             &loader,
             "model.layers.0.block_sparse_moe",
+            ExpertNames::MIXTRAL,
             config,
+            true,
             Arc::new(NoopCommunicator),
         )
     }

@@ -1,0 +1,91 @@
+//! Qwen3-MoE (`Qwen3MoeForCausalLM`: Qwen3-30B-A3B, Qwen3-235B-A22B): Qwen3's attention
+//! (q/k norms) over the shared decoder, with a feed-forward block chosen per layer by
+//! [`ModelConfig::is_sparse_layer`] (transformers' rule: not in `mlp_only_layers`, and
+//! `(i + 1) % decoder_sparse_step == 0`):
+//! - sparse: the shared [`SparseMoeBlock`] under `mlp.` with Qwen's expert names
+//!   (`mlp.experts.{e}.{gate,up,down}_proj`), `moe_intermediate_size` wide, top-k weights
+//!   renormalised only when `norm_topk_prob` is true;
+//! - dense: the SwiGLU [`Mlp`], `intermediate_size` wide.
+
+use nanovllm_kernels::{Backend, Tensor};
+
+use crate::config::ModelConfig;
+use crate::decoder::{DecoderLm, DecoderSpec, FeedForward};
+use crate::error::ModelError;
+use crate::features::{Features, FeedForwardKind, MoeRouting, SlidingWindow, ALL_ROPE_TYPES};
+use crate::layers::{ExpertNames, Mlp, SparseMoeBlock};
+use crate::loader::{WeightLoader, WeightSource};
+use crate::model::{Model, ModelContext};
+
+pub const ARCHITECTURE: &str = "Qwen3MoeForCausalLM";
+
+pub type Qwen3MoeForCausalLM = DecoderLm<Qwen3MoeFeedForward>;
+
+const ROUTING: MoeRouting = MoeRouting::NormTopkProb;
+
+/// What Qwen3-MoE supports: Qwen3's attention (q/k norms, no biases, no window, every rope
+/// kind) and sparse MoE layers with dense ones in between, routed per `norm_topk_prob`.
+pub const FEATURES: Features = Features {
+    qk_norm: true,
+    qkv_bias: false,
+    attention_bias: false,
+    mlp_bias: false,
+    sliding_window: SlidingWindow::Reject,
+    feed_forward: FeedForwardKind::Moe {
+        routing: ROUTING,
+        dense_layers: true,
+    },
+    rope_types: ALL_ROPE_TYPES,
+};
+
+/// One layer's feed-forward block.
+#[derive(Debug)]
+pub enum Qwen3MoeFeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoeBlock),
+}
+
+impl FeedForward for Qwen3MoeFeedForward {
+    fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(backend, x),
+            Self::Sparse(moe) => moe.forward(backend, x),
+        }
+    }
+}
+
+/// Loads a Qwen3-MoE model for this rank.
+pub fn load_qwen3_moe(
+    config: &ModelConfig,
+    source: &dyn WeightSource,
+    ctx: &ModelContext,
+) -> Result<Qwen3MoeForCausalLM, ModelError> {
+    let load_ffn = |loader: &WeightLoader, layer: usize, prefix: &str| {
+        Ok(if config.is_sparse_layer(layer) {
+            Qwen3MoeFeedForward::Sparse(SparseMoeBlock::load(
+                loader,
+                &format!("{prefix}.mlp"),
+                ExpertNames::QWEN3_MOE,
+                config,
+                ROUTING.renormalizes(config),
+                ctx.comm.clone(),
+            )?)
+        } else {
+            Qwen3MoeFeedForward::Dense(Mlp::load(loader, prefix, config, ctx)?)
+        })
+    };
+    let spec = DecoderSpec {
+        features: &FEATURES,
+        load_ffn: &load_ffn,
+    };
+    DecoderLm::load(config, source, ctx, spec)
+}
+
+/// Registry entry point.
+pub fn load(
+    config: &ModelConfig,
+    source: &dyn WeightSource,
+    ctx: &ModelContext,
+) -> Result<Box<dyn Model>, ModelError> {
+    Ok(Box::new(load_qwen3_moe(config, source, ctx)?))
+}
