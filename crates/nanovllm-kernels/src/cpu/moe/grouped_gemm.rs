@@ -178,10 +178,9 @@ fn pack_expert_rows(
     let first_tiles = items
         .iter()
         .filter(|item| item.n0 == 0 && item.rows > DOT_MAX_ROWS);
-    let len = first_tiles
-        .clone()
-        .next_back()
-        .map_or(0, |last| last.packed0 + packed_gemm::packed_x_len(last.rows, k));
+    let len = first_tiles.clone().next_back().map_or(0, |last| {
+        last.packed0 + packed_gemm::packed_x_len(last.rows, k)
+    });
     // Every element up to `len` is overwritten below.
     packed_x.resize(len, 0.0);
     for item in first_tiles {
