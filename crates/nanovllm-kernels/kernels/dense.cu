@@ -149,6 +149,27 @@ extern "C" __global__ void add_inplace_bf16(bf16* __restrict__ x, const bf16* __
     GRID_STRIDE(i, n) { x[i] = from_f32<bf16>(to_f32(x[i]) + to_f32(y[i])); }
 }
 
+// ---- bias add --------------------------------------------------------------------------
+// x[t, n] += bias[n] in place over x: [rows, cols] (total = rows·cols elements); the sum
+// is taken in f32 and rounded once to x's dtype. Any float dtype for x and for the bias.
+template <typename X, typename B>
+__device__ void add_bias(X* __restrict__ x, const B* __restrict__ bias, long long total,
+                         int cols) {
+    GRID_STRIDE(i, total) { x[i] = from_f32<X>(to_f32(x[i]) + to_f32(bias[i % cols])); }
+}
+#define ADD_BIAS(x_suffix, X, b_suffix, B)                                                  \
+    extern "C" __global__ void add_bias_##x_suffix##_##b_suffix(X* x, const B* bias,        \
+                                                                long long total, int cols) { \
+        add_bias<X, B>(x, bias, total, cols);                                               \
+    }
+#define ADD_BIAS_ALL_BIASES(x_suffix, X) \
+    ADD_BIAS(x_suffix, X, f32, float)    \
+    ADD_BIAS(x_suffix, X, bf16, bf16)    \
+    ADD_BIAS(x_suffix, X, f16, __half)
+ADD_BIAS_ALL_BIASES(f32, float)
+ADD_BIAS_ALL_BIASES(bf16, bf16)
+ADD_BIAS_ALL_BIASES(f16, __half)
+
 // ---- dtype casts (matmul's f32 path) ----------------------------------------------------
 extern "C" __global__ void cast_bf16_f32(float* __restrict__ out, const bf16* __restrict__ in,
                                          long long n) {

@@ -116,6 +116,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor>;
     /// `x += y`, same shape.
     fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
+    /// Adds a bias to every row, in place (Qwen2's q/k/v projections):
+    /// `x: [T, N]`, `bias: [N]` → `x[t, n] += bias[n]`, the sum taken in f32 and rounded
+    /// once to x's dtype. `x` is in the activation dtype (f32, bf16 or f16 accepted),
+    /// `bias` in a weight dtype (f32, bf16 or f16). Allocates nothing and never waits for
+    /// the device (safe inside a captured CUDA graph). Mismatched shapes and non-float
+    /// dtypes are errors.
+    fn add_bias(&self, x: &mut Tensor, bias: &Tensor) -> Result<()>;
     /// Splits the last dim of `x: [M, sum(sizes)]` into `[M, sizes[i]]` tensors.
     fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts>;
     /// Gathers rows: `x: [M, N]`, `rows: U32 [R]` → `[R, N]`.

@@ -109,23 +109,42 @@ fn decode_step_allocations(fixture: &str, steps: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Asserts that the third and fourth decode steps of `fixture` allocate nothing.
+fn assert_warm_steps_allocate_nothing(fixture: &str, pool: &str) {
+    let counts = decode_step_allocations(fixture, 4);
+    // The first decode step sizes the pool and the per-thread scratch.
+    assert!(
+        counts[0] > 0,
+        "{fixture} ({pool}): the count sees the first step's allocations"
+    );
+    assert_eq!(
+        &counts[2..],
+        &[0, 0],
+        "{fixture} ({pool}): allocations per decode step {counts:?}"
+    );
+}
+
 #[test]
 fn warm_decode_steps_allocate_nothing() {
     // bf16 weights: the engine's CPU kernels throughout (f32 weights go through the
     // `gemm` crate, which allocates its own packing buffers per call).
-    for fixture in ["qwen3-tiny-bf16", "mixtral-tiny-bf16"] {
-        let counts = decode_step_allocations(fixture, 4);
-        // The first decode step sizes the pool and the per-thread scratch.
-        assert!(
-            counts[0] > 0,
-            "{fixture}: the count sees the first step's allocations"
-        );
-        assert_eq!(
-            &counts[2..],
-            &[0, 0],
-            "{fixture}: allocations per decode step {counts:?}"
-        );
+    let fixtures = ["qwen3-tiny-bf16", "mixtral-tiny-bf16"];
+    for fixture in fixtures {
+        assert_warm_steps_allocate_nothing(fixture, "global pool");
     }
+    // Four decode tokens routed top-2 over mixtral-tiny's 4 experts: some expert always
+    // gets two or more rows, so the multi-row expert path runs on every step. On one
+    // thread every work item runs on the thread that started the step, so whatever it
+    // allocates shows on every step, not only when a worker meets a case it has not seen.
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread rayon pool");
+    one_thread.install(|| {
+        for fixture in fixtures {
+            assert_warm_steps_allocate_nothing(fixture, "one-thread pool");
+        }
+    });
     let stats = buffer_pool::stats();
     assert!(stats.reused > 0, "op outputs came from the pool: {stats:?}");
 }

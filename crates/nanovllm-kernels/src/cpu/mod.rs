@@ -9,6 +9,7 @@
 
 mod activation;
 mod attention;
+mod bias;
 pub mod buffer_pool;
 mod check;
 mod convert;
@@ -156,6 +157,9 @@ impl Backend for CpuBackend {
     }
     fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
         rows::add_inplace(x, y)
+    }
+    fn add_bias(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
+        bias::add_bias(x, bias)
     }
     fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts> {
         rows::split_last_dim(x, sizes)

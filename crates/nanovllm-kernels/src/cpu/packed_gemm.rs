@@ -34,7 +34,7 @@ const KC: usize = 256;
 /// Rows of `x` per block: its `MC × KC` packed slice (96 KiB) stays in L2.
 const MC: usize = 16 * MR;
 /// Most output columns per task: its widened `KC × NC_MAX` W slice is 128 KiB (L2).
-const NC_MAX: usize = 8 * NR;
+pub(crate) const NC_MAX: usize = 8 * NR;
 
 thread_local! {
     /// The packed `x` of the calling thread, reused across calls.
@@ -62,12 +62,26 @@ fn task_cols(n: usize) -> usize {
     by_balance.clamp(1, NC_MAX).next_multiple_of(NR)
 }
 
+/// Length of `x[m, k]` packed by [`pack_x_into`]: `⌈m/MR⌉` panels of `k · MR`.
+pub(crate) fn packed_x_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * k * MR
+}
+
 /// `x[M, K]` as row panels `[⌈M/MR⌉][K][MR]`, zero-padded past row M.
 fn pack_x(xs: &[f32], m: usize, k: usize, packed: &mut Vec<f32>) {
-    let panels = m.div_ceil(MR);
-    // Every element is written below (rows past M as zeros), so no fill is needed first.
-    packed.resize(panels * k * MR, 0.0);
-    for (p, panel) in packed.chunks_exact_mut(k * MR).enumerate() {
+    // Every element is written by `pack_x_into` (rows past M as zeros), so no fill first.
+    packed.resize(packed_x_len(m, k), 0.0);
+    pack_x_into(xs, m, k, packed);
+}
+
+/// Packs `xs: [m, k]` into the first [`packed_x_len`]`(m, k)` elements of `packed`,
+/// overwriting each of them.
+pub(crate) fn pack_x_into(xs: &[f32], m: usize, k: usize, packed: &mut [f32]) {
+    let len = packed_x_len(m, k);
+    if len == 0 {
+        return;
+    }
+    for (p, panel) in packed[..len].chunks_exact_mut(k * MR).enumerate() {
         let rows = MR.min(m - p * MR);
         for i in 0..rows {
             let row = &xs[(p * MR + i) * k..(p * MR + i + 1) * k];
@@ -99,21 +113,10 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
         let packed_x: &[f32] = packed_x;
         let task = |t: usize| {
             let n0 = t * nc;
-            let block = ColumnBlock {
-                n0,
-                cols: nc.min(n - n0),
-            };
-            PACKED_W.with_borrow_mut(|packed_w| {
-                // SAFETY: `available()` holds and w is [n, k] (asserted above); x is packed
-                // for [m, k]; this task alone writes output columns n0..n0 + cols of the m
-                // rows of `out`, which holds m·n (asserted above).
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx2::column_block(packed_x, ws, Shape { m, k, n }, block, packed_w, out_ptr)
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                let _ = (packed_x, block, packed_w, out_ptr);
-            });
+            // SAFETY: `available()` holds and w is [n, k] (asserted above); x is packed
+            // for [m, k]; `nc ≤ NC_MAX`; this task alone writes output columns
+            // n0..n0 + cols of the m rows of `out`, which holds m·n (asserted above).
+            unsafe { column_block_bf16(packed_x, ws, m, k, n, n0, nc.min(n - n0), out_ptr) };
         };
         if worth_parallel(m * n * k) {
             (0..tasks)
@@ -125,6 +128,46 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
         }
     });
 }
+
+/// Output columns `n0 .. n0 + cols` of all `m` rows of `out = x · wᵀ`, where `out` rows
+/// are `n` apart, from `x` packed by [`pack_x_into`] and `w: [n, k]` bf16 bits. Runs on
+/// the calling thread, widening into its panel buffer, which is sized for the largest
+/// block once, so a warm thread never allocates here whatever the blocks it is given.
+///
+/// # Safety
+/// [`available`] holds; `packed_x` holds `x[m, k]` packed by [`pack_x_into`]; `w` holds
+/// `n·k` elements; `n0 + cols ≤ n`, `0 < cols ≤ NC_MAX`; `out` is valid for writes at
+/// `i·n + j` for `i < m`, `n0 ≤ j < n0 + cols`, and nothing else touches those elements
+/// during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn column_block_bf16(
+    packed_x: &[f32],
+    w: &[u16],
+    m: usize,
+    k: usize,
+    n: usize,
+    n0: usize,
+    cols: usize,
+    out: OutPtr,
+) {
+    debug_assert!(cols <= NC_MAX && n0 + cols <= n && packed_x.len() >= packed_x_len(m, k));
+    // The call makes no rayon calls, so this borrow cannot re-enter.
+    PACKED_W.with_borrow_mut(|packed_w| {
+        // `pack_w` sizes the buffer to `⌈cols/NR⌉ · kc ≤ MAX_W_LINES` lines.
+        packed_w.reserve(MAX_W_LINES.saturating_sub(packed_w.len()));
+        let block = ColumnBlock { n0, cols };
+        // SAFETY: the contract gives every requirement of `column_block`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx2::column_block(packed_x, w, Shape { m, k, n }, block, packed_w, out)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (packed_x, w, m, k, n, block, out);
+    });
+}
+
+/// Most lines a thread's widened W panels hold: `NC_MAX / NR` panels of `KC` lines.
+const MAX_W_LINES: usize = NC_MAX / NR * KC;
 
 /// One k of one packed W panel: `NR` f32 on a 64-byte line of their own, so neither of
 /// the micro-kernel's two 32-byte loads per k ever splits a cache line.

@@ -1,14 +1,15 @@
-//! Elementwise kernels: SiLU·mul, in-place add, and the dtype casts matmul's f32 path uses.
+//! Elementwise kernels: SiLU·mul, in-place add, bias add, and the dtype casts matmul's f32 path uses.
 //! Each grid-strides over all elements, one thread per element.
 
 use cudarc::driver::PushKernelArg;
 
-use super::check::{dims2, expect_dtype, expect_shape};
-use super::device::{device_buf, CudaBackend};
+use super::check::{dims2, expect_dtype, expect_shape, float_suffix};
+use super::device::{device_buf, device_buf_mut, CudaBackend};
 use super::launch::{as_i32, cuda_err, elementwise};
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::tensor::Tensor;
+use crate::validate;
 
 pub(crate) fn silu_mul(be: &CudaBackend, gate_up: &Tensor) -> Result<Tensor> {
     const OP: &str = "silu_mul";
@@ -58,6 +59,45 @@ pub(crate) fn add_inplace(be: &CudaBackend, x: &mut Tensor, y: &Tensor) -> Resul
     // SAFETY: matches `add_inplace_bf16`; same element count.
     unsafe { launch.launch(elementwise(n)) }.map_err(cuda_err(OP))?;
     Ok(())
+}
+
+/// `x[t, n] += bias[n]` in place (see [`crate::Backend::add_bias`]): one elementwise
+/// launch, any float dtype for `x` and for `bias`.
+pub(crate) fn add_bias(be: &CudaBackend, x: &mut Tensor, bias: &Tensor) -> Result<()> {
+    const OP: &str = "add_bias";
+    let (rows, cols) = validate::add_bias_shapes(OP, x, bias)?;
+    let total = rows * cols;
+    if total == 0 {
+        return Ok(());
+    }
+    let cols_i = as_i32(OP, "bias length", cols)?;
+    let total_i = total as i64;
+    let f = be.function(add_bias_kernel(x.dtype(), bias.dtype()))?;
+    let mut launch = be.stream().launch_builder(&f);
+    launch
+        .arg(device_buf_mut(x, OP)?)
+        .arg(device_buf(bias, OP)?)
+        .arg(&total_i)
+        .arg(&cols_i);
+    // SAFETY: matches `add_bias_<x>_<bias>` for these dtypes; x holds `total` elements
+    // and bias `cols` (validated above), and the kernel reads bias[i % cols] only.
+    unsafe { launch.launch(elementwise(total)) }.map_err(cuda_err(OP))?;
+    Ok(())
+}
+
+/// The `add_bias` kernel for float dtypes of x and the bias (checked by the caller).
+fn add_bias_kernel(x: DType, bias: DType) -> &'static str {
+    match (float_suffix(x), float_suffix(bias)) {
+        ("f32", "f32") => "add_bias_f32_f32",
+        ("f32", "bf16") => "add_bias_f32_bf16",
+        ("f32", _) => "add_bias_f32_f16",
+        ("bf16", "f32") => "add_bias_bf16_f32",
+        ("bf16", "bf16") => "add_bias_bf16_bf16",
+        ("bf16", _) => "add_bias_bf16_f16",
+        (_, "f32") => "add_bias_f16_f32",
+        (_, "bf16") => "add_bias_f16_bf16",
+        _ => "add_bias_f16_f16",
+    }
 }
 
 /// A copy of a float tensor converted to `to` on the device. Supported: bf16 → f32,

@@ -217,6 +217,9 @@ impl Backend for CudaBackend {
     fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
         elementwise::add_inplace(self, x, y)
     }
+    fn add_bias(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
+        elementwise::add_bias(self, x, bias)
+    }
     fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts> {
         rows::split_last_dim(self, x, sizes)
     }

@@ -4,8 +4,8 @@
 use crate::{Backend, DType, Tensor};
 
 use super::check::{
-    activation, assert_close, assert_close_scaled, host_f32, rounded, upload_float, upload_u32,
-    widen, Tol,
+    activation, assert_close, assert_close_scaled, host_f32, round_to, rounded, upload_float,
+    upload_u32, widen, Tol,
 };
 use super::reference;
 use super::rng::Rng;
@@ -285,6 +285,42 @@ pub fn add_inplace_adds(backend: &dyn Backend) {
             &want,
             Tol::for_backend(backend, 0.0, 1e-7, 2.0),
         );
+    }
+}
+
+/// `add_bias` for every x dtype (the activation dtype first) and bias dtype, at T = 0, 1,
+/// odd N and a size the CPU runs in parallel. Tolerance: exact. The op's arithmetic is
+/// one f32 add of the held (exactly widened) values and one round-to-nearest-even to x's
+/// dtype, which the reference repeats.
+pub fn add_bias_matches_reference(backend: &dyn Backend) {
+    let mut rng = Rng::new(14);
+    let mut x_dtypes = vec![backend.activation_dtype()];
+    for d in [DType::F32, DType::BF16, DType::F16] {
+        if !x_dtypes.contains(&d) {
+            x_dtypes.push(d);
+        }
+    }
+    let shapes = [(0, 7), (1, 1), (1, 13), (5, 9), (37, 513), (300, 1024)];
+    for x_dtype in x_dtypes {
+        for b_dtype in [DType::F32, DType::BF16, DType::F16] {
+            for (t, n) in shapes {
+                let x = rounded(x_dtype, &rng.vec(t * n, 2.0));
+                let bias = rounded(b_dtype, &rng.vec(n, 1.0));
+                let mut xt = upload_float(backend, &x, &[t, n], x_dtype);
+                let bt = upload_float(backend, &bias, &[n], b_dtype);
+                let what = format!("add_bias x {x_dtype} [{t}, {n}], bias {b_dtype}");
+                backend
+                    .add_bias(&mut xt, &bt)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!((xt.shape(), xt.dtype()), (&[t, n][..], x_dtype), "{what}");
+                let want: Vec<f64> = x
+                    .chunks_exact(n)
+                    .flat_map(|row| row.iter().zip(&bias).map(|(&a, &b)| a + b))
+                    .map(|sum| round_to(x_dtype, sum) as f64)
+                    .collect();
+                assert_close(&what, &host_f32(backend, &xt), &want, Tol::EXACT);
+            }
+        }
     }
 }
 

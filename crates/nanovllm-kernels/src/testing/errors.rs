@@ -34,6 +34,55 @@ fn is_out_of_range(index: usize, size: usize) -> impl Fn(&KernelError) -> bool {
     move |e| matches!(e, KernelError::IndexOutOfRange { index: i, size: s, .. } if *i == index && *s == size)
 }
 
+/// A bias of the wrong length or rank, a 1-d x, and integer operands; a rejected call
+/// leaves x as it was.
+pub fn add_bias_rejects_bad_inputs(backend: &dyn Backend) {
+    let (mut x, x_held) = activation(backend, &[0.5; 12], &[3, 4]);
+    let wrong_rank = |e: &KernelError| matches!(e, KernelError::WrongRank { .. });
+    let wrong_dtype = |e: &KernelError| {
+        matches!(
+            e,
+            KernelError::WrongDType { .. } | KernelError::UnsupportedDType { .. }
+        )
+    };
+    let short = upload_float(backend, &[1.0; 3], &[3], DType::BF16);
+    expect_err(
+        "add_bias bias length",
+        backend.add_bias(&mut x, &short),
+        is_shape,
+    );
+    let square = upload_float(backend, &[1.0; 16], &[4, 4], DType::BF16);
+    expect_err(
+        "add_bias 2-d bias",
+        backend.add_bias(&mut x, &square),
+        wrong_rank,
+    );
+    let int_bias = upload_u32(backend, &[1; 4], &[4]);
+    expect_err(
+        "add_bias u32 bias",
+        backend.add_bias(&mut x, &int_bias),
+        wrong_dtype,
+    );
+    assert_eq!(
+        host_f32(backend, &x),
+        x_held,
+        "a rejected add_bias changed x"
+    );
+    let bias = upload_float(backend, &[1.0; 4], &[4], DType::BF16);
+    let (mut flat, _) = activation(backend, &[0.5; 4], &[4]);
+    expect_err(
+        "add_bias 1-d x",
+        backend.add_bias(&mut flat, &bias),
+        wrong_rank,
+    );
+    let mut int_x = upload_u32(backend, &[1; 12], &[3, 4]);
+    expect_err(
+        "add_bias u32 x",
+        backend.add_bias(&mut int_x, &bias),
+        wrong_dtype,
+    );
+}
+
 pub fn matmul_rejects_bad_inputs(backend: &dyn Backend) {
     let (x, _) = activation(backend, &[0.5; 12], &[3, 4]);
     let w = upload_float(backend, &[0.5; 10], &[2, 5], DType::BF16);

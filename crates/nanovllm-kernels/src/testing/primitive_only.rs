@@ -39,6 +39,7 @@ macro_rules! forward_required_ops {
             fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
             fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor>;
             fn add_inplace(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
+            fn add_bias(&self, x: &mut Tensor, bias: &Tensor) -> Result<()>;
             fn split_last_dim(&self, x: &Tensor, sizes: &[usize]) -> Result<TensorParts>;
             fn index_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;
             fn store_kv(&self, k: &Tensor, v: &Tensor, cache: &mut LayerKvCache, slot_mapping: &Tensor) -> Result<()>;

@@ -81,6 +81,21 @@ pub(crate) fn add_rms_norm_shapes(
     Ok((rows, cols))
 }
 
+/// The operands of `add_bias`: `x: [T, N]` and `bias: [N]`, both float (f32, bf16 or
+/// f16); returns `(T, N)`.
+pub(crate) fn add_bias_shapes(
+    op: &'static str,
+    x: &Tensor,
+    bias: &Tensor,
+) -> Result<(usize, usize)> {
+    let (rows, cols) = dims2(op, "x", x)?;
+    dims1(op, "bias", bias)?;
+    expect_shape(op, bias, &[cols])?;
+    expect_float(op, "x", x)?;
+    expect_float(op, "bias", bias)?;
+    Ok((rows, cols))
+}
+
 /// `t` must have `dtype`; its name is the `expected` of the error.
 pub(crate) fn expect_dtype(
     op: &'static str,
@@ -100,8 +115,6 @@ pub(crate) fn expect_dtype(
 }
 
 /// `t` must be a float tensor (f32, bf16 or f16): weights may be any of them.
-// The CPU ops get this check from reading the buffer (`cpu::check::floats`).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn expect_float(op: &'static str, arg: &'static str, t: &Tensor) -> Result<()> {
     if !t.dtype().is_float() {
         return Err(KernelError::WrongDType {

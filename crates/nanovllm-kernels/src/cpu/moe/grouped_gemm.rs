@@ -9,9 +9,19 @@
 //! its tile of W once:
 //! - one row (a decode token alone on its expert): dot products; bf16 dots the raw bits,
 //!   f16 widens each W row once into a per-thread scratch row;
-//! - more rows: the tile is widened (narrow dtypes) into a per-thread f32 buffer and
-//!   multiplied by the expert's rows with `gemm` (already at 2–16 rows gemm beats one
-//!   dot product per row and W row: 2.5× at 64 decode tokens, `benches/moe_layer.rs`).
+//! - more rows, bf16 weights on AVX2+FMA: the packed GEMM of dense bf16 matmul
+//!   ([`packed_gemm::column_block_bf16`]) on the expert's rows, packed once per call
+//!   before the items run; tiles are at most [`packed_gemm::NC_MAX`] W rows, its block;
+//! - more rows otherwise (f32 or f16 weights, or no AVX2): the tile is widened (narrow
+//!   dtypes) into a per-thread f32 buffer and multiplied by the expert's rows with `gemm`.
+//!
+//! Already at 2–16 rows a GEMM beats one dot product per row and W row
+//! (`benches/moe_layer.rs`).
+//!
+//! Allocation: the items, the packed rows and the per-thread buffers are kept across
+//! calls and sized for the call's worst case (any routing of the same `R`, `E`, `n`, `k`),
+//! so with bf16 weights on AVX2 a warm call allocates nothing whichever experts the tokens
+//! pick. The `gemm` crate allocates its own packing buffers, so the `gemm` path does.
 //!
 //! Items write disjoint blocks of `out` (their expert's rows × their tile's columns).
 
@@ -22,20 +32,27 @@ use rayon::prelude::*;
 
 use super::super::check::Floats;
 use super::super::matmul::gemm_x_wt;
+use super::super::packed_gemm::{self, MR};
 use super::super::parallel::{with_taken, worth_parallel, OutPtr};
 use super::super::simd::{dot_bf16, dot_f32};
 
 /// Up to this many rows an expert takes the dot-product path (see the module docs).
 const DOT_MAX_ROWS: usize = 1;
 
-/// f32 elements per widened weight tile (256 KiB: stays in L2 while gemm sweeps `x`).
+/// f32 elements per widened weight tile of the `gemm` path (256 KiB: stays in L2 while
+/// gemm sweeps `x`).
 const TILE_ELEMS: usize = 1 << 16;
+
+/// Fewest W rows per tile (a multiple of the packed GEMM's register tile width).
+const MIN_TILE_ROWS: usize = 16;
 
 thread_local! {
     /// Per-thread widened weight tile (or row), reused across items and calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The work items of a call, reused across calls.
     static ITEMS: RefCell<Vec<Item>> = const { RefCell::new(Vec::new()) };
+    /// The packed rows of every multi-row expert (packed path), reused across calls.
+    static PACKED_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The shape of one grouped product (validated by the caller).
@@ -57,6 +74,9 @@ struct Item {
     rows: usize,
     n0: usize,
     tile_n: usize,
+    /// Where the expert's packed rows start in the packed buffer (packed path, multi-row
+    /// experts only).
+    packed0: usize,
 }
 
 /// `out[r] = x[r] · W_{e(r)}ᵀ` for every row (see the module docs).
@@ -74,37 +94,52 @@ pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mu
         out[..rows_total * n].fill(0.0);
         return;
     }
-    // Taken, not borrowed: the items outlive a parallel loop (see `with_taken`).
+    let packed = matches!(w, Floats::BF16(_)) && packed_gemm::available();
+    // Taken, not borrowed: the items and the packed rows outlive a parallel loop (see
+    // `with_taken`).
     with_taken(&ITEMS, |items| {
-        work_items(offsets, n, k, items);
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        let run = |item: &Item| {
-            // SAFETY: `item` covers rows row0..row0+rows (≤ R: every offset is, asserted
-            // above) and columns n0..n0+tile_n (≤ n) of `out`, which holds R·n (asserted
-            // above); no other item touches that block.
-            unsafe { run_item(x, w, n, k, *item, out_ptr.get()) }
-        };
-        if worth_parallel(2 * rows_total * n * k) {
-            items.par_iter().for_each(run);
-        } else {
-            items.iter().for_each(run);
-        }
+        with_taken(&PACKED_X, |packed_x| {
+            work_items(offsets, n, k, packed, items);
+            if packed {
+                pack_expert_rows(x, k, items, rows_total, offsets.len() - 1, packed_x);
+            }
+            let packed_x: &[f32] = packed_x;
+            let out_ptr = OutPtr(out.as_mut_ptr());
+            let run = |item: &Item| {
+                // SAFETY: `item` covers rows row0..row0+rows (≤ R: every offset is,
+                // asserted above) and columns n0..n0+tile_n (≤ n) of `out`, which holds
+                // R·n (asserted above); no other item touches that block. With `packed`,
+                // `pack_expert_rows` packed every multi-row expert at its `packed0`.
+                unsafe { run_item(x, packed.then_some(packed_x), w, n, k, *item, out_ptr) }
+            };
+            if worth_parallel(2 * rows_total * n * k) {
+                items.par_iter().for_each(run);
+            } else {
+                items.iter().for_each(run);
+            }
+        })
     });
 }
 
-/// Splits every expert that owns rows into tiles of W rows: tiles fill [`TILE_ELEMS`] but
-/// leave ≥ 4 items per thread over all experts, for balance.
-fn work_items(offsets: &[usize], n: usize, k: usize, items: &mut Vec<Item>) {
+/// Splits every expert that owns rows into tiles of W rows: tiles fill [`TILE_ELEMS`]
+/// (the packed path: [`packed_gemm::NC_MAX`]) but leave ≥ 4 items per thread over all
+/// experts, for balance. With `packed`, numbers the multi-row experts' packed rows.
+fn work_items(offsets: &[usize], n: usize, k: usize, packed: bool, items: &mut Vec<Item>) {
     let active = offsets.windows(2).filter(|w| w[1] > w[0]).count();
-    let by_cache = (TILE_ELEMS / k).max(16);
+    let by_cache = if packed {
+        packed_gemm::NC_MAX
+    } else {
+        (TILE_ELEMS / k).max(MIN_TILE_ROWS)
+    };
     let by_balance = (active * n)
         .div_ceil(4 * rayon::current_num_threads())
-        .max(16);
-    let tile_rows = by_cache.min(by_balance).next_multiple_of(16);
+        .max(MIN_TILE_ROWS);
+    let tile_rows = by_cache.min(by_balance).next_multiple_of(MIN_TILE_ROWS);
     items.clear();
-    // Room for every expert at once, so the list stops growing after its first call
-    // whichever experts the tokens pick.
-    items.reserve(offsets.len().saturating_sub(1) * n.div_ceil(tile_rows));
+    // Room for every expert at the smallest tile, so the list stops growing after its
+    // first call whichever experts the tokens pick.
+    items.reserve(offsets.len().saturating_sub(1) * n.div_ceil(MIN_TILE_ROWS));
+    let mut packed0 = 0;
     for (expert, bounds) in offsets.windows(2).enumerate() {
         let (row0, rows) = (bounds[0], bounds[1].saturating_sub(bounds[0]));
         if rows == 0 {
@@ -117,8 +152,40 @@ fn work_items(offsets: &[usize], n: usize, k: usize, items: &mut Vec<Item>) {
                 rows,
                 n0,
                 tile_n: tile_rows.min(n - n0),
+                packed0,
             });
         }
+        if packed && rows > DOT_MAX_ROWS {
+            packed0 += packed_gemm::packed_x_len(rows, k);
+        }
+    }
+}
+
+/// Packs each multi-row expert's rows of `x` at its items' `packed0` (on the calling
+/// thread: `R·k` copies, next to the `R·n·k` multiply-adds that follow).
+fn pack_expert_rows(
+    x: &[f32],
+    k: usize,
+    items: &[Item],
+    rows_total: usize,
+    experts: usize,
+    packed_x: &mut Vec<f32>,
+) {
+    // Σ_e ⌈rows_e/MR⌉·MR ≤ R + (MR − 1) per expert with rows: the bound over every
+    // routing of R rows, reserved so that a warm call never grows the buffer.
+    let bound = (rows_total + experts.min(rows_total) * (MR - 1)) * k;
+    packed_x.reserve(bound.saturating_sub(packed_x.len()));
+    let first_tiles = items
+        .iter()
+        .filter(|item| item.n0 == 0 && item.rows > DOT_MAX_ROWS);
+    let len = first_tiles.clone().next_back().map_or(0, |last| {
+        last.packed0 + packed_gemm::packed_x_len(last.rows, k)
+    });
+    // Every element up to `len` is overwritten below.
+    packed_x.resize(len, 0.0);
+    for item in first_tiles {
+        let rows = &x[item.row0 * k..(item.row0 + item.rows) * k];
+        packed_gemm::pack_x_into(rows, item.rows, k, &mut packed_x[item.packed0..]);
     }
 }
 
@@ -126,24 +193,57 @@ fn work_items(offsets: &[usize], n: usize, k: usize, items: &mut Vec<Item>) {
 ///
 /// # Safety
 /// `out` is valid for writes at `r·n + j` for `r` in the item's rows and `j` in its
-/// columns, and nothing else touches those elements during the call.
-unsafe fn run_item(x: &[f32], w: Floats, n: usize, k: usize, item: Item, out: *mut f32) {
+/// columns, and nothing else touches those elements during the call. `packed_x` is
+/// `Some` only for bf16 `w` with [`packed_gemm::available`], and then holds the item's
+/// expert's rows packed at `item.packed0` when it has more than [`DOT_MAX_ROWS`].
+unsafe fn run_item(
+    x: &[f32],
+    packed_x: Option<&[f32]>,
+    w: Floats,
+    n: usize,
+    k: usize,
+    item: Item,
+    out: OutPtr,
+) {
     let Item {
         expert,
         row0,
         rows,
         n0,
         tile_n,
+        packed0,
     } = item;
     let xs = &x[row0 * k..(row0 + rows) * k];
     // Element offset of W_e row n0 in the stacked weights.
     let w_start = (expert * n + n0) * k;
+    // SAFETY: element (row0, 0) is in `out` by the contract (row0 is one of the item's).
+    let out_rows = unsafe { out.get().add(row0 * n) };
     // SAFETY: element (row0, n0) is one of the item's, valid by the contract.
-    let out_block = unsafe { out.add(row0 * n + n0) };
+    let out_block = unsafe { out_rows.add(n0) };
     if rows <= DOT_MAX_ROWS {
         // SAFETY: xs is [rows, k]; out_block's `rows × tile_n` block (row stride n) is
         // the item's, which the contract gives to this call.
         unsafe { dot_rows(xs, w, w_start, rows, k, tile_n, out_block, n) };
+        return;
+    }
+    if let (Some(packed_x), Floats::BF16(ws)) = (packed_x, w) {
+        let expert_w: &[u16] = bytemuck::cast_slice(&ws[expert * n * k..(expert + 1) * n * k]);
+        // SAFETY: the packed GEMM is available and the expert's rows are packed at
+        // `packed0` (the contract); `expert_w` is W_e, [n, k]; `n0 + tile_n ≤ n` and
+        // `tile_n ≤ NC_MAX` (`work_items`); the item's rows × columns `n0 .. n0 + tile_n`
+        // of `out_rows` (row stride n) are this call's by the contract.
+        unsafe {
+            packed_gemm::column_block_bf16(
+                &packed_x[packed0..],
+                expert_w,
+                rows,
+                k,
+                n,
+                n0,
+                tile_n,
+                OutPtr(out_rows),
+            )
+        };
         return;
     }
     let gemm_tile = |tile: &[f32]| {

@@ -8,7 +8,7 @@ use crate::{Backend, CpuBackend, DType, KernelError};
 /// Feature sizes that are not multiples of 8 leave tails after every SIMD chunk of the
 /// dot products and GEMMs (the suite sticks to multiples of 8, which CUDA requires).
 /// Tolerance: the suite's, `1e-5 · Σ|terms|` against the f64 reference.
-const ODD_DIMS: [ExpertDims; 2] = [(67, 45, 8, 2), (130, 24, 3, 3)];
+const ODD_DIMS: [ExpertDims; 3] = [(67, 45, 8, 2), (130, 24, 3, 3), (259, 136, 5, 2)];
 
 #[test]
 fn experts_odd_sizes_f32_weights() {
