@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use nanovllm_kernels::{Backend, Communicator, Tensor};
+use nanovllm_kernels::{Backend, Communicator, Tensor, TopKWeights};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -113,7 +113,9 @@ impl SparseMoeBlock {
     /// `x: [T, H]` → `[T, H]`, summed across ranks.
     pub fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
         let logits = self.router_logits(backend, x)?;
-        let (topk_ids, topk_weights) = backend.moe_route(&logits, self.top_k)?;
+        // Mixtral renormalises the chosen probabilities.
+        let (topk_ids, topk_weights) =
+            backend.moe_route(&logits, self.top_k, TopKWeights::Renormalized)?;
         let mut out = backend.moe_experts(x, &self.w13, &self.w2, &topk_ids, &topk_weights)?;
         if self.comm.world_size() > 1 {
             self.comm.all_reduce_sum(&mut out)?;
