@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use nanovllm_kernels::{Backend, CpuBackend, CpuStorage, NoopCommunicator, Tensor};
+use nanovllm_kernels::{Backend, CpuBackend, CpuStorage, NoopCommunicator, Tensor, TopKWeights};
 use nanovllm_models::layers::SparseMoeBlock;
 use nanovllm_models::{DummySource, ModelConfig, ShardSpec, WeightLoader};
 
@@ -70,7 +70,9 @@ impl DenseMoe {
     fn forward(&self, backend: &dyn Backend, moe: &SparseMoeBlock, x: &Tensor) -> Vec<f32> {
         let (tokens, hidden) = x.dims2().expect("x");
         let logits = moe.router_logits(backend, x).expect("router");
-        let (ids, weights) = backend.moe_route(&logits, moe.top_k()).expect("route");
+        let (ids, weights) = backend
+            .moe_route(&logits, moe.top_k(), TopKWeights::Renormalized)
+            .expect("route");
         let (ids, weights) = (
             ids.as_u32_slice().expect("ids"),
             weights.as_f32_slice().expect("w"),

@@ -1,8 +1,10 @@
-// Mixture-of-experts kernels (Mixtral): routing, bucketing by expert, grouped GEMMs on
+// Mixture-of-experts kernels (Mixtral, Qwen3-MoE): routing, bucketing by expert, grouped GEMMs on
 // tensor cores and the weighted gather of each token's expert outputs.
 //
 // moe_route_{bf16,f32}: one warp per token: softmax over E in f32, top-k by repeated warp
-//   argmax (equal probabilities: the lower expert id), renormalised in j order.
+//   argmax (equal probabilities: the lower expert id), renormalised in j order when
+//   `renormalize` is set, else the chosen probabilities themselves. Any E up to the
+//   shared memory (ROUTE_WARPS · E floats) and any top_k ≤ E: lanes stride over E.
 // moe_experts pipeline (no host synchronisation; grids sized by host upper bounds):
 //   moe_count     counts[e] = pairs routed to e                      (atomics; zeroed first)
 //   moe_offsets   offsets[E+1] (exclusive scan), cursor = offsets, tile_offsets[E+1]:
@@ -36,7 +38,7 @@ template <typename T>
 __device__ __forceinline__ void moe_route_impl(const T *__restrict__ logits,
                                                uint32_t *__restrict__ topk_ids,
                                                float *__restrict__ topk_weights, int tokens,
-                                               int experts, int top_k) {
+                                               int experts, int top_k, int renormalize) {
   extern __shared__ float route_smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * ROUTE_WARPS + warp;
@@ -90,21 +92,21 @@ __device__ __forceinline__ void moe_route_impl(const T *__restrict__ logits,
     }
     __syncwarp();
   }
-  if (lane == 0) {
+  if (lane == 0 && renormalize) {
     for (int j = 0; j < top_k; ++j) topk_weights[(size_t)row * top_k + j] /= chosen_sum;
   }
 }
 
 extern "C" __global__ void moe_route_bf16(const bf16 *logits, uint32_t *topk_ids,
                                           float *topk_weights, int tokens, int experts,
-                                          int top_k) {
-  moe_route_impl<bf16>(logits, topk_ids, topk_weights, tokens, experts, top_k);
+                                          int top_k, int renormalize) {
+  moe_route_impl<bf16>(logits, topk_ids, topk_weights, tokens, experts, top_k, renormalize);
 }
 
 extern "C" __global__ void moe_route_f32(const float *logits, uint32_t *topk_ids,
                                          float *topk_weights, int tokens, int experts,
-                                         int top_k) {
-  moe_route_impl<float>(logits, topk_ids, topk_weights, tokens, experts, top_k);
+                                         int top_k, int renormalize) {
+  moe_route_impl<float>(logits, topk_ids, topk_weights, tokens, experts, top_k, renormalize);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -47,6 +47,28 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// The weights [`Backend::moe_route`] gives the `top_k` experts it picks from a row's
+/// softmax probabilities `p` (transformers' `norm_topk_prob`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TopKWeights {
+    /// `p_j / Σ_j p_j`, summed in j order: each row sums to 1 (Mixtral; Qwen3-MoE with
+    /// `norm_topk_prob: true`).
+    Renormalized,
+    /// `p_j` as they are (Qwen3-MoE with `norm_topk_prob: false`).
+    Probabilities,
+}
+
+impl TopKWeights {
+    /// The variant a checkpoint's `norm_topk_prob` names.
+    pub fn from_norm_topk_prob(norm_topk_prob: bool) -> Self {
+        if norm_topk_prob {
+            TopKWeights::Renormalized
+        } else {
+            TopKWeights::Probabilities
+        }
+    }
+}
+
 pub trait Backend: Send + Sync + std::fmt::Debug {
     fn device(&self) -> Device;
     /// The dtype activations and logits are computed in.
@@ -164,11 +186,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<Tensor>;
 
     // ---- mixture of experts -------------------------------------------------
-    /// Mixtral routing. `router_logits: [T, E]` (activation dtype) → `(topk_ids: U32 [T, top_k],
-    /// topk_weights: F32 [T, top_k])`. Per row, as transformers: softmax over all `E` experts
-    /// in f32, the `top_k` largest probabilities in descending order (equal probabilities:
-    /// the lower expert id first), renormalised to sum to 1. `1 ≤ top_k ≤ E`.
-    fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
+    /// Sparse-MoE routing (Mixtral, Qwen3-MoE). `router_logits: [T, E]` (activation dtype) →
+    /// `(topk_ids: U32 [T, top_k], topk_weights: F32 [T, top_k])`. Per row, as transformers:
+    /// softmax over all `E` experts in f32, the `top_k` largest probabilities in descending
+    /// order (equal probabilities: the lower expert id first), weighted as `weights` says:
+    /// renormalised to sum to 1, or the probabilities themselves. `1 ≤ top_k ≤ E`.
+    fn moe_route(
+        &self,
+        router_logits: &Tensor,
+        top_k: usize,
+        weights: TopKWeights,
+    ) -> Result<(Tensor, Tensor)>;
     /// The experts of a sparse MoE block, grouped by expert. `x: [T, H]`;
     /// `w13: [E, 2I, H]`, expert `e`'s rows `0..I` the gate projection (w1) and `I..2I` the up
     /// projection (w3), so [`Backend::silu_mul`] semantics apply; `w2: [E, H, I]` (down);

@@ -41,7 +41,7 @@ mod validate;
 mod cuda_arch;
 
 pub use attention::AttentionMetadata;
-pub use backend::{Backend, Device};
+pub use backend::{Backend, Device, TopKWeights};
 pub use capability::{CapturedGraph, CollectiveGroups, DeviceMemory, GraphCapture, MemoryStats};
 pub use comm::{Communicator, NoopCommunicator, TcpCommunicator, ThreadCommunicator};
 #[cfg(feature = "cuda")]

@@ -25,7 +25,7 @@ use nanovllm_kernels::testing::rng::Rng;
 use nanovllm_kernels::testing::sampling::{logprob_tol, reference_row};
 use nanovllm_kernels::{
     AttentionMetadata, Backend, CpuBackend, DType, LayerKvCache, Penalties, RowLogprobs,
-    SampleOutput, SamplingRow, Tensor, NO_FINITE_LOGIT,
+    SampleOutput, SamplingRow, Tensor, TopKWeights, NO_FINITE_LOGIT,
 };
 
 fn bf16_round(xs: &[f32]) -> Vec<f32> {
@@ -400,45 +400,46 @@ fn generic_kernel_covers_other_head_dims_and_f32_caches() {
 fn moe_route_matches_cpu() {
     with_gpu(|be| {
         let cpu = CpuBackend::new();
-        for (i, (tokens, experts, top_k)) in [(37, 8, 2), (5, 60, 4), (64, 128, 8), (3, 4, 4)]
-            .into_iter()
-            .enumerate()
-        {
-            let logits = bf16_round(&Rng::new(600 + i as u64).vec(tokens * experts, 4.0));
-            let (want_ids, want_w) = cpu
-                .moe_route(&f32_tensor(&logits, &[tokens, experts]), top_k)
-                .unwrap_or_else(|e| panic!("cpu moe_route: {e}"));
-            // Logits in the activation dtype (bf16) and in f32.
-            for input in [
-                act_tensor(be, &logits, &[tokens, experts]),
-                f32_tensor(&logits, &[tokens, experts]),
-            ] {
-                let (ids, weights) = be
-                    .moe_route(&up(be, &input), top_k)
-                    .unwrap_or_else(|e| panic!("cuda moe_route: {e}"));
-                assert_eq!(ids.dtype(), DType::U32);
-                assert_eq!(weights.shape(), &[tokens, top_k]);
-                // Ids exactly (random logits have no near-ties).
-                let ids = be
-                    .to_host(&ids)
-                    .and_then(|t| t.as_u32_slice().map(<[u32]>::to_vec))
-                    .unwrap_or_else(|e| panic!("{e}"));
-                assert_eq!(
-                    ids,
-                    want_ids.as_u32_slice().unwrap_or_default(),
-                    "E {experts}"
-                );
-                // Weights in [0, 1]: f32 softmax with fast-math exp and another summation
-                // order, 1e-5 absolute.
-                assert_close(
-                    &format!("moe_route weights E {experts} k {top_k}"),
-                    &host(be, &weights),
-                    &widen(want_w.as_f32_slice().unwrap_or_default()),
-                    Tol {
-                        abs: 1e-5,
-                        rel: 0.0,
-                    },
-                );
+        let cases = [(37, 8, 2), (5, 60, 4), (64, 128, 8), (3, 4, 4)];
+        let weightings = [TopKWeights::Renormalized, TopKWeights::Probabilities];
+        for (i, (tokens, experts, top_k)) in cases.into_iter().enumerate() {
+            for weighting in weightings {
+                let logits = bf16_round(&Rng::new(600 + i as u64).vec(tokens * experts, 4.0));
+                let (want_ids, want_w) = cpu
+                    .moe_route(&f32_tensor(&logits, &[tokens, experts]), top_k, weighting)
+                    .unwrap_or_else(|e| panic!("cpu moe_route: {e}"));
+                // Logits in the activation dtype (bf16) and in f32.
+                for input in [
+                    act_tensor(be, &logits, &[tokens, experts]),
+                    f32_tensor(&logits, &[tokens, experts]),
+                ] {
+                    let (ids, weights) = be
+                        .moe_route(&up(be, &input), top_k, weighting)
+                        .unwrap_or_else(|e| panic!("cuda moe_route: {e}"));
+                    assert_eq!(ids.dtype(), DType::U32);
+                    assert_eq!(weights.shape(), &[tokens, top_k]);
+                    // Ids exactly (random logits have no near-ties).
+                    let ids = be
+                        .to_host(&ids)
+                        .and_then(|t| t.as_u32_slice().map(<[u32]>::to_vec))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(
+                        ids,
+                        want_ids.as_u32_slice().unwrap_or_default(),
+                        "E {experts}"
+                    );
+                    // Weights in [0, 1]: f32 softmax with fast-math exp and another summation
+                    // order, 1e-5 absolute.
+                    assert_close(
+                        &format!("moe_route {weighting:?} weights E {experts} k {top_k}"),
+                        &host(be, &weights),
+                        &widen(want_w.as_f32_slice().unwrap_or_default()),
+                        Tol {
+                            abs: 1e-5,
+                            rel: 0.0,
+                        },
+                    );
+                }
             }
         }
     });

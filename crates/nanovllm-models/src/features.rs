@@ -7,6 +7,8 @@
 //! window, experts or a scaled rope is the architecture's to say, and a refusal names the
 //! config field and the architecture.
 
+use nanovllm_kernels::TopKWeights;
+
 use crate::config::{ModelConfig, IMPLEMENTED_ROPE_TYPES};
 use crate::error::ModelError;
 
@@ -71,11 +73,11 @@ pub enum MoeRouting {
 }
 
 impl MoeRouting {
-    /// Whether `config`'s top-k router weights are renormalised to sum to 1.
-    pub fn renormalizes(self, config: &ModelConfig) -> bool {
+    /// How `config`'s router weighs the chosen experts.
+    pub fn top_k_weights(self, config: &ModelConfig) -> TopKWeights {
         match self {
-            MoeRouting::AlwaysRenormalise => true,
-            MoeRouting::NormTopkProb => config.norm_topk_prob,
+            MoeRouting::AlwaysRenormalise => TopKWeights::Renormalized,
+            MoeRouting::NormTopkProb => TopKWeights::from_norm_topk_prob(config.norm_topk_prob),
         }
     }
 }

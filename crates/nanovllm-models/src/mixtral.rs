@@ -56,7 +56,7 @@ pub fn load_mixtral(
             &format!("{prefix}.block_sparse_moe"),
             ExpertNames::MIXTRAL,
             config,
-            MoeRouting::AlwaysRenormalise.renormalizes(config),
+            MoeRouting::AlwaysRenormalise.top_k_weights(config),
             ctx.comm.clone(),
         )
     };

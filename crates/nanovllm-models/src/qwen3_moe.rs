@@ -67,7 +67,7 @@ pub fn load_qwen3_moe(
                 &format!("{prefix}.mlp"),
                 ExpertNames::QWEN3_MOE,
                 config,
-                ROUTING.renormalizes(config),
+                ROUTING.top_k_weights(config),
                 ctx.comm.clone(),
             )?)
         } else {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use common::golden::*;
 use common::{cpu_context, fixture_dir, max_abs_diff, BlockPool};
-use nanovllm_kernels::{Communicator, KernelError, Tensor};
+use nanovllm_kernels::{Communicator, KernelError, Tensor, TopKWeights};
 use nanovllm_models::layers::{ExpertNames, SparseMoeBlock};
 use nanovllm_models::{SafetensorsSource, ShardSpec, WeightLoader};
 
@@ -52,7 +52,7 @@ fn layer0_moe(g: &Golden, shard: ShardSpec, comm: Arc<dyn Communicator>) -> Spar
         "model.layers.0.block_sparse_moe",
         ExpertNames::MIXTRAL,
         &g.config,
-        true,
+        TopKWeights::Renormalized,
         comm,
     )
     .unwrap()
@@ -82,7 +82,9 @@ fn layer0_routing_and_moe_output_match_reference() {
         let diff = max_abs_diff(&logits_host, &matrix(&r["router_logits"]));
         assert!(diff <= 1e-5, "{name}: router logits off by {diff:e}");
 
-        let (topk_ids, topk_weights) = backend.moe_route(&logits, k).unwrap();
+        let (topk_ids, topk_weights) = backend
+            .moe_route(&logits, k, TopKWeights::Renormalized)
+            .unwrap();
         let got_ids = backend.to_host(&topk_ids).unwrap();
         let want_ids: Vec<u32> = r["topk_ids"]
             .as_array()

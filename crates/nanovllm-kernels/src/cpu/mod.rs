@@ -34,7 +34,7 @@ mod simd;
 mod tests;
 
 use crate::attention::AttentionMetadata;
-use crate::backend::{Backend, Device};
+use crate::backend::{Backend, Device, TopKWeights};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
@@ -196,8 +196,13 @@ impl Backend for CpuBackend {
     ) -> Result<Tensor> {
         attention::decode_attention(q, cache, meta, scale)
     }
-    fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
-        moe::moe_route(router_logits, top_k)
+    fn moe_route(
+        &self,
+        router_logits: &Tensor,
+        top_k: usize,
+        weights: TopKWeights,
+    ) -> Result<(Tensor, Tensor)> {
+        moe::moe_route(router_logits, top_k, weights)
     }
     fn moe_experts(
         &self,

@@ -1,6 +1,6 @@
-//! Mixture-of-experts ops (Mixtral): routing and the grouped expert computation.
+//! Mixture-of-experts ops (Mixtral, Qwen3-MoE): routing and the grouped expert computation.
 //!
-//! - [`route`]: softmax over the experts in f32, top-k, renormalise.
+//! - [`route`]: softmax over the experts in f32, top-k, renormalised or not.
 //! - [`experts`]: bucket the (token, expert) pairs by expert (a stable counting sort),
 //!   gather each expert's token rows into one contiguous block, run the two expert GEMMs
 //!   as grouped GEMMs over all blocks at once ([`grouped_gemm`]), then weight and sum each

@@ -1,6 +1,6 @@
 //! CUDA mixture-of-experts ops: launchers for `kernels/moe.cu`.
 //!
-//! - [`moe_route`]: one warp per token (softmax over E in f32, top-k, renormalise).
+//! - [`moe_route`]: one warp per token (softmax over E in f32, top-k, renormalised or not).
 //! - [`moe_experts`]: count pairs per expert → offsets and GEMM tile offsets → scatter
 //!   (token, slot) pairs into expert buckets → grouped gate/up GEMM with the token gather
 //!   and silu·mul fused → grouped down GEMM → weighted gather per token in j order.
@@ -14,7 +14,7 @@ mod plan;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, TopKWeights};
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::tensor::Tensor;
@@ -28,6 +28,7 @@ pub(crate) fn moe_route(
     be: &CudaBackend,
     router_logits: &Tensor,
     top_k: usize,
+    weights: TopKWeights,
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "moe_route";
     let (tokens, experts) = validate::moe::route_shapes(OP, router_logits, top_k)?;
@@ -65,6 +66,7 @@ pub(crate) fn moe_route(
         as_i32(OP, "experts", experts)?,
         as_i32(OP, "top_k", top_k)?,
     );
+    let renormalize = i32::from(weights == TopKWeights::Renormalized);
     let func = be.function(name)?;
     let mut launch = be.stream().launch_builder(&func);
     launch
@@ -73,7 +75,8 @@ pub(crate) fn moe_route(
         .arg(device_buf_mut(&mut topk_weights, OP)?)
         .arg(&tokens_i)
         .arg(&experts_i)
-        .arg(&top_k_i);
+        .arg(&top_k_i)
+        .arg(&renormalize);
     // SAFETY: the arguments match `moe_route_*`; shared memory holds one row of E
     // probabilities per warp.
     unsafe { launch.launch(cfg) }.map_err(cuda_err(OP))?;

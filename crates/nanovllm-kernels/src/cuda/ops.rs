@@ -12,7 +12,7 @@ use super::device::{
 use super::launch::cuda_err;
 use super::{attention, elementwise, embedding, kv, matmul, moe, norm, rope, rows};
 use crate::attention::AttentionMetadata;
-use crate::backend::{Backend, Device};
+use crate::backend::{Backend, Device, TopKWeights};
 use crate::capability::{CollectiveGroups, DeviceMemory, GraphCapture};
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
@@ -255,8 +255,13 @@ impl Backend for CudaBackend {
     ) -> Result<Tensor> {
         attention::decode_attention(self, q, cache, meta, scale)
     }
-    fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
-        moe::moe_route(self, router_logits, top_k)
+    fn moe_route(
+        &self,
+        router_logits: &Tensor,
+        top_k: usize,
+        weights: TopKWeights,
+    ) -> Result<(Tensor, Tensor)> {
+        moe::moe_route(self, router_logits, top_k, weights)
     }
     fn moe_experts(
         &self,

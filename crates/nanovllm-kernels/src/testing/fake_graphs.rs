@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::{
     AttentionMetadata, Backend, CapturedGraph, DType, Device, GraphCapture, KernelError,
-    LayerKvCache, Result, SampleOutput, SamplingRow, Tensor, TensorParts,
+    LayerKvCache, Result, SampleOutput, SamplingRow, Tensor, TensorParts, TopKWeights,
 };
 
 /// Forwards every op to the inner backend, counting the calls; see the module docs.
@@ -100,7 +100,7 @@ impl<B: Backend> Backend for FakeGraphs<B> {
         fn store_kv(&self, k: &Tensor, v: &Tensor, cache: &mut LayerKvCache, slot_mapping: &Tensor) -> Result<()>;
         fn prefill_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
         fn decode_attention(&self, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
-        fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
+        fn moe_route(&self, router_logits: &Tensor, top_k: usize, weights: TopKWeights) -> Result<(Tensor, Tensor)>;
         fn moe_experts(&self, x: &Tensor, w13: &Tensor, w2: &Tensor, topk_ids: &Tensor, topk_weights: &Tensor) -> Result<Tensor>;
         fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
     }

@@ -1,5 +1,6 @@
 //! Mixture-of-experts ops against naive references: `moe_route` (softmax, top-k,
-//! renormalise) and `moe_experts` (the grouped expert computation).
+//! renormalised or not) and `moe_experts` (the grouped expert computation). Both run at
+//! Qwen3-MoE's expert count and top-k (E = 128, k = 8) too, with small feature sizes.
 //!
 //! Expert weights go through [`Backend::upload_weight`], as a model's do, and the
 //! reference reads back what the backend holds (CUDA stores every float weight as bf16).
@@ -7,7 +8,7 @@
 //! 16-byte row chunks), and not multiples of the usual 16/32/64 tiles; the CPU backend
 //! also runs [`experts_match_reference`] on sizes that are not (its own tests).
 
-use crate::{Backend, DType, KernelError, Tensor};
+use crate::{Backend, DType, KernelError, Tensor, TopKWeights};
 
 use super::check::{
     activation, assert_close, assert_close_scaled, host_f32, host_u32, rounding_step, upload_float,
@@ -25,79 +26,109 @@ fn route_tol(backend: &dyn Backend) -> Tol {
     Tol::for_backend(backend, 1e-6, 0.0, 1.0)
 }
 
-/// Ids exact; weights within [`route_tol`], descending, each row's summing to 1 within
-/// the same absolute tolerance. Logits are rounded to the activation dtype before the
-/// reference sees them.
+/// Both weightings of the top-k probabilities.
+const WEIGHTINGS: [TopKWeights; 2] = [TopKWeights::Renormalized, TopKWeights::Probabilities];
+
+/// Ids exact; weights within [`route_tol`], descending, each row's summing to 1 (renormalised)
+/// or to at most 1 (probabilities) within the same absolute tolerance. Logits are rounded
+/// to the activation dtype before the reference sees them.
 pub fn route_matches_reference(backend: &dyn Backend) {
     let mut rng = Rng::new(21);
     let tol = route_tol(backend);
-    for (tokens, experts, k) in [(1, 8, 2), (37, 8, 2), (300, 4, 2), (16, 8, 1), (9, 8, 8)] {
+    let cases = [
+        (1, 8, 2),
+        (37, 8, 2),
+        (300, 4, 2),
+        (16, 8, 1),
+        (9, 8, 8),
+        (7, 128, 8),
+        (2, 128, 128),
+    ];
+    for (tokens, experts, k) in cases {
         // Spread-out logits: the seeded draw has no near-ties (checked below).
         let (lt, logits) = activation(backend, &rng.vec(tokens * experts, 4.0), &[tokens, experts]);
-        let (want_ids, want_weights, min_gap) = reference::moe_route(&logits, experts, k);
-        assert!(min_gap > 1e-4, "test data near a tie: gap {min_gap}");
-        let (ids, weights) = backend
-            .moe_route(&lt, k)
-            .unwrap_or_else(|e| panic!("moe_route T={tokens} E={experts} k={k}: {e}"));
-        assert_eq!(ids.shape(), &[tokens, k]);
-        assert_eq!(weights.shape(), &[tokens, k]);
-        assert_eq!(ids.dtype(), DType::U32);
-        assert_eq!(weights.dtype(), DType::F32);
-        assert_eq!(
-            host_u32(backend, &ids),
-            want_ids,
-            "T={tokens} E={experts} k={k}"
-        );
-        let got = host_f32(backend, &weights);
-        assert_close(
-            &format!("moe_route weights T={tokens} E={experts} k={k}"),
-            &got,
-            &want_weights,
-            tol,
-        );
-        for row in got.chunks_exact(k) {
-            let sum: f32 = row.iter().sum();
+        for weighting in WEIGHTINGS {
+            let (want_ids, want_weights, min_gap) =
+                reference::moe_route(&logits, experts, k, weighting);
+            let what = format!("moe_route {weighting:?} T={tokens} E={experts} k={k}");
             assert!(
-                (sum as f64 - 1.0).abs() <= tol.abs,
-                "weights {row:?} sum to {sum} (tolerance {tol:?})"
+                min_gap > 1e-4,
+                "{what}: test data near a tie: gap {min_gap}"
             );
-            assert!(
-                row.windows(2).all(|w| w[0] >= w[1]),
-                "not descending: {row:?}"
-            );
+            let (ids, weights) = backend
+                .moe_route(&lt, k, weighting)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(ids.shape(), &[tokens, k]);
+            assert_eq!(weights.shape(), &[tokens, k]);
+            assert_eq!(ids.dtype(), DType::U32);
+            assert_eq!(weights.dtype(), DType::F32);
+            assert_eq!(host_u32(backend, &ids), want_ids, "{what}");
+            let got = host_f32(backend, &weights);
+            assert_close(&format!("{what} weights"), &got, &want_weights, tol);
+            for row in got.chunks_exact(k) {
+                let sum: f32 = row.iter().sum();
+                let off = match weighting {
+                    TopKWeights::Renormalized => (sum as f64 - 1.0).abs(),
+                    TopKWeights::Probabilities => sum as f64 - 1.0,
+                };
+                assert!(
+                    off <= tol.abs,
+                    "{what}: weights {row:?} sum to {sum} (tolerance {tol:?})"
+                );
+                assert!(
+                    row.windows(2).all(|w| w[0] >= w[1]),
+                    "{what}: not descending: {row:?}"
+                );
+            }
         }
     }
 }
 
 /// Hand-picked rows (exact in every float dtype): the chosen experts are known exactly,
-/// the weights within [`route_tol`].
+/// the weights within [`route_tol`], in both weightings.
 pub fn route_picks_largest_and_breaks_ties_by_lower_id(backend: &dyn Backend) {
     let logits = [
-        1.0, 1.0, 1.0, 1.0, // all equal → 0, 1 at 1/2 each
+        1.0, 1.0, 1.0, 1.0, // all equal → 0, 1
         0.0, 5.0, 5.0, 2.0, // tie at the top → 1, 2
         3.0, -1.0, 3.0, 3.0, // three-way tie → 0, 2
         -2.0, 0.0, 7.0, 0.0, // one clear winner, then a tie for second → 2, 1
     ];
     let (lt, _) = activation(backend, &logits, &[4, 4]);
-    let (ids, weights) = backend
-        .moe_route(&lt, 2)
-        .unwrap_or_else(|e| panic!("moe_route: {e}"));
-    assert_eq!(host_u32(backend, &ids), [0, 1, 1, 2, 0, 2, 2, 1]);
-    // Row 3: p2 / (p2 + p1) = 1 / (1 + e^-7).
-    let top = 1.0 / (1.0 + (-7.0f64).exp());
-    let want = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, top, 1.0 - top];
-    assert_close(
-        "moe_route hand-picked weights",
-        &host_f32(backend, &weights),
-        &want,
-        route_tol(backend),
-    );
+    // Each row's chosen probabilities, from the exact logits.
+    let probs: Vec<f64> = logits
+        .chunks_exact(4)
+        .zip([[0, 1], [1, 2], [0, 2], [2, 1]])
+        .flat_map(|(row, chosen)| {
+            let sum: f64 = row.iter().map(|&l| (l as f64).exp()).sum();
+            chosen.map(|e| (row[e] as f64).exp() / sum)
+        })
+        .collect();
+    for weighting in WEIGHTINGS {
+        let (ids, weights) = backend
+            .moe_route(&lt, 2, weighting)
+            .unwrap_or_else(|e| panic!("moe_route {weighting:?}: {e}"));
+        assert_eq!(host_u32(backend, &ids), [0, 1, 1, 2, 0, 2, 2, 1]);
+        let want: Vec<f64> = match weighting {
+            // Row 3: p2 / (p2 + p1) = 1 / (1 + e^-7); the others split evenly.
+            TopKWeights::Renormalized => {
+                let top = 1.0 / (1.0 + (-7.0f64).exp());
+                vec![0.5, 0.5, 0.5, 0.5, 0.5, 0.5, top, 1.0 - top]
+            }
+            TopKWeights::Probabilities => probs.clone(),
+        };
+        assert_close(
+            &format!("moe_route {weighting:?} hand-picked weights"),
+            &host_f32(backend, &weights),
+            &want,
+            route_tol(backend),
+        );
+    }
 }
 
 pub fn route_rejects_bad_inputs(backend: &dyn Backend) {
     let (lt, _) = activation(backend, &[0.0; 8], &[2, 4]);
     for k in [0, 5] {
-        match backend.moe_route(&lt, k) {
+        match backend.moe_route(&lt, k, TopKWeights::Renormalized) {
             Err(KernelError::Invalid { op, msg }) => {
                 assert_eq!(op, "moe_route");
                 assert!(msg.contains("top_k"), "{msg}");
@@ -107,7 +138,7 @@ pub fn route_rejects_bad_inputs(backend: &dyn Backend) {
     }
     let (flat, _) = activation(backend, &[0.0; 8], &[8]);
     assert!(matches!(
-        backend.moe_route(&flat, 2),
+        backend.moe_route(&flat, 2, TopKWeights::Probabilities),
         Err(KernelError::WrongRank { .. })
     ));
 }
@@ -117,8 +148,14 @@ pub fn route_rejects_bad_inputs(backend: &dyn Backend) {
 /// `(hidden, intermediate, experts, top_k)` of a MoE layer.
 pub type ExpertDims = (usize, usize, usize, usize);
 
-/// Sizes every backend accepts: odd numbers of 8-element chunks, and a block of 32/64.
-const EXPERT_DIMS: [ExpertDims; 3] = [(72, 40, 8, 2), (32, 64, 4, 2), (136, 24, 3, 3)];
+/// Sizes every backend accepts: odd numbers of 8-element chunks, a block of 32/64, and
+/// Qwen3-MoE's 128 experts with top-8 (few rows per expert even at 300 tokens).
+const EXPERT_DIMS: [ExpertDims; 4] = [
+    (72, 40, 8, 2),
+    (32, 64, 4, 2),
+    (136, 24, 3, 3),
+    (40, 24, 128, 8),
+];
 
 /// The relative error bound of `moe_experts` per unit of the reference's propagated
 /// `Σ|terms|` (see [`reference::moe_experts`]): 1e-5 for f32 arithmetic (as the matmul
@@ -141,7 +178,7 @@ struct Problem {
 fn problem(rng: &mut Rng, tokens: usize, dims: ExpertDims) -> Problem {
     let (hidden, intermediate, experts, k) = dims;
     let logits = rng.vec(tokens * experts, 3.0);
-    let (ids, weights, _) = reference::moe_route(&logits, experts, k);
+    let (ids, weights, _) = reference::moe_route(&logits, experts, k, TopKWeights::Renormalized);
     Problem {
         x: rng.vec(tokens * hidden, 1.0),
         w13: rng.vec(experts * 2 * intermediate * hidden, 0.5),

@@ -5,7 +5,7 @@
 
 use crate::{
     AttentionMetadata, Backend, DType, Device, LayerKvCache, Result, SampleOutput, SamplingRow,
-    Tensor, TensorParts,
+    Tensor, TensorParts, TopKWeights,
 };
 
 /// Forwards every required method of [`Backend`] to the inner backend and overrides none
@@ -45,7 +45,7 @@ macro_rules! forward_required_ops {
             fn store_kv(&self, k: &Tensor, v: &Tensor, cache: &mut LayerKvCache, slot_mapping: &Tensor) -> Result<()>;
             fn prefill_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
             fn decode_attention(&self, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, scale: f32) -> Result<Tensor>;
-            fn moe_route(&self, router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)>;
+            fn moe_route(&self, router_logits: &Tensor, top_k: usize, weights: TopKWeights) -> Result<(Tensor, Tensor)>;
             fn moe_experts(&self, x: &Tensor, w13: &Tensor, w2: &Tensor, topk_ids: &Tensor, topk_weights: &Tensor) -> Result<Tensor>;
             fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
         }

@@ -1,5 +1,7 @@
 //! Naive references: plain loops with f64 accumulation, written for obviousness.
 
+use crate::TopKWeights;
+
 /// `x[M, K] · w[N, K]ᵀ` and, per output, `Σ_k |x·w|` (which bounds the rounding error of
 /// any summation order).
 pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
@@ -134,12 +136,18 @@ pub fn attention(
     out
 }
 
-/// Mixtral routing of `logits: [T, E]`: per row, softmax, experts by descending
-/// probability (ties: the lower id first), the first `k` renormalised to sum to 1.
-/// Returns the ids, their weights, and the smallest nonzero gap between a row's k-th and
-/// (k+1)-th probability: a test insists on a clear gap, since a backend's f32 arithmetic
-/// may order a near tie either way (an exact tie has a defined order and needs no gap).
-pub fn moe_route(logits: &[f32], experts: usize, k: usize) -> (Vec<u32>, Vec<f64>, f64) {
+/// MoE routing of `logits: [T, E]`: per row, softmax, experts by descending probability
+/// (ties: the lower id first), the first `k` weighted as `weighting` says (renormalised to
+/// sum to 1, or the probabilities). Returns the ids, their weights, and the smallest
+/// nonzero gap between a row's k-th and (k+1)-th probability: a test insists on a clear
+/// gap, since a backend's f32 arithmetic may order a near tie either way (an exact tie has
+/// a defined order and needs no gap).
+pub fn moe_route(
+    logits: &[f32],
+    experts: usize,
+    k: usize,
+    weighting: TopKWeights,
+) -> (Vec<u32>, Vec<f64>, f64) {
     let (mut ids, mut weights, mut min_gap) = (Vec::new(), Vec::new(), f64::INFINITY);
     for row in logits.chunks_exact(experts) {
         let max = row
@@ -151,7 +159,10 @@ pub fn moe_route(logits: &[f32], experts: usize, k: usize) -> (Vec<u32>, Vec<f64
         let mut order: Vec<usize> = (0..experts).collect();
         // Stable sort: equal probabilities keep ascending ids.
         order.sort_by(|&a, &b| exps[b].total_cmp(&exps[a]));
-        let chosen: f64 = order[..k].iter().map(|&e| exps[e] / sum).sum();
+        let chosen: f64 = match weighting {
+            TopKWeights::Renormalized => order[..k].iter().map(|&e| exps[e] / sum).sum(),
+            TopKWeights::Probabilities => 1.0,
+        };
         ids.extend(order[..k].iter().map(|&e| e as u32));
         weights.extend(order[..k].iter().map(|&e| exps[e] / sum / chosen));
         if k < experts {

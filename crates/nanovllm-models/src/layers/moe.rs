@@ -3,7 +3,7 @@
 //! experts' tensor names ([`ExpertNames`]) and whether the top-k weights are renormalised.
 //! ```text
 //! router_logits = x · gateᵀ                            [T, E], gate replicated
-//! ids, weights  = moe_route(router_logits, top_k)      softmax in f32, top-k, renormalised
+//! ids, weights  = moe_route(router_logits, top_k, w)   softmax in f32, top-k, renormalised
 //!                                                      (Mixtral; Qwen3-MoE if norm_topk_prob)
 //! out           = moe_experts(x, w13, w2, ids, weights)   Σ_j w_j · down_e(silu(gate_e·x) · up_e·x)
 //! ```
@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use nanovllm_kernels::{Backend, Communicator, Tensor};
+use nanovllm_kernels::{Backend, Communicator, Tensor, TopKWeights};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -61,8 +61,8 @@ pub struct SparseMoeBlock {
     /// `[E, H, I_r]`: per expert, this rank's w2 columns.
     w2: Tensor,
     top_k: usize,
-    /// Whether the top-k weights are renormalised to sum to 1.
-    renormalize: bool,
+    /// How the chosen experts are weighed: renormalised to sum to 1, or as probabilities.
+    weights: TopKWeights,
     comm: Arc<dyn Communicator>,
 }
 
@@ -71,15 +71,16 @@ impl SparseMoeBlock {
     /// `{prefix}.experts.{e}.{gate,up}.weight [I, H]`, `{prefix}.experts.{e}.{down}.weight
     /// [H, I]` for `e < E = num_local_experts` and `I =`
     /// [`ModelConfig::expert_intermediate_size`], this rank's share, stacked.
-    /// `renormalize`: whether routing renormalises the top-k weights. Errors name a missing expert ([`ModelError::MissingExpert`]) or a
-    /// router with another expert count ([`ModelError::ExpertCount`]). The caller has
-    /// checked that the world size divides `intermediate_size`.
+    /// `weights`: how routing weighs the chosen experts. Errors name a missing expert
+    /// ([`ModelError::MissingExpert`]) or a router with another expert count
+    /// ([`ModelError::ExpertCount`]). The caller has checked the world size
+    /// ([`crate::check_tensor_parallel_size`]).
     pub fn load(
         loader: &WeightLoader,
         prefix: &str,
         names: ExpertNames,
         config: &ModelConfig,
-        renormalize: bool,
+        weights: TopKWeights,
         comm: Arc<dyn Communicator>,
     ) -> Result<Self, ModelError> {
         let (hidden, intermediate) = (config.hidden_size, config.expert_intermediate_size());
@@ -137,7 +138,7 @@ impl SparseMoeBlock {
             w13,
             w2,
             top_k,
-            renormalize,
+            weights,
             comm,
         })
     }
@@ -150,7 +151,7 @@ impl SparseMoeBlock {
     /// `x: [T, H]` → `[T, H]`, summed across ranks.
     pub fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
         let logits = self.router_logits(backend, x)?;
-        let (topk_ids, topk_weights) = backend.moe_route(&logits, self.top_k)?;
+        let (topk_ids, topk_weights) = backend.moe_route(&logits, self.top_k, self.weights)?;
         let mut out = backend.moe_experts(x, &self.w13, &self.w2, &topk_ids, &topk_weights)?;
         if self.comm.world_size() > 1 {
             self.comm.all_reduce_sum(&mut out)?;
@@ -173,9 +174,9 @@ impl SparseMoeBlock {
     pub fn top_k(&self) -> usize {
         self.top_k
     }
-    /// Whether routing renormalises the top-k weights.
-    pub fn renormalizes(&self) -> bool {
-        self.renormalize
+    /// How routing weighs the chosen experts.
+    pub fn top_k_weights(&self) -> TopKWeights {
+        self.weights
     }
 }
 
@@ -252,7 +253,7 @@ mod tests {
             "model.layers.0.block_sparse_moe",
             ExpertNames::MIXTRAL,
             config,
-            true,
+            TopKWeights::Renormalized,
             Arc::new(NoopCommunicator),
         )
     }

@@ -1,11 +1,13 @@
 //! `moe_route`: router logits `f32 [T, E]` → top-k expert ids `U32 [T, k]` and their
-//! renormalised weights `f32 [T, k]`.
+//! weights `f32 [T, k]`.
 //!
 //! Per row, transformers' arithmetic: `p = exp(l − max) / Σ exp(l − max)` in f32, the
 //! `k` largest `p` by descending value (a tie goes to the lower expert id: the scan keeps
-//! the first maximum), then `w_j = p_j / Σ_j p_j` with the sum taken in that order.
+//! the first maximum), then `w_j = p_j / Σ_j p_j` with the sum taken in that order
+//! ([`TopKWeights::Renormalized`]) or `w_j = p_j` ([`TopKWeights::Probabilities`]).
 //! Sequential: `T · E` exponentials are noise next to the expert GEMMs that follow.
 
+use crate::backend::TopKWeights;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::validate;
@@ -15,7 +17,11 @@ use super::super::check;
 
 const OP: &str = "moe_route";
 
-pub(crate) fn moe_route(router_logits: &Tensor, top_k: usize) -> Result<(Tensor, Tensor)> {
+pub(crate) fn moe_route(
+    router_logits: &Tensor,
+    top_k: usize,
+    weighting: TopKWeights,
+) -> Result<(Tensor, Tensor)> {
     let (tokens, experts) = validate::moe::route_shapes(OP, router_logits, top_k)?;
     let logits = check::f32s(OP, "router_logits", router_logits)?;
     let mut topk_ids = buffer_pool::take_zeroed(tokens * top_k);
@@ -27,7 +33,7 @@ pub(crate) fn moe_route(router_logits: &Tensor, top_k: usize) -> Result<(Tensor,
         .zip(topk_weights.chunks_exact_mut(top_k))
     {
         softmax(row, &mut probs);
-        top_k_renormalised(&mut probs, ids, weights);
+        pick_top_k(&mut probs, ids, weights, weighting);
     }
     buffer_pool::recycle_f32(probs);
     Ok((
@@ -48,9 +54,9 @@ fn softmax(logits: &[f32], probs: &mut [f32]) {
     }
 }
 
-/// Picks the `ids.len()` largest of `probs` (consuming them) and writes their
-/// renormalised weights.
-fn top_k_renormalised(probs: &mut [f32], ids: &mut [u32], weights: &mut [f32]) {
+/// Picks the `ids.len()` largest of `probs` (consuming them) and writes their weights
+/// as `weighting` says.
+fn pick_top_k(probs: &mut [f32], ids: &mut [u32], weights: &mut [f32], weighting: TopKWeights) {
     for (id, weight) in ids.iter_mut().zip(weights.iter_mut()) {
         // The first strict maximum wins, so equal probabilities go to the lower expert id.
         let mut best = 0;
@@ -63,6 +69,9 @@ fn top_k_renormalised(probs: &mut [f32], ids: &mut [u32], weights: &mut [f32]) {
         *weight = probs[best];
         // Taken: below every probability, so it is never picked again.
         probs[best] = f32::NEG_INFINITY;
+    }
+    if weighting == TopKWeights::Probabilities {
+        return;
     }
     let chosen_sum: f32 = weights.iter().sum();
     for w in weights.iter_mut() {
