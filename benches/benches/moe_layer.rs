@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nanovllm_kernels::{Backend, CpuBackend, CpuStorage, NoopCommunicator, Tensor, TopKWeights};
-use nanovllm_models::layers::SparseMoeBlock;
+use nanovllm_models::layers::{ExpertNames, SparseMoeBlock};
 use nanovllm_models::{DummySource, ModelConfig, ShardSpec, WeightLoader};
 
 const CONFIG: &str = "configs/mixtral-small.json";
@@ -108,7 +108,9 @@ fn bench_moe_layer(c: &mut Criterion) {
     let moe = SparseMoeBlock::load(
         &loader,
         "model.layers.0.block_sparse_moe",
+        ExpertNames::MIXTRAL,
         &config,
+        TopKWeights::Renormalized,
         Arc::new(NoopCommunicator),
     )
     .expect("MoE layer with dummy weights");

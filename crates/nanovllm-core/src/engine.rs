@@ -283,7 +283,7 @@ impl LLMEngine {
                 .num_elements()
                 .and_then(|n| n.checked_mul(model_config.dtype.size_in_bytes() as u64));
             let fix = "use a smaller model, or a machine with more memory";
-            crate::host_memory::check_fits("the model's weights", bytes, fix)?;
+            crate::host_memory::check_fits("loading the model's weights", bytes, fix)?;
         }
         let model = load_model(&model_config, &model_dir, config.load_format, &ctx)?;
         let mut engine = Self::from_parts(config, generation_config, tokenizer, backend, model)?;
