@@ -129,9 +129,15 @@ fn warm_decode_steps_allocate_nothing() {
     // bf16 weights: the engine's CPU kernels throughout (f32 weights go through the
     // `gemm` crate, which allocates its own packing buffers per call).
     let fixtures = ["qwen3-tiny-bf16", "mixtral-tiny-bf16"];
-    for fixture in fixtures {
-        assert_warm_steps_allocate_nothing(fixture, "global pool");
-    }
+    // On a worker of the global pool, as the engine's CPU runner runs its forward passes
+    // (`run_forward_on_pool`): called from outside the pool, every parallel op would push
+    // its job onto rayon's shared queue, whose blocks (crossbeam's `Injector`, 63 jobs
+    // each) are allocated as it goes — rayon's allocations, not the forward pass's.
+    rayon::scope(|_| {
+        for fixture in fixtures {
+            assert_warm_steps_allocate_nothing(fixture, "global pool");
+        }
+    });
     // Four decode tokens routed top-2 over mixtral-tiny's 4 experts: some expert always
     // gets two or more rows, so the multi-row expert path runs on every step. On one
     // thread every work item runs on the thread that started the step, so whatever it
