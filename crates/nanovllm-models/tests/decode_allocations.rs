@@ -139,9 +139,10 @@ fn warm_decode_steps_allocate_nothing() {
         }
     });
     // Four decode tokens routed top-2 over mixtral-tiny's 4 experts: some expert always
-    // gets two or more rows, so the multi-row expert path runs on every step. On one
-    // thread every work item runs on the thread that started the step, so whatever it
-    // allocates shows on every step, not only when a worker meets a case it has not seen.
+    // gets two or more rows, every step (multi-row expert tiles once went through the
+    // `gemm` crate, which allocated). On one thread every work item runs on the thread
+    // that started the step, so whatever an item allocates shows on every step, not only
+    // when a worker meets a case it has not seen.
     let one_thread = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

@@ -7,16 +7,18 @@
 //! Work items are (expert, tile of W_e rows) pairs over the experts that own rows, all
 //! handed to rayon at once, so a few busy experts still fill every core. Each item reads
 //! its tile of W once:
-//! - one row (a decode token alone on its expert): dot products; bf16 dots the raw bits,
-//!   f16 widens each W row once into a per-thread scratch row;
+//! - up to [`DOT_MAX_ROWS`] rows (decode tokens nearly alone on their expert): dot
+//!   products, each W row read once; bf16 dots the raw bits (the row stays in L1 for the
+//!   second), f16 widens each W row once into a per-thread scratch row;
 //! - more rows, bf16 weights on AVX2+FMA: the packed GEMM of dense bf16 matmul
 //!   ([`packed_gemm::column_block_bf16`]) on the expert's rows, packed once per call
 //!   before the items run; tiles are at most [`packed_gemm::NC_MAX`] W rows, its block;
 //! - more rows otherwise (f32 or f16 weights, or no AVX2): the tile is widened (narrow
 //!   dtypes) into a per-thread f32 buffer and multiplied by the expert's rows with `gemm`.
 //!
-//! Already at 2–16 rows a GEMM beats one dot product per row and W row
-//! (`benches/moe_layer.rs`).
+//! `benches/moe_layer.rs` (Mixtral-small layer, bf16; 2 cores): at T = 8 decode tokens
+//! (~2 rows per expert) bf16 dots for two rows beat the packed GEMM by 1.04–1.08×, dots up
+//! to four rows lost (1.16× slower); at T = 64 (~16 rows) the packed GEMM is 1.9–2.5× the `gemm` crate.
 //!
 //! Allocation: the items, the packed rows and the widened W panels (one buffer per rayon
 //! worker, indexed by worker, all held by the calling thread) are kept across calls and
@@ -38,8 +40,9 @@ use super::super::packed_gemm::{self, ColumnBlock, Shape, WLine, MR};
 use super::super::parallel::{with_taken, worth_parallel, OutPtr};
 use super::super::simd::{dot_bf16, dot_f32};
 
-/// Up to this many rows an expert takes the dot-product path (see the module docs).
-const DOT_MAX_ROWS: usize = 1;
+/// Up to this many rows an expert takes the dot-product path (measured, see the module
+/// docs).
+const DOT_MAX_ROWS: usize = 2;
 
 /// f32 elements per widened weight tile of the `gemm` path (256 KiB: stays in L2 while
 /// gemm sweeps `x`).
@@ -339,10 +342,13 @@ unsafe fn dot_rows(
         };
         match w {
             Floats::F32(ws) => write(&ws[row_start..row_start + k]),
-            Floats::BF16(ws) if rows == 1 => {
-                let dot = dot_bf16(xs, bytemuck::cast_slice(&ws[row_start..row_start + k]));
-                // SAFETY: as in `write`, for the one row.
-                unsafe { *out.add(j) = dot };
+            Floats::BF16(ws) => {
+                let w_row = bytemuck::cast_slice(&ws[row_start..row_start + k]);
+                for i in 0..rows {
+                    let dot = dot_bf16(&xs[i * k..(i + 1) * k], w_row);
+                    // SAFETY: as in `write`.
+                    unsafe { *out.add(i * stride + j) = dot };
+                }
             }
             // No rayon call happens while the scratch is borrowed.
             _ => SCRATCH.with_borrow_mut(|row| {
