@@ -18,7 +18,8 @@
 //!
 //! `benches/moe_layer.rs` (Mixtral-small layer, bf16; 2 cores): at T = 8 decode tokens
 //! (~2 rows per expert) bf16 dots for two rows beat the packed GEMM by 1.04–1.08×, dots up
-//! to four rows lost (1.16× slower); at T = 64 (~16 rows) the packed GEMM is 1.9–2.5× the `gemm` crate.
+//! to four rows lost (1.16× slower); at T = 64 (~16 rows) the packed GEMM is 1.9–2.5× the
+//! `gemm` crate.
 //!
 //! Allocation: the items, the packed rows and the widened W panels (one buffer per rayon
 //! worker, indexed by worker, all held by the calling thread) are kept across calls and
