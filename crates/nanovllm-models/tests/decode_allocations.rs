@@ -129,13 +129,20 @@ fn warm_decode_steps_allocate_nothing() {
     // bf16 weights: the engine's CPU kernels throughout (f32 weights go through the
     // `gemm` crate, which allocates its own packing buffers per call).
     let fixtures = ["qwen3-tiny-bf16", "mixtral-tiny-bf16"];
-    for fixture in fixtures {
-        assert_warm_steps_allocate_nothing(fixture, "global pool");
-    }
+    // On a worker of the global pool, as the engine's CPU runner runs its forward passes
+    // (`run_forward_on_pool`): called from outside the pool, every parallel op would push
+    // its job onto rayon's shared queue, whose blocks (crossbeam's `Injector`, 63 jobs
+    // each) are allocated as it goes — rayon's allocations, not the forward pass's.
+    rayon::scope(|_| {
+        for fixture in fixtures {
+            assert_warm_steps_allocate_nothing(fixture, "global pool");
+        }
+    });
     // Four decode tokens routed top-2 over mixtral-tiny's 4 experts: some expert always
-    // gets two or more rows, so the multi-row expert path runs on every step. On one
-    // thread every work item runs on the thread that started the step, so whatever it
-    // allocates shows on every step, not only when a worker meets a case it has not seen.
+    // gets two or more rows, every step (multi-row expert tiles once went through the
+    // `gemm` crate, which allocated). On one thread every work item runs on the thread
+    // that started the step, so whatever an item allocates shows on every step, not only
+    // when a worker meets a case it has not seen.
     let one_thread = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()

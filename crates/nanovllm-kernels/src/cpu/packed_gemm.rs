@@ -113,10 +113,19 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
         let packed_x: &[f32] = packed_x;
         let task = |t: usize| {
             let n0 = t * nc;
-            // SAFETY: `available()` holds and w is [n, k] (asserted above); x is packed
-            // for [m, k]; `nc ≤ NC_MAX`; this task alone writes output columns
-            // n0..n0 + cols of the m rows of `out`, which holds m·n (asserted above).
-            unsafe { column_block_bf16(packed_x, ws, m, k, n, n0, nc.min(n - n0), out_ptr) };
+            let block = ColumnBlock {
+                n0,
+                cols: nc.min(n - n0),
+            };
+            // The task makes no rayon calls, so this borrow cannot re-enter.
+            PACKED_W.with_borrow_mut(|packed_w| {
+                // SAFETY: `available()` holds and w is [n, k] (asserted above); x is packed
+                // for [m, k]; `nc ≤ NC_MAX`; this task alone writes output columns
+                // n0..n0 + cols of the m rows of `out`, which holds m·n (asserted above).
+                unsafe {
+                    column_block_bf16(packed_x, ws, Shape { m, k, n }, block, packed_w, out_ptr)
+                };
+            });
         };
         if worth_parallel(m * n * k) {
             (0..tasks)
@@ -129,41 +138,40 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
     });
 }
 
-/// Output columns `n0 .. n0 + cols` of all `m` rows of `out = x · wᵀ`, where `out` rows
-/// are `n` apart, from `x` packed by [`pack_x_into`] and `w: [n, k]` bf16 bits. Runs on
-/// the calling thread, widening into its panel buffer, which is sized for the largest
-/// block once, so a warm thread never allocates here whatever the blocks it is given.
+/// Output columns `block.n0 .. + block.cols` of all `m` rows of `out = x · wᵀ`, where
+/// `out` rows are `n` apart, from `x` packed by [`pack_x_into`] and `w: [n, k]` bf16 bits,
+/// on the calling thread, widening W into `packed_w`. The buffer is first reserved for
+/// the largest block ([`reserve_w_panels`]), so a warm buffer never grows here.
 ///
 /// # Safety
 /// [`available`] holds; `packed_x` holds `x[m, k]` packed by [`pack_x_into`]; `w` holds
-/// `n·k` elements; `n0 + cols ≤ n`, `0 < cols ≤ NC_MAX`; `out` is valid for writes at
-/// `i·n + j` for `i < m`, `n0 ≤ j < n0 + cols`, and nothing else touches those elements
-/// during the call.
-#[allow(clippy::too_many_arguments)]
+/// `n·k` elements; `block.n0 + block.cols ≤ n`, `0 < block.cols ≤ NC_MAX`; `out` is valid
+/// for writes at `i·n + j` for `i < m` and `j` in the block's columns, and nothing else
+/// touches those elements during the call.
 pub(crate) unsafe fn column_block_bf16(
     packed_x: &[f32],
     w: &[u16],
-    m: usize,
-    k: usize,
-    n: usize,
-    n0: usize,
-    cols: usize,
+    shape: Shape,
+    block: ColumnBlock,
+    packed_w: &mut Vec<WLine>,
     out: OutPtr,
 ) {
-    debug_assert!(cols <= NC_MAX && n0 + cols <= n && packed_x.len() >= packed_x_len(m, k));
-    // The call makes no rayon calls, so this borrow cannot re-enter.
-    PACKED_W.with_borrow_mut(|packed_w| {
-        // `pack_w` sizes the buffer to `⌈cols/NR⌉ · kc ≤ MAX_W_LINES` lines.
-        packed_w.reserve(MAX_W_LINES.saturating_sub(packed_w.len()));
-        let block = ColumnBlock { n0, cols };
-        // SAFETY: the contract gives every requirement of `column_block`.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            avx2::column_block(packed_x, w, Shape { m, k, n }, block, packed_w, out)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (packed_x, w, m, k, n, block, out);
-    });
+    debug_assert!(block.cols <= NC_MAX && block.n0 + block.cols <= shape.n);
+    debug_assert!(packed_x.len() >= packed_x_len(shape.m, shape.k));
+    reserve_w_panels(packed_w);
+    // SAFETY: the contract gives every requirement of `column_block`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        avx2::column_block(packed_x, w, shape, block, packed_w, out)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (packed_x, w, shape, block, packed_w, out);
+}
+
+/// Gives `packed_w` room for the widened W panels of the largest block, once: `pack_w`
+/// sizes it to `⌈cols/NR⌉ · kc ≤ MAX_W_LINES` lines.
+pub(crate) fn reserve_w_panels(packed_w: &mut Vec<WLine>) {
+    packed_w.reserve(MAX_W_LINES.saturating_sub(packed_w.len()));
 }
 
 /// Most lines a thread's widened W panels hold: `NC_MAX / NR` panels of `KC` lines.
@@ -173,21 +181,21 @@ const MAX_W_LINES: usize = NC_MAX / NR * KC;
 /// the micro-kernel's two 32-byte loads per k ever splits a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct WLine([f32; NR]);
+pub(crate) struct WLine([f32; NR]);
 
 /// The product's dimensions.
 #[derive(Clone, Copy)]
-struct Shape {
-    m: usize,
-    k: usize,
-    n: usize,
+pub(crate) struct Shape {
+    pub(crate) m: usize,
+    pub(crate) k: usize,
+    pub(crate) n: usize,
 }
 
 /// One task's output columns `n0 .. n0 + cols` (W rows).
 #[derive(Clone, Copy)]
-struct ColumnBlock {
-    n0: usize,
-    cols: usize,
+pub(crate) struct ColumnBlock {
+    pub(crate) n0: usize,
+    pub(crate) cols: usize,
 }
 
 #[cfg(test)]

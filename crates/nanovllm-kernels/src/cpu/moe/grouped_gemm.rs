@@ -7,21 +7,26 @@
 //! Work items are (expert, tile of W_e rows) pairs over the experts that own rows, all
 //! handed to rayon at once, so a few busy experts still fill every core. Each item reads
 //! its tile of W once:
-//! - one row (a decode token alone on its expert): dot products; bf16 dots the raw bits,
-//!   f16 widens each W row once into a per-thread scratch row;
+//! - up to [`DOT_MAX_ROWS`] rows (decode tokens nearly alone on their expert): dot
+//!   products, each W row read once; bf16 dots the raw bits (the row stays in L1 for the
+//!   second), f16 widens each W row once into a per-thread scratch row;
 //! - more rows, bf16 weights on AVX2+FMA: the packed GEMM of dense bf16 matmul
 //!   ([`packed_gemm::column_block_bf16`]) on the expert's rows, packed once per call
 //!   before the items run; tiles are at most [`packed_gemm::NC_MAX`] W rows, its block;
 //! - more rows otherwise (f32 or f16 weights, or no AVX2): the tile is widened (narrow
 //!   dtypes) into a per-thread f32 buffer and multiplied by the expert's rows with `gemm`.
 //!
-//! Already at 2–16 rows a GEMM beats one dot product per row and W row
-//! (`benches/moe_layer.rs`).
+//! `benches/moe_layer.rs` (Mixtral-small layer, bf16; 2 cores): at T = 8 decode tokens
+//! (~2 rows per expert) bf16 dots for two rows beat the packed GEMM by 1.04–1.08×, dots up
+//! to four rows lost (1.16× slower); at T = 64 (~16 rows) the packed GEMM is 1.9–2.5× the
+//! `gemm` crate.
 //!
-//! Allocation: the items, the packed rows and the per-thread buffers are kept across
-//! calls and sized for the call's worst case (any routing of the same `R`, `E`, `n`, `k`),
-//! so with bf16 weights on AVX2 a warm call allocates nothing whichever experts the tokens
-//! pick. The `gemm` crate allocates its own packing buffers, so the `gemm` path does.
+//! Allocation: the items, the packed rows and the widened W panels (one buffer per rayon
+//! worker, indexed by worker, all held by the calling thread) are kept across calls and
+//! sized for the call's worst case (any routing of the same `R`, `E`, `n`, `k`), so with
+//! bf16 weights on AVX2 a warm call allocates nothing, whichever experts the tokens pick
+//! and whichever worker runs which item. The `gemm` crate allocates its own packing
+//! buffers, so the `gemm` path does.
 //!
 //! Items write disjoint blocks of `out` (their expert's rows × their tile's columns).
 
@@ -32,12 +37,13 @@ use rayon::prelude::*;
 
 use super::super::check::Floats;
 use super::super::matmul::gemm_x_wt;
-use super::super::packed_gemm::{self, MR};
+use super::super::packed_gemm::{self, ColumnBlock, Shape, WLine, MR};
 use super::super::parallel::{with_taken, worth_parallel, OutPtr};
 use super::super::simd::{dot_bf16, dot_f32};
 
-/// Up to this many rows an expert takes the dot-product path (see the module docs).
-const DOT_MAX_ROWS: usize = 1;
+/// Up to this many rows an expert takes the dot-product path (measured, see the module
+/// docs).
+const DOT_MAX_ROWS: usize = 2;
 
 /// f32 elements per widened weight tile of the `gemm` path (256 KiB: stays in L2 while
 /// gemm sweeps `x`).
@@ -53,6 +59,37 @@ thread_local! {
     static ITEMS: RefCell<Vec<Item>> = const { RefCell::new(Vec::new()) };
     /// The packed rows of every multi-row expert (packed path), reused across calls.
     static PACKED_X: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The widened W panels of each rayon worker, and a last one for items run on the
+    /// calling thread (packed path), reused across calls.
+    static W_PANELS: RefCell<Vec<Vec<WLine>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A call's W panel buffers, one per worker: an item uses its worker's only, and a worker
+/// runs one item at a time (items make no rayon calls).
+#[derive(Clone, Copy)]
+struct PanelSlots {
+    first: *mut Vec<WLine>,
+    len: usize,
+}
+// SAFETY: the buffers outlive the items, and each is used by one thread at a time (its
+// worker's, see the type's docs).
+unsafe impl Send for PanelSlots {}
+// SAFETY: as for `Send`: sharing `&PanelSlots` only copies the pointer out.
+unsafe impl Sync for PanelSlots {}
+
+impl PanelSlots {
+    /// The calling thread's buffer: its worker index, or the last slot off the pool.
+    ///
+    /// # Safety
+    /// The buffers outlive `'a` (the item's run), no other thread uses the slot of the
+    /// caller's worker index meanwhile, and the caller holds no other borrow of it.
+    unsafe fn mine<'a>(self) -> &'a mut Vec<WLine> {
+        let slot = rayon::current_thread_index()
+            .filter(|&i| i + 1 < self.len)
+            .unwrap_or(self.len - 1);
+        // SAFETY: `slot < len`, and the contract makes the borrow exclusive.
+        unsafe { &mut *self.first.add(slot) }
+    }
 }
 
 /// The shape of one grouped product (validated by the caller).
@@ -95,28 +132,39 @@ pub(super) fn grouped_matmul(x: &[f32], w: Floats, shape: GroupedShape, out: &mu
         return;
     }
     let packed = matches!(w, Floats::BF16(_)) && packed_gemm::available();
-    // Taken, not borrowed: the items and the packed rows outlive a parallel loop (see
-    // `with_taken`).
+    // Taken, not borrowed: the items, the packed rows and the panels outlive a parallel
+    // loop (see `with_taken`).
     with_taken(&ITEMS, |items| {
         with_taken(&PACKED_X, |packed_x| {
-            work_items(offsets, n, k, packed, items);
-            if packed {
-                pack_expert_rows(x, k, items, rows_total, offsets.len() - 1, packed_x);
-            }
-            let packed_x: &[f32] = packed_x;
-            let out_ptr = OutPtr(out.as_mut_ptr());
-            let run = |item: &Item| {
-                // SAFETY: `item` covers rows row0..row0+rows (≤ R: every offset is,
-                // asserted above) and columns n0..n0+tile_n (≤ n) of `out`, which holds
-                // R·n (asserted above); no other item touches that block. With `packed`,
-                // `pack_expert_rows` packed every multi-row expert at its `packed0`.
-                unsafe { run_item(x, packed.then_some(packed_x), w, n, k, *item, out_ptr) }
-            };
-            if worth_parallel(2 * rows_total * n * k) {
-                items.par_iter().for_each(run);
-            } else {
-                items.iter().for_each(run);
-            }
+            with_taken(&W_PANELS, |panels| {
+                work_items(offsets, n, k, packed, items);
+                let packing = packed.then(|| {
+                    pack_expert_rows(x, k, items, rows_total, offsets.len() - 1, packed_x);
+                    // One buffer per worker and one for the calling thread, each reserved
+                    // for the largest block: no item grows one.
+                    panels.resize_with(rayon::current_num_threads() + 1, Vec::new);
+                    panels.iter_mut().for_each(packed_gemm::reserve_w_panels);
+                    let slots = PanelSlots {
+                        first: panels.as_mut_ptr(),
+                        len: panels.len(),
+                    };
+                    (&packed_x[..], slots)
+                });
+                let out_ptr = OutPtr(out.as_mut_ptr());
+                let run = |item: &Item| {
+                    // SAFETY: `item` covers rows row0..row0+rows (≤ R: every offset is,
+                    // asserted above) and columns n0..n0+tile_n (≤ n) of `out`, which holds
+                    // R·n (asserted above); no other item touches that block. With `packed`,
+                    // `pack_expert_rows` packed every multi-row expert at its `packed0`,
+                    // and the panel slots are the buffers just sized, one per worker.
+                    unsafe { run_item(x, packing, w, n, k, *item, out_ptr) }
+                };
+                if worth_parallel(2 * rows_total * n * k) {
+                    items.par_iter().for_each(run);
+                } else {
+                    items.iter().for_each(run);
+                }
+            })
         })
     });
 }
@@ -193,12 +241,13 @@ fn pack_expert_rows(
 ///
 /// # Safety
 /// `out` is valid for writes at `r·n + j` for `r` in the item's rows and `j` in its
-/// columns, and nothing else touches those elements during the call. `packed_x` is
+/// columns, and nothing else touches those elements during the call. `packing` is
 /// `Some` only for bf16 `w` with [`packed_gemm::available`], and then holds the item's
-/// expert's rows packed at `item.packed0` when it has more than [`DOT_MAX_ROWS`].
+/// expert's rows packed at `item.packed0` when it has more than [`DOT_MAX_ROWS`], and the
+/// call's per-worker panel buffers (see [`PanelSlots`]).
 unsafe fn run_item(
     x: &[f32],
-    packed_x: Option<&[f32]>,
+    packing: Option<(&[f32], PanelSlots)>,
     w: Floats,
     n: usize,
     k: usize,
@@ -226,8 +275,13 @@ unsafe fn run_item(
         unsafe { dot_rows(xs, w, w_start, rows, k, tile_n, out_block, n) };
         return;
     }
-    if let (Some(packed_x), Floats::BF16(ws)) = (packed_x, w) {
+    if let (Some((packed_x, slots)), Floats::BF16(ws)) = (packing, w) {
         let expert_w: &[u16] = bytemuck::cast_slice(&ws[expert * n * k..(expert + 1) * n * k]);
+        // SAFETY: this thread's worker runs one item at a time and the item makes no rayon
+        // call, so nothing else uses its slot now.
+        let panels = unsafe { slots.mine() };
+        let shape = Shape { m: rows, k, n };
+        let block = ColumnBlock { n0, cols: tile_n };
         // SAFETY: the packed GEMM is available and the expert's rows are packed at
         // `packed0` (the contract); `expert_w` is W_e, [n, k]; `n0 + tile_n ≤ n` and
         // `tile_n ≤ NC_MAX` (`work_items`); the item's rows × columns `n0 .. n0 + tile_n`
@@ -236,11 +290,9 @@ unsafe fn run_item(
             packed_gemm::column_block_bf16(
                 &packed_x[packed0..],
                 expert_w,
-                rows,
-                k,
-                n,
-                n0,
-                tile_n,
+                shape,
+                block,
+                panels,
                 OutPtr(out_rows),
             )
         };
@@ -291,10 +343,13 @@ unsafe fn dot_rows(
         };
         match w {
             Floats::F32(ws) => write(&ws[row_start..row_start + k]),
-            Floats::BF16(ws) if rows == 1 => {
-                let dot = dot_bf16(xs, bytemuck::cast_slice(&ws[row_start..row_start + k]));
-                // SAFETY: as in `write`, for the one row.
-                unsafe { *out.add(j) = dot };
+            Floats::BF16(ws) => {
+                let w_row = bytemuck::cast_slice(&ws[row_start..row_start + k]);
+                for i in 0..rows {
+                    let dot = dot_bf16(&xs[i * k..(i + 1) * k], w_row);
+                    // SAFETY: as in `write`.
+                    unsafe { *out.add(i * stride + j) = dot };
+                }
             }
             // No rayon call happens while the scratch is borrowed.
             _ => SCRATCH.with_borrow_mut(|row| {
