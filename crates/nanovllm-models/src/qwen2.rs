@@ -52,3 +52,56 @@ pub fn load(
 ) -> Result<Box<dyn Model>, ModelError> {
     Ok(Box::new(load_qwen2(config, source, ctx)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::test_util::{cpu_ctx, load_decoder_fixture};
+    use crate::LoadFormat;
+
+    #[test]
+    fn the_fixture_loads_its_qkv_biases_packed_after_the_weights_rows() {
+        // qwen2-tiny: 4 q heads, 1 kv head, head_dim 16.
+        let model = load_decoder_fixture("qwen2-tiny", load_qwen2);
+        for layer in model.layers() {
+            assert!(!layer.self_attn.has_qk_norm());
+            let qkv = layer.self_attn.qkv_proj();
+            let bias = qkv.bias().expect("Qwen2 has q/k/v biases");
+            assert_eq!(bias.shape(), &[(4 + 2) * 16]);
+            assert_eq!(bias.shape()[0], qkv.weight().shape()[0]);
+            assert!(bias.to_vec_f32().unwrap().iter().any(|&b| b != 0.0));
+        }
+    }
+
+    #[test]
+    fn a_used_sliding_window_is_refused_and_an_unused_one_ignored() {
+        let config = |use_window: bool| {
+            crate::llama::tests::tiny(
+                ARCHITECTURE,
+                json!({"sliding_window": 32, "use_sliding_window": use_window}),
+            )
+        };
+        let load = |c: &ModelConfig| {
+            crate::load_model(
+                c,
+                std::path::Path::new("/none"),
+                LoadFormat::Dummy,
+                &cpu_ctx(),
+            )
+        };
+        assert!(load(&config(false)).is_ok());
+        match load(&config(true)) {
+            Err(e @ ModelError::UnsupportedFeature { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("sliding_window") && msg.contains(ARCHITECTURE),
+                    "{msg}"
+                );
+            }
+            Err(e) => panic!("expected UnsupportedFeature, got {e}"),
+            Ok(_) => panic!("expected UnsupportedFeature, got a model"),
+        }
+    }
+}

@@ -89,3 +89,69 @@ pub fn load(
 ) -> Result<Box<dyn Model>, ModelError> {
     Ok(Box::new(load_qwen3_moe(config, source, ctx)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use nanovllm_kernels::TopKWeights;
+
+    use super::*;
+    use crate::test_util::load_decoder_fixture;
+
+    /// Each layer's block follows transformers' rule, with the fixture's widths and routing.
+    #[test]
+    fn fixtures_have_dense_and_sparse_layers_routed_per_norm_topk_prob() {
+        // (fixture, sparse layers, experts, top-k, expert width, dense width, weighting)
+        let expect = [
+            (
+                "qwen3-moe-tiny",
+                vec![true, false, true],
+                8,
+                2,
+                32,
+                96,
+                TopKWeights::Probabilities,
+            ),
+            (
+                "qwen3-moe-tiny-bf16",
+                vec![false, true, false],
+                16,
+                4,
+                None::<usize>.unwrap_or(0),
+                0,
+                TopKWeights::Renormalized,
+            ),
+        ];
+        for (name, sparse, experts, top_k, expert_width, dense_width, weights) in expect {
+            let model = load_decoder_fixture(name, load_qwen3_moe);
+            let config = model.config().clone();
+            let kinds: Vec<bool> = model
+                .layers()
+                .iter()
+                .map(|l| matches!(l.ffn, Qwen3MoeFeedForward::Sparse(_)))
+                .collect();
+            assert_eq!(kinds, sparse, "{name}");
+            for (i, layer) in model.layers().iter().enumerate() {
+                assert!(layer.self_attn.has_qk_norm(), "{name} layer {i}");
+                match &layer.ffn {
+                    Qwen3MoeFeedForward::Sparse(moe) => {
+                        let width = config.moe_intermediate_size;
+                        if expert_width > 0 {
+                            assert_eq!(width, expert_width, "{name}");
+                        }
+                        assert_eq!(moe.gate().shape(), &[experts, config.hidden_size]);
+                        assert_eq!(moe.w13().shape(), &[experts, 2 * width, config.hidden_size]);
+                        assert_eq!(moe.top_k(), top_k);
+                        assert_eq!(moe.top_k_weights(), weights, "{name}");
+                    }
+                    Qwen3MoeFeedForward::Dense(mlp) => {
+                        let width = config.intermediate_size;
+                        if dense_width > 0 {
+                            assert_eq!(width, dense_width, "{name}");
+                        }
+                        assert_eq!(mlp.gate_up_proj().weight().shape()[0], 2 * width);
+                    }
+                }
+            }
+        }
+    }
+}
