@@ -116,8 +116,8 @@ mod tests {
                 vec![false, true, false],
                 16,
                 4,
-                None::<usize>.unwrap_or(0),
-                0,
+                16,
+                64,
                 TopKWeights::Renormalized,
             ),
         ];
@@ -134,20 +134,16 @@ mod tests {
                 assert!(layer.self_attn.has_qk_norm(), "{name} layer {i}");
                 match &layer.ffn {
                     Qwen3MoeFeedForward::Sparse(moe) => {
-                        let width = config.moe_intermediate_size;
-                        if expert_width > 0 {
-                            assert_eq!(width, expert_width, "{name}");
-                        }
+                        let width = expert_width;
+                        assert_eq!(config.moe_intermediate_size, width, "{name}");
                         assert_eq!(moe.gate().shape(), &[experts, config.hidden_size]);
                         assert_eq!(moe.w13().shape(), &[experts, 2 * width, config.hidden_size]);
                         assert_eq!(moe.top_k(), top_k);
                         assert_eq!(moe.top_k_weights(), weights, "{name}");
                     }
                     Qwen3MoeFeedForward::Dense(mlp) => {
-                        let width = config.intermediate_size;
-                        if dense_width > 0 {
-                            assert_eq!(width, dense_width, "{name}");
-                        }
+                        let width = dense_width;
+                        assert_eq!(config.intermediate_size, width, "{name}");
                         assert_eq!(mlp.gate_up_proj().weight().shape()[0], 2 * width);
                     }
                 }

@@ -50,6 +50,11 @@ impl Mlp {
             )?,
         })
     }
+
+    /// `gate_proj ‖ up_proj`, this rank's rows.
+    pub fn gate_up_proj(&self) -> &MergedColumnParallelLinear {
+        &self.gate_up_proj
+    }
 }
 
 impl FeedForward for Mlp {
