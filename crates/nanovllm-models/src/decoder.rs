@@ -1,12 +1,13 @@
-//! The decoder-only causal LM that Qwen3 and Mixtral share; an architecture file supplies
-//! its feed-forward block ([`FeedForward`]) and whether attention has q/k norms.
+//! The decoder-only causal LM every architecture shares (Qwen3, Qwen2, Llama, Mistral,
+//! Mixtral, Qwen3-MoE); an architecture file supplies its feed-forward block per layer
+//! ([`FeedForward`]) and its [`Features`] (q/k norms, q/k/v biases).
 //!
 //! Per layer, with the residual stream kept separately (fused add + norm):
 //! ```text
 //! x = input_layernorm(h [+ residual])          first layer: residual = h
 //! o = self_attn(x)                             see `layers::Attention`
 //! x = post_attention_layernorm(o + residual)
-//! h = ffn(x)                                   dense SwiGLU MLP, or sparse MoE
+//! h = ffn_i(x)                                 dense SwiGLU MLP, or sparse MoE (per layer)
 //! ```
 //! then the final norm, the wanted rows only (`logits_indices`), and the LM head (tied
 //! or not). Tensor parallelism: attention heads and the feed-forward's intermediate
