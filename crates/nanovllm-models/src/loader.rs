@@ -312,7 +312,7 @@ const LM_HEAD: &str = "lm_head.weight";
 
 /// Why checkpoint tensor `name` may go unread by a `config` model, or `None` when leaving
 /// it unread is an error (strict loading: see the module docs). The whole list: the
-/// suffixes of [`IGNORABLE_SUFFIXES`], and `lm_head.weight` when `tie_word_embeddings` is
+/// suffixes of `IGNORABLE_SUFFIXES`, and `lm_head.weight` when `tie_word_embeddings` is
 /// set (transformers then ties the LM head to the embedding and ignores the stored copy).
 pub fn why_ignorable(name: &str, config: &ModelConfig) -> Option<&'static str> {
     if name == LM_HEAD && config.tie_word_embeddings {
