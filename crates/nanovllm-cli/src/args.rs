@@ -35,6 +35,16 @@ pub enum Command {
     /// its own node's ranks; start it by hand on the other nodes of a multi-host group.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Print a shell completion script, e.g. `nanovllm completions bash >
+    /// ~/.local/share/bash-completion/completions/nanovllm` (see the README for each shell).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

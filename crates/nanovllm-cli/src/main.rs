@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod chat;
+mod completions;
 mod generate;
 mod requests;
 mod serve;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Worker(args) => worker::run(args),
+        Command::Completions(args) => completions::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
