@@ -485,7 +485,7 @@ mod tests {
 
     use super::*;
     use crate::testing::rng::Rng;
-    use crate::testing::sampling::{reference_filtered, reference_processed};
+    use crate::testing::sampling::{reference_filtered, reference_processed, sampled};
     use crate::{Backend, CpuBackend, DType, Penalties};
 
     /// Deterministic logits in `[-8, 8)` with exact ties (every 97th value is 2.5).
@@ -500,16 +500,6 @@ mod tests {
                 }
             })
             .collect()
-    }
-
-    fn sampled(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingRow<'static> {
-        SamplingRow {
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            ..SamplingRow::default()
-        }
     }
 
     /// The ids `filter` keeps, checking that they come in ascending order.

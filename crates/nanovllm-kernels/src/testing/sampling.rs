@@ -388,7 +388,8 @@ fn seed_step(i: usize) -> (u64, u64) {
     )
 }
 
-fn sampled(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingRow<'static> {
+/// A sampled (not greedy) row with these filters and no processing.
+pub fn sampled(temperature: f32, top_k: usize, top_p: f32, min_p: f32) -> SamplingRow<'static> {
     SamplingRow {
         temperature,
         top_k,
