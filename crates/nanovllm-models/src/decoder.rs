@@ -26,7 +26,9 @@ use nanovllm_kernels::{Backend, KvCache, Tensor};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::features::Features;
-use crate::layers::{Attention, ParallelLmHead, RmsNorm, RotaryEmbedding, VocabParallelEmbedding};
+use crate::layers::{
+    Attention, Mlp, ParallelLmHead, RmsNorm, RotaryEmbedding, VocabParallelEmbedding,
+};
 use crate::loader::{WeightLoader, WeightSource};
 use crate::model::{ForwardInput, KvCacheSpec, Model, ModelContext};
 
@@ -91,6 +93,26 @@ fn check_rank(ctx: &ModelContext) -> Result<(), ModelError> {
         )));
     }
     Ok(())
+}
+
+impl DecoderLm<Mlp> {
+    /// Loads a decoder with the dense SwiGLU [`Mlp`] in every layer (Qwen3, Llama, Mistral,
+    /// Qwen2): what those architectures differ in is only their `features`.
+    pub fn load_dense(
+        config: &ModelConfig,
+        source: &dyn WeightSource,
+        ctx: &ModelContext,
+        features: &Features,
+    ) -> Result<Self, ModelError> {
+        let load_ffn = |loader: &WeightLoader, _layer: usize, prefix: &str| {
+            Mlp::load(loader, prefix, config, ctx)
+        };
+        let spec = DecoderSpec {
+            features,
+            load_ffn: &load_ffn,
+        };
+        Self::load(config, source, ctx, spec)
+    }
 }
 
 impl<F: FeedForward> DecoderLm<F> {

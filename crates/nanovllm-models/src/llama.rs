@@ -7,11 +7,11 @@
 //! `sliding_window` in the config is ignored, as transformers' Llama ignores it.
 
 use crate::config::ModelConfig;
-use crate::decoder::{DecoderLm, DecoderSpec};
+use crate::decoder::DecoderLm;
 use crate::error::ModelError;
 use crate::features::{Features, FeedForwardKind, SlidingWindow, ALL_ROPE_TYPES};
 use crate::layers::Mlp;
-use crate::loader::{WeightLoader, WeightSource};
+use crate::loader::WeightSource;
 use crate::model::{Model, ModelContext};
 
 pub const ARCHITECTURE: &str = "LlamaForCausalLM";
@@ -35,17 +35,7 @@ pub fn load_llama(
     source: &dyn WeightSource,
     ctx: &ModelContext,
 ) -> Result<LlamaForCausalLM, ModelError> {
-    let load_ffn =
-        |loader: &WeightLoader, _layer: usize, prefix: &str| Mlp::load(loader, prefix, config, ctx);
-    DecoderLm::load(
-        config,
-        source,
-        ctx,
-        DecoderSpec {
-            features: &FEATURES,
-            load_ffn: &load_ffn,
-        },
-    )
+    DecoderLm::load_dense(config, source, ctx, &FEATURES)
 }
 
 /// Registry entry point.

@@ -7,11 +7,11 @@
 //! attention, as in transformers. `use_sliding_window: true` is refused.
 
 use crate::config::ModelConfig;
-use crate::decoder::{DecoderLm, DecoderSpec};
+use crate::decoder::DecoderLm;
 use crate::error::ModelError;
 use crate::features::{Features, FeedForwardKind, SlidingWindow, ALL_ROPE_TYPES};
 use crate::layers::Mlp;
-use crate::loader::{WeightLoader, WeightSource};
+use crate::loader::WeightSource;
 use crate::model::{Model, ModelContext};
 
 pub const ARCHITECTURE: &str = "Qwen2ForCausalLM";
@@ -35,13 +35,7 @@ pub fn load_qwen2(
     source: &dyn WeightSource,
     ctx: &ModelContext,
 ) -> Result<Qwen2ForCausalLM, ModelError> {
-    let load_ffn =
-        |loader: &WeightLoader, _layer: usize, prefix: &str| Mlp::load(loader, prefix, config, ctx);
-    let spec = DecoderSpec {
-        features: &FEATURES,
-        load_ffn: &load_ffn,
-    };
-    DecoderLm::load(config, source, ctx, spec)
+    DecoderLm::load_dense(config, source, ctx, &FEATURES)
 }
 
 /// Registry entry point.

@@ -3,11 +3,11 @@
 //! SwiGLU [`Mlp`].
 
 use crate::config::ModelConfig;
-use crate::decoder::{DecoderLm, DecoderSpec};
+use crate::decoder::DecoderLm;
 use crate::error::ModelError;
 use crate::features::{Features, FeedForwardKind, SlidingWindow, ALL_ROPE_TYPES};
 use crate::layers::Mlp;
-use crate::loader::{WeightLoader, WeightSource};
+use crate::loader::WeightSource;
 use crate::model::{Model, ModelContext};
 
 pub const ARCHITECTURE: &str = "Qwen3ForCausalLM";
@@ -33,17 +33,7 @@ pub fn load_qwen3(
     source: &dyn WeightSource,
     ctx: &ModelContext,
 ) -> Result<Qwen3ForCausalLM, ModelError> {
-    let load_ffn =
-        |loader: &WeightLoader, _layer: usize, prefix: &str| Mlp::load(loader, prefix, config, ctx);
-    DecoderLm::load(
-        config,
-        source,
-        ctx,
-        DecoderSpec {
-            features: &FEATURES,
-            load_ffn: &load_ffn,
-        },
-    )
+    DecoderLm::load_dense(config, source, ctx, &FEATURES)
 }
 
 /// Registry entry point.
