@@ -29,7 +29,7 @@ pub enum Command {
     Chat(ChatArgs),
     /// Throughput on nano-vLLM's bench.py workload (random token prompts, `ignore_eos`),
     /// on a model directory or on random weights of a config.json's shape.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// A tensor-parallel worker: one rank (`--rank`), or every rank of a worker node
     /// (`--nnodes N --node-rank K --tensor-parallel-size T`). Started by the engine for
     /// its own node's ranks; start it by hand on the other nodes of a multi-host group.
@@ -337,13 +337,33 @@ pub struct ChatArgs {
     pub chat_template_kwargs: Option<String>,
 }
 
-/// `nanovllm bench`: the shared engine flags, `--model-config`, and the benchmark's own
-/// flags (shared with `cargo xtask bench`). One of `--model` and `--model-config` is
-/// required: unlike `cargo xtask bench`, an installed binary has no repository beside it
-/// to take a default config.json from.
+/// `nanovllm bench [throughput] FLAGS` or `nanovllm bench serve FLAGS`, like vLLM's
+/// `vllm bench throughput|serve`; with no mode named it is the throughput benchmark.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, allow_negative_numbers = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+    #[command(flatten)]
+    pub throughput: ThroughputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchMode {
+    /// Offline throughput of the engine (the default mode: `nanovllm bench FLAGS`).
+    Throughput(ThroughputArgs),
+    /// Load on a running OpenAI-compatible server (ours or any other), like
+    /// `vllm bench serve`: TTFT, TPOT, ITL and throughput.
+    Serve(BenchServeArgs),
+}
+
+/// The throughput benchmark: the shared engine flags, `--model-config`, and the
+/// benchmark's own flags (shared with `cargo xtask bench`). One of `--model` and
+/// `--model-config` is required: unlike `cargo xtask bench`, an installed binary has no
+/// repository beside it to take a default config.json from.
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
-pub struct BenchArgs {
+pub struct ThroughputArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
     /// A config.json of the model's shape, run with random weights (implies --load-format
@@ -352,6 +372,63 @@ pub struct BenchArgs {
     pub model_config: Option<PathBuf>,
     #[command(flatten)]
     pub bench: BenchFlags,
+}
+
+/// `nanovllm bench serve`: vLLM's flag names where vLLM has the flag.
+#[derive(Debug, Args)]
+pub struct BenchServeArgs {
+    /// The server's base URL (plain http).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub base_url: String,
+    /// The API path: /v1/completions or /v1/chat/completions.
+    #[arg(long, default_value = "/v1/completions")]
+    pub endpoint: String,
+    /// The model name to send [default: the first model of the server's /v1/models].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A directory with the model's tokenizer.json: prompts are sent as text (needed for
+    /// chat); without it, completions get the token ids themselves.
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
+    /// Requests in the run.
+    #[arg(long, default_value_t = 1000)]
+    pub num_prompts: usize,
+    /// Tokens of each prompt (after the shared prefix).
+    #[arg(long, default_value_t = 1024)]
+    pub random_input_len: usize,
+    /// Tokens asked of each completion (max_tokens).
+    #[arg(long, default_value_t = 128)]
+    pub random_output_len: usize,
+    /// Lengths drawn from [len·(1−r), len·(1+r)]; 0 sends fixed-length prompts.
+    #[arg(long, default_value_t = 0.0)]
+    pub random_range_ratio: f64,
+    /// Random tokens shared by every prompt, before its own (prefix caching).
+    #[arg(long, default_value_t = 0)]
+    pub random_prefix_len: usize,
+    /// Prompt token ids are drawn below this when no --tokenizer gives the vocabulary.
+    #[arg(long, default_value_t = 10_000)]
+    pub vocab_size: usize,
+    /// Requests per second (a Poisson process); inf sends them all at once.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    pub request_rate: f64,
+    /// Most requests in flight at once [default: no limit].
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    /// Sampling temperature of every request.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Ask for exactly max_tokens (vLLM's `ignore_eos`; servers without it refuse it).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Seed of the prompts and arrival times.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Bearer key for the server [default: $OPENAI_API_KEY].
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Write the figures as JSON too.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `--api-key ''` would lock every client out (no bearer token is empty): refuse it.

@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod bench_serve;
 mod chat;
 mod completions;
 mod generate;
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Chat(args) => chat::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
         Command::Worker(args) => worker::run(args),
         Command::Completions(args) => completions::run(args),
     };

@@ -146,3 +146,22 @@ fn model_and_model_config_conflict() {
         stderr(&out)
     );
 }
+
+#[test]
+fn bench_throughput_is_the_default_mode_by_name() {
+    let config = fixture("qwen3-tiny-fullvocab").join("config.json");
+    let dir = scratch("throughput-mode");
+    let json_path = dir.join("bench.json");
+    let flags = [
+        "bench",
+        "throughput",
+        "--model-config",
+        config.to_str().unwrap(),
+        "--json",
+        json_path.to_str().unwrap(),
+    ];
+    let out = nanovllm(&[&flags[..], &TINY_FLAGS].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    check_figures(&serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}

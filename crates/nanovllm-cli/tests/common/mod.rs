@@ -131,3 +131,42 @@ pub fn check_greedy_jsonl(name: &str) -> Vec<Value> {
     }
     lines
 }
+
+/// A `nanovllm serve` process on a free port, killed on drop.
+pub struct Server {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+}
+
+impl Server {
+    /// Starts `nanovllm serve --port 0 <args…>` and waits for the address it prints on
+    /// stdout once it listens.
+    pub fn start(args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
+            .args([&["serve", "--port", "0"][..], args].concat())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the nanovllm binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let base_url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in the server's first line: {line:?}"))
+            .to_string();
+        Server { child, base_url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
