@@ -7,6 +7,7 @@ mod chat;
 mod completions;
 mod generate;
 mod requests;
+mod run_batch;
 mod serve;
 mod worker;
 
