@@ -7,8 +7,9 @@
 //! the system message; `/system` alone clears it), `/exit`, `/help`.
 //!
 //! At a terminal (stdin is one), lines are read with a line editor
-//! (rustyline): arrow keys, Home/End, Ctrl-R and the other readline keys edit
-//! the line, Up/Down walk the session's history (kept in memory only).
+//! (rustyline, on the controlling terminal, so stdout holds only the replies
+//! even when redirected): arrow keys, Home/End, Ctrl-R and the other readline
+//! keys edit the line, Up/Down walk the session's history (kept in memory only).
 //! Ctrl-C while a reply is generated aborts that request in the engine, ends
 //! the reply's line and drops the whole turn (the message and the partial
 //! reply) from the conversation, as a failed turn is; Up then brings the
@@ -30,7 +31,7 @@ use nanovllm_core::{
     ChatMessage, ChatTemplate, IncrementalDetokenizer, LLMEngine, Prompt, SamplingParams, Tokenizer,
 };
 use rustyline::error::ReadlineError;
-use rustyline::DefaultEditor;
+use rustyline::{Behavior, Config, DefaultEditor};
 use serde_json::{Map, Value as Json};
 
 use crate::args::ChatArgs;
@@ -224,8 +225,13 @@ impl LineSource {
     /// The line editor, and a SIGINT handler that turns Ctrl-C during a reply into a flag
     /// (the editor reads Ctrl-C as a key while it has the terminal).
     fn terminal() -> anyhow::Result<Self> {
-        let editor =
-            Box::new(DefaultEditor::new().context("cannot set up line editing on the terminal")?);
+        // The controlling terminal rather than stdout, so that a redirected stdout still
+        // holds only the replies, with no prompt or editing sequences.
+        let config = Config::builder().behavior(Behavior::PreferTerm).build();
+        let editor = Box::new(
+            DefaultEditor::with_config(config)
+                .context("cannot set up line editing on the terminal")?,
+        );
         let interrupt = Arc::new(AtomicBool::new(false));
         let flag = interrupt.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
