@@ -343,6 +343,10 @@ async fn run_lines(
             let mut seen_ids = HashSet::new();
             let mut index = 0;
             while let Some(line) = line_rx.recv().await {
+                if result_tx.is_closed() {
+                    // The writer failed (its error is reported): run nothing more.
+                    break;
+                }
                 let (number, text) = line?;
                 let permit = permits.clone().acquire_owned().await?;
                 let output = match parse_line(&text) {
