@@ -265,13 +265,21 @@ pub struct GenerateArgs {
     /// A prompt (repeatable).
     #[arg(long = "prompt", value_name = "TEXT")]
     pub prompts: Vec<String>,
-    /// JSONL requests: one `{"prompt": ...}` or `{"prompt_token_ids": [...]}` per line,
-    /// optionally with max_tokens, temperature, top_p, top_k, min_p, seed, ignore_eos.
-    #[arg(long, value_name = "FILE.jsonl", conflicts_with = "prompts")]
+    /// JSONL requests (`-`: stdin), in one of two formats told by the first line: one
+    /// `{"prompt": ...}` or `{"prompt_token_ids": [...]}` per line, optionally with
+    /// max_tokens, temperature, top_p, top_k, min_p, seed, ignore_eos; or OpenAI's batch
+    /// format (as vLLM's run-batch): `{"custom_id", "method": "POST", "url":
+    /// "/v1/completions" or "/v1/chat/completions", "body": {...}}`.
+    #[arg(long, value_name = "FILE.jsonl|-", conflicts_with = "prompts")]
     pub input: Option<PathBuf>,
-    /// Write JSONL results to FILE, or to stdout with `-`. Without it, print readable text.
+    /// Write JSONL results to FILE, or to stdout with `-`. Without it, print readable text
+    /// (batch-format input: its JSONL output lines, on stdout).
     #[arg(long, value_name = "FILE|-")]
     pub output: Option<String>,
+    /// Jinja chat template file for the chat lines of a batch-format input, instead of the
+    /// tokenizer's.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,

@@ -4,26 +4,46 @@
 //! through the model's chat template every turn, and the reply streams to
 //! stdout as it is generated, followed by a newline. Commands: `/reset`
 //! (forget the conversation, keep the system message), `/system TEXT` (set
-//! the system message; `/system` alone removes it), `/exit`, `/help`.
+//! the system message; `/system` alone clears it), `/exit`, `/help`.
+//!
+//! At a terminal (stdin is one), lines are read with a line editor
+//! (rustyline, on the controlling terminal, so stdout holds only the replies
+//! even when redirected): arrow keys, Home/End, Ctrl-R and the other readline
+//! keys edit the line, Up/Down walk the session's history (kept in memory only).
+//! Ctrl-C while a reply is generated aborts that request in the engine, ends
+//! the reply's line and drops the whole turn (the message and the partial
+//! reply) from the conversation, as a failed turn is; Up then brings the
+//! message back. At the prompt, Ctrl-C clears the line and prints a hint; a
+//! second Ctrl-C in a row, or Ctrl-D on an empty line, exits with code 0.
 //!
 //! When stdin is not a terminal (a script pipes lines in), no prompt or
 //! notice is printed on stdout: it holds exactly the replies, one per user
-//! line, each followed by "\n". Notices and errors go to stderr. A turn that
-//! fails (e.g. the history outgrew the context) is reported and dropped; the
-//! exit code is then 1.
+//! line, each followed by "\n". Notices and errors go to stderr, Ctrl-C keeps
+//! its default (it ends the program). A turn that fails (e.g. the history
+//! outgrew the context) is reported and dropped; the exit code is then 1.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, StdinLock, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use nanovllm_core::{
     ChatMessage, ChatTemplate, IncrementalDetokenizer, LLMEngine, Prompt, SamplingParams, Tokenizer,
 };
+use rustyline::error::ReadlineError;
+use rustyline::{Behavior, Config, DefaultEditor};
 use serde_json::{Map, Value as Json};
 
 use crate::args::ChatArgs;
 use crate::requests::params_from_flags;
 
-const HELP: &str = "commands: /reset (new conversation), /system TEXT (set the system message; /system alone removes it), /exit";
+const HELP: &str = "commands: /reset (new conversation), /system TEXT (set the system message; /system alone clears it), /exit";
+
+/// What a first Ctrl-C at the prompt prints.
+const EXIT_HINT: &str = "(press Ctrl-C again or Ctrl-D to exit, or type /exit)";
+
+/// The prompt shown at a terminal.
+const PROMPT: &str = ">>> ";
 
 /// A line of input, understood.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,25 +123,33 @@ pub fn run(args: ChatArgs) -> anyhow::Result<bool> {
         .or(engine.generation_config().max_new_tokens);
 
     let interactive = std::io::stdin().is_terminal();
-    if interactive {
+    let mut source = if interactive {
         eprintln!("nanovllm chat: {HELP}");
-    }
+        LineSource::terminal()?
+    } else {
+        LineSource::Piped(std::io::stdin().lock())
+    };
     let mut history = History {
         system: args.system.clone(),
         turns: Vec::new(),
     };
     let mut all_ok = true;
     let mut stdout = std::io::stdout().lock();
-    let mut stdin = std::io::stdin().lock();
-    let mut line = String::new();
+    let mut interrupts_in_a_row = 0;
     loop {
-        if interactive {
-            eprint!(">>> ");
-        }
-        line.clear();
-        if stdin.read_line(&mut line).context("cannot read stdin")? == 0 {
-            break;
-        }
+        let line = match source.read()? {
+            Read::Eof => break,
+            Read::Interrupted => {
+                interrupts_in_a_row += 1;
+                if interrupts_in_a_row >= 2 {
+                    break;
+                }
+                eprintln!("{EXIT_HINT}");
+                continue;
+            }
+            Read::Line(line) => line,
+        };
+        interrupts_in_a_row = 0;
         match parse_input(&line) {
             Input::Empty => {}
             Input::Exit => break,
@@ -133,7 +161,13 @@ pub fn run(args: ChatArgs) -> anyhow::Result<bool> {
             }
             Input::System(text) => {
                 history.system = text.map(str::to_string);
-                notice(interactive, "(system message set)");
+                notice(
+                    interactive,
+                    match text {
+                        Some(_) => "(system message set)",
+                        None => "(system message cleared)",
+                    },
+                );
             }
             Input::Message(text) => {
                 history.turns.push(ChatMessage::user(text));
@@ -143,9 +177,16 @@ pub fn run(args: ChatArgs) -> anyhow::Result<bool> {
                     kwargs: &kwargs,
                     params: &params,
                     max_tokens,
+                    interrupt: source.interrupt(),
                 };
                 match turn.reply(&mut engine, &history.messages(), &mut stdout) {
-                    Ok(reply) => history.turns.push(ChatMessage::assistant(reply)),
+                    Ok(Reply::Done(reply)) => history.turns.push(ChatMessage::assistant(reply)),
+                    Ok(Reply::Interrupted) => {
+                        history.turns.pop();
+                        eprintln!(
+                            "(interrupted: this turn is not kept; Up brings the message back)"
+                        );
+                    }
                     Err(e) => {
                         history.turns.pop();
                         all_ok = false;
@@ -156,6 +197,80 @@ pub fn run(args: ChatArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+/// Where input lines come from.
+enum LineSource {
+    /// A terminal: a line editor with history, and the flag that a Ctrl-C outside the
+    /// editor (while a reply is generated) sets.
+    Terminal {
+        // Boxed: the editor is far larger than the pipe's lock.
+        editor: Box<DefaultEditor>,
+        interrupt: Arc<AtomicBool>,
+    },
+    /// A pipe or file: plain lines, no editing, Ctrl-C left at its default.
+    Piped(StdinLock<'static>),
+}
+
+/// One read from a [`LineSource`].
+enum Read {
+    Line(String),
+    /// Ctrl-C at the prompt.
+    Interrupted,
+    /// Ctrl-D, or the end of the piped input.
+    Eof,
+}
+
+impl LineSource {
+    /// The line editor, and a SIGINT handler that turns Ctrl-C during a reply into a flag
+    /// (the editor reads Ctrl-C as a key while it has the terminal).
+    fn terminal() -> anyhow::Result<Self> {
+        // The controlling terminal rather than stdout, so that a redirected stdout still
+        // holds only the replies, with no prompt or editing sequences.
+        let config = Config::builder().behavior(Behavior::PreferTerm).build();
+        let editor = Box::new(
+            DefaultEditor::with_config(config)
+                .context("cannot set up line editing on the terminal")?,
+        );
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let flag = interrupt.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+        Ok(LineSource::Terminal { editor, interrupt })
+    }
+
+    fn read(&mut self) -> anyhow::Result<Read> {
+        match self {
+            LineSource::Terminal { editor, .. } => match editor.readline(PROMPT) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        // A history that refuses an entry (a duplicate of the last one)
+                        // changes nothing the user needs to know.
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    Ok(Read::Line(line))
+                }
+                Err(ReadlineError::Interrupted) => Ok(Read::Interrupted),
+                Err(ReadlineError::Eof) => Ok(Read::Eof),
+                Err(e) => Err(e).context("cannot read the terminal"),
+            },
+            LineSource::Piped(stdin) => {
+                let mut line = String::new();
+                if stdin.read_line(&mut line).context("cannot read stdin")? == 0 {
+                    return Ok(Read::Eof);
+                }
+                Ok(Read::Line(line))
+            }
+        }
+    }
+
+    /// The flag a Ctrl-C sets while a reply is generated; `None` when piped.
+    fn interrupt(&self) -> Option<&AtomicBool> {
+        match self {
+            LineSource::Terminal { interrupt, .. } => Some(interrupt),
+            LineSource::Piped(_) => None,
+        }
+    }
 }
 
 fn notice(interactive: bool, text: &str) {
@@ -183,6 +298,16 @@ struct Turn<'a> {
     kwargs: &'a Map<String, Json>,
     params: &'a SamplingParams,
     max_tokens: Option<usize>,
+    /// Set by Ctrl-C: abort the reply at the next step.
+    interrupt: Option<&'a AtomicBool>,
+}
+
+/// How a reply ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    Done(String),
+    /// Ctrl-C: the request was aborted.
+    Interrupted,
 }
 
 impl Turn<'_> {
@@ -192,7 +317,13 @@ impl Turn<'_> {
         engine: &mut LLMEngine,
         messages: &[ChatMessage],
         out: &mut impl Write,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<Reply> {
+        // A Ctrl-C pressed before this reply started is not meant for it.
+        let interrupted = || {
+            self.interrupt
+                .is_some_and(|f| f.swap(false, Ordering::SeqCst))
+        };
+        interrupted();
         let prompt = self.template.render(messages, true, self.kwargs)?;
         let tokenizer = self.tokenizer;
         let prompt_ids = tokenizer.encode(&prompt)?;
@@ -219,6 +350,12 @@ impl Turn<'_> {
             Ok(())
         };
         while engine.has_unfinished() {
+            if interrupted() {
+                // Frees the request's KV blocks; the engine holds nothing else.
+                engine.abort(id)?;
+                emit("\n", &mut String::new())?;
+                return Ok(Reply::Interrupted);
+            }
             let step = engine.step()?;
             for &(request, token) in &step.new_tokens {
                 if request == id {
@@ -235,7 +372,7 @@ impl Turn<'_> {
             }
         }
         emit("\n", &mut String::new())?;
-        Ok(reply)
+        Ok(Reply::Done(reply))
     }
 }
 

@@ -1,5 +1,8 @@
 //! `nanovllm generate`: run prompts from flags or a JSONL file to completion.
 //!
+//! An `--input` in OpenAI's batch format goes to [`crate::run_batch`]; what
+//! follows is about `--prompt` and the simple format.
+//!
 //! Every request is validated before the model runs. With `--prompt`, one bad
 //! prompt is a fatal one-line error. With `--input`, a bad line becomes an
 //! `{"index", "error"}` entry while the good lines still complete, and the
@@ -15,7 +18,11 @@ use nanovllm_core::{LLMEngine, Prompt, RequestOutput};
 use serde_json::json;
 
 use crate::args::GenerateArgs;
-use crate::requests::{params_from_flags, read_jsonl, Request};
+use crate::requests::{
+    open_input, params_from_flags, simple_requests, Input, InputFormat, Request,
+};
+use crate::run_batch;
+use crate::serve::load_chat_template;
 
 /// How one request ended, in input order.
 enum Outcome {
@@ -28,23 +35,37 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
     if args.prompts.is_empty() && args.input.is_none() {
         anyhow::bail!("no prompts: pass --prompt TEXT (repeatable) or --input FILE.jsonl");
     }
+    // Opened (and its format told) before the model loads, so a missing file fails at once.
+    let input = args.input.as_deref().map(open_input).transpose()?;
     let config = args.engine.to_engine_config()?;
+    let chat_template = match &input {
+        Some(input) if input.format == InputFormat::OpenAiBatch => {
+            load_chat_template(&config, args.chat_template.as_deref())?
+        }
+        _ => None,
+    };
     let mut engine = LLMEngine::new(config)?;
+    if let Some(Input {
+        format: InputFormat::OpenAiBatch,
+        lines,
+    }) = input
+    {
+        return run_batch::run(engine, &args, chat_template, lines);
+    }
     let defaults = params_from_flags(&engine.default_sampling_params(), &args.sampling);
     defaults.validate().context("invalid sampling flags")?;
 
     // Read lazily: each request becomes token ids (or its error) as it is read, so a large
     // input file is never held in memory as text.
-    let requests: Box<dyn Iterator<Item = anyhow::Result<Result<Request, String>>>> =
-        match &args.input {
-            Some(path) => Box::new(read_jsonl(path, &defaults)?),
-            None => Box::new(args.prompts.iter().map(|p| {
-                Ok(Ok(Request {
-                    prompt: Prompt::Text(p.clone()),
-                    params: defaults.clone(),
-                }))
-            })),
-        };
+    let requests: Box<dyn Iterator<Item = anyhow::Result<Result<Request, String>>>> = match input {
+        Some(input) => Box::new(simple_requests(input.lines, defaults.clone())),
+        None => Box::new(args.prompts.iter().map(|p| {
+            Ok(Ok(Request {
+                prompt: Prompt::Text(p.clone()),
+                params: defaults.clone(),
+            }))
+        })),
+    };
     let lenient = args.input.is_some();
 
     // Validate everything before the model runs.
@@ -71,7 +92,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
         index_of.insert(id, index);
     }
 
-    let progress = progress_bar(args.quiet, index_of.len());
+    let progress = progress_bar(args.quiet, Some(index_of.len()));
     while engine.has_unfinished() {
         let out = engine.step()?;
         for finished in out.finished {
@@ -111,16 +132,24 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
     Ok(all_ok)
 }
 
-/// A progress line on stderr with prefill/decode tok/s, hidden when stderr is
-/// not a terminal or with `--quiet`.
-fn progress_bar(quiet: bool, total: usize) -> ProgressBar {
+/// A progress line on stderr over `total` requests (a count alone when the total is not
+/// known), hidden when stderr is not a terminal or with `--quiet`.
+pub fn progress_bar(quiet: bool, total: Option<usize>) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(total as u64);
+    let (bar, template) = match total {
+        Some(total) => (
+            ProgressBar::new(total as u64),
+            "Generating {bar:30} {pos}/{len} [{elapsed_precise}] {msg}",
+        ),
+        None => (
+            ProgressBar::no_length(),
+            "Generating: {pos} done [{elapsed_precise}] {msg}",
+        ),
+    };
     bar.set_style(
-        ProgressStyle::with_template("Generating {bar:30} {pos}/{len} [{elapsed_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar

@@ -8,6 +8,7 @@ mod chat;
 mod completions;
 mod generate;
 mod requests;
+mod run_batch;
 mod serve;
 mod worker;
 

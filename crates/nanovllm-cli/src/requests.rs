@@ -1,7 +1,10 @@
 //! Turning `--prompt` flags or a `--input` JSONL file into requests.
 //!
-//! A JSONL line that cannot be parsed becomes an error entry for its index;
-//! the other lines still run.
+//! `--input` (a file, or `-` for stdin) holds one of two formats, told apart by
+//! its first non-blank line ([`open_input`]): the simple one parsed here, or
+//! OpenAI's batch format, run by [`crate::run_batch`]. A line of the other
+//! format than the first line's is a bad line. A JSONL line that cannot be
+//! parsed becomes an error entry for its index; the other lines still run.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -50,7 +53,15 @@ pub fn params_from_flags(base: &SamplingParams, flags: &SamplingArgs) -> Samplin
 }
 
 fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> {
-    let line: Line = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let line: Line = serde_json::from_str(text).map_err(|e| {
+        if is_batch_line(text) {
+            "this line is in the OpenAI batch format, but the input's first line is in the \
+             simple format: one input holds one format"
+                .to_string()
+        } else {
+            format!("invalid JSON: {e}")
+        }
+    })?;
     let prompt = match (line.prompt, line.prompt_token_ids) {
         (Some(p), None) => Prompt::Text(p),
         (None, Some(ids)) => Prompt::TokenIds(ids),
@@ -73,29 +84,82 @@ fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> 
     Ok(Request { prompt, params })
 }
 
-/// Reads a JSONL file lazily, one entry per non-blank line, each a request or the reason it is
-/// bad: only one line is held in memory at a time, so a caller that turns each request into
-/// token ids as it goes never holds the whole file. A UTF-8 byte-order mark before the
-/// first line is skipped. An error reading the file ends the iteration with that error.
-pub fn read_jsonl(
-    path: &Path,
-    defaults: &SamplingParams,
-) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Result<Request, String>>>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("cannot read --input {}: {e}", path.display()))?;
-    Ok(parse_jsonl(
-        std::io::BufReader::new(file),
-        defaults.clone(),
-        path.display().to_string(),
-    ))
+/// The two formats `--input` reads, told apart by the file's first non-blank line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// `{"prompt": ...}` or `{"prompt_token_ids": [...]}` with sampling fields.
+    Simple,
+    /// OpenAI's batch format (vLLM's `run-batch`): `{"custom_id", "method", "url", "body"}`.
+    OpenAiBatch,
 }
 
-/// [`read_jsonl`] over any reader; `name` names the source in errors.
-fn parse_jsonl(
-    reader: impl BufRead,
+/// A non-blank input line and its 1-based line number.
+pub type NumberedLine = (usize, String);
+
+/// Lines of `--input`, read lazily.
+pub type InputLines = Box<dyn Iterator<Item = anyhow::Result<NumberedLine>> + Send>;
+
+/// `--input`, opened: its format and its non-blank lines (the first one included).
+pub struct Input {
+    pub format: InputFormat,
+    pub lines: InputLines,
+}
+
+/// Opens `--input` (`-` is stdin) and reads up to its first non-blank line to tell the
+/// format: a line that is a JSON object with a `custom_id`, `url` or `body` field is
+/// [`InputFormat::OpenAiBatch`], anything else [`InputFormat::Simple`]. Lines are then read
+/// one at a time (see [`non_blank_lines`]).
+pub fn open_input(path: &Path) -> anyhow::Result<Input> {
+    let (reader, name): (Box<dyn BufRead + Send>, String) = if path == Path::new("-") {
+        (
+            Box::new(std::io::BufReader::new(std::io::stdin())),
+            "- (stdin)".into(),
+        )
+    } else {
+        let file = std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot read --input {}: {e}", path.display()))?;
+        (
+            Box::new(std::io::BufReader::new(file)),
+            path.display().to_string(),
+        )
+    };
+    let mut lines = non_blank_lines(reader, name);
+    let first = lines.next().transpose()?;
+    let format = match &first {
+        Some((_, text)) if is_batch_line(text) => InputFormat::OpenAiBatch,
+        _ => InputFormat::Simple,
+    };
+    Ok(Input {
+        format,
+        lines: Box::new(first.map(Ok).into_iter().chain(lines)),
+    })
+}
+
+/// Whether `text` is a JSON object holding a field only the OpenAI batch format has.
+pub fn is_batch_line(text: &str) -> bool {
+    matches!(
+        serde_json::from_str::<serde_json::Value>(text),
+        Ok(serde_json::Value::Object(fields))
+            if ["custom_id", "url", "body"].iter().any(|k| fields.contains_key(*k))
+    )
+}
+
+/// The simple format's requests of `lines`, each a request or the reason it is bad.
+pub fn simple_requests(
+    lines: InputLines,
     defaults: SamplingParams,
-    name: String,
 ) -> impl Iterator<Item = anyhow::Result<Result<Request, String>>> {
+    lines.map(move |line| line.map(|(_, text)| parse_line(&text, &defaults)))
+}
+
+/// The lines of `reader` that are not blank, numbered from 1, read lazily: only one line is
+/// held in memory at a time, so a caller that turns each into a request as it goes never
+/// holds the whole input. A UTF-8 byte-order mark before the first line is skipped. An
+/// error reading ends the iteration with that error; `name` names the input in it.
+pub fn non_blank_lines(
+    reader: impl BufRead + Send + 'static,
+    name: String,
+) -> impl Iterator<Item = anyhow::Result<NumberedLine>> + Send {
     reader
         .lines()
         .enumerate()
@@ -109,7 +173,7 @@ fn parse_jsonl(
                     0 => line.strip_prefix('\u{feff}').unwrap_or(&line),
                     _ => &line,
                 };
-                (!text.trim().is_empty()).then(|| Ok(parse_line(text, &defaults)))
+                (!text.trim().is_empty()).then(|| Ok((number + 1, text.to_string())))
             }
         })
 }
@@ -132,13 +196,22 @@ mod tests {
         assert_eq!(r.params.max_tokens, 8);
     }
 
+    fn parsed(text: &'static str, d: &SamplingParams) -> Vec<Result<Request, String>> {
+        let lines: InputLines = Box::new(non_blank_lines(text.as_bytes(), "in.jsonl".into()));
+        simple_requests(lines, d.clone())
+            .map(|e| e.unwrap())
+            .collect()
+    }
+
     #[test]
     fn jsonl_skips_a_byte_order_mark_and_blank_lines() {
         let d = SamplingParams::greedy(8);
         let text = "\u{feff}{\"prompt\": \"a\"}\n\n  \n{\"prompt\": \"b\"}\n{bad\n";
-        let entries: Vec<_> = parse_jsonl(text.as_bytes(), d, "in.jsonl".into())
-            .map(|e| e.unwrap())
+        let numbers: Vec<usize> = non_blank_lines(text.as_bytes(), "x".into())
+            .map(|l| l.unwrap().0)
             .collect();
+        assert_eq!(numbers, [1, 4, 5]);
+        let entries = parsed(text, &d);
         assert_eq!(entries.len(), 3);
         assert_eq!(
             entries[0].as_ref().unwrap().prompt,
@@ -151,10 +224,25 @@ mod tests {
         assert!(entries[2].as_ref().unwrap_err().contains("invalid JSON"));
         // A mark anywhere but the start is not skipped: it is not JSON.
         let text = "{\"prompt\": \"a\"}\n\u{feff}{\"prompt\": \"b\"}\n";
-        let entries: Vec<_> = parse_jsonl(text.as_bytes(), SamplingParams::default(), "x".into())
-            .map(|e| e.unwrap())
-            .collect();
-        assert!(entries[1].is_err());
+        assert!(parsed(text, &SamplingParams::default())[1].is_err());
+    }
+
+    #[test]
+    fn the_first_line_tells_the_format() {
+        assert!(is_batch_line(
+            r#"{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {}}"#
+        ));
+        assert!(is_batch_line(r#"{"body": {}}"#));
+        assert!(!is_batch_line(r#"{"prompt": "hi"}"#));
+        assert!(!is_batch_line("[1]"));
+        assert!(!is_batch_line("{not json"));
+        // A batch line in a simple input says why it is refused.
+        let err = parse_line(
+            r#"{"custom_id": "a", "url": "/v1/completions", "body": {}}"#,
+            &SamplingParams::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("one input holds one format"), "{err}");
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub async fn handle(
 fn render_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
     let template = state.chat_template.as_ref().ok_or_else(|| ApiError::InvalidField {
         param: None,
-        message: "this model has no chat template (no `chat_template` in tokenizer_config.json, no chat_template.jinja): start the server with --chat-template FILE, or use /v1/completions".into(),
+        message: "this model has no chat template (no `chat_template` in tokenizer_config.json, no chat_template.jinja): pass --chat-template FILE (to serve or generate), or use /v1/completions".into(),
     })?;
     if request.messages.is_empty() {
         return Err(ApiError::invalid(

@@ -21,8 +21,8 @@
 //! stops with the group broken (given up, or a signal during a restart), so a
 //! supervisor sees it.
 
-mod chat_completions;
-mod completions;
+pub mod chat_completions;
+pub mod completions;
 mod cpu_pool;
 pub mod engine_thread;
 pub mod errors;
@@ -43,14 +43,16 @@ pub mod tracked;
 #[cfg(test)]
 mod tests;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use nanovllm_core::{ChatTemplate, LLMEngine, SamplingParams};
 
-use crate::args::ServeArgs;
+use nanovllm_core::{ChatTemplate, EngineConfig, LLMEngine, SamplingParams};
+
+use crate::args::{SamplingArgs, ServeArgs};
 use crate::requests::params_from_flags;
 use engine_thread::{EngineHandle, EngineLimits};
 use health::Health;
@@ -111,19 +113,17 @@ pub fn start(
     Ok((Arc::new(state), thread))
 }
 
-/// Runs the command until shut down.
-pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
-    init_tracing();
-    let config = args.engine.to_engine_config()?;
-    let model_name = match &args.served_model_name {
-        Some(name) => name.clone(),
-        None => served_name(&config.model_dir()),
-    };
+/// The chat template of `file` (`--chat-template`), else the tokenizer's; `None`, with a
+/// warning, when there is neither: chat requests are then refused.
+pub fn load_chat_template(
+    config: &EngineConfig,
+    file: Option<&Path>,
+) -> anyhow::Result<Option<ChatTemplate>> {
     let tokenizer_dir = config
         .tokenizer
         .clone()
         .unwrap_or_else(|| config.model_dir());
-    let chat_template = match &args.chat_template {
+    let chat_template = match file {
         Some(file) => Some(ChatTemplate::from_file(file, &tokenizer_dir)?),
         None => ChatTemplate::from_tokenizer_dir(&tokenizer_dir)?,
     };
@@ -133,13 +133,35 @@ pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
             tokenizer_dir.display()
         );
     }
-    let engine = LLMEngine::new(config)?;
-    let defaults = params_from_flags(&engine.default_sampling_params(), &args.sampling);
+    Ok(chat_template)
+}
+
+/// What a request that sets nothing gets: the model's generation config overlaid with the
+/// sampling flags, and the flag's or the generation config's `max_tokens` (`None`: all the
+/// context left).
+pub fn request_defaults(
+    engine: &LLMEngine,
+    flags: &SamplingArgs,
+) -> anyhow::Result<(SamplingParams, Option<usize>)> {
+    let defaults = params_from_flags(&engine.default_sampling_params(), flags);
     defaults.validate().context("invalid sampling flags")?;
-    let default_max_tokens = args
-        .sampling
+    let default_max_tokens = flags
         .max_tokens
         .or(engine.generation_config().max_new_tokens);
+    Ok((defaults, default_max_tokens))
+}
+
+/// Runs the command until shut down.
+pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
+    init_tracing();
+    let config = args.engine.to_engine_config()?;
+    let model_name = match &args.served_model_name {
+        Some(name) => name.clone(),
+        None => served_name(&config.model_dir()),
+    };
+    let chat_template = load_chat_template(&config, args.chat_template.as_deref())?;
+    let engine = LLMEngine::new(config)?;
+    let (defaults, default_max_tokens) = request_defaults(&engine, &args.sampling)?;
     let options = ServerOptions {
         model_name,
         limits: ServerLimits {

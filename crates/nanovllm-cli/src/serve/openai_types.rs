@@ -19,9 +19,14 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A unique response id like `cmpl-1a2b3c4d5e6f7a8b-2a`: the process start
-/// time (nanoseconds, hex) and a counter, so ids differ across restarts too.
+/// A unique response id like `cmpl-1a2b3c4d5e6f7a8b-2a`: `prefix`, then [`unique_suffix`].
 pub fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{}", unique_suffix())
+}
+
+/// A suffix unique to this call, like `1a2b3c4d5e6f7a8b-2a`: the process start time
+/// (nanoseconds, hex) and a counter, so ids differ across restarts too.
+pub fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
     let start = START.get_or_init(|| {
@@ -30,7 +35,7 @@ pub fn response_id(prefix: &str) -> String {
             .map_or(0, |d| d.as_nanos())
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}-{:x}-{n:x}", start & 0xffff_ffff_ffff_ffff)
+    format!("{:x}-{n:x}", start & 0xffff_ffff_ffff_ffff)
 }
 
 /// Sampling fields shared by both endpoints (vLLM's extensions included),
