@@ -6,6 +6,8 @@ mod bench;
 mod chat;
 mod completions;
 mod generate;
+mod load_progress;
+mod logging;
 mod requests;
 mod serve;
 mod worker;
@@ -18,10 +20,12 @@ use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let verbosity = logging::Verbosity::from_flags(cli.verbose, cli.quiet);
+    logging::init(verbosity);
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Serve(args) => serve::run(args),
-        Command::Chat(args) => chat::run(args),
+        Command::Generate(args) => generate::run(args, verbosity),
+        Command::Serve(args) => serve::run(args, verbosity),
+        Command::Chat(args) => chat::run(args, verbosity),
         Command::Bench(args) => bench::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Completions(args) => completions::run(args),

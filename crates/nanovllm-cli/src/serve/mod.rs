@@ -112,8 +112,7 @@ pub fn start(
 }
 
 /// Runs the command until shut down.
-pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
-    init_tracing();
+pub fn run(args: ServeArgs, verbosity: crate::logging::Verbosity) -> anyhow::Result<bool> {
     let config = args.engine.to_engine_config()?;
     let model_name = match &args.served_model_name {
         Some(name) => name.clone(),
@@ -133,7 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
             tokenizer_dir.display()
         );
     }
-    let engine = LLMEngine::new(config)?;
+    let engine = crate::load_progress::build_engine(config, verbosity)?;
     let defaults = params_from_flags(&engine.default_sampling_params(), &args.sampling);
     defaults.validate().context("invalid sampling flags")?;
     let default_max_tokens = args
@@ -296,14 +295,4 @@ pub fn served_name(model_dir: &std::path::Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into())
-}
-
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
