@@ -36,6 +36,7 @@ mod request_body;
 pub mod routes;
 mod sampling;
 pub mod state;
+mod stats_log;
 mod stop_strings;
 mod streaming;
 pub mod tracked;
@@ -86,7 +87,7 @@ pub fn start(
     let max_model_len = engine.config().max_model_len;
     let vocab_size = engine.model_config().vocab_size;
     let max_prompt_bytes = tokenizer.max_text_bytes(max_model_len);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(&options.model_name));
     let limits = EngineLimits {
         max_waiting_requests: options.max_waiting_requests,
         max_tp_restarts: options.max_tp_restarts,
