@@ -769,6 +769,14 @@ impl LLMEngine {
     /// Forgets a finished sequence's engine-side state and builds its output.
     fn finish(&mut self, f: FinishedSeq, error: Option<String>) -> Result<RequestOutput> {
         self.num_top_logprobs.remove(&f.seq_id);
+        tracing::debug!(
+            request_id = f.seq_id,
+            prompt_tokens = f.prompt_token_ids.len(),
+            completion_tokens = f.completion_token_ids.len(),
+            cached_tokens = f.num_cached_tokens,
+            finish_reason = ?f.finish_reason,
+            "request finished"
+        );
         let text = match &self.tokenizer {
             Some(tok) => tok.decode(&f.completion_token_ids)?,
             None => String::new(),
