@@ -205,6 +205,7 @@ impl EngineStats {
             num_preemptions: self.num_preemptions.saturating_sub(earlier.num_preemptions),
         }
     }
+
     /// Prefill tokens per second over all prefill steps (0 before the first).
     pub fn prefill_tokens_per_s(&self) -> f64 {
         per_second(self.num_prefill_tokens, self.prefill_time)
@@ -749,6 +750,7 @@ impl LLMEngine {
             ..self.stats
         }
     }
+
     /// How many requests of `tokens_per_request` tokens (prompt and completion) the KV
     /// cache holds at once, as vLLM counts it (whole blocks per request; see
     /// [`crate::startup_log::max_concurrency`]).
