@@ -15,6 +15,13 @@ use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
     about = "A fast offline LLM inference engine"
 )]
 pub struct Cli {
+    /// More log lines on stderr: -v adds debug records, -vv trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr, and no progress bars (RUST_LOG overrides the
+    /// level).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -280,9 +287,6 @@ pub struct GenerateArgs {
     /// tokenizer's.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
-    /// No progress line on stderr.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -93,7 +93,7 @@ impl History {
     }
 }
 
-pub fn run(args: ChatArgs) -> anyhow::Result<bool> {
+pub fn run(args: ChatArgs, verbosity: crate::logging::Verbosity) -> anyhow::Result<bool> {
     let config = args.engine.to_engine_config()?;
     let tokenizer_dir = config
         .tokenizer
@@ -109,7 +109,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<bool> {
         })?,
     };
     let kwargs = parse_kwargs(args.chat_template_kwargs.as_deref())?;
-    let mut engine = LLMEngine::new(config)?;
+    let mut engine = crate::load_progress::build_engine(config, verbosity)?;
     // One copy for detokenizing while the engine is borrowed mutably.
     let tokenizer = engine.tokenizer().cloned().context(
         "chat needs a tokenizer: the model directory has no tokenizer.json; pass --tokenizer DIR",

@@ -7,17 +7,24 @@
 //! prompt is a fatal one-line error. With `--input`, a bad line becomes an
 //! `{"index", "error"}` entry while the good lines still complete, and the
 //! exit code is then 1.
+//!
+//! On stderr: the engine's start-up block, the concurrency at these requests' average
+//! length, a progress bar while generating (on a terminal, without `-q`), and one summary
+//! line at the end (requests, tokens in and out, time, prefill and decode tok/s).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use nanovllm_core::{LLMEngine, Prompt, RequestOutput};
+use nanovllm_core::startup_log::concurrency_line;
+use nanovllm_core::{EngineStats, LLMEngine, Prompt, RequestOutput};
 use serde_json::json;
 
 use crate::args::GenerateArgs;
+use crate::load_progress::build_engine;
+use crate::logging::{progress_hidden, Verbosity};
 use crate::requests::{
     open_input, params_from_flags, simple_requests, Input, InputFormat, Request,
 };
@@ -31,7 +38,7 @@ enum Outcome {
 }
 
 /// Runs the command; `Ok(true)` when every request succeeded.
-pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
+pub fn run(args: GenerateArgs, verbosity: Verbosity) -> anyhow::Result<bool> {
     if args.prompts.is_empty() && args.input.is_none() {
         anyhow::bail!("no prompts: pass --prompt TEXT (repeatable) or --input FILE.jsonl");
     }
@@ -44,13 +51,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
         }
         _ => None,
     };
-    let mut engine = LLMEngine::new(config)?;
+    let mut engine = build_engine(config, verbosity)?;
     if let Some(Input {
         format: InputFormat::OpenAiBatch,
         lines,
     }) = input
     {
-        return run_batch::run(engine, &args, chat_template, lines);
+        return run_batch::run(engine, &args, verbosity, chat_template, lines);
     }
     let defaults = params_from_flags(&engine.default_sampling_params(), &args.sampling);
     defaults.validate().context("invalid sampling flags")?;
@@ -86,15 +93,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
         }
     }
 
+    log_concurrency_at_average(&engine, &valid);
     let mut index_of = HashMap::new();
+    let mut prompt_tokens = 0;
     for (index, (ids, params)) in valid {
+        prompt_tokens += ids.len();
         let id = engine.add_request(Prompt::TokenIds(ids), params)?;
         index_of.insert(id, index);
     }
 
-    let progress = progress_bar(args.quiet, Some(index_of.len()));
+    let progress = progress_bar(verbosity, Some(index_of.len()));
+    let started = Instant::now();
+    let stats_before = engine.stats();
+    let mut output_tokens = 0;
     while engine.has_unfinished() {
         let out = engine.step()?;
+        output_tokens += out.new_tokens.len();
         for finished in out.finished {
             if let Some(&index) = index_of.get(&finished.request_id) {
                 progress.inc(1);
@@ -112,6 +126,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
         ));
     }
     progress.finish_and_clear();
+    tracing::info!(
+        "{}",
+        summary_line(
+            index_of.len(),
+            prompt_tokens,
+            output_tokens,
+            started.elapsed(),
+            &engine.stats().since(&stats_before)
+        )
+    );
 
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()
@@ -132,10 +156,48 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<bool> {
     Ok(all_ok)
 }
 
+/// The start-up block's concurrency line at these requests' average length (prompt and
+/// `max_tokens`, within `max_model_len`), which is what decides how many run at once.
+fn log_concurrency_at_average(
+    engine: &LLMEngine,
+    requests: &[(usize, (Vec<u32>, nanovllm_core::SamplingParams))],
+) {
+    if requests.is_empty() {
+        return;
+    }
+    let max_model_len = engine.config().max_model_len;
+    let total: usize = requests
+        .iter()
+        .map(|(_, (ids, params))| (ids.len().saturating_add(params.max_tokens)).min(max_model_len))
+        .sum();
+    let tokens = total.div_ceil(requests.len());
+    tracing::info!(
+        "{} (these requests' average prompt + max_tokens)",
+        concurrency_line(tokens, engine.max_concurrency(tokens))
+    );
+}
+
+/// The last line: what ran and how fast (`run`: the engine's counters over the run).
+fn summary_line(
+    requests: usize,
+    prompt_tokens: usize,
+    output_tokens: usize,
+    elapsed: Duration,
+    run: &EngineStats,
+) -> String {
+    format!(
+        "generate done: requests {requests}, prompt tokens {prompt_tokens}, output tokens \
+         {output_tokens}, time {:.2} s, prefill {:.1} tok/s, decode {:.1} tok/s",
+        elapsed.as_secs_f64(),
+        run.prefill_tokens_per_s(),
+        run.decode_tokens_per_s()
+    )
+}
+
 /// A progress line on stderr over `total` requests (a count alone when the total is not
-/// known), hidden when stderr is not a terminal or with `--quiet`.
-pub fn progress_bar(quiet: bool, total: Option<usize>) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
+/// known) with prefill/decode tok/s, hidden when stderr is not a terminal or with `-q`.
+pub fn progress_bar(verbosity: Verbosity, total: Option<usize>) -> ProgressBar {
+    if progress_hidden(verbosity) {
         return ProgressBar::hidden();
     }
     let (bar, template) = match total {

@@ -7,6 +7,8 @@ mod bench_serve;
 mod chat;
 mod completions;
 mod generate;
+mod load_progress;
+mod logging;
 mod requests;
 mod run_batch;
 mod serve;
@@ -20,10 +22,12 @@ use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let verbosity = logging::Verbosity::from_flags(cli.verbose, cli.quiet);
+    logging::init(verbosity);
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Serve(args) => serve::run(args),
-        Command::Chat(args) => chat::run(args),
+        Command::Generate(args) => generate::run(args, verbosity),
+        Command::Serve(args) => serve::run(args, verbosity),
+        Command::Chat(args) => chat::run(args, verbosity),
         Command::Bench(args) => bench::run(*args),
         Command::Worker(args) => worker::run(args),
         Command::Completions(args) => completions::run(args),

@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::args::GenerateArgs;
 use crate::generate::progress_bar;
+use crate::logging::Verbosity;
 use crate::requests::{InputLines, NumberedLine};
 use crate::serve::errors::ApiError;
 use crate::serve::openai_types::{response_id, unique_suffix};
@@ -270,6 +271,7 @@ fn in_flight_limit(max_num_seqs: usize) -> usize {
 pub fn run(
     engine: LLMEngine,
     args: &GenerateArgs,
+    verbosity: Verbosity,
     chat_template: Option<ChatTemplate>,
     lines: InputLines,
 ) -> anyhow::Result<bool> {
@@ -302,13 +304,23 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let progress = progress_bar(args.quiet, None);
+    let progress = progress_bar(verbosity, None);
+    let started = std::time::Instant::now();
     let result = runtime.block_on(run_lines(&state, lines, in_flight, &mut out, &progress));
     progress.finish_and_clear();
+    if let Ok((_, written)) = &result {
+        let (prompt_tokens, output_tokens) = state.metrics.token_totals();
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            "generate done: lines {written}, prompt tokens {prompt_tokens}, output tokens \
+             {output_tokens}, time {secs:.2} s, output {:.1} tok/s",
+            output_tokens as f64 / secs.max(f64::MIN_POSITIVE)
+        );
+    }
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     state.engine.shutdown();
     let joined = engine_thread.join();
-    let all_ok = result?;
+    let (all_ok, _) = result?;
     out.flush().context("cannot write the output")?;
     if joined.is_err() {
         anyhow::bail!("the engine thread panicked; see the log above");
@@ -317,14 +329,15 @@ pub fn run(
 }
 
 /// Feeds the lines to the endpoints, at most `in_flight` at once, and writes their output
-/// lines in input order as they become ready. `Ok(true)` when every line succeeded.
+/// lines in input order as they become ready. `Ok((true, _))` when every line succeeded;
+/// the count is of the lines written.
 async fn run_lines(
     state: &Arc<AppState>,
     lines: InputLines,
     in_flight: usize,
     out: &mut dyn Write,
     progress: &indicatif::ProgressBar,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<(bool, usize)> {
     // Reading may block (a pipe), so it runs on its own thread.
     let (line_tx, mut line_rx) = mpsc::channel::<anyhow::Result<NumberedLine>>(in_flight);
     std::thread::spawn(move || {
@@ -388,13 +401,13 @@ async fn run_lines(
                 next += 1;
             }
         }
-        anyhow::Ok(all_ok)
+        anyhow::Ok((all_ok, next))
     };
     let (fed, written) = tokio::join!(feeder, writer);
     // Every line read was answered and written before a read error is reported.
-    let all_ok = written?;
+    let written = written?;
     fed?;
-    Ok(all_ok)
+    Ok(written)
 }
 
 /// Runs one request through its endpoint's handler and shapes the output line.

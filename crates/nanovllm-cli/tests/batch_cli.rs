@@ -322,7 +322,19 @@ fn stdin_takes_either_format() {
     assert_eq!(lines.len(), 2);
     let a = answered(&lines[0], "a", "text_completion");
     assert_eq!(a["choices"][0]["text"], simple_text("hello world", 4));
-    answered(&lines[1], "b", "chat.completion");
+    let b = answered(&lines[1], "b", "chat.completion");
+    // The run ends with its summary line, counting what the two lines used.
+    let tokens = |body: &Value, k: &str| body["usage"][k].as_u64().unwrap();
+    let summary = format!(
+        "generate done: lines 2, prompt tokens {}, output tokens {},",
+        tokens(a, "prompt_tokens") + tokens(b, "prompt_tokens"),
+        tokens(a, "completion_tokens") + tokens(b, "completion_tokens")
+    );
+    assert!(
+        stderr(&out).contains(&summary),
+        "{summary:?} not in {}",
+        stderr(&out)
+    );
 
     let simple = "{\"prompt\": \"hello world\", \"max_tokens\": 4, \"temperature\": 0}\n{\"custom_id\": \"x\"}\n";
     let out = generate_with_stdin(&["--input", "-", "--output", "-"], simple);

@@ -6,7 +6,7 @@
 //! without a GPU. Rules:
 //! - `cpu` is the CPU.
 //! - `auto` is GPU `local_rank` when the build has CUDA and the machine a device, else the
-//!   CPU; a CUDA build falling back prints one notice line (a CPU-only build stays quiet:
+//!   CPU; a CUDA build falling back logs one warning (a CPU-only build stays quiet:
 //!   the CPU is all it can do).
 //! - `cuda` without the CUDA backend, or without a device, is an [`EngineError`]; never a
 //!   silent fallback.
@@ -91,8 +91,8 @@ pub fn create_backend(config: &EngineConfig, local_rank: usize) -> Result<Arc<dy
         DeviceChoice::Cpu => Ok(cpu_backend()),
         DeviceChoice::CpuFallback => {
             if local_rank == 0 {
-                eprintln!(
-                    "notice: no CUDA device (no libcuda, or no GPU visible); running on the CPU"
+                tracing::warn!(
+                    "no CUDA device (no libcuda, or no GPU visible); running on the CPU"
                 );
             }
             Ok(cpu_backend())

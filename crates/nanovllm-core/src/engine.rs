@@ -13,13 +13,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nanovllm_kernels::sampling::MAX_NUM_LOGPROBS;
 use nanovllm_kernels::{Backend, Communicator, NoopCommunicator};
 use nanovllm_models::{
-    load_model, GenerationConfig, Model, ModelConfig, ModelContext, ModelError, ShardSpec,
+    load_model_with_progress, GenerationConfig, LoadProgress, LoadProgressFn, Model, ModelConfig,
+    ModelContext, ModelError, ShardSpec,
 };
 use nanovllm_scheduler::{
     BatchKind, FinishReason, FinishedSeq, SamplingOverrides, SamplingParams, ScheduledBatch,
@@ -183,6 +185,27 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
+    /// The counters between `earlier` and `self`, two readings of the same engine (zero
+    /// where `earlier` is larger).
+    pub fn since(&self, earlier: &EngineStats) -> EngineStats {
+        EngineStats {
+            num_steps: self.num_steps.saturating_sub(earlier.num_steps),
+            num_decode_steps: self
+                .num_decode_steps
+                .saturating_sub(earlier.num_decode_steps),
+            decode_step_times: self.decode_step_times.since(&earlier.decode_step_times),
+            num_prefill_tokens: self
+                .num_prefill_tokens
+                .saturating_sub(earlier.num_prefill_tokens),
+            num_decode_tokens: self
+                .num_decode_tokens
+                .saturating_sub(earlier.num_decode_tokens),
+            prefill_time: self.prefill_time.saturating_sub(earlier.prefill_time),
+            decode_time: self.decode_time.saturating_sub(earlier.decode_time),
+            num_preemptions: self.num_preemptions.saturating_sub(earlier.num_preemptions),
+        }
+    }
+
     /// Prefill tokens per second over all prefill steps (0 before the first).
     pub fn prefill_tokens_per_s(&self) -> f64 {
         per_second(self.num_prefill_tokens, self.prefill_time)
@@ -246,9 +269,21 @@ impl LLMEngine {
     /// divides the model's heads, starts ranks 1..N (threads or processes, see
     /// [`crate::tp`]) and loads its own shard; every rank then holds the KV block count
     /// rank 0 sized, each with its share of the KV heads.
-    pub fn new(mut config: EngineConfig) -> Result<Self> {
+    ///
+    /// Logs the start-up block at info (see [`crate::startup_log`]).
+    pub fn new(config: EngineConfig) -> Result<Self> {
+        Self::with_load_progress(config, &|_| {})
+    }
+
+    /// [`LLMEngine::new`], reporting the bytes of weights read so far to `progress` while
+    /// the checkpoint loads (for a progress bar; see [`nanovllm_models::progress`]).
+    pub fn with_load_progress(
+        mut config: EngineConfig,
+        progress: LoadProgressFn<'_>,
+    ) -> Result<Self> {
         config.validate()?;
         let model_config = read_model_config(&config.model_config_path())?;
+        crate::startup_log::log_model(&config.model, &model_config);
         let tp = config.tensor_parallel_size;
         // Before any device or worker exists: the error says which sizes would work.
         nanovllm_models::check_tensor_parallel_size(&model_config, tp)?;
@@ -285,7 +320,20 @@ impl LLMEngine {
             let fix = "use a smaller model, or a machine with more memory";
             crate::host_memory::check_fits("loading the model's weights", bytes, fix)?;
         }
-        let model = load_model(&model_config, &model_dir, config.load_format, &ctx)?;
+        let load_started = Instant::now();
+        let bytes_loaded = AtomicU64::new(0);
+        let report = |p: LoadProgress| {
+            bytes_loaded.fetch_max(p.bytes_read, Ordering::Relaxed);
+            progress(p);
+        };
+        let model =
+            load_model_with_progress(&model_config, &model_dir, config.load_format, &ctx, &report)?;
+        crate::startup_log::log_weights(
+            bytes_loaded.load(Ordering::Relaxed),
+            load_started.elapsed(),
+            config.load_format,
+            tp,
+        );
         let mut engine = Self::from_parts(config, generation_config, tokenizer, backend, model)?;
         if let Some(mut workers) = workers {
             workers.init(engine.runner.kv_cache().num_blocks)?;
@@ -331,11 +379,16 @@ impl LLMEngine {
         };
         let (num_blocks, bytes_per_block) =
             size_kv_cache(&config, backend.as_ref(), model.as_ref())?;
-        tracing::info!(
-            num_blocks,
-            block_size = config.kvcache_block_size,
-            bytes_per_block,
-            "KV cache sized"
+        crate::startup_log::log_device_and_cache(
+            backend.device(),
+            backend.activation_dtype(),
+            &crate::startup_log::KvCacheShape {
+                num_blocks,
+                block_size: config.kvcache_block_size,
+                bytes_per_block,
+                dtype: config.kv_cache_dtype.dtype_on(backend.device()),
+                max_model_len: config.max_model_len,
+            },
         );
         if let Some(warning) = crate::kv_sizing::capacity_warning(
             num_blocks,
@@ -697,6 +750,15 @@ impl LLMEngine {
             ..self.stats
         }
     }
+
+    /// How many requests of `tokens_per_request` tokens (prompt and completion) the KV
+    /// cache holds at once, as vLLM counts it (whole blocks per request; see
+    /// [`crate::startup_log::max_concurrency`]).
+    pub fn max_concurrency(&self, tokens_per_request: usize) -> f64 {
+        let usage = self.kv_cache_usage();
+        crate::startup_log::max_concurrency(usage.num_blocks, usage.block_size, tokens_per_request)
+    }
+
     pub fn kv_cache_usage(&self) -> KvCacheUsage {
         let stats = self.scheduler.block_manager().stats();
         KvCacheUsage {
@@ -709,6 +771,14 @@ impl LLMEngine {
     /// Forgets a finished sequence's engine-side state and builds its output.
     fn finish(&mut self, f: FinishedSeq, error: Option<String>) -> Result<RequestOutput> {
         self.num_top_logprobs.remove(&f.seq_id);
+        tracing::debug!(
+            request_id = f.seq_id,
+            prompt_tokens = f.prompt_token_ids.len(),
+            completion_tokens = f.completion_token_ids.len(),
+            cached_tokens = f.num_cached_tokens,
+            finish_reason = ?f.finish_reason,
+            "request finished"
+        );
         let text = match &self.tokenizer {
             Some(tok) => tok.decode(&f.completion_token_ids)?,
             None => String::new(),

@@ -30,6 +30,7 @@ pub mod llm;
 pub mod logprobs;
 pub mod runner;
 pub mod sampling;
+pub mod startup_log;
 pub mod tokenizer;
 pub mod tp;
 
@@ -53,7 +54,7 @@ pub use runner::{ModelRunner, StepSamples};
 pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 // Re-exported so that front ends need only this crate.
-pub use nanovllm_models::LoadFormat;
+pub use nanovllm_models::{LoadFormat, LoadProgress, LoadProgressFn};
 pub use nanovllm_scheduler::{
     BatchKind, FinishReason, SamplingOverrides, SamplingParams, SchedulerError,
 };

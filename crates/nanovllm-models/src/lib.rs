@@ -2,7 +2,7 @@
 //!
 //! Owns model architectures: the [`Model`] trait, Hugging Face config parsing
 //! ([`ModelConfig`], [`GenerationConfig`]), weight loading (safetensors through
-//! mmap, or dummy random weights) with tensor-parallel sharding, the shared
+//! mmap, or dummy random weights, with a progress callback) with tensor-parallel sharding, the shared
 //! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`, `llama.rs`,
 //! `mistral.rs`, `qwen2.rs`, `qwen3_moe.rs`), each declaring what it supports ([`features::Features`]) and each one
 //! line in [`registry`].
@@ -22,6 +22,7 @@ pub mod loader;
 pub mod mistral;
 pub mod mixtral;
 mod model;
+pub mod progress;
 pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
@@ -37,5 +38,6 @@ pub use loader::{
     check_tensor_parallel_size, LoadFormat, ShardSpec, Slice, WeightLoader, WeightSource,
 };
 pub use model::{ForwardInput, KvCacheSpec, Model, ModelContext};
-pub use registry::{load_model, supported_architectures};
+pub use progress::{LoadProgress, LoadProgressFn};
+pub use registry::{load_model, load_model_with_progress, supported_architectures};
 pub use safetensors_source::SafetensorsSource;

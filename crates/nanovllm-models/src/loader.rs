@@ -236,6 +236,11 @@ pub trait WeightSource: Send + Sync {
     /// Every tensor name the source stores, sorted; empty for a source that generates
     /// tensors on demand (which holds every name, so strict loading has nothing to check).
     fn names(&self) -> Vec<&str>;
+    /// Bytes of every tensor the source stores, where it knows them (a checkpoint on disk);
+    /// `None` for a source that generates tensors on demand.
+    fn total_bytes(&self) -> Option<u64> {
+        None
+    }
     /// The dtype `name` is stored in. Errors: [`ModelError::MissingTensor`],
     /// [`ModelError::UnsupportedDType`].
     fn dtype(&self, name: &str) -> Result<DType, ModelError>;

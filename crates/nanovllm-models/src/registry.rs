@@ -12,6 +12,7 @@ use crate::error::ModelError;
 use crate::features::{check_features, Features};
 use crate::loader::{LoadFormat, WeightSource};
 use crate::model::{Model, ModelContext};
+use crate::progress::{LoadProgressFn, ProgressSource};
 use crate::safetensors_source::SafetensorsSource;
 
 /// Builds a model for one rank from its config, a weight source and the context.
@@ -87,14 +88,33 @@ pub fn load_model(
     format: LoadFormat,
     ctx: &ModelContext,
 ) -> Result<Box<dyn Model>, ModelError> {
+    load_model_with_progress(config, dir, format, ctx, &|_| {})
+}
+
+/// [`load_model`], reporting the bytes read so far to `progress` after every tensor read
+/// (see [`crate::progress`]).
+pub fn load_model_with_progress(
+    config: &ModelConfig,
+    dir: &Path,
+    format: LoadFormat,
+    ctx: &ModelContext,
+    progress: LoadProgressFn<'_>,
+) -> Result<Box<dyn Model>, ModelError> {
     let arch = find(&config.architecture).ok_or_else(|| ModelError::UnknownArchitecture {
         name: config.architecture.clone(),
         supported: supported_architectures(),
     })?;
     check_features(config, arch.name, arch.features)?;
+    let whole = ctx.shard.world_size == 1;
     match format {
-        LoadFormat::Safetensors => (arch.load)(config, &SafetensorsSource::open(dir)?, ctx),
-        LoadFormat::Dummy => (arch.load)(config, &DummySource::new(config.dtype, DUMMY_SEED), ctx),
+        LoadFormat::Safetensors => {
+            let source = SafetensorsSource::open(dir)?;
+            (arch.load)(config, &ProgressSource::new(&source, whole, progress), ctx)
+        }
+        LoadFormat::Dummy => {
+            let source = DummySource::new(config.dtype, DUMMY_SEED);
+            (arch.load)(config, &ProgressSource::new(&source, whole, progress), ctx)
+        }
     }
 }
 

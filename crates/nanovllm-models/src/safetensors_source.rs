@@ -148,6 +148,15 @@ impl WeightSource for SafetensorsSource {
         names
     }
 
+    fn total_bytes(&self) -> Option<u64> {
+        Some(
+            self.tensors
+                .values()
+                .map(|e| (e.info.data_offsets.1 - e.info.data_offsets.0) as u64)
+                .sum(),
+        )
+    }
+
     fn dtype(&self, name: &str) -> Result<DType, ModelError> {
         match self.entry(name)?.info.dtype {
             Dtype::F32 => Ok(DType::F32),

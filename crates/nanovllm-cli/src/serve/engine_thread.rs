@@ -11,7 +11,9 @@
 //! finished by the engine, ended by a stop string (its handler found it and
 //! says so), aborted because its handler is gone (its blocks are freed in that
 //! same turn), or failed. After every
-//! turn the gauges in [`Metrics`] show the engine's queues and KV cache.
+//! turn the gauges in [`Metrics`] show the engine's queues and KV cache, and every
+//! sequence that leaves logs one line ([`Tracked::retire`]); while there is work, a
+//! throughput line is logged every ten seconds ([`ThroughputLog`]).
 //!
 //! Tensor parallelism: every turn checks the worker group (an idle loop wakes
 //! every [`TP_CHECK_INTERVAL`] for it), so a worker that dies is noticed and
@@ -36,6 +38,7 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot, watch};
 use super::errors::ApiError;
 use super::health::{Health, RestartBudget};
 use super::metrics::{FinishLabel, Metrics};
+use super::stats_log::{Snapshot, ThroughputLog};
 use super::tracked::{ends_by_token, AfterToken, ChoiceEvent, Finish, Tracked};
 
 /// One sequence to generate.
@@ -192,6 +195,7 @@ pub fn spawn(
             }
             let _alive = Alive(alive);
             let mut engine_loop = EngineLoop {
+                throughput: ThroughputLog::new(Instant::now(), engine.stats()),
                 engine,
                 limits,
                 metrics,
@@ -225,6 +229,7 @@ struct EngineLoop {
     tracked: HashMap<RequestId, Tracked>,
     health: watch::Sender<Health>,
     budget: RestartBudget,
+    throughput: ThroughputLog,
 }
 
 /// Why [`EngineLoop::run`] returned.
@@ -247,15 +252,24 @@ impl EngineLoop {
         let has_workers = self.engine.config().tensor_parallel_size > 1;
         loop {
             self.publish_gauges();
+            self.log_throughput();
             // Every turn: a few non-blocking syscalls per worker, nothing next to a step.
             if let Some(reason) = self.engine.check_tp_group() {
                 return Ended::GroupBroke(reason);
             }
             if !self.engine.has_unfinished() {
                 // Idle: sleep until a command arrives (or every handle is gone); with
-                // workers, wake up to check them, since one may die between requests.
-                let command = if has_workers {
-                    match self.commands.recv_timeout(TP_CHECK_INTERVAL) {
+                // workers, wake up to check them, since one may die between requests, and
+                // wake up for the throughput line the last work still owes.
+                let wake_in = match (
+                    has_workers.then_some(TP_CHECK_INTERVAL),
+                    self.throughput.due_in(Instant::now()),
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let command = if let Some(wake_in) = wake_in {
+                    match self.commands.recv_timeout(wake_in) {
                         Ok(command) => command,
                         Err(mpsc::RecvTimeoutError::Timeout) => continue,
                         Err(mpsc::RecvTimeoutError::Disconnected) => return Ended::Shutdown,
@@ -337,6 +351,7 @@ impl EngineLoop {
             tracked,
             health,
             mut budget,
+            throughput: _,
         } = self;
         drop(engine);
         let mut last_error: Option<String> = None;
@@ -374,6 +389,7 @@ impl EngineLoop {
                     metrics.set_engine_healthy(true);
                     health.send_replace(Health::Ready);
                     return Some(EngineLoop {
+                        throughput: ThroughputLog::new(Instant::now(), engine.stats()),
                         engine,
                         limits,
                         metrics,
@@ -495,41 +511,51 @@ impl EngineLoop {
                     AfterToken::Orphaned => ended.push((id, FinishLabel::Abort)),
                 }
             }
-            for (id, _) in &ended {
-                self.tracked.remove(id);
-            }
             for output in &out.finished {
-                if let Some(tracked) = self.tracked.remove(&output.request_id) {
+                // Not when it ended on this step's token already (counted below).
+                if ended.iter().any(|(id, _)| *id == output.request_id) {
+                    continue;
+                }
+                if let Some(mut tracked) = self.tracked.remove(&output.request_id) {
                     let finish = tracked.on_finished(tokenizer, output);
-                    self.metrics.count_finished(finish.label());
+                    tracked.retire(output.request_id, finish.label(), &self.metrics);
                 }
             }
         }
         for (id, label) in ended {
             // Frees its blocks now (a no-op if the engine finished it in this step too).
             let _ = self.engine.abort(id);
-            self.metrics.count_finished(label);
+            if let Some(tracked) = self.tracked.remove(&id) {
+                tracked.retire(id, label, &self.metrics);
+            }
         }
     }
 
     /// Drops one sequence from the engine and from `tracked`, without an event.
     fn abort(&mut self, id: RequestId, label: FinishLabel) {
-        self.tracked.remove(&id);
+        let tracked = self.tracked.remove(&id);
         if let Err(e) = self.engine.abort(id) {
             tracing::warn!(request_id = id, "abort failed: {e}");
         }
-        self.metrics.count_finished(label);
+        match tracked {
+            Some(tracked) => tracked.retire(id, label, &self.metrics),
+            None => self.metrics.count_finished(label),
+        }
     }
 
     /// Ends every sequence in flight with `finish` and frees its blocks.
     fn cancel_all(&mut self, finish: Finish) {
         let ids: Vec<RequestId> = self.tracked.keys().copied().collect();
         for id in ids {
-            if let Some(mut tracked) = self.tracked.remove(&id) {
-                tracked.finish(String::new(), finish.clone());
-            }
+            let tracked = self.tracked.remove(&id);
             let _ = self.engine.abort(id);
-            self.metrics.count_finished(finish.label());
+            match tracked {
+                Some(mut tracked) => {
+                    tracked.finish(String::new(), finish.clone());
+                    tracked.retire(id, finish.label(), &self.metrics);
+                }
+                None => self.metrics.count_finished(finish.label()),
+            }
         }
     }
 
@@ -537,6 +563,19 @@ impl EngineLoop {
     fn fail_all(&mut self, error: &EngineError) {
         tracing::error!("engine step failed: {error}");
         self.cancel_all(Finish::Error(error.to_string()));
+    }
+
+    /// The periodic throughput line, when one is due.
+    fn log_throughput(&mut self) {
+        let snapshot = Snapshot {
+            stats: self.engine.stats(),
+            num_running: self.engine.num_running(),
+            num_waiting: self.engine.num_waiting(),
+            kv_cache_usage: self.engine.kv_cache_usage().used_fraction(),
+        };
+        if let Some(line) = self.throughput.tick(Instant::now(), &snapshot) {
+            tracing::info!("{line}");
+        }
     }
 
     fn publish_gauges(&self) {

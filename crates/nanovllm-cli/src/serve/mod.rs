@@ -36,6 +36,7 @@ mod request_body;
 pub mod routes;
 mod sampling;
 pub mod state;
+mod stats_log;
 mod stop_strings;
 mod streaming;
 pub mod tracked;
@@ -88,7 +89,7 @@ pub fn start(
     let max_model_len = engine.config().max_model_len;
     let vocab_size = engine.model_config().vocab_size;
     let max_prompt_bytes = tokenizer.max_text_bytes(max_model_len);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(&options.model_name));
     let limits = EngineLimits {
         max_waiting_requests: options.max_waiting_requests,
         max_tp_restarts: options.max_tp_restarts,
@@ -152,15 +153,14 @@ pub fn request_defaults(
 }
 
 /// Runs the command until shut down.
-pub fn run(args: ServeArgs) -> anyhow::Result<bool> {
-    init_tracing();
+pub fn run(args: ServeArgs, verbosity: crate::logging::Verbosity) -> anyhow::Result<bool> {
     let config = args.engine.to_engine_config()?;
     let model_name = match &args.served_model_name {
         Some(name) => name.clone(),
         None => served_name(&config.model_dir()),
     };
     let chat_template = load_chat_template(&config, args.chat_template.as_deref())?;
-    let engine = LLMEngine::new(config)?;
+    let engine = crate::load_progress::build_engine(config, verbosity)?;
     let (defaults, default_max_tokens) = request_defaults(&engine, &args.sampling)?;
     let options = ServerOptions {
         model_name,
@@ -318,14 +318,4 @@ pub fn served_name(model_dir: &std::path::Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into())
-}
-
-/// Logs to stderr; `RUST_LOG` overrides the default `info`.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -7,11 +7,14 @@
 //! the sequence as an end-of-sequence or stop token id is never shown (as vLLM
 //! does). Stop strings are not looked for here but in the request's own task
 //! (`generation`), so that they cost the engine thread nothing.
+//!
+//! However a sequence ends, [`Tracked::retire`] counts it in the metrics and logs one info
+//! line for it (id, prompt and completion tokens, time, finish reason).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nanovllm_core::{
-    FinishReason, IncrementalDetokenizer, RequestOutput, TokenLogprobs, Tokenizer,
+    FinishReason, IncrementalDetokenizer, RequestId, RequestOutput, TokenLogprobs, Tokenizer,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -80,6 +83,8 @@ pub struct Tracked {
     detokenizer: IncrementalDetokenizer,
     arrival: Instant,
     last_token_at: Option<Instant>,
+    prompt_len: usize,
+    num_generated: usize,
 }
 
 /// What became of a sequence after a token.
@@ -101,6 +106,8 @@ impl Tracked {
             detokenizer: IncrementalDetokenizer::new(prompt_ids),
             arrival: Instant::now(),
             last_token_at: None,
+            prompt_len: prompt_ids.len(),
+            num_generated: 0,
         }
     }
 
@@ -120,6 +127,7 @@ impl Tracked {
             Some(prev) => metrics.observe_tpot(now - prev),
         }
         self.last_token_at = Some(now);
+        self.num_generated += 1;
         let piece = if ends_by_token {
             String::new()
         } else {
@@ -144,7 +152,7 @@ impl Tracked {
     }
 
     /// The engine finished the sequence: flush the detokenizer and report why.
-    pub fn on_finished(mut self, tokenizer: &Tokenizer, output: &RequestOutput) -> Finish {
+    pub fn on_finished(&mut self, tokenizer: &Tokenizer, output: &RequestOutput) -> Finish {
         let finish = match (&output.error, output.finish_reason) {
             (Some(e), _) => Finish::Error(e.clone()),
             (None, FinishReason::Eos | FinishReason::Stop) => Finish::Stop,
@@ -154,6 +162,24 @@ impl Tracked {
         let tail = self.detokenizer.finish(tokenizer).unwrap_or_default();
         self.finish(tail, finish.clone());
         finish
+    }
+
+    /// The sequence has left the engine, ended as `label`: counts it, observes its
+    /// latency, and logs its line.
+    pub fn retire(&self, request_id: RequestId, label: FinishLabel, metrics: &Metrics) {
+        let elapsed = self.arrival.elapsed();
+        metrics.count_finished(label);
+        metrics.observe_e2e(elapsed);
+        tracing::info!(
+            "{}",
+            finished_line(
+                request_id,
+                self.prompt_len,
+                self.num_generated,
+                elapsed,
+                label
+            )
+        );
     }
 
     /// Ends the sequence with `finish` (server-side abort, engine failure).
@@ -174,4 +200,34 @@ impl Tracked {
 /// Whether a finished output ended on its last token as eos / stop token id.
 pub fn ends_by_token(reason: FinishReason) -> bool {
     matches!(reason, FinishReason::Eos | FinishReason::Stop)
+}
+
+/// The log line of a finished sequence.
+pub fn finished_line(
+    request_id: RequestId,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    elapsed: Duration,
+    label: FinishLabel,
+) -> String {
+    format!(
+        "request {request_id} finished: prompt_tokens {prompt_tokens}, completion_tokens \
+         {completion_tokens}, time {:.3} s, finish_reason {}",
+        elapsed.as_secs_f64(),
+        label.as_str()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_finished_line_names_everything() {
+        assert_eq!(
+            finished_line(7, 12, 3, Duration::from_millis(1500), FinishLabel::Length),
+            "request 7 finished: prompt_tokens 12, completion_tokens 3, time 1.500 s, \
+             finish_reason length"
+        );
+    }
 }

@@ -54,15 +54,38 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A fatal error is exactly one line on stderr, mentions `needle`, and exits non-zero.
+/// Whether `line` is a `tracing` record (`<RFC 3339 time>  LEVEL target: message`, as the
+/// binary logs without colour when stderr is piped).
+pub fn is_log_record(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let (Some(time), Some(level)) = (words.next(), words.next()) else {
+        return false;
+    };
+    time.ends_with('Z')
+        && time.contains('T')
+        && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level)
+}
+
+/// The log records on stderr at `level` (`INFO`, `DEBUG`, ...), their messages only.
+pub fn log_messages(out: &Output, level: &str) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| is_log_record(l) && l.split_whitespace().nth(1) == Some(level))
+        .filter_map(|l| Some(l.split_once(": ")?.1.to_owned()))
+        .collect()
+}
+
+/// A fatal error is exactly one line on stderr besides the log records (the engine's
+/// start-up block comes before a request can fail), mentions `needle`, and exits non-zero.
 pub fn assert_one_line_error(out: &Output, needle: &str) {
     let err = stderr(out);
     assert!(
         !out.status.success(),
         "expected failure, got success; stderr: {err}"
     );
-    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
-    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| !is_log_record(l)).collect();
+    assert_eq!(lines.len(), 1, "not one line: {err:?}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {err:?}");
 }
 
 pub fn reference(name: &str) -> Value {

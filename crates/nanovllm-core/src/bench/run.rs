@@ -68,6 +68,7 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
     let mut engine = LLMEngine::new(config)?;
     check_fits_model(&engine, &spec)?;
     let workload = Workload::generate(&spec)?;
+    log_concurrency_at_average(&engine, &workload);
 
     // Warm-up, like bench.py's single "Benchmark: " request.
     engine.add_request(vec![1u32, 2, 3, 4, 5], SamplingParams::greedy(8))?;
@@ -105,11 +106,7 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
             workload.num_output_tokens()
         )));
     }
-    let stats = engine.stats();
-    let prefill_tokens = stats.num_prefill_tokens - stats_before.num_prefill_tokens;
-    let prefill_time = (stats.prefill_time - stats_before.prefill_time).as_secs_f64();
-    let decode_tokens = stats.num_decode_tokens - stats_before.num_decode_tokens;
-    let decode_time = (stats.decode_time - stats_before.decode_time).as_secs_f64();
+    let run = engine.stats().since(&stats_before);
     Ok(BenchReport {
         device: engine.device().to_string(),
         model: model_name,
@@ -118,20 +115,26 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
         output_tokens,
         time_s,
         output_tokens_per_s: output_tokens as f64 / time_s.max(1e-9),
-        prefill_tokens_per_s: prefill_tokens as f64 / prefill_time.max(1e-9),
-        decode_tokens_per_s: decode_tokens as f64 / decode_time.max(1e-9),
+        prefill_tokens_per_s: run.prefill_tokens_per_s(),
+        decode_tokens_per_s: run.decode_tokens_per_s(),
         mean_decode_batch_size: decode_rows as f64 / (decode_steps.max(1) as f64),
-        num_preemptions: stats.num_preemptions - stats_before.num_preemptions,
+        num_preemptions: run.num_preemptions,
         peak_kv_cache_used_fraction: peak_kv,
         peak_rss_mib: peak_rss_mib(),
         cuda_graph_batch_sizes: engine.cuda_graph_batch_sizes(),
-        decode_step: DecodeStepMs::mean_of(
-            &stats
-                .decode_step_times
-                .since(&stats_before.decode_step_times),
-            stats.num_decode_steps - stats_before.num_decode_steps,
-        ),
+        decode_step: DecodeStepMs::mean_of(&run.decode_step_times, run.num_decode_steps),
     })
+}
+
+/// The start-up block's concurrency line again, at this workload's average request length
+/// (prompt and `max_tokens`), which is what decides how many run at once.
+fn log_concurrency_at_average(engine: &LLMEngine, workload: &Workload) {
+    let n = workload.prompts.len().max(1);
+    let tokens = (workload.num_prompt_tokens() + workload.num_output_tokens()).div_ceil(n);
+    tracing::info!(
+        "{} (this workload's average prompt + max_tokens)",
+        crate::startup_log::concurrency_line(tokens, engine.max_concurrency(tokens))
+    );
 }
 
 fn configure_thread_pool(threads: usize) -> Result<()> {
