@@ -246,8 +246,16 @@ impl LLMEngine {
     /// divides the model's heads, starts ranks 1..N (threads or processes, see
     /// [`crate::tp`]) and loads its own shard; every rank then holds the KV block count
     /// rank 0 sized, each with its share of the KV heads.
+    ///
+    /// A `model` (or `tokenizer`) that is a Hugging Face Hub id such as `Qwen/Qwen3-0.6B`
+    /// is first resolved to a local snapshot: from the HF cache, else downloaded (see
+    /// [`crate::hub`]).
     pub fn new(mut config: EngineConfig) -> Result<Self> {
         config.validate()?;
+        // Hub ids become local snapshot directories before anything reads them (and before
+        // workers get the config, so they never download).
+        #[cfg(feature = "hub")]
+        crate::hub::resolve_engine_config(&mut config, &crate::hub::HubOptions::from_env())?;
         let model_config = read_model_config(&config.model_config_path())?;
         let tp = config.tensor_parallel_size;
         // Before any device or worker exists: the error says which sizes would work.
