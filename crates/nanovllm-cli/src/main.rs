@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod chat;
 mod completions;
+mod download;
 mod generate;
 mod requests;
 mod serve;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Completions(args) => completions::run(args),
+        Command::Download(args) => download::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

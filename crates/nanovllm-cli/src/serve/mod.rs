@@ -287,8 +287,12 @@ async fn signal() {
     ctrl_c.await;
 }
 
-/// The model directory's name (e.g. `Qwen3-0.6B`), the default `model` clients must send.
+/// The model directory's name (e.g. `Qwen3-0.6B`), the default `model` clients must send;
+/// the hub id (e.g. `Qwen/Qwen3-0.6B`, as vLLM serves it) for a snapshot in the HF cache.
 pub fn served_name(model_dir: &std::path::Path) -> String {
+    if let Some(repo) = nanovllm_core::hub::cache::repo_id_of_snapshot(model_dir) {
+        return repo.to_string();
+    }
     let canonical = model_dir
         .canonicalize()
         .unwrap_or_else(|_| model_dir.to_path_buf());
