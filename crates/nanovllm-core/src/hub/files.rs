@@ -6,8 +6,9 @@
 //! `*.gguf`, ONNX), so a repo carrying a model several times is fetched once. Repos such as
 //! Mistral's carry both `consolidated.safetensors` and indexed shards: the index decides.
 //!
-//! Invariant of the download order ([`download_order`]): `config.json` comes last, so a
-//! snapshot holding it and its weights ([`is_complete`]) was fetched to the end.
+//! Invariant of the download order (`download::fetch_snapshot`): small files, the index, the
+//! weights, then `config.json` last, so a snapshot holding it and its weights
+//! ([`is_complete`]) was fetched to the end.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -48,7 +49,7 @@ pub fn shards_of_index(json: &str) -> Option<BTreeSet<String>> {
 }
 
 /// The small (non-weight) files to fetch from `available`, config.json excluded (it goes last).
-pub fn small_files<'a>(available: &'a [String], wanted: Wanted) -> Vec<&'a str> {
+pub fn small_files(available: &[String], wanted: Wanted) -> Vec<&str> {
     let tokenizer_only = wanted == Wanted::Tokenizer;
     available
         .iter()
@@ -66,21 +67,6 @@ pub fn top_level_safetensors(available: &[String]) -> Vec<&str> {
         .map(String::as_str)
         .filter(|name| !name.contains('/') && name.ends_with(".safetensors"))
         .collect()
-}
-
-/// The order files are fetched in: small files, then the index, then the weights, then
-/// `config.json` (see the module invariant).
-pub fn download_order<'a>(
-    small: &[&'a str],
-    index: Option<&'a str>,
-    weights: &[&'a str],
-    config: Option<&'a str>,
-) -> Vec<&'a str> {
-    let mut order: Vec<&str> = small.to_vec();
-    order.extend(index);
-    order.extend(weights);
-    order.extend(config);
-    order
 }
 
 /// Whether `dir` already holds what `wanted` needs, without asking the hub.
@@ -168,17 +154,6 @@ mod tests {
         assert_eq!(shards, ["s1.safetensors", "s2.safetensors"]);
         assert_eq!(shards_of_index(r#"{"weight_map": {"a": 1}}"#), None);
         assert_eq!(shards_of_index("not json"), None);
-    }
-
-    #[test]
-    fn config_is_fetched_last() {
-        let order = download_order(
-            &["tokenizer.json"],
-            Some(INDEX),
-            &["s1.safetensors"],
-            Some(CONFIG),
-        );
-        assert_eq!(order, ["tokenizer.json", INDEX, "s1.safetensors", CONFIG]);
     }
 
     #[test]

@@ -76,6 +76,11 @@ fn a_download_fetches_only_what_the_engine_needs_byte_for_byte() {
     ]);
     let served: BTreeSet<String> = hub.bodies_served().into_iter().collect();
     assert_eq!(served, needed, "fetched exactly the needed files");
+    assert_eq!(
+        hub.bodies_served().last().unwrap(),
+        "config.json",
+        "config.json comes last"
+    );
     let present: BTreeSet<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
