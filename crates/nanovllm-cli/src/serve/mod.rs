@@ -311,3 +311,16 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+#[cfg(test)]
+mod served_name_tests {
+    use super::served_name;
+    use std::path::Path;
+
+    #[test]
+    fn a_directory_is_served_by_its_name_and_a_hub_snapshot_by_its_id() {
+        assert_eq!(served_name(Path::new("/no/such/Qwen3-0.6B")), "Qwen3-0.6B");
+        let snapshot = Path::new("/hf/hub/models--Qwen--Qwen3-0.6B/snapshots/0123abcd");
+        assert_eq!(served_name(snapshot), "Qwen/Qwen3-0.6B");
+    }
+}
