@@ -42,6 +42,9 @@ pub enum Command {
     /// its own node's ranks; start it by hand on the other nodes of a multi-host group.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Download a model from the Hugging Face Hub (config, tokenizer, safetensors weights)
+    /// into the HF cache, or a directory; prints where it is.
+    Download(crate::download::DownloadArgs),
     /// Print a shell completion script, e.g. `nanovllm completions bash >
     /// ~/.local/share/bash-completion/completions/nanovllm` (see the README for each shell).
     Completions(CompletionsArgs),
@@ -96,10 +99,14 @@ pub enum LoadFormatArg {
 /// Flags that shape the engine; each overrides the TOML config when given.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json), or a hub
+    /// id such as Qwen/Qwen3-0.6B: found in the HF cache, else downloaded.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Directory holding tokenizer.json, if not the model directory.
+    /// Branch, tag or commit of a hub `--model` [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Directory holding tokenizer.json (or a hub id), if not the model's.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Engine config file (TOML, the fields of EngineConfig); flags override it.
@@ -162,11 +169,17 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// defaults < TOML file < flags.
     pub fn to_engine_config(&self) -> anyhow::Result<EngineConfig> {
-        let cfg = self.overlay_engine_config()?;
+        let mut cfg = self.overlay_engine_config()?;
         if cfg.model.as_os_str().is_empty() {
             anyhow::bail!("no model given: pass --model DIR (or set `model` in --config)");
         }
         cfg.validate()?;
+        // Hub ids become local directories here, before a command reads the tokenizer
+        // directory (the engine would do it again, as a no-op).
+        nanovllm_core::hub::resolve_engine_config(
+            &mut cfg,
+            &nanovllm_core::hub::HubOptions::from_env(),
+        )?;
         Ok(cfg)
     }
 
@@ -181,6 +194,9 @@ impl EngineArgs {
         }
         if let Some(t) = &self.tokenizer {
             cfg.tokenizer = Some(t.clone());
+        }
+        if let Some(r) = &self.revision {
+            cfg.revision = Some(r.clone());
         }
         if let Some(d) = self.device {
             cfg.device = d;

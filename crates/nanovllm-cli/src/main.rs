@@ -6,6 +6,7 @@ mod bench;
 mod bench_serve;
 mod chat;
 mod completions;
+mod download;
 mod generate;
 mod load_progress;
 mod logging;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(*args),
         Command::Worker(args) => worker::run(args),
         Command::Completions(args) => completions::run(args),
+        Command::Download(args) => download::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

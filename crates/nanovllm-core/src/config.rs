@@ -97,6 +97,9 @@ pub struct EngineConfig {
     pub seed: u64,
     /// How tensor-parallel ranks run and meet (TOML table `[tp]`; see [`crate::tp`]).
     pub tp: crate::tp::TpConfig,
+    /// Branch, tag or commit of `model` when it is a Hugging Face Hub id (`owner/name`);
+    /// `None` is the default branch. Ignored for local paths.
+    pub revision: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +121,7 @@ impl Default for EngineConfig {
             kv_cache_dtype: KvCacheDType::Auto,
             seed: 0,
             tp: crate::tp::TpConfig::default(),
+            revision: None,
         }
     }
 }

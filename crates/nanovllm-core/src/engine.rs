@@ -270,7 +270,9 @@ impl LLMEngine {
     /// [`crate::tp`]) and loads its own shard; every rank then holds the KV block count
     /// rank 0 sized, each with its share of the KV heads.
     ///
-    /// Logs the start-up block at info (see [`crate::startup_log`]).
+    /// A `model` (or `tokenizer`) that is a Hugging Face Hub id such as `Qwen/Qwen3-0.6B`
+    /// is first resolved to a local snapshot: from the HF cache, else downloaded (see
+    /// [`crate::hub`]). Logs the start-up block at info (see [`crate::startup_log`]).
     pub fn new(config: EngineConfig) -> Result<Self> {
         Self::with_load_progress(config, &|_| {})
     }
@@ -282,6 +284,10 @@ impl LLMEngine {
         progress: LoadProgressFn<'_>,
     ) -> Result<Self> {
         config.validate()?;
+        // Hub ids become local snapshot directories before anything reads them (and before
+        // workers get the config, so they never download).
+        #[cfg(feature = "hub")]
+        crate::hub::resolve_engine_config(&mut config, &crate::hub::HubOptions::from_env())?;
         let model_config = read_model_config(&config.model_config_path())?;
         crate::startup_log::log_model(&config.model, &model_config);
         let tp = config.tensor_parallel_size;

@@ -22,6 +22,10 @@ fn gib(bytes: u64) -> f64 {
 /// Everything the engine can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// A hub model (`owner/name`) could not be had from the cache or the hub.
+    #[cfg(feature = "hub")]
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     /// An [`crate::EngineConfig`] field holds a value outside its accepted range.
     #[error("invalid engine config: {field} = {value}: expected {expected}")]
     InvalidConfig {

@@ -25,6 +25,8 @@ pub mod device;
 pub mod engine;
 mod error;
 pub mod host_memory;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod kv_sizing;
 pub mod llm;
 pub mod logprobs;

@@ -309,8 +309,12 @@ async fn signal() {
     ctrl_c.await;
 }
 
-/// The model directory's name (e.g. `Qwen3-0.6B`), the default `model` clients must send.
+/// The model directory's name (e.g. `Qwen3-0.6B`), the default `model` clients must send;
+/// the hub id (e.g. `Qwen/Qwen3-0.6B`, as vLLM serves it) for a snapshot in the HF cache.
 pub fn served_name(model_dir: &std::path::Path) -> String {
+    if let Some(repo) = nanovllm_core::hub::cache::repo_id_of_snapshot(model_dir) {
+        return repo.to_string();
+    }
     let canonical = model_dir
         .canonicalize()
         .unwrap_or_else(|_| model_dir.to_path_buf());
@@ -318,4 +322,17 @@ pub fn served_name(model_dir: &std::path::Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into())
+}
+
+#[cfg(test)]
+mod served_name_tests {
+    use super::served_name;
+    use std::path::Path;
+
+    #[test]
+    fn a_directory_is_served_by_its_name_and_a_hub_snapshot_by_its_id() {
+        assert_eq!(served_name(Path::new("/no/such/Qwen3-0.6B")), "Qwen3-0.6B");
+        let snapshot = Path::new("/hf/hub/models--Qwen--Qwen3-0.6B/snapshots/0123abcd");
+        assert_eq!(served_name(snapshot), "Qwen/Qwen3-0.6B");
+    }
 }
