@@ -28,6 +28,7 @@ pub fn running_decode_scheduler(
         block_size,
         num_blocks,
         eos_token_ids: vec![0],
+        enable_prefix_caching: true,
     })?;
     let params = SamplingParams {
         ignore_eos: true,
