@@ -37,8 +37,15 @@ pub struct BenchArgs {
     /// Run decode eagerly, without CUDA graphs (CUDA).
     #[arg(long)]
     pub enforce_eager: bool,
-    #[arg(long, default_value_t = 4096)]
-    pub max_model_len: usize,
+    /// Longest sequence [default: the model's, capped by what the KV cache holds].
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Tokens per KV block (a power of two >= 16).
+    #[arg(long, alias = "kvcache-block-size")]
+    pub block_size: Option<usize>,
+    /// Threads of the CPU backend's pool [default: the physical cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub bench: BenchFlags,
 }
@@ -55,6 +62,10 @@ impl BenchArgs {
         };
         config.device = self.device;
         config.max_model_len = self.max_model_len;
+        config.threads = self.threads;
+        if let Some(block_size) = self.block_size {
+            config.kvcache_block_size = block_size;
+        }
         if let Some(gib) = self.kv_cache_memory_gib {
             config.kv_cache_memory_gib = gib;
         }

@@ -6,6 +6,9 @@
 
 use std::path::Path;
 
+use nanovllm_kernels::DType;
+
+use crate::cast_source::CastSource;
 use crate::config::ModelConfig;
 use crate::dummy::DummySource;
 use crate::error::ModelError;
@@ -87,14 +90,33 @@ pub fn load_model(
     format: LoadFormat,
     ctx: &ModelContext,
 ) -> Result<Box<dyn Model>, ModelError> {
+    load_model_as(config, dir, format, ctx, None)
+}
+
+/// [`load_model`] with every float weight converted to `weight_dtype` while loading
+/// ([`CastSource`]); `None` keeps each tensor's stored dtype (dummy weights: the config's).
+pub fn load_model_as(
+    config: &ModelConfig,
+    dir: &Path,
+    format: LoadFormat,
+    ctx: &ModelContext,
+    weight_dtype: Option<DType>,
+) -> Result<Box<dyn Model>, ModelError> {
     let arch = find(&config.architecture).ok_or_else(|| ModelError::UnknownArchitecture {
         name: config.architecture.clone(),
         supported: supported_architectures(),
     })?;
     check_features(config, arch.name, arch.features)?;
-    match format {
-        LoadFormat::Safetensors => (arch.load)(config, &SafetensorsSource::open(dir)?, ctx),
-        LoadFormat::Dummy => (arch.load)(config, &DummySource::new(config.dtype, DUMMY_SEED), ctx),
+    match (format, weight_dtype) {
+        (LoadFormat::Safetensors, None) => (arch.load)(config, &SafetensorsSource::open(dir)?, ctx),
+        (LoadFormat::Safetensors, Some(dtype)) => {
+            let stored = SafetensorsSource::open(dir)?;
+            (arch.load)(config, &CastSource::new(&stored, dtype), ctx)
+        }
+        (LoadFormat::Dummy, dtype) => {
+            let dtype = dtype.unwrap_or(config.dtype);
+            (arch.load)(config, &DummySource::new(dtype, DUMMY_SEED), ctx)
+        }
     }
 }
 

@@ -317,9 +317,7 @@ impl BlockManager {
             }
             let hash = self.block_hashes[block];
             if !self.prefix_caching && hash.is_some() {
-                return Err(format!(
-                    "block {block} has a hash with prefix caching off"
-                ));
+                return Err(format!("block {block} has a hash with prefix caching off"));
             }
             let in_map = hash.is_some_and(|h| self.cached_block(h) == Some(block as u32));
             if refs == 0 && hash.is_some() && !in_map {

@@ -126,7 +126,10 @@ fn without_prefix_caching_nothing_is_hashed_hit_or_shared() {
     assert!(bm.allocate(&mut b));
     assert_eq!((b.num_cached_tokens, b.num_computed_tokens), (0, 0));
     assert!(b.block_table.iter().all(|blk| !a.block_table.contains(blk)));
-    assert!(a.block_table.iter().all(|&blk| bm.ref_count(blk) == Some(1)));
+    assert!(a
+        .block_table
+        .iter()
+        .all(|&blk| bm.ref_count(blk) == Some(1)));
     check(&bm, &[&a, &b]);
     // Freed blocks cache nothing.
     let mut a = a;

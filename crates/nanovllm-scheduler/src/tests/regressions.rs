@@ -138,7 +138,10 @@ fn without_prefix_caching_identical_prompts_share_no_block() {
     let tb = sched.sequence(b).unwrap().block_table.clone();
     assert!(ta.iter().all(|blk| !tb.contains(blk)), "{ta:?} {tb:?}");
     let bm = sched.block_manager();
-    assert!(ta.iter().chain(&tb).all(|&blk| bm.ref_count(blk) == Some(1)));
+    assert!(ta
+        .iter()
+        .chain(&tb)
+        .all(|&blk| bm.ref_count(blk) == Some(1)));
     assert_eq!(bm.num_free_blocks(), 6);
 
     let c = sched.add(prompt, params(10)).unwrap();
