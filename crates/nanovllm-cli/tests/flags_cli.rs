@@ -7,33 +7,22 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// The completions' token ids of a sampled run of two prompts with `extra` flags.
-fn sampled_token_ids(extra: &[&str]) -> Vec<Value> {
+/// The completions' token ids of two prompts run with `sampling` and `extra` flags.
+fn token_ids(sampling: &[&str], extra: &[&str]) -> Vec<Value> {
     let model = fixture("qwen3-tiny");
-    let args = [
-        &[
-            "--prompt",
-            "the cat",
-            "--prompt",
-            "a dog",
-            "--max-tokens",
-            "16",
-            "--temperature",
-            "1.0",
-            "--ignore-eos",
-            "--output",
-            "-",
-            "--quiet",
-        ][..],
-        extra,
-    ]
-    .concat();
-    let out = generate(&model, &args);
+    let prompts = ["--prompt", "the cat", "--prompt", "a dog"];
+    let output = ["--ignore-eos", "--output", "-", "--quiet"];
+    let out = generate(&model, &[&prompts[..], sampling, &output, extra].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     jsonl_lines(&out.stdout)
         .into_iter()
         .map(|line| line["token_ids"].clone())
         .collect()
+}
+
+/// Sampled at temperature 1, 16 tokens each.
+fn sampled_token_ids(extra: &[&str]) -> Vec<Value> {
+    token_ids(&["--max-tokens", "16", "--temperature", "1.0"], extra)
 }
 
 #[test]
@@ -48,10 +37,7 @@ fn the_engine_seed_makes_sampled_runs_repeat_and_other_seeds_differ() {
 
 #[test]
 fn engine_flags_with_vllm_names_run() {
-    let greedy = |extra: &[&str]| {
-        let args = [&["--temperature", "0", "--max-tokens", "6"][..], extra].concat();
-        sampled_token_ids(&args)
-    };
+    let greedy = |extra: &[&str]| token_ids(&["--temperature", "0", "--max-tokens", "6"], extra);
     let reference = greedy(&[]);
     // Block size, prefix caching and threads change how, never what.
     for extra in [
