@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// CPU KV-cache budget in GiB.
     #[arg(long)]
     pub kv_cache_memory_gib: Option<f64>,
-    /// Element type of the KV cache (auto: bf16 on CUDA, f32 on the CPU). llama.cpp's
+    /// Element type of the KV cache (auto: bf16 on CUDA and on the CPU). llama.cpp's
     /// default cache is f16, so CPU comparisons with it use bf16.
     #[arg(long, value_enum, default_value = "auto")]
     pub kv_cache_dtype: KvCacheDType,

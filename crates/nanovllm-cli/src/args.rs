@@ -149,7 +149,7 @@ pub struct EngineArgs {
     /// Exact number of KV blocks (overrides the memory budget).
     #[arg(long)]
     pub num_kvcache_blocks: Option<usize>,
-    /// Element type of the KV cache [default: auto: bf16 on CUDA, f32 on the CPU].
+    /// Element type of the KV cache [default: auto: bf16 on CUDA and on the CPU].
     #[arg(long, value_enum)]
     pub kv_cache_dtype: Option<KvCacheDType>,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].

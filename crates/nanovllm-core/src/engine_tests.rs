@@ -19,6 +19,8 @@ fn toy_config() -> EngineConfig {
     EngineConfig {
         kvcache_block_size: 16,
         num_kvcache_blocks: Some(64),
+        // The toy model keeps its state in an f32 cache (the default is bf16).
+        kv_cache_dtype: crate::config::KvCacheDType::F32,
         ..EngineConfig::new("toy")
     }
 }
