@@ -28,6 +28,7 @@ pub fn running_decode_scheduler(
         block_size,
         num_blocks,
         eos_token_ids: vec![0],
+        enable_prefix_caching: true,
     })?;
     let params = SamplingParams {
         ignore_eos: true,
@@ -141,7 +142,7 @@ pub fn running_decode_engine(decode_steps: usize) -> Result<LLMEngine, nanovllm_
     let block_size = 256;
     let blocks_per_seq = max_model_len.div_ceil(block_size);
     let config = EngineConfig {
-        max_model_len,
+        max_model_len: Some(max_model_len),
         kvcache_block_size: block_size,
         num_kvcache_blocks: Some(spec.num_seqs * blocks_per_seq + 1),
         ..EngineConfig::new("null")

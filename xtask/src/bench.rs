@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// CPU KV-cache budget in GiB.
     #[arg(long)]
     pub kv_cache_memory_gib: Option<f64>,
-    /// Element type of the KV cache (auto: bf16 on CUDA, f32 on the CPU). llama.cpp's
+    /// Element type of the KV cache (auto: bf16 on CUDA and on the CPU). llama.cpp's
     /// default cache is f16, so CPU comparisons with it use bf16.
     #[arg(long, value_enum, default_value = "auto")]
     pub kv_cache_dtype: KvCacheDType,
@@ -37,8 +37,15 @@ pub struct BenchArgs {
     /// Run decode eagerly, without CUDA graphs (CUDA).
     #[arg(long)]
     pub enforce_eager: bool,
-    #[arg(long, default_value_t = 4096)]
-    pub max_model_len: usize,
+    /// Longest sequence [default: the model's, capped by what the KV cache holds].
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Tokens per KV block (a power of two >= 16).
+    #[arg(long, alias = "kvcache-block-size")]
+    pub block_size: Option<usize>,
+    /// Threads of the CPU backend's pool [default: the physical cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub bench: BenchFlags,
 }
@@ -55,6 +62,10 @@ impl BenchArgs {
         };
         config.device = self.device;
         config.max_model_len = self.max_model_len;
+        config.threads = self.threads;
+        if let Some(block_size) = self.block_size {
+            config.kvcache_block_size = block_size;
+        }
         if let Some(gib) = self.kv_cache_memory_gib {
             config.kv_cache_memory_gib = gib;
         }

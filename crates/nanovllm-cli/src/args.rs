@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nanovllm_core::bench::BenchFlags;
 use nanovllm_core::tp::TpMode;
-use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
+use nanovllm_core::{
+    DeviceKind, EngineConfig, GenerationConfigSource, KvCacheDType, LoadFormat, ModelDType,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,17 +121,41 @@ pub struct EngineArgs {
     /// `dummy` runs random weights of the config's shapes (benchmarks).
     #[arg(long, value_enum)]
     pub load_format: Option<LoadFormatArg>,
+    /// The weights' dtype: auto keeps the checkpoint's; bfloat16 (bf16), float16 (f16,
+    /// half) or float32 (f32, float) converts every weight while loading. Activations are
+    /// the device's (f32 on the CPU, bf16 on CUDA, whose kernels read bf16 weights only).
+    #[arg(long, value_enum)]
+    pub dtype: Option<ModelDType>,
+    /// Sampling defaults: auto (the model's generation_config.json), vllm (none of the
+    /// model's; its end-of-sequence ids still apply) or a folder holding a
+    /// generation_config.json.
+    #[arg(long, value_name = "auto|vllm|FOLDER")]
+    pub generation_config: Option<GenerationConfigSource>,
+    /// The engine's seed: requests without a seed of their own sample from a seed derived
+    /// from it and their id, so a rerun with the same seed draws the same tokens [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Threads of the CPU backend [default: the machine's physical cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Reuse the KV cache of earlier prompts with the same prefix (the default).
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    /// Compute every prompt in full: no KV block is shared between requests.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
     /// Most sequences in one step [default: 512].
     #[arg(long)]
     pub max_num_seqs: Option<usize>,
     /// Most tokens in one step; longer prompts are prefilled in chunks [default: 16384].
     #[arg(long)]
     pub max_num_batched_tokens: Option<usize>,
-    /// Longest sequence, prompt plus completion [default: 4096, clamped to the model's].
+    /// Longest sequence, prompt plus completion [default: the model's, capped by what the
+    /// KV cache holds for one sequence]. More than the cache holds is an error.
     #[arg(long)]
     pub max_model_len: Option<usize>,
-    /// Tokens per KV block (a power of two >= 16).
-    #[arg(long)]
+    /// Tokens per KV block, a power of two >= 16 [default: 256].
+    #[arg(long = "block-size", visible_alias = "kvcache-block-size")]
     pub kvcache_block_size: Option<usize>,
     /// CPU KV-cache budget in GiB.
     #[arg(long)]
@@ -137,7 +163,7 @@ pub struct EngineArgs {
     /// Exact number of KV blocks (overrides the memory budget).
     #[arg(long)]
     pub num_kvcache_blocks: Option<usize>,
-    /// Element type of the KV cache [default: auto: bf16 on CUDA, f32 on the CPU].
+    /// Element type of the KV cache [default: auto: bf16 on CUDA and on the CPU].
     #[arg(long, value_enum)]
     pub kv_cache_dtype: Option<KvCacheDType>,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
@@ -169,18 +195,11 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// defaults < TOML file < flags.
     pub fn to_engine_config(&self) -> anyhow::Result<EngineConfig> {
-        let mut cfg = self.overlay_engine_config()?;
+        let cfg = self.overlay_engine_config()?;
         if cfg.model.as_os_str().is_empty() {
             anyhow::bail!("no model given: pass --model DIR (or set `model` in --config)");
         }
-        cfg.validate()?;
-        // Hub ids become local directories here, before a command reads the tokenizer
-        // directory (the engine would do it again, as a no-op).
-        nanovllm_core::hub::resolve_engine_config(
-            &mut cfg,
-            &nanovllm_core::hub::HubOptions::from_env(),
-        )?;
-        Ok(cfg)
+        validated_and_resolved(cfg)
     }
 
     /// defaults < TOML file < flags, not yet validated: the model may still be unset.
@@ -210,20 +229,38 @@ impl EngineArgs {
         if let Some(d) = self.kv_cache_dtype {
             cfg.kv_cache_dtype = d;
         }
+        if let Some(d) = self.dtype {
+            cfg.dtype = d;
+        }
+        if let Some(g) = &self.generation_config {
+            cfg.generation_config = g.clone();
+        }
+        if self.enable_prefix_caching {
+            cfg.enable_prefix_caching = true;
+        }
+        if self.no_enable_prefix_caching {
+            cfg.enable_prefix_caching = false;
+        }
         macro_rules! overlay {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
         }
         overlay!(
             max_num_seqs,
             max_num_batched_tokens,
-            max_model_len,
             kvcache_block_size,
+            seed,
             kv_cache_memory_gib,
             gpu_memory_utilization,
             tensor_parallel_size
         );
         if self.num_kvcache_blocks.is_some() {
             cfg.num_kvcache_blocks = self.num_kvcache_blocks;
+        }
+        if self.max_model_len.is_some() {
+            cfg.max_model_len = self.max_model_len;
+        }
+        if self.threads.is_some() {
+            cfg.threads = self.threads;
         }
         if self.enforce_eager {
             cfg.enforce_eager = true;
@@ -269,9 +306,6 @@ pub struct SamplingArgs {
     /// Drop tokens below min_p times the top probability.
     #[arg(long)]
     pub min_p: Option<f32>,
-    /// Per-request random seed (reproducible sampling).
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -308,6 +342,9 @@ pub struct GenerateArgs {
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
 pub struct ServeArgs {
+    /// The model, as `vllm serve MODEL` takes it (the same as --model).
+    #[arg(id = "model_positional", value_name = "MODEL")]
+    pub model: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Defaults for requests that leave a field unset (over the model's generation config).
@@ -459,6 +496,40 @@ pub struct BenchServeArgs {
     pub json: Option<PathBuf>,
 }
 
+impl ServeArgs {
+    /// The engine config, with the positional MODEL as `--model`; both is an error unless
+    /// they name the same model.
+    pub fn to_engine_config(&self) -> anyhow::Result<EngineConfig> {
+        let mut cfg = self.engine.overlay_engine_config()?;
+        match (&self.model, &self.engine.model) {
+            (Some(positional), Some(flag)) if positional != flag => anyhow::bail!(
+                "two models given: {} (positional) and --model {}: give one",
+                positional.display(),
+                flag.display()
+            ),
+            (Some(positional), _) => cfg.model = positional.clone(),
+            _ => {}
+        }
+        if cfg.model.as_os_str().is_empty() {
+            anyhow::bail!(
+                "no model given: pass it as `nanovllm serve MODEL` (or --model, or `model` in --config)"
+            );
+        }
+        validated_and_resolved(cfg)
+    }
+}
+
+/// Validates `cfg` and turns hub ids into local directories, before a command reads the
+/// tokenizer directory (the engine would do it again, as a no-op).
+fn validated_and_resolved(mut cfg: EngineConfig) -> anyhow::Result<EngineConfig> {
+    cfg.validate()?;
+    nanovllm_core::hub::resolve_engine_config(
+        &mut cfg,
+        &nanovllm_core::hub::HubOptions::from_env(),
+    )?;
+    Ok(cfg)
+}
+
 /// `--api-key ''` would lock every client out (no bearer token is empty): refuse it.
 fn non_empty_api_key(key: &str) -> Result<String, String> {
     if key.trim().is_empty() {
@@ -488,5 +559,127 @@ mod tests {
         assert!(
             Cli::try_parse_from(["nanovllm", "serve", "--model", "m", "--api-key", "k"]).is_ok()
         );
+    }
+
+    fn engine_config_of(args: &[&str]) -> anyhow::Result<EngineConfig> {
+        let argv = [&["nanovllm", "generate", "--model", "m"][..], args].concat();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Generate(g) => g.engine.overlay_engine_config(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn block_size_has_vllms_name_and_the_old_one() {
+        for flag in ["--block-size", "--kvcache-block-size"] {
+            assert_eq!(
+                engine_config_of(&[flag, "32"]).unwrap().kvcache_block_size,
+                32
+            );
+        }
+    }
+
+    #[test]
+    fn dtype_takes_vllms_spellings() {
+        for (text, want) in [
+            ("auto", ModelDType::Auto),
+            ("bfloat16", ModelDType::Bfloat16),
+            ("bf16", ModelDType::Bfloat16),
+            ("float16", ModelDType::Float16),
+            ("f16", ModelDType::Float16),
+            ("half", ModelDType::Float16),
+            ("float32", ModelDType::Float32),
+            ("f32", ModelDType::Float32),
+            ("float", ModelDType::Float32),
+        ] {
+            assert_eq!(engine_config_of(&["--dtype", text]).unwrap().dtype, want);
+        }
+        assert_eq!(engine_config_of(&[]).unwrap().dtype, ModelDType::Auto);
+        assert!(engine_config_of(&["--dtype", "float64"]).is_err());
+    }
+
+    #[test]
+    fn generation_config_auto_vllm_or_a_folder() {
+        let source = |v: &str| {
+            engine_config_of(&["--generation-config", v])
+                .unwrap()
+                .generation_config
+        };
+        assert_eq!(source("auto"), GenerationConfigSource::Auto);
+        assert_eq!(source("vllm"), GenerationConfigSource::Vllm);
+        assert_eq!(
+            source("gen/dir"),
+            GenerationConfigSource::Folder("gen/dir".into())
+        );
+    }
+
+    #[test]
+    fn prefix_caching_is_on_unless_turned_off_and_the_last_flag_wins() {
+        let on = |args: &[&str]| engine_config_of(args).unwrap().enable_prefix_caching;
+        assert!(on(&[]));
+        assert!(on(&["--enable-prefix-caching"]));
+        assert!(!on(&["--no-enable-prefix-caching"]));
+        assert!(on(&[
+            "--no-enable-prefix-caching",
+            "--enable-prefix-caching"
+        ]));
+        assert!(!on(&[
+            "--enable-prefix-caching",
+            "--no-enable-prefix-caching"
+        ]));
+    }
+
+    #[test]
+    fn seed_threads_and_max_model_len_are_the_engines() {
+        let cfg = engine_config_of(&["--seed", "9", "--threads", "3"]).unwrap();
+        assert_eq!(
+            (cfg.seed, cfg.threads, cfg.max_model_len),
+            (9, Some(3), None)
+        );
+        let cfg = engine_config_of(&["--max-model-len", "100"]).unwrap();
+        assert_eq!(cfg.max_model_len, Some(100));
+        // The same engine flags on every subcommand that runs a model.
+        for sub in ["chat", "serve", "bench"] {
+            let argv = [
+                "nanovllm",
+                sub,
+                "--model",
+                "m",
+                "--seed",
+                "1",
+                "--threads",
+                "2",
+            ];
+            let argv = [&argv[..], &["--block-size", "16", "--dtype", "bf16"]].concat();
+            assert!(Cli::try_parse_from(argv).is_ok(), "{sub}");
+        }
+    }
+
+    #[test]
+    fn serve_takes_the_model_positionally_or_as_a_flag_but_not_two() {
+        let serve =
+            |args: &[&str]| match Cli::try_parse_from([&["nanovllm", "serve"][..], args].concat())
+                .unwrap()
+                .command
+            {
+                Command::Serve(s) => s.to_engine_config(),
+                other => panic!("parsed as {other:?}"),
+            };
+        assert_eq!(
+            serve(&["some/model"]).unwrap().model,
+            PathBuf::from("some/model")
+        );
+        assert_eq!(
+            serve(&["--model", "some/model"]).unwrap().model,
+            PathBuf::from("some/model")
+        );
+        assert_eq!(
+            serve(&["m", "--model", "m"]).unwrap().model,
+            PathBuf::from("m")
+        );
+        let err = serve(&["a", "--model", "b"]).unwrap_err().to_string();
+        assert!(err.contains("two models given"), "{err}");
+        let err = serve(&[]).unwrap_err().to_string();
+        assert!(err.contains("nanovllm serve MODEL"), "{err}");
     }
 }

@@ -327,15 +327,12 @@ impl Turn<'_> {
         let prompt = self.template.render(messages, true, self.kwargs)?;
         let tokenizer = self.tokenizer;
         let prompt_ids = tokenizer.encode(&prompt)?;
-        let room = engine
-            .config()
-            .max_model_len
-            .saturating_sub(prompt_ids.len());
+        let room = engine.max_model_len().saturating_sub(prompt_ids.len());
         if room == 0 {
             anyhow::bail!(
                 "the conversation ({} tokens) fills the model's context of {} tokens: /reset to start over",
                 prompt_ids.len(),
-                engine.config().max_model_len
+                engine.max_model_len()
             );
         }
         let mut params = self.params.clone();

@@ -165,7 +165,7 @@ fn log_concurrency_at_average(
     if requests.is_empty() {
         return;
     }
-    let max_model_len = engine.config().max_model_len;
+    let max_model_len = engine.max_model_len();
     let total: usize = requests
         .iter()
         .map(|(_, (ids, params))| (ids.len().saturating_add(params.max_tokens)).min(max_model_len))

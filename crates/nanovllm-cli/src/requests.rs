@@ -44,7 +44,9 @@ pub fn params_from_flags(base: &SamplingParams, flags: &SamplingArgs) -> Samplin
         top_p: flags.top_p,
         top_k: flags.top_k,
         min_p: flags.min_p,
-        seed: flags.seed,
+        // `--seed` is the engine's (EngineConfig::seed): requests without a seed of their
+        // own draw from it and their id.
+        seed: None,
         // A switch: it can turn ignore_eos on, never off.
         ignore_eos: flags.ignore_eos.then_some(true),
         stop_token_ids: None,

@@ -4,11 +4,12 @@
 //! fields with its flags, then calls [`EngineConfig::validate`]. Unknown TOML
 //! keys are errors so that a typo never silently falls back to a default.
 //!
-//! Invariants after `validate()`: every size is ≥ 1, `kvcache_block_size` is a
-//! power of two ≥ 16, `gpu_memory_utilization` is in (0, 1] and
-//! `kv_cache_memory_gib` is finite and > 0. `max_model_len` is clamped to the
-//! model's `max_position_embeddings` when the engine is built, not here (the
-//! model config is not read yet).
+//! Invariants after `validate()`: every size is ≥ 1 (`max_model_len` and `threads` when
+//! set), `kvcache_block_size` is a power of two ≥ 16, `gpu_memory_utilization` is in
+//! (0, 1] and `kv_cache_memory_gib` is finite and > 0. `max_model_len` is resolved when
+//! the engine is built, not here (the model config is not read yet, nor the cache sized):
+//! unset, it is the model's own length capped by what the KV cache holds for one
+//! sequence; set, it is clamped to the model's length and must fit in the cache.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,12 @@ use nanovllm_models::LoadFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+
+mod generation_source;
+mod model_dtype;
+
+pub use generation_source::GenerationConfigSource;
+pub use model_dtype::ModelDType;
 
 /// Where weights come from (serde mirror of [`LoadFormat`]).
 #[derive(Serialize, Deserialize)]
@@ -44,7 +51,7 @@ pub enum DeviceKind {
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum KvCacheDType {
-    /// The device's natural choice: bf16 on CUDA, f32 on the CPU.
+    /// bf16 on every device (see [`KvCacheDType::dtype_on`] for why on the CPU).
     #[default]
     Auto,
     F32,
@@ -52,11 +59,22 @@ pub enum KvCacheDType {
 }
 
 impl KvCacheDType {
-    /// The element type on `device` (`Auto` resolves per device).
-    pub fn dtype_on(self, device: Device) -> DType {
-        match (self, device) {
-            (KvCacheDType::F32, _) | (KvCacheDType::Auto, Device::Cpu) => DType::F32,
-            (KvCacheDType::Bf16, _) | (KvCacheDType::Auto, Device::Cuda(_)) => DType::BF16,
+    /// The element type on `device`: `Auto` is bf16 on CUDA and on the CPU alike.
+    ///
+    /// Why bf16 on the CPU (it was f32): it halves the cache, so the same
+    /// `kv_cache_memory_gib` holds twice the tokens, and it halves what decode attention
+    /// reads. Measured with `nanovllm bench --model-config configs/qwen3-0.6b.json --threads 2
+    /// --num-seqs 48 --min-input 16 --max-input 96 --min-output 8 --max-output 40` (2 GiB, 256-token
+    /// blocks, 2-core shared VM, 4 interleaved rounds, 2026-12-07): f32 holds 36 blocks, so
+    /// at most 36 sequences ran at once (mean decode batch 22.5, the cache 100 % full); bf16
+    /// holds 73 and ran all of them (mean batch 28.3, peak cache use 66 %). Decode throughput,
+    /// bf16 over f32: 1.40×, 1.67×, 1.09× in the three quieter rounds (0.76× in one round
+    /// when other jobs held the cores). The golden tests pin f32 where they compare against
+    /// transformers' f32 math.
+    pub fn dtype_on(self, _device: Device) -> DType {
+        match self {
+            KvCacheDType::F32 => DType::F32,
+            KvCacheDType::Auto | KvCacheDType::Bf16 => DType::BF16,
         }
     }
 }
@@ -75,26 +93,49 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     /// Most sequences in one step.
     pub max_num_seqs: usize,
-    /// Longest sequence (prompt + completion); clamped to the model's `max_position_embeddings`.
-    pub max_model_len: usize,
+    /// Longest sequence (prompt + completion). Unset: the model's own length
+    /// ([`nanovllm_models::ModelConfig::max_model_len_limit`]), capped by what the KV cache
+    /// holds for one sequence. Set: clamped to the model's length; more than the cache
+    /// holds is an error. [`crate::LLMEngine::max_model_len`] is the resolved value.
+    pub max_model_len: Option<usize>,
     /// Fraction of the GPU's total memory the engine may use: weights, activations, the
     /// KV cache (sized to fill what is left) and CUDA graphs (CUDA only).
     pub gpu_memory_utilization: f64,
     pub tensor_parallel_size: usize,
     /// Never capture CUDA graphs (CUDA only).
     pub enforce_eager: bool,
-    /// Tokens per KV block: a power of two ≥ 16.
+    /// Tokens per KV block: a power of two ≥ 16 (`--block-size`).
+    ///
+    /// The default stays 256 (nano-vLLM's) on the CPU too. Measured like
+    /// [`KvCacheDType::dtype_on`] with bf16 KV, decode tok/s in rounds 2–4: 256: 102,
+    /// 101, 103; 128: 98, 94, 48; 64: 49, 49, 50; 32: 51, 100, 49; 16: 56, 98, 50. Rates
+    /// cluster at ~50 or ~100 on that shared 2-core host (other jobs took a core), so no
+    /// smaller size was measurably faster, and only 256 never fell to ~50. Smaller blocks waste less of the cache on short sequences (peak use on
+    /// that workload: 66 % at 256, 19 % at 16), but with the bf16 cache 2 GiB already
+    /// holds 73 sequences of up to 256 tokens for Qwen3-0.6B; `--block-size 16` buys more
+    /// where many short sequences run at once.
     pub kvcache_block_size: usize,
     pub device: DeviceKind,
     /// KV-cache budget on the CPU, in GiB.
     pub kv_cache_memory_gib: f64,
     /// Exact number of KV blocks, overriding the memory-based sizing (tests, benchmarks).
     pub num_kvcache_blocks: Option<usize>,
-    /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
+    /// `auto` (bf16), `f32` or `bf16`.
     pub kv_cache_dtype: KvCacheDType,
     /// Seed of the requests without one of their own: each gets
-    /// [`crate::sampling::request_seed`]`(seed, request id)`.
+    /// [`crate::sampling::request_seed`]`(seed, request id)` (`--seed`).
     pub seed: u64,
+    /// The weights' dtype (`--dtype`): `auto` keeps the checkpoint's; see [`ModelDType`].
+    pub dtype: ModelDType,
+    /// Where sampling defaults come from: `auto`, `vllm` or a folder (see
+    /// [`GenerationConfigSource`]).
+    pub generation_config: GenerationConfigSource,
+    /// Reuse the KV blocks of earlier requests with the same prompt prefix (vLLM V1's
+    /// default). Off, every prompt is computed in full and no block is shared.
+    pub enable_prefix_caching: bool,
+    /// Threads of the CPU backend's pool (rayon's global pool, sized once per process).
+    /// Unset: the machine's physical cores ([`crate::threads::physical_cores`]).
+    pub threads: Option<usize>,
     /// How tensor-parallel ranks run and meet (TOML table `[tp]`; see [`crate::tp`]).
     pub tp: crate::tp::TpConfig,
     /// Branch, tag or commit of `model` when it is a Hugging Face Hub id (`owner/name`);
@@ -110,7 +151,7 @@ impl Default for EngineConfig {
             load_format: LoadFormat::Safetensors,
             max_num_batched_tokens: 16384,
             max_num_seqs: 512,
-            max_model_len: 4096,
+            max_model_len: None,
             gpu_memory_utilization: 0.9,
             tensor_parallel_size: 1,
             enforce_eager: false,
@@ -120,6 +161,10 @@ impl Default for EngineConfig {
             num_kvcache_blocks: None,
             kv_cache_dtype: KvCacheDType::Auto,
             seed: 0,
+            dtype: ModelDType::Auto,
+            generation_config: GenerationConfigSource::Auto,
+            enable_prefix_caching: true,
+            threads: None,
             tp: crate::tp::TpConfig::default(),
             revision: None,
         }
@@ -170,12 +215,13 @@ impl EngineConfig {
             );
         }
         for (field, value) in [
-            ("max_num_batched_tokens", self.max_num_batched_tokens),
-            ("max_num_seqs", self.max_num_seqs),
+            ("max_num_batched_tokens", Some(self.max_num_batched_tokens)),
+            ("max_num_seqs", Some(self.max_num_seqs)),
             ("max_model_len", self.max_model_len),
-            ("tensor_parallel_size", self.tensor_parallel_size),
+            ("tensor_parallel_size", Some(self.tensor_parallel_size)),
+            ("threads", self.threads),
         ] {
-            if value == 0 {
+            if value == Some(0) {
                 return bad(field, "0".into(), "an integer >= 1");
             }
         }
@@ -276,7 +322,7 @@ mod tests {
         let c = EngineConfig::new("m");
         assert_eq!(c.max_num_batched_tokens, 16384);
         assert_eq!(c.max_num_seqs, 512);
-        assert_eq!(c.max_model_len, 4096);
+        assert_eq!(c.max_model_len, None);
         assert_eq!(c.gpu_memory_utilization, 0.9);
         assert_eq!(c.tensor_parallel_size, 1);
         assert!(!c.enforce_eager);
@@ -287,6 +333,10 @@ mod tests {
         assert_eq!(c.kv_cache_dtype, KvCacheDType::Auto);
         assert_eq!(c.load_format, LoadFormat::Safetensors);
         assert_eq!(c.seed, 0);
+        assert_eq!(c.dtype, ModelDType::Auto);
+        assert_eq!(c.generation_config, GenerationConfigSource::Auto);
+        assert!(c.enable_prefix_caching);
+        assert_eq!(c.threads, None);
         c.validate().unwrap();
     }
 
@@ -301,6 +351,11 @@ mod tests {
             kv_cache_dtype = "bf16"
             num_kvcache_blocks = 5
             seed = 7
+            dtype = "bf16"
+            generation_config = "vllm"
+            enable_prefix_caching = false
+            threads = 3
+            max_model_len = 1000
             "#,
             Path::new("engine.toml"),
         )
@@ -312,13 +367,24 @@ mod tests {
         assert_eq!(c.kv_cache_dtype, KvCacheDType::Bf16);
         assert_eq!(c.num_kvcache_blocks, Some(5));
         assert_eq!(c.seed, 7);
+        assert_eq!(c.dtype, ModelDType::Bfloat16);
+        assert_eq!(c.generation_config, GenerationConfigSource::Vllm);
+        assert!(!c.enable_prefix_caching);
+        assert_eq!(c.threads, Some(3));
+        assert_eq!(c.max_model_len, Some(1000));
         assert_eq!(c.max_num_seqs, 512);
+        let folder = EngineConfig::from_toml_str("generation_config = \"gen/\"", Path::new("e"));
+        assert_eq!(
+            folder.unwrap().generation_config,
+            GenerationConfigSource::Folder("gen/".into())
+        );
     }
 
     #[test]
-    fn kv_cache_dtype_auto_is_bf16_on_cuda_and_f32_on_the_cpu() {
+    fn kv_cache_dtype_auto_is_bf16_on_cuda_and_on_the_cpu() {
         use KvCacheDType::*;
-        assert_eq!(Auto.dtype_on(Device::Cpu), DType::F32);
+        assert_eq!(Auto.dtype_on(Device::Cpu), DType::BF16);
+        assert_eq!(F32.dtype_on(Device::Cpu), DType::F32);
         assert_eq!(Auto.dtype_on(Device::Cuda(0)), DType::BF16);
         assert_eq!(F32.dtype_on(Device::Cuda(1)), DType::F32);
         assert_eq!(Bf16.dtype_on(Device::Cpu), DType::BF16);
@@ -370,10 +436,17 @@ mod tests {
             ),
             (
                 EngineConfig {
-                    max_model_len: 0,
+                    max_model_len: Some(0),
                     ..base.clone()
                 },
                 "max_model_len",
+            ),
+            (
+                EngineConfig {
+                    threads: Some(0),
+                    ..base.clone()
+                },
+                "threads",
             ),
             (
                 EngineConfig {

@@ -262,8 +262,10 @@ pub struct LLMEngine {
 }
 
 impl LLMEngine {
-    /// Reads config.json, generation_config.json and the tokenizer, loads the model
-    /// on the configured device, sizes the KV cache and builds the scheduler.
+    /// Sizes the CPU thread pool ([`crate::threads::configure_pool`]), reads config.json,
+    /// the generation config (`config.generation_config`) and the tokenizer, loads the model
+    /// on the configured device (weights in `config.dtype`), sizes the KV cache and builds
+    /// the scheduler.
     ///
     /// With `tensor_parallel_size > 1` this is rank 0: it first checks that the size
     /// divides the model's heads, starts ranks 1..N (threads or processes, see
@@ -288,6 +290,8 @@ impl LLMEngine {
         // workers get the config, so they never download).
         #[cfg(feature = "hub")]
         crate::hub::resolve_engine_config(&mut config, &crate::hub::HubOptions::from_env())?;
+        let threads = crate::threads::configure_pool(config.threads)?;
+        tracing::debug!(threads, "CPU thread pool");
         let model_config = read_model_config(&config.model_config_path())?;
         crate::startup_log::log_model(&config.model, &model_config);
         let tp = config.tensor_parallel_size;
@@ -300,7 +304,8 @@ impl LLMEngine {
         }
         let backend = crate::device::create_backend(&config, 0)?;
         let model_dir = config.model_dir();
-        let generation_config = GenerationConfig::from_dir(&model_dir)?;
+        let generation_config = config.generation_config.load(&model_dir)?;
+        let weight_dtype = config.dtype.weight_dtype_on(backend.device())?;
         let tokenizer = load_tokenizer(&config)?;
         // TP = 1 with `processes` still runs the process path (world size 1: a GPU check).
         let (comm, workers): (Arc<dyn Communicator>, _) =
@@ -320,9 +325,10 @@ impl LLMEngine {
         };
         if backend.device_memory().is_none() {
             // Host weights: refuse sizes the machine cannot hold before allocating them.
-            let bytes = model_config
-                .num_elements()
-                .and_then(|n| n.checked_mul(model_config.dtype.size_in_bytes() as u64));
+            let bytes = model_config.num_elements().and_then(|n| {
+                let dtype = weight_dtype.unwrap_or(model_config.dtype);
+                n.checked_mul(dtype.size_in_bytes() as u64)
+            });
             let fix = "use a smaller model, or a machine with more memory";
             crate::host_memory::check_fits("loading the model's weights", bytes, fix)?;
         }
@@ -332,8 +338,14 @@ impl LLMEngine {
             bytes_loaded.fetch_max(p.bytes_read, Ordering::Relaxed);
             progress(p);
         };
-        let model =
-            load_model_with_progress(&model_config, &model_dir, config.load_format, &ctx, &report)?;
+        let model = load_model_with_progress(
+            &model_config,
+            &model_dir,
+            config.load_format,
+            &ctx,
+            weight_dtype,
+            &report,
+        )?;
         crate::startup_log::log_weights(
             bytes_loaded.load(Ordering::Relaxed),
             load_started.elapsed(),
@@ -349,10 +361,11 @@ impl LLMEngine {
     }
 
     /// Builds an engine around an already loaded model (custom models, tests).
-    /// `config.model` and `config.load_format` are not read; `max_model_len` is
-    /// clamped to the model's `max_position_embeddings`, and to its sliding window where the
-    /// architecture serves windowed models that way
-    /// ([`ModelConfig::max_model_len_limit`]). What the backend can do decides the
+    /// `config.model`, `config.load_format`, `config.dtype`, `config.generation_config` and
+    /// `config.threads` are not read; `max_model_len` is resolved against the model's
+    /// `max_position_embeddings` (and its sliding window where the architecture serves
+    /// windowed models that way, [`ModelConfig::max_model_len_limit`]) and the KV cache
+    /// ([`crate::kv_sizing::resolve_max_model_len`]). What the backend can do decides the
     /// rest: a device with its own memory sizes the KV cache from `gpu_memory_utilization`,
     /// one that captures graphs replays decode steps through them (unless `enforce_eager`).
     pub fn from_parts(
@@ -365,16 +378,17 @@ impl LLMEngine {
         config.validate()?;
         let model_config = model.config().clone();
         let limit = model_config.max_model_len_limit();
-        if limit < model_config.max_position_embeddings && config.max_model_len > limit {
-            tracing::warn!(
-                "max_model_len clamped from {} to the model's sliding window, {limit} tokens: \
-                 windowed attention is not implemented, and up to the window it equals full \
-                 attention",
-                config.max_model_len
-            );
-        }
-        if limit > 0 {
-            config.max_model_len = config.max_model_len.min(limit);
+        if let Some(requested) = config.max_model_len {
+            if limit < model_config.max_position_embeddings && requested > limit {
+                tracing::warn!(
+                    "max_model_len clamped from {requested} to the model's sliding window, \
+                     {limit} tokens: windowed attention is not implemented, and up to the \
+                     window it equals full attention"
+                );
+            }
+            if limit > 0 {
+                config.max_model_len = Some(requested.min(limit));
+            }
         }
         let eos_token_ids = if !generation_config.eos_token_ids.is_empty() {
             generation_config.eos_token_ids.clone()
@@ -385,6 +399,12 @@ impl LLMEngine {
         };
         let (num_blocks, bytes_per_block) =
             size_kv_cache(&config, backend.as_ref(), model.as_ref())?;
+        let (max_model_len, notice) = crate::kv_sizing::resolve_max_model_len(
+            config.max_model_len,
+            limit,
+            num_blocks,
+            config.kvcache_block_size,
+        )?;
         crate::startup_log::log_device_and_cache(
             backend.device(),
             backend.activation_dtype(),
@@ -393,27 +413,25 @@ impl LLMEngine {
                 block_size: config.kvcache_block_size,
                 bytes_per_block,
                 dtype: config.kv_cache_dtype.dtype_on(backend.device()),
-                max_model_len: config.max_model_len,
+                max_model_len,
             },
         );
-        if let Some(warning) = crate::kv_sizing::capacity_warning(
-            num_blocks,
-            config.kvcache_block_size,
-            config.max_model_len,
-        ) {
-            tracing::warn!("{warning}");
+        if let Some(notice) = notice {
+            tracing::info!("{notice}");
         }
+        config.max_model_len = Some(max_model_len);
         let scheduler = Scheduler::new(SchedulerConfig {
             max_num_seqs: config.max_num_seqs,
             max_num_batched_tokens: config.max_num_batched_tokens,
-            max_model_len: config.max_model_len,
+            max_model_len,
             block_size: config.kvcache_block_size,
             num_blocks,
             eos_token_ids: eos_token_ids.clone(),
+            enable_prefix_caching: config.enable_prefix_caching,
         })?;
         let mut runner = runner_for(&config, backend, model, num_blocks)?;
         if !config.enforce_eager {
-            runner.enable_decode_graphs(config.max_num_seqs, config.max_model_len);
+            runner.enable_decode_graphs(config.max_num_seqs, max_model_len);
         }
         Ok(Self {
             config,
@@ -429,9 +447,14 @@ impl LLMEngine {
         })
     }
 
-    /// The effective config (`max_model_len` clamped to the model).
+    /// The effective config (`max_model_len` resolved: always `Some`).
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+    /// The longest sequence this engine serves, prompt plus completion (the resolved
+    /// `max_model_len`: see [`crate::kv_sizing::resolve_max_model_len`]).
+    pub fn max_model_len(&self) -> usize {
+        self.scheduler.config().max_model_len
     }
     pub fn model_config(&self) -> &ModelConfig {
         &self.model_config
@@ -463,12 +486,12 @@ impl LLMEngine {
             Prompt::TokenIds(ids) => ids,
             Prompt::Text(text) => {
                 let tokenizer = self.tokenizer.as_ref().ok_or(RequestError::NoTokenizer)?;
-                let max_bytes = tokenizer.max_text_bytes(self.config.max_model_len);
+                let max_bytes = tokenizer.max_text_bytes(self.max_model_len());
                 if text.len() > max_bytes {
                     return Err(RequestError::PromptTextTooLong {
                         bytes: text.len(),
                         max_bytes,
-                        max_model_len: self.config.max_model_len,
+                        max_model_len: self.max_model_len(),
                     });
                 }
                 tokenizer

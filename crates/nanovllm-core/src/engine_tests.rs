@@ -19,6 +19,8 @@ fn toy_config() -> EngineConfig {
     EngineConfig {
         kvcache_block_size: 16,
         num_kvcache_blocks: Some(64),
+        // The toy model keeps its state in an f32 cache (the default is bf16).
+        kv_cache_dtype: crate::config::KvCacheDType::F32,
         ..EngineConfig::new("toy")
     }
 }
@@ -130,6 +132,26 @@ fn preemption_keeps_outputs_and_is_counted() {
     );
 }
 
+/// `enable_prefix_caching: false` reaches the scheduler: the same prompt again is computed
+/// in full (no cached tokens), with the same outputs.
+#[test]
+fn without_prefix_caching_nothing_is_served_from_the_cache() {
+    let a = &toy_prompts()[5];
+    assert!(a.len() >= 32, "the prompt must span full blocks");
+    let mut llm = LLM::from_engine(toy_engine(EngineConfig {
+        enable_prefix_caching: false,
+        ..toy_config()
+    }));
+    let first = llm.generate([a], greedy(8)).unwrap();
+    let again = llm.generate([a], greedy(8)).unwrap();
+    assert_eq!(first[0].token_ids, toy_reference(a, 8));
+    assert_eq!(again[0].token_ids, first[0].token_ids);
+    assert_eq!(
+        (first[0].num_cached_tokens, again[0].num_cached_tokens),
+        (0, 0)
+    );
+}
+
 #[test]
 fn prefix_cache_hits_are_reported_and_correct() {
     let prompts = toy_prompts();
@@ -152,7 +174,7 @@ fn prefix_cache_hits_are_reported_and_correct() {
 #[test]
 fn invalid_requests_are_typed_and_leave_the_batch_alone() {
     let mut engine = toy_engine(EngineConfig {
-        max_model_len: 64,
+        max_model_len: Some(64),
         ..toy_config()
     });
     let good: Vec<u32> = (0..20).collect();
@@ -219,18 +241,26 @@ fn invalid_requests_are_typed_and_leave_the_batch_alone() {
     assert_eq!(finished[0].token_ids, toy_reference(&good, 10));
 }
 
+/// A 2-block cache holds 32 tokens, so `max_model_len` resolves to 32 (unset, it is capped
+/// by the cache): a longer prompt is refused up front as longer than `max_model_len`, the
+/// scheduler's own cache checks (`PromptExceedsCache`, `SequenceExceedsCache`) never see
+/// it (the scheduler's tests cover them).
 #[test]
 fn a_prompt_larger_than_the_cache_is_rejected_up_front() {
     let mut engine = toy_engine(EngineConfig {
         num_kvcache_blocks: Some(2),
         ..toy_config()
     });
+    assert_eq!(engine.max_model_len(), 32);
     let err = engine.add_request(vec![1; 33], greedy(1)).unwrap_err();
     assert!(
         matches!(
             err,
             EngineError::InvalidRequest {
-                reason: RequestError::Rejected(SchedulerError::PromptExceedsCache { .. }),
+                reason: RequestError::PromptTooLong {
+                    prompt_len: 33,
+                    max_model_len: 32
+                },
                 ..
             }
         ),
@@ -239,37 +269,31 @@ fn a_prompt_larger_than_the_cache_is_rejected_up_front() {
 }
 
 #[test]
-fn a_request_that_could_outgrow_the_cache_is_refused_at_admission() {
-    // 2 blocks hold 32 tokens. 20 prompt + 30 generated would need 49 in the cache (the last
-    // token is never fed back): refused up front, not aborted mid-stream. 20 + 13 needs
-    // exactly 32: admitted, and it runs to the end next to a small request.
+fn a_request_that_could_outgrow_the_cache_stops_at_max_model_len() {
+    // 2 blocks hold 32 tokens = max_model_len. 20 prompt + 30 to generate is admitted and
+    // stops at 32 tokens (12 generated, finish reason length), like any request reaching
+    // max_model_len; 20 + 12 fits exactly and runs to the end next to a small request.
     let mut engine = toy_engine(EngineConfig {
         num_kvcache_blocks: Some(2),
         ..toy_config()
     });
-    let err = engine.add_request(vec![3; 20], greedy(30)).unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            EngineError::InvalidRequest {
-                reason: RequestError::Rejected(SchedulerError::SequenceExceedsCache {
-                    needed_tokens: 49,
-                    num_blocks: 2,
-                    ..
-                }),
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(err.to_string().contains("lower max_tokens"), "{err}");
-    // Even max_tokens = usize::MAX is a clean refusal (the sum saturates).
-    assert!(engine.add_request(vec![3; 4], greedy(usize::MAX)).is_err());
-    assert!(!engine.has_unfinished());
+    let long = engine.add_request(vec![3; 20], greedy(30)).unwrap();
+    // Even max_tokens = usize::MAX is admitted and capped (the sum saturates).
+    let huge = engine.add_request(vec![3; 4], greedy(usize::MAX)).unwrap();
+    let mut capped = Vec::new();
+    while engine.has_unfinished() {
+        capped.extend(engine.step().unwrap().finished);
+    }
+    for (id, prompt_len) in [(long, 20), (huge, 4)] {
+        let out = capped.iter().find(|o| o.request_id == id).unwrap();
+        assert_eq!(out.error, None, "{out:?}");
+        assert_eq!(out.finish_reason, FinishReason::Length, "{out:?}");
+        assert_eq!(out.token_ids.len(), 32 - prompt_len, "{out:?}");
+    }
 
     let exact_prompt = vec![3; 20];
     let exact = engine
-        .add_request(exact_prompt.clone(), greedy(13))
+        .add_request(exact_prompt.clone(), greedy(12))
         .unwrap();
     let small_prompt = vec![5, 6, 7, 8];
     let small = engine.add_request(small_prompt.clone(), greedy(4)).unwrap();
@@ -281,7 +305,7 @@ fn a_request_that_could_outgrow_the_cache_is_refused_at_admission() {
         finished.extend(engine.step().unwrap().finished);
     }
     assert!(!engine.has_unfinished());
-    for (id, prompt, n) in [(exact, &exact_prompt, 13), (small, &small_prompt, 4)] {
+    for (id, prompt, n) in [(exact, &exact_prompt, 12), (small, &small_prompt, 4)] {
         let out = finished.iter().find(|o| o.request_id == id).unwrap();
         assert_eq!(out.error, None, "{out:?}");
         assert_eq!(out.token_ids, toy_reference(prompt, n));
@@ -561,7 +585,7 @@ fn generate_validates_every_prompt_first() {
 fn max_model_len_is_clamped_to_the_model() {
     let engine = LLMEngine::from_parts(
         EngineConfig {
-            max_model_len: 4096,
+            max_model_len: Some(4096),
             ..toy_config()
         },
         GenerationConfig::default(),
@@ -570,7 +594,49 @@ fn max_model_len_is_clamped_to_the_model() {
         Box::new(ToyModel::new(100)),
     )
     .unwrap();
-    assert_eq!(engine.config().max_model_len, 100);
+    assert_eq!(engine.max_model_len(), 100);
+    assert_eq!(engine.config().max_model_len, Some(100));
+}
+
+/// Unset, `max_model_len` is the model's own length, capped by what the KV cache holds for
+/// one sequence; set beyond the cache, the engine refuses to start and says by how much.
+#[test]
+fn max_model_len_defaults_to_the_models_capped_by_the_cache() {
+    let engine_with = |max_model_len, num_blocks| {
+        LLMEngine::from_parts(
+            EngineConfig {
+                max_model_len,
+                num_kvcache_blocks: Some(num_blocks),
+                ..toy_config()
+            },
+            GenerationConfig::default(),
+            None,
+            Arc::new(CpuBackend::new()),
+            Box::new(ToyModel::new(512)),
+        )
+    };
+    // 64 blocks of 16 hold 1024 tokens: the model's 512.
+    assert_eq!(engine_with(None, 64).unwrap().max_model_len(), 512);
+    // 8 blocks of 16 hold 128: capped.
+    let capped = engine_with(None, 8).unwrap();
+    assert_eq!(capped.max_model_len(), 128);
+    let err = capped.validate_request(Prompt::TokenIds(vec![1; 129]), &greedy(1));
+    assert!(matches!(
+        err,
+        Err(RequestError::PromptTooLong {
+            max_model_len: 128,
+            ..
+        })
+    ));
+    assert_eq!(engine_with(Some(128), 8).unwrap().max_model_len(), 128);
+    match engine_with(Some(129), 8) {
+        Err(EngineError::MaxModelLenExceedsKvCache {
+            max_model_len: 129,
+            cache_tokens: 128,
+            ..
+        }) => {}
+        other => panic!("expected MaxModelLenExceedsKvCache, got {other:?}"),
+    }
 }
 
 /// Mistral declares windowed models served up to the window: `max_model_len` is clamped
@@ -583,7 +649,7 @@ fn max_model_len_is_clamped_to_a_clamping_architectures_window() {
         config.sliding_window = Some(64);
         LLMEngine::from_parts(
             EngineConfig {
-                max_model_len: 4096,
+                max_model_len: Some(4096),
                 ..toy_config()
             },
             GenerationConfig::default(),
@@ -593,9 +659,9 @@ fn max_model_len_is_clamped_to_a_clamping_architectures_window() {
         )
         .unwrap()
     };
-    assert_eq!(engine_for("MistralForCausalLM").config().max_model_len, 64);
-    assert_eq!(engine_for("LlamaForCausalLM").config().max_model_len, 512);
-    assert_eq!(engine_for("ToyForCausalLM").config().max_model_len, 512);
+    assert_eq!(engine_for("MistralForCausalLM").max_model_len(), 64);
+    assert_eq!(engine_for("LlamaForCausalLM").max_model_len(), 512);
+    assert_eq!(engine_for("ToyForCausalLM").max_model_len(), 512);
 }
 
 #[test]
@@ -693,7 +759,7 @@ fn a_huge_text_prompt_is_refused_before_tokenizing() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
     let engine = LLMEngine::new(EngineConfig {
         device: crate::config::DeviceKind::Cpu,
-        max_model_len: 64,
+        max_model_len: Some(64),
         ..EngineConfig::new(dir)
     })
     .unwrap();

@@ -60,6 +60,14 @@ pub enum EngineError {
         budget_bytes: u64,
         bytes_per_block: usize,
     },
+    /// An explicit `max_model_len` longer than the whole KV cache (vLLM refuses it too).
+    #[error("max_model_len = {max_model_len} does not fit in the KV cache, which holds {cache_tokens} tokens ({num_blocks} blocks of {block_size}): give the cache more memory (--kv-cache-memory-gib on the CPU, --gpu-memory-utilization on a GPU), lower --max-model-len to at most {cache_tokens}, or leave it unset to get what fits")]
+    MaxModelLenExceedsKvCache {
+        max_model_len: usize,
+        cache_tokens: usize,
+        num_blocks: usize,
+        block_size: usize,
+    },
     /// GPU memory within `gpu_memory_utilization` leaves no room for a single KV block.
     #[error("gpu_memory_utilization = {gpu_memory_utilization} allows {allowed_bytes} of the GPU's {total_bytes} bytes, but {used_bytes} are in use (weights, CUDA context, other processes) and a prefill of max_num_batched_tokens needs {peak_activation_bytes} more for activations: no room for one KV block of {bytes_per_block} bytes. Raise gpu_memory_utilization, lower max_num_batched_tokens, or free GPU memory")]
     GpuMemoryTooSmall {

@@ -89,23 +89,55 @@ pub fn num_kvcache_blocks(
     gpu_num_kvcache_blocks(memory, config.gpu_memory_utilization, bytes_per_block)
 }
 
-/// The startup warning when the whole cache holds fewer tokens than one sequence may reach
-/// (`max_model_len`): such a sequence is refused at admission, or aborted when it grows,
-/// so the operator should know before the first request. `None` when the cache suffices.
-pub fn capacity_warning(
+/// The longest sequence the engine serves, from the config's `max_model_len` (`requested`),
+/// the model's own length (`model_limit`, 0 when it states none) and the KV cache
+/// (`num_blocks` of `block_size`), with the notice to log when the cache capped it.
+///
+/// - Unset: the model's length, capped at what the cache holds for one sequence (with a
+///   notice saying how to get more), as vLLM derives it.
+/// - Set: clamped to the model's length; longer than the whole cache is an error with the
+///   numbers, as in vLLM, since every sequence that long would be refused.
+pub fn resolve_max_model_len(
+    requested: Option<usize>,
+    model_limit: usize,
     num_blocks: usize,
     block_size: usize,
-    max_model_len: usize,
-) -> Option<String> {
-    let tokens = num_blocks.saturating_mul(block_size);
-    (tokens < max_model_len).then(|| {
-        format!(
-            "the KV cache holds {tokens} tokens ({num_blocks} blocks of {block_size}), fewer than \
-             max_model_len = {max_model_len}: longer sequences will be refused; give the cache more \
-             memory (--kv-cache-memory-gib on the CPU, --gpu-memory-utilization on a GPU) or lower \
-             --max-model-len to {tokens}"
-        )
-    })
+) -> Result<(usize, Option<String>)> {
+    let cache_tokens = num_blocks.saturating_mul(block_size);
+    let model_len = if model_limit > 0 {
+        model_limit
+    } else {
+        usize::MAX
+    };
+    match requested {
+        Some(len) => {
+            let len = len.min(model_len);
+            if len > cache_tokens {
+                return Err(EngineError::MaxModelLenExceedsKvCache {
+                    max_model_len: len,
+                    cache_tokens,
+                    num_blocks,
+                    block_size,
+                });
+            }
+            Ok((len, None))
+        }
+        None if model_len <= cache_tokens => Ok((model_len, None)),
+        None => {
+            let model = if model_limit > 0 {
+                format!("the model allows {model_limit}")
+            } else {
+                "the model states no limit".to_string()
+            };
+            let notice = format!(
+                "max_model_len = {cache_tokens}, what the KV cache holds for one sequence \
+                 ({num_blocks} blocks of {block_size}; {model}): give the cache more memory \
+                 (--kv-cache-memory-gib on the CPU, --gpu-memory-utilization on a GPU) for \
+                 longer sequences"
+            );
+            Ok((cache_tokens, Some(notice)))
+        }
+    }
 }
 
 /// Number of KV blocks of `bytes_per_block` that fit in `kv_cache_memory_gib` of host
@@ -279,11 +311,14 @@ pub fn measure_device_memory(
 ) -> Result<GpuMemory> {
     let spec = model.kv_cache_spec();
     let block_size = config.kvcache_block_size;
-    let seq_lens = warmup_seq_lens(
-        config.max_num_batched_tokens,
-        config.max_model_len,
-        config.max_num_seqs,
-    );
+    // The longest sequence a step can hold: unset, the model's length (the cache that
+    // would cap it is what is being sized).
+    let longest = match (config.max_model_len, model.config().max_model_len_limit()) {
+        (Some(len), _) => len,
+        (None, 0) => config.max_num_batched_tokens,
+        (None, limit) => limit,
+    };
+    let seq_lens = warmup_seq_lens(config.max_num_batched_tokens, longest, config.max_num_seqs);
     let peak_activation_bytes = {
         let mut cache = KvCache::new(
             backend,
@@ -320,18 +355,50 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     #[test]
-    fn a_cache_smaller_than_one_sequence_warns_and_says_what_to_change() {
-        assert_eq!(capacity_warning(32, 16, 512), None);
-        let msg = capacity_warning(31, 16, 512).unwrap();
+    fn max_model_len_unset_is_the_models_capped_by_the_cache_with_a_notice() {
+        // The cache holds more than the model: the model's length, no notice.
+        assert_eq!(
+            resolve_max_model_len(None, 512, 32, 16).unwrap(),
+            (512, None)
+        );
+        // The cache holds less: capped, and the notice says how to get more.
+        let (len, notice) = resolve_max_model_len(None, 40960, 31, 16).unwrap();
+        assert_eq!(len, 496);
+        let notice = notice.unwrap();
         assert!(
-            msg.contains("holds 496 tokens") && msg.contains("max_model_len = 512"),
+            notice.contains("max_model_len = 496") && notice.contains("the model allows 40960"),
+            "{notice}"
+        );
+        assert!(notice.contains("--kv-cache-memory-gib"), "{notice}");
+        let (len, notice) = resolve_max_model_len(None, 0, 4, 16).unwrap();
+        assert_eq!(len, 64);
+        assert!(notice.unwrap().contains("states no limit"));
+    }
+
+    #[test]
+    fn an_explicit_max_model_len_is_clamped_to_the_model_and_must_fit_the_cache() {
+        assert_eq!(
+            resolve_max_model_len(Some(100), 512, 32, 16).unwrap(),
+            (100, None)
+        );
+        assert_eq!(
+            resolve_max_model_len(Some(4096), 512, 32, 16).unwrap(),
+            (512, None)
+        );
+        assert_eq!(
+            resolve_max_model_len(Some(496), 512, 31, 16).unwrap(),
+            (496, None)
+        );
+        let err = resolve_max_model_len(Some(512), 512, 31, 16).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, EngineError::MaxModelLenExceedsKvCache { .. }));
+        assert!(
+            msg.contains("max_model_len = 512")
+                && msg.contains("holds 496 tokens (31 blocks of 16)")
+                && msg.contains("--kv-cache-memory-gib")
+                && msg.contains("at most 496"),
             "{msg}"
         );
-        assert!(
-            msg.contains("--kv-cache-memory-gib") && msg.contains("--max-model-len to 496"),
-            "{msg}"
-        );
-        assert!(capacity_warning(usize::MAX, 16, 512).is_none());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod logprobs;
 pub mod runner;
 pub mod sampling;
 pub mod startup_log;
+pub mod threads;
 pub mod tokenizer;
 pub mod tp;
 
@@ -43,7 +44,7 @@ mod testing;
 
 pub use bench::{BenchOptions, BenchReport, Workload, WorkloadSpec};
 pub use chat_template::{ChatMessage, ChatTemplate};
-pub use config::{DeviceKind, EngineConfig, KvCacheDType};
+pub use config::{DeviceKind, EngineConfig, GenerationConfigSource, KvCacheDType, ModelDType};
 pub use engine::{
     sampling_params_from, EngineStats, KvCacheUsage, LLMEngine, Prompt, RequestId, RequestOutput,
     StepOutputs, StepTimes,

@@ -161,7 +161,12 @@ fn greedy_tokens_on_cuda_equal_the_cpu_except_after_near_ties() {
     for fixture in FIXTURES {
         let (cases, block_size) = reference(fixture);
         let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.prompt.clone()).collect();
-        let cpu = generate(config(fixture, DeviceKind::Cpu, block_size), &prompts);
+        // Pinned: exact to transformers' f32 math needs the f32 cache (the CPU's default is bf16).
+        let cpu_config = EngineConfig {
+            kv_cache_dtype: nanovllm_core::KvCacheDType::F32,
+            ..config(fixture, DeviceKind::Cpu, block_size)
+        };
+        let cpu = generate(cpu_config, &prompts);
         // The CPU engine is exact to transformers (golden_engine.rs), which ties the GPU
         // comparison below to transformers in this very run.
         for (i, (c, case)) in cpu.iter().zip(&cases).enumerate() {

@@ -91,7 +91,7 @@ fn bad_input_is_rejected_and_the_good_request_completes() {
     let r = reference(fixture);
     let case = r.cases.iter().find(|c| c.name == "len17").expect("len17");
     let mut engine = LLMEngine::new(EngineConfig {
-        max_model_len: 64,
+        max_model_len: Some(64),
         ..test_config(fixture, r.block_size)
     })
     .expect("engine");

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use nanovllm_core::{DeviceKind, EngineConfig, LLMEngine, SamplingParams};
+use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LLMEngine, SamplingParams};
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-3;
@@ -22,6 +22,8 @@ fn engine() -> LLMEngine {
         device: DeviceKind::Cpu,
         kvcache_block_size: 16,
         num_kvcache_blocks: Some(64),
+        // Pinned: the references are f32 math, and the CPU's default KV cache is bf16.
+        kv_cache_dtype: KvCacheDType::F32,
         ..EngineConfig::new(fixture_dir())
     };
     LLMEngine::new(config).expect("qwen3-tiny loads")

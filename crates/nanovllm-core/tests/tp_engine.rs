@@ -12,7 +12,9 @@ use std::path::Path;
 
 use common::{fixture_dir, reference};
 use nanovllm_core::tp::TpMode;
-use nanovllm_core::{DeviceKind, EngineConfig, LLMEngine, LoadFormat, SamplingParams};
+use nanovllm_core::{
+    DeviceKind, EngineConfig, KvCacheDType, LLMEngine, LoadFormat, SamplingParams,
+};
 
 /// Per request: the generated tokens and, per token, `(token, logprob)` of the top 5.
 type Run = Vec<(Vec<u32>, Vec<Vec<(u32, f32)>>)>;
@@ -22,6 +24,8 @@ fn config(model: &Path, tp: usize) -> EngineConfig {
     c.device = DeviceKind::Cpu;
     c.kvcache_block_size = 16;
     c.num_kvcache_blocks = Some(64);
+    // Pinned: the references are f32 math, and the CPU's default KV cache is bf16.
+    c.kv_cache_dtype = KvCacheDType::F32;
     c.tensor_parallel_size = tp;
     c.tp.mode = TpMode::Threads;
     c.tp.timeout_secs = 60;

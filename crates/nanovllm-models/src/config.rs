@@ -64,7 +64,8 @@ pub struct ModelConfig {
     /// `sliding_attention` layer; `None` otherwise.
     pub sliding_window: Option<usize>,
     pub tie_word_embeddings: bool,
-    /// The checkpoint's dtype (`torch_dtype` / `dtype`); weights stay in it in memory.
+    /// The checkpoint's dtype (`torch_dtype` / `dtype`); weights stay in it in memory unless
+    /// loaded with another ([`crate::load_model_as`], `--dtype`).
     pub dtype: DType,
     /// Mixture of experts: experts per sparse layer (`num_local_experts`, Mixtral, or
     /// `num_experts`, Qwen3-MoE); 0 for dense models.

@@ -11,6 +11,7 @@
 //! policy, sequences or sampling: a model maps a [`ForwardInput`] and a KV
 //! cache to logits.
 
+mod cast_source;
 pub mod config;
 pub mod decoder;
 mod dummy;
@@ -31,6 +32,7 @@ mod safetensors_source;
 #[cfg(test)]
 mod test_util;
 
+pub use cast_source::CastSource;
 pub use config::{GenerationConfig, ModelConfig, RopeScaling};
 pub use dummy::DummySource;
 pub use error::ModelError;
@@ -39,5 +41,5 @@ pub use loader::{
 };
 pub use model::{ForwardInput, KvCacheSpec, Model, ModelContext};
 pub use progress::{LoadProgress, LoadProgressFn};
-pub use registry::{load_model, load_model_with_progress, supported_architectures};
+pub use registry::{load_model, load_model_as, load_model_with_progress, supported_architectures};
 pub use safetensors_source::SafetensorsSource;

@@ -28,7 +28,8 @@
 //!   padding columns are dropped after the gather.
 //!
 //! Weights keep the dtype stored in the checkpoint (bf16 stays bf16, no f32
-//! copy); the matmul kernels widen on the fly.
+//! copy); the matmul kernels widen on the fly. An explicit weight dtype (`--dtype`) wraps
+//! the source in a [`crate::CastSource`], which converts each tensor while it is read.
 //!
 //! **KV heads under tensor parallelism.** With `W` ranks and `K` KV heads, either
 //! `W` divides `K` (each rank holds `K / W` heads, split evenly like the q heads)

@@ -6,6 +6,9 @@
 
 use std::path::Path;
 
+use nanovllm_kernels::DType;
+
+use crate::cast_source::CastSource;
 use crate::config::ModelConfig;
 use crate::dummy::DummySource;
 use crate::error::ModelError;
@@ -88,16 +91,29 @@ pub fn load_model(
     format: LoadFormat,
     ctx: &ModelContext,
 ) -> Result<Box<dyn Model>, ModelError> {
-    load_model_with_progress(config, dir, format, ctx, &|_| {})
+    load_model_as(config, dir, format, ctx, None)
 }
 
-/// [`load_model`], reporting the bytes read so far to `progress` after every tensor read
-/// (see [`crate::progress`]).
+/// [`load_model`] with every float weight converted to `weight_dtype` while loading
+/// ([`CastSource`]); `None` keeps each tensor's stored dtype (dummy weights: the config's).
+pub fn load_model_as(
+    config: &ModelConfig,
+    dir: &Path,
+    format: LoadFormat,
+    ctx: &ModelContext,
+    weight_dtype: Option<DType>,
+) -> Result<Box<dyn Model>, ModelError> {
+    load_model_with_progress(config, dir, format, ctx, weight_dtype, &|_| {})
+}
+
+/// [`load_model_as`], reporting the bytes read so far to `progress` after every tensor
+/// read (see [`crate::progress`]).
 pub fn load_model_with_progress(
     config: &ModelConfig,
     dir: &Path,
     format: LoadFormat,
     ctx: &ModelContext,
+    weight_dtype: Option<DType>,
     progress: LoadProgressFn<'_>,
 ) -> Result<Box<dyn Model>, ModelError> {
     let arch = find(&config.architecture).ok_or_else(|| ModelError::UnknownArchitecture {
@@ -106,13 +122,18 @@ pub fn load_model_with_progress(
     })?;
     check_features(config, arch.name, arch.features)?;
     let whole = ctx.shard.world_size == 1;
-    match format {
-        LoadFormat::Safetensors => {
-            let source = SafetensorsSource::open(dir)?;
-            (arch.load)(config, &ProgressSource::new(&source, whole, progress), ctx)
+    match (format, weight_dtype) {
+        (LoadFormat::Safetensors, None) => {
+            let stored = SafetensorsSource::open(dir)?;
+            (arch.load)(config, &ProgressSource::new(&stored, whole, progress), ctx)
         }
-        LoadFormat::Dummy => {
-            let source = DummySource::new(config.dtype, DUMMY_SEED);
+        (LoadFormat::Safetensors, Some(dtype)) => {
+            let stored = SafetensorsSource::open(dir)?;
+            let cast = CastSource::new(&stored, dtype);
+            (arch.load)(config, &ProgressSource::new(&cast, whole, progress), ctx)
+        }
+        (LoadFormat::Dummy, dtype) => {
+            let source = DummySource::new(dtype.unwrap_or(config.dtype), DUMMY_SEED);
             (arch.load)(config, &ProgressSource::new(&source, whole, progress), ctx)
         }
     }

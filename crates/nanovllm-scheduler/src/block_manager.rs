@@ -24,6 +24,9 @@
 //!   to the front instead: reusing it loses nothing. Sequences release their blocks tail first,
 //!   so a prefix stays cached longer than its continuations. A hit on a free cached block
 //!   unlinks it from the free list; a block popped for reuse leaves the hash map.
+//! - **Prefix caching off** ([`BlockManager::with_prefix_caching`]`(false)`, vLLM's
+//!   `--no-enable-prefix-caching`): no hash is ever registered, so no block is ever hit or
+//!   shared between sequences and every freed block goes to the front of the free list.
 //! - **Allocation cost.** Allocation, release, a prefix-hit removal from the free list and a
 //!   decode append are O(1) per block (intrusive linked list, hash map). Hashing happens only
 //!   at admission (prefix lookup) and when a block fills.
@@ -61,6 +64,8 @@ pub struct BlockManager {
     free: FreeList,
     /// Free blocks still in `hash_to_block`.
     num_cached_free_blocks: usize,
+    /// Whether full computed blocks are hashed and reused (prefix caching).
+    prefix_caching: bool,
 }
 
 impl BlockManager {
@@ -86,7 +91,19 @@ impl BlockManager {
             hash_to_block: U64Map::default(),
             free: FreeList::with_all_blocks(num_blocks),
             num_cached_free_blocks: 0,
+            prefix_caching: true,
         })
+    }
+
+    /// Turns prefix caching on (the default) or off. Off, no block is ever hashed, so no
+    /// sequence reuses another's KV and no block is shared: every prompt is computed in full.
+    pub fn with_prefix_caching(mut self, enabled: bool) -> Self {
+        self.prefix_caching = enabled;
+        self
+    }
+
+    pub fn prefix_caching(&self) -> bool {
+        self.prefix_caching
     }
 
     pub fn block_size(&self) -> usize {
@@ -204,7 +221,7 @@ impl BlockManager {
         let end_full = num_computed_tokens >> self.block_shift;
         seq.num_computed_tokens = num_computed_tokens;
         // Most decode steps fill no block: keep that path a division and a compare.
-        if first_new_full < end_full {
+        if first_new_full < end_full && self.prefix_caching {
             self.register_full_blocks(seq, first_new_full, end_full);
         }
     }
@@ -268,7 +285,13 @@ impl BlockManager {
                 ));
             }
             let mut parent = None;
-            for i in 0..seq.num_computed_tokens / bs {
+            // Without prefix caching no block is hashed (checked below with the map).
+            let hashed_blocks = if self.prefix_caching {
+                seq.num_computed_tokens / bs
+            } else {
+                0
+            };
+            for i in 0..hashed_blocks {
                 let block = seq.block_table[i];
                 let tokens = &seq.token_ids[i * bs..(i + 1) * bs];
                 let expected = chained_block_hash(parent, tokens);
@@ -293,6 +316,9 @@ impl BlockManager {
                 ));
             }
             let hash = self.block_hashes[block];
+            if !self.prefix_caching && hash.is_some() {
+                return Err(format!("block {block} has a hash with prefix caching off"));
+            }
             let in_map = hash.is_some_and(|h| self.cached_block(h) == Some(block as u32));
             if refs == 0 && hash.is_some() && !in_map {
                 return Err(format!(

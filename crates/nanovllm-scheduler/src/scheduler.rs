@@ -48,6 +48,9 @@ pub struct SchedulerConfig {
     pub num_blocks: usize,
     /// Tokens that end a sequence unless its params say `ignore_eos`.
     pub eos_token_ids: Vec<u32>,
+    /// Reuse the KV blocks of earlier sequences with the same prefix (default on, as in
+    /// vLLM V1); off, no block is ever shared.
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -59,6 +62,7 @@ impl Default for SchedulerConfig {
             block_size: 256,
             num_blocks: 1024,
             eos_token_ids: Vec::new(),
+            enable_prefix_caching: true,
         }
     }
 }
@@ -98,7 +102,8 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self, SchedulerError> {
-        let block_manager = BlockManager::new(config.num_blocks, config.block_size)?;
+        let block_manager = BlockManager::new(config.num_blocks, config.block_size)?
+            .with_prefix_caching(config.enable_prefix_caching);
         for (name, value) in [
             ("max_num_seqs", config.max_num_seqs),
             ("max_num_batched_tokens", config.max_num_batched_tokens),

@@ -86,7 +86,7 @@ pub fn start(
     let defaults = options
         .defaults
         .unwrap_or_else(|| engine.default_sampling_params());
-    let max_model_len = engine.config().max_model_len;
+    let max_model_len = engine.max_model_len();
     let vocab_size = engine.model_config().vocab_size;
     let max_prompt_bytes = tokenizer.max_text_bytes(max_model_len);
     let metrics = Arc::new(Metrics::new(&options.model_name));
@@ -154,7 +154,7 @@ pub fn request_defaults(
 
 /// Runs the command until shut down.
 pub fn run(args: ServeArgs, verbosity: crate::logging::Verbosity) -> anyhow::Result<bool> {
-    let config = args.engine.to_engine_config()?;
+    let config = args.to_engine_config()?;
     let model_name = match &args.served_model_name {
         Some(name) => name.clone(),
         None => served_name(&config.model_dir()),

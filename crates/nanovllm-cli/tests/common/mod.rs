@@ -129,6 +129,9 @@ pub fn generate_reference_cases(name: &str, tag: &str, extra: &[&str]) -> (Vec<V
         "16",
         "--device",
         "cpu",
+        // Pinned: the references are f32 math, and the CPU's default KV cache is bf16.
+        "--kv-cache-dtype",
+        "f32",
     ];
     let out = generate(&fixture(name), &[&base[..], extra].concat());
     let _ = std::fs::remove_dir_all(&dir);

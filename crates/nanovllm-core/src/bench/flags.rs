@@ -1,6 +1,7 @@
-//! The flags of the benchmark itself (workload, sampling, threads, `--json`), declared
-//! once for `nanovllm bench` and `cargo xtask bench`. Each front end flattens
-//! [`BenchFlags`] next to its own engine flags and its own `--model-config`.
+//! The flags of the benchmark itself (workload, sampling, `--json`), declared once for
+//! `nanovllm bench` and `cargo xtask bench`. Each front end flattens [`BenchFlags`] next to
+//! its own engine flags (`--threads` among them: [`EngineConfig::threads`]) and its own
+//! `--model-config`.
 
 use std::path::PathBuf;
 
@@ -18,10 +19,6 @@ pub struct BenchFlags {
     /// Sampling temperature of the measured requests (bench.py uses 0.6; 0 = greedy).
     #[arg(long, default_value_t = BENCH_PY_TEMPERATURE)]
     pub temperature: f32,
-    /// Worker threads of the CPU backend's pool (default: rayon's, i.e. all cores or
-    /// `RAYON_NUM_THREADS`). Set it to match the thread count of a comparison run.
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Write the figures as JSON too.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -39,7 +36,6 @@ impl BenchFlags {
             engine,
             workload: self.workload_spec(),
             temperature: self.temperature,
-            threads: self.threads,
         }
     }
 }
@@ -62,7 +58,6 @@ mod tests {
         let options = flags.options(EngineConfig::default());
         assert_eq!(options.workload, WorkloadSpec::CPU);
         assert_eq!(options.temperature, BENCH_PY_TEMPERATURE);
-        assert_eq!(options.threads, None);
         assert_eq!(flags.json, None);
     }
 
@@ -78,8 +73,6 @@ mod tests {
             "9",
             "--temperature",
             "0",
-            "--threads",
-            "2",
             "--json",
             "out.json",
         ])
@@ -94,7 +87,6 @@ mod tests {
             }
         );
         assert_eq!(options.temperature, 0.0);
-        assert_eq!(options.threads, Some(2));
         assert_eq!(flags.json, Some(PathBuf::from("out.json")));
     }
 }

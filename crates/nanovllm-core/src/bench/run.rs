@@ -27,20 +27,15 @@ pub struct BenchOptions {
     pub workload: WorkloadSpec,
     /// Sampling temperature of the measured requests (bench.py: 0.6; 0 = greedy).
     pub temperature: f32,
-    /// Threads of rayon's global pool, which the CPU backend runs on (`None`: rayon's
-    /// default, all cores or `RAYON_NUM_THREADS`). The pool can be sized once per
-    /// process, before anything uses it.
-    pub threads: Option<usize>,
 }
 
 impl BenchOptions {
-    /// bench.py's sampling (temperature 0.6) on rayon's default pool.
+    /// bench.py's sampling (temperature 0.6).
     pub fn new(engine: EngineConfig, workload: WorkloadSpec) -> Self {
         Self {
             engine,
             workload,
             temperature: BENCH_PY_TEMPERATURE,
-            threads: None,
         }
     }
 }
@@ -51,7 +46,6 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
         engine: config,
         workload: spec,
         temperature,
-        threads,
     } = options;
     spec.validate()?;
     if !(temperature.is_finite() && temperature >= 0.0) {
@@ -60,9 +54,6 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
             value: temperature.to_string(),
             expected: "a finite value >= 0".into(),
         });
-    }
-    if let Some(threads) = threads {
-        configure_thread_pool(threads)?;
     }
     let model_name = config.model.display().to_string();
     let mut engine = LLMEngine::new(config)?;
@@ -137,25 +128,6 @@ fn log_concurrency_at_average(engine: &LLMEngine, workload: &Workload) {
     );
 }
 
-fn configure_thread_pool(threads: usize) -> Result<()> {
-    let bad = |expected: String| EngineError::InvalidBenchmark {
-        what: "threads",
-        value: threads.to_string(),
-        expected,
-    };
-    if threads == 0 {
-        return Err(bad("at least 1".into()));
-    }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .map_err(|e| {
-            bad(format!(
-                "a size set before rayon's global pool starts ({e})"
-            ))
-        })
-}
-
 /// Refuses, before any token is drawn, a model the workload cannot run on: prompt
 /// token ids beyond its vocabulary, or sequences longer than `max_model_len` (which the
 /// engine would cut short, breaking the output count).
@@ -170,7 +142,7 @@ fn check_fits_model(engine: &LLMEngine, spec: &WorkloadSpec) -> Result<()> {
             ),
         });
     }
-    let max_model_len = engine.config().max_model_len;
+    let max_model_len = engine.max_model_len();
     if spec.max_seq_len() > max_model_len {
         return Err(EngineError::InvalidBenchmark {
             what: "max_model_len",
@@ -287,7 +259,7 @@ mod tests {
         let err = run(opts).unwrap_err().to_string();
         assert!(err.contains("temperature = -0.5"), "{err}");
         let mut opts = options(model, LoadFormat::Safetensors, TINY);
-        opts.threads = Some(0);
+        opts.engine.threads = Some(0);
         let err = run(opts).unwrap_err().to_string();
         assert!(err.contains("threads = 0"), "{err}");
     }

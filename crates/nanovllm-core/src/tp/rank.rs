@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use nanovllm_kernels::{Backend, Communicator};
-use nanovllm_models::{load_model, Model, ModelContext, ShardSpec};
+use nanovllm_models::{load_model_as, Model, ModelContext, ShardSpec};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
 use crate::config::EngineConfig;
@@ -42,11 +42,13 @@ pub(crate) fn load_rank_model(
             world_size: config.tensor_parallel_size,
         },
     };
-    Ok(load_model(
+    let weight_dtype = config.dtype.weight_dtype_on(ctx.backend.device())?;
+    Ok(load_model_as(
         &model_config,
         &config.model_dir(),
         config.load_format,
         &ctx,
+        weight_dtype,
     )?)
 }
 

@@ -87,6 +87,8 @@ fn serve_steps(
             "rank {rank}: rank 0 sent an unreadable config: {e}"
         ))
     })?;
+    // A worker process sizes its own CPU pool as rank 0 did.
+    crate::threads::configure_pool(config.threads)?;
     let world = config.tensor_parallel_size;
     let backend = rank_device(&config, rank)?;
     send(control, rank, &Msg::Joined)?;

@@ -11,7 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use nanovllm_core::{DeviceKind, EngineConfig, FinishReason, Output, SamplingParams, LLM};
+use nanovllm_core::{
+    DeviceKind, EngineConfig, FinishReason, KvCacheDType, Output, SamplingParams, LLM,
+};
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
@@ -116,6 +118,8 @@ pub fn test_config(fixture: &str, block_size: usize) -> EngineConfig {
         kvcache_block_size: block_size,
         device: DeviceKind::Cpu,
         num_kvcache_blocks: Some(256),
+        // Pinned: the references are f32 math, and the CPU's default KV cache is bf16.
+        kv_cache_dtype: KvCacheDType::F32,
         ..EngineConfig::new(fixture_dir(fixture))
     }
 }

@@ -114,6 +114,31 @@ fn prefix_hit_shares_blocks_and_sets_cached_tokens() {
 }
 
 #[test]
+fn without_prefix_caching_nothing_is_hashed_hit_or_shared() {
+    let mut bm = BlockManager::new(8, BS).unwrap().with_prefix_caching(false);
+    assert!(!bm.prefix_caching());
+    let a = computed_seq(&mut bm, 0, tokens(1, 40));
+    assert!(a.block_table.iter().all(|&b| bm.block_hash(b).is_none()));
+    // The same 32-token prefix that hits with caching on computes afresh.
+    let mut prompt = tokens(1, 32);
+    prompt.extend(tokens(500, 10));
+    let mut b = seq(1, prompt);
+    assert!(bm.allocate(&mut b));
+    assert_eq!((b.num_cached_tokens, b.num_computed_tokens), (0, 0));
+    assert!(b.block_table.iter().all(|blk| !a.block_table.contains(blk)));
+    assert!(a
+        .block_table
+        .iter()
+        .all(|&blk| bm.ref_count(blk) == Some(1)));
+    check(&bm, &[&a, &b]);
+    // Freed blocks cache nothing.
+    let mut a = a;
+    bm.deallocate(&mut a);
+    assert_eq!(bm.stats().num_cached_free_blocks, 0);
+    check(&bm, &[&b]);
+}
+
+#[test]
 fn hits_stop_at_the_first_miss() {
     let mut bm = BlockManager::new(8, BS).unwrap();
     let a = computed_seq(&mut bm, 0, tokens(1, 49));

@@ -25,6 +25,7 @@ pub(crate) fn config(num_blocks: usize) -> SchedulerConfig {
         block_size: 16,
         num_blocks,
         eos_token_ids: vec![EOS],
+        enable_prefix_caching: true,
     }
 }
 

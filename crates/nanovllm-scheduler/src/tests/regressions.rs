@@ -118,6 +118,41 @@ fn regression_3_identical_prompts_in_one_step_compute_their_own_kv_then_share_bl
     assert_eq!(batch.slot_mapping[1] / 16, tb[2] as i64);
 }
 
+/// `enable_prefix_caching: false` (vLLM's `--no-enable-prefix-caching`): the same two
+/// identical prompts never share a block, in the step that computes them or after, and a
+/// third identical prompt admitted later computes its whole prompt again.
+#[test]
+fn without_prefix_caching_identical_prompts_share_no_block() {
+    let mut sched = Scheduler::new(SchedulerConfig {
+        enable_prefix_caching: false,
+        ..config(12)
+    })
+    .unwrap();
+    let prompt = tokens(1, 40);
+    let a = sched.add(prompt.clone(), params(10)).unwrap();
+    let b = sched.add(prompt.clone(), params(10)).unwrap();
+    let batch = sched.schedule().unwrap().unwrap();
+    sched.postprocess(batch, &[9, 9]).unwrap();
+    sched.check_invariants().unwrap();
+    let ta = sched.sequence(a).unwrap().block_table.clone();
+    let tb = sched.sequence(b).unwrap().block_table.clone();
+    assert!(ta.iter().all(|blk| !tb.contains(blk)), "{ta:?} {tb:?}");
+    let bm = sched.block_manager();
+    assert!(ta
+        .iter()
+        .chain(&tb)
+        .all(|&blk| bm.ref_count(blk) == Some(1)));
+    assert_eq!(bm.num_free_blocks(), 6);
+
+    let c = sched.add(prompt, params(10)).unwrap();
+    let batch = sched.schedule().unwrap().unwrap();
+    let seq_c = batch.seqs.iter().find(|s| s.seq_id == c).unwrap();
+    assert_eq!((seq_c.num_computed_tokens, seq_c.num_new_tokens), (0, 40));
+    let tc = sched.sequence(c).unwrap().block_table.clone();
+    assert!(tc.iter().all(|blk| !ta.contains(blk) && !tb.contains(blk)));
+    assert_eq!(sched.sequence(c).unwrap().num_cached_tokens, 0);
+}
+
 #[test]
 fn regression_4_kv_exhaustion_with_a_single_sequence_errors_instead_of_spinning() {
     // 2 blocks of 16: the sequence fits until position 32, which needs a third block.

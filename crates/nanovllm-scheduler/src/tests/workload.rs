@@ -347,6 +347,7 @@ proptest! {
         max_num_batched_tokens in 4usize..160,
         max_model_len in 8usize..200,
         seed in any::<u64>(),
+        enable_prefix_caching in any::<bool>(),
     ) {
         let cfg = SchedulerConfig {
             max_num_seqs,
@@ -355,6 +356,7 @@ proptest! {
             block_size,
             num_blocks,
             eos_token_ids: vec![EOS],
+            enable_prefix_caching,
         };
         Workload::new(cfg, seed).run()?;
     }

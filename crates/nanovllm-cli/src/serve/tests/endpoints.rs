@@ -13,6 +13,8 @@ fn direct_greedy(prompt: &str, max_tokens: usize) -> String {
         device: DeviceKind::Cpu,
         kvcache_block_size: 16,
         num_kvcache_blocks: Some(64),
+        // As the test server's engine (`tests::server`).
+        kv_cache_dtype: nanovllm_core::KvCacheDType::F32,
         ..EngineConfig::new(fixture_dir())
     };
     let mut llm = LLM::new(config).unwrap();

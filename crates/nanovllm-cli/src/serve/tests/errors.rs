@@ -293,11 +293,11 @@ async fn max_tokens_at_the_integer_limit_is_context_length_exceeded() {
     assert_eq!(s.metric("nanovllm_prompt_tokens_total").await, 0.0);
 }
 
-/// A request that fits the context but could outgrow the whole KV cache is refused at
-/// admission (it used to be accepted and then fail mid-stream with a 500).
+/// A request that could outgrow the whole KV cache is refused at admission (it used to be
+/// accepted and then fail mid-stream with a 500). The cache caps the context it serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_cache_can_never_hold_is_refused_at_admission() {
-    // 8 blocks of 16 tokens: 128 tokens, below the 512-token context.
+    // 8 blocks of 16 tokens: 128 tokens, below the model's 512, so max_model_len is 128.
     let s = server(Setup {
         num_kvcache_blocks: 8,
         ..Setup::default()
@@ -312,7 +312,11 @@ async fn a_request_the_cache_can_never_hold_is_refused_at_admission() {
     )
     .await;
     assert_eq!(e["code"], "context_length_exceeded", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("KV blocks"), "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("maximum context length is 128 tokens"),
+        "{e}"
+    );
     assert_eq!(s.metric("nanovllm_prompt_tokens_total").await, 0.0);
     // What fits still runs.
     let (status, out) = s

@@ -76,6 +76,8 @@ pub fn server(setup: Setup) -> TestServer {
         device: DeviceKind::Cpu,
         kvcache_block_size: 16,
         num_kvcache_blocks: Some(setup.num_kvcache_blocks),
+        // Pinned: the references are f32 math, and the CPU's default KV cache is bf16.
+        kv_cache_dtype: nanovllm_core::KvCacheDType::F32,
         max_num_seqs: setup.max_num_seqs,
         ..EngineConfig::new(fixture_dir())
     };
