@@ -416,10 +416,10 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchMode {
     /// Offline throughput of the engine (the default mode: `nanovllm bench FLAGS`).
-    Throughput(ThroughputArgs),
+    Throughput(Box<ThroughputArgs>),
     /// Load on a running OpenAI-compatible server (ours or any other), like
     /// `vllm bench serve`: TTFT, TPOT, ITL and throughput.
-    Serve(BenchServeArgs),
+    Serve(Box<BenchServeArgs>),
 }
 
 /// The throughput benchmark: the shared engine flags, `--model-config`, and the
@@ -666,12 +666,12 @@ mod tests {
                 other => panic!("parsed as {other:?}"),
             };
         assert_eq!(
-            serve(&["some/model"]).unwrap().model,
-            PathBuf::from("some/model")
+            serve(&["some-model"]).unwrap().model,
+            PathBuf::from("some-model")
         );
         assert_eq!(
-            serve(&["--model", "some/model"]).unwrap().model,
-            PathBuf::from("some/model")
+            serve(&["--model", "some-model"]).unwrap().model,
+            PathBuf::from("some-model")
         );
         assert_eq!(
             serve(&["m", "--model", "m"]).unwrap().model,

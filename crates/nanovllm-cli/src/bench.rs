@@ -13,8 +13,8 @@ use crate::args::{BenchArgs, BenchMode, ThroughputArgs};
 pub fn run(args: BenchArgs) -> anyhow::Result<bool> {
     match args.mode {
         None => throughput(args.throughput),
-        Some(BenchMode::Throughput(throughput_args)) => throughput(throughput_args),
-        Some(BenchMode::Serve(serve_args)) => crate::bench_serve::run(serve_args),
+        Some(BenchMode::Throughput(throughput_args)) => throughput(*throughput_args),
+        Some(BenchMode::Serve(serve_args)) => crate::bench_serve::run(*serve_args),
     }
 }
 

@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 use nanovllm_core::{ChatMessage, ChatTemplate};
@@ -24,23 +23,9 @@ const ENGINE: [&str; 6] = [
 
 /// `nanovllm generate` on qwen3-tiny with `args`, `stdin` piped in.
 fn generate_with_stdin(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
-        .args(["generate", "--model"])
-        .arg(fixture("qwen3-tiny"))
-        .args(ENGINE)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the nanovllm binary runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let model = fixture("qwen3-tiny");
+    let base = ["generate", "--model", model.to_str().unwrap()];
+    nanovllm_with_stdin(&[&base[..], &ENGINE, args].concat(), stdin)
 }
 
 /// Runs batch `lines` from a file, output on stdout; returns the exit code and the lines.

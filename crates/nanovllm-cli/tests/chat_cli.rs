@@ -2,84 +2,62 @@
 //! each equal to a greedy run of the engine on the chat template's rendering
 //! of the conversation so far (history, `/system`, `/reset` and `/exit`).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Stdio};
 
-use nanovllm_core::{ChatMessage, ChatTemplate, DeviceKind, EngineConfig, SamplingParams, LLM};
-use serde_json::Map;
+use common::*;
+
+use nanovllm_core::{ChatMessage, ChatTemplate, DeviceKind, EngineConfig, LLM};
 
 const MAX_TOKENS: usize = 6;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny")
-}
-
-/// What the chat should answer to `messages`: greedy, the fixture's eos honoured.
-fn expected_reply(llm: &mut LLM, template: &ChatTemplate, messages: &[ChatMessage]) -> String {
-    let prompt = template.render(messages, true, &Map::new()).unwrap();
-    llm.generate([prompt.as_str()], SamplingParams::greedy(MAX_TOKENS))
-        .unwrap()
-        .remove(0)
-        .text
-}
 
 #[test]
 fn piped_chat_keeps_history_and_understands_commands() {
     let script = "hello\n/system Be brief.\nhow are you?\n\n/reset\nhello\n/exit\nnever read\n";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
-        .args(["chat", "--model"])
-        .arg(fixture())
-        .args([
-            "--device",
-            "cpu",
-            "--kvcache-block-size",
-            "16",
-            "--num-kvcache-blocks",
-            "64",
-        ])
-        .args([
-            "--temperature",
-            "0",
-            "--max-tokens",
-            &MAX_TOKENS.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the nanovllm binary runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let model = fixture("qwen3-tiny");
+    let max_tokens = MAX_TOKENS.to_string();
+    let args = [
+        "chat",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--kvcache-block-size",
+        "16",
+        "--num-kvcache-blocks",
+        "64",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        &max_tokens,
+    ];
+    let out = nanovllm_with_stdin(&args, script);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
 
-    let template = ChatTemplate::from_tokenizer_dir(&fixture())
+    let template = ChatTemplate::from_tokenizer_dir(&fixture("qwen3-tiny"))
         .unwrap()
         .unwrap();
     let config = EngineConfig {
         device: DeviceKind::Cpu,
         kvcache_block_size: 16,
         num_kvcache_blocks: Some(64),
-        ..EngineConfig::new(fixture())
+        ..EngineConfig::new(fixture("qwen3-tiny"))
     };
     let mut llm = LLM::new(config).unwrap();
     let mut history = vec![ChatMessage::user("hello")];
-    let r1 = expected_reply(&mut llm, &template, &history);
+    let r1 = expected_reply(&mut llm, &template, &history, MAX_TOKENS);
     history.push(ChatMessage::assistant(r1.clone()));
     history.insert(0, ChatMessage::system("Be brief."));
     history.push(ChatMessage::user("how are you?"));
-    let r2 = expected_reply(&mut llm, &template, &history);
+    let r2 = expected_reply(&mut llm, &template, &history, MAX_TOKENS);
     // /reset keeps the system message only.
     let r3 = expected_reply(
         &mut llm,
         &template,
         &[ChatMessage::system("Be brief."), ChatMessage::user("hello")],
+        MAX_TOKENS,
     );
     assert_ne!(r2, r3, "the history must change the second prompt");
     assert_eq!(
@@ -95,7 +73,7 @@ fn a_missing_chat_template_is_a_one_line_error() {
         std::env::temp_dir().join(format!("nanovllm-chat-no-template-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(fixture()).unwrap() {
+    for entry in std::fs::read_dir(fixture("qwen3-tiny")).unwrap() {
         let entry = entry.unwrap();
         if entry.file_name() != "tokenizer_config.json" {
             std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();

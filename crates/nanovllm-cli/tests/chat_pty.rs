@@ -4,13 +4,14 @@
 //! with code 0).
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use nanovllm_core::{
-    ChatMessage, ChatTemplate, DeviceKind, EngineConfig, SamplingParams, Tokenizer, LLM,
-};
+use common::{expected_reply, fixture};
+use nanovllm_core::{ChatMessage, ChatTemplate, DeviceKind, EngineConfig, Tokenizer, LLM};
 use rexpect::process::wait::WaitStatus;
 use rexpect::session::{spawn_command, PtySession};
 use serde_json::{Map, Value};
@@ -20,10 +21,6 @@ const MAX_TOKENS: usize = 6;
 const TIMEOUT_MS: u64 = 120_000;
 /// Up arrow, as a VT100 terminal sends it.
 const UP: &str = "\x1b[A";
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny")
-}
 
 /// `nanovllm chat` in a pseudo-terminal (TERM=xterm, so the line editor is on).
 fn spawn_chat(args: &[&str]) -> PtySession {
@@ -57,18 +54,9 @@ fn exit_with_two_ctrl_c(p: &mut PtySession) {
     }
 }
 
-/// What the chat should answer to `messages`: greedy, the fixture's eos honoured.
-fn expected_reply(llm: &mut LLM, template: &ChatTemplate, messages: &[ChatMessage]) -> String {
-    let prompt = template.render(messages, true, &Map::new()).unwrap();
-    llm.generate([prompt.as_str()], SamplingParams::greedy(MAX_TOKENS))
-        .unwrap()
-        .remove(0)
-        .text
-}
-
 #[test]
 fn a_terminal_chat_edits_lines_and_keeps_history() {
-    let model = fixture();
+    let model = fixture("qwen3-tiny");
     let max_tokens = MAX_TOKENS.to_string();
     let mut p = spawn_chat(&[
         "--model",
@@ -105,10 +93,10 @@ fn a_terminal_chat_edits_lines_and_keeps_history() {
     };
     let mut llm = LLM::new(config).unwrap();
     let mut history = vec![ChatMessage::user("hello")];
-    let r1 = expected_reply(&mut llm, &template, &history);
+    let r1 = expected_reply(&mut llm, &template, &history, MAX_TOKENS);
     history.push(ChatMessage::assistant(r1.clone()));
     history.push(ChatMessage::user("hello"));
-    let r2 = expected_reply(&mut llm, &template, &history);
+    let r2 = expected_reply(&mut llm, &template, &history, MAX_TOKENS);
     assert_ne!(r1, r2, "the history must change the second reply");
     assert!(first.contains(&format!("{r1}\n")), "{first:?} lacks {r1:?}");
     assert!(
@@ -123,7 +111,7 @@ fn slow_model() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nanovllm-chat-pty-slow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let config = std::fs::read_to_string(fixture().join("config.json")).unwrap();
+    let config = std::fs::read_to_string(fixture("qwen3-tiny").join("config.json")).unwrap();
     let mut config: Value = serde_json::from_str(&config).unwrap();
     for (key, value) in [
         ("hidden_size", 512),
@@ -143,10 +131,10 @@ fn slow_model() -> PathBuf {
 /// A system message that, with the user message `user`, leaves at most `room` tokens of
 /// the fixture's 512-token context.
 fn system_leaving(room: usize, user: &str) -> String {
-    let template = ChatTemplate::from_tokenizer_dir(&fixture())
+    let template = ChatTemplate::from_tokenizer_dir(&fixture("qwen3-tiny"))
         .unwrap()
         .unwrap();
-    let tokenizer = Tokenizer::from_dir(&fixture()).unwrap();
+    let tokenizer = Tokenizer::from_dir(&fixture("qwen3-tiny")).unwrap();
     let prompt_len = |system: &str| {
         let messages = [ChatMessage::system(system), ChatMessage::user(user)];
         let rendered = template.render(&messages, true, &Map::new()).unwrap();
@@ -164,7 +152,7 @@ fn system_leaving(room: usize, user: &str) -> String {
 #[test]
 fn ctrl_c_interrupts_the_reply_and_the_chat_goes_on() {
     let model = slow_model();
-    let tokenizer = fixture();
+    let tokenizer = fixture("qwen3-tiny");
     let system = system_leaving(32, "hi");
     let mut p = spawn_chat(&[
         "--model",

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 use serde_json::Value;
@@ -186,23 +186,8 @@ fn sample(text: &str, series: &str) -> f64 {
 #[test]
 fn serve_logs_each_request_and_exposes_vllm_metrics() {
     let model = fixture("qwen3-tiny");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
-        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_owned();
+    let server = Server::start(&["--model", model.to_str().unwrap()]);
+    let addr = server.addr.clone();
     let request = serde_json::json!({
         "model": "qwen3-tiny",
         "prompt": "hello world",
@@ -230,15 +215,7 @@ fn serve_logs_each_request_and_exposes_vllm_metrics() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    child.kill().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    child.wait().unwrap();
+    let err = server.stop();
 
     for (series, want) in [
         ("vllm:prompt_tokens_total", prompt_tokens as f64),

@@ -158,22 +158,29 @@ pub fn check_greedy_jsonl(name: &str) -> Vec<Value> {
     lines
 }
 
-/// A `nanovllm serve` process on a free port, killed on drop.
+/// A `nanovllm serve` process on a free port, its stderr kept in a scratch file; killed on
+/// drop.
 pub struct Server {
     child: std::process::Child,
     /// `http://127.0.0.1:PORT`.
     pub base_url: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    log_dir: PathBuf,
 }
 
 impl Server {
-    /// Starts `nanovllm serve --port 0 <args…>` and waits for the address it prints on
-    /// stdout once it listens.
+    /// Starts `nanovllm serve --port 0 <args…>` (with no `RUST_LOG`) and waits for the
+    /// address it prints on stdout once it listens.
     pub fn start(args: &[&str]) -> Server {
         use std::io::BufRead;
+        let log_dir = scratch("server-log");
+        let log = std::fs::File::create(log_dir.join("stderr")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
             .args([&["serve", "--port", "0"][..], args].concat())
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("the nanovllm binary starts");
         let stdout = child.stdout.take().unwrap();
@@ -186,7 +193,20 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .unwrap_or_else(|| panic!("no address in the server's first line: {line:?}"))
             .to_string();
-        Server { child, base_url }
+        let addr = base_url.trim_start_matches("http://").to_string();
+        Server {
+            child,
+            base_url,
+            addr,
+            log_dir,
+        }
+    }
+
+    /// Stops the server; what it wrote on stderr.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(self.log_dir.join("stderr")).unwrap()
     }
 }
 
@@ -194,5 +214,45 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.log_dir);
     }
+}
+
+/// Runs `nanovllm <args…>` with `stdin` piped in.
+pub fn nanovllm_with_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nanovllm"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the nanovllm binary runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// What `nanovllm chat` should answer to `messages`: a greedy run of `llm` on the
+/// template's rendering of them, at most `max_tokens`, the fixture's eos honoured.
+pub fn expected_reply(
+    llm: &mut nanovllm_core::LLM,
+    template: &nanovllm_core::ChatTemplate,
+    messages: &[nanovllm_core::ChatMessage],
+    max_tokens: usize,
+) -> String {
+    let prompt = template
+        .render(messages, true, &serde_json::Map::new())
+        .unwrap();
+    llm.generate(
+        [prompt.as_str()],
+        nanovllm_core::SamplingParams::greedy(max_tokens),
+    )
+    .unwrap()
+    .remove(0)
+    .text
 }
