@@ -581,17 +581,7 @@ mod tests {
 
     #[test]
     fn dtype_takes_vllms_spellings() {
-        for (text, want) in [
-            ("auto", ModelDType::Auto),
-            ("bfloat16", ModelDType::Bfloat16),
-            ("bf16", ModelDType::Bfloat16),
-            ("float16", ModelDType::Float16),
-            ("f16", ModelDType::Float16),
-            ("half", ModelDType::Float16),
-            ("float32", ModelDType::Float32),
-            ("f32", ModelDType::Float32),
-            ("float", ModelDType::Float32),
-        ] {
+        for (text, want) in ModelDType::SPELLINGS {
             assert_eq!(engine_config_of(&["--dtype", text]).unwrap().dtype, want);
         }
         assert_eq!(engine_config_of(&[]).unwrap().dtype, ModelDType::Auto);

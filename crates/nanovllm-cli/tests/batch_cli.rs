@@ -12,20 +12,11 @@ use common::*;
 use nanovllm_core::{ChatMessage, ChatTemplate};
 use serde_json::{json, Map, Value};
 
-const ENGINE: [&str; 6] = [
-    "--device",
-    "cpu",
-    "--kvcache-block-size",
-    "16",
-    "--num-kvcache-blocks",
-    "64",
-];
-
 /// `nanovllm generate` on qwen3-tiny with `args`, `stdin` piped in.
 fn generate_with_stdin(args: &[&str], stdin: &str) -> Output {
     let model = fixture("qwen3-tiny");
     let base = ["generate", "--model", model.to_str().unwrap()];
-    nanovllm_with_stdin(&[&base[..], &ENGINE, args].concat(), stdin)
+    nanovllm_with_stdin(&[&base[..], &TINY_ENGINE, args].concat(), stdin)
 }
 
 /// Runs batch `lines` from a file, output on stdout; returns the exit code and the lines.
@@ -37,7 +28,7 @@ fn run_batch(lines: &[Value]) -> (Option<i32>, Vec<Value>) {
     let out = generate(
         &fixture("qwen3-tiny"),
         &[
-            &ENGINE[..],
+            &TINY_ENGINE[..],
             &["--input", input.to_str().unwrap(), "--output", "-"],
         ]
         .concat(),
@@ -91,7 +82,7 @@ fn simple_text(prompt: &str, max_tokens: usize) -> String {
     let out = generate(
         &fixture("qwen3-tiny"),
         &[
-            &ENGINE[..],
+            &TINY_ENGINE[..],
             &[
                 "--prompt",
                 prompt,
@@ -243,7 +234,7 @@ fn bad_lines_get_errors_while_the_others_complete() {
     let run = generate(
         &fixture("qwen3-tiny"),
         &[
-            &ENGINE[..],
+            &TINY_ENGINE[..],
             &[
                 "--input",
                 input.to_str().unwrap(),

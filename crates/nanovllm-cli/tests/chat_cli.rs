@@ -18,20 +18,11 @@ fn piped_chat_keeps_history_and_understands_commands() {
     let model = fixture("qwen3-tiny");
     let max_tokens = MAX_TOKENS.to_string();
     let args = [
-        "chat",
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--kvcache-block-size",
-        "16",
-        "--num-kvcache-blocks",
-        "64",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        &max_tokens,
-    ];
+        &["chat", "--model", model.to_str().unwrap()][..],
+        &TINY_ENGINE,
+        &["--temperature", "0", "--max-tokens", &max_tokens],
+    ]
+    .concat();
     let out = nanovllm_with_stdin(&args, script);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -128,9 +128,11 @@ pub fn load_model_with_progress(
             (arch.load)(config, &ProgressSource::new(&stored, whole, progress), ctx)
         }
         (LoadFormat::Safetensors, Some(dtype)) => {
+            // Progress counts the bytes read from the checkpoint, before conversion, so
+            // that it ends at the checkpoint's size.
             let stored = SafetensorsSource::open(dir)?;
-            let cast = CastSource::new(&stored, dtype);
-            (arch.load)(config, &ProgressSource::new(&cast, whole, progress), ctx)
+            let read = ProgressSource::new(&stored, whole, progress);
+            (arch.load)(config, &CastSource::new(&read, dtype), ctx)
         }
         (LoadFormat::Dummy, dtype) => {
             let source = DummySource::new(dtype.unwrap_or(config.dtype), DUMMY_SEED);

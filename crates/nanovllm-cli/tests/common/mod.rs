@@ -8,6 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
+/// Engine flags for the tiny fixtures: the CPU, 16-token blocks and a small fixed cache.
+pub const TINY_ENGINE: [&str; 6] = [
+    "--device",
+    "cpu",
+    "--kvcache-block-size",
+    "16",
+    "--num-kvcache-blocks",
+    "64",
+];
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures")

@@ -35,6 +35,20 @@ pub enum ModelDType {
 }
 
 impl ModelDType {
+    /// Every spelling accepted, by TOML (serde) and by `--dtype` (clap) alike: the two
+    /// parsers declare their aliases apart, and their tests check both against this list.
+    pub const SPELLINGS: [(&'static str, ModelDType); 9] = [
+        ("auto", ModelDType::Auto),
+        ("bfloat16", ModelDType::Bfloat16),
+        ("bf16", ModelDType::Bfloat16),
+        ("float16", ModelDType::Float16),
+        ("f16", ModelDType::Float16),
+        ("half", ModelDType::Float16),
+        ("float32", ModelDType::Float32),
+        ("f32", ModelDType::Float32),
+        ("float", ModelDType::Float32),
+    ];
+
     /// The explicit dtype, `None` for `auto`.
     pub fn explicit(self) -> Option<DType> {
         match self {
@@ -73,17 +87,7 @@ mod tests {
         struct T {
             dtype: ModelDType,
         }
-        for (text, want) in [
-            ("auto", ModelDType::Auto),
-            ("bfloat16", ModelDType::Bfloat16),
-            ("bf16", ModelDType::Bfloat16),
-            ("float16", ModelDType::Float16),
-            ("f16", ModelDType::Float16),
-            ("half", ModelDType::Float16),
-            ("float32", ModelDType::Float32),
-            ("f32", ModelDType::Float32),
-            ("float", ModelDType::Float32),
-        ] {
+        for (text, want) in ModelDType::SPELLINGS {
             let t: T = toml::from_str(&format!("dtype = \"{text}\"")).unwrap();
             assert_eq!(t.dtype, want, "{text}");
         }
