@@ -65,12 +65,12 @@ impl KvCacheDType {
     /// `kv_cache_memory_gib` holds twice the tokens, and it halves what decode attention
     /// reads. Measured with `nanovllm bench --model-config configs/qwen3-0.6b.json --threads 2
     /// --num-seqs 48 --min-input 16 --max-input 96 --min-output 8 --max-output 40` (2 GiB, 256-token
-    /// blocks, 2-core shared VM, 4 interleaved rounds, 2026-12-07): f32 holds 36 blocks, so
+    /// blocks, 2-core VM, 2026-12-07): f32 holds 36 blocks, so
     /// at most 36 sequences ran at once (mean decode batch 22.5, the cache 100 % full); bf16
     /// holds 73 and ran all of them (mean batch 28.3, peak cache use 66 %). Decode throughput,
-    /// bf16 over f32: 1.40×, 1.67×, 1.09× in the three quieter rounds (0.76× in one round
-    /// when other jobs held the cores). The golden tests pin f32 where they compare against
-    /// transformers' f32 math.
+    /// bf16 over f32, on the quiet host (release build, 2 interleaved rounds): 1.07×, 1.04×
+    /// (100.9 and 102.7 tok/s against 94.3 and 98.6); output throughput 1.11×, 1.10×. The
+    /// golden tests pin f32 where they compare against transformers' f32 math.
     pub fn dtype_on(self, _device: Device) -> DType {
         match self {
             KvCacheDType::F32 => DType::F32,
@@ -107,13 +107,12 @@ pub struct EngineConfig {
     /// Tokens per KV block: a power of two ≥ 16 (`--block-size`).
     ///
     /// The default stays 256 (nano-vLLM's) on the CPU too. Measured like
-    /// [`KvCacheDType::dtype_on`] with bf16 KV, decode tok/s in rounds 2–4: 256: 102,
-    /// 101, 103; 128: 98, 94, 48; 64: 49, 49, 50; 32: 51, 100, 49; 16: 56, 98, 50. Rates
-    /// cluster at ~50 or ~100 on that shared 2-core host (other jobs took a core), so no
-    /// smaller size was measurably faster, and only 256 never fell to ~50. Smaller blocks waste less of the cache on short sequences (peak use on
-    /// that workload: 66 % at 256, 19 % at 16), but with the bf16 cache 2 GiB already
-    /// holds 73 sequences of up to 256 tokens for Qwen3-0.6B; `--block-size 16` buys more
-    /// where many short sequences run at once.
+    /// [`KvCacheDType::dtype_on`] with bf16 KV on the quiet host (release build, 2
+    /// interleaved rounds), decode tok/s: 256: 100.9, 102.7; 64: 101.9, 95.9; 16: 98.7, 88.4.
+    /// No smaller size was faster in both rounds. Smaller blocks waste less of the cache on
+    /// short sequences (peak use on that workload: 66 % at 256, 19 % at 16), but with the
+    /// bf16 cache 2 GiB already holds 73 sequences of up to 256 tokens for Qwen3-0.6B;
+    /// `--block-size 16` buys more where many short sequences run at once.
     pub kvcache_block_size: usize,
     pub device: DeviceKind,
     /// KV-cache budget on the CPU, in GiB.
