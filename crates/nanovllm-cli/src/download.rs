@@ -13,6 +13,8 @@ use anyhow::anyhow;
 use clap::Args;
 use nanovllm_core::hub::{self, HubOptions, RepoId, Wanted, DEFAULT_REVISION};
 
+use crate::logging::{progress_hidden, Verbosity};
+
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// The model's id on the Hugging Face Hub, e.g. Qwen/Qwen3-0.6B.
@@ -25,8 +27,8 @@ pub struct DownloadArgs {
     pub local_dir: Option<PathBuf>,
 }
 
-/// Downloads, then prints the model directory; `Ok(true)` on success.
-pub fn run(args: DownloadArgs) -> anyhow::Result<bool> {
+/// Downloads, then prints the model directory; `Ok(true)` on success. `-q` hides the bars.
+pub fn run(args: DownloadArgs, verbosity: Verbosity) -> anyhow::Result<bool> {
     let repo = RepoId::parse(&args.repo_id).ok_or_else(|| {
         anyhow!(
             "`{}` is not a Hugging Face Hub model id: expected owner/name, e.g. Qwen/Qwen3-0.6B",
@@ -34,7 +36,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<bool> {
         )
     })?;
     let revision = args.revision.as_deref().unwrap_or(DEFAULT_REVISION);
-    let options = HubOptions::from_env();
+    let options = HubOptions::from_env().with_progress(!progress_hidden(verbosity));
     let dir = match &args.local_dir {
         Some(dir) => hub::download_to_dir(&repo, revision, dir, &options)?,
         // Online, ask the hub which commit the revision is now (a cached older commit is

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(*args),
         Command::Worker(args) => worker::run(args),
         Command::Completions(args) => completions::run(args),
-        Command::Download(args) => download::run(args),
+        Command::Download(args) => download::run(args, verbosity),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
