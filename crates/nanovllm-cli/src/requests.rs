@@ -50,6 +50,7 @@ pub fn params_from_flags(base: &SamplingParams, flags: &SamplingArgs) -> Samplin
         // A switch: it can turn ignore_eos on, never off.
         ignore_eos: flags.ignore_eos.then_some(true),
         stop_token_ids: None,
+        ..SamplingOverrides::default()
     }
     .over(base)
 }
@@ -81,6 +82,7 @@ fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> 
         seed: line.seed,
         ignore_eos: line.ignore_eos,
         stop_token_ids: None,
+        ..SamplingOverrides::default()
     }
     .over(defaults);
     Ok(Request { prompt, params })

@@ -26,6 +26,6 @@ pub use batch::{BatchKind, ScheduledBatch, ScheduledSeq};
 pub use block_hash::chained_block_hash;
 pub use block_manager::{BlockManager, BlockManagerStats};
 pub use error::SchedulerError;
-pub use params::{SamplingOverrides, SamplingParams};
+pub use params::{SamplingOverrides, SamplingParams, StructuredOutput};
 pub use scheduler::{FinishedSeq, Scheduler, SchedulerConfig, StepOutput};
 pub use sequence::{FinishReason, SeqId, Sequence, SequenceStatus};

@@ -25,6 +25,40 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// Seed of this request's own random stream; `None` draws from the engine's stream.
     pub seed: Option<u64>,
+    /// OpenAI's presence penalty, in [-2, 2]: subtracted once from the logit of every token
+    /// the output holds. 0 is off.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty, in [-2, 2]: subtracted from a token's logit once per
+    /// occurrence in the output. 0 is off.
+    pub frequency_penalty: f32,
+    /// vLLM's repetition penalty, > 0: the logit of every token in the prompt or the output
+    /// is divided by it when positive and multiplied by it when negative. 1 is off.
+    pub repetition_penalty: f32,
+    /// `(token id, bias)` added to the logits before sampling; biases in [-100, 100].
+    pub logit_bias: Vec<(u32, f32)>,
+    /// `Some(n)`: return the logprob of every prompt token after the first (the first has
+    /// none), with the `n` most likely alternatives at each position.
+    pub prompt_logprobs: Option<usize>,
+    /// Constrain the output to a grammar (JSON schema, regex, choice, Lark).
+    pub structured_output: Option<StructuredOutput>,
+}
+
+/// What a constrained request's output must match. Compiled by the engine (llguidance);
+/// a grammar that does not compile is refused when the request is added.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// A JSON document valid under `schema` (JSON text of a JSON Schema). `strict` is
+    /// OpenAI's flag: `true` allows no properties beyond those the schema lists.
+    JsonSchema { schema: String, strict: bool },
+    /// Text matching a regular expression (vLLM's `regex` / `guided_regex`).
+    Regex(String),
+    /// Exactly one of these strings (vLLM's `choice` / `guided_choice`).
+    Choice(Vec<String>),
+    /// A Lark grammar in llguidance's dialect (vLLM's `grammar` / `guided_grammar`).
+    Lark(String),
 }
 
 impl Default for SamplingParams {
@@ -38,6 +72,12 @@ impl Default for SamplingParams {
             ignore_eos: false,
             stop_token_ids: Vec::new(),
             seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
+            prompt_logprobs: None,
+            structured_output: None,
         }
     }
 }
@@ -81,6 +121,32 @@ impl SamplingParams {
         if self.max_tokens == 0 {
             return bad("max_tokens", "0".into(), "an integer >= 1");
         }
+        for (field, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&value) {
+                return bad(field, value.to_string(), "a number in [-2, 2] (0 is off)");
+            }
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(
+                "repetition_penalty",
+                self.repetition_penalty.to_string(),
+                "a finite number > 0 (1 is off)",
+            );
+        }
+        if let Some(&(id, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, bias)| !(-100.0..=100.0).contains(bias))
+        {
+            return bad(
+                "logit_bias",
+                format!("{bias} for token {id}"),
+                "biases in [-100, 100]",
+            );
+        }
         Ok(())
     }
 }
@@ -100,6 +166,12 @@ pub struct SamplingOverrides {
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub seed: Option<u64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub logit_bias: Option<Vec<(u32, f32)>>,
+    pub prompt_logprobs: Option<usize>,
+    pub structured_output: Option<StructuredOutput>,
 }
 
 impl SamplingOverrides {
@@ -115,6 +187,12 @@ impl SamplingOverrides {
             ignore_eos,
             stop_token_ids,
             seed,
+            presence_penalty,
+            frequency_penalty,
+            repetition_penalty,
+            logit_bias,
+            prompt_logprobs,
+            structured_output,
         } = self;
         if let Some(v) = *temperature {
             params.temperature = v;
@@ -139,6 +217,24 @@ impl SamplingOverrides {
         }
         if seed.is_some() {
             params.seed = *seed;
+        }
+        if let Some(v) = *presence_penalty {
+            params.presence_penalty = v;
+        }
+        if let Some(v) = *frequency_penalty {
+            params.frequency_penalty = v;
+        }
+        if let Some(v) = *repetition_penalty {
+            params.repetition_penalty = v;
+        }
+        if let Some(v) = logit_bias {
+            params.logit_bias.clone_from(v);
+        }
+        if prompt_logprobs.is_some() {
+            params.prompt_logprobs = *prompt_logprobs;
+        }
+        if structured_output.is_some() {
+            params.structured_output.clone_from(structured_output);
         }
     }
 
@@ -165,6 +261,12 @@ mod tests {
             ignore_eos: true,
             stop_token_ids: vec![9],
             seed: Some(1),
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            repetition_penalty: 1.5,
+            logit_bias: vec![(1, 2.0)],
+            prompt_logprobs: Some(1),
+            structured_output: Some(StructuredOutput::JsonObject),
         }
     }
 
@@ -178,6 +280,12 @@ mod tests {
             ignore_eos: Some(false),
             stop_token_ids: Some(vec![3, 4]),
             seed: Some(42),
+            presence_penalty: Some(-1.0),
+            frequency_penalty: Some(1.0),
+            repetition_penalty: Some(1.1),
+            logit_bias: Some(vec![(7, -5.0)]),
+            prompt_logprobs: Some(0),
+            structured_output: Some(StructuredOutput::Regex("a+".into())),
         }
     }
 
@@ -199,6 +307,12 @@ mod tests {
                 ignore_eos: false,
                 stop_token_ids: vec![3, 4],
                 seed: Some(42),
+                presence_penalty: -1.0,
+                frequency_penalty: 1.0,
+                repetition_penalty: 1.1,
+                logit_bias: vec![(7, -5.0)],
+                prompt_logprobs: Some(0),
+                structured_output: Some(StructuredOutput::Regex("a+".into())),
             }
         );
     }
@@ -239,6 +353,30 @@ mod tests {
                 seed: set.seed,
                 ..Default::default()
             },
+            SamplingOverrides {
+                presence_penalty: set.presence_penalty,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                frequency_penalty: set.frequency_penalty,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                repetition_penalty: set.repetition_penalty,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                logit_bias: set.logit_bias.clone(),
+                ..Default::default()
+            },
+            SamplingOverrides {
+                prompt_logprobs: set.prompt_logprobs,
+                ..Default::default()
+            },
+            SamplingOverrides {
+                structured_output: set.structured_output.clone(),
+                ..Default::default()
+            },
         ];
         // Applying the single-field overrides one after another equals applying all at once,
         // and each changes exactly one field of the base.
@@ -255,9 +393,70 @@ mod tests {
                 before.ignore_eos != params.ignore_eos,
                 before.stop_token_ids != params.stop_token_ids,
                 before.seed != params.seed,
+                before.presence_penalty != params.presence_penalty,
+                before.frequency_penalty != params.frequency_penalty,
+                before.repetition_penalty != params.repetition_penalty,
+                before.logit_bias != params.logit_bias,
+                before.prompt_logprobs != params.prompt_logprobs,
+                before.structured_output != params.structured_output,
             ];
             assert_eq!(changed.iter().filter(|&&c| c).count(), 1, "{single:?}");
         }
         assert_eq!(params, set.over(&base()));
+    }
+
+    #[test]
+    fn penalties_and_biases_out_of_range_are_refused() {
+        let field = |p: SamplingParams| match p.validate() {
+            Err(SchedulerError::InvalidSamplingParam { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        let ok = SamplingParams {
+            presence_penalty: -2.0,
+            frequency_penalty: 2.0,
+            repetition_penalty: 0.5,
+            logit_bias: vec![(0, -100.0), (1, 100.0)],
+            ..SamplingParams::default()
+        };
+        ok.validate().unwrap();
+        for (p, want) in [
+            (
+                SamplingParams {
+                    presence_penalty: 2.5,
+                    ..ok.clone()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: f32::NAN,
+                    ..ok.clone()
+                },
+                "frequency_penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..ok.clone()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: f32::INFINITY,
+                    ..ok.clone()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(3, 100.5)],
+                    ..ok.clone()
+                },
+                "logit_bias",
+            ),
+        ] {
+            assert_eq!(field(p), want);
+        }
     }
 }

@@ -122,6 +122,9 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<usize>,
     /// Passed to the chat template as is (its `tools` variable).
     pub tools: Option<Json>,
+    /// `"none"`, `"auto"`, `"required"` or `{"type": "function", "function": {"name": …}}`.
+    #[allow(dead_code)] // read by the tool-call work in progress
+    pub tool_choice: Option<Json>,
     /// Extra chat-template variables (e.g. `{"enable_thinking": false}`).
     pub chat_template_kwargs: Option<Map<String, Json>>,
     /// Shorthand for `chat_template_kwargs.enable_thinking`.
@@ -139,6 +142,7 @@ pub const CHAT_FIELDS: &[&str] = &[
     "logprobs",
     "top_logprobs",
     "tools",
+    "tool_choice",
     "chat_template_kwargs",
     "enable_thinking",
     "add_generation_prompt",

@@ -90,6 +90,7 @@ pub fn build(
         seed: fields.seed,
         ignore_eos: fields.ignore_eos,
         stop_token_ids: fields.stop_token_ids.clone(),
+        ..SamplingOverrides::default()
     }
     .over(defaults);
     for (name, value) in [
