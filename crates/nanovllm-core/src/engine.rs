@@ -91,6 +91,10 @@ pub struct RequestOutput {
     pub num_cached_tokens: usize,
     /// Set when the engine aborted the request itself (e.g. it can never fit the KV cache).
     pub error: Option<String>,
+    /// With [`SamplingParams::prompt_logprobs`]: one entry per prompt token, `None` for the
+    /// first (nothing precedes it), then each token's logprob given the tokens before it
+    /// and the most likely alternatives there. `None` when the request did not ask.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
 }
 
 /// What one `step()` produced.
@@ -111,6 +115,11 @@ pub struct StepOutputs {
     /// `(request, logprobs)` for every new token of a request added with
     /// [`LLMEngine::add_request_with_logprobs`], in batch order.
     pub logprobs: Vec<(RequestId, TokenLogprobs)>,
+    /// `(request, prompt logprobs)` for every request with
+    /// [`SamplingParams::prompt_logprobs`] whose prompt was completed in this step, in the
+    /// shape of [`RequestOutput::prompt_logprobs`]: given once per request, before or with
+    /// its first token.
+    pub prompt_logprobs: Vec<(RequestId, Vec<Option<TokenLogprobs>>)>,
 }
 
 /// Where one step's time went, split at the engine's calls into the scheduler and the
@@ -820,6 +829,7 @@ impl LLMEngine {
             finish_reason: f.finish_reason,
             num_cached_tokens: f.num_cached_tokens,
             error,
+            prompt_logprobs: None,
         })
     }
 }
