@@ -86,13 +86,36 @@ impl Tokenizer {
 
     /// Token ids of `text`, with the tokenizer's special tokens added as HF does by default.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode(text, true).map_err(|e| self.error(e))?;
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text`; `add_special_tokens: false` leaves out what the tokenizer's
+    /// post-processor adds (a BOS token, say), as HF's `add_special_tokens=False`.
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.error(e))?;
         Ok(encoding.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| self.error(e))
+        self.decode_with(ids, true)
+    }
+
+    /// Text of `ids`; `skip_special_tokens: false` keeps special tokens' text (HF's default
+    /// for `decode`).
+    pub fn decode_with(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| self.error(e))
+    }
+
+    /// The vocabulary entry of `id` as the tokenizer spells it (byte-level BPE: `Ġ` for a
+    /// space), HF's `convert_ids_to_tokens`; `None` past the vocabulary.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The id of tokenizer_config.json's `eos_token`, if it names one.
