@@ -176,3 +176,13 @@ def server():
 @pytest.fixture(scope="session")
 def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+
+
+def post_json(server: "Server", path: str, body: dict, api_key: str | None = API_KEY) -> tuple[int, dict]:
+    """POST a JSON body to `path` of `server` (with the API key unless `api_key=None`):
+    (status, parsed body)."""
+    headers = {"Content-Type": "application/json"}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    status, text = http("POST", f"{server.url}{path}", json.dumps(body).encode(), headers)
+    return status, json.loads(text)

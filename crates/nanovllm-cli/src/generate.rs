@@ -65,7 +65,11 @@ pub fn run(args: GenerateArgs, verbosity: Verbosity) -> anyhow::Result<bool> {
     // Read lazily: each request becomes token ids (or its error) as it is read, so a large
     // input file is never held in memory as text.
     let requests: Box<dyn Iterator<Item = anyhow::Result<Result<Request, String>>>> = match input {
-        Some(input) => Box::new(simple_requests(input.lines, defaults.clone())),
+        Some(input) => Box::new(simple_requests(
+            input.lines,
+            defaults.clone(),
+            engine.model_config().vocab_size,
+        )),
         None => Box::new(args.prompts.iter().map(|p| {
             Ok(Ok(Request {
                 prompt: Prompt::Text(p.clone()),

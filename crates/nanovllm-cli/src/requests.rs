@@ -6,13 +6,17 @@
 //! format than the first line's is a bad line. A JSONL line that cannot be
 //! parsed becomes an error entry for its index; the other lines still run.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
 use nanovllm_core::{Prompt, SamplingOverrides, SamplingParams};
 use serde::Deserialize;
+use serde_json::Value as Json;
 
 use crate::args::SamplingArgs;
+use crate::serve::sampling::parse_logit_bias;
+use crate::serve::structured_output::from_structured_outputs;
 
 /// One request as read from the input, before the engine validates it.
 #[derive(Debug, Clone)]
@@ -34,6 +38,13 @@ struct Line {
     min_p: Option<f32>,
     seed: Option<u64>,
     ignore_eos: Option<bool>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    /// `{"token id": bias}`, as the server reads it.
+    logit_bias: Option<BTreeMap<String, f32>>,
+    /// vLLM's `structured_outputs` object, as the server reads it.
+    structured_outputs: Option<Json>,
 }
 
 /// Applies the sampling flags over `base` (the model's generation defaults).
@@ -55,7 +66,7 @@ pub fn params_from_flags(base: &SamplingParams, flags: &SamplingArgs) -> Samplin
     .over(base)
 }
 
-fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> {
+fn parse_line(text: &str, defaults: &SamplingParams, vocab_size: usize) -> Result<Request, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| {
         if is_batch_line(text) {
             "this line is in the OpenAI batch format, but the input's first line is in the \
@@ -82,6 +93,19 @@ fn parse_line(text: &str, defaults: &SamplingParams) -> Result<Request, String> 
         seed: line.seed,
         ignore_eos: line.ignore_eos,
         stop_token_ids: None,
+        presence_penalty: line.presence_penalty,
+        frequency_penalty: line.frequency_penalty,
+        repetition_penalty: line.repetition_penalty,
+        logit_bias: line
+            .logit_bias
+            .map(|biases| parse_logit_bias(&biases, vocab_size))
+            .transpose()
+            .map_err(|e| e.to_string())?,
+        structured_output: line
+            .structured_outputs
+            .map(|object| from_structured_outputs(&object))
+            .transpose()
+            .map_err(|e| e.to_string())?,
         ..SamplingOverrides::default()
     }
     .over(defaults);
@@ -148,12 +172,14 @@ pub fn is_batch_line(text: &str) -> bool {
     )
 }
 
-/// The simple format's requests of `lines`, each a request or the reason it is bad.
+/// The simple format's requests of `lines` for a model of `vocab_size` tokens, each a
+/// request or the reason it is bad.
 pub fn simple_requests(
     lines: InputLines,
     defaults: SamplingParams,
+    vocab_size: usize,
 ) -> impl Iterator<Item = anyhow::Result<Result<Request, String>>> {
-    lines.map(move |line| line.map(|(_, text)| parse_line(&text, &defaults)))
+    lines.map(move |line| line.map(|(_, text)| parse_line(&text, &defaults, vocab_size)))
 }
 
 /// The lines of `reader` that are not blank, numbered from 1, read lazily: only one line is
@@ -185,16 +211,24 @@ pub fn non_blank_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nanovllm_core::StructuredOutput;
+
+    const VOCAB: usize = 1000;
 
     #[test]
     fn text_and_token_lines_with_overrides() {
         let d = SamplingParams::greedy(8);
-        let r = parse_line(r#"{"prompt": "hi", "max_tokens": 3, "seed": 7}"#, &d).unwrap();
+        let r = parse_line(r#"{"prompt": "hi", "max_tokens": 3, "seed": 7}"#, &d, VOCAB).unwrap();
         assert_eq!(r.prompt, Prompt::Text("hi".into()));
         assert_eq!(r.params.max_tokens, 3);
         assert_eq!(r.params.seed, Some(7));
         assert_eq!(r.params.temperature, 0.0);
-        let r = parse_line(r#"{"prompt_token_ids": [1, 2], "temperature": 0.5}"#, &d).unwrap();
+        let r = parse_line(
+            r#"{"prompt_token_ids": [1, 2], "temperature": 0.5}"#,
+            &d,
+            VOCAB,
+        )
+        .unwrap();
         assert_eq!(r.prompt, Prompt::TokenIds(vec![1, 2]));
         assert_eq!(r.params.temperature, 0.5);
         assert_eq!(r.params.max_tokens, 8);
@@ -202,7 +236,7 @@ mod tests {
 
     fn parsed(text: &'static str, d: &SamplingParams) -> Vec<Result<Request, String>> {
         let lines: InputLines = Box::new(non_blank_lines(text.as_bytes(), "in.jsonl".into()));
-        simple_requests(lines, d.clone())
+        simple_requests(lines, d.clone(), VOCAB)
             .map(|e| e.unwrap())
             .collect()
     }
@@ -244,6 +278,7 @@ mod tests {
         let err = parse_line(
             r#"{"custom_id": "a", "url": "/v1/completions", "body": {}}"#,
             &SamplingParams::default(),
+            VOCAB,
         )
         .unwrap_err();
         assert!(err.contains("one input holds one format"), "{err}");
@@ -252,13 +287,66 @@ mod tests {
     #[test]
     fn bad_lines_explain_themselves() {
         let d = SamplingParams::default();
-        let err = parse_line(r#"{"prompt": "a", "prompt_token_ids": [1]}"#, &d).unwrap_err();
+        let err = parse_line(r#"{"prompt": "a", "prompt_token_ids": [1]}"#, &d, VOCAB).unwrap_err();
         assert!(err.contains("not both"), "{err}");
-        assert!(parse_line("{}", &d).unwrap_err().contains("missing"));
-        assert!(parse_line("{not json", &d)
+        assert!(parse_line("{}", &d, VOCAB).unwrap_err().contains("missing"));
+        assert!(parse_line("{not json", &d, VOCAB)
             .unwrap_err()
             .contains("invalid JSON"));
-        let err = parse_line(r#"{"prompt": "a", "max_token": 3}"#, &d).unwrap_err();
+        let err = parse_line(r#"{"prompt": "a", "max_token": 3}"#, &d, VOCAB).unwrap_err();
         assert!(err.contains("max_token"), "{err}");
+    }
+
+    #[test]
+    fn penalties_biases_and_structured_outputs() {
+        let d = SamplingParams::default();
+        let r = parse_line(
+            r#"{"prompt": "a", "presence_penalty": 0.5, "frequency_penalty": -1,
+                "repetition_penalty": 1.3, "logit_bias": {"42": -100, "7": 3},
+                "structured_outputs": {"json": {"type": "integer"}}}"#,
+            &d,
+            VOCAB,
+        )
+        .unwrap();
+        assert_eq!(r.params.presence_penalty, 0.5);
+        assert_eq!(r.params.frequency_penalty, -1.0);
+        assert_eq!(r.params.repetition_penalty, 1.3);
+        assert_eq!(r.params.logit_bias, vec![(7, 3.0), (42, -100.0)]);
+        assert_eq!(
+            r.params.structured_output,
+            Some(StructuredOutput::JsonSchema {
+                schema: r#"{"type":"integer"}"#.into(),
+                strict: false
+            })
+        );
+        let r = parse_line(
+            r#"{"prompt": "a", "structured_outputs": {"choice": ["x", "y"]}}"#,
+            &d,
+            VOCAB,
+        )
+        .unwrap();
+        assert_eq!(
+            r.params.structured_output,
+            Some(StructuredOutput::Choice(vec!["x".into(), "y".into()]))
+        );
+        // The server's messages, for the same mistakes.
+        for (line, says) in [
+            (
+                r#"{"prompt": "a", "logit_bias": {"1000": 1}}"#,
+                "out of range",
+            ),
+            (r#"{"prompt": "a", "logit_bias": {"a": 1}}"#, "token ids"),
+            (
+                r#"{"prompt": "a", "structured_outputs": {"regex": "a", "choice": ["b"]}}"#,
+                "one constraint",
+            ),
+            (
+                r#"{"prompt": "a", "structured_outputs": {"json": "{"}}"#,
+                "not the JSON text",
+            ),
+        ] {
+            let err = parse_line(line, &d, VOCAB).unwrap_err();
+            assert!(err.contains(says), "{line}: {err}");
+        }
     }
 }

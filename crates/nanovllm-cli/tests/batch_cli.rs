@@ -198,7 +198,7 @@ fn bad_lines_get_errors_while_the_others_complete() {
             "schema",
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": "hi"}],
-                   "response_format": {"type": "json_object"}}),
+                   "response_format": {"type": "json_schema"}}),
         ),
         line(
             "hot",
@@ -257,11 +257,11 @@ fn bad_lines_get_errors_while_the_others_complete() {
     assert!(message.starts_with("line 3: invalid JSON"), "{message}");
     // Refused by the endpoint: the server's error body, and `error` too.
     let message = failed(&out[3], Some("schema"), "invalid_request_error");
-    assert!(message.contains("structured output"), "{message}");
+    assert!(message.contains("needs `json_schema`"), "{message}");
     assert_eq!(out[3]["response"]["status_code"], 400);
     assert_eq!(
         out[3]["response"]["body"]["error"]["param"],
-        "response_format"
+        "response_format.json_schema"
     );
     let message = failed(&out[4], Some("hot"), "invalid_request_error");
     assert!(message.contains("temperature"), "{message}");

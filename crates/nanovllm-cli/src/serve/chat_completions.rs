@@ -60,7 +60,13 @@ pub async fn handle(
         ));
     }
     let num_top = want_logprobs.then(|| request.top_logprobs.unwrap_or(0));
-    let sampling = sampling::build(&state.defaults, &fields, max_tokens, num_top)?;
+    let sampling = sampling::build(
+        &state.defaults,
+        &fields,
+        max_tokens,
+        num_top,
+        state.vocab_size,
+    )?;
     let generated = generate(
         &state,
         Api::Chat,
@@ -68,6 +74,7 @@ pub async fn handle(
         &sampling,
         &fields,
         want_logprobs,
+        None,
     );
     let (outputs, usage) = match generated.await? {
         Generated::Streamed(response) => return Ok(response),
@@ -100,6 +107,23 @@ pub async fn handle(
 
 /// The request's messages through the chat template, tokenized.
 fn render_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
+    let text = render_text(state, request)?;
+    let ids = state
+        .tokenizer
+        .encode(&text)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the chat: {e}")))?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "the chat template rendered an empty prompt",
+        ));
+    }
+    Ok(ids)
+}
+
+/// The request's messages through the chat template (also `/tokenize`'s messages form),
+/// refused when longer than any prompt that fits.
+pub fn render_text(state: &AppState, request: &ChatCompletionRequest) -> Result<String, ApiError> {
     let template = state.chat_template.as_ref().ok_or_else(|| ApiError::InvalidField {
         param: None,
         message: "this model has no chat template (no `chat_template` in tokenizer_config.json, no chat_template.jinja): pass --chat-template FILE (to serve or generate), or use /v1/completions".into(),
@@ -133,17 +157,7 @@ fn render_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Ve
     if text.len() > state.max_prompt_bytes {
         return Err(prompt_too_many_bytes(state, text.len()));
     }
-    let ids = state
-        .tokenizer
-        .encode(&text)
-        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the chat: {e}")))?;
-    if ids.is_empty() {
-        return Err(ApiError::invalid(
-            "messages",
-            "the chat template rendered an empty prompt",
-        ));
-    }
-    Ok(ids)
+    Ok(text)
 }
 
 /// Checks one message and flattens its content to a string.

@@ -6,6 +6,9 @@
 //!
 //! Text prompts longer than `AppState::max_prompt_bytes` are refused before
 //! tokenizing; the others are tokenized on the [`CpuPool`](super::cpu_pool::CpuPool).
+//!
+//! `echo: true` starts each choice with its prompt (see [`Echo`]); with
+//! `logprobs` it asks the engine for the prompt's logprobs too.
 
 use std::sync::Arc;
 
@@ -17,6 +20,7 @@ use axum::Json as JsonResponse;
 use nanovllm_core::RequestError;
 use serde_json::Value as Json;
 
+use super::echo::{self, Echo};
 use super::errors::ApiError;
 use super::generation::{generate, resolve_max_tokens, Generated};
 use super::logprobs_format::completion_logprobs;
@@ -39,22 +43,41 @@ pub async fn handle(
     let fields: SamplingFields = request_body::typed(&body)?;
     drop(body);
     check_model(&state, request.model.as_deref())?;
-    if request.echo == Some(true) {
-        return Err(ApiError::invalid(
-            "echo",
-            "echo is not supported by this server: leave it out or set it to false",
-        ));
-    }
     check_prompt_bytes(&state, &request.prompt)?;
     let prompt = std::mem::take(&mut request.prompt);
+    let echo = request.echo.unwrap_or(false);
     let shared = state.clone();
-    let prompts = state
+    let (prompts, texts) = state
         .cpu
-        .run(move || tokenize_prompts(&shared, &prompt))
+        .run(move || -> Result<_, ApiError> {
+            let prompts = tokenize_prompts(&shared, &prompt)?;
+            let texts = if echo {
+                prompt_texts(&shared, &prompt, &prompts)?
+            } else {
+                Vec::new()
+            };
+            Ok((prompts, texts))
+        })
         .await??;
     let max_tokens = resolve_max_tokens(&state, request.max_tokens, &prompts)?;
-    let sampling = sampling::build(&state.defaults, &fields, max_tokens, request.logprobs)?;
+    let mut sampling = sampling::build(
+        &state.defaults,
+        &fields,
+        max_tokens,
+        request.logprobs,
+        state.vocab_size,
+    )?;
     let want_logprobs = request.logprobs.is_some();
+    let echo = echo.then(|| {
+        if want_logprobs {
+            sampling.params.prompt_logprobs = request.logprobs;
+        }
+        Echo::new(
+            texts.into_iter().zip(prompts.iter().cloned()).collect(),
+            sampling.n,
+            request.logprobs,
+        )
+    });
     let generated = generate(
         &state,
         Api::Completions,
@@ -62,6 +85,7 @@ pub async fn handle(
         &sampling,
         &fields,
         want_logprobs,
+        echo.clone(),
     );
     let (outputs, usage) = match generated.await? {
         Generated::Streamed(response) => return Ok(response),
@@ -70,12 +94,30 @@ pub async fn handle(
     let choices = outputs
         .into_iter()
         .enumerate()
-        .map(|(index, o)| CompletionChoice {
-            index,
-            logprobs: want_logprobs
-                .then(|| completion_logprobs(&state.tokenizer, &o.logprobs, 0).0),
-            text: o.text,
-            finish_reason: Some(o.finish_reason),
+        .map(|(index, o)| {
+            let (text, logprobs) = match &echo {
+                None => (
+                    o.text,
+                    want_logprobs.then(|| completion_logprobs(&state.tokenizer, &o.logprobs, 0).0),
+                ),
+                Some(echo) => {
+                    let prompt_logprobs = o.prompt_logprobs.unwrap_or_default();
+                    let logprobs = echo
+                        .logprobs(&state.tokenizer, index, &prompt_logprobs)
+                        .map(|(head, offset)| {
+                            let (tail, _) =
+                                completion_logprobs(&state.tokenizer, &o.logprobs, offset);
+                            echo::concat(head, tail)
+                        });
+                    (format!("{}{}", echo.text(index), o.text), logprobs)
+                }
+            };
+            CompletionChoice {
+                index,
+                logprobs,
+                text,
+                finish_reason: Some(o.finish_reason),
+            }
         })
         .collect();
     Ok(JsonResponse(Completion {
@@ -114,6 +156,32 @@ pub fn prompt_too_many_bytes(state: &AppState, bytes: usize) -> ApiError {
     ApiError::PromptTooLong {
         message: refusal.to_string(),
     }
+}
+
+/// The text each prompt echoes: a text prompt as given, a token-id prompt decoded
+/// with its special tokens.
+fn prompt_texts(
+    state: &AppState,
+    prompt: &Json,
+    prompts: &[Vec<u32>],
+) -> Result<Vec<String>, ApiError> {
+    let given: Vec<&str> = match prompt {
+        Json::String(text) => vec![text],
+        Json::Array(items) => items.iter().filter_map(Json::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if given.len() == prompts.len() {
+        return Ok(given.into_iter().map(str::to_string).collect());
+    }
+    prompts
+        .iter()
+        .map(|ids| {
+            state
+                .tokenizer
+                .decode_with(ids, false)
+                .map_err(|e| ApiError::invalid("prompt", format!("cannot decode the prompt: {e}")))
+        })
+        .collect()
 }
 
 /// The prompts of `prompt`, as token ids.

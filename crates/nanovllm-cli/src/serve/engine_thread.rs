@@ -498,6 +498,13 @@ impl EngineLoop {
             .collect();
         let mut logprobs: HashMap<RequestId, _> = out.logprobs.into_iter().collect();
         let mut ended = Vec::new();
+        // Before the tokens: the prompt's logprobs come before or with the first token. (A
+        // handler that is gone is noticed at that token.)
+        for (id, prompt_logprobs) in out.prompt_logprobs {
+            if let Some(tracked) = self.tracked.get(&id) {
+                tracked.on_prompt_logprobs(prompt_logprobs);
+            }
+        }
         if let Some(tokenizer) = self.engine.tokenizer() {
             for (id, token) in out.new_tokens {
                 let Some(tracked) = self.tracked.get_mut(&id) else {

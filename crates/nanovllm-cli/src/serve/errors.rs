@@ -26,7 +26,7 @@ pub enum ApiError {
     Unauthorized,
     #[error("the model `{requested}` does not exist: this server serves `{served}` (see GET /v1/models)")]
     ModelNotFound { requested: String, served: String },
-    #[error("no route for {method} {path}: see the README for the endpoints (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)")]
+    #[error("no route for {method} {path}: see the README for the endpoints (/v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /version, /health, /metrics)")]
     RouteNotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },

@@ -23,6 +23,7 @@ use axum::response::Response;
 use nanovllm_core::{RequestId, TokenLogprobs};
 use tokio::sync::mpsc;
 
+use super::echo::Echo;
 use super::engine_thread::{EngineHandle, SeqRequest};
 use super::errors::ApiError;
 use super::openai_types::{SamplingFields, Usage};
@@ -192,6 +193,7 @@ fn filter_stop_strings(
             }
             let mut out = Vec::with_capacity(2);
             match event {
+                SeqEvent::PromptLogprobs(_) => out.push(event),
                 SeqEvent::Token {
                     text,
                     token_id,
@@ -237,6 +239,8 @@ fn filter_stop_strings(
 /// One finished choice of a non-streamed answer.
 #[derive(Clone, Debug, Default)]
 pub struct ChoiceOutput {
+    /// With `SamplingParams::prompt_logprobs`: the prompt's logprobs.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
     pub text: String,
     pub token_ids: Vec<u32>,
     pub logprobs: Vec<TokenLogprobs>,
@@ -256,6 +260,7 @@ pub async fn collect(mut submission: Submission) -> Result<Vec<ChoiceOutput>, Ap
             continue;
         };
         match event {
+            SeqEvent::PromptLogprobs(logprobs) => out.prompt_logprobs = Some(logprobs),
             SeqEvent::Token {
                 text,
                 token_id,
@@ -290,7 +295,9 @@ pub enum Generated {
 }
 
 /// Submits the prompts and either streams the answer (`fields.stream`) or waits for it.
-/// Shared by both endpoints; they differ only in how they shape choices.
+/// Shared by both endpoints; they differ only in how they shape choices. `echo`
+/// (completions only) starts each streamed choice with its prompt; a finished answer
+/// leaves that to the handler.
 pub async fn generate(
     state: &AppState,
     api: Api,
@@ -298,6 +305,7 @@ pub async fn generate(
     sampling: &Sampling,
     fields: &SamplingFields,
     want_logprobs: bool,
+    echo: Option<Echo>,
 ) -> Result<Generated, ApiError> {
     let include_usage = fields
         .stream_options
@@ -309,7 +317,8 @@ pub async fn generate(
     let submission = submit(state, prompts, sampling, stops).await?;
     if fields.stream.unwrap_or(false) {
         let num_choices = submission.num_choices;
-        let writer = ChunkWriter::new(api, state, include_usage, want_logprobs, num_choices);
+        let mut writer = ChunkWriter::new(api, state, include_usage, want_logprobs, num_choices);
+        writer.echo = echo;
         return Ok(Generated::Streamed(sse_response(submission, writer)));
     }
     let num_prompt_tokens = submission.num_prompt_tokens();

@@ -31,26 +31,52 @@ fn token_text(tokenizer: &Tokenizer, token_id: u32) -> String {
 pub fn completion_logprobs(
     tokenizer: &Tokenizer,
     logprobs: &[TokenLogprobs],
-    mut offset: usize,
+    offset: usize,
 ) -> (CompletionLogprobs, usize) {
     let mut out = CompletionLogprobs::default();
-    for lp in logprobs {
-        let token = token_text(tokenizer, lp.token_id);
+    let offset = logprobs.iter().fold(offset, |offset, lp| {
+        push_completion_entry(
+            &mut out,
+            tokenizer,
+            lp.token_id,
+            Some(lp),
+            usize::MAX,
+            offset,
+        )
+    });
+    (out, offset)
+}
+
+/// Appends one token's entry to `out`: `logprobs` `None` (the first token of an echoed
+/// prompt) gives null logprobs; at most `num_top` alternatives are listed. Returns the
+/// text offset after the token.
+pub fn push_completion_entry(
+    out: &mut CompletionLogprobs,
+    tokenizer: &Tokenizer,
+    token_id: u32,
+    logprobs: Option<&TokenLogprobs>,
+    num_top: usize,
+    offset: usize,
+) -> usize {
+    let token = token_text(tokenizer, token_id);
+    let top = logprobs.map(|lp| {
         let mut top = Map::new();
         // Most likely first: when two tokens share a string, the likelier one stays.
-        for alt in &lp.top {
+        for alt in lp.top.iter().take(num_top) {
             top.entry(token_text(tokenizer, alt.token_id))
                 .or_insert_with(|| Json::from(finite(alt.logprob) as f64));
         }
         top.entry(token.clone())
             .or_insert_with(|| Json::from(finite(lp.logprob) as f64));
-        out.text_offset.push(offset);
-        offset += token.len();
-        out.tokens.push(token);
-        out.token_logprobs.push(finite(lp.logprob) as f64);
-        out.top_logprobs.push(top);
-    }
-    (out, offset)
+        top
+    });
+    out.text_offset.push(offset);
+    let next = offset + token.len();
+    out.tokens.push(token);
+    out.token_logprobs
+        .push(logprobs.map(|lp| finite(lp.logprob) as f64));
+    out.top_logprobs.push(top);
+    next
 }
 
 /// The chat `logprobs.content` list.

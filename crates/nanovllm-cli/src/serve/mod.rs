@@ -24,6 +24,7 @@
 pub mod chat_completions;
 pub mod completions;
 mod cpu_pool;
+mod echo;
 pub mod engine_thread;
 pub mod errors;
 mod generation;
@@ -34,11 +35,13 @@ pub mod metrics;
 pub mod openai_types;
 mod request_body;
 pub mod routes;
-mod sampling;
+pub(crate) mod sampling;
 pub mod state;
 mod stats_log;
 mod stop_strings;
 mod streaming;
+pub(crate) mod structured_output;
+pub mod tokenize;
 pub mod tracked;
 
 #[cfg(test)]

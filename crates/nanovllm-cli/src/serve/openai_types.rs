@@ -6,6 +6,7 @@
 //! checked by the handlers with messages that name the field. Responses are
 //! plain `Serialize` structs whose field names are OpenAI's.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,14 +54,41 @@ pub struct SamplingFields {
     pub stop_token_ids: Option<Vec<u32>>,
     pub n: Option<usize>,
     pub ignore_eos: Option<bool>,
-    /// Accepted only as 0 (penalties are not implemented).
+    /// OpenAI's penalties on the generated tokens, in [-2, 2].
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// vLLM's penalty on prompt and generated tokens, > 0 (1 is off).
+    pub repetition_penalty: Option<f32>,
+    /// `{"token id": bias}`, biases in [-100, 100] (checked by `sampling::parse_logit_bias`).
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// Accepted when equal to `n` (1 when `n` is absent): one sequence per choice.
+    pub best_of: Option<usize>,
+    /// OpenAI's structured output: `{"type": "text" | "json_object" | "json_schema", …}`.
+    pub response_format: Option<Json>,
+    /// vLLM's structured output object (`json`, `regex`, `choice`, `grammar`, `json_object`).
+    pub structured_outputs: Option<Json>,
+    /// vLLM's older spellings of `structured_outputs`' constraints.
+    pub guided_json: Option<Json>,
+    pub guided_regex: Option<Json>,
+    pub guided_choice: Option<Json>,
+    pub guided_grammar: Option<Json>,
+    /// Accepted and ignored: the server has one structured-output backend (llguidance).
+    #[allow(dead_code)]
+    pub guided_decoding_backend: Option<String>,
+    /// Refused unless null: llguidance bounds the whitespace a JSON grammar allows itself.
+    pub guided_whitespace_pattern: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-    /// Accepted and ignored (OpenAI's end-user id).
+    /// Accepted and ignored, as vLLM does: OpenAI's end-user id, its storage flag, its
+    /// metadata and its service tier mean nothing to a local server.
     #[allow(dead_code)]
     pub user: Option<String>,
+    #[allow(dead_code)]
+    pub store: Option<bool>,
+    #[allow(dead_code)]
+    pub metadata: Option<Json>,
+    #[allow(dead_code)]
+    pub service_tier: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -83,7 +111,8 @@ pub struct CompletionRequest {
     pub max_tokens: Option<usize>,
     /// Number of top alternatives per token (0..=20); absent = no logprobs.
     pub logprobs: Option<usize>,
-    /// Only `false` is accepted.
+    /// Prepend the prompt to each choice's text (and, with `logprobs`, the prompt
+    /// tokens' logprobs to its logprobs).
     pub echo: Option<bool>,
 }
 
@@ -105,9 +134,23 @@ pub const COMPLETION_FIELDS: &[&str] = &[
     "ignore_eos",
     "presence_penalty",
     "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "best_of",
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "guided_decoding_backend",
+    "guided_whitespace_pattern",
     "stream",
     "stream_options",
     "user",
+    "store",
+    "metadata",
+    "service_tier",
 ];
 
 /// `POST /v1/chat/completions`.
@@ -131,6 +174,9 @@ pub struct ChatCompletionRequest {
     pub enable_thinking: Option<bool>,
     /// End the prompt with the assistant header [default: true].
     pub add_generation_prompt: Option<bool>,
+    /// OpenAI's switch for several tool calls in one reply.
+    #[allow(dead_code)] // read by the tool-call work in progress
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// Fields a chat body may hold: `ChatCompletionRequest`'s and `SamplingFields`'.
@@ -146,6 +192,7 @@ pub const CHAT_FIELDS: &[&str] = &[
     "chat_template_kwargs",
     "enable_thinking",
     "add_generation_prompt",
+    "parallel_tool_calls",
     "temperature",
     "top_p",
     "top_k",
@@ -157,9 +204,23 @@ pub const CHAT_FIELDS: &[&str] = &[
     "ignore_eos",
     "presence_penalty",
     "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "best_of",
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "guided_decoding_backend",
+    "guided_whitespace_pattern",
     "stream",
     "stream_options",
     "user",
+    "store",
+    "metadata",
+    "service_tier",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -206,10 +267,12 @@ pub struct CompletionChoice {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f64>,
+    /// Null only for the first prompt token of an echo (nothing precedes it).
+    pub token_logprobs: Vec<Option<f64>>,
     /// `{token: logprob}`; logprobs here and in `token_logprobs` are the same f32
-    /// values widened to f64, so clients can compare them exactly.
-    pub top_logprobs: Vec<Map<String, Json>>,
+    /// values widened to f64, so clients can compare them exactly. Null where
+    /// `token_logprobs` is.
+    pub top_logprobs: Vec<Option<Map<String, Json>>>,
     pub text_offset: Vec<usize>,
 }
 

@@ -1,7 +1,6 @@
 //! Reading a JSON request body into a typed request, with OpenAI-style errors:
 //! 413 past the body limit, 400 for malformed JSON, 400 naming the field for
-//! an unknown field or a value of the wrong type. Structured output fields
-//! (not implemented yet) are refused with a message that says so.
+//! an unknown field or a value of the wrong type.
 //!
 //! The body is read as bytes whatever its `Content-Type` (curl's `-d` sends
 //! form-encoded headers with JSON inside).
@@ -13,19 +12,6 @@ use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 
 use super::errors::ApiError;
-
-/// Request fields of OpenAI's and vLLM's structured output (JSON schemas, regexes,
-/// grammars, choices), refused with a message of their own rather than as unknown fields.
-pub const STRUCTURED_OUTPUT_FIELDS: &[&str] = &[
-    "response_format",
-    "structured_outputs",
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "guided_decoding_backend",
-    "guided_whitespace_pattern",
-];
 
 /// Reads `body` as a JSON object holding only the top-level fields in `known`.
 pub fn parse_object(
@@ -54,15 +40,6 @@ pub fn parse_object(
         });
     };
     if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
-        if STRUCTURED_OUTPUT_FIELDS.contains(&unknown.as_str()) {
-            return Err(ApiError::invalid(
-                unknown.clone(),
-                format!(
-                    "`{unknown}` asks for structured output, which this server does not \
-                     support yet: leave it out"
-                ),
-            ));
-        }
         return Err(ApiError::invalid(
             unknown.clone(),
             format!(
@@ -132,10 +109,12 @@ mod tests {
         assert_eq!(param(e).as_deref(), Some("max_tokens"));
         let e = parse_completion(r#"{"max_tokens": 1}"#).unwrap_err();
         assert!(e.to_string().contains("missing field `prompt`"), "{e}");
-        let e = parse_completion(r#"{"prompt": "hi", "response_format": {"type": "json_object"}}"#)
-            .unwrap_err();
-        assert!(e.to_string().contains("structured output"), "{e}");
-        assert_eq!(param(e).as_deref(), Some("response_format"));
+        let e = parse_completion(r#"{"prompt": "hi", "suffix": "x"}"#).unwrap_err();
+        assert!(e.to_string().contains("accepts model, prompt"), "{e}");
+        assert_eq!(param(e).as_deref(), Some("suffix"));
+        // A wrong type inside a map names the key.
+        let e = parse_completion(r#"{"prompt": "hi", "logit_bias": {"5": "up"}}"#).unwrap_err();
+        assert_eq!(param(e).as_deref(), Some("logit_bias.5"));
         let e = parse_completion("[1]").unwrap_err();
         assert!(e.to_string().contains("JSON object"), "{e}");
     }

@@ -1,6 +1,7 @@
-//! The router: OpenAI endpoints under `/v1` (behind the API key when one is
-//! set), `/health` and `/metrics` (always open, for probes and scrapers), and
-//! JSON errors for unknown routes, wrong methods and oversized bodies.
+//! The router: OpenAI endpoints under `/v1` and vLLM's `/tokenize` and
+//! `/detokenize` (behind the API key when one is set), `/health`, `/metrics`
+//! and `/version` (always open, for probes and scrapers), and JSON errors for
+//! unknown routes, wrong methods and oversized bodies.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use super::errors::ApiError;
 use super::health::Health;
 use super::openai_types::ModelCard;
 use super::state::AppState;
-use super::{chat_completions, completions};
+use super::{chat_completions, completions, tokenize};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
@@ -24,6 +25,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions::handle))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{model}", get(get_model))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -32,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(v1)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/version", get(tokenize::version))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))

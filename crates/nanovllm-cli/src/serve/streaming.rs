@@ -1,7 +1,8 @@
 //! Server-sent events for `stream: true`, for both endpoints.
 //!
 //! The stream is `data: {chunk}` events: for chat, first a `role` delta per
-//! choice; then a chunk per token whose text is non-empty (or that carries
+//! choice; for completions with `echo`, first per choice a chunk with its prompt
+//! (and the prompt's logprobs, see [`Echo`]), sent with its first token; then a chunk per token whose text is non-empty (or that carries
 //! logprobs); then per choice a chunk with its `finish_reason` (and any text
 //! held back until the end); with `stream_options.include_usage`, a last
 //! chunk with empty `choices` and the usage (every other chunk then has
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use nanovllm_core::{TokenLogprobs, Tokenizer};
 use serde::Serialize;
 
+use super::echo::Echo;
 use super::errors::ApiError;
 use super::generation::Submission;
 use super::logprobs_format::{chat_logprobs, completion_logprobs};
@@ -48,6 +50,12 @@ pub struct ChunkWriter {
     pub tokenizer: Arc<Tokenizer>,
     /// Completions: text length so far per choice (the logprobs' `text_offset`).
     text_offsets: Vec<usize>,
+    /// Completions' `echo`: the prompts the choices start with.
+    pub echo: Option<Echo>,
+    /// With `echo`: the prompt logprobs received per choice, until its echo is sent.
+    prompt_logprobs: Vec<Vec<Option<TokenLogprobs>>>,
+    /// With `echo`: whether each choice's echo chunk went out.
+    echoed: Vec<bool>,
 }
 
 impl ChunkWriter {
@@ -71,7 +79,50 @@ impl ChunkWriter {
             logprobs,
             tokenizer: state.tokenizer.clone(),
             text_offsets: vec![0; num_choices],
+            echo: None,
+            prompt_logprobs: vec![Vec::new(); num_choices],
+            echoed: vec![false; num_choices],
         }
+    }
+
+    /// Keeps a choice's prompt logprobs for its echo chunk.
+    fn on_prompt_logprobs(&mut self, choice: usize, logprobs: Vec<Option<TokenLogprobs>>) {
+        if let Some(slot) = self.prompt_logprobs.get_mut(choice) {
+            *slot = logprobs;
+        }
+    }
+
+    /// The echo chunk of `choice`, the first time it is asked for (with `echo` only).
+    fn echo_chunk(&mut self, choice: usize) -> Option<Event> {
+        let echo = self.echo.as_ref()?;
+        let echoed = self.echoed.get_mut(choice)?;
+        if std::mem::replace(echoed, true) {
+            return None;
+        }
+        let prompt_logprobs = self
+            .prompt_logprobs
+            .get_mut(choice)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let text = echo.text(choice).to_string();
+        let logprobs = echo.logprobs(&self.tokenizer, choice, &prompt_logprobs);
+        let offset = logprobs.as_ref().map_or(text.len(), |(_, offset)| *offset);
+        if let Some(o) = self.text_offsets.get_mut(choice) {
+            *o = offset;
+        }
+        Some(json_event(&Completion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![CompletionChoice {
+                index: choice,
+                text,
+                logprobs: logprobs.map(|(lp, _)| lp),
+                finish_reason: None,
+            }],
+            usage: self.usage_field(),
+        }))
     }
 
     fn usage_field(&self) -> Skip<Usage> {
@@ -203,7 +254,15 @@ struct StreamState {
 
 impl StreamState {
     fn on_event(&mut self, ChoiceEvent { choice, event }: ChoiceEvent) {
+        if let SeqEvent::PromptLogprobs(logprobs) = event {
+            self.writer.on_prompt_logprobs(choice, logprobs);
+            return;
+        }
+        if let Some(chunk) = self.writer.echo_chunk(choice) {
+            self.pending.push_back(chunk);
+        }
         match event {
+            SeqEvent::PromptLogprobs(_) => {}
             SeqEvent::Token {
                 text,
                 logprobs,

@@ -1,7 +1,8 @@
 //! [`Tracked`]: what the engine thread keeps for one sequence in flight, and
 //! the [`SeqEvent`]s it sends back to the HTTP handler that owns it.
 //!
-//! Every generated token yields exactly one `Token` event (its text may be
+//! A sequence that asked for prompt logprobs first gets one `PromptLogprobs`
+//! event. Every generated token yields exactly one `Token` event (its text may be
 //! empty: a partial UTF-8 character); then exactly one `Finished` event
 //! carries the remaining text and the reason. The text of a token that ended
 //! the sequence as an end-of-sequence or stop token id is never shown (as vLLM
@@ -55,6 +56,8 @@ impl Finish {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SeqEvent {
+    /// The prompt's logprobs (`SamplingParams::prompt_logprobs`), before any `Token`.
+    PromptLogprobs(Vec<Option<TokenLogprobs>>),
     Token {
         /// New text to show (possibly empty).
         text: String,
@@ -149,6 +152,11 @@ impl Tracked {
         } else {
             AfterToken::Orphaned
         }
+    }
+
+    /// The prompt's logprobs, computed with its prefill.
+    pub fn on_prompt_logprobs(&self, logprobs: Vec<Option<TokenLogprobs>>) {
+        self.send(SeqEvent::PromptLogprobs(logprobs));
     }
 
     /// The engine finished the sequence: flush the detokenizer and report why.

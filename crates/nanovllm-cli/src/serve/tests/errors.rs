@@ -78,8 +78,8 @@ async fn bad_requests_are_400_and_name_the_field() {
         ),
         (
             "/v1/completions",
-            json!({"prompt": "a", "echo": true}),
-            "echo",
+            json!({"prompt": "a", "logit_bias": {"x": 1}}),
+            "logit_bias",
         ),
         (
             "/v1/completions",

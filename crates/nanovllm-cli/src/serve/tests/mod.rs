@@ -8,6 +8,7 @@
 mod disconnect;
 mod endpoints;
 mod errors;
+mod fields;
 mod streaming;
 
 use std::path::PathBuf;
