@@ -16,6 +16,8 @@ from conftest import API_KEY, MODEL_NAME, http, post_json
 
 GREEDY = {"temperature": 0}
 IGNORE_EOS = {"ignore_eos": True}
+# Chat replies that must be all content: no thinking for a reasoning parser to split off.
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 PROMPT = "The quick brown fox"
 
 
@@ -94,7 +96,7 @@ def test_logit_bias_forces_and_bans_tokens(client, server):
     assert out.choices[0].text == " hello" * 5
     out = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}],
                                          max_tokens=3, logit_bias={str(hello): 100},
-                                         extra_body=IGNORE_EOS, **GREEDY)
+                                         extra_body={**IGNORE_EOS, **NO_THINKING}, **GREEDY)
     assert out.choices[0].message.content == " hello" * 3
     # Banning the greedy first token changes it.
     plain = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=1, logprobs=0,
@@ -208,7 +210,7 @@ SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schem
 def test_json_schema_outputs_parse_and_validate(client, seed):
     out = client.chat.completions.create(
         model=MODEL_NAME, messages=[{"role": "user", "content": "A person, as JSON."}],
-        max_tokens=300, temperature=1.0, seed=seed, response_format=SCHEMA_FORMAT)
+        max_tokens=300, temperature=1.0, seed=seed, response_format=SCHEMA_FORMAT, extra_body=NO_THINKING)
     check_person(out.choices[0].message.content)
     assert out.choices[0].finish_reason == "stop"
     out = client.completions.create(model=MODEL_NAME, prompt="Person:", max_tokens=300, temperature=1.0,
@@ -220,7 +222,7 @@ def test_json_schema_outputs_parse_and_validate(client, seed):
 def test_json_schema_streamed(client):
     stream = client.chat.completions.create(
         model=MODEL_NAME, messages=[{"role": "user", "content": "A person."}], max_tokens=300,
-        temperature=1.0, seed=11, stream=True, extra_body={"guided_json": PERSON})
+        temperature=1.0, seed=11, stream=True, extra_body={"guided_json": PERSON, **NO_THINKING})
     check_person("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
 
 
