@@ -30,8 +30,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nanovllm_core::{
-    EngineError, LLMEngine, Prompt, RequestError, RequestId, SamplingParams, SchedulerError,
-    StepOutputs,
+    EngineError, FinishReason, LLMEngine, Prompt, RequestError, RequestId, SamplingParams,
+    SchedulerError, StepOutputs,
 };
 use tokio::sync::{mpsc::UnboundedSender, oneshot, watch};
 
@@ -39,7 +39,7 @@ use super::errors::ApiError;
 use super::health::{Health, RestartBudget};
 use super::metrics::{FinishLabel, Metrics};
 use super::stats_log::{Snapshot, ThroughputLog};
-use super::tracked::{ends_by_token, AfterToken, ChoiceEvent, Finish, Tracked};
+use super::tracked::{AfterToken, ChoiceEvent, Finish, Tracked};
 
 /// One sequence to generate.
 #[derive(Clone, Debug)]
@@ -464,6 +464,7 @@ impl EngineLoop {
         let mut ids = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let prompt_len = seq.prompt_ids.len();
+            let stop_token_ids = seq.params.stop_token_ids.clone();
             let added = self.engine.add_request_with_logprobs(
                 Prompt::TokenIds(seq.prompt_ids.clone()),
                 seq.params,
@@ -472,7 +473,8 @@ impl EngineLoop {
             match added {
                 Ok(id) => {
                     self.metrics.add_prompt_tokens(prompt_len);
-                    let tracked = Tracked::new(seq.choice, events.clone(), &seq.prompt_ids);
+                    let tracked =
+                        Tracked::new(seq.choice, events.clone(), &seq.prompt_ids, stop_token_ids);
                     self.tracked.insert(id, tracked);
                     ids.push(id);
                 }
@@ -491,10 +493,10 @@ impl EngineLoop {
     /// Routes one step's tokens and finished sequences to their handlers.
     fn process(&mut self, out: StepOutputs) {
         self.metrics.add_generation_tokens(out.new_tokens.len());
-        let finishing: HashMap<RequestId, bool> = out
+        let finishing: HashMap<RequestId, FinishReason> = out
             .finished
             .iter()
-            .map(|f| (f.request_id, ends_by_token(f.finish_reason)))
+            .map(|f| (f.request_id, f.finish_reason))
             .collect();
         let mut logprobs: HashMap<RequestId, _> = out.logprobs.into_iter().collect();
         let mut ended = Vec::new();
@@ -510,7 +512,9 @@ impl EngineLoop {
                 let Some(tracked) = self.tracked.get_mut(&id) else {
                     continue;
                 };
-                let last = finishing.get(&id).copied().unwrap_or(false);
+                let last = finishing
+                    .get(&id)
+                    .is_some_and(|&reason| tracked.ends_by_token(reason, token));
                 match tracked.on_token(tokenizer, token, logprobs.remove(&id), last, &self.metrics)
                 {
                     AfterToken::Continue => {}

@@ -88,6 +88,8 @@ pub struct Tracked {
     last_token_at: Option<Instant>,
     prompt_len: usize,
     num_generated: usize,
+    /// The request's stop token ids: a `Stop` on one of them hides its text.
+    stop_token_ids: Vec<u32>,
 }
 
 /// What became of a sequence after a token.
@@ -102,8 +104,14 @@ pub enum AfterToken {
 }
 
 impl Tracked {
-    pub fn new(choice: usize, events: UnboundedSender<ChoiceEvent>, prompt_ids: &[u32]) -> Self {
+    pub fn new(
+        choice: usize,
+        events: UnboundedSender<ChoiceEvent>,
+        prompt_ids: &[u32],
+        stop_token_ids: Vec<u32>,
+    ) -> Self {
         Self {
+            stop_token_ids,
             choice,
             events,
             detokenizer: IncrementalDetokenizer::new(prompt_ids),
@@ -111,6 +119,17 @@ impl Tracked {
             last_token_at: None,
             prompt_len: prompt_ids.len(),
             num_generated: 0,
+        }
+    }
+
+    /// Whether the sequence, finished for `reason` on `token`, ended on it as an
+    /// end-of-sequence or stop token id (whose text is not shown). A `Stop` on any other
+    /// token is a completed grammar: that token is the grammar's last text, and shown.
+    pub fn ends_by_token(&self, reason: FinishReason, token: u32) -> bool {
+        match reason {
+            FinishReason::Eos => true,
+            FinishReason::Stop => self.stop_token_ids.contains(&token),
+            FinishReason::Length | FinishReason::Abort => false,
         }
     }
 
@@ -205,11 +224,6 @@ impl Tracked {
     }
 }
 
-/// Whether a finished output ended on its last token as eos / stop token id.
-pub fn ends_by_token(reason: FinishReason) -> bool {
-    matches!(reason, FinishReason::Eos | FinishReason::Stop)
-}
-
 /// The log line of a finished sequence.
 pub fn finished_line(
     request_id: RequestId,
@@ -229,6 +243,18 @@ pub fn finished_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_eos_and_stop_token_ids_hide_the_last_token() {
+        let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let tracked = Tracked::new(0, events, &[1, 2], vec![7]);
+        assert!(tracked.ends_by_token(FinishReason::Eos, 3));
+        assert!(tracked.ends_by_token(FinishReason::Stop, 7));
+        // A completed grammar finishes with `Stop` on its last text token.
+        assert!(!tracked.ends_by_token(FinishReason::Stop, 3));
+        assert!(!tracked.ends_by_token(FinishReason::Length, 7));
+        assert!(!tracked.ends_by_token(FinishReason::Abort, 7));
+    }
 
     #[test]
     fn the_finished_line_names_everything() {
