@@ -331,6 +331,24 @@ mod tests {
     }
 
     #[test]
+    fn special_tokens_kept_on_request_and_ids_spelled_as_in_the_vocabulary() {
+        let Some(tok) = qwen3_tokenizer() else { return };
+        let ids = vec![151644, 13048, 151645]; // <|im_start|>Hi<|im_end|>
+        assert_eq!(
+            tok.decode_with(&ids, false).unwrap(),
+            "<|im_start|>Hi<|im_end|>"
+        );
+        assert_eq!(tok.decode_with(&ids, true).unwrap(), "Hi");
+        // Qwen3 adds no special tokens: both spellings encode alike.
+        assert_eq!(
+            tok.encode_with(" hello", false).unwrap(),
+            tok.encode(" hello").unwrap()
+        );
+        assert_eq!(tok.id_to_token(1879).as_deref(), Some("Ġworld"));
+        assert_eq!(tok.id_to_token(u32::MAX), None);
+    }
+
+    #[test]
     fn incremental_deltas_concatenate_to_the_full_text() {
         let Some(tok) = qwen3_tokenizer() else { return };
         // Rare CJK, emoji and a musical symbol are split into byte-level tokens.

@@ -1,9 +1,10 @@
 //! Server-sent events for `stream: true`, for both endpoints.
 //!
 //! The stream is `data: {chunk}` events: for chat, first a `role` delta per
-//! choice; for completions with `echo`, first per choice a chunk with its prompt
-//! (and the prompt's logprobs, see [`Echo`]), sent with its first token; then a chunk per token whose text is non-empty (or that carries
-//! logprobs); then per choice a chunk with its `finish_reason` (and any text
+//! choice; for completions with `echo`, first per choice a chunk with its
+//! prompt (and the prompt's logprobs, see [`Echo`]), sent with its first token;
+//! then a chunk per token whose text is non-empty (or that carries logprobs);
+//! then per choice a chunk with its `finish_reason` (and any text
 //! held back until the end); with `stream_options.include_usage`, a last
 //! chunk with empty `choices` and the usage (every other chunk then has
 //! `"usage": null`); and finally `data: [DONE]`. An engine failure becomes a
