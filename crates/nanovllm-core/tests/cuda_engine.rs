@@ -340,6 +340,7 @@ fn a_graph_decode_step_allocates_nothing_and_gives_the_eager_logits() {
         context_len,
         sample: true,
         num_generated_tokens: 0,
+        prompt_logprob_rows: 0,
     };
     let batch = ScheduledBatch {
         kind: BatchKind::Decode,
