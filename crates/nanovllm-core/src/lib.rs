@@ -53,7 +53,7 @@ pub use error::{EngineError, RequestError, Result};
 pub use kv_sizing::cpu_num_kvcache_blocks;
 pub use llm::{Output, ParamsArg, Progress, LLM};
 pub use logprobs::{TokenLogprobs, TopLogprob};
-pub use runner::{ModelRunner, StepSamples};
+pub use runner::{ModelRunner, SeqExtras, StepSamples, PROMPT_LOGITS_ROWS_PER_PASS};
 pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 // Re-exported so that front ends need only this crate.
