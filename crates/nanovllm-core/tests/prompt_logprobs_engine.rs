@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use nanovllm_core::tp::TpMode;
 use nanovllm_core::{
-    DeviceKind, EngineConfig, KvCacheDType, LLMEngine, RequestOutput, SamplingParams, TokenLogprobs,
+    DeviceKind, EngineConfig, KvCacheDType, LLMEngine, RequestOutput, SamplingParams,
+    TokenLogprobs, LLM,
 };
 use serde_json::Value;
 
@@ -216,6 +217,25 @@ fn prompt_logprobs_match_transformers_logits() {
     assert!(checked >= 5);
 }
 
+/// The library API: `LLM::generate`'s outputs carry the prompt logprobs.
+#[test]
+fn llm_generate_outputs_carry_prompt_logprobs() {
+    let prompt = long_prompt();
+    let single = run(
+        &mut LLMEngine::new(config()).unwrap(),
+        &[(prompt.clone(), asking(2, 1))],
+    );
+    let mut llm = LLM::new(config()).unwrap();
+    let outputs = llm
+        .generate(
+            vec![prompt.clone(), vec![1, 2, 3]],
+            vec![asking(2, 1), SamplingParams::greedy(1)],
+        )
+        .unwrap();
+    assert_eq!(outputs[0].prompt_logprobs, single[0].0.prompt_logprobs);
+    assert_eq!(outputs[1].prompt_logprobs, None);
+}
+
 #[test]
 fn one_token_prompts_and_requests_that_do_not_ask() {
     let mut engine = LLMEngine::new(config()).unwrap();
@@ -355,4 +375,30 @@ fn tensor_parallel_prompt_logprobs_match_a_single_rank() {
         single[0].0.prompt_logprobs.as_ref().unwrap(),
         1e-4,
     );
+}
+
+/// Two 300-token prompts in one step: 598 prompt rows, more than one scoring pass
+/// (`PROMPT_LOGITS_ROWS_PER_PASS`), each entry as when the prompt runs alone.
+#[test]
+fn prompt_rows_beyond_one_pass_are_scored_in_several() {
+    assert!(2 * 299 > nanovllm_core::PROMPT_LOGITS_ROWS_PER_PASS);
+    let prompts: Vec<Vec<u32>> = (0..2u32)
+        .map(|s| (0..300u32).map(|i| (i * 29 + s * 7 + 5) % 512).collect())
+        .collect();
+    let requests: Vec<(Vec<u32>, SamplingParams)> =
+        prompts.iter().map(|p| (p.clone(), asking(1, 1))).collect();
+    let mut engine = LLMEngine::new(config()).unwrap();
+    let together = run(&mut engine, &requests);
+    assert_eq!(engine.stats().num_steps, 1, "both prompts in one step");
+    for (k, p) in prompts.iter().enumerate() {
+        let alone = run(&mut LLMEngine::new(config()).unwrap(), &[(p.clone(), asking(1, 1))]);
+        let entries = together[k].0.prompt_logprobs.as_ref().unwrap();
+        check_shape(p, entries, 1);
+        assert_close(
+            &format!("prompt {k}"),
+            entries,
+            alone[0].0.prompt_logprobs.as_ref().unwrap(),
+            1e-4,
+        );
+    }
 }
