@@ -86,7 +86,10 @@ fn run(
         .collect()
 }
 
-fn cases() -> Vec<(String, Vec<u32>, Vec<f64>, Vec<u32>)> {
+/// A reference.json case: name, prompt, logits at its last position, their top ids.
+type Case = (String, Vec<u32>, Vec<f64>, Vec<u32>);
+
+fn cases() -> Vec<Case> {
     let text = std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap();
     let reference: Value = serde_json::from_str(&text).unwrap();
     let ids = |v: &Value| -> Vec<u32> {
@@ -381,7 +384,7 @@ fn tensor_parallel_prompt_logprobs_match_a_single_rank() {
 /// (`PROMPT_LOGITS_ROWS_PER_PASS`), each entry as when the prompt runs alone.
 #[test]
 fn prompt_rows_beyond_one_pass_are_scored_in_several() {
-    assert!(2 * 299 > nanovllm_core::PROMPT_LOGITS_ROWS_PER_PASS);
+    const { assert!(2 * 299 > nanovllm_core::PROMPT_LOGITS_ROWS_PER_PASS) };
     let prompts: Vec<Vec<u32>> = (0..2u32)
         .map(|s| (0..300u32).map(|i| (i * 29 + s * 7 + 5) % 512).collect())
         .collect();
@@ -391,7 +394,10 @@ fn prompt_rows_beyond_one_pass_are_scored_in_several() {
     let together = run(&mut engine, &requests);
     assert_eq!(engine.stats().num_steps, 1, "both prompts in one step");
     for (k, p) in prompts.iter().enumerate() {
-        let alone = run(&mut LLMEngine::new(config()).unwrap(), &[(p.clone(), asking(1, 1))]);
+        let alone = run(
+            &mut LLMEngine::new(config()).unwrap(),
+            &[(p.clone(), asking(1, 1))],
+        );
         let entries = together[k].0.prompt_logprobs.as_ref().unwrap();
         check_shape(p, entries, 1);
         assert_close(
