@@ -3,7 +3,8 @@
 //! The engine. Owns [`EngineConfig`], the user-facing [`LLM`] (batch
 //! `generate`) and [`LLMEngine`] (step API: add_request / step / abort), the
 //! [`ModelRunner`] (batch preparation on the device; the backend samples there, see
-//! [`sampling`] for seeds and steps), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
+//! [`sampling`] for seeds, steps, logit bias and penalties, and [`runner`] for prompt
+//! logprobs), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
 //! and the bench.py throughput run ([`bench`]).
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
