@@ -46,9 +46,9 @@ use crate::args::GenerateArgs;
 use crate::generate::progress_bar;
 use crate::logging::Verbosity;
 use crate::requests::{InputLines, NumberedLine};
+use crate::serve::chat_output::ParserOptions;
 use crate::serve::errors::ApiError;
 use crate::serve::openai_types::{response_id, unique_suffix};
-use crate::serve::chat_output::ParserOptions;
 use crate::serve::state::{AppState, ServerLimits};
 use crate::serve::{
     chat_completions, completions, request_defaults, served_name, start, ServerOptions,

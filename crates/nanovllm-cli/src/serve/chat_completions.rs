@@ -31,9 +31,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as JsonResponse;
 use serde_json::{Map, Value as Json};
 
+use super::chat_output::{finish_reason, Reply, ReplyParsing};
 use super::completions::prompt_too_many_bytes;
 use super::errors::ApiError;
-use super::chat_output::{finish_reason, Reply, ReplyParsing};
 use super::generation::{generate_parsed, resolve_max_tokens, ChoiceOutput, Generated};
 use super::logprobs_format::chat_logprobs;
 use super::openai_types::{

@@ -195,7 +195,11 @@ impl ReplyParser {
 
     /// The reply ended: everything held back, and the calls of a forced tool choice.
     pub fn finish(&mut self) -> Vec<Part> {
-        let splits = self.reasoning.as_mut().map(|s| s.finish()).unwrap_or_default();
+        let splits = self
+            .reasoning
+            .as_mut()
+            .map(|s| s.finish())
+            .unwrap_or_default();
         let mut parts = Vec::new();
         self.route(splits, &mut parts);
         match &mut self.tools {
@@ -346,9 +350,10 @@ mod tests {
             let mut streamed = Reply::default();
             for part in parts {
                 match part {
-                    Part::Reasoning(t) => {
-                        streamed.reasoning.get_or_insert_with(String::new).push_str(&t)
-                    }
+                    Part::Reasoning(t) => streamed
+                        .reasoning
+                        .get_or_insert_with(String::new)
+                        .push_str(&t),
                     Part::Content(t) => streamed.content.push_str(&t),
                     Part::Call { call, .. } => streamed.calls.push(call),
                 }
@@ -389,13 +394,21 @@ mod tests {
     fn without_tools_a_call_is_plain_content() {
         let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
         let reply = parse_every_split(&parsing(false, ToolMode::Off), text);
-        assert_eq!(reply, Reply { content: text.into(), ..Reply::default() });
+        assert_eq!(
+            reply,
+            Reply {
+                content: text.into(),
+                ..Reply::default()
+            }
+        );
     }
 
     #[test]
     fn forced_output_becomes_calls_or_stays_text_when_cut() {
         let fields = ToolFields {
-            tools: Some(json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])),
+            tools: Some(
+                json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+            ),
             tool_choice: Some(json!("required")),
             parallel_tool_calls: None,
         };

@@ -329,7 +329,9 @@ pub async fn generate_parsed(
     if fields.stream.unwrap_or(false) {
         let num_choices = submission.num_choices;
         let writer = ChunkWriter::new(api, state, include_usage, want_logprobs, num_choices);
-        return Ok(Generated::Streamed(sse_response(submission, writer, parsing)));
+        return Ok(Generated::Streamed(sse_response(
+            submission, writer, parsing,
+        )));
     }
     let num_prompt_tokens = submission.num_prompt_tokens();
     let outputs = collect(submission).await?;

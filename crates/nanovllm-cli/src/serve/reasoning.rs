@@ -103,7 +103,11 @@ impl ReasoningSplitter {
                         self.buf.len() - partial_marker_len(&self.buf, THINK_END)
                     });
                     let reasoning = self.buf[..upto].to_string();
-                    let reasoning = if started { &reasoning[..] } else { reasoning.trim_start() };
+                    let reasoning = if started {
+                        &reasoning[..]
+                    } else {
+                        reasoning.trim_start()
+                    };
                     if !reasoning.is_empty() {
                         out.push(Split::Reasoning(reasoning.to_string()));
                     }
@@ -122,7 +126,11 @@ impl ReasoningSplitter {
                 }
                 State::Content { started } => {
                     let text = std::mem::take(&mut self.buf);
-                    let text = if started { &text[..] } else { text.trim_start() };
+                    let text = if started {
+                        &text[..]
+                    } else {
+                        text.trim_start()
+                    };
                     if !text.is_empty() {
                         out.push(Split::Content(text.to_string()));
                         self.state = State::Content { started: true };
@@ -203,7 +211,10 @@ mod tests {
         let text = "2 + 2 = 4. I did not <think> about it.";
         assert_eq!(split_everywhere(&prompt, text), (None, Some(text.into())));
         // No think block at all.
-        assert_eq!(split_everywhere(PROMPT, "Hello!"), (None, Some("Hello!".into())));
+        assert_eq!(
+            split_everywhere(PROMPT, "Hello!"),
+            (None, Some("Hello!".into()))
+        );
     }
 
     #[test]
@@ -226,7 +237,10 @@ mod tests {
             split_everywhere(PROMPT, "<think>\n\n</think>\n\nHi."),
             (None, Some("Hi.".into()))
         );
-        assert_eq!(split_everywhere(PROMPT, "  <thi"), (None, Some("  <thi".into())));
+        assert_eq!(
+            split_everywhere(PROMPT, "  <thi"),
+            (None, Some("  <thi".into()))
+        );
         assert_eq!(split_everywhere(PROMPT, ""), (None, None));
     }
 

@@ -28,9 +28,9 @@ use axum::response::{IntoResponse, Response};
 use nanovllm_core::{TokenLogprobs, Tokenizer};
 use serde::Serialize;
 
+use super::chat_output::{finish_reason, Part, ReplyParser, ReplyParsing};
 use super::errors::ApiError;
 use super::generation::Submission;
-use super::chat_output::{finish_reason, Part, ReplyParser, ReplyParsing};
 use super::logprobs_format::{chat_logprobs, completion_logprobs};
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatDelta, Completion, CompletionChoice,
@@ -320,7 +320,9 @@ impl StreamState {
     fn push_parts(&mut self, choice: usize, parts: Vec<Part>, logprobs: &[TokenLogprobs]) {
         if parts.is_empty() {
             if self.writer.logprobs && !logprobs.is_empty() {
-                let chunk = self.writer.text_chunk(choice, String::new(), logprobs, None);
+                let chunk = self
+                    .writer
+                    .text_chunk(choice, String::new(), logprobs, None);
                 self.pending.push_back(chunk);
             }
             return;
@@ -351,9 +353,10 @@ pub fn sse_response(
     parsing: Option<&ReplyParsing>,
 ) -> Response {
     let parsers = match parsing {
-        Some(parsing) if writer.api == Api::Chat && parsing.is_active() => {
-            (0..submission.num_choices).map(|_| parsing.parser()).collect()
-        }
+        Some(parsing) if writer.api == Api::Chat && parsing.is_active() => (0..submission
+            .num_choices)
+            .map(|_| parsing.parser())
+            .collect(),
         _ => Vec::new(),
     };
     let mut pending = VecDeque::new();

@@ -211,7 +211,10 @@ fn functions(tools: &Json) -> Result<Vec<Function>, ApiError> {
                 format!("{param} needs a `function` object with at least a `name`"),
             ));
         };
-        let Some(name) = function.get("name").and_then(Json::as_str).filter(|n| !n.is_empty())
+        let Some(name) = function
+            .get("name")
+            .and_then(Json::as_str)
+            .filter(|n| !n.is_empty())
         else {
             return Err(ApiError::invalid(
                 format!("{param}.function.name"),
@@ -336,8 +339,14 @@ mod tests {
             resolve(&fields(weather(), None), hermes).unwrap(),
             ToolMode::Parse(ToolParserKind::Hermes)
         );
-        assert_eq!(resolve(&fields(weather(), None), None).unwrap(), ToolMode::Off);
-        assert_eq!(resolve(&ToolFields::default(), hermes).unwrap(), ToolMode::Off);
+        assert_eq!(
+            resolve(&fields(weather(), None), None).unwrap(),
+            ToolMode::Off
+        );
+        assert_eq!(
+            resolve(&ToolFields::default(), hermes).unwrap(),
+            ToolMode::Off
+        );
         assert_eq!(
             resolve(&fields(weather(), Some(json!("none"))), hermes).unwrap(),
             ToolMode::Off
@@ -350,25 +359,35 @@ mod tests {
     #[test]
     fn required_is_an_array_of_the_tools_calls() {
         let mut f = fields(weather(), Some(json!("required")));
-        let ToolMode::Forced(forced) = resolve(&f, None).unwrap() else { panic!() };
+        let ToolMode::Forced(forced) = resolve(&f, None).unwrap() else {
+            panic!()
+        };
         assert_eq!(forced.named, None);
         assert_eq!(forced.schema["minItems"], 1);
         assert!(forced.schema.get("maxItems").is_none());
         let alternatives = forced.schema["items"]["anyOf"].as_array().unwrap();
         assert_eq!(alternatives.len(), 2);
-        assert_eq!(alternatives[0]["properties"]["name"]["enum"], json!(["get_weather"]));
+        assert_eq!(
+            alternatives[0]["properties"]["name"]["enum"],
+            json!(["get_weather"])
+        );
         assert_eq!(
             alternatives[1]["properties"]["parameters"],
             json!({"type": "object", "properties": {}})
         );
         f.parallel_tool_calls = Some(false);
-        let ToolMode::Forced(forced) = resolve(&f, None).unwrap() else { panic!() };
+        let ToolMode::Forced(forced) = resolve(&f, None).unwrap() else {
+            panic!()
+        };
         assert_eq!(forced.schema["maxItems"], 1);
         let calls = forced
             .calls(r#"[{"name": "get_weather", "parameters": {"city": "Paris"}}, {"name": "now", "parameters": {}}]"#)
             .unwrap();
         assert_eq!(calls.len(), 2);
-        assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", r#"{"city":"Paris"}"#));
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("get_weather", r#"{"city":"Paris"}"#)
+        );
         assert_ne!(calls[0].id, calls[1].id);
         assert_eq!(forced.calls(r#"[{"name": "now", "parameters": {"#), None);
         assert_eq!(forced.calls("[]"), None);
@@ -380,10 +399,15 @@ mod tests {
             weather(),
             Some(json!({"type": "function", "function": {"name": "get_weather"}})),
         );
-        let ToolMode::Forced(forced) = resolve(&f, None).unwrap() else { panic!() };
+        let ToolMode::Forced(forced) = resolve(&f, None).unwrap() else {
+            panic!()
+        };
         assert_eq!(forced.schema, weather()[0]["function"]["parameters"]);
         let calls = forced.calls(r#" {"city": "Oslo"} "#).unwrap();
-        assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", r#"{"city":"Oslo"}"#));
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("get_weather", r#"{"city":"Oslo"}"#)
+        );
         assert!(matches!(
             forced.structured_output(),
             StructuredOutput::JsonSchema { strict: false, .. }
@@ -396,14 +420,25 @@ mod tests {
             json!({"type": "function", "function": {"name": name, "parameters": {
                 "type": "object", "properties": {"p": {"$ref": "#/$defs/P"}}, "$defs": {"P": def}}}})
         };
-        let same = json!([tool("a", json!({"type": "integer"})), tool("b", json!({"type": "integer"}))]);
-        let ToolMode::Forced(forced) = resolve(&fields(same, Some(json!("required"))), None).unwrap()
+        let same = json!([
+            tool("a", json!({"type": "integer"})),
+            tool("b", json!({"type": "integer"}))
+        ]);
+        let ToolMode::Forced(forced) =
+            resolve(&fields(same, Some(json!("required"))), None).unwrap()
         else {
             panic!()
         };
         assert_eq!(forced.schema["$defs"], json!({"P": {"type": "integer"}}));
-        assert!(forced.schema["items"]["anyOf"][0]["properties"]["parameters"].get("$defs").is_none());
-        let differ = json!([tool("a", json!({"type": "integer"})), tool("b", json!({"type": "string"}))]);
+        assert!(
+            forced.schema["items"]["anyOf"][0]["properties"]["parameters"]
+                .get("$defs")
+                .is_none()
+        );
+        let differ = json!([
+            tool("a", json!({"type": "integer"})),
+            tool("b", json!({"type": "string"}))
+        ]);
         assert_eq!(
             param_of(resolve(&fields(differ, Some(json!("required"))), None).unwrap_err()),
             "tools"
@@ -414,20 +449,51 @@ mod tests {
     fn bad_tools_and_choices_name_the_field() {
         let cases = [
             (json!({"type": "function"}), json!("auto"), "tools"),
-            (json!([{"type": "retrieval"}]), json!("auto"), "tools[0].type"),
-            (json!([{"type": "function"}]), json!("auto"), "tools[0].function"),
-            (json!([{"type": "function", "function": {"name": ""}}]), json!("auto"), "tools[0].function.name"),
-            (json!([{"type": "function", "function": {"name": "f", "parameters": "x"}}]), json!("auto"), "tools[0].function.parameters"),
-            (json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]), json!("auto"), "tools[1].function.name"),
+            (
+                json!([{"type": "retrieval"}]),
+                json!("auto"),
+                "tools[0].type",
+            ),
+            (
+                json!([{"type": "function"}]),
+                json!("auto"),
+                "tools[0].function",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": ""}}]),
+                json!("auto"),
+                "tools[0].function.name",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f", "parameters": "x"}}]),
+                json!("auto"),
+                "tools[0].function.parameters",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]),
+                json!("auto"),
+                "tools[1].function.name",
+            ),
             (json!([]), json!("required"), "tool_choice"),
-            (weather(), json!({"type": "function", "function": {"name": "nope"}}), "tool_choice.function.name"),
-            (weather(), json!({"function": {"name": "now"}}), "tool_choice"),
+            (
+                weather(),
+                json!({"type": "function", "function": {"name": "nope"}}),
+                "tool_choice.function.name",
+            ),
+            (
+                weather(),
+                json!({"function": {"name": "now"}}),
+                "tool_choice",
+            ),
             (weather(), json!("sometimes"), "tool_choice"),
             (weather(), json!(3), "tool_choice"),
         ];
         for (tools, choice, param) in cases {
-            let e = resolve(&fields(tools.clone(), Some(choice.clone())), Some(ToolParserKind::Hermes))
-                .expect_err(&format!("{tools} {choice}"));
+            let e = resolve(
+                &fields(tools.clone(), Some(choice.clone())),
+                Some(ToolParserKind::Hermes),
+            )
+            .expect_err(&format!("{tools} {choice}"));
             assert_eq!(param_of(e), param, "{tools} {choice}");
         }
     }

@@ -143,7 +143,8 @@ mod tests {
 
     #[test]
     fn string_arguments_are_accepted() {
-        let text = "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": [1, 2]}\"}</tool_call>";
+        let text =
+            "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"x\\\": [1, 2]}\"}</tool_call>";
         assert_eq!(
             parse_every_split(Hermes, text),
             (String::new(), vec![call("f", r#"{"x":[1,2]}"#)])

@@ -93,7 +93,10 @@ impl ToolCall {
 pub enum ToolOutput {
     Content(String),
     /// The `index`-th call of the reply (0-based).
-    Call { index: usize, call: ToolCall },
+    Call {
+        index: usize,
+        call: ToolCall,
+    },
 }
 
 /// What a format parser finds in the text it is given (before whitespace trimming and call
@@ -235,10 +238,7 @@ pub mod test_support {
     /// Parses `text` in one piece and, for every split point, in two; checks that every
     /// split gives the same content and calls as the whole, and returns the whole's
     /// (content concatenated, calls as (name, arguments)).
-    pub fn parse_every_split(
-        kind: ToolParserKind,
-        text: &str,
-    ) -> (String, Vec<(String, String)>) {
+    pub fn parse_every_split(kind: ToolParserKind, text: &str) -> (String, Vec<(String, String)>) {
         let whole = collect(kind, &[text]);
         for cut in (1..text.len()).filter(|&i| text.is_char_boundary(i)) {
             let split = collect(kind, &[&text[..cut], &text[cut..]]);
@@ -307,7 +307,10 @@ mod tests {
         assert_eq!(call_of_object(&v), Some(("f".into(), r#"{"a":1}"#.into())));
         let v = serde_json::json!({"name": "f"});
         assert_eq!(call_of_object(&v), Some(("f".into(), "{}".into())));
-        assert_eq!(call_of_object(&serde_json::json!({"name": "f", "arguments": 3})), None);
+        assert_eq!(
+            call_of_object(&serde_json::json!({"name": "f", "arguments": 3})),
+            None
+        );
         assert_eq!(call_of_object(&serde_json::json!({"arguments": {}})), None);
     }
 
