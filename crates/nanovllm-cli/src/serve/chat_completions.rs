@@ -275,6 +275,43 @@ mod tests {
         assert_eq!(m, json!({"role": "assistant", "content": "", "x": 1}));
     }
 
+    /// An assistant message with `tool_calls` (arguments as OpenAI's JSON string, or as an
+    /// object) and the `tool` message answering it go through Qwen3's template as it
+    /// expects them.
+    #[test]
+    fn tool_calls_and_results_render_through_qwen3s_template() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+        let template = nanovllm_core::ChatTemplate::from_tokenizer_dir(&dir)
+            .unwrap()
+            .expect("the fixture has Qwen3's template");
+        for arguments in [json!(r#"{"city": "Paris"}"#), json!({"city": "Paris"})] {
+            let messages = [
+                json!({"role": "user", "content": "Weather in Paris?"}),
+                json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                    "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]}),
+                json!({"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]}),
+            ];
+            let messages: Vec<Json> = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| normalize_message(i, m).unwrap())
+                .collect();
+            let tools = json!([{"type": "function", "function": {"name": "get_weather"}}]);
+            let text = template
+                .render_json(&messages, Some(&tools), true, &Map::new())
+                .unwrap();
+            assert!(
+                text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":"),
+                "{text}"
+            );
+            assert!(
+                text.contains("<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+                "{text}"
+            );
+        }
+    }
+
     #[test]
     fn bad_messages_name_the_field() {
         let param = |e: ApiError| match e {
