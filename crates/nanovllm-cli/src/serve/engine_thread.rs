@@ -464,6 +464,7 @@ impl EngineLoop {
         let mut ids = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let prompt_len = seq.prompt_ids.len();
+            let stop_token_ids = seq.params.stop_token_ids.clone();
             let added = self.engine.add_request_with_logprobs(
                 Prompt::TokenIds(seq.prompt_ids.clone()),
                 seq.params,
@@ -472,7 +473,8 @@ impl EngineLoop {
             match added {
                 Ok(id) => {
                     self.metrics.add_prompt_tokens(prompt_len);
-                    let tracked = Tracked::new(seq.choice, events.clone(), &seq.prompt_ids);
+                    let tracked =
+                        Tracked::new(seq.choice, events.clone(), &seq.prompt_ids, stop_token_ids);
                     self.tracked.insert(id, tracked);
                     ids.push(id);
                 }
@@ -494,7 +496,13 @@ impl EngineLoop {
         let finishing: HashMap<RequestId, bool> = out
             .finished
             .iter()
-            .map(|f| (f.request_id, ends_by_token(f.finish_reason)))
+            .map(|f| {
+                let stop_ids = self
+                    .tracked
+                    .get(&f.request_id)
+                    .map_or(&[][..], |t| t.stop_token_ids());
+                (f.request_id, ends_by_token(f, stop_ids))
+            })
             .collect();
         let mut logprobs: HashMap<RequestId, _> = out.logprobs.into_iter().collect();
         let mut ended = Vec::new();

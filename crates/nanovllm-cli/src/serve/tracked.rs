@@ -85,6 +85,8 @@ pub struct Tracked {
     last_token_at: Option<Instant>,
     prompt_len: usize,
     num_generated: usize,
+    /// The request's `stop_token_ids` (see [`ends_by_token`]).
+    stop_token_ids: Vec<u32>,
 }
 
 /// What became of a sequence after a token.
@@ -99,8 +101,14 @@ pub enum AfterToken {
 }
 
 impl Tracked {
-    pub fn new(choice: usize, events: UnboundedSender<ChoiceEvent>, prompt_ids: &[u32]) -> Self {
+    pub fn new(
+        choice: usize,
+        events: UnboundedSender<ChoiceEvent>,
+        prompt_ids: &[u32],
+        stop_token_ids: Vec<u32>,
+    ) -> Self {
         Self {
+            stop_token_ids,
             choice,
             events,
             detokenizer: IncrementalDetokenizer::new(prompt_ids),
@@ -151,6 +159,10 @@ impl Tracked {
         }
     }
 
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_token_ids
+    }
+
     /// The engine finished the sequence: flush the detokenizer and report why.
     pub fn on_finished(&mut self, tokenizer: &Tokenizer, output: &RequestOutput) -> Finish {
         let finish = match (&output.error, output.finish_reason) {
@@ -197,9 +209,18 @@ impl Tracked {
     }
 }
 
-/// Whether a finished output ended on its last token as eos / stop token id.
-pub fn ends_by_token(reason: FinishReason) -> bool {
-    matches!(reason, FinishReason::Eos | FinishReason::Stop)
+/// Whether a finished output ended on its last token as an end-of-sequence token or one of
+/// the request's `stop_token_ids` (whose text is not shown). A completed grammar also
+/// finishes as `Stop`, but on a token that is part of the output, whose text is shown.
+pub fn ends_by_token(output: &RequestOutput, stop_token_ids: &[u32]) -> bool {
+    match output.finish_reason {
+        FinishReason::Eos => true,
+        FinishReason::Stop => output
+            .token_ids
+            .last()
+            .is_some_and(|token| stop_token_ids.contains(token)),
+        FinishReason::Length | FinishReason::Abort => false,
+    }
 }
 
 /// The log line of a finished sequence.
@@ -221,6 +242,31 @@ pub fn finished_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn output(finish_reason: FinishReason, token_ids: Vec<u32>) -> RequestOutput {
+        RequestOutput {
+            request_id: 1,
+            prompt_token_ids: vec![1],
+            token_ids,
+            text: String::new(),
+            finish_reason,
+            num_cached_tokens: 0,
+            error: None,
+            prompt_logprobs: None,
+        }
+    }
+
+    #[test]
+    fn only_eos_and_stop_token_ids_hide_the_last_token() {
+        assert!(ends_by_token(&output(FinishReason::Eos, vec![5, 9]), &[]));
+        assert!(ends_by_token(&output(FinishReason::Stop, vec![5, 7]), &[7]));
+        // A grammar that completed on token 8: its text is part of the output.
+        assert!(!ends_by_token(
+            &output(FinishReason::Stop, vec![5, 8]),
+            &[7]
+        ));
+        assert!(!ends_by_token(&output(FinishReason::Length, vec![7]), &[7]));
+    }
 
     #[test]
     fn the_finished_line_names_everything() {
