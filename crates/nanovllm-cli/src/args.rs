@@ -10,6 +10,8 @@ use nanovllm_core::{
     DeviceKind, EngineConfig, GenerationConfigSource, KvCacheDType, LoadFormat, ModelDType,
 };
 
+use crate::serve::chat_output::{ParserChoice, ParserOptions};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nanovllm",
@@ -382,6 +384,36 @@ pub struct ServeArgs {
     /// server's life; then it exits non-zero for its supervisor. 0: exit at the first break.
     #[arg(long, default_value_t = 3)]
     pub tp_max_restarts: usize,
+    /// How tool calls are read from chat replies (`tool_choice: "auto"`) [default: the model
+    /// family's: hermes for Qwen2/Qwen3, mistral for Mistral/Mixtral, none otherwise].
+    #[arg(long, value_name = "NAME")]
+    pub tool_call_parser: Option<ToolParserArg>,
+    /// vLLM's flag, accepted so its command lines work: auto tool choice is on whenever a
+    /// tool-call parser is chosen; with this flag, a model without one refuses to start.
+    #[arg(long)]
+    pub enable_auto_tool_choice: bool,
+    /// How thinking is split off chat replies into `reasoning_content` [default: qwen3 when
+    /// the chat template writes `<think>`, none otherwise].
+    #[arg(long, value_name = "NAME")]
+    pub reasoning_parser: Option<ReasoningParserArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ToolParserArg {
+    /// `<tool_call>{"name": …, "arguments": …}</tool_call>` (Hermes, Qwen).
+    Hermes,
+    /// `[TOOL_CALLS]` then the calls (Mistral, Mixtral).
+    Mistral,
+    /// Tool calls stay in the reply's text.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReasoningParserArg {
+    /// `<think>…</think>` at the start of the reply (Qwen3, QwQ, DeepSeek-R1 distills).
+    Qwen3,
+    /// Thinking stays in `content`.
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -497,6 +529,26 @@ pub struct BenchServeArgs {
 }
 
 impl ServeArgs {
+    /// The parser flags, for the server.
+    pub fn parser_options(&self) -> ParserOptions {
+        use crate::serve::reasoning::ReasoningParserKind;
+        use crate::serve::tool_parsers::ToolParserKind;
+        ParserOptions {
+            tool_call_parser: match self.tool_call_parser {
+                None => ParserChoice::Auto,
+                Some(ToolParserArg::None) => ParserChoice::Off,
+                Some(ToolParserArg::Hermes) => ParserChoice::Use(ToolParserKind::Hermes),
+                Some(ToolParserArg::Mistral) => ParserChoice::Use(ToolParserKind::Mistral),
+            },
+            reasoning_parser: match self.reasoning_parser {
+                None => ParserChoice::Auto,
+                Some(ReasoningParserArg::None) => ParserChoice::Off,
+                Some(ReasoningParserArg::Qwen3) => ParserChoice::Use(ReasoningParserKind::Qwen3),
+            },
+            enable_auto_tool_choice: self.enable_auto_tool_choice,
+        }
+    }
+
     /// The engine config, with the positional MODEL as `--model`; both is an error unless
     /// they name the same model.
     pub fn to_engine_config(&self) -> anyhow::Result<EngineConfig> {

@@ -46,6 +46,7 @@ use crate::args::GenerateArgs;
 use crate::generate::progress_bar;
 use crate::logging::Verbosity;
 use crate::requests::{InputLines, NumberedLine};
+use crate::serve::chat_output::ParserOptions;
 use crate::serve::errors::ApiError;
 use crate::serve::openai_types::{response_id, unique_suffix};
 use crate::serve::state::{AppState, ServerLimits};
@@ -291,6 +292,7 @@ pub fn run(
         defaults: Some(defaults),
         default_max_tokens,
         max_tp_restarts: 0,
+        parsers: ParserOptions::default(),
     };
     let (state, engine_thread) = start(engine, options)?;
     let mut out: Box<dyn Write> = match args.output.as_deref() {

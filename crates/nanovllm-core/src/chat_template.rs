@@ -60,6 +60,8 @@ impl ChatMessage {
 /// A compiled chat template plus the special-token strings it may reference.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The Jinja source, kept for [`Self::source`].
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -95,6 +97,7 @@ impl ChatTemplate {
             .map_err(|e| format!("{e:#}"))?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
         })
@@ -160,6 +163,11 @@ impl ChatTemplate {
             .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
             .collect::<Vec<_>>();
         self.render_json(&messages, None, add_generation_prompt, extra)
+    }
+
+    /// The template's Jinja source (what a server inspects to pick a reasoning parser).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders JSON messages (any fields: `tool_calls`, `reasoning_content` …)

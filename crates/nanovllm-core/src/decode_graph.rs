@@ -718,6 +718,7 @@ mod tests {
             context_len,
             sample: true,
             num_generated_tokens: 1,
+            prompt_logprob_rows: 0,
         };
         ScheduledBatch {
             kind: BatchKind::Decode,

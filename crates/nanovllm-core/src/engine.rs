@@ -9,6 +9,12 @@
 //! logits hold no finite maximum at a step (NaN, all −∞: [`EngineError::NonFiniteLogits`]),
 //! without touching the rest of its batch.
 //!
+//! Per request the engine keeps what the scheduler does not: the number of top logprobs
+//! asked for, the penalty inputs ([`PenaltyState`], only for requests with a penalty on,
+//! updated from the sequence's new tokens before each step) and the prompt logprobs
+//! scored so far ([`SamplingParams::prompt_logprobs`]: appended chunk by chunk, given once
+//! in [`StepOutputs::prompt_logprobs`] when complete, and in the [`RequestOutput`]).
+//!
 //! A request id is the scheduler's sequence id (arrival order, never reused).
 
 use std::collections::HashMap;
@@ -31,8 +37,9 @@ use nanovllm_scheduler::{
 use crate::config::EngineConfig;
 use crate::error::{EngineError, RequestError, Result};
 use crate::kv_sizing::size_kv_cache;
-use crate::logprobs::TokenLogprobs;
-use crate::runner::{ModelRunner, StepSamples};
+use crate::logprobs::{PromptLogprobs, TokenLogprobs};
+use crate::runner::{ModelRunner, SeqExtras, StepSamples};
+use crate::sampling::PenaltyState;
 use crate::tokenizer::Tokenizer;
 use crate::tp::WorkerGroup;
 
@@ -93,7 +100,9 @@ pub struct RequestOutput {
     pub error: Option<String>,
     /// With [`SamplingParams::prompt_logprobs`]: one entry per prompt token, `None` for the
     /// first (nothing precedes it), then each token's logprob given the tokens before it
-    /// and the most likely alternatives there. `None` when the request did not ask.
+    /// and the most likely alternatives there (from the log-softmax of the model's raw
+    /// logits: no temperature, penalty or bias). `None` when the request did not ask, or
+    /// finished before its whole prompt was computed (aborted).
     pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
 }
 
@@ -266,6 +275,11 @@ pub struct LLMEngine {
     stats: EngineStats,
     /// Requests that asked for logprobs, with their number of top alternatives.
     num_top_logprobs: HashMap<RequestId, usize>,
+    /// Requests with a penalty on, and their penalty inputs.
+    penalties: HashMap<RequestId, PenaltyState>,
+    /// Requests that asked for prompt logprobs: the entries so far, and whether they were
+    /// given out in a [`StepOutputs`] already.
+    prompt_logprobs: HashMap<RequestId, (PromptLogprobs, bool)>,
     /// Ranks 1..N under tensor parallelism (this engine is rank 0); dropped (stopped) with it.
     workers: Option<WorkerGroup>,
 }
@@ -452,6 +466,8 @@ impl LLMEngine {
             runner,
             stats: EngineStats::default(),
             num_top_logprobs: HashMap::new(),
+            penalties: HashMap::new(),
+            prompt_logprobs: HashMap::new(),
             workers: None,
         })
     }
@@ -520,6 +536,22 @@ impl LLMEngine {
                 vocab_size,
             });
         }
+        if let Some(&(token_id, _)) = params
+            .logit_bias
+            .iter()
+            .find(|&&(id, _)| id as usize >= vocab_size)
+        {
+            return Err(RequestError::LogitBiasOutOfVocab {
+                token_id,
+                vocab_size,
+            });
+        }
+        if let Some(requested) = params.prompt_logprobs.filter(|&n| n > MAX_NUM_LOGPROBS) {
+            return Err(RequestError::TooManyLogprobs {
+                requested,
+                max: MAX_NUM_LOGPROBS,
+            });
+        }
         // Emptiness, length against max_model_len and the KV cache, and the params: the
         // scheduler's rules, checked here so that a refused request is never queued. Then
         // whether it can grow to max_tokens within the whole cache: refused now, not aborted
@@ -559,12 +591,22 @@ impl LLMEngine {
         let ids = self
             .validate_request(prompt.into(), &params)
             .map_err(|reason| EngineError::invalid_request(None, reason))?;
+        let penalties = PenaltyState::new(&params, &ids);
+        let prompt_logprobs = params
+            .prompt_logprobs
+            .map(|_| (PromptLogprobs::new(ids.len()), false));
         let id = self
             .scheduler
             .add(ids, params)
             .map_err(|e| EngineError::invalid_request(None, RequestError::Rejected(e)))?;
         if let Some(n) = num_top_logprobs {
             self.num_top_logprobs.insert(id, n);
+        }
+        if let Some(state) = penalties {
+            self.penalties.insert(id, state);
+        }
+        if let Some(state) = prompt_logprobs {
+            self.prompt_logprobs.insert(id, state);
         }
         Ok(id)
     }
@@ -581,6 +623,7 @@ impl LLMEngine {
             let samples = self.execute(&batch, &mut out.times)?;
             let executed_at = Instant::now();
             self.abort_non_finite(&samples.non_finite, &mut out.finished)?;
+            self.account_prompt_logprobs(&batch, samples.prompt_logprobs, &mut out)?;
             self.account(batch, &samples.tokens, samples.logprobs, &mut out)?;
             out.times.postprocess = executed_at.elapsed();
             if !self.scheduler.has_unfinished() {
@@ -638,37 +681,53 @@ impl LLMEngine {
     /// a position whose tokens never came. Fills `times.inputs` and `times.forward`.
     fn execute(&mut self, batch: &ScheduledBatch, times: &mut StepTimes) -> Result<StepSamples> {
         let start = Instant::now();
-        let params = batch
+        let seqs = batch
             .seqs
             .iter()
             .map(|s| {
-                self.scheduler
-                    .sequence(s.seq_id)
-                    .map(|seq| &seq.params)
-                    .ok_or_else(|| {
-                        EngineError::Internal(format!(
-                            "scheduled sequence {} is unknown to the scheduler",
-                            s.seq_id
-                        ))
-                    })
+                self.scheduler.sequence(s.seq_id).ok_or_else(|| {
+                    EngineError::Internal(format!(
+                        "scheduled sequence {} is unknown to the scheduler",
+                        s.seq_id
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        // Only built when some request in flight asked for logprobs.
-        let wanted: Vec<Option<usize>> = if self.num_top_logprobs.is_empty() {
+        let params: Vec<&SamplingParams> = seqs.iter().map(|seq| &seq.params).collect();
+        // Penalty inputs catch up with the tokens generated since the last step.
+        for seq in &seqs {
+            if let Some(state) = self.penalties.get_mut(&seq.seq_id) {
+                state.update(seq.completion_token_ids());
+            }
+        }
+        // Only built when some request in flight asked for logprobs, penalties or prompt
+        // logprobs.
+        let extras: Vec<SeqExtras<'_>> = if self.num_top_logprobs.is_empty()
+            && self.penalties.is_empty()
+            && self.prompt_logprobs.is_empty()
+        {
             Vec::new()
         } else {
-            batch
-                .seqs
-                .iter()
-                .map(|s| self.num_top_logprobs.get(&s.seq_id).copied())
+            seqs.iter()
+                .map(|seq| SeqExtras {
+                    num_top_logprobs: self.num_top_logprobs.get(&seq.seq_id).copied(),
+                    penalties: self
+                        .penalties
+                        .get(&seq.seq_id)
+                        .map(|state| state.penalties(&seq.params)),
+                    prompt_logprobs: seq
+                        .params
+                        .prompt_logprobs
+                        .map(|n| (&seq.token_ids[..seq.num_prompt_tokens], n)),
+                })
                 .collect()
         };
         let runner_start = Instant::now();
         self.runner.take_input_time();
         let executed = match self.workers.as_mut() {
-            None => self.runner.execute_with_logprobs(batch, &params, &wanted),
+            None => self.runner.execute_with(batch, &params, &extras),
             Some(workers) => workers.begin_step(batch).and_then(|()| {
-                match self.runner.execute_with_logprobs(batch, &params, &wanted) {
+                match self.runner.execute_with(batch, &params, &extras) {
                     Ok(out) => workers.end_step().map(|()| out),
                     Err(err) => Err(workers.fail_step(err)),
                 }
@@ -703,6 +762,34 @@ impl LLMEngine {
             tracing::warn!(request_id = seq_id, "aborting request: {err}");
             if let Some(seq) = self.scheduler.abort(seq_id) {
                 finished.push(self.finish(seq, Some(err.to_string()))?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the prompt logprobs scored in this step (`scored[i]` belongs to
+    /// `batch.seqs[i]`) and gives out those now complete, once, in `out.prompt_logprobs`.
+    fn account_prompt_logprobs(
+        &mut self,
+        batch: &ScheduledBatch,
+        scored: Vec<Vec<TokenLogprobs>>,
+        out: &mut StepOutputs,
+    ) -> Result<()> {
+        if self.prompt_logprobs.is_empty() {
+            return Ok(());
+        }
+        for (seq, entries) in batch.seqs.iter().zip(scored) {
+            let Some((acc, given)) = self.prompt_logprobs.get_mut(&seq.seq_id) else {
+                continue; // did not ask, or aborted in this step (non-finite logits)
+            };
+            if seq.prompt_logprob_rows > 0 {
+                acc.append(seq.num_computed_tokens + 1, entries)
+                    .map_err(|e| EngineError::Internal(format!("request {}: {e}", seq.seq_id)))?;
+            }
+            if acc.is_complete() && !*given {
+                *given = true;
+                out.prompt_logprobs
+                    .push((seq.seq_id, acc.entries().to_vec()));
             }
         }
         Ok(())
@@ -809,6 +896,12 @@ impl LLMEngine {
     /// Forgets a finished sequence's engine-side state and builds its output.
     fn finish(&mut self, f: FinishedSeq, error: Option<String>) -> Result<RequestOutput> {
         self.num_top_logprobs.remove(&f.seq_id);
+        self.penalties.remove(&f.seq_id);
+        let prompt_logprobs = self
+            .prompt_logprobs
+            .remove(&f.seq_id)
+            .filter(|(acc, _)| acc.is_complete())
+            .map(|(acc, _)| acc.into_entries());
         tracing::debug!(
             request_id = f.seq_id,
             prompt_tokens = f.prompt_token_ids.len(),
@@ -829,7 +922,7 @@ impl LLMEngine {
             finish_reason: f.finish_reason,
             num_cached_tokens: f.num_cached_tokens,
             error,
-            prompt_logprobs: None,
+            prompt_logprobs,
         })
     }
 }

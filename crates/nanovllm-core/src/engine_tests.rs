@@ -13,7 +13,7 @@ use crate::config::EngineConfig;
 use crate::engine::{sampling_params_from, LLMEngine, Prompt};
 use crate::error::{EngineError, RequestError};
 use crate::llm::{ParamsArg, LLM};
-use crate::testing::{toy_reference, ToyModel, TOY_VOCAB};
+use crate::testing::{toy_next_token, toy_reference, ToyModel, TOY_VOCAB};
 
 fn toy_config() -> EngineConfig {
     EngineConfig {
@@ -893,4 +893,163 @@ fn step_times_split_each_step_and_decode_steps_are_summed() {
     let idle = engine.step().unwrap();
     assert_eq!(idle.kind, None);
     assert_eq!(idle.times.forward, std::time::Duration::ZERO);
+}
+
+// ---- penalties and logit bias ----------------------------------------------------
+
+/// The toy's greedy tokens under `params`' logit bias and penalties, by the definition
+/// (`nanovllm_kernels::sampling`): the toy's one-hot logits, bias, repetition once per
+/// distinct prompt or output token, then frequency and presence per output token; the
+/// lowest id among the largest.
+fn toy_penalised_reference(prompt: &[u32], params: &SamplingParams) -> Vec<u32> {
+    let mut context = prompt.to_vec();
+    let mut output: Vec<u32> = Vec::new();
+    for _ in 0..params.max_tokens {
+        let mut l = vec![0.0f32; TOY_VOCAB];
+        l[toy_next_token(&context) as usize] = 1.0;
+        for &(id, bias) in &params.logit_bias {
+            l[id as usize] += bias;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for &t in prompt.iter().chain(&output) {
+            if seen.insert(t) {
+                let x = l[t as usize];
+                l[t as usize] = if x > 0.0 {
+                    x / params.repetition_penalty
+                } else {
+                    x * params.repetition_penalty
+                };
+            }
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for &t in &output {
+            *counts.entry(t).or_insert(0u32) += 1;
+        }
+        for (&t, &c) in &counts {
+            l[t as usize] -= params.frequency_penalty * c as f32 + params.presence_penalty;
+        }
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let token = l.iter().position(|&x| x == max).unwrap() as u32;
+        context.push(token);
+        output.push(token);
+    }
+    output
+}
+
+fn penalised(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        frequency_penalty: 0.5,
+        presence_penalty: 0.3,
+        repetition_penalty: 1.5,
+        logit_bias: vec![(5, 0.25), (9, -0.5)],
+        ..greedy(max_tokens)
+    }
+}
+
+/// Penalties and bias follow the definition token by token, also when the prompt is
+/// chunked and when requests are preempted and recomputed (the output counts come from
+/// the sequence's own tokens, which a preemption keeps).
+#[test]
+fn penalties_follow_the_definition_through_chunking_and_preemption() {
+    let prompts = toy_prompts();
+    let params = penalised(24);
+    let want: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| toy_penalised_reference(p, &params))
+        .collect();
+    // The penalties change the outputs (or this test could not fail).
+    assert!(prompts
+        .iter()
+        .zip(&want)
+        .any(|(p, w)| *w != toy_reference(p, 24)));
+    for config in [
+        toy_config(),
+        EngineConfig {
+            max_num_batched_tokens: 8,
+            ..toy_config()
+        },
+        EngineConfig {
+            num_kvcache_blocks: Some(5),
+            ..toy_config()
+        },
+    ] {
+        let preempting = config.num_kvcache_blocks == Some(5);
+        let mut llm = LLM::from_engine(toy_engine(config));
+        let outputs = llm.generate(prompts.clone(), params.clone()).unwrap();
+        for ((out, w), p) in outputs.iter().zip(&want).zip(&prompts) {
+            assert_eq!(out.token_ids, *w, "prompt of {}", p.len());
+        }
+        if preempting {
+            assert!(llm.into_engine().stats().num_preemptions > 0);
+        }
+    }
+}
+
+#[test]
+fn a_logit_bias_of_100_makes_greedy_pick_the_token_and_out_of_vocab_ids_are_refused() {
+    let mut llm = LLM::from_engine(toy_engine(toy_config()));
+    let biased = SamplingParams {
+        logit_bias: vec![(42, 100.0)],
+        ..greedy(6)
+    };
+    let out = llm.generate(vec![vec![1u32, 2, 3]], biased).unwrap();
+    assert_eq!(out[0].token_ids, vec![42; 6]);
+    let mut engine = llm.into_engine();
+    let err = engine
+        .add_request(
+            vec![1u32, 2],
+            SamplingParams {
+                logit_bias: vec![(3, 1.0), (TOY_VOCAB as u32, 2.0)],
+                ..greedy(2)
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::InvalidRequest {
+                reason: RequestError::LogitBiasOutOfVocab {
+                    token_id: 97,
+                    vocab_size: TOY_VOCAB
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("logit_bias names token 97"),
+        "{err}"
+    );
+    assert!(!engine.has_unfinished());
+}
+
+/// A seeded request without penalties draws exactly the same tokens next to a penalised
+/// one as alone (the toy's logits do not depend on the batch).
+#[test]
+fn seeded_requests_without_penalties_are_unaffected_by_penalised_neighbours() {
+    let seeded = SamplingParams {
+        temperature: 1.0,
+        seed: Some(77),
+        ..greedy(20)
+    };
+    let prompt = vec![4u32, 5, 6];
+    let mut alone = LLM::from_engine(toy_engine(toy_config()));
+    let solo = alone
+        .generate(vec![prompt.clone()], seeded.clone())
+        .unwrap();
+    let mut engine = toy_engine(toy_config());
+    engine.add_request(vec![7u32, 8], penalised(20)).unwrap();
+    let id = engine.add_request(prompt, seeded).unwrap();
+    let mut tokens = Vec::new();
+    while engine.has_unfinished() {
+        for (rid, t) in engine.step().unwrap().new_tokens {
+            if rid == id {
+                tokens.push(t);
+            }
+        }
+    }
+    assert_eq!(tokens, solo[0].token_ids);
+    let distinct: std::collections::BTreeSet<u32> = tokens.iter().copied().collect();
+    assert!(distinct.len() > 1, "sampled, not constant: {tokens:?}");
 }

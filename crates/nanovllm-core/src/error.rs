@@ -142,6 +142,9 @@ pub enum RequestError {
     NoTokenizer,
     #[error("cannot tokenize the prompt: {0}")]
     Tokenize(String),
+    /// A `logit_bias` entry for a token the model does not have.
+    #[error("logit_bias names token {token_id}, outside the model's vocabulary of {vocab_size} tokens (ids 0..{vocab_size}): remove it or use an id below {vocab_size}")]
+    LogitBiasOutOfVocab { token_id: u32, vocab_size: usize },
     /// More top logprobs than a step computes per token.
     #[error("{requested} top logprobs asked for; at most {max} are supported")]
     TooManyLogprobs { requested: usize, max: usize },

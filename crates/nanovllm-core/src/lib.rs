@@ -3,7 +3,8 @@
 //! The engine. Owns [`EngineConfig`], the user-facing [`LLM`] (batch
 //! `generate`) and [`LLMEngine`] (step API: add_request / step / abort), the
 //! [`ModelRunner`] (batch preparation on the device; the backend samples there, see
-//! [`sampling`] for seeds and steps), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
+//! [`sampling`] for seeds, steps, logit bias and penalties, and [`runner`] for prompt
+//! logprobs), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
 //! and the bench.py throughput run ([`bench`]).
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
@@ -53,7 +54,7 @@ pub use error::{EngineError, RequestError, Result};
 pub use kv_sizing::cpu_num_kvcache_blocks;
 pub use llm::{Output, ParamsArg, Progress, LLM};
 pub use logprobs::{TokenLogprobs, TopLogprob};
-pub use runner::{ModelRunner, StepSamples};
+pub use runner::{ModelRunner, SeqExtras, StepSamples, PROMPT_LOGITS_ROWS_PER_PASS};
 pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 // Re-exported so that front ends need only this crate.

@@ -15,6 +15,7 @@ use nanovllm_scheduler::{BatchKind, FinishReason, SamplingParams};
 use crate::config::EngineConfig;
 use crate::engine::{EngineStats, LLMEngine, Prompt, RequestId, RequestOutput};
 use crate::error::{EngineError, Result};
+use crate::logprobs::TokenLogprobs;
 
 /// Sampling params for a `generate` call: one for all prompts, or one per prompt.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +57,10 @@ pub struct Output {
     pub num_cached_tokens: usize,
     /// Set when the engine had to abort this request (e.g. it outgrew the KV cache).
     pub error: Option<String>,
+    /// With [`SamplingParams::prompt_logprobs`]: one entry per prompt token, `None` for the
+    /// first, then each token's logprob given the tokens before it and the most likely
+    /// alternatives (see [`RequestOutput::prompt_logprobs`]); `None` when not asked for.
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprobs>>>,
 }
 
 impl From<RequestOutput> for Output {
@@ -67,6 +72,7 @@ impl From<RequestOutput> for Output {
             prompt_token_ids: r.prompt_token_ids,
             num_cached_tokens: r.num_cached_tokens,
             error: r.error,
+            prompt_logprobs: r.prompt_logprobs,
         }
     }
 }

@@ -27,13 +27,26 @@
 //! sequence that samples (`sample == true`), in batch order — or, when none
 //! samples (a step of prompt chunks only), the last row of the first
 //! sequence, whose logits are ignored.
+//!
+//! # Prompt logprobs
+//! A step whose batch has prompt rows to score (`ScheduledSeq::prompt_logprob_rows`, set by
+//! the scheduler for requests with `SamplingParams::prompt_logprobs`) runs
+//! [`Model::forward_hidden`] eagerly (never a decode graph: such rows only occur in
+//! prefill), takes the sampled rows' logits from the hidden states as usual, samples, and
+//! then scores the prompt rows in passes of at most [`PROMPT_LOGITS_ROWS_PER_PASS`] rows:
+//! [`Model::compute_logits`] on those rows, then [`Backend::token_logprobs`] with each
+//! row's next prompt token as its target (known even for a chunk's last row: it is in the
+//! prompt). So a step holds at most `PROMPT_LOGITS_ROWS_PER_PASS × vocab_size` prompt
+//! logits at once (plus the hidden states of the chunk, `max_num_batched_tokens ×
+//! hidden_size`), whatever the prompt's length. Tensor-parallel workers make the same
+//! `compute_logits` calls (their collectives pair with rank 0's) and drop the logits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nanovllm_kernels::{
-    AttentionMetadata, Backend, CpuStorage, DType, Device, KvCache, SamplingRow, Storage, Tensor,
-    NO_FINITE_LOGIT,
+    AttentionMetadata, Backend, CpuStorage, DType, Device, KvCache, Penalties, SamplingRow,
+    Storage, Tensor, NO_FINITE_LOGIT,
 };
 use nanovllm_models::{ForwardInput, Model};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch, SeqId};
@@ -55,6 +68,24 @@ struct HostBuffers {
     logits_indices: Vec<u32>,
 }
 
+/// Prompt rows scored per [`Model::compute_logits`] call: bounds the prompt logits a step
+/// holds at once to this many rows of `vocab_size` (e.g. 512 × 151 936 f32 = 311 MB on the
+/// CPU, half that in bf16 on a GPU).
+pub const PROMPT_LOGITS_ROWS_PER_PASS: usize = 512;
+
+/// What the engine adds to a scheduled sequence's [`SamplingParams`] for one step.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SeqExtras<'a> {
+    /// The `n` top logprobs of the sampled token (see [`crate::logprobs`]).
+    pub num_top_logprobs: Option<usize>,
+    /// The request's penalties (from its [`crate::sampling::PenaltyState`]); `None` when
+    /// every penalty is off.
+    pub penalties: Option<Penalties<'a>>,
+    /// Prompt logprobs: the prompt's token ids and the number of top alternatives per
+    /// position. Needed for every sequence with `prompt_logprob_rows > 0` on rank 0.
+    pub prompt_logprobs: Option<(&'a [u32], usize)>,
+}
+
 /// What one step sampled, per scheduled sequence in batch order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepSamples {
@@ -65,7 +96,13 @@ pub struct StepSamples {
     pub logprobs: Vec<Option<TokenLogprobs>>,
     /// Sequences whose logits had no finite maximum (NaN, all −∞, or a +∞): they got no
     /// token ([`EngineError::NonFiniteLogits`]); the others of the batch are unaffected.
+    /// A sequence is listed once, whether its sampled row or a prompt row was the bad one.
     pub non_finite: Vec<SeqId>,
+    /// Prompt logprobs scored in this step, per sequence: the entries of prompt positions
+    /// `num_computed_tokens + 1 ..= num_computed_tokens + prompt_logprob_rows` (each the
+    /// prompt token there, its logprob given the tokens before it, and the top
+    /// alternatives); empty for the others.
+    pub prompt_logprobs: Vec<Vec<TokenLogprobs>>,
 }
 
 /// Runs batches through the model and samples from the result.
@@ -75,7 +112,8 @@ pub struct ModelRunner {
     kv_cache: KvCache,
     /// `EngineConfig::seed`: the seed of requests without their own ([`crate::sampling`]).
     seed: u64,
-    /// One row per sampling sequence, refilled every step.
+    /// Capacity for the step's sampling rows, kept between steps (the rows themselves
+    /// borrow the step's params; see [`recycle_rows`]).
     sample_rows: Vec<SamplingRow<'static>>,
     buffers: HostBuffers,
     /// Captured decode graphs (a backend that captures, not `enforce_eager`, capture succeeded).
@@ -224,11 +262,31 @@ impl ModelRunner {
         params: &[&SamplingParams],
         num_top_logprobs: &[Option<usize>],
     ) -> Result<StepSamples> {
+        let extras: Vec<SeqExtras<'_>> = num_top_logprobs
+            .iter()
+            .map(|&num_top_logprobs| SeqExtras {
+                num_top_logprobs,
+                ..SeqExtras::default()
+            })
+            .collect();
+        self.execute_with(batch, params, &extras)
+    }
+
+    /// [`Self::execute`] with what the engine adds per sequence: `extras[i]` belongs to
+    /// `batch.seqs[i]` (logprobs, penalties, prompt logprobs); an empty `extras` adds
+    /// nothing (a tensor-parallel worker: prompt rows are then computed, as their
+    /// collectives require, but not scored).
+    pub fn execute_with(
+        &mut self,
+        batch: &ScheduledBatch,
+        params: &[&SamplingParams],
+        extras: &[SeqExtras<'_>],
+    ) -> Result<StepSamples> {
         let num_seqs = batch.num_seqs();
-        if !num_top_logprobs.is_empty() && num_top_logprobs.len() != num_seqs {
+        if !extras.is_empty() && extras.len() != num_seqs {
             return Err(EngineError::Internal(format!(
-                "execute got {} logprob requests for {num_seqs} sequences",
-                num_top_logprobs.len(),
+                "execute got {} per-sequence extras for {num_seqs} sequences",
+                extras.len(),
             )));
         }
         if params.len() != num_seqs {
@@ -241,31 +299,54 @@ impl ModelRunner {
             tokens: vec![0; num_seqs],
             logprobs: vec![None; num_seqs],
             non_finite: Vec::new(),
+            prompt_logprobs: vec![Vec::new(); num_seqs],
         };
         if num_seqs == 0 {
             return Ok(samples);
         }
-        let logits = self.run_model(batch)?;
-        self.sample_rows.clear();
+        let (logits, hidden) = self.run_model(batch)?;
+        let mut rows = recycle_rows(std::mem::take(&mut self.sample_rows));
+        let sampled = self.sample(batch, params, extras, logits, &mut rows, &mut samples);
+        self.sample_rows = recycle_rows(rows);
+        sampled?;
+        if let Some(hidden) = hidden {
+            self.score_prompts(batch, extras, &hidden, &mut samples)?;
+        }
+        Ok(samples)
+    }
+
+    /// Samples the batch's sampling rows from `logits` into `samples` (`rows`: an empty
+    /// vector to fill, for its capacity).
+    fn sample<'a>(
+        &self,
+        batch: &ScheduledBatch,
+        params: &[&'a SamplingParams],
+        extras: &[SeqExtras<'a>],
+        logits: Tensor,
+        rows: &mut Vec<SamplingRow<'a>>,
+        samples: &mut StepSamples,
+    ) -> Result<()> {
         for (i, (seq, p)) in batch.seqs.iter().zip(params).enumerate() {
             if seq.sample {
-                let num_logprobs = num_top_logprobs.get(i).copied().flatten();
+                let extra = extras.get(i).copied().unwrap_or_default();
                 let step = seq.num_generated_tokens as u64;
-                self.sample_rows
-                    .push(sampling_row(p, self.seed, seq.seq_id, step, num_logprobs));
+                rows.push(SamplingRow {
+                    penalties: extra.penalties,
+                    ..sampling_row(p, self.seed, seq.seq_id, step, extra.num_top_logprobs)
+                });
             }
         }
-        if self.sample_rows.is_empty() {
-            return Ok(samples); // prompt chunks only: their logits are ignored
+        if rows.is_empty() {
+            return Ok(()); // prompt chunks only: their logits are ignored
         }
         let (num_rows, _) = logits.dims2()?;
-        if num_rows != self.sample_rows.len() {
+        if num_rows != rows.len() {
             return Err(EngineError::Internal(format!(
                 "model returned {num_rows} logit rows for {} sampled sequences",
-                self.sample_rows.len()
+                rows.len()
             )));
         }
-        let out = self.backend.sample(logits, &self.sample_rows)?;
+        let out = self.backend.sample(logits, rows)?;
         if out.tokens.len() != num_rows || out.logprobs.len() != num_rows {
             return Err(EngineError::Internal(format!(
                 "sampling returned {} tokens and {} logprobs for {num_rows} rows",
@@ -283,7 +364,87 @@ impl ModelRunner {
             samples.tokens[i] = token;
             samples.logprobs[i] = logprobs.map(|row| TokenLogprobs::from_row(token, row));
         }
-        Ok(samples)
+        Ok(())
+    }
+
+    /// Scores the batch's prompt rows (see the module docs) into `samples.prompt_logprobs`,
+    /// in passes of at most [`PROMPT_LOGITS_ROWS_PER_PASS`] rows. Without `extras` (a
+    /// worker) the logits are computed and dropped.
+    fn score_prompts(
+        &mut self,
+        batch: &ScheduledBatch,
+        extras: &[SeqExtras<'_>],
+        hidden: &Tensor,
+        samples: &mut StepSamples,
+    ) -> Result<()> {
+        // (sequence index, packed row, target token) of every prompt row, in batch order.
+        let mut scored: Vec<(usize, u32, u32)> = Vec::new();
+        let mut num_top = 0;
+        for (i, seq) in batch.seqs.iter().enumerate() {
+            let n = seq.prompt_logprob_rows;
+            if n == 0 {
+                continue;
+            }
+            let first_row = batch.cu_seqlens_q[i];
+            let prompt = extras.get(i).and_then(|e| e.prompt_logprobs);
+            let targets = match prompt {
+                Some((prompt, top)) => {
+                    num_top = num_top.max(top);
+                    // Row k holds position num_computed_tokens + k and predicts the token after it.
+                    let at = seq.num_computed_tokens + 1;
+                    let targets = prompt.get(at..at + n).ok_or_else(|| {
+                        EngineError::Internal(format!(
+                            "sequence {}: {n} prompt rows from position {} but a prompt of {} tokens",
+                            seq.seq_id,
+                            seq.num_computed_tokens,
+                            prompt.len()
+                        ))
+                    })?;
+                    Some(targets)
+                }
+                None if extras.is_empty() => None,
+                None => {
+                    return Err(EngineError::Internal(format!(
+                        "sequence {} has prompt rows to score but no prompt logprobs request",
+                        seq.seq_id
+                    )))
+                }
+            };
+            for k in 0..n {
+                let target = targets.map_or(0, |t| t[k]);
+                scored.push((i, first_row + k as u32, target));
+            }
+        }
+        for pass in scored.chunks(PROMPT_LOGITS_ROWS_PER_PASS) {
+            let mut indices: Vec<u32> = pass.iter().map(|&(_, row, _)| row).collect();
+            let indices = upload_u32(self.backend.as_ref(), &mut indices, &[pass.len()])?;
+            let logits = self.model.compute_logits(hidden, &indices)?;
+            if extras.is_empty() {
+                continue; // a worker: the logits only had to be gathered
+            }
+            let targets: Vec<u32> = pass.iter().map(|&(_, _, target)| target).collect();
+            let out = self.backend.token_logprobs(logits, &targets, num_top)?;
+            if out.len() != pass.len() {
+                return Err(EngineError::Internal(format!(
+                    "token_logprobs returned {} rows for {}",
+                    out.len(),
+                    pass.len()
+                )));
+            }
+            for (&(i, _, target), row) in pass.iter().zip(out) {
+                let Some(mut row) = row else {
+                    let seq_id = batch.seqs[i].seq_id;
+                    if !samples.non_finite.contains(&seq_id) {
+                        samples.non_finite.push(seq_id);
+                    }
+                    continue;
+                };
+                let top = extras[i].prompt_logprobs.map_or(0, |(_, top)| top);
+                row.top.truncate(top);
+                samples.prompt_logprobs[i].push(TokenLogprobs::from_row(target, row));
+            }
+        }
+        Ok(())
     }
 
     /// Logits of the batch's sampled rows (or of its first sequence's last row when none
@@ -292,14 +453,31 @@ impl ModelRunner {
     /// The returned tensor may alias a decode graph's static logits buffer
     /// ([`Replayed::Logits`]): the caller consumes it within the step (sampling), so it is
     /// dropped before the next replay rewrites that buffer and before the graphs are.
-    fn run_model(&mut self, batch: &ScheduledBatch) -> Result<Tensor> {
+    /// With prompt rows to score (see the module docs) it runs eagerly through
+    /// [`Model::forward_hidden`] and also returns the hidden states, for
+    /// [`Self::score_prompts`].
+    fn run_model(&mut self, batch: &ScheduledBatch) -> Result<(Tensor, Option<Tensor>)> {
         let start = Instant::now();
+        let scores_prompts = batch.seqs.iter().any(|s| s.prompt_logprob_rows > 0);
+        if scores_prompts {
+            let input = self.build_input(batch)?;
+            self.input_time += start.elapsed();
+            let (model, kv_cache) = (&self.model, &mut self.kv_cache);
+            let hidden = if self.forward_on_pool {
+                rayon::scope(|_| model.forward_hidden(&input, kv_cache))?
+            } else {
+                model.forward_hidden(&input, kv_cache)?
+            };
+            let logits = self.model.compute_logits(&hidden, &input.logits_indices)?;
+            self.recycle(input);
+            return Ok((logits, Some(hidden)));
+        }
         if let Some(graphs) = self.decode_graphs.as_mut() {
             if graphs.covers(batch) {
                 let staged = graphs.stage(batch)?;
                 self.input_time += start.elapsed();
-                return match graphs.launch(staged)? {
-                    Replayed::Logits(logits) => Ok(logits),
+                let logits = match graphs.launch(staged)? {
+                    Replayed::Logits(logits) => logits,
                     Replayed::Hidden(hidden) => {
                         // Decode: every sequence samples, one row each, so row i is sequence i.
                         let b = &mut self.buffers;
@@ -308,9 +486,10 @@ impl ModelRunner {
                         let n = b.logits_indices.len();
                         let be = self.backend.as_ref();
                         let indices = upload_u32(be, &mut b.logits_indices, &[n])?;
-                        Ok(self.model.compute_logits(hidden, &indices)?)
+                        self.model.compute_logits(hidden, &indices)?
                     }
                 };
+                return Ok((logits, None));
             }
         }
         let input = self.build_input(batch)?;
@@ -322,7 +501,7 @@ impl ModelRunner {
             model.forward(&input, kv_cache)?
         };
         self.recycle(input);
-        Ok(logits)
+        Ok((logits, None))
     }
 
     /// Packs `batch` into device tensors, reusing the host staging buffers.
@@ -488,6 +667,17 @@ pub(crate) fn i64_vec(storage: Storage) -> Option<Vec<i64>> {
         CpuStorage::I64(v) => Some(v),
         _ => None,
     }
+}
+
+/// An emptied vector of sampling rows with another lifetime, keeping its allocation: the
+/// rows of a step borrow that step's params, so the runner keeps only the capacity between
+/// steps. (`collect` from a vector's own `into_iter` into an element type of the same size
+/// and alignment reuses its buffer; the vector is empty, so no row is converted.)
+fn recycle_rows<'a, 'b>(mut rows: Vec<SamplingRow<'a>>) -> Vec<SamplingRow<'b>> {
+    rows.clear();
+    rows.into_iter()
+        .map(|_| -> SamplingRow<'b> { unreachable!("the vector was cleared") })
+        .collect()
 }
 
 fn refill<T: Copy>(dst: &mut Vec<T>, src: &[T]) {

@@ -4,6 +4,17 @@
 //! logprobs — is `nanovllm_kernels::sampling`'s). Only token ids and the logprobs a
 //! request asked for come back to the host.
 //!
+//! # Processing
+//! A row carries its request's [`SamplingParams::logit_bias`] (borrowed: the row lives for
+//! one step) and, when any penalty is on, [`Penalties`] borrowed from the request's
+//! [`PenaltyState`]. A request with every penalty off has no state and its rows
+//! `penalties: None`, so the sampler does no penalty work for it. A [`PenaltyState`] holds
+//! the prompt's distinct tokens (for the repetition penalty only) and the output's
+//! `(token, count)` pairs, updated incrementally from the sequence's own completion tokens
+//! before each step ([`PenaltyState::update`] counts only the tokens it has not seen). The
+//! completion tokens survive a preemption (the recompute re-reads them from the same
+//! sequence), so the counts stay right across one.
+//!
 //! # Randomness
 //! A sampled token draws the uniform number `uniform(seed, step)` (Philox4x32-10, keyed by
 //! the seed, counted by the step):
@@ -25,7 +36,9 @@
 //! compositions identical up to such near-ties
 //! (`engine_tests::seeded_output_is_reproducible_and_batch_independent_up_to_rounding`).
 
-use nanovllm_kernels::SamplingRow;
+use std::collections::HashMap;
+
+use nanovllm_kernels::{Penalties, SamplingRow};
 use nanovllm_scheduler::{SamplingParams, SeqId};
 
 /// SplitMix64's increment (the golden ratio in 64-bit fixed point).
@@ -48,14 +61,16 @@ pub fn request_seed(engine_seed: u64, request_id: SeqId) -> u64 {
 }
 
 /// How to sample request `request_id`'s token number `step` (0 for its first generated
-/// token), with the `n` top logprobs when `num_logprobs` is `Some(n)`.
+/// token), with the `n` top logprobs when `num_logprobs` is `Some(n)`. The row borrows the
+/// request's logit bias; its penalties are the caller's to set
+/// ([`PenaltyState::penalties`]), `None` here.
 pub fn sampling_row(
     params: &SamplingParams,
     engine_seed: u64,
     request_id: SeqId,
     step: u64,
     num_logprobs: Option<usize>,
-) -> SamplingRow<'static> {
+) -> SamplingRow<'_> {
     SamplingRow {
         temperature: params.temperature,
         top_k: params.top_k,
@@ -66,7 +81,74 @@ pub fn sampling_row(
             .unwrap_or_else(|| request_seed(engine_seed, request_id)),
         step,
         num_logprobs,
+        logit_bias: &params.logit_bias,
         ..SamplingRow::default()
+    }
+}
+
+/// Whether `params` turn any penalty on (repetition ≠ 1, frequency or presence ≠ 0).
+pub fn has_penalties(params: &SamplingParams) -> bool {
+    params.repetition_penalty != 1.0
+        || params.frequency_penalty != 0.0
+        || params.presence_penalty != 0.0
+}
+
+/// One request's penalty inputs (see the module docs), kept up to date step by step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PenaltyState {
+    /// Distinct prompt tokens, ascending; empty unless the repetition penalty is on.
+    prompt_tokens: Vec<u32>,
+    /// `(token, occurrences)` of the output, each token once, in first-occurrence order.
+    output_counts: Vec<(u32, u32)>,
+    /// Index of each output token's pair in `output_counts`.
+    index: HashMap<u32, usize>,
+    /// Completion tokens already counted.
+    counted: usize,
+}
+
+impl PenaltyState {
+    /// The state of a request with `params` and `prompt`; `None` when every penalty is off
+    /// (its rows then carry no penalties at all).
+    pub fn new(params: &SamplingParams, prompt: &[u32]) -> Option<Self> {
+        if !has_penalties(params) {
+            return None;
+        }
+        let mut prompt_tokens = Vec::new();
+        if params.repetition_penalty != 1.0 {
+            prompt_tokens.extend_from_slice(prompt);
+            prompt_tokens.sort_unstable();
+            prompt_tokens.dedup();
+        }
+        Some(Self {
+            prompt_tokens,
+            ..Self::default()
+        })
+    }
+
+    /// Counts the tokens of `completion` (the request's generated tokens so far, in order)
+    /// that earlier calls have not: O(new tokens), not O(output).
+    pub fn update(&mut self, completion: &[u32]) {
+        for &token in completion.get(self.counted..).unwrap_or_default() {
+            match self.index.get(&token) {
+                Some(&i) => self.output_counts[i].1 += 1,
+                None => {
+                    self.index.insert(token, self.output_counts.len());
+                    self.output_counts.push((token, 1));
+                }
+            }
+        }
+        self.counted = self.counted.max(completion.len());
+    }
+
+    /// The penalties of the request's next row (`params` are the request's own).
+    pub fn penalties(&self, params: &SamplingParams) -> Penalties<'_> {
+        Penalties {
+            repetition: params.repetition_penalty,
+            frequency: params.frequency_penalty,
+            presence: params.presence_penalty,
+            prompt_tokens: &self.prompt_tokens,
+            output_counts: &self.output_counts,
+        }
     }
 }
 
@@ -169,9 +251,10 @@ mod tests {
     #[test]
     fn rows_without_a_finite_maximum_get_no_token() {
         let p = SamplingParams::greedy(1);
+        let sampled = params(1.0, 0, 1.0, 0.0);
         let rows = [
             sampling_row(&p, 0, 9, 0, None),
-            sampling_row(&params(1.0, 0, 1.0, 0.0), 0, 10, 0, Some(2)),
+            sampling_row(&sampled, 0, 10, 0, Some(2)),
             sampling_row(&p, 0, 11, 0, None),
         ];
         let out = sample(
@@ -297,7 +380,7 @@ mod tests {
     fn same_engine_seed_same_tokens_and_parallel_equals_serial() {
         let vocab = 151_936 / 8;
         let p = params(1.0, 40, 0.9, 0.05);
-        let rows = |engine_seed| -> Vec<SamplingRow<'static>> {
+        let rows = |engine_seed| -> Vec<SamplingRow<'_>> {
             (0..32)
                 .map(|id| sampling_row(&p, engine_seed, id, 0, None))
                 .collect()
@@ -314,6 +397,68 @@ mod tests {
         assert_eq!(a, serial);
         let c = sample(&logits, &rows(4)).tokens;
         assert_ne!(a, c, "a different engine seed should change some tokens");
+    }
+
+    // ---- penalties and logit bias ------------------------------------------------
+
+    #[test]
+    fn penalty_state_counts_incrementally_and_only_when_on() {
+        assert_eq!(PenaltyState::new(&SamplingParams::default(), &[1, 2]), None);
+        let p = SamplingParams {
+            frequency_penalty: 0.5,
+            ..SamplingParams::default()
+        };
+        let mut state = PenaltyState::new(&p, &[3, 3, 1]).unwrap();
+        // Without the repetition penalty the prompt is not kept.
+        assert!(state.penalties(&p).prompt_tokens.is_empty());
+        state.update(&[]);
+        state.update(&[7, 5]);
+        state.update(&[7, 5, 7]); // one new token
+        state.update(&[7, 5, 7]); // nothing new
+        state.update(&[7, 5, 7, 9, 5]);
+        assert_eq!(state.penalties(&p).output_counts, &[(7, 2), (5, 2), (9, 1)]);
+        // A fresh state over the whole output agrees with the incremental one.
+        let mut whole = PenaltyState::new(&p, &[3, 3, 1]).unwrap();
+        whole.update(&[7, 5, 7, 9, 5]);
+        assert_eq!(whole, state);
+
+        let r = SamplingParams {
+            repetition_penalty: 1.5,
+            ..SamplingParams::default()
+        };
+        let state = PenaltyState::new(&r, &[3, 3, 1, 9]).unwrap();
+        let pen = state.penalties(&r);
+        assert_eq!(pen.prompt_tokens, &[1, 3, 9]);
+        assert_eq!(
+            (pen.repetition, pen.frequency, pen.presence),
+            (1.5, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn rows_carry_the_logit_bias_and_the_penalties() {
+        // Greedy over [2, 1, 0.5, 0]: token 0 wins untouched.
+        let logits = [2.0f32, 1.0, 0.5, 0.0];
+        let biased = SamplingParams {
+            logit_bias: vec![(3, 100.0)],
+            ..SamplingParams::greedy(1)
+        };
+        let row = sampling_row(&biased, 0, 0, 0, None);
+        assert_eq!(row.logit_bias, &[(3, 100.0)]);
+        assert_eq!(row.penalties, None);
+        assert_eq!(sample(&logits, &[row]).tokens, vec![3]);
+        // Repetition 4 on the output token 0: 2 / 4 = 0.5 < 1, token 1 wins.
+        let penalised = SamplingParams {
+            repetition_penalty: 4.0,
+            ..SamplingParams::greedy(1)
+        };
+        let mut state = PenaltyState::new(&penalised, &[2]).unwrap();
+        state.update(&[0]);
+        let row = SamplingRow {
+            penalties: Some(state.penalties(&penalised)),
+            ..sampling_row(&penalised, 0, 0, 1, None)
+        };
+        assert_eq!(sample(&logits, &[row]).tokens, vec![1]);
     }
 
     // ---- logprobs (ported from `logprobs.rs`) ------------------------------------

@@ -3,7 +3,8 @@
 //! activations and KV cache) equal the CPU f32 engine's, except after a near tie, and the
 //! CPU engine's equal transformers' (`reference.json`), so the GPU is checked against
 //! transformers in the same run; decode through captured CUDA graphs gives the same tokens
-//! as `enforce_eager`; the KV cache is sized from `gpu_memory_utilization`.
+//! as `enforce_eager`; the KV cache is sized from `gpu_memory_utilization`; prompt logprobs
+//! (chunked, with penalties and a logit bias on the same requests) agree with the CPU's.
 //!
 //! Kernel coverage: `qwen3-tiny-d128` has Qwen3's real attention shape (head_dim 128, GQA
 //! groups of 2), so its prefill runs the tensor-core flash kernel and its decode the
@@ -340,6 +341,7 @@ fn a_graph_decode_step_allocates_nothing_and_gives_the_eager_logits() {
         context_len,
         sample: true,
         num_generated_tokens: 0,
+        prompt_logprob_rows: 0,
     };
     let batch = ScheduledBatch {
         kind: BatchKind::Decode,
@@ -420,4 +422,74 @@ fn a_graph_decode_step_allocates_nothing_and_gives_the_eager_logits() {
         .fold(0.0f32, f32::max);
     assert!(graph_logits.iter().all(|x| x.is_finite()));
     assert!(worst <= 0.125, "graph and eager logits differ by {worst}");
+}
+
+/// Prompt logprobs on CUDA (bf16 logits, `Backend::token_logprobs` on the device, chunks of
+/// 16 tokens) against the CPU f32 engine's, for every case of two fixtures, on requests that
+/// also carry penalties and a logit bias (which must not touch prompt logprobs). Tolerance
+/// 0.25, the near-tie margin above: bf16 moves each logit by up to about one ulp (≤ 0.0625
+/// below 16) plus the activations' error, and a log-softmax at most doubles that; a wrong
+/// row or target would be off by units.
+#[test]
+fn prompt_logprobs_on_cuda_match_the_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let params = SamplingParams {
+        prompt_logprobs: Some(3),
+        repetition_penalty: 1.3,
+        frequency_penalty: 0.5,
+        logit_bias: vec![(7, 2.0)],
+        ignore_eos: true,
+        ..SamplingParams::greedy(4)
+    };
+    for fixture in ["qwen3-tiny", "qwen3-tiny-d128"] {
+        let (prompts, block_size) = prompts(fixture);
+        let run = |device: DeviceKind| {
+            // The CPU exact (f32 cache, as above); the GPU with its own bf16 cache.
+            let kv_cache_dtype = match device {
+                DeviceKind::Cpu => nanovllm_core::KvCacheDType::F32,
+                _ => nanovllm_core::KvCacheDType::Auto,
+            };
+            let mut engine = LLMEngine::new(EngineConfig {
+                max_num_batched_tokens: 16,
+                kv_cache_dtype,
+                ..config(fixture, device, block_size)
+            })
+            .unwrap_or_else(|e| panic!("{fixture} on {device:?}: {e}"));
+            let ids: Vec<_> = prompts
+                .iter()
+                .map(|p| engine.add_request(p.clone(), params.clone()).unwrap())
+                .collect();
+            let mut outputs = std::collections::HashMap::new();
+            while engine.has_unfinished() {
+                for f in engine.step().unwrap().finished {
+                    outputs.insert(f.request_id, f.prompt_logprobs.expect("asked"));
+                }
+            }
+            ids.iter()
+                .map(|id| outputs.remove(id).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let cpu = run(DeviceKind::Cpu);
+        let gpu = run(DeviceKind::Cuda);
+        for (i, ((c, g), prompt)) in cpu.iter().zip(&gpu).zip(&prompts).enumerate() {
+            assert_eq!(g.len(), prompt.len(), "{fixture} prompt {i}");
+            assert!(g[0].is_none(), "{fixture} prompt {i}");
+            for (pos, (ce, ge)) in c.iter().zip(g).enumerate().skip(1) {
+                let (ce, ge) = (ce.as_ref().unwrap(), ge.as_ref().unwrap());
+                assert_eq!(
+                    ge.token_id, prompt[pos],
+                    "{fixture} prompt {i} position {pos}"
+                );
+                assert!(
+                    (ce.logprob - ge.logprob).abs() <= NEAR_TIE_MARGIN,
+                    "{fixture} prompt {i} position {pos}: CPU {} vs CUDA {}",
+                    ce.logprob,
+                    ge.logprob
+                );
+                assert_eq!(ge.top.len(), 3, "{fixture} prompt {i} position {pos}");
+            }
+        }
+    }
 }

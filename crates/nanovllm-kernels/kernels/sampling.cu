@@ -31,7 +31,8 @@
 //      exceeds it. u = Philox4x32-10(counter = step, key = seed), 53 bits, as on the host.
 //   7. logprobs (rows that ask): one pass for log Σ exp(s) in f64 (s = (l − max) / T, or
 //      l − max when greedy), a radix select (count) of the top n f32 logprobs (ties:
-//      lower id) gathered and sorted in shared memory, and the chosen token's logprob.
+//      lower id) gathered and sorted in shared memory, and the chosen token's logprob (or
+//      the row's logprob_token's, when it names one: scoring a known token).
 //
 // Processing (mask → bias → penalties) is applied on the fly while reading, in f32 on the
 // bf16 (or f32) value read, so the kernel sees exactly what the CPU reference computes
@@ -107,8 +108,10 @@ constexpr u32 ROW_WORDS = 20;
 constexpr u32 H_FLAGS = 0, H_TEMPERATURE = 1, H_TOP_K = 2, H_TOP_P = 3, H_MIN_P = 4,
               H_SEED_LO = 5, H_SEED_HI = 6, H_STEP_LO = 7, H_STEP_HI = 8,
               H_NUM_LOGPROBS = 9, H_LOGPROB_SLOT = 10, H_MASK = 11, H_EDITS = 12,
-              H_NUM_EDITS = 13, H_REPETITION = 14, H_FREQUENCY = 15, H_PRESENCE = 16;
-constexpr u32 FLAG_GREEDY = 1, FLAG_MASK = 2, FLAG_LOGPROBS = 4;
+              H_NUM_EDITS = 13, H_REPETITION = 14, H_FREQUENCY = 15, H_PRESENCE = 16,
+              H_LOGPROB_TOKEN = 17;
+// FLAG_LOGPROB_TOKEN: the logprob reported is H_LOGPROB_TOKEN's, not the chosen token's.
+constexpr u32 FLAG_GREEDY = 1, FLAG_MASK = 2, FLAG_LOGPROBS = 4, FLAG_LOGPROB_TOKEN = 8;
 // One edit entry: id, first bias word, bias count, first output-count word, output
 // entries, whether the id is in the prompt.
 constexpr u32 EDIT_WORDS = 6;
@@ -329,6 +332,7 @@ struct RowParams {
   float min_p;
   u64 seed, step;
   u32 num_logprobs, logprob_slot;
+  u32 logprob_token;  // NONE: the chosen token's logprob is reported
   const u32 *mask;  // nullptr: every token allowed
   const u32 *edits;
   u32 num_edits;
@@ -346,6 +350,7 @@ struct RowParams {
     step = (u64)h[H_STEP_LO] | ((u64)h[H_STEP_HI] << 32);
     num_logprobs = h[H_NUM_LOGPROBS];
     logprob_slot = h[H_LOGPROB_SLOT];
+    logprob_token = (flags & FLAG_LOGPROB_TOKEN) ? h[H_LOGPROB_TOKEN] : NONE;
     mask = (flags & FLAG_MASK) ? p + h[H_MASK] : nullptr;
     edits = p + h[H_EDITS];
     num_edits = h[H_NUM_EDITS];
@@ -827,7 +832,8 @@ __device__ void sample_row(const T *__restrict__ logits, const u32 *__restrict__
         sh.top_id[b] = id;
       }
       u32 *out = results + rows + (size_t)rp.logprob_slot * LOGPROB_WORDS;
-      out[0] = __float_as_uint(lpk.logprob(dom.value_at(token)));
+      const u32 scored = rp.logprob_token != NONE ? rp.logprob_token : token;
+      out[0] = __float_as_uint(lpk.logprob(dom.value_at(scored)));
       out[1] = count;
       for (u32 a = 0; a < count; ++a) {
         out[2 + 2 * a] = sh.top_id[a];

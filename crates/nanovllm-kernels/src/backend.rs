@@ -14,7 +14,9 @@
 //! them with something faster, and the CPU and CUDA backends do where noted):
 //! - [`Backend::upload_weight`]: [`Backend::upload`] (CUDA overrides: bf16 weights);
 //! - [`Backend::add_rms_norm`]: [`Backend::add_inplace`] then [`Backend::rms_norm`]
-//!   (both override with a fused kernel).
+//!   (both override with a fused kernel);
+//! - [`Backend::token_logprobs`]: [`Backend::sample`] with greedy rows that score a given
+//!   token ([`SamplingRow::logprob_token`]), on every backend.
 //!
 //! Every other op has no default: none follows from the rest without changing its
 //! semantics or its cost. `testing::PrimitiveOnly` runs the shared op suite through the
@@ -27,7 +29,7 @@ use crate::capability::{CollectiveGroups, DeviceMemory, GraphCapture};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::kv_cache::LayerKvCache;
-use crate::sampling::{SampleOutput, SamplingRow};
+use crate::sampling::{RowLogprobs, SampleOutput, SamplingRow};
 use crate::tensor::{Tensor, TensorParts};
 use crate::validate;
 
@@ -222,6 +224,30 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Only the tokens (and requested logprobs) reach the host; on a device, that copy is the
     /// op's one synchronisation.
     fn sample(&self, logits: Tensor, rows: &[SamplingRow<'_>]) -> Result<SampleOutput>;
+    /// Scores known tokens (prompt logprobs): row `r` of `logits: [R, V]` gives the logprob
+    /// of `targets[r]` from the log-softmax of the raw logits (no temperature, no
+    /// processing; summed in f64, NaN as −∞) and the `num_top` most likely tokens
+    /// (`≤` [`crate::sampling::MAX_NUM_LOGPROBS`]; most likely first, equal values by lower
+    /// id). `None` for a row without a finite maximum. `targets.len()` must be `R`; a target
+    /// `≥ V` is an error. Consumes the logits. The default is [`Backend::sample`] with
+    /// greedy rows whose [`SamplingRow::logprob_token`] is the target: the same numbers as
+    /// the logprobs of a greedy sampled row.
+    fn token_logprobs(
+        &self,
+        logits: Tensor,
+        targets: &[u32],
+        num_top: usize,
+    ) -> Result<Vec<Option<RowLogprobs>>> {
+        let rows: Vec<SamplingRow<'_>> = targets
+            .iter()
+            .map(|&target| SamplingRow {
+                num_logprobs: Some(num_top),
+                logprob_token: Some(target),
+                ..SamplingRow::default()
+            })
+            .collect();
+        Ok(self.sample(logits, &rows)?.logprobs)
+    }
 
     // ---- optional capabilities (see `capability.rs`) ------------------------
     /// The device's own memory, when it has one to divide (a GPU); `None` on the CPU,

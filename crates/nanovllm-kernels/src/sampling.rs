@@ -42,8 +42,10 @@
 //! 4. **Logprobs** (`num_logprobs: Some(n)`): from the log-softmax of the processed logits
 //!    divided by the temperature (the processed logits themselves when greedy), before the
 //!    filters, summed in f64 — the distribution the filters start from, so a filtered-out
-//!    token still has a finite logprob. The chosen token's logprob, and the `n` most likely
-//!    tokens (most likely first, equal values by lower id; fewer when `V < n`).
+//!    token still has a finite logprob. The chosen token's logprob (or, with
+//!    `logprob_token: Some(id)`, the logprob of `id` instead: scoring a known token, as
+//!    [`crate::Backend::token_logprobs`] does), and the `n` most likely tokens (most likely
+//!    first, equal values by lower id; fewer when `V < n`).
 //!
 //! # Randomness
 //! `uniform(seed, step)` is Philox4x32-10 ([`philox4x32_10`]) with key
@@ -93,6 +95,9 @@ pub struct SamplingRow<'a> {
     /// `Some(n)`: return the chosen token's logprob and the `n` most likely tokens
     /// (`n ≤` [`MAX_NUM_LOGPROBS`]).
     pub num_logprobs: Option<usize>,
+    /// With `num_logprobs`: report the logprob of this token instead of the chosen one's
+    /// (the token sampled is unchanged). `None`: the chosen token's.
+    pub logprob_token: Option<u32>,
     /// Bitmask over the vocabulary (`ceil(V / 32)` words); `None` allows every token.
     pub allowed_tokens: Option<&'a [u32]>,
     /// `(token id, bias)` added to the logits.
@@ -110,6 +115,7 @@ impl Default for SamplingRow<'_> {
             seed: 0,
             step: 0,
             num_logprobs: None,
+            logprob_token: None,
             allowed_tokens: None,
             logit_bias: &[],
             penalties: None,
@@ -131,7 +137,7 @@ impl SamplingRow<'_> {
 /// A row's logprobs (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowLogprobs {
-    /// Logprob of the chosen token.
+    /// Logprob of the chosen token (of [`SamplingRow::logprob_token`] when it is set).
     pub logprob: f32,
     /// `(token id, logprob)`, most likely first.
     pub top: Vec<(u32, f32)>,
@@ -186,6 +192,13 @@ pub fn validate_rows(
             if n > MAX_NUM_LOGPROBS {
                 return invalid(format!(
                     "row {r}: {n} top logprobs asked, at most {MAX_NUM_LOGPROBS}"
+                ));
+            }
+        }
+        if let Some(id) = row.logprob_token {
+            if row.num_logprobs.is_none() || id as usize >= vocab_size {
+                return invalid(format!(
+                    "row {r}: logprob_token {id} needs num_logprobs and an id below the vocabulary size ({vocab_size})"
                 ));
             }
         }
@@ -334,6 +347,15 @@ mod tests {
             },
             SamplingRow {
                 allowed_tokens: Some(&[0, 0]),
+                ..ok
+            },
+            SamplingRow {
+                logprob_token: Some(1),
+                ..ok
+            },
+            SamplingRow {
+                num_logprobs: Some(0),
+                logprob_token: Some(10),
                 ..ok
             },
             SamplingRow {

@@ -44,6 +44,13 @@ pub struct ScheduledSeq {
     /// Tokens the sequence had generated before this step (kept across a preemption): the
     /// step of the random numbers its next token draws (`nanovllm_kernels::sampling`).
     pub num_generated_tokens: usize,
+    /// Prompt logprobs: the number of this step's leading rows (positions
+    /// `num_computed_tokens..`) whose logits score the next prompt token, i.e. the rows of
+    /// prompt positions before the last one. 0 unless the request asked
+    /// (`SamplingParams::prompt_logprobs`) and has generated nothing yet
+    /// ([`Sequence::needs_prompt_logprobs`]). The last prompt position is the sampling
+    /// row, never one of these.
+    pub prompt_logprob_rows: usize,
 }
 
 /// One engine step, as plain data. See the module docs for the invariants.
@@ -119,6 +126,11 @@ impl ScheduledBatch {
         self.block_tables.extend(seq.block_table.iter().copied());
         self.block_table_offsets
             .push(self.block_tables.len() as u32);
+        let prompt_logprob_rows = if seq.needs_prompt_logprobs() {
+            end.min(seq.num_prompt_tokens - 1).saturating_sub(start)
+        } else {
+            0
+        };
         self.seqs.push(ScheduledSeq {
             seq_id: seq.seq_id,
             num_computed_tokens: start,
@@ -126,6 +138,7 @@ impl ScheduledBatch {
             context_len: end,
             sample,
             num_generated_tokens: seq.token_ids.len() - seq.num_prompt_tokens,
+            prompt_logprob_rows,
         });
     }
 
@@ -202,6 +215,14 @@ impl ScheduledBatch {
                 return Err(format!(
                     "seq {}: unsampled entry that is not the last prefill",
                     s.seq_id
+                ));
+            }
+            if s.prompt_logprob_rows > s.num_new_tokens
+                || (s.prompt_logprob_rows == s.num_new_tokens && s.sample)
+            {
+                return Err(format!(
+                    "seq {}: {} prompt logprob rows of {} new tokens (sampled: {})",
+                    s.seq_id, s.prompt_logprob_rows, s.num_new_tokens, s.sample
                 ));
             }
             if !self.is_prefill() && s.num_new_tokens != 1 {

@@ -24,6 +24,9 @@
 //!   to the front instead: reusing it loses nothing. Sequences release their blocks tail first,
 //!   so a prefix stays cached longer than its continuations. A hit on a free cached block
 //!   unlinks it from the free list; a block popped for reuse leaves the hash map.
+//! - **Prompt logprobs.** A sequence that still has prompt positions to score
+//!   (`Sequence::needs_prompt_logprobs`) takes no prefix hit: its positions must be
+//!   computed. Its full blocks are hashed and published as usual.
 //! - **Prefix caching off** ([`BlockManager::with_prefix_caching`]`(false)`, vLLM's
 //!   `--no-enable-prefix-caching`): no hash is ever registered, so no block is ever hit or
 //!   shared between sequences and every freed block goes to the front of the free list.
@@ -156,11 +159,16 @@ impl BlockManager {
             return false;
         }
         let mut num_free_hits = 0;
+        // A sequence that scores its prompt computes every position: it hits nothing (but
+        // publishes its full blocks like any other, `mark_computed`).
+        let reads_cache = !seq.needs_prompt_logprobs();
         let block_table = &mut seq.block_table;
-        self.for_each_prefix_hit(&seq.token_ids, |block| {
-            block_table.push(block);
-            num_free_hits += usize::from(self.ref_counts[block as usize] == 0);
-        });
+        if reads_cache {
+            self.for_each_prefix_hit(&seq.token_ids, |block| {
+                block_table.push(block);
+                num_free_hits += usize::from(self.ref_counts[block as usize] == 0);
+            });
+        }
         let num_hits = seq.block_table.len();
         if self.num_free_blocks_needed(seq.len(), num_hits, num_free_hits) > self.free.len() {
             seq.block_table.clear();

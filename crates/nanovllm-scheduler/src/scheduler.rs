@@ -3,9 +3,11 @@
 //! - **Prefill first.** Walk `waiting` from the front while the step has sequence slots
 //!   (`max_num_seqs`, counting the running ones) and token budget (`max_num_batched_tokens`).
 //!   A sequence without blocks is allocated all of them at once, its cached prefix counting
-//!   as computed; if that fails, admission stops (FIFO). A prompt that does not fit the remaining budget is
-//!   chunked: it stays at the front of `waiting`, holding its blocks, its entry is not
-//!   sampled, and nothing is admitted after it.
+//!   as computed (none for a sequence that still scores its prompt,
+//!   `SamplingParams::prompt_logprobs`: each of its chunks marks the rows to score,
+//!   `ScheduledSeq::prompt_logprob_rows`); if that fails, admission stops (FIFO). A prompt
+//!   that does not fit the remaining budget is chunked: it stays at the front of `waiting`,
+//!   holding its blocks, its entry is not sampled, and nothing is admitted after it.
 //! - **Decode** when no prefill was scheduled: every running sequence computes the KV of its
 //!   last token (position `len - 1`, needing `ceil(len / block_size)` blocks) and samples one.
 //!   When no block is free, the newest running sequence (possibly the one asking) is

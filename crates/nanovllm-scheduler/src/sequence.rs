@@ -81,6 +81,14 @@ impl Sequence {
     pub fn completion_token_ids(&self) -> &[u32] {
         &self.token_ids[self.num_prompt_tokens..]
     }
+    /// Whether the request asked for prompt logprobs and they are not all computed yet:
+    /// it has generated nothing (its prompt's last chunk samples its first token, so a
+    /// sequence that has generated has scored its whole prompt, and a recompute after a
+    /// preemption scores nothing again). Such a sequence reads nothing from the prefix
+    /// cache: every prompt position must be computed to be scored.
+    pub fn needs_prompt_logprobs(&self) -> bool {
+        self.params.prompt_logprobs.is_some() && self.num_completion_tokens() == 0
+    }
     /// Blocks needed to hold `len()` tokens.
     pub fn num_blocks(&self, block_size: usize) -> usize {
         self.token_ids.len().div_ceil(block_size)

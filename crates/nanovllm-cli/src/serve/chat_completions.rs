@@ -10,6 +10,17 @@
 //! Rendering and tokenizing run on the [`CpuPool`](super::cpu_pool::CpuPool);
 //! a rendered prompt longer than `AppState::max_prompt_bytes` is refused
 //! before tokenizing.
+//!
+//! Messages keep every other field as sent, so tool calls and their results go through
+//! the template: an assistant message's `tool_calls` (arguments as the JSON string
+//! OpenAI clients send; Qwen's template writes a string as is and an object as JSON) and
+//! a `role: "tool"` message's `tool_call_id`.
+//!
+//! Replies: [`tool_choice`](super::tool_choice) decides where tool calls come from (a
+//! required or named choice constrains the output with a JSON schema), and
+//! [`chat_output`](super::chat_output) splits each reply into `reasoning_content`,
+//! `content` (null when empty beside calls or reasoning) and `tool_calls`; a reply that
+//! made calls and stopped finishes with `tool_calls`.
 
 use std::sync::Arc;
 
@@ -20,19 +31,21 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as JsonResponse;
 use serde_json::{Map, Value as Json};
 
+use super::chat_output::{finish_reason, Reply, ReplyParsing};
 use super::completions::prompt_too_many_bytes;
 use super::errors::ApiError;
-use super::generation::{generate, resolve_max_tokens, Generated};
+use super::generation::{generate_parsed, resolve_max_tokens, ChoiceOutput, Generated};
 use super::logprobs_format::chat_logprobs;
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut,
-    SamplingFields, Skip, CHAT_FIELDS,
+    FunctionCallOut, SamplingFields, Skip, ToolCallOut, CHAT_FIELDS,
 };
 use super::request_body;
 use super::routes::check_model;
 use super::sampling;
 use super::state::AppState;
 use super::streaming::Api;
+use super::tool_choice::{self, ToolFields, ToolMode};
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
@@ -41,14 +54,18 @@ pub async fn handle(
     let body = request_body::parse_object(body, CHAT_FIELDS, state.limits.max_body_bytes)?;
     let request: ChatCompletionRequest = request_body::typed(&body)?;
     let fields: SamplingFields = request_body::typed(&body)?;
+    let tool_fields: ToolFields = request_body::typed(&body)?;
     drop(body);
     check_model(&state, request.model.as_deref())?;
+    let tools = tool_choice::resolve(&tool_fields, state.chat_parsers.tool)?;
     let request = Arc::new(request);
     let (shared, shared_request) = (state.clone(), request.clone());
-    let prompt_ids = state
+    let (prompt_ids, prompt_text) = state
         .cpu
         .run(move || render_prompt(&shared, &shared_request))
         .await??;
+    let parsing = ReplyParsing::new(&state.chat_parsers, tools, &prompt_text);
+    drop(prompt_text);
     let prompts = vec![prompt_ids];
     let requested = request.max_completion_tokens.or(request.max_tokens);
     let max_tokens = resolve_max_tokens(&state, requested, &prompts)?;
@@ -60,20 +77,25 @@ pub async fn handle(
         ));
     }
     let num_top = want_logprobs.then(|| request.top_logprobs.unwrap_or(0));
-    let sampling = sampling::build(
+    let mut sampling = sampling::build(
         &state.defaults,
         &fields,
         max_tokens,
         num_top,
         state.vocab_size,
     )?;
-    let generated = generate(
+    if let ToolMode::Forced(forced) = &parsing.tools {
+        forced.constrain(&mut sampling.params)?;
+    }
+    let parsing = parsing.is_active().then_some(parsing);
+    let generated = generate_parsed(
         &state,
         Api::Chat,
         prompts,
         &sampling,
         &fields,
         want_logprobs,
+        parsing.as_ref(),
         None,
     );
     let (outputs, usage) = match generated.await? {
@@ -83,15 +105,16 @@ pub async fn handle(
     let choices = outputs
         .into_iter()
         .enumerate()
-        .map(|(index, o)| ChatChoice {
-            index,
-            logprobs: want_logprobs.then(|| chat_logprobs(&state.tokenizer, &o.logprobs)),
-            message: Some(ChatMessageOut {
-                role: "assistant",
-                content: o.text,
-            }),
-            delta: None,
-            finish_reason: Some(o.finish_reason),
+        .map(|(index, o)| {
+            let logprobs = want_logprobs.then(|| chat_logprobs(&state.tokenizer, &o.logprobs));
+            let (message, finish_reason) = message(parsing.as_ref(), o);
+            ChatChoice {
+                index,
+                logprobs,
+                message: Some(message),
+                delta: None,
+                finish_reason: Some(finish_reason),
+            }
         })
         .collect();
     Ok(JsonResponse(ChatCompletion {
@@ -105,8 +128,45 @@ pub async fn handle(
     .into_response())
 }
 
-/// The request's messages through the chat template, tokenized.
-fn render_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Vec<u32>, ApiError> {
+/// A finished choice's message and `finish_reason`, its text parsed as `parsing` says.
+fn message(parsing: Option<&ReplyParsing>, output: ChoiceOutput) -> (ChatMessageOut, &'static str) {
+    let Some(parsing) = parsing else {
+        let message = ChatMessageOut {
+            role: "assistant",
+            content: Some(output.text),
+            reasoning_content: None,
+            tool_calls: Vec::new(),
+        };
+        return (message, output.finish_reason);
+    };
+    let reply = Reply::parse(parsing, &output.text);
+    let finish = finish_reason(output.finish_reason, reply.calls.len());
+    let bare = reply.content.is_empty() && (reply.reasoning.is_some() || !reply.calls.is_empty());
+    let message = ChatMessageOut {
+        role: "assistant",
+        content: (!bare).then_some(reply.content),
+        reasoning_content: reply.reasoning,
+        tool_calls: reply
+            .calls
+            .into_iter()
+            .map(|call| ToolCallOut {
+                id: call.id,
+                kind: "function",
+                function: FunctionCallOut {
+                    name: call.name,
+                    arguments: call.arguments,
+                },
+            })
+            .collect(),
+    };
+    (message, finish)
+}
+
+/// The request's messages through the chat template: the prompt's token ids and text.
+fn render_prompt(
+    state: &AppState,
+    request: &ChatCompletionRequest,
+) -> Result<(Vec<u32>, String), ApiError> {
     let text = render_text(state, request)?;
     let ids = state
         .tokenizer
@@ -118,7 +178,7 @@ fn render_prompt(state: &AppState, request: &ChatCompletionRequest) -> Result<Ve
             "the chat template rendered an empty prompt",
         ));
     }
-    Ok(ids)
+    Ok((ids, text))
 }
 
 /// The request's messages through the chat template (also `/tokenize`'s messages form),
@@ -227,6 +287,43 @@ mod tests {
         let m =
             normalize_message(1, &json!({"role": "assistant", "content": null, "x": 1})).unwrap();
         assert_eq!(m, json!({"role": "assistant", "content": "", "x": 1}));
+    }
+
+    /// An assistant message with `tool_calls` (arguments as OpenAI's JSON string, or as an
+    /// object) and the `tool` message answering it go through Qwen3's template as it
+    /// expects them.
+    #[test]
+    fn tool_calls_and_results_render_through_qwen3s_template() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny");
+        let template = nanovllm_core::ChatTemplate::from_tokenizer_dir(&dir)
+            .unwrap()
+            .expect("the fixture has Qwen3's template");
+        for arguments in [json!(r#"{"city": "Paris"}"#), json!({"city": "Paris"})] {
+            let messages = [
+                json!({"role": "user", "content": "Weather in Paris?"}),
+                json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                    "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]}),
+                json!({"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]}),
+            ];
+            let messages: Vec<Json> = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| normalize_message(i, m).unwrap())
+                .collect();
+            let tools = json!([{"type": "function", "function": {"name": "get_weather"}}]);
+            let text = template
+                .render_json(&messages, Some(&tools), true, &Map::new())
+                .unwrap();
+            assert!(
+                text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":"),
+                "{text}"
+            );
+            assert!(
+                text.contains("<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

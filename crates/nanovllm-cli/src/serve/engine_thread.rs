@@ -30,8 +30,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nanovllm_core::{
-    EngineError, FinishReason, LLMEngine, Prompt, RequestError, RequestId, SamplingParams,
-    SchedulerError, StepOutputs,
+    EngineError, LLMEngine, Prompt, RequestError, RequestId, SamplingParams, SchedulerError,
+    StepOutputs,
 };
 use tokio::sync::{mpsc::UnboundedSender, oneshot, watch};
 
@@ -39,7 +39,7 @@ use super::errors::ApiError;
 use super::health::{Health, RestartBudget};
 use super::metrics::{FinishLabel, Metrics};
 use super::stats_log::{Snapshot, ThroughputLog};
-use super::tracked::{AfterToken, ChoiceEvent, Finish, Tracked};
+use super::tracked::{ends_by_token, AfterToken, ChoiceEvent, Finish, Tracked};
 
 /// One sequence to generate.
 #[derive(Clone, Debug)]
@@ -493,10 +493,16 @@ impl EngineLoop {
     /// Routes one step's tokens and finished sequences to their handlers.
     fn process(&mut self, out: StepOutputs) {
         self.metrics.add_generation_tokens(out.new_tokens.len());
-        let finishing: HashMap<RequestId, FinishReason> = out
+        let finishing: HashMap<RequestId, bool> = out
             .finished
             .iter()
-            .map(|f| (f.request_id, f.finish_reason))
+            .map(|f| {
+                let stop_ids = self
+                    .tracked
+                    .get(&f.request_id)
+                    .map_or(&[][..], |t| t.stop_token_ids());
+                (f.request_id, ends_by_token(f, stop_ids))
+            })
             .collect();
         let mut logprobs: HashMap<RequestId, _> = out.logprobs.into_iter().collect();
         let mut ended = Vec::new();
@@ -512,9 +518,7 @@ impl EngineLoop {
                 let Some(tracked) = self.tracked.get_mut(&id) else {
                     continue;
                 };
-                let last = finishing
-                    .get(&id)
-                    .is_some_and(|&reason| tracked.ends_by_token(reason, token));
+                let last = finishing.get(&id).copied().unwrap_or(false);
                 match tracked.on_token(tokenizer, token, logprobs.remove(&id), last, &self.metrics)
                 {
                     AfterToken::Continue => {}

@@ -23,6 +23,7 @@ use axum::response::Response;
 use nanovllm_core::{RequestId, TokenLogprobs};
 use tokio::sync::mpsc;
 
+use super::chat_output::{with_markers, ReplyParsing};
 use super::echo::Echo;
 use super::engine_thread::{EngineHandle, SeqRequest};
 use super::errors::ApiError;
@@ -307,6 +308,31 @@ pub async fn generate(
     want_logprobs: bool,
     echo: Option<Echo>,
 ) -> Result<Generated, ApiError> {
+    generate_parsed(
+        state,
+        api,
+        prompts,
+        sampling,
+        fields,
+        want_logprobs,
+        None,
+        echo,
+    )
+    .await
+}
+
+/// [`generate`], with chat replies parsed as `parsing` says when streamed (a finished
+/// answer's text is parsed by the handler) and special markers put back in the text.
+pub async fn generate_parsed(
+    state: &AppState,
+    api: Api,
+    prompts: Vec<Vec<u32>>,
+    sampling: &Sampling,
+    fields: &SamplingFields,
+    want_logprobs: bool,
+    parsing: Option<&ReplyParsing>,
+    echo: Option<Echo>,
+) -> Result<Generated, ApiError> {
     let include_usage = fields
         .stream_options
         .as_ref()
@@ -315,11 +341,17 @@ pub async fn generate(
     // Compiling up to MAX_STOP_BYTES of stop strings takes a few milliseconds.
     let stops = state.cpu.run(move || StopStrings::new(&stop)).await??;
     let submission = submit(state, prompts, sampling, stops).await?;
+    let submission = Submission {
+        events: with_markers(parsing, submission.events),
+        ..submission
+    };
     if fields.stream.unwrap_or(false) {
         let num_choices = submission.num_choices;
         let mut writer = ChunkWriter::new(api, state, include_usage, want_logprobs, num_choices);
         writer.echo = echo;
-        return Ok(Generated::Streamed(sse_response(submission, writer)));
+        return Ok(Generated::Streamed(sse_response(
+            submission, writer, parsing,
+        )));
     }
     let num_prompt_tokens = submission.num_prompt_tokens();
     let outputs = collect(submission).await?;

@@ -22,6 +22,7 @@
 //! supervisor sees it.
 
 pub mod chat_completions;
+pub mod chat_output;
 pub mod completions;
 mod cpu_pool;
 mod echo;
@@ -33,6 +34,7 @@ pub mod http;
 mod logprobs_format;
 pub mod metrics;
 pub mod openai_types;
+pub mod reasoning;
 mod request_body;
 pub mod routes;
 pub(crate) mod sampling;
@@ -42,6 +44,8 @@ mod stop_strings;
 mod streaming;
 pub(crate) mod structured_output;
 pub mod tokenize;
+pub mod tool_choice;
+pub mod tool_parsers;
 pub mod tracked;
 
 #[cfg(test)]
@@ -58,6 +62,7 @@ use nanovllm_core::{ChatTemplate, EngineConfig, LLMEngine, SamplingParams};
 
 use crate::args::{SamplingArgs, ServeArgs};
 use crate::requests::params_from_flags;
+use chat_output::{ChatParsers, ParserOptions};
 use engine_thread::{EngineHandle, EngineLimits};
 use health::Health;
 use http::HttpOptions;
@@ -76,6 +81,8 @@ pub struct ServerOptions {
     pub default_max_tokens: Option<usize>,
     /// Rebuilds of a broken tensor-parallel group before the server gives up.
     pub max_tp_restarts: usize,
+    /// How the reasoning and tool-call parsers of chat replies are chosen.
+    pub parsers: ParserOptions,
 }
 
 /// Starts the engine thread and builds the handlers' shared state.
@@ -92,6 +99,23 @@ pub fn start(
     let max_model_len = engine.max_model_len();
     let vocab_size = engine.model_config().vocab_size;
     let max_prompt_bytes = tokenizer.max_text_bytes(max_model_len);
+    let template_source = match &options.chat_template {
+        Some(template) => Some(template.source()),
+        None => tokenizer.chat_template(),
+    };
+    let chat_parsers = ChatParsers::resolve(
+        options.parsers,
+        &engine.model_config().architecture,
+        template_source,
+        &tokenizer,
+    )?;
+    if chat_parsers.tool.is_some() || chat_parsers.reasoning.is_some() {
+        tracing::info!(
+            tool_call_parser = ?chat_parsers.tool,
+            reasoning_parser = ?chat_parsers.reasoning,
+            "chat reply parsers"
+        );
+    }
     let metrics = Arc::new(Metrics::new(&options.model_name));
     let limits = EngineLimits {
         max_waiting_requests: options.max_waiting_requests,
@@ -104,6 +128,7 @@ pub fn start(
         metrics,
         tokenizer: Arc::new(tokenizer),
         chat_template: options.chat_template.map(Arc::new),
+        chat_parsers,
         model_name: options.model_name,
         max_model_len,
         max_prompt_bytes,
@@ -177,6 +202,7 @@ pub fn run(args: ServeArgs, verbosity: crate::logging::Verbosity) -> anyhow::Res
         defaults: Some(defaults),
         default_max_tokens,
         max_tp_restarts: args.tp_max_restarts,
+        parsers: args.parser_options(),
     };
     let (state, engine_thread) = start(engine, options)?;
     let http = HttpOptions {

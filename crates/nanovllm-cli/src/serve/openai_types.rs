@@ -165,9 +165,7 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<usize>,
     /// Passed to the chat template as is (its `tools` variable).
     pub tools: Option<Json>,
-    /// `"none"`, `"auto"`, `"required"` or `{"type": "function", "function": {"name": …}}`.
-    #[allow(dead_code)] // read by the tool-call work in progress
-    pub tool_choice: Option<Json>,
+    // `tool_choice` and `parallel_tool_calls` are read as `tool_choice::ToolFields`.
     /// Extra chat-template variables (e.g. `{"enable_thinking": false}`).
     pub chat_template_kwargs: Option<Map<String, Json>>,
     /// Shorthand for `chat_template_kwargs.enable_thinking`.
@@ -189,6 +187,7 @@ pub const CHAT_FIELDS: &[&str] = &[
     "top_logprobs",
     "tools",
     "tool_choice",
+    "parallel_tool_calls",
     "chat_template_kwargs",
     "enable_thinking",
     "add_generation_prompt",
@@ -305,7 +304,29 @@ pub struct ChatChoice {
 #[derive(Clone, Debug, Serialize)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the reply is only tool calls and/or reasoning.
+    pub content: Option<String>,
+    /// The thinking split off by the reasoning parser (vLLM's field); absent without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A call in `message.tool_calls`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -314,6 +335,30 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A piece of a call in a stream: the call's first delta has `id`, `type` and
+/// `function.name` (with `arguments` ""), the next ones argument text only; a client
+/// concatenates `arguments` per `index`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

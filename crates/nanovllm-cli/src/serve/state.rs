@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use nanovllm_core::{ChatTemplate, SamplingParams, Tokenizer};
 
+use super::chat_output::ChatParsers;
 use super::cpu_pool::CpuPool;
 use super::engine_thread::EngineHandle;
 use super::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<Arc<ChatTemplate>>,
+    /// The reasoning and tool-call parsers of chat replies.
+    pub chat_parsers: ChatParsers,
     /// The name clients must use in `model` (the model directory's name by default).
     pub model_name: String,
     /// The engine's effective context length.

@@ -10,6 +10,14 @@
 //! `"usage": null`); and finally `data: [DONE]`. An engine failure becomes a
 //! `data: {"error": {...}}` event for that choice.
 //!
+//! Chat replies with a reasoning or tool-call parser ([`ReplyParsing`]) go through a
+//! [`ReplyParser`] per choice: reasoning streams as `delta.reasoning_content`, text as
+//! `delta.content`, and each tool call, once complete, as two `delta.tool_calls` chunks
+//! (index, id, type and name with `arguments: ""`; then the arguments), so that a client
+//! that concatenates `arguments` gets the call's JSON. A token's logprobs ride on the
+//! first chunk its text produced (or an empty-content chunk when the parser held it back).
+//! The finish chunk says `tool_calls` when the choice made calls and stopped.
+//!
 //! The stream owns the [`Submission`]: when the client disconnects, axum
 //! drops the stream, and the submission's guard aborts what is unfinished.
 
@@ -22,13 +30,14 @@ use axum::response::{IntoResponse, Response};
 use nanovllm_core::{TokenLogprobs, Tokenizer};
 use serde::Serialize;
 
+use super::chat_output::{finish_reason, Part, ReplyParser, ReplyParsing};
 use super::echo::Echo;
 use super::errors::ApiError;
 use super::generation::Submission;
 use super::logprobs_format::{chat_logprobs, completion_logprobs};
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatDelta, Completion, CompletionChoice,
-    Skip, Usage,
+    FunctionDelta, Skip, ToolCallDelta, Usage,
 };
 use super::state::AppState;
 use super::tracked::{ChoiceEvent, Finish, SeqEvent};
@@ -143,6 +152,7 @@ impl ChunkWriter {
                 delta: Some(ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    ..ChatDelta::default()
                 }),
                 logprobs: None,
                 finish_reason: None,
@@ -192,8 +202,8 @@ impl ChunkWriter {
                         index: choice,
                         message: None,
                         delta: Some(ChatDelta {
-                            role: None,
                             content,
+                            ..ChatDelta::default()
                         }),
                         logprobs,
                         finish_reason,
@@ -202,6 +212,64 @@ impl ChunkWriter {
                 )
             }
         }
+    }
+
+    /// Chat chunks of one parsed part of a reply; `logprobs` go on the first.
+    fn part_chunks(&self, choice: usize, part: Part, logprobs: &[TokenLogprobs]) -> Vec<Event> {
+        let deltas = match part {
+            Part::Reasoning(text) => vec![ChatDelta {
+                reasoning_content: Some(text),
+                ..ChatDelta::default()
+            }],
+            Part::Content(text) => vec![ChatDelta {
+                content: Some(text),
+                ..ChatDelta::default()
+            }],
+            Part::Call { index, call } => vec![
+                ChatDelta {
+                    tool_calls: Some(vec![ToolCallDelta {
+                        index,
+                        id: Some(call.id),
+                        kind: Some("function"),
+                        function: FunctionDelta {
+                            name: Some(call.name),
+                            arguments: String::new(),
+                        },
+                    }]),
+                    ..ChatDelta::default()
+                },
+                ChatDelta {
+                    tool_calls: Some(vec![ToolCallDelta {
+                        index,
+                        id: None,
+                        kind: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: call.arguments,
+                        },
+                    }]),
+                    ..ChatDelta::default()
+                },
+            ],
+        };
+        deltas
+            .into_iter()
+            .enumerate()
+            .map(|(i, delta)| {
+                let logprobs = (i == 0 && self.logprobs && !logprobs.is_empty())
+                    .then(|| chat_logprobs(&self.tokenizer, logprobs));
+                self.chat_chunk(
+                    ChatChoice {
+                        index: choice,
+                        message: None,
+                        delta: Some(delta),
+                        logprobs,
+                        finish_reason: None,
+                    },
+                    self.usage_field(),
+                )
+            })
+            .collect()
     }
 
     fn usage_chunk(&self, usage: Usage) -> Event {
@@ -248,6 +316,8 @@ fn json_event(value: &impl Serialize) -> Event {
 struct StreamState {
     submission: Submission,
     writer: ChunkWriter,
+    /// One per choice when the reply is parsed; empty otherwise.
+    parsers: Vec<ReplyParser>,
     pending: VecDeque<Event>,
     completion_tokens: usize,
     done: bool,
@@ -271,7 +341,10 @@ impl StreamState {
             } => {
                 self.completion_tokens += 1;
                 let logprobs: Vec<TokenLogprobs> = logprobs.into_iter().collect();
-                if !text.is_empty() || (self.writer.logprobs && !logprobs.is_empty()) {
+                if let Some(parser) = self.parsers.get_mut(choice) {
+                    let parts = parser.push(&text);
+                    self.push_parts(choice, parts, &logprobs);
+                } else if !text.is_empty() || (self.writer.logprobs && !logprobs.is_empty()) {
                     let chunk = self.writer.text_chunk(choice, text, &logprobs, None);
                     self.pending.push_back(chunk);
                 }
@@ -280,6 +353,15 @@ impl StreamState {
                 self.submission.guard.mark_finished(choice);
                 let chunk = match finish {
                     Finish::Error(e) => json_event(&ApiError::Internal(e).body()),
+                    finish if choice < self.parsers.len() => {
+                        let parser = &mut self.parsers[choice];
+                        let mut parts = parser.push(&text);
+                        parts.extend(parser.finish());
+                        let reason = finish_reason(finish.as_openai_str(), parser.num_calls());
+                        self.push_parts(choice, parts, &[]);
+                        self.writer
+                            .text_chunk(choice, String::new(), &[], Some(reason))
+                    }
                     finish => {
                         self.writer
                             .text_chunk(choice, text, &[], Some(finish.as_openai_str()))
@@ -290,6 +372,26 @@ impl StreamState {
                     self.end();
                 }
             }
+        }
+    }
+
+    /// Chunks of a choice's parsed parts; an empty-content chunk when there are none but
+    /// there are logprobs to send.
+    fn push_parts(&mut self, choice: usize, parts: Vec<Part>, logprobs: &[TokenLogprobs]) {
+        if parts.is_empty() {
+            if self.writer.logprobs && !logprobs.is_empty() {
+                let chunk = self
+                    .writer
+                    .text_chunk(choice, String::new(), logprobs, None);
+                self.pending.push_back(chunk);
+            }
+            return;
+        }
+        let mut logprobs = logprobs;
+        for part in parts {
+            self.pending
+                .extend(self.writer.part_chunks(choice, part, logprobs));
+            logprobs = &[];
         }
     }
 
@@ -304,8 +406,19 @@ impl StreamState {
     }
 }
 
-/// The SSE response for a submission.
-pub fn sse_response(submission: Submission, writer: ChunkWriter) -> Response {
+/// The SSE response for a submission; chat replies are parsed as `parsing` says.
+pub fn sse_response(
+    submission: Submission,
+    writer: ChunkWriter,
+    parsing: Option<&ReplyParsing>,
+) -> Response {
+    let parsers = match parsing {
+        Some(parsing) if writer.api == Api::Chat && parsing.is_active() => (0..submission
+            .num_choices)
+            .map(|_| parsing.parser())
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut pending = VecDeque::new();
     if writer.api == Api::Chat {
         for choice in 0..submission.num_choices {
@@ -315,6 +428,7 @@ pub fn sse_response(submission: Submission, writer: ChunkWriter) -> Response {
     let state = StreamState {
         submission,
         writer,
+        parsers,
         pending,
         completion_tokens: 0,
         done: false,

@@ -88,7 +88,7 @@ pub struct Tracked {
     last_token_at: Option<Instant>,
     prompt_len: usize,
     num_generated: usize,
-    /// The request's stop token ids: a `Stop` on one of them hides its text.
+    /// The request's `stop_token_ids` (see [`ends_by_token`]).
     stop_token_ids: Vec<u32>,
 }
 
@@ -119,17 +119,6 @@ impl Tracked {
             last_token_at: None,
             prompt_len: prompt_ids.len(),
             num_generated: 0,
-        }
-    }
-
-    /// Whether the sequence, finished for `reason` on `token`, ended on it as an
-    /// end-of-sequence or stop token id (whose text is not shown). A `Stop` on any other
-    /// token is a completed grammar: that token is the grammar's last text, and shown.
-    pub fn ends_by_token(&self, reason: FinishReason, token: u32) -> bool {
-        match reason {
-            FinishReason::Eos => true,
-            FinishReason::Stop => self.stop_token_ids.contains(&token),
-            FinishReason::Length | FinishReason::Abort => false,
         }
     }
 
@@ -171,6 +160,10 @@ impl Tracked {
         } else {
             AfterToken::Orphaned
         }
+    }
+
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_token_ids
     }
 
     /// The prompt's logprobs, computed with its prefill.
@@ -224,6 +217,20 @@ impl Tracked {
     }
 }
 
+/// Whether a finished output ended on its last token as an end-of-sequence token or one of
+/// the request's `stop_token_ids` (whose text is not shown). A completed grammar also
+/// finishes as `Stop`, but on a token that is part of the output, whose text is shown.
+pub fn ends_by_token(output: &RequestOutput, stop_token_ids: &[u32]) -> bool {
+    match output.finish_reason {
+        FinishReason::Eos => true,
+        FinishReason::Stop => output
+            .token_ids
+            .last()
+            .is_some_and(|token| stop_token_ids.contains(token)),
+        FinishReason::Length | FinishReason::Abort => false,
+    }
+}
+
 /// The log line of a finished sequence.
 pub fn finished_line(
     request_id: RequestId,
@@ -244,16 +251,29 @@ pub fn finished_line(
 mod tests {
     use super::*;
 
+    fn output(finish_reason: FinishReason, token_ids: Vec<u32>) -> RequestOutput {
+        RequestOutput {
+            request_id: 1,
+            prompt_token_ids: vec![1],
+            token_ids,
+            text: String::new(),
+            finish_reason,
+            num_cached_tokens: 0,
+            error: None,
+            prompt_logprobs: None,
+        }
+    }
+
     #[test]
     fn only_eos_and_stop_token_ids_hide_the_last_token() {
-        let (events, _receiver) = tokio::sync::mpsc::unbounded_channel();
-        let tracked = Tracked::new(0, events, &[1, 2], vec![7]);
-        assert!(tracked.ends_by_token(FinishReason::Eos, 3));
-        assert!(tracked.ends_by_token(FinishReason::Stop, 7));
-        // A completed grammar finishes with `Stop` on its last text token.
-        assert!(!tracked.ends_by_token(FinishReason::Stop, 3));
-        assert!(!tracked.ends_by_token(FinishReason::Length, 7));
-        assert!(!tracked.ends_by_token(FinishReason::Abort, 7));
+        assert!(ends_by_token(&output(FinishReason::Eos, vec![5, 9]), &[]));
+        assert!(ends_by_token(&output(FinishReason::Stop, vec![5, 7]), &[7]));
+        // A grammar that completed on token 8: its text is part of the output.
+        assert!(!ends_by_token(
+            &output(FinishReason::Stop, vec![5, 8]),
+            &[7]
+        ));
+        assert!(!ends_by_token(&output(FinishReason::Length, vec![7]), &[7]));
     }
 
     #[test]

@@ -206,6 +206,7 @@ fn encode_batch(e: &mut Enc, b: &ScheduledBatch) {
         e.u64(s.context_len as u64);
         e.u8(s.sample as u8);
         e.u64(s.num_generated_tokens as u64);
+        e.u64(s.prompt_logprob_rows as u64);
     }
     e.u32s(&b.input_ids);
     e.u32s(&b.positions);
@@ -226,7 +227,7 @@ fn decode_batch(d: &mut Dec) -> std::io::Result<ScheduledBatch> {
     };
     let block_size = d.usize()?;
     let num_seqs = d.u32()? as usize;
-    let mut seqs = Vec::with_capacity(num_seqs.min(d.0.len() / 41));
+    let mut seqs = Vec::with_capacity(num_seqs.min(d.0.len() / 49));
     for _ in 0..num_seqs {
         seqs.push(ScheduledSeq {
             seq_id: d.u64()?,
@@ -235,6 +236,7 @@ fn decode_batch(d: &mut Dec) -> std::io::Result<ScheduledBatch> {
             context_len: d.usize()?,
             sample: d.u8()? != 0,
             num_generated_tokens: d.usize()?,
+            prompt_logprob_rows: d.usize()?,
         });
     }
     let input_ids = d.u32s()?;
@@ -351,6 +353,7 @@ mod tests {
                     context_len: 19,
                     sample: true,
                     num_generated_tokens: 3,
+                    prompt_logprob_rows: 0,
                 },
                 ScheduledSeq {
                     seq_id: u64::MAX,
@@ -359,6 +362,7 @@ mod tests {
                     context_len: 2,
                     sample: false,
                     num_generated_tokens: 0,
+                    prompt_logprob_rows: 2,
                 },
             ],
             input_ids: vec![1, 2, 3, 151_000, 5],

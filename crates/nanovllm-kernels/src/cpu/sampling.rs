@@ -219,9 +219,10 @@ fn full_row(l: &mut [f32], spec: &SamplingRow<'_>, work: &mut Work) -> RowOut {
     } else {
         draw(l, max, spec, work)
     };
+    let scored = spec.logprob_token.unwrap_or(token);
     let logprobs = spec
         .num_logprobs
-        .map(|n| row_logprobs(l, max, spec, token, n));
+        .map(|n| row_logprobs(l, max, spec, scored, n));
     (token, logprobs)
 }
 

@@ -95,6 +95,7 @@ macro_rules! backend_test_suite {
             sampling::seeded_rows_do_not_depend_on_their_batch,
             sampling::filter_edge_cases,
             sampling::logprobs_match_reference,
+            sampling::token_logprobs_match_reference,
             sampling::invalid_inputs_are_errors,
         );
     };

@@ -284,7 +284,7 @@ pub fn reference_row(logits: &[f32], row: &SamplingRow<'_>) -> ReferenceRow {
         certain,
         logprobs: row
             .num_logprobs
-            .map(|n| reference_logprobs(&l, row, token, n)),
+            .map(|n| reference_logprobs(&l, row, row.logprob_token.unwrap_or(token), n)),
     }
 }
 
@@ -989,6 +989,74 @@ pub fn logprobs_match_reference(backend: &dyn Backend) {
                 );
             }
         }
+    }
+}
+
+/// [`Backend::token_logprobs`]: each row's target scored from the log-softmax of the raw
+/// logits (f64, NaN as −∞, no temperature or processing), against a plain reference
+/// written from that definition alone; the top `n` (ids exact, values within
+/// [`logprob_tol`]) for `n` of 0, 3 and 20; a target at −∞ scores −∞; a row without a
+/// finite maximum (all NaN, or a +∞) gives `None` and leaves the other rows alone.
+pub fn token_logprobs_match_reference(backend: &dyn Backend) {
+    let mut rng = Rng::new(17);
+    for vocab in [5, 700] {
+        let num_rows = 12;
+        let mut data = random_logits(&mut rng, num_rows * vocab, 10.0);
+        let targets: Vec<u32> = (0..num_rows).map(|_| rng.below(vocab) as u32).collect();
+        // Row 1: its target at −∞ and a NaN elsewhere; row 4: all NaN; row 7: a +∞.
+        data[vocab + targets[1] as usize] = f32::NEG_INFINITY;
+        data[vocab + (targets[1] as usize + 1) % vocab] = f32::NAN;
+        data[4 * vocab..5 * vocab].fill(f32::NAN);
+        data[7 * vocab + rng.below(vocab)] = f32::INFINITY;
+        for num_top in [0, 3, 20] {
+            let (logits, held) = activation(backend, &data, &[num_rows, vocab]);
+            let got = backend
+                .token_logprobs(logits, &targets, num_top)
+                .unwrap_or_else(|e| panic!("token_logprobs of {num_rows} × {vocab}: {e}"));
+            assert_eq!(got.len(), num_rows);
+            for (r, &target) in targets.iter().enumerate() {
+                let row = &held[r * vocab..(r + 1) * vocab];
+                let l: Vec<f64> = row
+                    .iter()
+                    .map(|&x| {
+                        if x.is_nan() {
+                            f64::NEG_INFINITY
+                        } else {
+                            x as f64
+                        }
+                    })
+                    .collect();
+                let max = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if !max.is_finite() {
+                    assert_eq!(got[r], None, "V={vocab} row {r}: no finite maximum");
+                    continue;
+                }
+                let log_z = max + l.iter().map(|&x| (x - max).exp()).sum::<f64>().ln();
+                let mut order: Vec<usize> = (0..vocab).collect();
+                order.sort_by(|&a, &b| l[b].partial_cmp(&l[a]).unwrap().then(a.cmp(&b)));
+                let want_top: Vec<(u32, f64)> = order
+                    .iter()
+                    .take(num_top)
+                    .map(|&i| (i as u32, l[i] - log_z))
+                    .collect();
+                let lp = got[r]
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("row {r}: no logprobs"));
+                let what = format!("token_logprobs V={vocab} n={num_top}");
+                check_logprob(&what, r, "target", lp.logprob, l[target as usize] - log_z);
+                check_top(&what, r, &lp.top, &want_top);
+            }
+            assert_eq!(got[1].as_ref().unwrap().logprob, f32::NEG_INFINITY);
+        }
+    }
+    // No rows: nothing to do, no error.
+    let (logits, _) = activation(backend, &[], &[0, 4]);
+    assert_eq!(backend.token_logprobs(logits, &[], 2).unwrap(), vec![]);
+    // A target outside the vocabulary, too many rows' targets, or too many top logprobs:
+    // errors, not panics.
+    for (targets, num_top) in [(&[4u32][..], 0), (&[0, 0][..], 0), (&[0][..], 21)] {
+        let (logits, _) = activation(backend, &[0.0; 4], &[1, 4]);
+        assert!(backend.token_logprobs(logits, targets, num_top).is_err());
     }
 }
 

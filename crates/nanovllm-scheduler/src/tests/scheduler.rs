@@ -558,3 +558,72 @@ fn decode_steps_reuse_the_batch_buffers() {
     );
     sched.postprocess(batch, &[3; 8]).unwrap();
 }
+
+/// A request with prompt logprobs gets `prompt_logprob_rows` for every prompt position
+/// but the last, chunk by chunk; none once it has generated (decode, or a recompute after
+/// a preemption); it reads nothing from the prefix cache, but publishes its blocks.
+#[test]
+fn prompt_logprob_rows_cover_the_prompt_once_and_skip_the_prefix_cache() {
+    let mut sched = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 20,
+        ..config(16)
+    })
+    .unwrap();
+    // Warm the cache with a 40-token prompt.
+    sched.add(tokens(1, 40), params(1)).unwrap();
+    while sched.has_unfinished() {
+        step(&mut sched, 9);
+    }
+    let scoring = SamplingParams {
+        prompt_logprobs: Some(2),
+        ..params(3)
+    };
+    let a = sched.add(tokens(1, 40), scoring.clone()).unwrap();
+    let (batch, _) = step(&mut sched, 9);
+    let s = batch.seqs[0];
+    assert_eq!((s.seq_id, s.num_computed_tokens), (a, 0), "no prefix hit");
+    assert_eq!((s.num_new_tokens, s.prompt_logprob_rows), (20, 20));
+    assert_eq!(sched.sequence(a).unwrap().num_cached_tokens, 0);
+    let (batch, out) = step(&mut sched, 9);
+    let s = batch.seqs[0];
+    assert_eq!((s.num_computed_tokens, s.num_new_tokens), (20, 20));
+    assert_eq!(s.prompt_logprob_rows, 19, "the last position samples");
+    assert!(s.sample);
+    assert_eq!(out.new_tokens, vec![(a, 9)]);
+    let (batch, _) = step(&mut sched, 9);
+    assert_eq!(batch.kind, BatchKind::Decode);
+    assert_eq!(batch.seqs[0].prompt_logprob_rows, 0);
+    // A request that does not ask hits what the scoring one published.
+    while sched.has_unfinished() {
+        step(&mut sched, 9);
+    }
+    let c = sched.add(tokens(1, 41), params(1)).unwrap();
+    let (batch, _) = step(&mut sched, 9);
+    let s = batch.seqs[0];
+    assert_eq!(
+        (s.seq_id, s.num_computed_tokens, s.prompt_logprob_rows),
+        (c, 32, 0)
+    );
+}
+
+#[test]
+fn a_preempted_scoring_request_scores_nothing_again() {
+    // Two requests of 20 + 20 tokens need 3 blocks each; 4 blocks force a preemption.
+    let mut sched = Scheduler::new(config(4)).unwrap();
+    let scoring = SamplingParams {
+        prompt_logprobs: Some(0),
+        ignore_eos: true,
+        ..params(20)
+    };
+    sched.add(tokens(1, 20), scoring.clone()).unwrap();
+    sched.add(tokens(50, 20), scoring).unwrap();
+    let mut rows = std::collections::HashMap::new();
+    while sched.has_unfinished() {
+        let (batch, _) = step(&mut sched, 9);
+        for s in &batch.seqs {
+            *rows.entry(s.seq_id).or_insert(0) += s.prompt_logprob_rows;
+        }
+    }
+    assert!(sched.num_preemptions() > 0);
+    assert_eq!(rows.values().copied().collect::<Vec<_>>(), vec![19, 19]);
+}

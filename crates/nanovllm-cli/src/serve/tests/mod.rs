@@ -25,6 +25,7 @@ use nanovllm_core::{ChatTemplate, DeviceKind, EngineConfig, LLMEngine, Tokenizer
 use serde_json::Value as Json;
 use tower::ServiceExt;
 
+use super::chat_output::ParserOptions;
 use super::state::{AppState, ServerLimits};
 use super::{routes, start, ServerOptions};
 
@@ -95,6 +96,7 @@ pub fn server(setup: Setup) -> TestServer {
         defaults: None,
         default_max_tokens: None,
         max_tp_restarts: 0,
+        parsers: ParserOptions::default(),
     };
     let (state, thread) = start(engine, options).expect("the server starts");
     TestServer {

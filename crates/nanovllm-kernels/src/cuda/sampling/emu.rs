@@ -466,6 +466,46 @@ fn processing_and_special_values_match_the_reference() {
 }
 
 #[test]
+fn a_logprob_token_is_scored_instead_of_the_chosen_one() {
+    let Some(emu) = emulator(64) else { return };
+    let vocab = 150;
+    let mut rng = Rng::new(91);
+    let base = random_logits(&mut rng, vocab, 6.0, 1 << 16);
+    let penalties = Penalties {
+        repetition: 1.3,
+        frequency: 0.2,
+        presence: 0.1,
+        prompt_tokens: &[4, 8],
+        output_counts: &[(8, 2)],
+    };
+    let mut values = Vec::new();
+    let mut rows = Vec::new();
+    for (k, target) in [0u32, 8, 77, 149].into_iter().enumerate() {
+        let row = SamplingRow {
+            temperature: if k % 2 == 0 { 0.0 } else { 0.8 },
+            num_logprobs: Some(k * 3),
+            logprob_token: Some(target),
+            step: k as u64,
+            penalties: (k == 1).then_some(penalties),
+            ..SamplingRow::default()
+        };
+        values.extend_from_slice(&base);
+        rows.push(row);
+    }
+    for logits in [Logits::F32(values.clone()), Logits::bf16(&values)] {
+        let got = run(&emu, &logits, vocab, &rows);
+        check(&logits, vocab, &rows, &got);
+        // The scored token's logprob, not the chosen one's (they differ: the targets are
+        // not the argmax of these logits).
+        for (r, row) in rows.iter().enumerate() {
+            let l = reference::processed(&logits.values()[r * vocab..(r + 1) * vocab], row);
+            let want = reference::logprobs(&l, row, got.tokens[r]).unwrap();
+            assert_eq!(got.logprobs[r].as_ref().unwrap().logprob, want.logprob);
+        }
+    }
+}
+
+#[test]
 fn a_seeded_row_gives_the_same_token_alone_and_in_any_batch() {
     let Some(emu) = emulator(64) else { return };
     let vocab = 1000;

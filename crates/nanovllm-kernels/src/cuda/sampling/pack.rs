@@ -9,7 +9,8 @@
 //! buffer are absolute word indices.
 //!
 //! Results (u32 words): `R` tokens, then [`LOGPROB_WORDS`] per row that asks for logprobs,
-//! in row order: the chosen token's logprob (f32 bits), the count `n`, then `n` pairs
+//! in row order: the chosen token's logprob (f32 bits; the logprob of the row's
+//! `logprob_token` when set, whose id the header carries in `H_LOGPROB_TOKEN`), the count `n`, then `n` pairs
 //! (id, logprob bits), most likely first.
 
 use crate::error::{KernelError, Result};
@@ -36,10 +37,12 @@ const H_NUM_EDITS: usize = 13;
 const H_REPETITION: usize = 14;
 const H_FREQUENCY: usize = 15;
 const H_PRESENCE: usize = 16;
+const H_LOGPROB_TOKEN: usize = 17;
 
 const FLAG_GREEDY: u32 = 1;
 const FLAG_MASK: u32 = 2;
 const FLAG_LOGPROBS: u32 = 4;
+const FLAG_LOGPROB_TOKEN: u32 = 8;
 
 /// Words of one edit entry: id, first bias word, bias count, first output-count word,
 /// output entries, in-prompt flag.
@@ -155,6 +158,10 @@ impl Plan {
             }
             if row.num_logprobs.is_some() {
                 flags |= FLAG_LOGPROBS;
+            }
+            if let Some(id) = row.logprob_token {
+                flags |= FLAG_LOGPROB_TOKEN;
+                h[H_LOGPROB_TOKEN] = id;
             }
             h[H_FLAGS] = flags;
             h[H_TEMPERATURE] = row.temperature.to_bits();

@@ -205,7 +205,8 @@ pub(crate) fn sample_f64(l: &[f32], row: &SamplingRow<'_>) -> (u32, f64) {
     (best, 0.0)
 }
 
-/// The logprobs of a row whose token is `token` (see the definition).
+/// The logprobs of a row whose token is `token` (see the definition): the logprob of the
+/// row's `logprob_token` when it has one, else `token`'s.
 pub(crate) fn logprobs(l: &[f32], row: &SamplingRow<'_>, token: u32) -> Option<RowLogprobs> {
     let n = row.num_logprobs?;
     let best = argmax(l)?;
@@ -227,7 +228,7 @@ pub(crate) fn logprobs(l: &[f32], row: &SamplingRow<'_>, token: u32) -> Option<R
     let mut ids: Vec<usize> = (0..l.len()).collect();
     ids.sort_by(|&a, &b| key(lp[b]).cmp(&key(lp[a])).then(a.cmp(&b)));
     Some(RowLogprobs {
-        logprob: lp[token as usize],
+        logprob: lp[row.logprob_token.unwrap_or(token) as usize],
         top: ids.into_iter().take(n).map(|i| (i as u32, lp[i])).collect(),
     })
 }
