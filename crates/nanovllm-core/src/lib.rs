@@ -33,6 +33,7 @@ pub mod logprobs;
 pub mod runner;
 pub mod sampling;
 pub mod startup_log;
+pub mod structured;
 pub mod threads;
 pub mod tokenizer;
 pub mod tp;
@@ -59,5 +60,5 @@ pub use tokenizer::{IncrementalDetokenizer, Tokenizer};
 // Re-exported so that front ends need only this crate.
 pub use nanovllm_models::{LoadFormat, LoadProgress, LoadProgressFn};
 pub use nanovllm_scheduler::{
-    BatchKind, FinishReason, SamplingOverrides, SamplingParams, SchedulerError,
+    BatchKind, FinishReason, SamplingOverrides, SamplingParams, SchedulerError, StructuredOutput,
 };

@@ -42,6 +42,7 @@ use crate::decode_graph::{DecodeGraphs, Replayed};
 use crate::error::{EngineError, Result};
 use crate::logprobs::TokenLogprobs;
 use crate::sampling::sampling_row;
+use crate::structured::StepMasks;
 
 /// Host-side staging vectors, refilled every step.
 #[derive(Debug, Default)]
@@ -210,7 +211,7 @@ impl ModelRunner {
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
     ) -> Result<StepSamples> {
-        self.execute_with_logprobs(batch, params, &[])
+        self.execute_with_logprobs(batch, params, &[], None)
     }
 
     /// [`Self::execute`], plus the logprobs of each sampled token for the
@@ -218,11 +219,16 @@ impl ModelRunner {
     /// its token's logprob and the `n` most likely alternatives (see
     /// [`crate::logprobs`]; `n ≤` [`nanovllm_kernels::sampling::MAX_NUM_LOGPROBS`]). An
     /// empty `num_top_logprobs` asks for none.
+    ///
+    /// With `masks` (structured output, [`crate::structured`]), the constrained rows' token
+    /// masks are computed on the host while the forward pass runs (see
+    /// [`Self::run_model_with_masks`]) and applied in sampling.
     pub fn execute_with_logprobs(
         &mut self,
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
         num_top_logprobs: &[Option<usize>],
+        mut masks: Option<&mut StepMasks<'_>>,
     ) -> Result<StepSamples> {
         let num_seqs = batch.num_seqs();
         if !num_top_logprobs.is_empty() && num_top_logprobs.len() != num_seqs {
@@ -245,7 +251,10 @@ impl ModelRunner {
         if num_seqs == 0 {
             return Ok(samples);
         }
-        let logits = self.run_model(batch)?;
+        let logits = match masks.as_deref_mut() {
+            Some(masks) => self.run_model_with_masks(batch, masks)?,
+            None => self.run_model(batch)?,
+        };
         self.sample_rows.clear();
         for (i, (seq, p)) in batch.seqs.iter().zip(params).enumerate() {
             if seq.sample {
@@ -265,7 +274,15 @@ impl ModelRunner {
                 self.sample_rows.len()
             )));
         }
-        let out = self.backend.sample(logits, &self.sample_rows)?;
+        let masked;
+        let rows = match masks {
+            Some(masks) => {
+                masked = masks.apply(&self.sample_rows);
+                &masked
+            }
+            None => &self.sample_rows,
+        };
+        let out = self.backend.sample(logits, rows)?;
         if out.tokens.len() != num_rows || out.logprobs.len() != num_rows {
             return Err(EngineError::Internal(format!(
                 "sampling returned {} tokens and {} logprobs for {num_rows} rows",
@@ -284,6 +301,31 @@ impl ModelRunner {
             samples.logprobs[i] = logprobs.map(|row| TokenLogprobs::from_row(token, row));
         }
         Ok(samples)
+    }
+
+    /// [`Self::run_model`] with the step's grammar masks computed on the host meanwhile. On a
+    /// device `run_model` returns once the forward pass is queued, so the masks are computed
+    /// here while the device works, before sampling waits for it. On the CPU the forward pass
+    /// is synchronous: the masks are computed on a scoped thread of their own beside it (one
+    /// thread spawned per constrained step; it competes with the forward's pool for a core).
+    fn run_model_with_masks(
+        &mut self,
+        batch: &ScheduledBatch,
+        masks: &mut StepMasks<'_>,
+    ) -> Result<Tensor> {
+        if self.backend.device() != Device::Cpu {
+            let logits = self.run_model(batch)?;
+            masks.compute();
+            return Ok(logits);
+        }
+        std::thread::scope(|scope| {
+            let beside = scope.spawn(|| masks.compute());
+            let logits = self.run_model(batch);
+            beside
+                .join()
+                .map_err(|_| EngineError::Internal("the grammar mask thread panicked".into()))?;
+            logits
+        })
     }
 
     /// Logits of the batch's sampled rows (or of its first sequence's last row when none

@@ -23,6 +23,11 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// The Hugging Face tokenizer itself (for llguidance's token trie, [`crate::structured`]).
+    pub(crate) fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Loads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let file = dir.join("tokenizer.json");
