@@ -4,7 +4,8 @@
 //! `generate`) and [`LLMEngine`] (step API: add_request / step / abort), the
 //! [`ModelRunner`] (batch preparation on the device; the backend samples there, see
 //! [`sampling`] for seeds and steps), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
-//! and the bench.py throughput run ([`bench`]).
+//! structured output with llguidance ([`structured`]: grammars, per-request matchers, token
+//! masks) and the bench.py throughput run ([`bench`]).
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
 //! never sees a tensor and the model never sees a scheduling decision.

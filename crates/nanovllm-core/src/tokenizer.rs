@@ -231,12 +231,12 @@ impl IncrementalDetokenizer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The Qwen3 tokenizer shipped with the project, or `None` (printing why) when it is
     /// absent outside CI. Under `CI=true` a missing tokenizer fails the test.
-    fn qwen3_tokenizer() -> Option<Tokenizer> {
+    pub(crate) fn qwen3_tokenizer() -> Option<Tokenizer> {
         let dir =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/qwen3-tokenizer");
         if !dir.join("tokenizer.json").is_file() {

@@ -11,7 +11,8 @@
 //!    problem; nothing is queued.
 //! 2. **Each step that samples it** ([`matchers`], [`masks`]): its mask is computed on the
 //!    host while the forward pass runs: on a device, after the forward is queued and before
-//!    sampling waits for it; on the CPU, on a thread beside the forward pass. Prompt chunks
+//!    sampling waits for it, rows spread over the (then idle) rayon pool; on the CPU, on one
+//!    thread beside the forward pass, which keeps the pool busy. Prompt chunks
 //!    that do not sample compute no mask.
 //! 3. **After sampling**: the matcher consumes the sampled token. A complete grammar (no
 //!    token may follow, or it chose an end-of-sequence token the grammar allowed) finishes
