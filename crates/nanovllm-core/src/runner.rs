@@ -306,9 +306,9 @@ impl ModelRunner {
     /// [`Self::run_model`] with the step's grammar masks computed on the host meanwhile. On a
     /// device `run_model` returns once the forward pass is queued, so the masks are computed
     /// here (rows spread over the idle rayon pool) while the device works, before sampling
-    /// waits for it. On the CPU the forward pass
-    /// is synchronous: the masks are computed on a scoped thread of their own beside it (one
-    /// thread spawned per constrained step; it competes with the forward's pool for a core).
+    /// waits for it. On the CPU the forward pass is synchronous: the masks are computed on a
+    /// scoped thread of their own beside it (one thread spawned per constrained step; it
+    /// competes with the forward's pool for a core).
     fn run_model_with_masks(
         &mut self,
         batch: &ScheduledBatch,
