@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// A config.json of the model's shape, run with random weights (implies --load-format dummy).
     #[arg(long, default_value = "configs/qwen3-0.6b.json")]
     pub model_config: Option<PathBuf>,
+    /// Directory holding tokenizer.json, if not the model's (--structured-output needs one).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceKind,
     /// CPU KV-cache budget in GiB.
@@ -60,6 +63,7 @@ impl BenchArgs {
                 c
             }
         };
+        config.tokenizer = self.tokenizer.clone();
         config.device = self.device;
         config.max_model_len = self.max_model_len;
         config.threads = self.threads;

@@ -40,6 +40,7 @@ use crate::kv_sizing::size_kv_cache;
 use crate::logprobs::{PromptLogprobs, TokenLogprobs};
 use crate::runner::{ModelRunner, SeqExtras, StepSamples};
 use crate::sampling::PenaltyState;
+use crate::structured::{GrammarStep, Grammars};
 use crate::tokenizer::Tokenizer;
 use crate::tp::WorkerGroup;
 
@@ -282,6 +283,8 @@ pub struct LLMEngine {
     prompt_logprobs: HashMap<RequestId, (PromptLogprobs, bool)>,
     /// Ranks 1..N under tensor parallelism (this engine is rank 0); dropped (stopped) with it.
     workers: Option<WorkerGroup>,
+    /// Structured output: the grammar compiler and one matcher per constrained request.
+    grammars: Grammars,
 }
 
 impl LLMEngine {
@@ -469,6 +472,7 @@ impl LLMEngine {
             penalties: HashMap::new(),
             prompt_logprobs: HashMap::new(),
             workers: None,
+            grammars: Grammars::default(),
         })
     }
 
@@ -501,12 +505,23 @@ impl LLMEngine {
         sampling_params_from(&self.generation_config)
     }
 
-    /// Checks a request without queueing it; returns its prompt token ids.
+    /// Checks a request without queueing it (its structured output compiled, too); returns
+    /// its prompt token ids.
     pub fn validate_request(
         &self,
         prompt: Prompt,
         params: &SamplingParams,
     ) -> std::result::Result<Vec<u32>, RequestError> {
+        self.check_request(prompt, params).map(|(ids, _)| ids)
+    }
+
+    /// [`Self::validate_request`], returning the request's grammar matcher too (structured
+    /// output: compiled last, after the cheap checks).
+    fn check_request(
+        &self,
+        prompt: Prompt,
+        params: &SamplingParams,
+    ) -> std::result::Result<(Vec<u32>, Option<llguidance::Matcher>), RequestError> {
         let ids = match prompt {
             Prompt::TokenIds(ids) => ids,
             Prompt::Text(text) => {
@@ -558,7 +573,16 @@ impl LLMEngine {
         // mid-stream.
         self.scheduler.check_prompt(ids.len(), params)?;
         self.scheduler.check_growth(ids.len(), params)?;
-        Ok(ids)
+        let matcher = match &params.structured_output {
+            Some(spec) => Some(self.grammars.compiler.matcher(
+                spec,
+                self.tokenizer.as_ref(),
+                &self.eos_token_ids,
+                self.model_config.vocab_size,
+            )?),
+            None => None,
+        };
+        Ok((ids, matcher))
     }
 
     /// Validates and queues a request. A rejected request changes nothing.
@@ -588,8 +612,8 @@ impl LLMEngine {
                 },
             ));
         }
-        let ids = self
-            .validate_request(prompt.into(), &params)
+        let (ids, matcher) = self
+            .check_request(prompt.into(), &params)
             .map_err(|reason| EngineError::invalid_request(None, reason))?;
         let penalties = PenaltyState::new(&params, &ids);
         let prompt_logprobs = params
@@ -599,6 +623,9 @@ impl LLMEngine {
             .scheduler
             .add(ids, params)
             .map_err(|e| EngineError::invalid_request(None, RequestError::Rejected(e)))?;
+        if let Some(matcher) = matcher {
+            self.grammars.matchers.insert(id, matcher);
+        }
         if let Some(n) = num_top_logprobs {
             self.num_top_logprobs.insert(id, n);
         }
@@ -624,7 +651,13 @@ impl LLMEngine {
             let executed_at = Instant::now();
             self.abort_non_finite(&samples.non_finite, &mut out.finished)?;
             self.account_prompt_logprobs(&batch, samples.prompt_logprobs, &mut out)?;
+            let grammar =
+                self.grammars
+                    .matchers
+                    .advance(&batch, &samples.tokens, &samples.non_finite);
+            self.abort_grammar_failures(&grammar, &mut out.finished)?;
             self.account(batch, &samples.tokens, samples.logprobs, &mut out)?;
+            self.finish_completed_grammars(&grammar, &mut out.finished)?;
             out.times.postprocess = executed_at.elapsed();
             if !self.scheduler.has_unfinished() {
                 // The last request just finished: what the backend keeps between steps is
@@ -722,12 +755,20 @@ impl LLMEngine {
                 })
                 .collect()
         };
+        // Structured output: `None` unless a constrained sequence samples in this step.
+        let vocab_size = self.model_config.vocab_size;
+        let mut masks = self.grammars.matchers.step_masks(batch, vocab_size);
         let runner_start = Instant::now();
         self.runner.take_input_time();
         let executed = match self.workers.as_mut() {
-            None => self.runner.execute_with(batch, &params, &extras),
+            None => self
+                .runner
+                .execute_with(batch, &params, &extras, masks.as_mut()),
             Some(workers) => workers.begin_step(batch).and_then(|()| {
-                match self.runner.execute_with(batch, &params, &extras) {
+                match self
+                    .runner
+                    .execute_with(batch, &params, &extras, masks.as_mut())
+                {
                     Ok(out) => workers.end_step().map(|()| out),
                     Err(err) => Err(workers.fail_step(err)),
                 }
@@ -790,6 +831,47 @@ impl LLMEngine {
                 *given = true;
                 out.prompt_logprobs
                     .push((seq.seq_id, acc.entries().to_vec()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Aborts the requests whose grammar refused their token or gave no mask this step,
+    /// before the scheduler sees the step's tokens (as [`Self::abort_non_finite`]).
+    fn abort_grammar_failures(
+        &mut self,
+        grammar: &GrammarStep,
+        finished: &mut Vec<RequestOutput>,
+    ) -> Result<()> {
+        for (seq_id, msg) in &grammar.failed {
+            let err = EngineError::Grammar {
+                seq_id: *seq_id,
+                msg: msg.clone(),
+            };
+            tracing::warn!(request_id = seq_id, "aborting request: {err}");
+            if let Some(seq) = self.scheduler.abort(*seq_id) {
+                finished.push(self.finish(seq, Some(err.to_string()))?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes the requests whose grammar is complete after this step's token with
+    /// `Stop`: those the scheduler kept running are taken out of it, and one that it just
+    /// finished for its length (the same token) is reported as stopped.
+    fn finish_completed_grammars(
+        &mut self,
+        grammar: &GrammarStep,
+        finished: &mut Vec<RequestOutput>,
+    ) -> Result<()> {
+        for &seq_id in &grammar.completed {
+            if let Some(mut seq) = self.scheduler.abort(seq_id) {
+                seq.finish_reason = FinishReason::Stop;
+                finished.push(self.finish(seq, None)?);
+            } else if let Some(out) = finished.iter_mut().find(|o| o.request_id == seq_id) {
+                if out.finish_reason == FinishReason::Length {
+                    out.finish_reason = FinishReason::Stop;
+                }
             }
         }
         Ok(())
@@ -902,6 +984,7 @@ impl LLMEngine {
             .remove(&f.seq_id)
             .filter(|(acc, _)| acc.is_complete())
             .map(|(acc, _)| acc.into_entries());
+        self.grammars.matchers.remove(f.seq_id);
         tracing::debug!(
             request_id = f.seq_id,
             prompt_tokens = f.prompt_token_ids.len(),

@@ -91,6 +91,10 @@ pub enum EngineError {
     /// the model produced garbage. The engine aborts that request alone.
     #[error("sequence {seq_id}: logits hold no finite maximum (NaN or all -inf, or +inf); the model or its weights are broken")]
     NonFiniteLogits { seq_id: SeqId },
+    /// A request's grammar refused the token sampled for it, or failed to give a token
+    /// mask (an llguidance error; should not happen). The engine aborts that request alone.
+    #[error("sequence {seq_id}: structured output failed: {msg}")]
+    Grammar { seq_id: SeqId, msg: String },
     /// A benchmark setting ([`crate::bench`]) that the workload or the model cannot run.
     #[error("invalid benchmark {what} = {value}: expected {expected}")]
     InvalidBenchmark {
@@ -154,6 +158,13 @@ pub enum RequestError {
     /// Refused by the scheduler: bad sampling params, or a prompt the KV cache can never hold.
     #[error(transparent)]
     Rejected(SchedulerError),
+    /// The structured output (`form`: json_object, json_schema, regex, choice, grammar)
+    /// does not compile; `msg` is llguidance's (or the parser's) account of why.
+    #[error("invalid {form} structured output: {msg}; fix it and resend the request")]
+    InvalidGrammar { form: &'static str, msg: String },
+    /// Structured output needs the tokenizer (the grammar is matched against its tokens).
+    #[error("structured output needs a tokenizer but none is loaded: set `tokenizer` to a directory holding tokenizer.json")]
+    StructuredOutputNeedsTokenizer,
 }
 
 impl From<SchedulerError> for RequestError {

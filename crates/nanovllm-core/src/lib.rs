@@ -5,7 +5,8 @@
 //! [`ModelRunner`] (batch preparation on the device; the backend samples there, see
 //! [`sampling`] for seeds, steps, logit bias and penalties, and [`runner`] for prompt
 //! logprobs), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
-//! and the bench.py throughput run ([`bench`]).
+//! structured output with llguidance ([`structured`]: grammars, per-request matchers, token
+//! masks) and the bench.py throughput run ([`bench`]).
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
 //! never sees a tensor and the model never sees a scheduling decision.
@@ -34,6 +35,7 @@ pub mod logprobs;
 pub mod runner;
 pub mod sampling;
 pub mod startup_log;
+pub mod structured;
 pub mod threads;
 pub mod tokenizer;
 pub mod tp;

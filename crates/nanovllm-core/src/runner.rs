@@ -55,6 +55,7 @@ use crate::decode_graph::{DecodeGraphs, Replayed};
 use crate::error::{EngineError, Result};
 use crate::logprobs::TokenLogprobs;
 use crate::sampling::sampling_row;
+use crate::structured::StepMasks;
 
 /// Host-side staging vectors, refilled every step.
 #[derive(Debug, Default)]
@@ -248,7 +249,7 @@ impl ModelRunner {
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
     ) -> Result<StepSamples> {
-        self.execute_with_logprobs(batch, params, &[])
+        self.execute_with_logprobs(batch, params, &[], None)
     }
 
     /// [`Self::execute`], plus the logprobs of each sampled token for the
@@ -256,11 +257,16 @@ impl ModelRunner {
     /// its token's logprob and the `n` most likely alternatives (see
     /// [`crate::logprobs`]; `n ≤` [`nanovllm_kernels::sampling::MAX_NUM_LOGPROBS`]). An
     /// empty `num_top_logprobs` asks for none.
+    ///
+    /// With `masks` (structured output, [`crate::structured`]), the constrained rows' token
+    /// masks are computed on the host while the forward pass runs (see
+    /// [`Self::run_model_with_masks`]) and applied in sampling.
     pub fn execute_with_logprobs(
         &mut self,
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
         num_top_logprobs: &[Option<usize>],
+        masks: Option<&mut StepMasks<'_>>,
     ) -> Result<StepSamples> {
         let extras: Vec<SeqExtras<'_>> = num_top_logprobs
             .iter()
@@ -269,7 +275,7 @@ impl ModelRunner {
                 ..SeqExtras::default()
             })
             .collect();
-        self.execute_with(batch, params, &extras)
+        self.execute_with(batch, params, &extras, masks)
     }
 
     /// [`Self::execute`] with what the engine adds per sequence: `extras[i]` belongs to
@@ -281,6 +287,7 @@ impl ModelRunner {
         batch: &ScheduledBatch,
         params: &[&SamplingParams],
         extras: &[SeqExtras<'_>],
+        mut masks: Option<&mut StepMasks<'_>>,
     ) -> Result<StepSamples> {
         let num_seqs = batch.num_seqs();
         if !extras.is_empty() && extras.len() != num_seqs {
@@ -304,9 +311,20 @@ impl ModelRunner {
         if num_seqs == 0 {
             return Ok(samples);
         }
-        let (logits, hidden) = self.run_model(batch)?;
+        let (logits, hidden) = match masks.as_deref_mut() {
+            Some(masks) => self.run_model_with_masks(batch, masks)?,
+            None => self.run_model(batch)?,
+        };
         let mut rows = recycle_rows(std::mem::take(&mut self.sample_rows));
-        let sampled = self.sample(batch, params, extras, logits, &mut rows, &mut samples);
+        let sampled = self.sample(
+            batch,
+            params,
+            extras,
+            masks.as_deref(),
+            logits,
+            &mut rows,
+            &mut samples,
+        );
         self.sample_rows = recycle_rows(rows);
         sampled?;
         if let Some(hidden) = hidden {
@@ -316,12 +334,15 @@ impl ModelRunner {
     }
 
     /// Samples the batch's sampling rows from `logits` into `samples` (`rows`: an empty
-    /// vector to fill, for its capacity).
+    /// vector to fill, for its capacity), with the constrained rows' token masks when
+    /// `masks` is given.
+    #[allow(clippy::too_many_arguments)] // one step's parts, each borrowed differently
     fn sample<'a>(
         &self,
         batch: &ScheduledBatch,
         params: &[&'a SamplingParams],
         extras: &[SeqExtras<'a>],
+        masks: Option<&StepMasks<'_>>,
         logits: Tensor,
         rows: &mut Vec<SamplingRow<'a>>,
         samples: &mut StepSamples,
@@ -346,6 +367,14 @@ impl ModelRunner {
                 rows.len()
             )));
         }
+        let masked;
+        let rows: &[SamplingRow<'_>] = match masks {
+            Some(masks) => {
+                masked = masks.apply(rows);
+                &masked
+            }
+            None => rows,
+        };
         let out = self.backend.sample(logits, rows)?;
         if out.tokens.len() != num_rows || out.logprobs.len() != num_rows {
             return Err(EngineError::Internal(format!(
@@ -445,6 +474,32 @@ impl ModelRunner {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::run_model`] with the step's grammar masks computed on the host meanwhile. On a
+    /// device `run_model` returns once the forward pass is queued, so the masks are computed
+    /// here (rows spread over the idle rayon pool) while the device works, before sampling
+    /// waits for it. On the CPU the forward pass is synchronous: the masks are computed on a
+    /// scoped thread of their own beside it (one thread spawned per constrained step; it
+    /// competes with the forward's pool for a core).
+    fn run_model_with_masks(
+        &mut self,
+        batch: &ScheduledBatch,
+        masks: &mut StepMasks<'_>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if self.backend.device() != Device::Cpu {
+            let logits = self.run_model(batch)?;
+            masks.compute_parallel();
+            return Ok(logits);
+        }
+        std::thread::scope(|scope| {
+            let beside = scope.spawn(|| masks.compute());
+            let logits = self.run_model(batch);
+            beside
+                .join()
+                .map_err(|_| EngineError::Internal("the grammar mask thread panicked".into()))?;
+            logits
+        })
     }
 
     /// Logits of the batch's sampled rows (or of its first sequence's last row when none

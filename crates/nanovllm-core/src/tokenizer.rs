@@ -23,6 +23,11 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// The Hugging Face tokenizer itself (for llguidance's token trie, [`crate::structured`]).
+    pub(crate) fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Loads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let file = dir.join("tokenizer.json");
@@ -249,12 +254,12 @@ impl IncrementalDetokenizer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The Qwen3 tokenizer shipped with the project, or `None` (printing why) when it is
     /// absent outside CI. Under `CI=true` a missing tokenizer fails the test.
-    fn qwen3_tokenizer() -> Option<Tokenizer> {
+    pub(crate) fn qwen3_tokenizer() -> Option<Tokenizer> {
         let dir =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/qwen3-tokenizer");
         if !dir.join("tokenizer.json").is_file() {

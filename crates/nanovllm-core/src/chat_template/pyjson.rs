@@ -111,10 +111,11 @@ mod tests {
     #[test]
     fn compact_form_uses_python_separators() {
         let v = json!({"name": "get_weather", "args": [1, 2.5, true, null, "é\"\n"]});
-        // serde_json's map is sorted by key, so "args" comes first.
+        // serde_json keeps insertion order (its `preserve_order` feature, which llguidance
+        // turns on), as a Python dict does: "name" stays first.
         assert_eq!(
             dumps(&v, None),
-            r#"{"args": [1, 2.5, true, null, "é\"\n"], "name": "get_weather"}"#
+            r#"{"name": "get_weather", "args": [1, 2.5, true, null, "é\"\n"]}"#
         );
         assert_eq!(dumps(&json!([]), None), "[]");
         assert_eq!(dumps(&json!({}), None), "{}");
