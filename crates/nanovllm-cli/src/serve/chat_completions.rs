@@ -34,7 +34,7 @@ use serde_json::{Map, Value as Json};
 use super::chat_output::{finish_reason, Reply, ReplyParsing};
 use super::completions::prompt_too_many_bytes;
 use super::errors::ApiError;
-use super::generation::{generate_parsed, resolve_max_tokens, ChoiceOutput, Generated};
+use super::generation::{generate_parsed, resolve_max_tokens, ChoiceOutput, Generated, Shaping};
 use super::logprobs_format::chat_logprobs;
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut,
@@ -95,8 +95,10 @@ pub async fn handle(
         &sampling,
         &fields,
         want_logprobs,
-        parsing.as_ref(),
-        None,
+        Shaping {
+            parsing: parsing.as_ref(),
+            echo: None,
+        },
     );
     let (outputs, usage) = match generated.await? {
         Generated::Streamed(response) => return Ok(response),

@@ -315,13 +315,23 @@ pub async fn generate(
         sampling,
         fields,
         want_logprobs,
-        None,
-        echo,
+        Shaping {
+            parsing: None,
+            echo,
+        },
     )
     .await
 }
 
-/// [`generate`], with chat replies parsed as `parsing` says when streamed (a finished
+/// How a generation's choices are shaped beyond their text: chat replies parsed
+/// (`parsing`), completions' prompts echoed (`echo`).
+#[derive(Default)]
+pub struct Shaping<'a> {
+    pub parsing: Option<&'a ReplyParsing>,
+    pub echo: Option<Echo>,
+}
+
+/// [`generate`], with chat replies parsed as `shaping.parsing` says when streamed (a finished
 /// answer's text is parsed by the handler) and special markers put back in the text.
 pub async fn generate_parsed(
     state: &AppState,
@@ -330,8 +340,7 @@ pub async fn generate_parsed(
     sampling: &Sampling,
     fields: &SamplingFields,
     want_logprobs: bool,
-    parsing: Option<&ReplyParsing>,
-    echo: Option<Echo>,
+    Shaping { parsing, echo }: Shaping<'_>,
 ) -> Result<Generated, ApiError> {
     let include_usage = fields
         .stream_options
