@@ -62,7 +62,8 @@ struct TokenizeRequest {
 /// What `/tokenize` encodes.
 enum Source {
     Text(String),
-    Chat(ChatCompletionRequest),
+    /// Boxed: a chat request is far larger than a text.
+    Chat(Box<ChatCompletionRequest>),
 }
 
 #[derive(Debug, Serialize)]
@@ -110,7 +111,7 @@ pub async fn tokenize(
             }
             Source::Text(prompt)
         }
-        (None, Some(_)) => Source::Chat(request_body::typed::<ChatCompletionRequest>(&body)?),
+        (None, Some(_)) => Source::Chat(Box::new(request_body::typed(&body)?)),
     };
     drop(body);
     let add_special_tokens = request.add_special_tokens.unwrap_or(true);
