@@ -110,11 +110,11 @@ mod tests {
                 vec![
                     call(
                         "get_current_weather",
-                        r#"{"format":"celsius","location":"Paris, France"}"#
+                        r#"{"location":"Paris, France","format":"celsius"}"#
                     ),
                     call(
                         "get_current_weather",
-                        r#"{"format":"celsius","location":"Tokyo, Japan"}"#
+                        r#"{"location":"Tokyo, Japan","format":"celsius"}"#
                     ),
                 ]
             )
