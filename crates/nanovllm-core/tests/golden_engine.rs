@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use nanovllm_core::{
     EngineConfig, EngineError, KvCacheDType, LLMEngine, LoadFormat, Prompt, RequestError,
@@ -39,20 +37,6 @@ fn head_dim_128_alone_shuffled_prefix_cached_and_chunked() {
     check_each_alone_and_shuffled(fixture);
     check_prefix_cache(fixture);
     check_chunked_prefill(fixture);
-}
-
-/// The Qwen3 tokenizer shipped next to the repo, or `None` (printing why) outside CI.
-fn qwen3_tokenizer_dir() -> Option<PathBuf> {
-    let dir = repo_root().join("../shared/models/qwen3-tokenizer");
-    if dir.join("tokenizer.json").is_file() {
-        return Some(dir);
-    }
-    let msg = format!("Qwen3 tokenizer not found at {}", dir.display());
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true requires it)");
-    }
-    eprintln!("skipping: {msg}");
-    None
 }
 
 #[test]

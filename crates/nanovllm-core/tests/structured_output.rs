@@ -20,20 +20,6 @@ use serde_json::Value;
 const FIXTURE: &str = "qwen3-tiny-fullvocab";
 const SEEDS: [u64; 4] = [1, 2, 3, 4];
 
-/// The Qwen3 tokenizer shipped next to the repo, or `None` (printing why) outside CI.
-fn qwen3_tokenizer_dir() -> Option<PathBuf> {
-    let dir = repo_root().join("../shared/models/qwen3-tokenizer");
-    if dir.join("tokenizer.json").is_file() {
-        return Some(dir);
-    }
-    let msg = format!("Qwen3 tokenizer not found at {}", dir.display());
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true requires it)");
-    }
-    eprintln!("skipping: {msg}");
-    None
-}
-
 fn config(tokenizer: PathBuf) -> EngineConfig {
     EngineConfig {
         tokenizer: Some(tokenizer),

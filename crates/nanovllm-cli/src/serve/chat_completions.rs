@@ -38,7 +38,7 @@ use super::generation::{generate_parsed, resolve_max_tokens, ChoiceOutput, Gener
 use super::logprobs_format::chat_logprobs;
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut,
-    FunctionCallOut, SamplingFields, Skip, ToolCallOut, CHAT_FIELDS,
+    FunctionCallOut, SamplingFields, Skip, ToolCallOut, CHAT_FIELDS, SAMPLING_FIELDS,
 };
 use super::request_body;
 use super::routes::check_model;
@@ -51,7 +51,11 @@ pub async fn handle(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request_body::parse_object(body, CHAT_FIELDS, state.limits.max_body_bytes)?;
+    let body = request_body::parse_object(
+        body,
+        &[CHAT_FIELDS, SAMPLING_FIELDS],
+        state.limits.max_body_bytes,
+    )?;
     let request: ChatCompletionRequest = request_body::typed(&body)?;
     let fields: SamplingFields = request_body::typed(&body)?;
     let tool_fields: ToolFields = request_body::typed(&body)?;

@@ -26,7 +26,7 @@ use super::generation::{generate, resolve_max_tokens, Generated};
 use super::logprobs_format::completion_logprobs;
 use super::openai_types::{
     response_id, unix_now, Completion, CompletionChoice, CompletionRequest, SamplingFields, Skip,
-    COMPLETION_FIELDS,
+    COMPLETION_FIELDS, SAMPLING_FIELDS,
 };
 use super::request_body;
 use super::routes::check_model;
@@ -38,7 +38,11 @@ pub async fn handle(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request_body::parse_object(body, COMPLETION_FIELDS, state.limits.max_body_bytes)?;
+    let body = request_body::parse_object(
+        body,
+        &[COMPLETION_FIELDS, SAMPLING_FIELDS],
+        state.limits.max_body_bytes,
+    )?;
     let mut request: CompletionRequest = request_body::typed(&body)?;
     let fields: SamplingFields = request_body::typed(&body)?;
     drop(body);

@@ -91,38 +91,9 @@ pub struct SamplingFields {
     pub service_tier: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-    /// Accepted and ignored: chunks are never padded.
-    #[serde(default)]
-    #[allow(dead_code)]
-    pub include_obfuscation: bool,
-}
-
-/// `POST /v1/completions`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct CompletionRequest {
-    pub model: Option<String>,
-    /// A string, a list of strings, a list of token ids or a list of lists of token ids.
-    pub prompt: Json,
-    pub max_tokens: Option<usize>,
-    /// Number of top alternatives per token (0..=20); absent = no logprobs.
-    pub logprobs: Option<usize>,
-    /// Prepend the prompt to each choice's text (and, with `logprobs`, the prompt
-    /// tokens' logprobs to its logprobs).
-    pub echo: Option<bool>,
-}
-
-/// Fields a completions body may hold: `CompletionRequest`'s and `SamplingFields`'.
-pub const COMPLETION_FIELDS: &[&str] = &[
-    "model",
-    "prompt",
-    "max_tokens",
-    "logprobs",
-    "echo",
+/// Fields of [`SamplingFields`] (and the OpenAI fields both endpoints accept and ignore),
+/// read from the same body as each endpoint's own fields.
+pub const SAMPLING_FIELDS: &[&str] = &[
     "temperature",
     "top_p",
     "top_k",
@@ -153,6 +124,34 @@ pub const COMPLETION_FIELDS: &[&str] = &[
     "service_tier",
 ];
 
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+    /// Accepted and ignored: chunks are never padded.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub include_obfuscation: bool,
+}
+
+/// `POST /v1/completions`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    /// A string, a list of strings, a list of token ids or a list of lists of token ids.
+    pub prompt: Json,
+    pub max_tokens: Option<usize>,
+    /// Number of top alternatives per token (0..=20); absent = no logprobs.
+    pub logprobs: Option<usize>,
+    /// Prepend the prompt to each choice's text (and, with `logprobs`, the prompt
+    /// tokens' logprobs to its logprobs).
+    pub echo: Option<bool>,
+}
+
+/// Fields of `CompletionRequest` (a completions body also holds [`SAMPLING_FIELDS`]).
+pub const COMPLETION_FIELDS: &[&str] = &["model", "prompt", "max_tokens", "logprobs", "echo"];
+
 /// `POST /v1/chat/completions`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -173,11 +172,12 @@ pub struct ChatCompletionRequest {
     /// End the prompt with the assistant header [default: true].
     pub add_generation_prompt: Option<bool>,
     /// OpenAI's switch for several tool calls in one reply.
-    #[allow(dead_code)] // read by the tool-call work in progress
+    #[allow(dead_code)] // read through `tool_choice::ToolFields`; here for the type check
     pub parallel_tool_calls: Option<bool>,
 }
 
-/// Fields a chat body may hold: `ChatCompletionRequest`'s and `SamplingFields`'.
+/// Fields of `ChatCompletionRequest` and the OpenAI fields a chat body may hold and this server
+/// ignores (a chat body also holds [`SAMPLING_FIELDS`]).
 pub const CHAT_FIELDS: &[&str] = &[
     "model",
     "messages",
@@ -191,35 +191,6 @@ pub const CHAT_FIELDS: &[&str] = &[
     "chat_template_kwargs",
     "enable_thinking",
     "add_generation_prompt",
-    "parallel_tool_calls",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "stop_token_ids",
-    "n",
-    "ignore_eos",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "logit_bias",
-    "best_of",
-    "response_format",
-    "structured_outputs",
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "guided_decoding_backend",
-    "guided_whitespace_pattern",
-    "stream",
-    "stream_options",
-    "user",
-    "store",
-    "metadata",
-    "service_tier",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -13,10 +13,11 @@ use serde_json::Value as Json;
 
 use super::errors::ApiError;
 
-/// Reads `body` as a JSON object holding only the top-level fields in `known`.
+/// Reads `body` as a JSON object holding only top-level fields listed in `known` (the
+/// endpoint's own list, and the shared ones it reads too).
 pub fn parse_object(
     body: Result<Bytes, BytesRejection>,
-    known: &[&str],
+    known: &[&[&str]],
     max_body_bytes: usize,
 ) -> Result<Json, ApiError> {
     let bytes = body.map_err(|rejection| {
@@ -39,12 +40,13 @@ pub fn parse_object(
             message: format!("the request body must be a JSON object, got {value}"),
         });
     };
-    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+    let is_known = |k: &str| known.iter().any(|list| list.contains(&k));
+    if let Some(unknown) = fields.keys().find(|k| !is_known(k)) {
         return Err(ApiError::invalid(
             unknown.clone(),
             format!(
                 "unknown field `{unknown}`: this endpoint accepts {}",
-                known.join(", ")
+                known.concat().join(", ")
             ),
         ));
     }
@@ -70,10 +72,16 @@ pub fn typed<T: DeserializeOwned>(body: &Json) -> Result<T, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::openai_types::{CompletionRequest, SamplingFields, COMPLETION_FIELDS};
+    use crate::serve::openai_types::{
+        CompletionRequest, SamplingFields, COMPLETION_FIELDS, SAMPLING_FIELDS,
+    };
 
     fn parse_completion(body: &str) -> Result<(CompletionRequest, SamplingFields), ApiError> {
-        let value = parse_object(Ok(Bytes::from(body.to_string())), COMPLETION_FIELDS, 100)?;
+        let value = parse_object(
+            Ok(Bytes::from(body.to_string())),
+            &[COMPLETION_FIELDS, SAMPLING_FIELDS],
+            100,
+        )?;
         Ok((typed(&value)?, typed(&value)?))
     }
 

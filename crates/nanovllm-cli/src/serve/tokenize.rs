@@ -86,7 +86,7 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request_body::parse_object(body, TOKENIZE_FIELDS, state.limits.max_body_bytes)?;
+    let body = request_body::parse_object(body, &[TOKENIZE_FIELDS], state.limits.max_body_bytes)?;
     let request: TokenizeRequest = request_body::typed(&body)?;
     check_model(&state, request.model.as_deref())?;
     let source = match (request.prompt, &request.messages) {
@@ -150,7 +150,7 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = request_body::parse_object(body, DETOKENIZE_FIELDS, state.limits.max_body_bytes)?;
+    let body = request_body::parse_object(body, &[DETOKENIZE_FIELDS], state.limits.max_body_bytes)?;
     let request: DetokenizeRequest = request_body::typed(&body)?;
     drop(body);
     check_model(&state, request.model.as_deref())?;

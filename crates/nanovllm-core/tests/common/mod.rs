@@ -29,6 +29,20 @@ pub fn bundle_root() -> PathBuf {
     }
 }
 
+/// The Qwen3 tokenizer shipped next to the repo, or `None` (printing why) outside CI.
+pub fn qwen3_tokenizer_dir() -> Option<PathBuf> {
+    let dir = repo_root().join("../shared/models/qwen3-tokenizer");
+    if dir.join("tokenizer.json").is_file() {
+        return Some(dir);
+    }
+    let msg = format!("Qwen3 tokenizer not found at {}", dir.display());
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg} (CI=true requires it)");
+    }
+    eprintln!("skipping: {msg}");
+    None
+}
+
 pub fn fixture_dir(name: &str) -> PathBuf {
     repo_root().join("fixtures").join(name)
 }
