@@ -207,11 +207,12 @@ def train(model, tokens: torch.Tensor, eval_ids: list[list[int]], steps: int) ->
         model.eval()
         eval_loss = math.log(perplexity(line_nlls(model, eval_ids), eval_ids))
         model.train()
-        train_loss = sum(recent) / len(recent) if recent else float("nan")
+        train_loss = sum(recent) / len(recent) if recent else None  # JSON null, not NaN
         recent.clear()
         curve.append({"step": step, "train_loss": train_loss, "eval_loss": eval_loss})
+        shown = "-" if train_loss is None else f"{train_loss:.3f}"
         print(
-            f"step {step:4d}  train {train_loss:.3f}  eval {eval_loss:.3f}  "
+            f"step {step:4d}  train {shown:>5}  eval {eval_loss:.3f}  "
             f"({time.time() - start:.0f} s)",
             flush=True,
         )
