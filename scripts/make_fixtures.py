@@ -489,8 +489,11 @@ def qwen3_split_pattern() -> str:
     return split["pattern"]["Regex"]
 
 
-def train_tiny_tokenizer(vocab_size: int) -> Tokenizer:
-    """Byte-level BPE with Qwen2's pipeline; special tokens take the last three ids, as in Qwen."""
+def train_tiny_tokenizer(vocab_size: int, corpus_lines: list[str] | None = None) -> Tokenizer:
+    """Byte-level BPE with Qwen2's pipeline; special tokens take the last three ids, as in Qwen.
+    Trained on `corpus_lines` (default: TOKENIZER_CORPUS, the random-weight fixtures' text)."""
+    if corpus_lines is None:
+        corpus_lines = TOKENIZER_CORPUS.splitlines(keepends=True)
     tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -508,11 +511,11 @@ def train_tiny_tokenizer(vocab_size: int) -> Tokenizer:
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(TOKENIZER_CORPUS.splitlines(keepends=True), trainer=trainer)
+    tokenizer.train_from_iterator(corpus_lines, trainer=trainer)
     check(
         tokenizer.get_vocab_size() == num_base_tokens,
         f"BPE training produced {tokenizer.get_vocab_size()} tokens, wanted {num_base_tokens}; "
-        "add text to TOKENIZER_CORPUS",
+        "add text to the corpus",
     )
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     check(tokenizer.get_vocab_size() == vocab_size, "special tokens did not land at the end")
