@@ -34,7 +34,7 @@ use serde_json::{Map, Value as Json};
 use super::chat_output::{finish_reason, Reply, ReplyParsing};
 use super::completions::prompt_too_many_bytes;
 use super::errors::ApiError;
-use super::generation::{generate_parsed, resolve_max_tokens, ChoiceOutput, Generated, Shaping};
+use super::generation::{generate, resolve_max_tokens, ChoiceOutput, Generated, Shaping};
 use super::logprobs_format::chat_logprobs;
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatCompletionRequest, ChatMessageOut,
@@ -92,7 +92,7 @@ pub async fn handle(
         forced.constrain(&mut sampling.params)?;
     }
     let parsing = parsing.is_active().then_some(parsing);
-    let generated = generate_parsed(
+    let generated = generate(
         &state,
         Api::Chat,
         prompts,

@@ -22,7 +22,7 @@ use serde_json::Value as Json;
 
 use super::echo::{self, Echo};
 use super::errors::ApiError;
-use super::generation::{generate, resolve_max_tokens, Generated};
+use super::generation::{generate, resolve_max_tokens, Generated, Shaping};
 use super::logprobs_format::completion_logprobs;
 use super::openai_types::{
     response_id, unix_now, Completion, CompletionChoice, CompletionRequest, SamplingFields, Skip,
@@ -89,7 +89,10 @@ pub async fn handle(
         &sampling,
         &fields,
         want_logprobs,
-        echo.clone(),
+        Shaping {
+            parsing: None,
+            echo: echo.clone(),
+        },
     );
     let (outputs, usage) = match generated.await? {
         Generated::Streamed(response) => return Ok(response),

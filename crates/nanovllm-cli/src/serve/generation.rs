@@ -295,34 +295,6 @@ pub enum Generated {
     },
 }
 
-/// Submits the prompts and either streams the answer (`fields.stream`) or waits for it.
-/// Shared by both endpoints; they differ only in how they shape choices. `echo`
-/// (completions only) starts each streamed choice with its prompt; a finished answer
-/// leaves that to the handler.
-pub async fn generate(
-    state: &AppState,
-    api: Api,
-    prompts: Vec<Vec<u32>>,
-    sampling: &Sampling,
-    fields: &SamplingFields,
-    want_logprobs: bool,
-    echo: Option<Echo>,
-) -> Result<Generated, ApiError> {
-    generate_parsed(
-        state,
-        api,
-        prompts,
-        sampling,
-        fields,
-        want_logprobs,
-        Shaping {
-            parsing: None,
-            echo,
-        },
-    )
-    .await
-}
-
 /// How a generation's choices are shaped beyond their text: chat replies parsed
 /// (`parsing`), completions' prompts echoed (`echo`).
 #[derive(Default)]
@@ -331,9 +303,12 @@ pub struct Shaping<'a> {
     pub echo: Option<Echo>,
 }
 
-/// [`generate`], with chat replies parsed as `shaping.parsing` says when streamed (a finished
-/// answer's text is parsed by the handler) and special markers put back in the text.
-pub async fn generate_parsed(
+/// Submits the prompts and either streams the answer (`fields.stream`) or waits for it.
+/// Shared by both endpoints; they differ only in how they shape choices: chat replies are
+/// parsed as `shaping.parsing` says when streamed (a finished answer's text is parsed by the
+/// handler) with special markers put back in the text; `shaping.echo` (completions only)
+/// starts each streamed choice with its prompt (a finished answer leaves that to the handler).
+pub async fn generate(
     state: &AppState,
     api: Api,
     prompts: Vec<Vec<u32>>,

@@ -37,7 +37,7 @@ use super::generation::Submission;
 use super::logprobs_format::{chat_logprobs, completion_logprobs};
 use super::openai_types::{
     response_id, unix_now, ChatChoice, ChatCompletion, ChatDelta, Completion, CompletionChoice,
-    FunctionDelta, Skip, ToolCallDelta, Usage,
+    CompletionLogprobs, FunctionDelta, Skip, ToolCallDelta, Usage,
 };
 use super::state::AppState;
 use super::tracked::{ChoiceEvent, Finish, SeqEvent};
@@ -120,19 +120,30 @@ impl ChunkWriter {
         if let Some(o) = self.text_offsets.get_mut(choice) {
             *o = offset;
         }
-        Some(json_event(&Completion {
+        Some(self.completion_chunk(choice, text, logprobs.map(|(lp, _)| lp), None))
+    }
+
+    /// One completions chunk of `choice`.
+    fn completion_chunk(
+        &self,
+        index: usize,
+        text: String,
+        logprobs: Option<CompletionLogprobs>,
+        finish_reason: Option<&'static str>,
+    ) -> Event {
+        json_event(&Completion {
             id: self.id.clone(),
             object: "text_completion",
             created: self.created,
             model: self.model.clone(),
             choices: vec![CompletionChoice {
-                index: choice,
+                index,
                 text,
-                logprobs: logprobs.map(|(lp, _)| lp),
-                finish_reason: None,
+                logprobs,
+                finish_reason,
             }],
             usage: self.usage_field(),
-        }))
+        })
     }
 
     fn usage_field(&self) -> Skip<Usage> {
@@ -179,19 +190,7 @@ impl ChunkWriter {
                 if let Some(o) = self.text_offsets.get_mut(choice) {
                     *o += text.len();
                 }
-                json_event(&Completion {
-                    id: self.id.clone(),
-                    object: "text_completion",
-                    created: self.created,
-                    model: self.model.clone(),
-                    choices: vec![CompletionChoice {
-                        index: choice,
-                        text,
-                        logprobs,
-                        finish_reason,
-                    }],
-                    usage: self.usage_field(),
-                })
+                self.completion_chunk(choice, text, logprobs, finish_reason)
             }
             Api::Chat => {
                 let logprobs = (self.logprobs && !logprobs.is_empty())
