@@ -21,9 +21,11 @@ use crate::error::{EngineError, Result};
 
 mod generation_source;
 mod model_dtype;
+mod quantization;
 
 pub use generation_source::GenerationConfigSource;
 pub use model_dtype::ModelDType;
+pub use quantization::Quantization;
 
 /// Where weights come from (serde mirror of [`LoadFormat`]).
 #[derive(Serialize, Deserialize)]
@@ -56,6 +58,10 @@ pub enum KvCacheDType {
     Auto,
     F32,
     Bf16,
+    /// FP8 e4m3: half the bytes of bf16, so the same budget holds twice the tokens. Keys
+    /// and values are stored divided by a per-layer scale (1.0, or the checkpoint's
+    /// `k_scale`/`v_scale`) and multiplied back when attention reads them.
+    Fp8,
 }
 
 impl KvCacheDType {
@@ -75,6 +81,7 @@ impl KvCacheDType {
         match self {
             KvCacheDType::F32 => DType::F32,
             KvCacheDType::Auto | KvCacheDType::Bf16 => DType::BF16,
+            KvCacheDType::Fp8 => DType::F8E4M3,
         }
     }
 }
@@ -119,8 +126,11 @@ pub struct EngineConfig {
     pub kv_cache_memory_gib: f64,
     /// Exact number of KV blocks, overriding the memory-based sizing (tests, benchmarks).
     pub num_kvcache_blocks: Option<usize>,
-    /// `auto` (bf16), `f32` or `bf16`.
+    /// `auto` (bf16), `f32`, `bf16` or `fp8` (e4m3).
     pub kv_cache_dtype: KvCacheDType,
+    /// Quantize the linear weights while loading (`--quantization int8|int4|fp8`); see
+    /// [`Quantization`]. `None` keeps them as the checkpoint stores them.
+    pub quantization: Option<Quantization>,
     /// Seed of the requests without one of their own: each gets
     /// [`crate::sampling::request_seed`]`(seed, request id)` (`--seed`).
     pub seed: u64,
@@ -159,6 +169,7 @@ impl Default for EngineConfig {
             kv_cache_memory_gib: 2.0,
             num_kvcache_blocks: None,
             kv_cache_dtype: KvCacheDType::Auto,
+            quantization: None,
             seed: 0,
             dtype: ModelDType::Auto,
             generation_config: GenerationConfigSource::Auto,

@@ -47,7 +47,9 @@ mod testing;
 
 pub use bench::{BenchOptions, BenchReport, Workload, WorkloadSpec};
 pub use chat_template::{ChatMessage, ChatTemplate};
-pub use config::{DeviceKind, EngineConfig, GenerationConfigSource, KvCacheDType, ModelDType};
+pub use config::{
+    DeviceKind, EngineConfig, GenerationConfigSource, KvCacheDType, ModelDType, Quantization,
+};
 pub use engine::{
     sampling_params_from, EngineStats, KvCacheUsage, LLMEngine, Prompt, RequestId, RequestOutput,
     StepOutputs, StepTimes,

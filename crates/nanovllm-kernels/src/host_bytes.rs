@@ -11,6 +11,7 @@ pub(crate) fn host_bytes(s: &CpuStorage) -> &[u8] {
         CpuStorage::F16(v) => bytemuck::cast_slice(v),
         CpuStorage::U32(v) => bytemuck::cast_slice(v),
         CpuStorage::I64(v) => bytemuck::cast_slice(v),
+        CpuStorage::Bytes { bytes, .. } => bytes,
     }
 }
 
@@ -21,6 +22,7 @@ pub(crate) fn host_bytes_mut(s: &mut CpuStorage) -> &mut [u8] {
         CpuStorage::F16(v) => bytemuck::cast_slice_mut(v),
         CpuStorage::U32(v) => bytemuck::cast_slice_mut(v),
         CpuStorage::I64(v) => bytemuck::cast_slice_mut(v),
+        CpuStorage::Bytes { bytes, .. } => bytes,
     }
 }
 

@@ -25,6 +25,7 @@ mod dtype;
 mod error;
 mod host_bytes;
 mod kv_cache;
+pub mod quant;
 pub mod sampling;
 // Used by the CUDA backend's pinned staging; tested on every build.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -49,7 +50,7 @@ pub use comm::{NcclCommunicator, NcclUniqueId, NCCL_UNIQUE_ID_BYTES};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
-pub use dtype::DType;
+pub use dtype::{Block, DType};
 pub use error::{KernelError, Result};
 pub use kv_cache::{KvCache, LayerKvCache};
 pub use sampling::{Penalties, RowLogprobs, SampleOutput, SamplingRow, NO_FINITE_LOGIT};

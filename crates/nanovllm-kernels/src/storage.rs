@@ -22,6 +22,13 @@ pub enum CpuStorage {
     F16(Vec<f16>),
     U32(Vec<u32>),
     I64(Vec<i64>),
+    /// The byte-backed dtypes: FP8 elements ([`DType::F8E4M3`]) and whole blocks of a
+    /// block-quantized weight dtype ([`DType::is_quantized`], layouts in [`crate::quant`]).
+    /// Invariant: `dtype` is one of those and `bytes.len()` is a whole number of blocks.
+    Bytes {
+        dtype: DType,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Default for CpuStorage {
@@ -39,6 +46,7 @@ impl CpuStorage {
             CpuStorage::F16(_) => DType::F16,
             CpuStorage::U32(_) => DType::U32,
             CpuStorage::I64(_) => DType::I64,
+            CpuStorage::Bytes { dtype, .. } => *dtype,
         }
     }
     pub fn len(&self) -> usize {
@@ -48,6 +56,7 @@ impl CpuStorage {
             CpuStorage::F16(v) => v.len(),
             CpuStorage::U32(v) => v.len(),
             CpuStorage::I64(v) => v.len(),
+            CpuStorage::Bytes { dtype, bytes } => dtype.elems_in_bytes(bytes.len()),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -62,6 +71,12 @@ impl CpuStorage {
             DType::F16 => CpuStorage::F16(bytemuck::zeroed_vec(len)),
             DType::U32 => CpuStorage::U32(vec![0; len]),
             DType::I64 => CpuStorage::I64(vec![0; len]),
+            // All-zero bytes are +0.0 in e4m3 and a zero scale (all zeros) in every block
+            // layout.
+            DType::F8E4M3 | DType::Int8G32 | DType::Int4G32 | DType::Fp8G128 => CpuStorage::Bytes {
+                dtype,
+                bytes: vec![0; dtype.storage_bytes(len)],
+            },
         }
     }
 }

@@ -64,6 +64,30 @@ impl Tensor {
     pub fn from_i64(data: Vec<i64>, shape: &[usize]) -> Result<Self> {
         Self::from_cpu(CpuStorage::I64(data), shape)
     }
+    /// A tensor of a byte-backed dtype ([`DType::F8E4M3`] or a block-quantized one) from
+    /// its raw bytes. For a block dtype the last dim must be a whole number of blocks and
+    /// `bytes` must hold exactly the blocks of `shape`.
+    pub fn from_bytes(dtype: DType, bytes: Vec<u8>, shape: &[usize]) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        let byte_backed = dtype == DType::F8E4M3 || dtype.is_quantized();
+        let whole_blocks = match (dtype.block(), shape.last()) {
+            (Some(block), Some(&k)) => k % block.elems == 0,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if !byte_backed || !whole_blocks || bytes.len() != dtype.storage_bytes(numel) {
+            return Err(KernelError::Invalid {
+                op: "Tensor::from_bytes",
+                msg: format!(
+                    "{} bytes cannot hold a {dtype} tensor of shape {shape:?} (needs a byte-backed \
+                     dtype, a last dim in whole blocks and {} bytes)",
+                    bytes.len(),
+                    dtype.storage_bytes(numel)
+                ),
+            });
+        }
+        Self::from_cpu(CpuStorage::Bytes { dtype, bytes }, shape)
+    }
     /// A zero-filled CPU tensor.
     pub fn zeros_cpu(shape: &[usize], dtype: DType) -> Self {
         let len = shape.iter().product();
@@ -113,7 +137,7 @@ impl Tensor {
         matches!(self.storage, Storage::Cpu(_))
     }
     pub fn size_in_bytes(&self) -> usize {
-        self.numel() * self.dtype().size_in_bytes()
+        self.dtype().storage_bytes(self.numel())
     }
 
     /// Same buffer, new shape with the same element count.
@@ -157,6 +181,7 @@ impl Tensor {
             CpuStorage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             CpuStorage::U32(v) => v.iter().map(|&x| x as f32).collect(),
             CpuStorage::I64(v) => v.iter().map(|&x| x as f32).collect(),
+            CpuStorage::Bytes { dtype, bytes } => crate::quant::dequantize(*dtype, bytes),
         })
     }
     pub fn as_f32_slice(&self) -> Result<&[f32]> {
@@ -196,10 +221,14 @@ impl Tensor {
         }
     }
 
-    /// A copy converted to `dtype` (float ↔ float, on the CPU).
+    /// A copy converted to `dtype` on the CPU: float ↔ float, or a float tensor quantized
+    /// to a byte-backed dtype ([`crate::quant::quantize`], one block at a time).
     pub fn to_dtype_cpu(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
             return Ok(self.clone());
+        }
+        if dtype == DType::F8E4M3 || dtype.is_quantized() {
+            return crate::quant::quantize(self, dtype);
         }
         let f = self.to_vec_f32()?;
         let storage = match dtype {

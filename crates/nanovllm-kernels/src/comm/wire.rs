@@ -22,6 +22,10 @@ fn dtype_code(dtype: DType) -> u8 {
         DType::F16 => 2,
         DType::U32 => 3,
         DType::I64 => 4,
+        DType::F8E4M3 => 5,
+        DType::Int8G32 => 6,
+        DType::Int4G32 => 7,
+        DType::Fp8G128 => 8,
     }
 }
 
@@ -32,6 +36,10 @@ fn dtype_of(code: u8) -> Option<DType> {
         2 => DType::F16,
         3 => DType::U32,
         4 => DType::I64,
+        5 => DType::F8E4M3,
+        6 => DType::Int8G32,
+        7 => DType::Int4G32,
+        8 => DType::Fp8G128,
         _ => return None,
     })
 }

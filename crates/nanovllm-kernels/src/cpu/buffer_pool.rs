@@ -72,6 +72,7 @@ fn capacity_bytes(s: &CpuStorage) -> usize {
         CpuStorage::F16(v) => v.capacity() * 2,
         CpuStorage::U32(v) => v.capacity() * 4,
         CpuStorage::I64(v) => v.capacity() * 8,
+        CpuStorage::Bytes { bytes, .. } => bytes.capacity(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `x[M, K] · w[N, K]ᵀ → [M, N]`, activations f32, weights f32, bf16 or f16.
+//! `x[M, K] · w[N, K]ᵀ → [M, N]`, activations f32, weights f32, bf16 or f16, or a
+//! block-quantized dtype ([`super::quant_matmul`]).
 //!
 //! - f32 weights: one `gemm` call on the row-major buffers.
 //! - bf16/f16 weights, `M ≤ SMALL_M` (decode): [`super::gemv`], parallel over W rows with
@@ -16,7 +17,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{CpuStorage, Tensor};
 
 use super::check::{self, Floats};
 use super::gemv;
@@ -50,6 +51,17 @@ pub(crate) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         });
     }
     let xs = check::f32s(OP, "x", x)?;
+    if let CpuStorage::Bytes { dtype, bytes } = w.cpu(OP)? {
+        let dtype = *dtype;
+        if !dtype.is_quantized() || dtype.block().is_some_and(|b| k % b.elems != 0) {
+            return Err(KernelError::UnsupportedDType { op: OP, dtype });
+        }
+        let mut out = super::buffer_pool::take_zeroed(m * n);
+        if m > 0 && n > 0 && k > 0 {
+            super::quant_matmul::matmul(xs, dtype, bytes, m, k, n, &mut out);
+        }
+        return Tensor::from_f32(out, &[m, n]);
+    }
     let weights = check::floats(OP, "w", w)?;
     // Zeroed: with K = 0 the product is all zeros and no kernel writes it.
     let mut out = super::buffer_pool::take_zeroed(m * n);

@@ -26,6 +26,7 @@ mod moe;
 mod norm;
 mod packed_gemm;
 mod parallel;
+mod quant_matmul;
 mod rope;
 mod rows;
 mod sampling;

@@ -12,9 +12,17 @@ use super::parallel::worth_parallel;
 
 /// Runs `$body` with `$v` bound to the typed buffer of `$storage` and `$wrap` to the
 /// matching `CpuStorage` constructor, so one generic body serves every dtype.
+/// Byte-backed dtypes (FP8, quantized blocks) are refused with an error naming `$op`:
+/// no model splits or gathers them.
 macro_rules! per_dtype {
-    ($storage:expr, |$v:ident, $wrap:ident| $body:expr) => {
+    ($op:expr, $storage:expr, |$v:ident, $wrap:ident| $body:expr) => {
         match $storage {
+            CpuStorage::Bytes { dtype, .. } => {
+                return Err(KernelError::UnsupportedDType {
+                    op: $op,
+                    dtype: *dtype,
+                })
+            }
             CpuStorage::F32($v) => {
                 let $wrap = CpuStorage::F32;
                 $body
@@ -91,7 +99,9 @@ pub(crate) fn split_last_dim(x: &Tensor, sizes: &[usize]) -> Result<TensorParts>
     let mut parts = TensorParts::new();
     let mut offset = 0;
     for &size in sizes {
-        let storage = per_dtype!(xs, |v, wrap| wrap(columns(v, rows, width, offset, size)));
+        let storage = per_dtype!(OP, xs, |v, wrap| wrap(columns(
+            v, rows, width, offset, size
+        )));
         parts.push(Tensor::from_cpu(storage, &[rows, size])?);
         offset += size;
     }
@@ -116,6 +126,6 @@ pub(crate) fn index_rows(x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let picked = check::dims1(OP, "rows", rows)?;
     let rows = check::u32s(OP, "rows", rows)?;
     check::indices_below(OP, rows, num_rows)?;
-    let storage = per_dtype!(x.cpu(OP)?, |v, wrap| wrap(gather_rows(v, width, rows)));
+    let storage = per_dtype!(OP, x.cpu(OP)?, |v, wrap| wrap(gather_rows(v, width, rows)));
     Tensor::from_cpu(storage, &[picked, width])
 }
