@@ -26,13 +26,18 @@
 // Numerics: the GEMV multiplies the exact f32 dequantized weights; the GEMM rounds each
 // dequantized weight to bf16 (relative 2⁻⁹) for the tensor cores. Output rounded once to bf16.
 //
-// Never run on a GPU when written (no GPU in the development environment): covered by the
-// shared backend suite (testing/quant.rs), which `cargo xtask gpu-check` runs on a GPU.
+// Never run on a GPU when written (no GPU in the development environment): the source runs on
+// the host under tests/quant_emu (src/cuda/quant/emu.rs) against the reference, and the shared
+// backend suite (testing/quant.rs) covers the CUDA backend where `cargo xtask gpu-check` runs.
 
+#ifdef __CUDACC__
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
 #include "attention_common.cuh"
+#else
+#include "quant_emu.h"  // host emulation for tests (crates/nanovllm-kernels/tests/quant_emu)
+#endif
 
 using namespace nvattn;
 typedef __nv_bfloat16 bf16;
@@ -225,8 +230,8 @@ __device__ __forceinline__ void store_b16(bf16 *dst, const Raw16 &r, int h, bool
 template <int Q>
 __device__ __forceinline__ void quant_gemm(const bf16 *__restrict__ x, const uint8_t *__restrict__ w,
                                            bf16 *__restrict__ out, int m, int n, int k) {
-  __shared__ alignas(16) bf16 a_smem[2 * QG_STAGE];  // [2][BM][STRIDE] x tiles
-  __shared__ alignas(16) bf16 b_smem[2 * QG_STAGE];  // [2][BN][STRIDE] widened W tiles
+  alignas(16) __shared__ bf16 a_smem[2 * QG_STAGE];  // [2][BM][STRIDE] x tiles
+  alignas(16) __shared__ bf16 b_smem[2 * QG_STAGE];  // [2][BN][STRIDE] widened W tiles
 
   const int n0 = blockIdx.x * QG_BN, m0 = blockIdx.y * QG_BM;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;

@@ -8,9 +8,12 @@
 //! in registers; no dequantized copy of W exists. Capturable: sizes are launch parameters.
 //!
 //! Validation status: the kernels compile for sm_80 and sm_90a, and their own source runs
-//! on the host in `quant_emu.rs` (warp collectives, `ldmatrix`, `mma` and `cp.async`
+//! on the host in `quant/emu.rs` (warp collectives, `ldmatrix`, `mma` and `cp.async`
 //! emulated per the PTX ISA) against the reference; they have not yet run on a GPU. The
 //! shared backend suite's `quant::*` tests run them there (`cargo xtask gpu-check`).
+
+#[cfg(test)]
+mod emu;
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 

@@ -72,27 +72,96 @@ fn block_minimums(dtype: DType, bytes: &[u8]) -> Vec<f64> {
     }
 }
 
+/// What a product may differ from the reference by (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct QuantBounds {
+    /// Relative rounding of each dequantized weight to the activation dtype (its step).
+    pub weight_step: f64,
+    /// Factor of `Σ_blocks max|x_block| · Σ_block |w − m|` (activation quantization).
+    pub act_quant: f64,
+    /// One output rounding, as a tolerance on `|want|`.
+    pub out: Tol,
+}
+
+impl QuantBounds {
+    /// The bounds any backend must meet: it may quantize activations per 32-block to int8
+    /// for Int8G32 and Int4G32 weights.
+    pub fn for_backend(backend: &dyn Backend, dtype: DType) -> Self {
+        QuantBounds {
+            weight_step: rounding_step(backend.activation_dtype()),
+            act_quant: match dtype {
+                DType::Int8G32 | DType::Int4G32 => (1.0 + 2f64.powi(-10)) / 254.0,
+                _ => 0.0,
+            },
+            out: Tol::for_backend(backend, 0.0, 0.0, 0.0),
+        }
+    }
+}
+
+/// Panics with the first element of `got` (`[m, n]`) farther than `bounds` from the f64
+/// product of `x_ref` (`[m, k]`, the activations as held) and the weights that `bytes`
+/// (`[n, k]` of `dtype`) dequantize to.
+#[allow(clippy::too_many_arguments)]
+pub fn assert_quantized_product(
+    what: &str,
+    dtype: DType,
+    bytes: &[u8],
+    x_ref: &[f32],
+    got: &[f32],
+    (m, n, k): (usize, usize, usize),
+    bounds: QuantBounds,
+) {
+    assert_eq!(got.len(), m * n, "{what}: output length");
+    let w_ref = dequantize(dtype, bytes);
+    let mins = block_minimums(dtype, bytes);
+    for i in 0..m {
+        let xs = &x_ref[i * k..(i + 1) * k];
+        for j in 0..n {
+            let ws = &w_ref[j * k..(j + 1) * k];
+            let (mut want, mut terms, mut act_terms) = (0f64, 0f64, 0f64);
+            for (b, (xb, wb)) in xs.chunks(32).zip(ws.chunks(32)).enumerate() {
+                let m_b = mins[j * k / 32 + b];
+                let x_max = xb.iter().fold(0f64, |a, &v| a.max((v as f64).abs()));
+                for (&xv, &wv) in xb.iter().zip(wb) {
+                    let (xv, wv) = (xv as f64, wv as f64);
+                    want += xv * wv;
+                    terms += (xv * wv).abs();
+                    act_terms += x_max * (wv - m_b).abs();
+                }
+            }
+            let allowed = (1e-5 + bounds.weight_step) * terms
+                + bounds.act_quant * act_terms
+                + bounds.out.abs
+                + bounds.out.rel * want.abs();
+            let g = got[i * n + j] as f64;
+            assert!(
+                (g - want).abs() <= allowed,
+                "{what}: out[{i}, {j}] = {g}, reference {want} (error {:e} > allowed \
+                 {allowed:e}: Σ|x·w| {terms}, activation term {act_terms}, {bounds:?})",
+                (g - want).abs()
+            );
+        }
+    }
+}
+
+/// `[n, k]` weights whose rows differ in scale and whose 32-blocks differ in offset, so
+/// blocks differ in scale and (for Int4G32) in minimum.
+pub fn test_weights(rng: &mut Rng, n: usize, k: usize) -> Vec<f32> {
+    (0..n * k)
+        .map(|i| {
+            let row_scale = 0.05 + (i / k % 7) as f32 * 0.1;
+            row_scale * (rng.uniform() + 0.3 * ((i / 32) % 3) as f32 - 0.3)
+        })
+        .collect()
+}
+
 fn matmul_quantized(backend: &dyn Backend, dtype: DType, seed: u64) {
     let mut rng = Rng::new(seed);
-    let step = rounding_step(backend.activation_dtype());
-    let act_quant = match dtype {
-        DType::Int8G32 | DType::Int4G32 => (1.0 + 2f64.powi(-10)) / 254.0,
-        _ => 0.0,
-    };
-    let out_tol = Tol::for_backend(backend, 0.0, 0.0, 0.0);
+    let bounds = QuantBounds::for_backend(backend, dtype);
     for k in QUANT_K {
         for n in QUANT_N {
-            // Rows of different scales and an offset, so blocks differ in scale and
-            // (for int4) in minimum.
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| {
-                    let row_scale = 0.05 + (i / k % 7) as f32 * 0.1;
-                    row_scale * (rng.uniform() + 0.3 * ((i / 32) % 3) as f32 - 0.3)
-                })
-                .collect();
+            let w = test_weights(&mut rng, n, k);
             let (wt, bytes) = quantized_weight(backend, &w, n, k, dtype);
-            let w_ref = dequantize(dtype, &bytes);
-            let mins = block_minimums(dtype, &bytes);
             for m in QUANT_M {
                 let x = rng.vec(m * k, 1.0);
                 let (xt, x_ref) = activation(backend, &x, &[m, k]);
@@ -100,36 +169,15 @@ fn matmul_quantized(backend: &dyn Backend, dtype: DType, seed: u64) {
                     .matmul(&xt, &wt)
                     .unwrap_or_else(|e| panic!("{dtype} matmul m={m} k={k} n={n}: {e}"));
                 assert_eq!(out.shape(), &[m, n]);
-                let got = host_f32(backend, &out);
-                for i in 0..m {
-                    let xs = &x_ref[i * k..(i + 1) * k];
-                    for j in 0..n {
-                        let ws = &w_ref[j * k..(j + 1) * k];
-                        let (mut want, mut terms, mut act_terms) = (0f64, 0f64, 0f64);
-                        for (b, (xb, wb)) in xs.chunks(32).zip(ws.chunks(32)).enumerate() {
-                            let m_b = mins[j * k / 32 + b];
-                            let x_max = xb.iter().fold(0f64, |a, &v| a.max((v as f64).abs()));
-                            for (&xv, &wv) in xb.iter().zip(wb) {
-                                let (xv, wv) = (xv as f64, wv as f64);
-                                want += xv * wv;
-                                terms += (xv * wv).abs();
-                                act_terms += x_max * (wv - m_b).abs();
-                            }
-                        }
-                        let allowed = (1e-5 + step) * terms
-                            + act_quant * act_terms
-                            + out_tol.abs
-                            + out_tol.rel * want.abs();
-                        let g = got[i * n + j] as f64;
-                        assert!(
-                            (g - want).abs() <= allowed,
-                            "{dtype} matmul m={m} k={k} n={n}: out[{i}, {j}] = {g}, reference \
-                             {want} (error {:e} > allowed {allowed:e}: Σ|x·w| {terms}, \
-                             activation term {act_terms})",
-                            (g - want).abs()
-                        );
-                    }
-                }
+                assert_quantized_product(
+                    &format!("{dtype} matmul m={m} k={k} n={n}"),
+                    dtype,
+                    &bytes,
+                    &x_ref,
+                    &host_f32(backend, &out),
+                    (m, n, k),
+                    bounds,
+                );
             }
         }
     }
