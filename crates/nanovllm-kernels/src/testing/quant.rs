@@ -101,7 +101,6 @@ impl QuantBounds {
 /// Panics with the first element of `got` (`[m, n]`) farther than `bounds` from the f64
 /// product of `x_ref` (`[m, k]`, the activations as held) and the weights that `bytes`
 /// (`[n, k]` of `dtype`) dequantize to.
-#[allow(clippy::too_many_arguments)]
 pub fn assert_quantized_product(
     what: &str,
     dtype: DType,
