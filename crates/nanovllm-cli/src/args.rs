@@ -8,6 +8,7 @@ use nanovllm_core::bench::BenchFlags;
 use nanovllm_core::tp::TpMode;
 use nanovllm_core::{
     DeviceKind, EngineConfig, GenerationConfigSource, KvCacheDType, LoadFormat, ModelDType,
+    Quantization,
 };
 
 use crate::serve::chat_output::{ParserChoice, ParserOptions};
@@ -128,6 +129,12 @@ pub struct EngineArgs {
     /// the device's (f32 on the CPU, bf16 on CUDA, whose kernels read bf16 weights only).
     #[arg(long, value_enum)]
     pub dtype: Option<ModelDType>,
+    /// Quantize the linear weights and the LM head while loading a bf16/f16/f32
+    /// checkpoint: int8 (a scale per 32 weights), int4 (a scale and minimum per 32) or fp8
+    /// (e4m3, a scale per 128). Embeddings and norms stay as stored. FP8 checkpoints
+    /// (quantization_config in config.json) load quantized without this flag.
+    #[arg(long, value_enum)]
+    pub quantization: Option<Quantization>,
     /// Sampling defaults: auto (the model's generation_config.json), vllm (none of the
     /// model's; its end-of-sequence ids still apply) or a folder holding a
     /// generation_config.json.
@@ -233,6 +240,9 @@ impl EngineArgs {
         }
         if let Some(d) = self.dtype {
             cfg.dtype = d;
+        }
+        if let Some(q) = self.quantization {
+            cfg.quantization = Some(q);
         }
         if let Some(g) = &self.generation_config {
             cfg.generation_config = g.clone();

@@ -34,7 +34,7 @@ use nanovllm_scheduler::{
     Scheduler, SchedulerConfig, SchedulerError, SeqId,
 };
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, Quantization};
 use crate::error::{EngineError, RequestError, Result};
 use crate::kv_sizing::size_kv_cache;
 use crate::logprobs::{PromptLogprobs, TokenLogprobs};
@@ -348,6 +348,7 @@ impl LLMEngine {
                 rank: 0,
                 world_size: tp,
             },
+            quantization: config.quantization.map(Quantization::weights),
         };
         if backend.device_memory().is_none() {
             // Host weights: refuse sizes the machine cannot hold before allocating them.

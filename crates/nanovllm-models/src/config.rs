@@ -28,8 +28,10 @@ use serde_json::{Map, Value};
 use crate::error::ModelError;
 use crate::features::SlidingWindow;
 
+mod quantization;
 mod rope;
 
+pub use quantization::CheckpointQuantization;
 pub use rope::{RopeScaling, IMPLEMENTED_ROPE_TYPES};
 
 /// The architecture-independent view of `config.json`.
@@ -89,6 +91,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// eos ids named in config.json (may be a list).
     pub eos_token_ids: Vec<u32>,
+    /// `quantization_config`: how the checkpoint is already quantized on disk (`None`:
+    /// float weights). Methods other than FP8 are refused while parsing.
+    pub quantization: Option<CheckpointQuantization>,
 }
 
 impl ModelConfig {
@@ -147,6 +152,7 @@ impl ModelConfig {
             mlp_only_layers: f.usize_list("mlp_only_layers")?,
             bos_token_id: f.optional_u32("bos_token_id")?,
             eos_token_ids: token_ids(obj.get("eos_token_id"), "eos_token_id", file)?,
+            quantization: quantization::parse(obj.get("quantization_config"), file)?,
         };
         f.reject_unsupported_features()?;
         config.validate(file)?;
@@ -742,6 +748,7 @@ mod tests {
                 mlp_only_layers: vec![],
                 bos_token_id: Some(151643),
                 eos_token_ids: vec![151645],
+                quantization: None,
             }
         );
     }

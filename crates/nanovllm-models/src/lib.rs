@@ -16,8 +16,10 @@ pub mod config;
 pub mod decoder;
 mod dummy;
 mod error;
+pub mod fp8_checkpoint;
 pub mod features;
 pub mod layers;
+pub mod linear_weights;
 pub mod llama;
 pub mod loader;
 pub mod mistral;
@@ -33,9 +35,11 @@ mod safetensors_source;
 mod test_util;
 
 pub use cast_source::CastSource;
-pub use config::{GenerationConfig, ModelConfig, RopeScaling};
+pub use config::{CheckpointQuantization, GenerationConfig, ModelConfig, RopeScaling};
 pub use dummy::DummySource;
 pub use error::ModelError;
+pub use fp8_checkpoint::Fp8CheckpointSource;
+pub use linear_weights::{LinearWeights, WeightQuantization};
 pub use loader::{
     check_tensor_parallel_size, LoadFormat, ShardSpec, Slice, WeightLoader, WeightSource,
 };

@@ -5,7 +5,8 @@
 //! directory (the usual single `model.safetensors`). Headers are parsed and
 //! validated once at open (a truncated or corrupt file fails there); tensor
 //! bytes are copied out of the mapping only for the slice a rank asks for.
-//! Data is little-endian, as the safetensors format specifies.
+//! Data is little-endian, as the safetensors format specifies. Float tensors (f32, bf16,
+//! f16) and FP8 e4m3 tensors (`F8_E4M3`, read as [`DType::F8E4M3`] bytes) are readable.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -162,6 +163,9 @@ impl WeightSource for SafetensorsSource {
             Dtype::F32 => Ok(DType::F32),
             Dtype::BF16 => Ok(DType::BF16),
             Dtype::F16 => Ok(DType::F16),
+            // FP8 checkpoints' weights, read as bytes ([`crate::Fp8CheckpointSource`]
+            // pairs them with their scales).
+            Dtype::F8_E4M3 => Ok(DType::F8E4M3),
             other => Err(ModelError::UnsupportedDType {
                 name: name.to_owned(),
                 dtype: format!("{other:?}"),
@@ -221,6 +225,9 @@ fn append(out: &mut CpuStorage, name: &str, dtype: DType, bytes: &[u8]) -> Resul
         (CpuStorage::F32(v), DType::F32) => extend_from_le_bytes(v, bytes),
         (CpuStorage::BF16(v), DType::BF16) => extend_from_le_bytes(v, bytes),
         (CpuStorage::F16(v), DType::F16) => extend_from_le_bytes(v, bytes),
+        (CpuStorage::Bytes { dtype: d, bytes: v }, DType::F8E4M3) if *d == DType::F8E4M3 => {
+            v.extend_from_slice(bytes)
+        }
         (out, dtype) => return Err(buffer_dtype_mismatch(out, name, dtype)),
     }
     Ok(())

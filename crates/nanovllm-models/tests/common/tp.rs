@@ -35,6 +35,7 @@ pub fn run_tp(
                             rank: comm.rank(),
                             world_size,
                         },
+                        quantization: None,
                         comm: Arc::new(comm),
                     };
                     let model = load_model(config, dir, format, &ctx).unwrap();
