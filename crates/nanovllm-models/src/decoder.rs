@@ -220,6 +220,10 @@ impl<F: FeedForward> DecoderLm<F> {
         &self.lm_head
     }
 
+    pub fn embed_tokens(&self) -> &VocabParallelEmbedding {
+        &self.embed_tokens
+    }
+
     /// Every decoder layer over all packed rows: the last layer's feed-forward output and
     /// the residual stream (`None` only for a model without layers), not yet added or
     /// normalised.

@@ -188,3 +188,131 @@ impl WeightSource for Fp8CheckpointSource<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use nanovllm_kernels::quant::e4m3_to_f32;
+    use safetensors::Dtype;
+
+    use super::*;
+    use crate::safetensors_source::SafetensorsSource;
+    use crate::test_util::{write_safetensors, RawTensor, TempDir};
+
+    const W: &str = "model.layers.0.mlp.down_proj.weight";
+
+    /// e4m3 codes, never NaN (0x7f / 0xff).
+    fn codes(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| ((i * 37 + i / 7) % 255) as u8)
+            .map(|b| if b & 0x7f == 0x7f { 0x3c } else { b })
+            .collect()
+    }
+
+    fn fp8(name: &str, shape: &[usize], bytes: Vec<u8>) -> RawTensor {
+        RawTensor {
+            name: name.into(),
+            dtype: Dtype::F8_E4M3,
+            shape: shape.to_vec(),
+            bytes,
+        }
+    }
+
+    fn block_wise() -> CheckpointQuantization {
+        CheckpointQuantization::Fp8 {
+            weight_block_size: Some([128, 128]),
+            activation_scheme: "dynamic".into(),
+        }
+    }
+
+    /// `[130, 256]` codes (so the scale rows are ceil(130 / 128) = 2) with `[2, 2]` scales.
+    fn block_checkpoint() -> (TempDir, Vec<u8>, Vec<f32>) {
+        let dir = TempDir::new("fp8-blocks");
+        let q = codes(130 * 256);
+        let s = [0.5f32, 2.0, 0.125, 3.0];
+        write_safetensors(
+            &dir.path().join("model.safetensors"),
+            &[
+                fp8(W, &[130, 256], q.clone()),
+                RawTensor::f32(&format!("{W}_scale_inv"), &[2, 2], &s),
+                RawTensor::bf16("model.norm.weight", &[4], &[1.0; 4]),
+            ],
+        );
+        (dir, q, s.to_vec())
+    }
+
+    #[test]
+    fn block_scaled_weights_dequantize_exactly_to_code_times_scale() {
+        let (dir, q, s) = block_checkpoint();
+        let stored = SafetensorsSource::open(dir.path()).unwrap();
+        let source = Fp8CheckpointSource::new(&stored, &block_wise()).unwrap();
+        assert_eq!(source.dtype(W).unwrap(), DType::Fp8G128);
+        assert_eq!(source.dtype("model.norm.weight").unwrap(), DType::BF16);
+        // The scale is read with its weight, so strict loading must not ask for it.
+        assert_eq!(source.names(), vec!["model.layers.0.mlp.down_proj.weight", "model.norm.weight"]);
+        let want = |r: usize, c: usize| e4m3_to_f32(q[r * 256 + c]) * s[(r / 128) * 2 + c / 128];
+        let full = source.read(W, &[130, 256], &Slice::Full).unwrap();
+        assert_eq!((full.dtype(), full.shape()), (DType::Fp8G128, &[130, 256][..]));
+        let got = full.to_vec_f32().unwrap();
+        for r in 0..130 {
+            for c in 0..256 {
+                assert_eq!(got[r * 256 + c], want(r, c), "row {r} col {c}");
+            }
+        }
+        // Tensor-parallel slices: rows 120..130 straddle the two scale rows; columns
+        // 128..256 are rank 1's half of a row-parallel weight.
+        let rows = source.read(W, &[130, 256], &Slice::Rows(120..130)).unwrap();
+        assert_eq!(rows.to_vec_f32().unwrap(), got[120 * 256..].to_vec());
+        let cols = source.read(W, &[130, 256], &Slice::Cols(128..256)).unwrap();
+        let cols = cols.to_vec_f32().unwrap();
+        for r in 0..130 {
+            assert_eq!(cols[r * 128..(r + 1) * 128], got[r * 256 + 128..(r + 1) * 256]);
+        }
+        // A quarter of 256 cuts the 128-weight groups.
+        let err = source
+            .read(W, &[130, 256], &Slice::Cols(64..128))
+            .unwrap_err();
+        assert!(matches!(err, ModelError::ShardCutsBlock { shard: 64, block: 128, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_per_tensor_scale_applies_to_every_block() {
+        let dir = TempDir::new("fp8-tensor");
+        let q = codes(2 * 128);
+        write_safetensors(
+            &dir.path().join("model.safetensors"),
+            &[
+                fp8(W, &[2, 128], q.clone()),
+                RawTensor::f32(&format!("{W}_scale"), &[], &[0.25]),
+                RawTensor::f32("model.layers.0.mlp.down_proj.input_scale", &[], &[1.0]),
+            ],
+        );
+        let stored = SafetensorsSource::open(dir.path()).unwrap();
+        let per_tensor = CheckpointQuantization::Fp8 {
+            weight_block_size: None,
+            activation_scheme: "static".into(),
+        };
+        let source = Fp8CheckpointSource::new(&stored, &per_tensor).unwrap();
+        let got = source.read(W, &[2, 128], &Slice::Full).unwrap().to_vec_f32().unwrap();
+        let want: Vec<f32> = q.iter().map(|&b| e4m3_to_f32(b) * 0.25).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn fp8_tensors_without_scales_and_uneven_groups_are_refused() {
+        let dir = TempDir::new("fp8-bad");
+        write_safetensors(
+            &dir.path().join("model.safetensors"),
+            &[fp8(W, &[2, 128], codes(256)), fp8("odd.weight", &[1, 64], codes(64))],
+        );
+        let stored = SafetensorsSource::open(dir.path()).unwrap();
+        let source = Fp8CheckpointSource::new(&stored, &block_wise()).unwrap();
+        let err = source.dtype(W).unwrap_err().to_string();
+        assert!(err.contains(W) && err.contains("_scale_inv"), "{err}");
+        let bad_block = CheckpointQuantization::Fp8 {
+            weight_block_size: Some([128, 64]),
+            activation_scheme: "dynamic".into(),
+        };
+        let err = Fp8CheckpointSource::new(&stored, &bad_block).err().unwrap().to_string();
+        assert!(err.contains("weight_block_size") && err.contains("128"), "{err}");
+    }
+}

@@ -197,3 +197,7 @@ pub(crate) fn append_quantized(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "linear_weights_tests.rs"]
+mod tests;

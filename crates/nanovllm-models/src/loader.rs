@@ -323,9 +323,16 @@ const LM_HEAD: &str = "lm_head.weight";
 
 /// Why checkpoint tensor `name` may go unread by a `config` model, or `None` when leaving
 /// it unread is an error (strict loading: see the module docs). The whole list: the
-/// suffixes of `IGNORABLE_SUFFIXES`, and `lm_head.weight` when `tie_word_embeddings` is
-/// set (transformers then ties the LM head to the embedding and ignores the stored copy).
+/// suffixes of `IGNORABLE_SUFFIXES`, `lm_head.weight` when `tie_word_embeddings` is
+/// set (transformers then ties the LM head to the embedding and ignores the stored copy),
+/// and the `*.input_scale` of an FP8 checkpoint (`activation_scheme: "static"`).
 pub fn why_ignorable(name: &str, config: &ModelConfig) -> Option<&'static str> {
+    if name.ends_with(".input_scale") && config.quantization.is_some() {
+        return Some(
+            "a static FP8 activation scale: weights-only FP8 loading keeps activations in \
+             the backend's float dtype and never quantizes them, so it needs no input scale",
+        );
+    }
     if name == LM_HEAD && config.tie_word_embeddings {
         return Some(
             "tie_word_embeddings is set: transformers ties the LM head to the embedding and \
