@@ -8,20 +8,27 @@
 //!   (every linear weight and the LM head, as a copy of the tied table; embeddings and norms
 //!   stay bf16), and the perplexity on `eval.jsonl` against the unquantized model.
 //!
+//! - Tensor parallelism: quantized shards are whole blocks, so sharded ranks compute what
+//!   one rank does up to the order of the partial sums (1e-4 absolute, as the other TP
+//!   tests); a row-parallel shard that would cut a block fails naming the weight.
+//!
 //! Perplexity here is the model-level one (`exp(Σ nll / tokens scored)`, the first token of
 //! each line unscored), the definition of `fixtures/qwen3-trained/reference_perplexity.json`.
 
 mod common;
+#[path = "common/tp.rs"]
+mod tp;
 
 use std::path::Path;
 
 use common::*;
-use nanovllm_kernels::{Backend, DType, Tensor};
+use nanovllm_kernels::{Backend, CpuBackend, DType, Tensor, ThreadCommunicator};
 use nanovllm_models::qwen3::load_qwen3;
 use nanovllm_models::{
     load_model, Fp8CheckpointSource, LoadFormat, Model, ModelConfig, ModelContext, ModelError,
-    SafetensorsSource, WeightQuantization,
+    SafetensorsSource, ShardSpec, WeightQuantization,
 };
+use tp::run_tp_quantized;
 use serde_json::Value;
 
 const BLOCK_SIZE: usize = 16;
@@ -246,4 +253,65 @@ fn fp8_checkpoint_perplexity_matches_transformers() {
         .as_f64()
         .unwrap();
     assert!((fp8 / want - 1.0).abs() < 1e-4, "fp8 checkpoint {fp8} vs transformers {want}");
+}
+
+/// Two eval lines' first 40 tokens.
+fn tp_prompts() -> Vec<Vec<u32>> {
+    eval_lines().into_iter().take(2).map(|l| l[..40].to_vec()).collect()
+}
+
+fn check_ranks_match_one_rank(fixture: &str, world: usize, quantization: Option<WeightQuantization>) {
+    let dir = fixture_dir(fixture);
+    let config = ModelConfig::from_dir(&dir).unwrap();
+    let prompts = tp_prompts();
+    let format = LoadFormat::Safetensors;
+    let single = run_tp_quantized(&config, &dir, format, 1, &prompts, quantization).remove(0);
+    let ranks = run_tp_quantized(&config, &dir, format, world, &prompts, quantization);
+    for (rank, rows) in ranks.iter().enumerate() {
+        for (row, expected) in rows.iter().zip(&single) {
+            let diff = max_abs_diff(row, expected);
+            assert!(diff <= 1e-4, "{fixture} {quantization:?} world {world} rank {rank}: {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn quantized_shards_compute_what_one_rank_does() {
+    // intermediate 768 and o_proj's 256 input features split in 2: whole 32- and 128-blocks.
+    check_ranks_match_one_rank("qwen3-trained", 2, Some(WeightQuantization::new(DType::Int4G32)));
+    check_ranks_match_one_rank("qwen3-trained-fp8", 2, None);
+}
+
+#[test]
+fn a_row_parallel_shard_that_cuts_a_block_names_the_weight() {
+    // At 4 ranks o_proj's 256 input features are shards of 64: half an fp8 block (128),
+    // two int8 blocks (32).
+    let load_rank0 = |fixture: &str, quantization| {
+        let dir = fixture_dir(fixture);
+        let config = ModelConfig::from_dir(&dir).unwrap();
+        let comm = ThreadCommunicator::group(4).into_iter().next().unwrap();
+        let ctx = ModelContext {
+            backend: std::sync::Arc::new(CpuBackend::new()),
+            comm: std::sync::Arc::new(comm),
+            shard: ShardSpec {
+                rank: 0,
+                world_size: 4,
+            },
+            quantization,
+        };
+        load_model(&config, &dir, LoadFormat::Safetensors, &ctx).map(|_| ())
+    };
+    for (fixture, quantization) in [
+        ("qwen3-trained-fp8", None),
+        ("qwen3-trained", Some(WeightQuantization::new(DType::Fp8G128))),
+    ] {
+        let err = load_rank0(fixture, quantization).unwrap_err();
+        assert!(
+            matches!(err, ModelError::ShardCutsBlock { shard: 64, block: 128, .. }),
+            "{fixture}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("o_proj.weight") && msg.contains("--tensor-parallel-size"), "{msg}");
+    }
+    load_rank0("qwen3-trained", Some(WeightQuantization::new(DType::Int8G32))).unwrap();
 }
