@@ -651,6 +651,27 @@ mod tests {
     }
 
     #[test]
+    fn quantization_flag_and_toml_key() {
+        for (text, want) in [
+            ("int8", Quantization::Int8),
+            ("int4", Quantization::Int4),
+            ("fp8", Quantization::Fp8),
+        ] {
+            let cfg = engine_config_of(&["--quantization", text]).unwrap();
+            assert_eq!(cfg.quantization, Some(want));
+            let toml = EngineConfig::from_toml_str(
+                &format!("model = \"m\"\nquantization = \"{text}\""),
+                std::path::Path::new("engine.toml"),
+            )
+            .unwrap();
+            assert_eq!(toml.quantization, Some(want));
+        }
+        assert_eq!(engine_config_of(&[]).unwrap().quantization, None);
+        let err = engine_config_of(&["--quantization", "awq"]).unwrap_err().to_string();
+        assert!(err.contains("int8") && err.contains("int4"), "{err}");
+    }
+
+    #[test]
     fn generation_config_auto_vllm_or_a_folder() {
         let source = |v: &str| {
             engine_config_of(&["--generation-config", v])

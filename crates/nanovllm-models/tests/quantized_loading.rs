@@ -315,3 +315,52 @@ fn a_row_parallel_shard_that_cuts_a_block_names_the_weight() {
     }
     load_rank0("qwen3-trained", Some(WeightQuantization::new(DType::Int8G32))).unwrap();
 }
+
+#[test]
+fn experts_quantize_and_the_router_stays_as_stored() {
+    use nanovllm_models::qwen3_moe::{load_qwen3_moe, Qwen3MoeFeedForward};
+    let dir = fixture_dir("qwen3-moe-tiny");
+    let config = ModelConfig::from_dir(&dir).unwrap();
+    let source = SafetensorsSource::open(&dir).unwrap();
+    let q = Some(WeightQuantization::new(DType::Int8G32));
+    let model = load_qwen3_moe(&config, &source, &ctx(q)).unwrap();
+    let mut sparse = 0;
+    for layer in model.layers() {
+        match &layer.ffn {
+            Qwen3MoeFeedForward::Sparse(moe) => {
+                // 8 experts of 32 features over hidden 64.
+                assert_eq!((moe.w13().dtype(), moe.w13().shape()), (DType::Int8G32, &[8, 64, 64][..]));
+                assert_eq!((moe.w2().dtype(), moe.w2().shape()), (DType::Int8G32, &[8, 64, 32][..]));
+                assert_eq!(moe.gate().dtype(), DType::F32);
+                sparse += 1;
+            }
+            Qwen3MoeFeedForward::Dense(mlp) => {
+                assert_eq!(mlp.down_proj().weight().dtype(), DType::Int8G32);
+            }
+        }
+    }
+    assert_eq!(sparse, 2);
+    // Untied: the stored lm_head.weight, quantized.
+    assert_eq!(model.lm_head().weight().dtype(), DType::Int8G32);
+}
+
+#[test]
+fn dummy_weights_quantize_too() {
+    let dir = fixture_dir("qwen3-trained");
+    let config = ModelConfig::from_dir(&dir).unwrap();
+    let ctx = ctx(Some(WeightQuantization::new(DType::Int4G32)));
+    let model = load_model(&config, Path::new("/nonexistent"), LoadFormat::Dummy, &ctx).unwrap();
+    let backend = ctx.backend.as_ref();
+    let prompt = [1u32, 2, 3];
+    let table = [0u32];
+    let mut cache = new_cache(backend, model.as_ref(), 1, BLOCK_SIZE);
+    let logits = run_step(model.as_ref(), backend, &mut cache, BLOCK_SIZE, true, &[SeqStep::prefill(&table, &prompt)]);
+    assert!(logits[0].iter().all(|x| x.is_finite()));
+    // An FP8 checkpoint's shapes as dummy weights (quantized to fp8_g128 by the registry).
+    let dir = fixture_dir("qwen3-trained-fp8");
+    let config = ModelConfig::from_dir(&dir).unwrap();
+    let model = load_model(&config, &dir, LoadFormat::Dummy, &cpu_context()).unwrap();
+    let mut cache = new_cache(backend, model.as_ref(), 1, BLOCK_SIZE);
+    let logits = run_step(model.as_ref(), backend, &mut cache, BLOCK_SIZE, true, &[SeqStep::prefill(&table, &prompt)]);
+    assert!(logits[0].iter().all(|x| x.is_finite()));
+}
