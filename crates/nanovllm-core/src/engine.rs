@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nanovllm_kernels::sampling::MAX_NUM_LOGPROBS;
-use nanovllm_kernels::{Backend, Communicator, NoopCommunicator};
+use nanovllm_kernels::{Backend, Communicator, DType, NoopCommunicator};
 use nanovllm_models::{
     load_model_with_progress, GenerationConfig, LoadProgress, LoadProgressFn, Model, ModelConfig,
     ModelContext, ModelError, ShardSpec,
@@ -352,10 +352,13 @@ impl LLMEngine {
         };
         if backend.device_memory().is_none() {
             // Host weights: refuse sizes the machine cannot hold before allocating them.
-            let bytes = model_config.num_elements().and_then(|n| {
-                let dtype = weight_dtype.unwrap_or(model_config.dtype);
-                n.checked_mul(dtype.size_in_bytes() as u64)
-            });
+            // Linear weights count in their quantized dtype (an FP8 checkpoint's: fp8_g128).
+            let linear = config.quantization.map(Quantization::dtype).or(model_config
+                .quantization
+                .as_ref()
+                .map(|_| DType::Fp8G128));
+            let dtype = weight_dtype.unwrap_or(model_config.dtype);
+            let bytes = model_config.weight_bytes(dtype, linear);
             let fix = "use a smaller model, or a machine with more memory";
             crate::host_memory::check_fits("loading the model's weights", bytes, fix)?;
         }

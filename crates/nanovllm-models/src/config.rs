@@ -264,6 +264,51 @@ impl ModelConfig {
             .checked_add(rope)
     }
 
+    /// Elements of the linear weights ([`crate::linear_weights`]: the attention
+    /// projections, the MLPs and experts, and the LM head, a tied one counted once), the
+    /// part of [`ModelConfig::num_elements`] that `--quantization` and FP8 checkpoints
+    /// store quantized. `None` on overflow.
+    pub fn num_linear_elements(&self) -> Option<u64> {
+        let n = |x: usize| u64::try_from(x).ok();
+        let h = n(self.hidden_size)?;
+        let (q, kv) = (
+            n(self.num_attention_heads)?.checked_mul(n(self.head_dim)?)?,
+            n(self.num_key_value_heads)?.checked_mul(n(self.head_dim)?)?,
+        );
+        let attention = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
+        let swiglu = |inter: usize| h.checked_mul(n(inter)?)?.checked_mul(3);
+        let sparse_ffn =
+            swiglu(self.expert_intermediate_size())?.checked_mul(n(self.num_local_experts)?)?;
+        let (layers, sparse) = (n(self.num_hidden_layers)?, n(self.num_sparse_layers())?);
+        attention
+            .checked_mul(layers)?
+            .checked_add(sparse_ffn.checked_mul(sparse)?)?
+            .checked_add(swiglu(self.intermediate_size)?.checked_mul(layers - sparse)?)?
+            .checked_add(n(self.vocab_size)?.checked_mul(h)?)
+    }
+
+    /// Bytes of the loaded weights, unsharded: every element of
+    /// [`ModelConfig::num_elements`] in `dtype`, except the linear ones
+    /// ([`ModelConfig::num_linear_elements`]) in `linear_dtype` when given. A quantized
+    /// tied LM head is a copy next to the embedding: it counts in both. `None` on overflow.
+    pub fn weight_bytes(&self, dtype: DType, linear_dtype: Option<DType>) -> Option<u64> {
+        let total = self.num_elements()?;
+        let float = |elems: u64| elems.checked_mul(dtype.size_in_bytes() as u64);
+        let Some(linear_dtype) = linear_dtype else {
+            return float(total);
+        };
+        let linear = self.num_linear_elements()?;
+        let head = u64::try_from(self.vocab_size.checked_mul(self.hidden_size)?).ok()?;
+        // A tied head's table stays float as the embedding.
+        let float_elems = total.checked_sub(linear)?.checked_add(if self.tie_word_embeddings {
+            head
+        } else {
+            0
+        })?;
+        let quantized = usize::try_from(linear).ok()?;
+        float(float_elems)?.checked_add(linear_dtype.storage_bytes(quantized) as u64)
+    }
+
     /// How many layers [`ModelConfig::is_sparse_layer`] holds true for, without visiting
     /// each (a config may claim billions of layers before validation rejects it).
     pub fn num_sparse_layers(&self) -> usize {
@@ -766,6 +811,22 @@ mod tests {
             untied.num_elements(),
             Some(596_049_920 + 40960 * 128 + 151936 * 1024)
         );
+    }
+
+    #[test]
+    fn linear_elements_and_quantized_weight_bytes() {
+        // Qwen3-0.6B: 28 layers of q 2048×1024, k/v 1024×1024, o 1024×2048 and a 3072-wide
+        // SwiGLU, plus the tied 151936×1024 head.
+        let c = parse(QWEN3_0_6B).unwrap();
+        let per_layer = 1024 * (2 * 2048 + 2 * 1024) + 3 * 1024 * 3072;
+        let linear = 28 * per_layer + 151936 * 1024;
+        assert_eq!(c.num_linear_elements(), Some(linear));
+        let total = c.num_elements().unwrap();
+        assert_eq!(c.weight_bytes(DType::BF16, None), Some(2 * total));
+        // int4: 20 bytes per 32 linear weights; the tied table stays bf16 next to its copy.
+        let head = 151936 * 1024;
+        let want = 2 * (total - linear + head) + linear / 32 * 20;
+        assert_eq!(c.weight_bytes(DType::BF16, Some(DType::Int4G32)), Some(want));
     }
 
     #[test]
