@@ -667,7 +667,9 @@ mod tests {
             assert_eq!(toml.quantization, Some(want));
         }
         assert_eq!(engine_config_of(&[]).unwrap().quantization, None);
-        let err = engine_config_of(&["--quantization", "awq"]).unwrap_err().to_string();
+        let err = engine_config_of(&["--quantization", "awq"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("int8") && err.contains("int4"), "{err}");
     }
 

@@ -353,10 +353,10 @@ impl LLMEngine {
         if backend.device_memory().is_none() {
             // Host weights: refuse sizes the machine cannot hold before allocating them.
             // Linear weights count in their quantized dtype (an FP8 checkpoint's: fp8_g128).
-            let linear = config.quantization.map(Quantization::dtype).or(model_config
+            let linear = config
                 .quantization
-                .as_ref()
-                .map(|_| DType::Fp8G128));
+                .map(Quantization::dtype)
+                .or(model_config.quantization.as_ref().map(|_| DType::Fp8G128));
             let dtype = weight_dtype.unwrap_or(model_config.dtype);
             let bytes = model_config.weight_bytes(dtype, linear);
             let fix = "use a smaller model, or a machine with more memory";

@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use nanovllm_core::tp::TpMode;
-use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LLMEngine, Quantization, SamplingParams};
+use nanovllm_core::{
+    DeviceKind, EngineConfig, KvCacheDType, LLMEngine, Quantization, SamplingParams,
+};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -49,10 +51,14 @@ fn prompt_logprobs(quantization: Option<Quantization>, tp: usize) -> Vec<f32> {
     };
     let id = engine.add_request(eval_line(), params).unwrap();
     while engine.has_unfinished() {
-        for output in engine.step().unwrap().finished {
+        if let Some(output) = engine.step().unwrap().finished.into_iter().next() {
             assert_eq!(output.request_id, id);
             let entries = output.prompt_logprobs.unwrap();
-            return entries.iter().skip(1).map(|e| e.as_ref().unwrap().logprob).collect();
+            return entries
+                .iter()
+                .skip(1)
+                .map(|e| e.as_ref().unwrap().logprob)
+                .collect();
         }
     }
     panic!("the request never finished");
@@ -62,8 +68,14 @@ fn prompt_logprobs(quantization: Option<Quantization>, tp: usize) -> Vec<f32> {
 fn int4_weights_load_on_every_rank_and_stay_close() {
     let base = prompt_logprobs(None, 1);
     let int4 = prompt_logprobs(Some(Quantization::Int4), 1);
-    let moved = base.iter().zip(&int4).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(moved > 1e-3, "int4 changed no logprob by more than {moved}: not quantized?");
+    let moved = base
+        .iter()
+        .zip(&int4)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        moved > 1e-3,
+        "int4 changed no logprob by more than {moved}: not quantized?"
+    );
     let (sum_base, sum_int4): (f32, f32) = (base.iter().sum(), int4.iter().sum());
     assert!(
         (sum_int4 / sum_base - 1.0).abs() < 0.01,
@@ -71,6 +83,10 @@ fn int4_weights_load_on_every_rank_and_stay_close() {
     );
     let tp2 = prompt_logprobs(Some(Quantization::Int4), 2);
     for (i, (a, b)) in int4.iter().zip(&tp2).enumerate() {
-        assert!((a - b).abs() <= 1e-4, "position {}: tp1 {a} vs tp2 {b}", i + 1);
+        assert!(
+            (a - b).abs() <= 1e-4,
+            "position {}: tp1 {a} vs tp2 {b}",
+            i + 1
+        );
     }
 }

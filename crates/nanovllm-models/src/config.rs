@@ -300,11 +300,9 @@ impl ModelConfig {
         let linear = self.num_linear_elements()?;
         let head = u64::try_from(self.vocab_size.checked_mul(self.hidden_size)?).ok()?;
         // A tied head's table stays float as the embedding.
-        let float_elems = total.checked_sub(linear)?.checked_add(if self.tie_word_embeddings {
-            head
-        } else {
-            0
-        })?;
+        let float_elems = total
+            .checked_sub(linear)?
+            .checked_add(if self.tie_word_embeddings { head } else { 0 })?;
         let quantized = usize::try_from(linear).ok()?;
         float(float_elems)?.checked_add(linear_dtype.storage_bytes(quantized) as u64)
     }
@@ -826,7 +824,10 @@ mod tests {
         // int4: 20 bytes per 32 linear weights; the tied table stays bf16 next to its copy.
         let head = 151936 * 1024;
         let want = 2 * (total - linear + head) + linear / 32 * 20;
-        assert_eq!(c.weight_bytes(DType::BF16, Some(DType::Int4G32)), Some(want));
+        assert_eq!(
+            c.weight_bytes(DType::BF16, Some(DType::Int4G32)),
+            Some(want)
+        );
     }
 
     #[test]

@@ -82,7 +82,13 @@ impl<'a> Fp8CheckpointSource<'a> {
 
     /// Every scale `s` of `name: [n, k]` as `(scale columns, values)`: block-wise
     /// `[ceil(n / bn), ceil(k / bk)]`, or one per tensor.
-    fn read_scales(&self, name: &str, scale: &str, n: usize, k: usize) -> Result<Vec<f32>, ModelError> {
+    fn read_scales(
+        &self,
+        name: &str,
+        scale: &str,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, ModelError> {
         let read = |shape: &[usize]| {
             self.inner
                 .read(scale, shape, &Slice::Full)
@@ -248,10 +254,16 @@ mod tests {
         assert_eq!(source.dtype(W).unwrap(), DType::Fp8G128);
         assert_eq!(source.dtype("model.norm.weight").unwrap(), DType::BF16);
         // The scale is read with its weight, so strict loading must not ask for it.
-        assert_eq!(source.names(), vec!["model.layers.0.mlp.down_proj.weight", "model.norm.weight"]);
+        assert_eq!(
+            source.names(),
+            vec!["model.layers.0.mlp.down_proj.weight", "model.norm.weight"]
+        );
         let want = |r: usize, c: usize| e4m3_to_f32(q[r * 256 + c]) * s[(r / 128) * 2 + c / 128];
         let full = source.read(W, &[130, 256], &Slice::Full).unwrap();
-        assert_eq!((full.dtype(), full.shape()), (DType::Fp8G128, &[130, 256][..]));
+        assert_eq!(
+            (full.dtype(), full.shape()),
+            (DType::Fp8G128, &[130, 256][..])
+        );
         let got = full.to_vec_f32().unwrap();
         for r in 0..130 {
             for c in 0..256 {
@@ -265,13 +277,26 @@ mod tests {
         let cols = source.read(W, &[130, 256], &Slice::Cols(128..256)).unwrap();
         let cols = cols.to_vec_f32().unwrap();
         for r in 0..130 {
-            assert_eq!(cols[r * 128..(r + 1) * 128], got[r * 256 + 128..(r + 1) * 256]);
+            assert_eq!(
+                cols[r * 128..(r + 1) * 128],
+                got[r * 256 + 128..(r + 1) * 256]
+            );
         }
         // A quarter of 256 cuts the 128-weight groups.
         let err = source
             .read(W, &[130, 256], &Slice::Cols(64..128))
             .unwrap_err();
-        assert!(matches!(err, ModelError::ShardCutsBlock { shard: 64, block: 128, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ModelError::ShardCutsBlock {
+                    shard: 64,
+                    block: 128,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -292,7 +317,11 @@ mod tests {
             activation_scheme: "static".into(),
         };
         let source = Fp8CheckpointSource::new(&stored, &per_tensor).unwrap();
-        let got = source.read(W, &[2, 128], &Slice::Full).unwrap().to_vec_f32().unwrap();
+        let got = source
+            .read(W, &[2, 128], &Slice::Full)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         let want: Vec<f32> = q.iter().map(|&b| e4m3_to_f32(b) * 0.25).collect();
         assert_eq!(got, want);
     }
@@ -302,7 +331,10 @@ mod tests {
         let dir = TempDir::new("fp8-bad");
         write_safetensors(
             &dir.path().join("model.safetensors"),
-            &[fp8(W, &[2, 128], codes(256)), fp8("odd.weight", &[1, 64], codes(64))],
+            &[
+                fp8(W, &[2, 128], codes(256)),
+                fp8("odd.weight", &[1, 64], codes(64)),
+            ],
         );
         let stored = SafetensorsSource::open(dir.path()).unwrap();
         let source = Fp8CheckpointSource::new(&stored, &block_wise()).unwrap();
@@ -312,7 +344,13 @@ mod tests {
             weight_block_size: Some([128, 64]),
             activation_scheme: "dynamic".into(),
         };
-        let err = Fp8CheckpointSource::new(&stored, &bad_block).err().unwrap().to_string();
-        assert!(err.contains("weight_block_size") && err.contains("128"), "{err}");
+        let err = Fp8CheckpointSource::new(&stored, &bad_block)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("weight_block_size") && err.contains("128"),
+            "{err}"
+        );
     }
 }

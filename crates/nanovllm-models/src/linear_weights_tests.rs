@@ -31,7 +31,13 @@ fn bytes(t: &Tensor) -> Vec<u8> {
 }
 
 /// The reference: `slice` of `name` read as floats, quantized in one piece.
-fn reference(source: &dyn WeightSource, name: &str, shape: &[usize], slice: Slice, q: DType) -> Vec<u8> {
+fn reference(
+    source: &dyn WeightSource,
+    name: &str,
+    shape: &[usize],
+    slice: Slice,
+    q: DType,
+) -> Vec<u8> {
     bytes(&quantize(&source.read(name, shape, &slice).unwrap(), q).unwrap())
 }
 
@@ -42,16 +48,31 @@ fn linear_weights_quantize_chunk_by_chunk_to_the_reference_bytes() {
     let rows = 2 * QUANTIZE_CHUNK_ELEMS / 64 + 100;
     for q in [DType::Int8G32, DType::Int4G32, DType::Fp8G128] {
         let l = loader(&source, 0, 1, q);
-        let shape = if q == DType::Fp8G128 { [rows / 2, 128] } else { [rows, 64] };
+        let shape = if q == DType::Fp8G128 {
+            [rows / 2, 128]
+        } else {
+            [rows, 64]
+        };
         let w = l.linear().column_shard("w", shape).unwrap();
         assert_eq!((w.dtype(), w.shape()), (q, &shape[..]));
-        assert_eq!(bytes(&w), reference(&source, "w", &shape, Slice::Full, q), "{q}");
+        assert_eq!(
+            bytes(&w),
+            reference(&source, "w", &shape, Slice::Full, q),
+            "{q}"
+        );
         // The plain methods keep the stored dtype; so does the LM head without lm_head.
         assert_eq!(l.column_shard("w", [4, 64]).unwrap().dtype(), DType::BF16);
-        let no_head = WeightLoader::new(&source, &BACKEND, ShardSpec::default())
-            .with_quantization(Some(WeightQuantization { dtype: q, lm_head: false }));
+        let no_head = WeightLoader::new(&source, &BACKEND, ShardSpec::default()).with_quantization(
+            Some(WeightQuantization {
+                dtype: q,
+                lm_head: false,
+            }),
+        );
         assert!(!no_head.quantizes_lm_head() && l.quantizes_lm_head());
-        assert_eq!(no_head.lm_head().vocab_shard("h", 8, 128).unwrap().dtype(), DType::BF16);
+        assert_eq!(
+            no_head.lm_head().vocab_shard("h", 8, 128).unwrap().dtype(),
+            DType::BF16
+        );
     }
 }
 
@@ -62,7 +83,10 @@ fn packed_and_stacked_shards_quantize_each_ranks_part() {
     for rank in 0..2 {
         let l = loader(&source, rank, 2, q);
         // gate ‖ up, column-parallel: this rank's gate rows, then its up rows.
-        let w = l.linear().packed_column_shard(&[("g", 8), ("u", 8)], 64).unwrap();
+        let w = l
+            .linear()
+            .packed_column_shard(&[("g", 8), ("u", 8)], 64)
+            .unwrap();
         let rows = rank * 4..rank * 4 + 4;
         let want = [
             reference(&source, "g", &[8, 64], Slice::Rows(rows.clone()), q),
@@ -91,10 +115,13 @@ fn a_vocab_shard_pads_with_zero_blocks() {
     let head = l.lm_head().vocab_shard("h", 5, 32).unwrap();
     assert_eq!(head.shape(), &[3, 32]);
     let values = head.to_vec_f32().unwrap();
-    let want = quantize(&source.read("h", &[5, 32], &Slice::Rows(3..5)).unwrap(), DType::Int4G32)
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
+    let want = quantize(
+        &source.read("h", &[5, 32], &Slice::Rows(3..5)).unwrap(),
+        DType::Int4G32,
+    )
+    .unwrap()
+    .to_vec_f32()
+    .unwrap();
     assert_eq!(&values[..64], &want[..]);
     assert!(values[64..].iter().all(|&x| x == 0.0));
 }
@@ -107,10 +134,22 @@ fn a_row_shard_that_cuts_a_block_is_refused_naming_the_weight() {
         .linear()
         .row_shard("model.layers.0.mlp.down_proj.weight", [8, 96])
         .unwrap_err();
-    assert!(matches!(err, ModelError::ShardCutsBlock { shard: 48, block: 32, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ModelError::ShardCutsBlock {
+                shard: 48,
+                block: 32,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let msg = err.to_string();
     assert!(
-        msg.contains("down_proj") && msg.contains("--tensor-parallel-size") && msg.contains("--quantization"),
+        msg.contains("down_proj")
+            && msg.contains("--tensor-parallel-size")
+            && msg.contains("--quantization"),
         "{msg}"
     );
     // 128 over 2: whole blocks, the reference bytes.
@@ -120,10 +159,16 @@ fn a_row_shard_that_cuts_a_block_is_refused_naming_the_weight() {
             .row_shard("w", [8, 128])
             .unwrap();
         let cols = rank * 64..rank * 64 + 64;
-        assert_eq!(bytes(&w), reference(&source, "w", &[8, 128], Slice::Cols(cols), DType::Int8G32));
+        assert_eq!(
+            bytes(&w),
+            reference(&source, "w", &[8, 128], Slice::Cols(cols), DType::Int8G32)
+        );
     }
     // Column shards split rows: any row count works.
-    let w = loader(&source, 1, 3, DType::Int8G32).linear().column_shard("w", [9, 32]).unwrap();
+    let w = loader(&source, 1, 3, DType::Int8G32)
+        .linear()
+        .column_shard("w", [9, 32])
+        .unwrap();
     assert_eq!(w.shape(), &[3, 32]);
 }
 
@@ -135,5 +180,8 @@ fn a_last_dim_that_is_not_whole_blocks_is_refused() {
         .column_shard("model.layers.0.self_attn.o_proj.weight", [4, 64])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("o_proj") && err.contains("128") && err.contains("--quantization"), "{err}");
+    assert!(
+        err.contains("o_proj") && err.contains("128") && err.contains("--quantization"),
+        "{err}"
+    );
 }

@@ -611,7 +611,13 @@ impl<'a> WeightLoader<'a> {
                     second_dtype: part_dtype,
                 });
             }
-            self.append(name, &shape, &Slice::Cols(cols.clone()), quantize, &mut buffer)?;
+            self.append(
+                name,
+                &shape,
+                &Slice::Cols(cols.clone()),
+                quantize,
+                &mut buffer,
+            )?;
         }
         self.upload(Tensor::from_cpu(
             buffer,
@@ -652,7 +658,9 @@ impl<'a> WeightLoader<'a> {
             CpuStorage::BF16(v) => v.resize(per * hidden, half::bf16::ZERO),
             CpuStorage::F16(v) => v.resize(per * hidden, half::f16::ZERO),
             // All-zero bytes are a zero weight in every byte-backed format (zero scale).
-            CpuStorage::Bytes { dtype, bytes } => bytes.resize(dtype.storage_bytes(per * hidden), 0),
+            CpuStorage::Bytes { dtype, bytes } => {
+                bytes.resize(dtype.storage_bytes(per * hidden), 0)
+            }
             other => return Err(buffer_dtype_mismatch(other, name, DType::F32)),
         }
         self.upload(Tensor::from_cpu(buffer, &[per, hidden])?)

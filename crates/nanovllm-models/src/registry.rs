@@ -157,13 +157,12 @@ pub fn load_model_with_progress(
             let source = DummySource::new(weight_dtype.unwrap_or(config.dtype), DUMMY_SEED);
             // Dummy weights of an FP8 checkpoint's shapes are quantized to its format.
             let ctx = &ModelContext {
-                quantization: ctx.quantization.or(config
-                    .quantization
-                    .as_ref()
-                    .map(|_| WeightQuantization {
+                quantization: ctx.quantization.or(config.quantization.as_ref().map(|_| {
+                    WeightQuantization {
                         dtype: DType::Fp8G128,
                         lm_head: false,
-                    })),
+                    }
+                })),
                 ..ctx.clone()
             };
             (arch.load)(config, &ProgressSource::new(&source, whole, progress), ctx)

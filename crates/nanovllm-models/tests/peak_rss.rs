@@ -112,7 +112,10 @@ fn write_checkpoint(dir: &Path) -> u64 {
     let views: Vec<(String, TensorView)> = data
         .iter()
         .map(|(name, shape, bytes)| {
-            (name.clone(), TensorView::new(Dtype::BF16, shape.clone(), bytes).unwrap())
+            (
+                name.clone(),
+                TensorView::new(Dtype::BF16, shape.clone(), bytes).unwrap(),
+            )
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
@@ -153,7 +156,11 @@ fn int4_loading_peaks_below_the_quantized_bytes_plus_300_mb() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let peak: u64 = stdout
         .lines()
         .find_map(|l| l.split("VMHWM=").nth(1))
@@ -167,7 +174,10 @@ fn int4_loading_peaks_below_the_quantized_bytes_plus_300_mb() {
         quantized / MB,
         peak / MB
     );
-    assert!(checkpoint > 500 * MB, "the checkpoint must dwarf the 300 MB slack");
+    assert!(
+        checkpoint > 500 * MB,
+        "the checkpoint must dwarf the 300 MB slack"
+    );
     assert!(
         peak <= quantized + 300 * MB,
         "peak RSS {} MB > int4 weights {} MB + 300 MB",

@@ -28,8 +28,8 @@ use nanovllm_models::{
     load_model, Fp8CheckpointSource, LoadFormat, Model, ModelConfig, ModelContext, ModelError,
     SafetensorsSource, ShardSpec, WeightQuantization,
 };
-use tp::run_tp_quantized;
 use serde_json::Value;
+use tp::run_tp_quantized;
 
 const BLOCK_SIZE: usize = 16;
 
@@ -127,10 +127,15 @@ fn fp8_checkpoint_weights_are_torchs_dequantized_values() {
     let reference = json(&dir.join("reference_fp8.json"));
     let mut checked = 0;
     for entry in reference["weights"].as_array().unwrap() {
-        let (name, row) = (entry["name"].as_str().unwrap(), entry["row"].as_u64().unwrap() as usize);
+        let (name, row) = (
+            entry["name"].as_str().unwrap(),
+            entry["row"].as_u64().unwrap() as usize,
+        );
         // q_proj rows come first in the packed qkv weight, then k_proj's.
         let (weight, row) = match name {
-            "model.layers.0.self_attn.q_proj.weight" => (layer(0).self_attn.qkv_proj().weight(), row),
+            "model.layers.0.self_attn.q_proj.weight" => {
+                (layer(0).self_attn.qkv_proj().weight(), row)
+            }
             "model.layers.1.self_attn.k_proj.weight" => {
                 (layer(1).self_attn.qkv_proj().weight(), q_rows + row)
             }
@@ -145,7 +150,11 @@ fn fp8_checkpoint_weights_are_torchs_dequantized_values() {
             .iter()
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
-        assert_eq!(got, &want[..], "{name} row {row}: not torch's dequantized values");
+        assert_eq!(
+            got,
+            &want[..],
+            "{name} row {row}: not torch's dequantized values"
+        );
         checked += 1;
     }
     assert_eq!(checked, 7);
@@ -165,7 +174,10 @@ fn an_fp8_checkpoint_refuses_quantization_again() {
     .unwrap();
     assert!(matches!(err, ModelError::AlreadyQuantized { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("fp8") && msg.contains("without --quantization"), "{msg}");
+    assert!(
+        msg.contains("fp8") && msg.contains("without --quantization"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -174,7 +186,8 @@ fn in_situ_quantization_covers_every_linear_weight_and_a_copy_of_the_tied_head()
     let config = ModelConfig::from_dir(&dir).unwrap();
     let source = SafetensorsSource::open(&dir).unwrap();
     for dtype in [DType::Int8G32, DType::Int4G32, DType::Fp8G128] {
-        let model = load_qwen3(&config, &source, &ctx(Some(WeightQuantization::new(dtype)))).unwrap();
+        let model =
+            load_qwen3(&config, &source, &ctx(Some(WeightQuantization::new(dtype)))).unwrap();
         for layer in model.layers() {
             for w in [
                 layer.self_attn.qkv_proj().weight(),
@@ -217,7 +230,10 @@ fn lm_head_choice_measured_on_the_trained_fixture() {
     let base = trained_perplexity(None);
     let reference = json(&fixture_dir("qwen3-trained").join("reference_perplexity.json"));
     let want = reference["perplexity"].as_f64().unwrap();
-    assert!((base / want - 1.0).abs() < 1e-4, "unquantized {base} vs transformers {want}");
+    assert!(
+        (base / want - 1.0).abs() < 1e-4,
+        "unquantized {base} vs transformers {want}"
+    );
     for (dtype, bound) in [
         (DType::Int8G32, 1.01),
         (DType::Int4G32, 1.10),
@@ -234,8 +250,14 @@ fn lm_head_choice_measured_on_the_trained_fixture() {
             with_head / base,
             without_head / base
         );
-        assert!(with_head <= bound * base, "{dtype}: {with_head} > {bound} x {base}");
-        assert!(without_head <= bound * base, "{dtype}: {without_head} > {bound} x {base}");
+        assert!(
+            with_head <= bound * base,
+            "{dtype}: {with_head} > {bound} x {base}"
+        );
+        assert!(
+            without_head <= bound * base,
+            "{dtype}: {without_head} > {bound} x {base}"
+        );
     }
 }
 
@@ -252,15 +274,26 @@ fn fp8_checkpoint_perplexity_matches_transformers() {
     let want = json(&dir.join("reference_fp8.json"))["perplexity"]
         .as_f64()
         .unwrap();
-    assert!((fp8 / want - 1.0).abs() < 1e-4, "fp8 checkpoint {fp8} vs transformers {want}");
+    assert!(
+        (fp8 / want - 1.0).abs() < 1e-4,
+        "fp8 checkpoint {fp8} vs transformers {want}"
+    );
 }
 
 /// Two eval lines' first 40 tokens.
 fn tp_prompts() -> Vec<Vec<u32>> {
-    eval_lines().into_iter().take(2).map(|l| l[..40].to_vec()).collect()
+    eval_lines()
+        .into_iter()
+        .take(2)
+        .map(|l| l[..40].to_vec())
+        .collect()
 }
 
-fn check_ranks_match_one_rank(fixture: &str, world: usize, quantization: Option<WeightQuantization>) {
+fn check_ranks_match_one_rank(
+    fixture: &str,
+    world: usize,
+    quantization: Option<WeightQuantization>,
+) {
     let dir = fixture_dir(fixture);
     let config = ModelConfig::from_dir(&dir).unwrap();
     let prompts = tp_prompts();
@@ -270,7 +303,10 @@ fn check_ranks_match_one_rank(fixture: &str, world: usize, quantization: Option<
     for (rank, rows) in ranks.iter().enumerate() {
         for (row, expected) in rows.iter().zip(&single) {
             let diff = max_abs_diff(row, expected);
-            assert!(diff <= 1e-4, "{fixture} {quantization:?} world {world} rank {rank}: {diff:e}");
+            assert!(
+                diff <= 1e-4,
+                "{fixture} {quantization:?} world {world} rank {rank}: {diff:e}"
+            );
         }
     }
 }
@@ -278,7 +314,11 @@ fn check_ranks_match_one_rank(fixture: &str, world: usize, quantization: Option<
 #[test]
 fn quantized_shards_compute_what_one_rank_does() {
     // intermediate 768 and o_proj's 256 input features split in 2: whole 32- and 128-blocks.
-    check_ranks_match_one_rank("qwen3-trained", 2, Some(WeightQuantization::new(DType::Int4G32)));
+    check_ranks_match_one_rank(
+        "qwen3-trained",
+        2,
+        Some(WeightQuantization::new(DType::Int4G32)),
+    );
     check_ranks_match_one_rank("qwen3-trained-fp8", 2, None);
 }
 
@@ -303,17 +343,34 @@ fn a_row_parallel_shard_that_cuts_a_block_names_the_weight() {
     };
     for (fixture, quantization) in [
         ("qwen3-trained-fp8", None),
-        ("qwen3-trained", Some(WeightQuantization::new(DType::Fp8G128))),
+        (
+            "qwen3-trained",
+            Some(WeightQuantization::new(DType::Fp8G128)),
+        ),
     ] {
         let err = load_rank0(fixture, quantization).unwrap_err();
         assert!(
-            matches!(err, ModelError::ShardCutsBlock { shard: 64, block: 128, .. }),
+            matches!(
+                err,
+                ModelError::ShardCutsBlock {
+                    shard: 64,
+                    block: 128,
+                    ..
+                }
+            ),
             "{fixture}: {err}"
         );
         let msg = err.to_string();
-        assert!(msg.contains("o_proj.weight") && msg.contains("--tensor-parallel-size"), "{msg}");
+        assert!(
+            msg.contains("o_proj.weight") && msg.contains("--tensor-parallel-size"),
+            "{msg}"
+        );
     }
-    load_rank0("qwen3-trained", Some(WeightQuantization::new(DType::Int8G32))).unwrap();
+    load_rank0(
+        "qwen3-trained",
+        Some(WeightQuantization::new(DType::Int8G32)),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -329,8 +386,14 @@ fn experts_quantize_and_the_router_stays_as_stored() {
         match &layer.ffn {
             Qwen3MoeFeedForward::Sparse(moe) => {
                 // 8 experts of 32 features over hidden 64.
-                assert_eq!((moe.w13().dtype(), moe.w13().shape()), (DType::Int8G32, &[8, 64, 64][..]));
-                assert_eq!((moe.w2().dtype(), moe.w2().shape()), (DType::Int8G32, &[8, 64, 32][..]));
+                assert_eq!(
+                    (moe.w13().dtype(), moe.w13().shape()),
+                    (DType::Int8G32, &[8, 64, 64][..])
+                );
+                assert_eq!(
+                    (moe.w2().dtype(), moe.w2().shape()),
+                    (DType::Int8G32, &[8, 64, 32][..])
+                );
                 assert_eq!(moe.gate().dtype(), DType::F32);
                 sparse += 1;
             }
@@ -354,13 +417,27 @@ fn dummy_weights_quantize_too() {
     let prompt = [1u32, 2, 3];
     let table = [0u32];
     let mut cache = new_cache(backend, model.as_ref(), 1, BLOCK_SIZE);
-    let logits = run_step(model.as_ref(), backend, &mut cache, BLOCK_SIZE, true, &[SeqStep::prefill(&table, &prompt)]);
+    let logits = run_step(
+        model.as_ref(),
+        backend,
+        &mut cache,
+        BLOCK_SIZE,
+        true,
+        &[SeqStep::prefill(&table, &prompt)],
+    );
     assert!(logits[0].iter().all(|x| x.is_finite()));
     // An FP8 checkpoint's shapes as dummy weights (quantized to fp8_g128 by the registry).
     let dir = fixture_dir("qwen3-trained-fp8");
     let config = ModelConfig::from_dir(&dir).unwrap();
     let model = load_model(&config, &dir, LoadFormat::Dummy, &cpu_context()).unwrap();
     let mut cache = new_cache(backend, model.as_ref(), 1, BLOCK_SIZE);
-    let logits = run_step(model.as_ref(), backend, &mut cache, BLOCK_SIZE, true, &[SeqStep::prefill(&table, &prompt)]);
+    let logits = run_step(
+        model.as_ref(),
+        backend,
+        &mut cache,
+        BLOCK_SIZE,
+        true,
+        &[SeqStep::prefill(&table, &prompt)],
+    );
     assert!(logits[0].iter().all(|x| x.is_finite()));
 }
