@@ -382,6 +382,18 @@ impl LLMEngine {
             config.load_format,
             tp,
         );
+        if let Some(q) = config.quantization {
+            tracing::info!(
+                "weights: linear layers and LM head quantized to {} while loading",
+                q.dtype()
+            );
+        } else if let Some(stored) = &model_config.quantization {
+            tracing::info!(
+                "weights: a {} checkpoint, linear layers kept quantized as {}",
+                stored.method(),
+                DType::Fp8G128
+            );
+        }
         let mut engine = Self::from_parts(config, generation_config, tokenizer, backend, model)?;
         if let Some(mut workers) = workers {
             workers.init(engine.runner.kv_cache().num_blocks)?;

@@ -2,7 +2,8 @@
 //!
 //! Owns model architectures: the [`Model`] trait, Hugging Face config parsing
 //! ([`ModelConfig`], [`GenerationConfig`]), weight loading (safetensors through
-//! mmap, or dummy random weights, with a progress callback) with tensor-parallel sharding, the shared
+//! mmap, or dummy random weights, with a progress callback) with tensor-parallel sharding,
+//! in-situ quantization of the linear weights and FP8 checkpoints, the shared
 //! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`, `llama.rs`,
 //! `mistral.rs`, `qwen2.rs`, `qwen3_moe.rs`), each declaring what it supports ([`features::Features`]) and each one
 //! line in [`registry`].

@@ -30,6 +30,10 @@
 //! Weights keep the dtype stored in the checkpoint (bf16 stays bf16, no f32
 //! copy); the matmul kernels widen on the fly. An explicit weight dtype (`--dtype`) wraps
 //! the source in a [`crate::CastSource`], which converts each tensor while it is read.
+//! Linear weights are loaded through [`WeightLoader::linear`] (and the LM head through
+//! [`WeightLoader::lm_head`]): the same methods, quantized while they load when the loader
+//! was given a [`WeightQuantization`] (see [`crate::linear_weights`]). An FP8 checkpoint's
+//! weights arrive already quantized ([`crate::Fp8CheckpointSource`]).
 //!
 //! **KV heads under tensor parallelism.** With `W` ranks and `K` KV heads, either
 //! `W` divides `K` (each rank holds `K / W` heads, split evenly like the q heads)
