@@ -14,6 +14,10 @@
 //! there are too few rows to keep every thread busy (decode, short batches), each row's
 //! keys are also split into ranges computed in parallel and merged exactly through
 //! their softmax statistics (flash-decoding).
+//!
+//! An FP8 (e4m3) cache is read as bare e4m3 values (widened exactly) and its scales are
+//! applied outside the loops: `q·(e·k_scale)·scale = (q·e)·(scale·k_scale)` and
+//! `Σ p·(e·v_scale) = v_scale·Σ p·e`.
 
 #[cfg(target_arch = "x86_64")]
 mod flash;
@@ -33,7 +37,7 @@ use crate::tensor::Tensor;
 use crate::validate;
 
 use super::check;
-use super::kv::{CacheGeometry, KvBuffers, KvElem};
+use super::kv::{CacheGeometry, E4m3, KvBuffers, KvElem};
 use super::parallel::{for_each_row, min_items, with_taken, worth_parallel};
 use kernel::{attend_full, attend_range, merge_partials, HeadStats, PagedKv, Task};
 use meta::{Batch, Heads};
@@ -93,6 +97,14 @@ fn run(
         KvBuffers::BF16(k, v) => {
             let kv = PagedKv::<bf16> { k, v, geometry };
             attend(&kv, heads, batch, qs, scale, &mut out)
+        }
+        KvBuffers::E4M3(k, v) => {
+            let kv = PagedKv::<E4m3> { k, v, geometry };
+            let scales = cache.effective_scales();
+            attend(&kv, heads, batch, qs, scale * scales.k, &mut out);
+            if scales.v != 1.0 {
+                out.iter_mut().for_each(|x| *x *= scales.v);
+            }
         }
     }
     Tensor::from_f32(out, &[rows, width])

@@ -223,9 +223,11 @@ mod tests {
 
     #[test]
     fn cache_geometry_is_checked() {
-        let cache = |dtype| LayerKvCache {
-            k: Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
-            v: Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+        let cache = |dtype| {
+            LayerKvCache::new(
+                Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+                Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+            )
         };
         let g = super::geometry("t", &cache(DType::BF16)).unwrap();
         assert_eq!((g.num_blocks, g.row_width()), (4, 16));
@@ -234,10 +236,10 @@ mod tests {
             super::geometry("t", &cache(DType::F16)),
             Err(KernelError::UnsupportedDType { .. })
         ));
-        let mismatched = LayerKvCache {
-            k: Tensor::zeros_cpu(&[4, 4, 2, 8], DType::BF16),
-            v: Tensor::zeros_cpu(&[4, 4, 2, 4], DType::BF16),
-        };
+        let mismatched = LayerKvCache::new(
+            Tensor::zeros_cpu(&[4, 4, 2, 8], DType::BF16),
+            Tensor::zeros_cpu(&[4, 4, 2, 4], DType::BF16),
+        );
         assert!(matches!(
             super::geometry("t", &mismatched),
             Err(KernelError::ShapeMismatch { .. })
