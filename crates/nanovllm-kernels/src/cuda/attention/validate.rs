@@ -26,12 +26,12 @@ use super::super::check;
 pub(crate) use super::super::kv::CacheGeometry as Geometry;
 
 /// The shared cache checks ([`validate::kv::cache_dims`]), plus what attention needs:
-/// bf16 or f32, k and v alike, and at least one block to read.
+/// bf16, f32 or e4m3, k and v alike, and at least one block to read.
 pub(crate) fn geometry(op: &'static str, cache: &LayerKvCache) -> Result<Geometry> {
     let [num_blocks, block_size, kv_heads, head_dim] = validate::kv::cache_dims(op, cache)?;
     let dtype = cache.k.dtype();
     check::expect_dtype(op, "cache.v", &cache.v, dtype)?;
-    if !matches!(dtype, DType::BF16 | DType::F32) {
+    if !matches!(dtype, DType::BF16 | DType::F32 | DType::F8E4M3) {
         return Err(KernelError::UnsupportedDType { op, dtype });
     }
     if num_blocks == 0 {
