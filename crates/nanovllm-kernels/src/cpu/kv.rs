@@ -4,9 +4,10 @@
 //! FP8 e4m3 (bf16 halves the memory, e4m3 quarters it; stores round to nearest even,
 //! reads widen exactly). Slot `s` is row `s` of the `[num_blocks * block_size, kv_heads *
 //! head_dim]` view. An e4m3 cache stores `e4m3(x / scale)` with the layer's
-//! [`KvScales`](crate::KvScales); its elements read back as the bare e4m3 values, and the
-//! attention kernels apply the scales (`k_scale` folded into the softmax scale, `v_scale`
-//! into the output), so the inner loops never multiply by them.
+//! [`KvScales`](crate::KvScales); its elements read back as the e4m3 values times 2⁻⁸
+//! ([`E4m3::READ_UNIT`], the cheapest exact widening), and the attention kernels apply
+//! the scales and the 2⁸ outside the loops (`k_scale` folded into the softmax scale,
+//! `v_scale` into the output).
 
 use half::bf16;
 
@@ -98,17 +99,39 @@ impl KvElem for bf16 {
 #[repr(transparent)]
 pub(crate) struct E4m3(pub u8);
 
+impl E4m3 {
+    /// What [`KvElem::row_f32`] and [`KvElem::load8`] of an e4m3 cache return, per unit of
+    /// the stored value: `value · 2⁻⁸`, exactly (every e4m3 value times 2⁻⁸ is an f16, the
+    /// form F16C widens). The attention kernels multiply the 2⁸ back together with the
+    /// layer's scales, outside the loops.
+    pub(crate) const READ_UNIT: f32 = 1.0 / 256.0;
+}
+
 impl KvElem for E4m3 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         E4m3(f32_to_e4m3_fast(x))
     }
+    /// `value · 2⁻⁸` ([`E4m3::READ_UNIT`]) by branch-free bit arithmetic the compiler
+    /// vectorises (a table lookup would not be): a normal code's exponent and mantissa
+    /// bits, shifted into an f32 and rebiased, are its value; a subnormal code `m` is
+    /// `m · 2⁻⁹`; magnitude `0x7f` is NaN.
     #[inline(always)]
     fn row_f32<'a>(row: &'a [E4m3], scratch: &'a mut [f32]) -> &'a [f32] {
-        let table = crate::quant::fp8::e4m3_table();
         let out = &mut scratch[..row.len()];
         for (d, &E4m3(b)) in out.iter_mut().zip(row) {
-            *d = table[b as usize];
+            let magnitude = (b & 0x7f) as u32;
+            // Bias 127 - 7 for the value, 8 less for the unit.
+            let normal = f32::from_bits((magnitude << 20) + ((127 - 7 - 8) << 23));
+            let subnormal = magnitude as f32 * (E4m3::READ_UNIT / 512.0);
+            let value = if magnitude == 0x7f {
+                f32::NAN
+            } else if magnitude >= 8 {
+                normal
+            } else {
+                subnormal
+            };
+            *d = f32::from_bits(value.to_bits() | ((b & 0x80) as u32) << 24);
         }
         out
     }
@@ -116,11 +139,12 @@ impl KvElem for E4m3 {
     fn as_f32(_elems: &[E4m3]) -> Option<&[f32]> {
         None
     }
-    /// Exact, NaN included: the byte's sign and magnitude bits moved into an f16
-    /// (`s eeee mmm` → `s 0eeee mmm0000000`) are the value · 2⁻⁸ (the exponent biases
-    /// differ by 8; subnormals line up too), widened by F16C and scaled back by 2⁸. The
-    /// NaN codes (magnitude `0x7f`) would land on a finite f16, so they are given an
-    /// all-ones exponent first.
+    /// `value · 2⁻⁸` ([`E4m3::READ_UNIT`]), exact, NaN included: the byte sign-extended
+    /// to 16 bits and shifted left by 7 puts its sign in bit 15 and its exponent and
+    /// mantissa in bits 13..7 (bit 14, a copy of the sign, is cleared): `s 0eeee mmm0000000`
+    /// is the f16 of the value · 2⁻⁸ (the exponent biases differ by 8, subnormals line up
+    /// too), widened by F16C. The NaN codes (magnitude `0x7f`) would land on a finite f16,
+    /// so bit 14 is set for them (an all-ones exponent). Six vector operations.
     ///
     /// # Safety
     /// As [`KvElem::load8`], and F16C is available too ([`has_avx2_fma_f16c`]).
@@ -131,15 +155,16 @@ impl KvElem for E4m3 {
         // SAFETY: the caller guarantees AVX2, F16C and 8 readable bytes at `p`: the 64-bit
         // unaligned load reads exactly those.
         unsafe {
-            let bytes = _mm_cvtepu8_epi16(_mm_loadl_epi64(p.cast()));
-            let magnitude = _mm_slli_epi16::<7>(_mm_and_si128(bytes, _mm_set1_epi16(0x7f)));
-            let sign = _mm_slli_epi16::<8>(_mm_and_si128(bytes, _mm_set1_epi16(0x80)));
-            let nan = _mm_cmpeq_epi16(magnitude, _mm_set1_epi16(0x7f << 7));
-            let half = _mm_or_si128(
-                _mm_or_si128(magnitude, sign),
-                _mm_and_si128(nan, _mm_set1_epi16(0x7c00)),
+            let bytes = _mm_cvtepi8_epi16(_mm_loadl_epi64(p.cast()));
+            let half = _mm_and_si128(_mm_slli_epi16::<7>(bytes), _mm_set1_epi16(0xbf80u16 as i16));
+            let nan = _mm_cmpeq_epi16(
+                _mm_and_si128(bytes, _mm_set1_epi16(0x7f)),
+                _mm_set1_epi16(0x7f),
             );
-            _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0))
+            _mm256_cvtph_ps(_mm_or_si128(
+                half,
+                _mm_and_si128(nan, _mm_set1_epi16(0x4000)),
+            ))
         }
     }
 }
@@ -336,13 +361,13 @@ mod tests {
     use crate::quant::fp8::e4m3_to_f32;
 
     /// All 256 bytes, through the AVX2 widening and the portable row widening: bit for
-    /// bit the reference value (NaN for the two NaN codes).
+    /// bit the reference value times [`E4m3::READ_UNIT`] (NaN for the two NaN codes).
     #[test]
     fn e4m3_widening_is_exact_for_every_byte() {
         let bytes: Vec<E4m3> = (0..=255u8).map(E4m3).collect();
         let check = |got: &[f32], how: &str| {
             for (b, &x) in got.iter().enumerate() {
-                let want = e4m3_to_f32(b as u8);
+                let want = e4m3_to_f32(b as u8) * E4m3::READ_UNIT;
                 assert!(
                     x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
                     "{how}: byte {b:#04x} gave {x}, want {want}"

@@ -15,9 +15,10 @@
 //! keys are also split into ranges computed in parallel and merged exactly through
 //! their softmax statistics (flash-decoding).
 //!
-//! An FP8 (e4m3) cache is read as bare e4m3 values (widened exactly) and its scales are
-//! applied outside the loops: `q·(e·k_scale)·scale = (q·e)·(scale·k_scale)` and
-//! `Σ p·(e·v_scale) = v_scale·Σ p·e`.
+//! An FP8 (e4m3) cache is read as its e4m3 values times 2⁻⁸ (widened exactly, see
+//! `E4m3::READ_UNIT`) and its scales, with the 2⁸, are applied outside the loops:
+//! `q·(e·k_scale)·scale = (q·e·2⁻⁸)·(scale·k_scale·2⁸)` and
+//! `Σ p·(e·v_scale) = (v_scale·2⁸)·Σ p·e·2⁻⁸`.
 
 #[cfg(target_arch = "x86_64")]
 mod flash;
@@ -100,11 +101,12 @@ fn run(
         }
         KvBuffers::E4M3(k, v) => {
             let kv = PagedKv::<E4m3> { k, v, geometry };
+            // The elements read as value · READ_UNIT: its inverse joins each scale.
             let scales = cache.effective_scales();
-            attend(&kv, heads, batch, qs, scale * scales.k, &mut out);
-            if scales.v != 1.0 {
-                out.iter_mut().for_each(|x| *x *= scales.v);
-            }
+            let k_factor = scales.k / E4m3::READ_UNIT;
+            attend(&kv, heads, batch, qs, scale * k_factor, &mut out);
+            let v_factor = scales.v / E4m3::READ_UNIT;
+            out.iter_mut().for_each(|x| *x *= v_factor);
         }
     }
     Tensor::from_f32(out, &[rows, width])
