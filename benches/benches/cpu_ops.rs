@@ -6,8 +6,9 @@
 //!   plain-gemm baseline. Throughput is reported in FLOP/s (elements = 2·M·N·K).
 //! - `matmul_dram`: the same bf16 kernels over a 24-matrix ring of `[3072, 1024]` weights
 //!   (144 MiB, far beyond L3), so W streams from DRAM as in a real decode step.
-//! - decode attention, one sequence at context 1024 and 4096 and a batch of 16 sequences
-//!   at context 256, f32 and bf16 cache.
+//! - decode attention, one sequence at context 1024 and 4096, a batch of 16 sequences
+//!   at context 256 and one of 32 at context 1024 (a 64 MiB bf16 cache: read from DRAM),
+//!   f32, bf16 and FP8 (e4m3) cache.
 //! - prefill attention, one 512-token sequence.
 //! - `sample` over Qwen3's 151 936-token vocabulary, 1 and 32 rows: greedy, plain
 //!   temperature, and Qwen3's defaults (T 0.6, top-k 20, top-p 0.95).
@@ -167,16 +168,17 @@ fn paged_setup(
     (cache, meta)
 }
 
-/// One sequence at context 1024 and 4096 (split across threads by key ranges), and a
-/// batch of 16 at context 256, the batched-decode benchmark's shape (split by sequence).
+/// One sequence at context 1024 and 4096 (split across threads by key ranges), a batch
+/// of 16 at context 256, the batched-decode benchmark's shape, and one of 32 at context
+/// 1024 (split by sequence).
 fn bench_decode_attention(c: &mut Criterion) {
     nanovllm_kernels::cpu::configure_process();
     let backend = CpuBackend::new();
     let mut rng = Rng(0x9abc_def0);
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let mut group = c.benchmark_group("decode_attention");
-    for cache_dtype in [DType::F32, DType::BF16] {
-        for (num_seqs, context_len) in [(1, 1024), (1, 4096), (16, 256)] {
+    for cache_dtype in [DType::F32, DType::BF16, DType::F8E4M3] {
+        for (num_seqs, context_len) in [(1, 1024), (1, 4096), (16, 256), (32, 1024)] {
             let (cache, meta) =
                 paged_setup(&backend, &mut rng, num_seqs, context_len, 1, cache_dtype);
             let q = tensor(

@@ -401,6 +401,32 @@ mod tests {
         );
     }
 
+    /// The same host budget holds twice the blocks (so twice the tokens) with an FP8
+    /// cache: one byte per element against bf16's two.
+    #[test]
+    fn an_fp8_cache_gets_twice_the_blocks_of_bf16() {
+        use crate::config::KvCacheDType;
+        let model = crate::testing::ToyModel::new(64);
+        let backend = nanovllm_kernels::CpuBackend::new();
+        let size = |kv_cache_dtype| {
+            let config = EngineConfig {
+                kv_cache_dtype,
+                kv_cache_memory_gib: 0.25,
+                ..EngineConfig::new("toy")
+            };
+            size_kv_cache(&config, &backend, &model).unwrap()
+        };
+        let (bf16_blocks, bf16_bytes) = size(KvCacheDType::Bf16);
+        let (fp8_blocks, fp8_bytes) = size(KvCacheDType::Fp8);
+        assert_eq!(2 * fp8_bytes, bf16_bytes);
+        assert!(bf16_blocks > 0);
+        // ⌊B / (b/2)⌋ is 2⌊B / b⌋ or one more.
+        assert!(
+            fp8_blocks == 2 * bf16_blocks || fp8_blocks == 2 * bf16_blocks + 1,
+            "fp8 {fp8_blocks} blocks, bf16 {bf16_blocks}"
+        );
+    }
+
     #[test]
     fn kv_blocks_from_a_host_memory_budget() {
         let per_block = KvCache::bytes_per_block(2, 16, 2, 64, DType::F32);

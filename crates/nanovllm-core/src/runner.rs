@@ -140,7 +140,8 @@ impl std::fmt::Debug for ModelRunner {
 
 impl ModelRunner {
     /// Allocates a KV cache of `num_blocks` blocks of `block_size` tokens laid out as the
-    /// model asks ([`Model::kv_cache_spec`]); requests without a seed of their own sample
+    /// model asks ([`Model::kv_cache_spec`]), an FP8 one with the checkpoint's scales
+    /// ([`Model::kv_cache_scales`]); requests without a seed of their own sample
     /// with one derived from `seed` ([`crate::sampling::request_seed`]).
     pub fn new(
         backend: Arc<dyn Backend>,
@@ -151,7 +152,7 @@ impl ModelRunner {
         seed: u64,
     ) -> Result<Self> {
         let spec = model.kv_cache_spec();
-        let kv_cache = KvCache::new(
+        let mut kv_cache = KvCache::new(
             backend.as_ref(),
             spec.num_layers,
             num_blocks,
@@ -160,6 +161,16 @@ impl ModelRunner {
             spec.head_dim,
             kv_dtype,
         )?;
+        // The checkpoint's scales describe an FP8 cache's encoding; other caches ignore them.
+        if kv_dtype == DType::F8E4M3 {
+            if let Some(scales) = model.kv_cache_scales() {
+                kv_cache.set_scales(&scales)?;
+                tracing::info!(
+                    "FP8 KV cache: per-layer k_scale/v_scale from the checkpoint ({} layers)",
+                    scales.len()
+                );
+            }
+        }
         Ok(Self {
             backend,
             model,

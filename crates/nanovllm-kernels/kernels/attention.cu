@@ -1,4 +1,10 @@
-// Paged attention over a bf16 KV cache `[num_blocks, block_size, kv_heads, head_dim]`.
+// Paged attention over a bf16 or FP8 (e4m3) KV cache `[num_blocks, block_size, kv_heads,
+// head_dim]`, and store_kv_fp8.
+//
+// FP8 caches: the kernels are the bf16 ones templated on the cache element (`fp8`), which
+// widen e4m3 in registers (exactly: every e4m3 value is a bf16). The host folds the
+// layer's k_scale into `scale`; the fp8 kernels take `v_scale` and apply it to the output
+// (Σ p·(e·v_scale) = v_scale·Σ p·e); the bf16 ones pass 1.
 //
 // prefill_attention_d{D}: flash-attention-2. One CTA = 64 query rows of one sequence and
 //   one query head (4 warps × 16 rows); keys/values are streamed in 64-key tiles read through
@@ -23,6 +29,7 @@
 
 using namespace nvattn;
 typedef __nv_bfloat16 bf16;
+typedef __nv_fp8_e4m3 fp8;
 
 // Cache element offset of (key, kv_head) for one sequence's block table.
 __device__ __forceinline__ size_t cache_row(const uint32_t *block_table, uint32_t key,
@@ -34,6 +41,50 @@ __device__ __forceinline__ size_t cache_row(const uint32_t *block_table, uint32_
   return (slot * num_kv_heads + kv_head) * head_dim;
 }
 
+// How the decode kernel reads 8 consecutive cache elements of one lane: one vector load
+// (16 bytes of bf16, 8 bytes of e4m3), widened to f32 in registers.
+template <typename KV>
+struct CacheVec;
+template <>
+struct CacheVec<bf16> {
+  typedef uint4 Vec;
+  static __device__ __forceinline__ Vec load(const bf16 *p) {
+    return *reinterpret_cast<const uint4 *>(p);
+  }
+  static __device__ __forceinline__ void widen(const Vec &v, float (&out)[8]) {
+    bf16x8_to_f32(v, out);
+  }
+};
+template <>
+struct CacheVec<fp8> {
+  typedef uint2 Vec;
+  static __device__ __forceinline__ Vec load(const fp8 *p) {
+    return *reinterpret_cast<const uint2 *>(p);
+  }
+  static __device__ __forceinline__ void widen(const Vec &v, float (&out)[8]) {
+    fp8x8_to_f32(v, out);
+  }
+};
+
+// Writes k, v: bf16 [num_tokens, width] into an e4m3 cache as e4m3(x / scale) at the rows
+// slot_mapping names; −1 (padding) and slots outside the cache write nothing.
+extern "C" __global__ void store_kv_fp8(uint8_t *__restrict__ k_cache, uint8_t *__restrict__ v_cache,
+                                        const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+                                        const int64_t *__restrict__ slot_mapping,
+                                        long long num_tokens, int width, long long num_slots,
+                                        float k_scale, float v_scale) {
+  const long long n = num_tokens * width;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x) {
+    const long long t = i / width;
+    const long long j = i - t * width;
+    const int64_t slot = slot_mapping[t];
+    if (slot < 0 || slot >= num_slots) continue;
+    k_cache[slot * width + j] = f32_to_e4m3_scaled(__bfloat162float(k[i]), k_scale);
+    v_cache[slot * width + j] = f32_to_e4m3_scaled(__bfloat162float(v[i]), v_scale);
+  }
+}
+
 // ------------------------------------------------------------------------------------------
 // Prefill
 // ------------------------------------------------------------------------------------------
@@ -42,13 +93,26 @@ constexpr int PF_BM = 64;       // query rows per CTA (4 warps × 16)
 constexpr int PF_BN = 64;       // keys per tile
 constexpr int PF_THREADS = 128;
 
-template <int D>
+// One 8-element chunk of a K or V tile row into shared memory as bf16: an asynchronous
+// 16-byte copy from a bf16 cache (zeros when !valid), or 8 e4m3 bytes loaded and widened
+// (visible after the tile's __syncthreads).
+__device__ __forceinline__ void load_tile_chunk(bf16 *smem, const bf16 *cache, size_t off,
+                                                bool valid) {
+  cp_async_16(smem, cache + off, valid);
+}
+__device__ __forceinline__ void load_tile_chunk(bf16 *smem, const fp8 *cache, size_t off,
+                                                bool valid) {
+  const uint2 raw = valid ? *reinterpret_cast<const uint2 *>(cache + off) : make_uint2(0, 0);
+  *reinterpret_cast<uint4 *>(smem) = fp8x8_to_bf16x8(raw);
+}
+
+template <int D, typename KV>
 __device__ __forceinline__ void prefill_attention_impl(
-    const bf16 *__restrict__ q, const bf16 *__restrict__ k_cache,
-    const bf16 *__restrict__ v_cache, bf16 *__restrict__ out,
+    const bf16 *__restrict__ q, const KV *__restrict__ k_cache,
+    const KV *__restrict__ v_cache, bf16 *__restrict__ out,
     const uint32_t *__restrict__ cu_seqlens_q, const uint32_t *__restrict__ context_lens,
     const uint32_t *__restrict__ block_tables, int num_tokens, int max_blocks, int block_size,
-    int num_blocks, int num_heads, int num_kv_heads, float scale) {
+    int num_blocks, int num_heads, int num_kv_heads, float scale, float v_scale) {
   constexpr int STRIDE = D + 8;  // padded rows: conflict-free ldmatrix
   constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
   // The Q tile is staged in kq_smem, moved to registers, then K tiles reuse the space.
@@ -110,7 +174,7 @@ __device__ __forceinline__ void prefill_attention_impl(
       const size_t off = valid ? cache_row(block_table, kv0 + r, block_size, num_blocks,
                                            num_kv_heads, kv_head, D) + col
                                : 0;
-      cp_async_16(&kq_smem[r * STRIDE + col], k_cache + off, valid);
+      load_tile_chunk(&kq_smem[r * STRIDE + col], k_cache, off, valid);
     }
     cp_async_commit();
     for (int c = tid; c < PF_BN * CHUNKS; c += PF_THREADS) {
@@ -120,7 +184,7 @@ __device__ __forceinline__ void prefill_attention_impl(
                                            num_kv_heads, kv_head, D) + col
                                : 0;
       // Keys past the end are zero-filled: p = 0 there, and 0 · garbage could be NaN.
-      cp_async_16(&v_smem[r * STRIDE + col], v_cache + off, valid);
+      load_tile_chunk(&v_smem[r * STRIDE + col], v_cache, off, valid);
     }
     cp_async_commit();
     cp_async_wait<1>();  // K landed; V may still be in flight
@@ -212,7 +276,7 @@ __device__ __forceinline__ void prefill_attention_impl(
   for (int i = 0; i < 2; ++i) {
     const int r = row0 + warp * 16 + group + 8 * i;
     if (r >= q_len) continue;
-    const float inv = 1.f / row_sum[i];
+    const float inv = (1.f / row_sum[i]) * v_scale;
     bf16 *dst = out + (q_start + r) * q_row_stride + head * D + tig * 2;
 #pragma unroll
     for (int t = 0; t < D / 8; ++t)
@@ -227,9 +291,18 @@ __device__ __forceinline__ void prefill_attention_impl(
       const uint32_t *cu_seqlens_q, const uint32_t *context_lens,                            \
       const uint32_t *block_tables, int num_tokens, int max_blocks, int block_size,          \
       int num_blocks, int num_heads, int num_kv_heads, float scale) {                        \
-    prefill_attention_impl<D>(q, k_cache, v_cache, out, cu_seqlens_q, context_lens,         \
-                              block_tables, num_tokens, max_blocks, block_size, num_blocks,  \
-                              num_heads, num_kv_heads, scale);                               \
+    prefill_attention_impl<D, bf16>(q, k_cache, v_cache, out, cu_seqlens_q, context_lens,   \
+                                    block_tables, num_tokens, max_blocks, block_size,        \
+                                    num_blocks, num_heads, num_kv_heads, scale, 1.f);        \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(PF_THREADS) prefill_attention_fp8_d##D(      \
+      const bf16 *q, const fp8 *k_cache, const fp8 *v_cache, bf16 *out,                      \
+      const uint32_t *cu_seqlens_q, const uint32_t *context_lens,                            \
+      const uint32_t *block_tables, int num_tokens, int max_blocks, int block_size,          \
+      int num_blocks, int num_heads, int num_kv_heads, float scale, float v_scale) {         \
+    prefill_attention_impl<D, fp8>(q, k_cache, v_cache, out, cu_seqlens_q, context_lens,    \
+                                   block_tables, num_tokens, max_blocks, block_size,         \
+                                   num_blocks, num_heads, num_kv_heads, scale, v_scale);     \
   }
 
 PREFILL_KERNEL(64)
@@ -244,15 +317,16 @@ constexpr int DC_WARPS = DC_THREADS / 32;
 constexpr int DC_UNROLL = 4;  // keys in flight per thread
 
 // Dynamic shared memory: scores [G][partition_size], out [G][D], max [G], sum [G] (f32).
-template <int D, int MAXG>
+template <int D, int MAXG, typename KV>
 __device__ __forceinline__ void decode_attention_impl(
-    const bf16 *__restrict__ q, const bf16 *__restrict__ k_cache,
-    const bf16 *__restrict__ v_cache, bf16 *__restrict__ out, float *__restrict__ partial_acc,
+    const bf16 *__restrict__ q, const KV *__restrict__ k_cache,
+    const KV *__restrict__ v_cache, bf16 *__restrict__ out, float *__restrict__ partial_acc,
     float *__restrict__ partial_max, float *__restrict__ partial_sum,
     const uint32_t *__restrict__ context_lens, const uint32_t *__restrict__ block_tables,
     int max_blocks, int block_size, int num_blocks, int num_heads, int num_kv_heads,
-    int partition_size, int num_splits, float scale) {
-  constexpr int LANES = D / 8;               // threads per key row (16 bytes each)
+    int partition_size, int num_splits, float scale, float v_scale) {
+  typedef CacheVec<KV> CV;
+  constexpr int LANES = D / 8;               // threads per key row (8 elements each)
   constexpr int GROUPS = DC_THREADS / LANES;  // keys processed side by side
   extern __shared__ float dc_smem[];
 
@@ -298,15 +372,15 @@ __device__ __forceinline__ void decode_attention_impl(
   // Pass 1: scores. Iteration counts are uniform across the CTA (shuffles need every lane).
   const int iters = (len + GROUPS - 1) / GROUPS;
   for (int it0 = 0; it0 < iters; it0 += DC_UNROLL) {
-    uint4 kv[DC_UNROLL];
+    typename CV::Vec kv[DC_UNROLL];
 #pragma unroll
     for (int u = 0; u < DC_UNROLL; ++u) {
       const int i = (it0 + u) * GROUPS + key_group;
-      kv[u] = make_uint4(0, 0, 0, 0);
+      kv[u] = typename CV::Vec{};
       if (it0 + u < iters && i < len) {
         const size_t off = cache_row(block_table, start + i, block_size, num_blocks,
                                      num_kv_heads, kv_head, D);
-        kv[u] = *reinterpret_cast<const uint4 *>(k_cache + off + lane_in_row * 8);
+        kv[u] = CV::load(k_cache + off + lane_in_row * 8);
       }
     }
 #pragma unroll
@@ -314,7 +388,7 @@ __device__ __forceinline__ void decode_attention_impl(
       if (it0 + u >= iters) break;  // uniform across the CTA
       const int i = (it0 + u) * GROUPS + key_group;
       float k[8];
-      bf16x8_to_f32(kv[u], k);
+      CV::widen(kv[u], k);
 #pragma unroll
       for (int g = 0; g < MAXG; ++g) {
         if (g < G) {
@@ -358,15 +432,15 @@ __device__ __forceinline__ void decode_attention_impl(
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
   for (int it0 = 0; it0 < iters; it0 += DC_UNROLL) {
-    uint4 vv[DC_UNROLL];
+    typename CV::Vec vv[DC_UNROLL];
 #pragma unroll
     for (int u = 0; u < DC_UNROLL; ++u) {
       const int i = (it0 + u) * GROUPS + key_group;
-      vv[u] = make_uint4(0, 0, 0, 0);
+      vv[u] = typename CV::Vec{};
       if (it0 + u < iters && i < len) {
         const size_t off = cache_row(block_table, start + i, block_size, num_blocks,
                                      num_kv_heads, kv_head, D);
-        vv[u] = *reinterpret_cast<const uint4 *>(v_cache + off + lane_in_row * 8);
+        vv[u] = CV::load(v_cache + off + lane_in_row * 8);
       }
     }
 #pragma unroll
@@ -374,7 +448,7 @@ __device__ __forceinline__ void decode_attention_impl(
       const int i = (it0 + u) * GROUPS + key_group;
       if (it0 + u >= iters || i >= len) continue;
       float v[8];
-      bf16x8_to_f32(vv[u], v);
+      CV::widen(vv[u], v);
 #pragma unroll
       for (int g = 0; g < MAXG; ++g) {
         if (g < G) {
@@ -401,10 +475,11 @@ __device__ __forceinline__ void decode_attention_impl(
     const int g = idx / D, d = idx % D;
     const int h = kv_head * G + g;
     if (direct) {
-      out[seq * q_row_stride + h * D + d] = __float2bfloat16(out_smem[idx] / sum_smem[g]);
+      out[seq * q_row_stride + h * D + d] =
+          __float2bfloat16(out_smem[idx] / sum_smem[g] * v_scale);
     } else {
       const size_t part = ((size_t)seq * num_heads + h) * num_splits + split;
-      partial_acc[part * D + d] = out_smem[idx];
+      partial_acc[part * D + d] = out_smem[idx] * v_scale;
       if (d == 0) {
         partial_max[part] = max_smem[g];
         partial_sum[part] = sum_smem[g];
@@ -419,10 +494,21 @@ __device__ __forceinline__ void decode_attention_impl(
       float *partial_max, float *partial_sum, const uint32_t *context_lens,                  \
       const uint32_t *block_tables, int max_blocks, int block_size, int num_blocks,          \
       int num_heads, int num_kv_heads, int partition_size, int num_splits, float scale) {    \
-    decode_attention_impl<D, G>(q, k_cache, v_cache, out, partial_acc, partial_max,         \
-                                partial_sum, context_lens, block_tables, max_blocks,         \
-                                block_size, num_blocks, num_heads, num_kv_heads,             \
-                                partition_size, num_splits, scale);                          \
+    decode_attention_impl<D, G, bf16>(q, k_cache, v_cache, out, partial_acc, partial_max,   \
+                                      partial_sum, context_lens, block_tables, max_blocks,   \
+                                      block_size, num_blocks, num_heads, num_kv_heads,       \
+                                      partition_size, num_splits, scale, 1.f);               \
+  }                                                                                           \
+  extern "C" __global__ void __launch_bounds__(DC_THREADS) decode_attention_fp8_d##D##_g##G( \
+      const bf16 *q, const fp8 *k_cache, const fp8 *v_cache, bf16 *out, float *partial_acc,   \
+      float *partial_max, float *partial_sum, const uint32_t *context_lens,                  \
+      const uint32_t *block_tables, int max_blocks, int block_size, int num_blocks,          \
+      int num_heads, int num_kv_heads, int partition_size, int num_splits, float scale,      \
+      float v_scale) {                                                                        \
+    decode_attention_impl<D, G, fp8>(q, k_cache, v_cache, out, partial_acc, partial_max,    \
+                                     partial_sum, context_lens, block_tables, max_blocks,    \
+                                     block_size, num_blocks, num_heads, num_kv_heads,        \
+                                     partition_size, num_splits, scale, v_scale);            \
   }
 
 #define DECODE_KERNELS_D(D) \
@@ -459,7 +545,7 @@ extern "C" __global__ void decode_attention_combine(
 }
 
 // ------------------------------------------------------------------------------------------
-// Generic fallback: any head_dim, bf16 or f32 cache, prefill or decode.
+// Generic fallback: any head_dim, bf16, f32 or e4m3 cache, prefill or decode.
 // ------------------------------------------------------------------------------------------
 //
 // For shapes the fast kernels do not cover (head dims other than 64/128(/256), f32
@@ -471,6 +557,7 @@ constexpr int GN_THREADS = 128;
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(fp8 x) { return static_cast<float>(x); }
 
 // Block-wide max (is_max) or sum of one value per thread; every thread gets the result.
 __device__ __forceinline__ float block_reduce(float x, bool is_max, float *scratch) {
@@ -491,7 +578,7 @@ __device__ __forceinline__ void attention_generic_impl(
     bf16 *__restrict__ out, const uint32_t *__restrict__ cu_seqlens_q,
     const uint32_t *__restrict__ context_lens, const uint32_t *__restrict__ block_tables,
     int is_prefill, int num_seqs, int max_blocks, int block_size, int num_blocks,
-    int num_heads, int num_kv_heads, int head_dim, int max_keys, float scale) {
+    int num_heads, int num_kv_heads, int head_dim, int max_keys, float scale, float v_scale) {
   extern __shared__ float gn_smem[];
   float *scores = gn_smem;
   float *scratch = gn_smem + max_keys;
@@ -554,7 +641,7 @@ __device__ __forceinline__ void attention_generic_impl(
                                         kv_head, head_dim);
       acc = fmaf(scores[key], to_float(v[d]), acc);
     }
-    dst[d] = __float2bfloat16(acc / sum);
+    dst[d] = __float2bfloat16(acc / sum * v_scale);
   }
 }
 
@@ -568,8 +655,19 @@ __device__ __forceinline__ void attention_generic_impl(
     attention_generic_impl<KV>(q, k_cache, v_cache, out, cu_seqlens_q, context_lens,        \
                                block_tables, is_prefill, num_seqs, max_blocks, block_size,   \
                                num_blocks, num_heads, num_kv_heads, head_dim, max_keys,      \
-                               scale);                                                       \
+                               scale, 1.f);                                                  \
   }
 
 GENERIC_KERNEL(attention_generic_bf16, bf16)
 GENERIC_KERNEL(attention_generic_f32, float)
+
+extern "C" __global__ void __launch_bounds__(GN_THREADS) attention_generic_fp8(
+    const bf16 *q, const fp8 *k_cache, const fp8 *v_cache, bf16 *out,
+    const uint32_t *cu_seqlens_q, const uint32_t *context_lens, const uint32_t *block_tables,
+    int is_prefill, int num_seqs, int max_blocks, int block_size, int num_blocks,
+    int num_heads, int num_kv_heads, int head_dim, int max_keys, float scale, float v_scale) {
+  attention_generic_impl<fp8>(q, k_cache, v_cache, out, cu_seqlens_q, context_lens,
+                              block_tables, is_prefill, num_seqs, max_blocks, block_size,
+                              num_blocks, num_heads, num_kv_heads, head_dim, max_keys, scale,
+                              v_scale);
+}

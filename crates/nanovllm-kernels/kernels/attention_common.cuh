@@ -1,4 +1,4 @@
-// Device helpers shared by attention.cu and moe.cu: bf16 vector conversion, warp
+// Device helpers shared by attention.cu and moe.cu: bf16 and e4m3 vector conversion, warp
 // reductions, cp.async copies and the m16n8k16 bf16 tensor-core MMA with its ldmatrix
 // fragment loads (sm_80+).
 //
@@ -10,6 +10,8 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
 
 namespace nvattn {
@@ -25,10 +27,37 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4 &v, float (&out)[8]) {
   }
 }
 
+// 8 e4m3 bytes (one 8-byte vector) widened to f32, exactly (through f16, which holds every
+// e4m3 value; the NaN codes stay NaN).
+__device__ __forceinline__ void fp8x8_to_f32(const uint2 &v, float (&out)[8]) {
+  const __nv_fp8x2_storage_t *pairs = reinterpret_cast<const __nv_fp8x2_storage_t *>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pairs[i], __NV_E4M3)));
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
 // Two f32 packed as bf16x2 (round to nearest even), low half = `lo`.
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t *>(&h);
+}
+
+// 8 e4m3 bytes as 8 bf16 (one 16-byte vector): exact, since every e4m3 value is a bf16.
+__device__ __forceinline__ uint4 fp8x8_to_bf16x8(const uint2 &v) {
+  float f[8];
+  fp8x8_to_f32(v, f);
+  return make_uint4(pack_bf16x2(f[0], f[1]), pack_bf16x2(f[2], f[3]), pack_bf16x2(f[4], f[5]),
+                    pack_bf16x2(f[6], f[7]));
+}
+
+// The e4m3 byte of x / scale: a correctly rounded division whatever the math flags (every
+// backend stores exactly e4m3(x / scale)), then round to nearest even, saturating at ±448
+// (NaN stays NaN, 0x7f).
+__device__ __forceinline__ uint8_t f32_to_e4m3_scaled(float x, float scale) {
+  return (uint8_t)__nv_cvt_float_to_fp8(__fdiv_rn(x, scale), __NV_SATFINITE, __NV_E4M3);
 }
 
 __device__ __forceinline__ float warp_max(float x) {

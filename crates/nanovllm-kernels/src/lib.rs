@@ -52,6 +52,6 @@ pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use dtype::{Block, DType};
 pub use error::{KernelError, Result};
-pub use kv_cache::{KvCache, LayerKvCache};
+pub use kv_cache::{KvCache, KvScales, LayerKvCache};
 pub use sampling::{Penalties, RowLogprobs, SampleOutput, SamplingRow, NO_FINITE_LOGIT};
 pub use tensor::{CpuStorage, Storage, Tensor, TensorParts, INLINE_DIMS};

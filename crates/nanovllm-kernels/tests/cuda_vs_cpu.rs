@@ -176,10 +176,7 @@ impl Case {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
 
         let cpu = CpuBackend::new();
-        let cpu_cache = LayerKvCache {
-            k: inputs.k_cache.clone(),
-            v: inputs.v_cache.clone(),
-        };
+        let cpu_cache = LayerKvCache::new(inputs.k_cache.clone(), inputs.v_cache.clone());
         let q_cpu = f32_tensor(&inputs.q, &[inputs.rows, width]);
         let want = if prefill {
             cpu.prefill_attention(&q_cpu, &kv_new, &kv_new, &cpu_cache, &meta, scale)
@@ -188,10 +185,7 @@ impl Case {
         }
         .unwrap_or_else(|e| panic!("cpu {self:?}: {e}"));
 
-        let gpu_cache = LayerKvCache {
-            k: up(be, &inputs.k_cache),
-            v: up(be, &inputs.v_cache),
-        };
+        let gpu_cache = LayerKvCache::new(up(be, &inputs.k_cache), up(be, &inputs.v_cache));
         let gpu_meta = AttentionMetadata {
             cu_seqlens_q: up(be, &meta.cu_seqlens_q),
             context_lens: up(be, &meta.context_lens),

@@ -21,7 +21,7 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use nanovllm_kernels::{Backend, KvCache, Tensor};
+use nanovllm_kernels::{Backend, KvCache, KvScales, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -289,6 +289,14 @@ impl<F: FeedForward> Model for DecoderLm<F> {
             num_kv_heads: self.num_kv_heads,
             head_dim: self.config.head_dim,
         }
+    }
+
+    fn kv_cache_scales(&self) -> Option<Vec<KvScales>> {
+        let scales = self.layers.iter().map(|l| l.self_attn.kv_scales());
+        if scales.clone().all(|s| s.is_none()) {
+            return None;
+        }
+        Some(scales.map(Option::unwrap_or_default).collect())
     }
 
     fn forward_hidden(

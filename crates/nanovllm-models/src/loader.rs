@@ -446,6 +446,15 @@ impl<'a> WeightLoader<'a> {
         self.source.contains(name)
     }
 
+    /// A scalar tensor (shape `[]` or `[1]`, as checkpoints store per-tensor scales) as
+    /// f32, read on the host and recorded as used.
+    pub fn scalar(&self, name: &str) -> Result<f32, ModelError> {
+        let host = self
+            .read(name, &[], &Slice::Full)
+            .or_else(|_| self.read(name, &[1], &Slice::Full))?;
+        Ok(host.to_vec_f32()?[0])
+    }
+
     /// The whole tensor, replicated on every rank.
     pub fn full(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         self.upload(self.read(name, shape, &Slice::Full)?)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use nanovllm_kernels::{AttentionMetadata, Backend, Communicator, KvCache, Tensor};
+use nanovllm_kernels::{AttentionMetadata, Backend, Communicator, KvCache, KvScales, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -52,6 +52,12 @@ pub struct ModelContext {
 pub trait Model: Send + Sync {
     fn config(&self) -> &ModelConfig;
     fn kv_cache_spec(&self) -> KvCacheSpec;
+    /// The FP8 KV-cache scales the checkpoint names (`k_scale`/`v_scale`), one pair per
+    /// layer (1.0 for a layer without them), or `None` when it names none. The engine
+    /// applies them to an FP8 cache only.
+    fn kv_cache_scales(&self) -> Option<Vec<KvScales>> {
+        None
+    }
     /// Runs all layers and the final norm: stores the new tokens' K/V in `kv_cache` and
     /// returns the normalised hidden states `[T, hidden_size]` (activation dtype) of all
     /// packed rows. Rows whose slot is −1 (graph padding) write no KV.

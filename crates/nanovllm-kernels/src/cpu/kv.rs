@@ -1,11 +1,17 @@
 //! The paged KV cache as the CPU kernels see it, and `store_kv`.
 //!
-//! Layout per layer: `k, v: [num_blocks, block_size, kv_heads, head_dim]`, f32 or bf16
-//! (bf16 halves the memory; stores round to nearest, reads widen exactly). Slot `s` is
-//! row `s` of the `[num_blocks * block_size, kv_heads * head_dim]` view.
+//! Layout per layer: `k, v: [num_blocks, block_size, kv_heads, head_dim]`, f32, bf16 or
+//! FP8 e4m3 (bf16 halves the memory, e4m3 quarters it; stores round to nearest even,
+//! reads widen exactly). Slot `s` is row `s` of the `[num_blocks * block_size, kv_heads *
+//! head_dim]` view. An e4m3 cache stores `e4m3(x / scale)` with the layer's
+//! [`KvScales`](crate::KvScales); its elements read back as the e4m3 values times 2⁻⁸
+//! ([`E4m3::READ_UNIT`], the cheapest exact widening), and the attention kernels apply
+//! the scales and the 2⁸ outside the loops (`k_scale` folded into the softmax scale,
+//! `v_scale` into the output).
 
 use half::bf16;
 
+use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::kv_cache::LayerKvCache;
 use crate::tensor::{CpuStorage, Tensor};
@@ -13,6 +19,7 @@ use crate::validate;
 
 use super::check;
 use super::convert::bf16_bits_to_f32;
+use super::fp8_encode::f32_to_e4m3_fast;
 
 /// An element type the KV cache may hold.
 pub(crate) trait KvElem: Copy + Send + Sync + 'static {
@@ -87,6 +94,94 @@ impl KvElem for bf16 {
     }
 }
 
+/// One FP8 e4m3 element of the cache: its byte (see [`crate::quant::fp8`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
+pub(crate) struct E4m3(pub u8);
+
+impl E4m3 {
+    /// What [`KvElem::row_f32`] and [`KvElem::load8`] of an e4m3 cache return, per unit of
+    /// the stored value: `value · 2⁻⁸`, exactly (every e4m3 value times 2⁻⁸ is an f16, the
+    /// form F16C widens). The attention kernels multiply the 2⁸ back together with the
+    /// layer's scales, outside the loops.
+    pub(crate) const READ_UNIT: f32 = 1.0 / 256.0;
+}
+
+impl KvElem for E4m3 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        E4m3(f32_to_e4m3_fast(x))
+    }
+    /// `value · 2⁻⁸` ([`E4m3::READ_UNIT`]) by branch-free bit arithmetic the compiler
+    /// vectorises (a table lookup would not be): a normal code's exponent and mantissa
+    /// bits, shifted into an f32 and rebiased, are its value; a subnormal code `m` is
+    /// `m · 2⁻⁹`; magnitude `0x7f` is NaN.
+    #[inline(always)]
+    fn row_f32<'a>(row: &'a [E4m3], scratch: &'a mut [f32]) -> &'a [f32] {
+        let out = &mut scratch[..row.len()];
+        for (d, &E4m3(b)) in out.iter_mut().zip(row) {
+            let magnitude = (b & 0x7f) as u32;
+            // Bias 127 - 7 for the value, 8 less for the unit.
+            let normal = f32::from_bits((magnitude << 20) + ((127 - 7 - 8) << 23));
+            let subnormal = magnitude as f32 * (E4m3::READ_UNIT / 512.0);
+            let value = if magnitude == 0x7f {
+                f32::NAN
+            } else if magnitude >= 8 {
+                normal
+            } else {
+                subnormal
+            };
+            *d = f32::from_bits(value.to_bits() | ((b & 0x80) as u32) << 24);
+        }
+        out
+    }
+    #[inline(always)]
+    fn as_f32(_elems: &[E4m3]) -> Option<&[f32]> {
+        None
+    }
+    /// `value · 2⁻⁸` ([`E4m3::READ_UNIT`]), exact, NaN included: the byte sign-extended
+    /// to 16 bits and shifted left by 7 puts its sign in bit 15 and its exponent and
+    /// mantissa in bits 13..7 (bit 14, a copy of the sign, is cleared): `s 0eeee mmm0000000`
+    /// is the f16 of the value · 2⁻⁸ (the exponent biases differ by 8, subnormals line up
+    /// too), widened by F16C. The NaN codes (magnitude `0x7f`) would land on a finite f16,
+    /// so bit 14 is set for them (an all-ones exponent). Six vector operations.
+    ///
+    /// # Safety
+    /// As [`KvElem::load8`], and F16C is available too ([`has_avx2_fma_f16c`]).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const E4m3) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees AVX2, F16C and 8 readable bytes at `p`: the 64-bit
+        // unaligned load reads exactly those.
+        unsafe {
+            let bytes = _mm_cvtepi8_epi16(_mm_loadl_epi64(p.cast()));
+            let half = _mm_and_si128(_mm_slli_epi16::<7>(bytes), _mm_set1_epi16(0xbf80u16 as i16));
+            let nan = _mm_cmpeq_epi16(
+                _mm_and_si128(bytes, _mm_set1_epi16(0x7f)),
+                _mm_set1_epi16(0x7f),
+            );
+            _mm256_cvtph_ps(_mm_or_si128(
+                half,
+                _mm_and_si128(nan, _mm_set1_epi16(0x4000)),
+            ))
+        }
+    }
+}
+
+/// Whether the CPU has AVX2, FMA and F16C: what the in-place AVX2 attention kernels need
+/// (F16C widens an e4m3 cache; every AVX2 CPU has it).
+pub(crate) fn has_avx2_fma_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Dimensions of one layer's cache, read from (and checked against) its tensors.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CacheGeometry {
@@ -131,6 +226,7 @@ impl CacheGeometry {
 pub(crate) enum KvBuffers<'a> {
     F32(&'a [f32], &'a [f32]),
     BF16(&'a [bf16], &'a [bf16]),
+    E4M3(&'a [E4m3], &'a [E4m3]),
 }
 
 impl<'a> KvBuffers<'a> {
@@ -138,6 +234,19 @@ impl<'a> KvBuffers<'a> {
         match (cache.k.cpu(op)?, cache.v.cpu(op)?) {
             (CpuStorage::F32(k), CpuStorage::F32(v)) => Ok(KvBuffers::F32(k, v)),
             (CpuStorage::BF16(k), CpuStorage::BF16(v)) => Ok(KvBuffers::BF16(k, v)),
+            (
+                CpuStorage::Bytes {
+                    dtype: DType::F8E4M3,
+                    bytes: k,
+                },
+                CpuStorage::Bytes {
+                    dtype: DType::F8E4M3,
+                    bytes: v,
+                },
+            ) => Ok(KvBuffers::E4M3(
+                bytemuck::cast_slice(k),
+                bytemuck::cast_slice(v),
+            )),
             (k, _) => Err(unsupported_cache(op, k)),
         }
     }
@@ -147,7 +256,7 @@ fn unsupported_cache(op: &'static str, storage: &CpuStorage) -> KernelError {
     KernelError::WrongDType {
         op,
         arg: "cache",
-        expected: "f32 or bf16",
+        expected: "f32, bf16 or f8_e4m3",
         got: storage.dtype(),
     }
 }
@@ -155,8 +264,9 @@ fn unsupported_cache(op: &'static str, storage: &CpuStorage) -> KernelError {
 const OP: &str = "store_kv";
 
 /// Writes `k, v: f32 [T, kv_heads * head_dim]` into the cache rows named by
-/// `slot_mapping: I64 [T]`; −1 writes nothing. All slots are validated before any write,
-/// so an error leaves the cache untouched.
+/// `slot_mapping: I64 [T]`; −1 writes nothing. An e4m3 cache stores `e4m3(k / k_scale)`
+/// and `e4m3(v / v_scale)` (round to nearest even, saturating at ±448). All slots are
+/// validated before any write, so an error leaves the cache untouched.
 pub(crate) fn store_kv(
     k: &Tensor,
     v: &Tensor,
@@ -189,33 +299,94 @@ pub(crate) fn store_kv(
         }
     }
 
+    let scales = cache.effective_scales();
     let LayerKvCache {
         k: cache_k,
         v: cache_v,
+        ..
     } = cache;
     match (cache_k.cpu_mut(OP)?, cache_v.cpu_mut(OP)?) {
         (CpuStorage::F32(dk), CpuStorage::F32(dv)) => {
-            write_rows(ks, dk, slots, width);
-            write_rows(vs, dv, slots, width);
+            write_rows(ks, dk, slots, width, 1.0);
+            write_rows(vs, dv, slots, width, 1.0);
         }
         (CpuStorage::BF16(dk), CpuStorage::BF16(dv)) => {
-            write_rows(ks, dk, slots, width);
-            write_rows(vs, dv, slots, width);
+            write_rows(ks, dk, slots, width, 1.0);
+            write_rows(vs, dv, slots, width, 1.0);
+        }
+        (
+            CpuStorage::Bytes {
+                dtype: DType::F8E4M3,
+                bytes: dk,
+            },
+            CpuStorage::Bytes {
+                dtype: DType::F8E4M3,
+                bytes: dv,
+            },
+        ) => {
+            write_rows::<E4m3>(ks, bytemuck::cast_slice_mut(dk), slots, width, scales.k);
+            write_rows::<E4m3>(vs, bytemuck::cast_slice_mut(dv), slots, width, scales.v);
         }
         (dk, _) => return Err(unsupported_cache(OP, dk)),
     }
     Ok(())
 }
 
-/// Copies row `t` of `src` to row `slots[t]` of `dst` (slots already validated).
-fn write_rows<T: KvElem>(src: &[f32], dst: &mut [T], slots: &[i64], width: usize) {
+/// Stores row `t` of `src`, divided by `scale`, as row `slots[t]` of `dst` (slots already
+/// validated). A true division, not a multiplication by the reciprocal: every backend
+/// stores exactly `e4m3(x / scale)`.
+fn write_rows<T: KvElem>(src: &[f32], dst: &mut [T], slots: &[i64], width: usize, scale: f32) {
     for (t, &slot) in slots.iter().enumerate() {
         if slot < 0 {
             continue;
         }
         let dst_row = &mut dst[slot as usize * width..(slot as usize + 1) * width];
-        for (d, &s) in dst_row.iter_mut().zip(&src[t * width..(t + 1) * width]) {
-            *d = T::from_f32(s);
+        let src_row = &src[t * width..(t + 1) * width];
+        if scale == 1.0 {
+            // x / 1 = x exactly: the same values without a division per element.
+            for (d, &s) in dst_row.iter_mut().zip(src_row) {
+                *d = T::from_f32(s);
+            }
+        } else {
+            for (d, &s) in dst_row.iter_mut().zip(src_row) {
+                *d = T::from_f32(s / scale);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::fp8::e4m3_to_f32;
+
+    /// All 256 bytes, through the AVX2 widening and the portable row widening: bit for
+    /// bit the reference value times [`E4m3::READ_UNIT`] (NaN for the two NaN codes).
+    #[test]
+    fn e4m3_widening_is_exact_for_every_byte() {
+        let bytes: Vec<E4m3> = (0..=255u8).map(E4m3).collect();
+        let check = |got: &[f32], how: &str| {
+            for (b, &x) in got.iter().enumerate() {
+                let want = e4m3_to_f32(b as u8) * E4m3::READ_UNIT;
+                assert!(
+                    x.to_bits() == want.to_bits() || (x.is_nan() && want.is_nan()),
+                    "{how}: byte {b:#04x} gave {x}, want {want}"
+                );
+            }
+        };
+        let mut scratch = vec![0.0f32; 256];
+        check(E4m3::row_f32(&bytes, &mut scratch), "row_f32");
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            let mut got = vec![0.0f32; 256];
+            for (src, dst) in bytes.chunks_exact(8).zip(got.chunks_exact_mut(8)) {
+                // SAFETY: AVX2 and F16C checked above; `src` holds the 8 bytes read and
+                // `dst` the 8 floats written.
+                unsafe {
+                    std::arch::x86_64::_mm256_storeu_ps(dst.as_mut_ptr(), E4m3::load8(src.as_ptr()))
+                };
+            }
+            check(&got, "load8");
         }
     }
 }

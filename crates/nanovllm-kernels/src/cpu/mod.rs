@@ -14,6 +14,7 @@ pub mod buffer_pool;
 mod check;
 mod convert;
 mod embedding;
+mod fp8_encode;
 mod gemv;
 mod heap;
 mod huge_pages;
@@ -116,6 +117,7 @@ impl Backend for CpuBackend {
             Storage::Cpu(CpuStorage::F32(v)) => huge_pages::advise(v),
             Storage::Cpu(CpuStorage::BF16(v)) => huge_pages::advise(v),
             Storage::Cpu(CpuStorage::F16(v)) => huge_pages::advise(v),
+            Storage::Cpu(CpuStorage::Bytes { bytes, .. }) => huge_pages::advise(bytes),
             _ => {}
         }
         Ok(tensor)

@@ -6,7 +6,10 @@
 //!   head, context split) serving the whole GQA group, then `decode_attention_combine`
 //!   when the context is split ([`plan::decode_plan`]).
 //! - Anything else (head_dim not 64/128(/256 decode), f32 cache, GQA group > 16):
-//!   `attention_generic_{bf16,f32}`, exact but slow.
+//!   `attention_generic_{bf16,f32,fp8}`, exact but slow.
+//! - An FP8 (e4m3) cache runs the `*_fp8_*` instantiations of the same kernels, which
+//!   widen e4m3 in registers; the layer's `k_scale` is folded into `scale` here and
+//!   `v_scale` is their extra last argument.
 //!
 //! Invariants: `q` and the output are bf16 `[rows, heads * head_dim]`; metadata tensors are
 //! U32 on the device. Grids are sized from shapes and the host upper bounds
@@ -51,6 +54,8 @@ pub(crate) fn prefill_attention(
         return be.alloc_zeros(&[rows, heads * geometry.head_dim], DType::BF16);
     }
     let mut out = be.alloc(&[rows, heads * geometry.head_dim], DType::BF16)?;
+    let scales = cache.effective_scales();
+    let scale = scale * scales.k;
     match plan::prefill_kernel(geometry.head_dim, geometry.dtype) {
         Some(name) => {
             let (tiles, grid_heads, seqs) =
@@ -89,8 +94,12 @@ pub(crate) fn prefill_attention(
                 .arg(&heads_i)
                 .arg(&kv_heads)
                 .arg(&scale);
-            // SAFETY: the arguments match the kernel's signature in attention.cu; shapes
-            // were validated above and the kernel bounds every device-data-driven index.
+            if geometry.dtype == DType::F8E4M3 {
+                launch.arg(&scales.v);
+            }
+            // SAFETY: the arguments match the kernel's signature in attention.cu (the fp8
+            // one also takes `v_scale`); shapes were validated above and the kernel bounds
+            // every device-data-driven index.
             unsafe { launch.launch(cfg) }.map_err(cuda_err(OP))?;
         }
         None => generic(
@@ -117,6 +126,8 @@ pub(crate) fn decode_attention(
         return be.alloc_zeros(&[0, heads * head_dim], DType::BF16);
     }
     let mut out = be.alloc(&[rows, heads * head_dim], DType::BF16)?;
+    let scales = cache.effective_scales();
+    let scale = scale * scales.k;
     let group = heads / geometry.kv_heads;
     let Some(name) = plan::decode_kernel(head_dim, group, geometry.dtype) else {
         generic(
@@ -176,8 +187,12 @@ pub(crate) fn decode_attention(
             .arg(&ints.partition_size)
             .arg(&ints.num_splits)
             .arg(&scale);
-        // SAFETY: the arguments match `decode_attention_d{D}_g{G}`; the dynamic shared
-        // memory is what the plan computed for this group, head_dim and partition.
+        if geometry.dtype == DType::F8E4M3 {
+            launch.arg(&scales.v);
+        }
+        // SAFETY: the arguments match `decode_attention_{,fp8_}d{D}_g{G}` (the fp8 one
+        // also takes `v_scale`); the dynamic shared memory is what the plan computed for
+        // this group, head_dim and partition.
         unsafe { launch.launch(cfg) }.map_err(cuda_err(OP))?;
     }
     if plan.num_splits > 1 {
@@ -223,7 +238,8 @@ struct DecodeInts {
     num_splits: i32,
 }
 
-/// The generic kernel (any head_dim, bf16 or f32 cache): one CTA per (query row, head).
+/// The generic kernel (any head_dim, bf16, f32 or e4m3 cache): one CTA per (query row,
+/// head). `scale` already includes an FP8 cache's `k_scale`.
 #[allow(clippy::too_many_arguments)]
 fn generic(
     be: &CudaBackend,
@@ -248,10 +264,7 @@ fn generic(
             meta.max_context_len, geometry.head_dim, geometry.dtype
         ),
     })?;
-    let name = match geometry.dtype {
-        DType::F32 => "attention_generic_f32",
-        _ => "attention_generic_bf16",
-    };
+    let name = plan::generic_kernel(geometry.dtype);
     let cfg = LaunchConfig {
         grid_dim: (
             grid_u32(op, "rows", rows, u32::MAX as usize)?,
@@ -286,8 +299,13 @@ fn generic(
         launch.arg(value);
     }
     launch.arg(&scale);
-    // SAFETY: the arguments match `attention_generic_*`; the scores of up to `max_keys`
-    // keys fit the dynamic shared memory, and the kernel clamps every key count to it.
+    let v_scale = cache.effective_scales().v;
+    if geometry.dtype == DType::F8E4M3 {
+        launch.arg(&v_scale);
+    }
+    // SAFETY: the arguments match `attention_generic_*` (the fp8 one also takes
+    // `v_scale`); the scores of up to `max_keys` keys fit the dynamic shared memory, and
+    // the kernel clamps every key count to it.
     unsafe { launch.launch(cfg) }.map_err(cuda_err(op))?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! The paged KV cache on the device, and `store_kv` (`store_kv_*`).
 //!
-//! Layout per layer: `k, v: [num_blocks, block_size, kv_heads, head_dim]`, bf16 or f32;
-//! slot `s` is row `s` of the `[num_blocks * block_size, kv_heads * head_dim]` view.
+//! Layout per layer: `k, v: [num_blocks, block_size, kv_heads, head_dim]`, bf16, f32 or
+//! FP8 e4m3; slot `s` is row `s` of the `[num_blocks * block_size, kv_heads * head_dim]`
+//! view. An e4m3 cache stores `e4m3(x / scale)` with the layer's scales
+//! (`store_kv_fp8` in attention.cu; the division is correctly rounded, the encoding
+//! rounds to nearest even and saturates, as the CPU's).
 //! Slots are checked before any write (through their known value range,
 //! `CudaBackend::index_range`) unless a graph is being captured, so a rejected call leaves
 //! the cache untouched; the kernel itself skips −1 (padding) and any slot outside the
@@ -32,11 +35,11 @@ impl CacheGeometry {
     pub(crate) fn of(op: &'static str, cache: &LayerKvCache) -> Result<Self> {
         let [num_blocks, block_size, kv_heads, head_dim] = validate::kv::cache_dims(op, cache)?;
         let dtype = cache.k.dtype();
-        if cache.v.dtype() != dtype || !matches!(dtype, DType::BF16 | DType::F32) {
+        if cache.v.dtype() != dtype || !matches!(dtype, DType::BF16 | DType::F32 | DType::F8E4M3) {
             return Err(KernelError::Invalid {
                 op,
                 msg: format!(
-                    "cache.k is {} and cache.v is {}; both must be bf16, or both f32",
+                    "cache.k is {} and cache.v is {}; both must be bf16, both f32 or both f8_e4m3",
                     dtype,
                     cache.v.dtype()
                 ),
@@ -99,8 +102,10 @@ pub(crate) fn store_kv(
     let num_slots_i = num_slots as i64;
     let name = match geometry.dtype {
         DType::F32 => "store_kv_f32",
+        DType::F8E4M3 => "store_kv_fp8",
         _ => "store_kv_bf16",
     };
+    let scales = cache.effective_scales();
     let f = be.function(name)?;
     let mut launch = be.stream().launch_builder(&f);
     launch
@@ -112,7 +117,11 @@ pub(crate) fn store_kv(
         .arg(&num_tokens_i)
         .arg(&width_i)
         .arg(&num_slots_i);
-    // SAFETY: matches `store_kv_*`; the kernel skips slots outside 0..num_slots.
+    if geometry.dtype == DType::F8E4M3 {
+        launch.arg(&scales.k).arg(&scales.v);
+    }
+    // SAFETY: matches `store_kv_*` (`store_kv_fp8` also takes the two scales); the kernel
+    // skips slots outside 0..num_slots.
     unsafe { launch.launch(elementwise(num_tokens * width)) }.map_err(cuda_err(OP))?;
     Ok(())
 }

@@ -263,6 +263,7 @@ fn small_scenario(heads: usize, kv_heads: usize) -> Scenario {
         head_dim: 8,
         block_size: 4,
         cache_dtype: DType::F32,
+        kv_scales: crate::KvScales::UNIT,
         seqs: vec![(6, 6), (9, 2)],
         seed: 95,
     }

@@ -76,6 +76,8 @@ macro_rules! backend_test_suite {
             paged::decode_attention_bf16_cache,
             paged::decode_matches_prefill_last_token,
             paged::decode_zero_context_gives_zeros,
+            paged::prefill_attention_fp8_cache,
+            paged::decode_attention_fp8_cache,
             moe::route_matches_reference,
             moe::route_picks_largest_and_breaks_ties_by_lower_id,
             moe::route_rejects_bad_inputs,

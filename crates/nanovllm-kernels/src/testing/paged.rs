@@ -4,8 +4,14 @@
 //! shuffled, non-contiguous block tables (padded with garbage ids), stores a cached
 //! prefix in an "earlier step" and the new tokens in this one, and keeps the logical
 //! K/V of every sequence for the reference, which never looks at the cache.
+//!
+//! An FP8 (e4m3) cache is tested with non-unit scales (some values saturate at ±448):
+//! the reference keeps `e4m3(x / scale) · scale`, exactly what the cache holds, computed
+//! with the scalar reference encoder [`crate::quant::fp8`], so the attention tolerance
+//! still covers only the attention arithmetic.
 
-use crate::{AttentionMetadata, Backend, DType, KvCache, Tensor};
+use crate::quant::fp8::{e4m3_to_f32, f32_to_e4m3};
+use crate::{AttentionMetadata, Backend, DType, KvCache, KvScales, Tensor};
 
 use super::check::{
     activation, assert_close, host_f32, host_u32, round_to, rounded, upload_i64, upload_u32, widen,
@@ -22,6 +28,8 @@ pub struct Scenario {
     pub head_dim: usize,
     pub block_size: usize,
     pub cache_dtype: DType,
+    /// The cache's scales (used by an FP8 cache only).
+    pub kv_scales: KvScales,
     /// `(context_len, q_len)` per sequence: the first `context_len − q_len` tokens are a
     /// cached prefix, the last `q_len` are this step's queries.
     pub seqs: Vec<(usize, usize)>,
@@ -59,8 +67,17 @@ impl Scenario {
             head_dim: 128,
             block_size: 16,
             cache_dtype,
+            kv_scales: KvScales::UNIT,
             seqs,
             seed,
+        }
+    }
+
+    /// [`Scenario::qwen3_0_6b`] on an FP8 cache with [`FP8_SCALES`].
+    pub fn qwen3_0_6b_fp8(seqs: Vec<(usize, usize)>, seed: u64) -> Self {
+        Self {
+            kv_scales: FP8_SCALES,
+            ..Self::qwen3_0_6b(DType::F8E4M3, seqs, seed)
         }
     }
 
@@ -110,6 +127,9 @@ impl Scenario {
             self.cache_dtype,
         )
         .unwrap_or_else(|e| panic!("allocating the KV cache: {e}"));
+        cache
+            .set_scales(&[self.kv_scales])
+            .unwrap_or_else(|e| panic!("setting the KV-cache scales: {e}"));
 
         // Gathers the tokens `range(ctx, q_len)` of every sequence: K, V rows and slots.
         let gather = |range: &dyn Fn(usize, usize) -> (usize, usize)| {
@@ -168,7 +188,9 @@ impl Scenario {
             max_seqlen_q: self.seqs.iter().map(|&(_, q)| q).max().unwrap_or(0),
             max_context_len: self.seqs.iter().map(|&(c, _)| c).max().unwrap_or(0),
         };
-        let as_cached = |x: &Vec<f32>| -> Vec<f32> { rounded(self.cache_dtype, &rounded(act, x)) };
+        let as_cached = |x: &Vec<f32>, scale: f32| -> Vec<f32> {
+            cached(self.cache_dtype, scale, &rounded(act, x))
+        };
         Built {
             cache,
             meta,
@@ -176,8 +198,14 @@ impl Scenario {
             k_new,
             v_new,
             q_ref,
-            keys: raw_k.iter().map(as_cached).collect(),
-            values: raw_v.iter().map(as_cached).collect(),
+            keys: raw_k
+                .iter()
+                .map(|k| as_cached(k, self.kv_scales.k))
+                .collect(),
+            values: raw_v
+                .iter()
+                .map(|v| as_cached(v, self.kv_scales.v))
+                .collect(),
             scale: 1.0 / (self.head_dim as f32).sqrt(),
         }
     }
@@ -201,6 +229,28 @@ impl Scenario {
         }
         out
     }
+}
+
+/// Scales of the FP8-cache tests: K values of magnitude ≤ 1 stored up to ±27, V values
+/// up to ±476, so those above 0.94 saturate at ±448 (both encoder branches are used).
+pub const FP8_SCALES: KvScales = KvScales {
+    k: 0.037,
+    v: 0.0021,
+};
+
+/// The values a cache of `dtype` holds for `xs` and reads back: rounded to bf16, or
+/// `e4m3(x / scale) · scale` (the scalar reference encoder), or `xs` themselves.
+pub fn cached(dtype: DType, scale: f32, xs: &[f32]) -> Vec<f32> {
+    match dtype {
+        DType::F8E4M3 => xs.iter().map(|&x| e4m3_stored(x, scale) * scale).collect(),
+        _ => rounded(dtype, xs),
+    }
+}
+
+/// The e4m3 value an FP8 cache with `scale` stores for `x` (before the scale is applied
+/// on reading).
+fn e4m3_stored(x: f32, scale: f32) -> f32 {
+    e4m3_to_f32(f32_to_e4m3(x / scale))
 }
 
 /// Attention tolerance vs f64 with full softmax: 1e-5 absolute + 1e-5 relative (outputs
@@ -253,15 +303,27 @@ fn check_decode(backend: &dyn Backend, scenario: &Scenario) {
 /// not multiples of a vector chunk.
 const GQA: [(usize, usize, usize); 3] = [(4, 4, 32), (4, 2, 24), (8, 2, 40)];
 
-/// Exact on f32 caches; one rounding to the cache dtype otherwise. Slots of −1 write
-/// nothing and every untouched slot stays zero; a later store overwrites.
+/// Exact on f32 caches; one rounding to the cache dtype otherwise (an FP8 cache holds
+/// `e4m3(x / scale)` with its layer's scales, read back here without them). Slots of −1
+/// write nothing and every untouched slot stays zero; a later store overwrites.
 pub fn store_kv_writes_slots_skips_minus_one(backend: &dyn Backend) {
     let mut rng = Rng::new(20);
     let (num_blocks, bs, kv_heads, head_dim) = (6, 4, 2, 8);
     let (width, num_slots) = (kv_heads * head_dim, num_blocks * bs);
-    for cache_dtype in [DType::F32, DType::BF16] {
+    for cache_dtype in [DType::F32, DType::BF16, DType::F8E4M3] {
         let mut cache = KvCache::new(backend, 2, num_blocks, bs, kv_heads, head_dim, cache_dtype)
             .unwrap_or_else(|e| panic!("allocating the KV cache: {e}"));
+        // Layer 1 gets the test scales, layer 0 others (an FP8 store must use its layer's).
+        cache
+            .set_scales(&[KvScales { k: 3.0, v: 5.0 }, FP8_SCALES])
+            .unwrap_or_else(|e| panic!("setting the KV-cache scales: {e}"));
+        // What the cache holds for `x` stored with `scale`, as read back (no scale).
+        let stored = |x: f32, scale: f32| -> f64 {
+            match cache_dtype {
+                DType::F8E4M3 => e4m3_stored(x, scale) as f64,
+                _ => round_to(cache_dtype, x) as f64,
+            }
+        };
         let num_tokens = 10;
         let mut slots: Vec<i64> = (0..num_slots as i64).collect();
         rng.shuffle(&mut slots);
@@ -287,18 +349,21 @@ pub fn store_kv_writes_slots_skips_minus_one(backend: &dyn Backend) {
             )
             .unwrap_or_else(|e| panic!("store_kv: {e}"));
 
-        let expected = |src: &[f32]| -> Vec<f64> {
+        let expected = |src: &[f32], scale: f32| -> Vec<f64> {
             let mut want = vec![0.0f64; num_slots * width];
             for (t, &slot) in slots.iter().enumerate() {
                 if slot >= 0 {
                     for (d, &x) in src[t * width..(t + 1) * width].iter().enumerate() {
-                        want[slot as usize * width + d] = round_to(cache_dtype, x) as f64;
+                        want[slot as usize * width + d] = stored(x, scale);
                     }
                 }
             }
             want
         };
-        let (want_k, want_v) = (expected(&k_ref), expected(&v_ref));
+        let (want_k, want_v) = (
+            expected(&k_ref, FP8_SCALES.k),
+            expected(&v_ref, FP8_SCALES.v),
+        );
         assert_close(
             &format!("{cache_dtype} cache K"),
             &host_f32(backend, &cache.layers[1].k),
@@ -332,7 +397,7 @@ pub fn store_kv_writes_slots_skips_minus_one(backend: &dyn Backend) {
             .unwrap_or_else(|e| panic!("store_kv: {e}"));
         let mut want_k2 = want_k;
         for (d, &x) in k2_ref.iter().enumerate() {
-            want_k2[slots[0] as usize * width + d] = round_to(cache_dtype, x) as f64;
+            want_k2[slots[0] as usize * width + d] = stored(x, FP8_SCALES.k);
         }
         assert_close(
             "overwritten K",
@@ -354,6 +419,7 @@ pub fn prefill_attention_matches_reference(backend: &dyn Backend) {
                 head_dim,
                 block_size: 4,
                 cache_dtype: DType::F32,
+                kv_scales: KvScales::UNIT,
                 seqs: vec![(9, 9), (23, 5), (1, 1), (16, 3), (8, 1)],
                 seed: 30 + i as u64,
             },
@@ -370,6 +436,7 @@ pub fn prefill_attention_bf16_cache(backend: &dyn Backend) {
             head_dim: 64,
             block_size: 16,
             cache_dtype: DType::BF16,
+            kv_scales: KvScales::UNIT,
             seqs: vec![(40, 40), (70, 33)],
             seed: 40,
         },
@@ -395,6 +462,7 @@ pub fn decode_attention_matches_reference(backend: &dyn Backend) {
                     head_dim,
                     block_size,
                     cache_dtype: DType::F32,
+                    kv_scales: KvScales::UNIT,
                     seqs: vec![(1, 1), (4, 1), (5, 1), (37, 1), (64, 1), (300, 1)],
                     seed: 50 + i as u64,
                 },
@@ -416,13 +484,14 @@ pub fn decode_attention_bf16_cache(backend: &dyn Backend) {
 /// Decode of each sequence's last token must agree with the prefill output for that
 /// token (1e-5 absolute + 1e-5 relative: same math, possibly another summation order).
 pub fn decode_matches_prefill_last_token(backend: &dyn Backend) {
-    for cache_dtype in [DType::F32, DType::BF16] {
+    for cache_dtype in [DType::F32, DType::BF16, DType::F8E4M3] {
         let scenario = Scenario {
             heads: 8,
             kv_heads: 2,
             head_dim: 64,
             block_size: 8,
             cache_dtype,
+            kv_scales: FP8_SCALES,
             seqs: vec![(13, 13), (32, 32), (50, 50)],
             seed: 70,
         };
@@ -484,6 +553,7 @@ pub fn decode_zero_context_gives_zeros(backend: &dyn Backend) {
         head_dim: 32,
         block_size: 4,
         cache_dtype: DType::F32,
+        kv_scales: KvScales::UNIT,
         seqs: vec![(7, 1), (12, 1)],
         seed: 80,
     };
@@ -520,4 +590,55 @@ pub fn decode_zero_context_gives_zeros(backend: &dyn Backend) {
         &want,
         attention_tol(backend),
     );
+}
+
+/// Prefill on FP8 caches with non-unit scales: GQA ratios 1, 2, 4 with cached prefixes,
+/// and Qwen3-0.6B's head shape long enough to run in parallel.
+pub fn prefill_attention_fp8_cache(backend: &dyn Backend) {
+    for (i, (heads, kv_heads, head_dim)) in GQA.into_iter().enumerate() {
+        check_prefill(
+            backend,
+            &Scenario {
+                heads,
+                kv_heads,
+                head_dim,
+                block_size: 4,
+                cache_dtype: DType::F8E4M3,
+                kv_scales: FP8_SCALES,
+                seqs: vec![(9, 9), (23, 5), (1, 1), (16, 3), (8, 1)],
+                seed: 130 + i as u64,
+            },
+        );
+    }
+    check_prefill(
+        backend,
+        &Scenario::qwen3_0_6b_fp8(vec![(300, 300), (200, 72)], 141),
+    );
+}
+
+/// Decode on FP8 caches with non-unit scales: GQA ratios 1, 2, 4 at two block sizes, and
+/// Qwen3-0.6B's head shape for a few long sequences (the CPU splits their keys) and a
+/// batch of 32 (the CPU's whole-row items, which widen e4m3 in registers).
+pub fn decode_attention_fp8_cache(backend: &dyn Backend) {
+    for (i, (heads, kv_heads, head_dim)) in GQA.into_iter().enumerate() {
+        for block_size in [4, 16] {
+            check_decode(
+                backend,
+                &Scenario {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    block_size,
+                    cache_dtype: DType::F8E4M3,
+                    kv_scales: FP8_SCALES,
+                    seqs: vec![(1, 1), (4, 1), (5, 1), (37, 1), (64, 1), (300, 1)],
+                    seed: 150 + i as u64,
+                },
+            );
+        }
+    }
+    let batch: Vec<(usize, usize)> = (0..32).map(|i| (1 + (i * 37) % 200, 1)).collect();
+    for seqs in [vec![(1, 1), (33, 1), (517, 1)], batch] {
+        check_decode(backend, &Scenario::qwen3_0_6b_fp8(seqs, 160));
+    }
 }

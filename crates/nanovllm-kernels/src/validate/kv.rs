@@ -50,10 +50,10 @@ mod tests {
     use crate::dtype::DType;
 
     fn cache(k: &[usize], v: &[usize]) -> LayerKvCache {
-        LayerKvCache {
-            k: Tensor::zeros_cpu(k, DType::F32),
-            v: Tensor::zeros_cpu(v, DType::F32),
-        }
+        LayerKvCache::new(
+            Tensor::zeros_cpu(k, DType::F32),
+            Tensor::zeros_cpu(v, DType::F32),
+        )
     }
 
     #[test]

@@ -11,10 +11,15 @@
 //! parallelism each rank holds `heads / W` q heads and `kv_heads / W` kv heads, or one kv
 //! head replicated on `W / kv_heads` ranks when `W` exceeds `kv_heads` (see
 //! [`crate::loader`]), so a rank's q heads always share its kv heads' groups.
+//!
+//! FP8 KV-cache scales: a checkpoint may carry `{prefix}.k_scale` and `{prefix}.v_scale`
+//! (vLLM's names; scalars) or the older `{prefix}.kv_scale` for both. They are read
+//! whenever present (so strict loading never trips on them) and reported by
+//! [`Attention::kv_scales`]; the engine applies them to an FP8 cache only.
 
 use std::sync::Arc;
 
-use nanovllm_kernels::{Backend, Communicator, LayerKvCache, Tensor};
+use nanovllm_kernels::{Backend, Communicator, KvScales, LayerKvCache, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -36,6 +41,8 @@ pub struct Attention {
     qk_norm: Option<QkNorm>,
     o_proj: RowParallelLinear,
     scale: f32,
+    /// The checkpoint's FP8 KV-cache scales, where it has them.
+    kv_scales: Option<KvScales>,
 }
 
 impl Attention {
@@ -80,6 +87,7 @@ impl Attention {
             )?,
             // As transformers: `head_dim**-0.5` in double precision, used as an f32.
             scale: (hd as f64).powf(-0.5) as f32,
+            kv_scales: load_kv_scales(loader, prefix)?,
         })
     }
 
@@ -118,5 +126,105 @@ impl Attention {
 
     pub fn has_qk_norm(&self) -> bool {
         self.qk_norm.is_some()
+    }
+
+    /// The checkpoint's FP8 KV-cache scales for this layer (see the module docs).
+    pub fn kv_scales(&self) -> Option<KvScales> {
+        self.kv_scales
+    }
+}
+
+/// A name no checkpoint holds: a source that claims it generates every name on demand
+/// (dummy weights), and has no KV-cache scales to read.
+const PROBE: &str = "k_scale.__not_in_any_checkpoint__";
+
+/// `{prefix}.k_scale` / `{prefix}.v_scale` (either may be absent: 1.0), else
+/// `{prefix}.kv_scale` for both, else `None`. Errors: a scale that is not a finite
+/// positive scalar.
+fn load_kv_scales(loader: &WeightLoader, prefix: &str) -> Result<Option<KvScales>, ModelError> {
+    if loader.contains(&format!("{prefix}.{PROBE}")) {
+        return Ok(None);
+    }
+    let read = |suffix: &str| -> Result<Option<f32>, ModelError> {
+        let name = format!("{prefix}.{suffix}");
+        if !loader.contains(&name) {
+            return Ok(None);
+        }
+        Ok(Some(loader.scalar(&name)?))
+    };
+    let (k, v) = (read("k_scale")?, read("v_scale")?);
+    let scales = if k.is_some() || v.is_some() {
+        KvScales {
+            k: k.unwrap_or(1.0),
+            v: v.unwrap_or(1.0),
+        }
+    } else if let Some(s) = read("kv_scale")? {
+        KvScales { k: s, v: s }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(scales.validate(prefix)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use nanovllm_kernels::KvScales;
+
+    use crate::config::ModelConfig;
+    use crate::loader::LoadFormat;
+    use crate::registry::load_model;
+    use crate::test_util::{cpu_ctx, fixture, write_safetensors, RawTensor, TempDir};
+
+    /// `fixtures/qwen3-tiny` (3 layers) plus `extra` in a second file, loaded strictly.
+    fn load_with(extra: &[RawTensor]) -> Result<Option<Vec<KvScales>>, crate::ModelError> {
+        let dir = TempDir::new("kv-scales");
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(fixture("qwen3-tiny").join(file), dir.path().join(file)).unwrap();
+        }
+        write_safetensors(&dir.path().join("extra.safetensors"), extra);
+        let config = ModelConfig::from_dir(dir.path()).unwrap();
+        let model = load_model(&config, dir.path(), LoadFormat::Safetensors, &cpu_ctx())?;
+        Ok(model.kv_cache_scales())
+    }
+
+    #[test]
+    fn checkpoint_kv_scales_are_read_per_layer() {
+        let p = "model.layers";
+        let scales = load_with(&[
+            // vLLM's names, a 0-d scalar and a one-element vector.
+            RawTensor::f32(&format!("{p}.0.self_attn.k_scale"), &[], &[0.5]),
+            RawTensor::f32(&format!("{p}.0.self_attn.v_scale"), &[1], &[0.25]),
+            // The older single scale for both.
+            RawTensor::f32(&format!("{p}.2.self_attn.kv_scale"), &[], &[0.125]),
+        ])
+        .unwrap();
+        assert_eq!(
+            scales,
+            Some(vec![
+                KvScales { k: 0.5, v: 0.25 },
+                KvScales::UNIT,
+                KvScales { k: 0.125, v: 0.125 },
+            ])
+        );
+    }
+
+    #[test]
+    fn without_scales_the_model_reports_none() {
+        assert_eq!(load_with(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn a_non_positive_scale_is_an_error_naming_the_layer() {
+        let err = load_with(&[RawTensor::f32(
+            "model.layers.1.self_attn.v_scale",
+            &[],
+            &[-2.0],
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("model.layers.1.self_attn") && err.contains("v_scale = -2"),
+            "{err}"
+        );
     }
 }

@@ -1,15 +1,16 @@
-//! Paged causal attention over blocks of query rows, flash-attention style (AVX2+FMA):
-//! prefill and decode.
+//! Paged causal attention over blocks of query rows, flash-attention style (AVX2+FMA,
+//! and F16C to widen an e4m3 cache): prefill and decode.
 //!
 //! A work item is up to [`BLOCK_ROWS`] consecutive query rows of one sequence (decode:
 //! its one row) and one KV head `g`: its `rows × group` query vectors (every query head
 //! of `g`'s GQA group) walk the sequence's keys in chunks of at most [`CHUNK_KEYS`] that
 //! never cross a cache block, so a chunk's K and V rows of head `g` are evenly spaced in
 //! the cache. Decode chunks are read in place whatever the cache's type (a bf16 cache is
-//! widened in registers as it is loaded: decode attention is bound by reading the
-//! cache, which bf16 halves); prefill chunks, each shared by up to 32 query vectors, are
-//! read in place from an f32 cache and widened once into per-thread scratch from a bf16
-//! one. Per chunk: scores → causal mask → online softmax
+//! widened in registers as it is loaded, an e4m3 one through F16C: decode attention is
+//! bound by reading the cache, which bf16 halves and e4m3 quarters); prefill chunks,
+//! each shared by up to 32 query vectors, are read in place from an f32 cache and
+//! widened once into per-thread scratch from a bf16 or e4m3 one. Per chunk: scores →
+//! causal mask → online softmax
 //! (running max and sum per query vector; earlier outputs rescaled when the max grows) →
 //! `acc += P·V` with the accumulator tile in registers across the chunk's keys.
 //!
@@ -30,9 +31,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::super::kv::KvElem;
+use super::super::kv::{has_avx2_fma_f16c, KvElem};
 use super::super::parallel::{min_items, with_taken, worth_parallel, OutPtr};
-use super::super::simd::{has_avx2_fma, hsum_avx};
+use super::super::simd::hsum_avx;
 use super::kernel::PagedKv;
 use super::meta::{Batch, Heads};
 
@@ -56,7 +57,7 @@ const PV_QUERIES: usize = 2;
 
 /// Whether [`attend`] handles this head shape on this CPU.
 pub(super) fn available(head_dim: usize) -> bool {
-    head_dim % LANES == 0 && has_avx2_fma()
+    head_dim % LANES == 0 && has_avx2_fma_f16c()
 }
 
 /// One work item: `rows` query rows from `first_row` of sequence `seq`, KV heads
@@ -174,12 +175,12 @@ fn plan_items(heads: Heads, batch: &Batch<'_>, out_len: usize, items: &mut Vec<I
 /// One item (see the module docs).
 ///
 /// # Safety
-/// AVX2+FMA are available and `head_dim` is a multiple of 8 ([`available`]); `qs` holds
-/// a `heads·head_dim` query row for each of the batch's rows, and `out` is valid for
-/// writes of the item's rows × head group of the `[rows, heads·head_dim]` output, which
-/// nobody else touches during the call.
+/// AVX2+FMA+F16C are available and `head_dim` is a multiple of 8 ([`available`]); `qs`
+/// holds a `heads·head_dim` query row for each of the batch's rows, and `out` is valid
+/// for writes of the item's rows × head group of the `[rows, heads·head_dim]` output,
+/// which nobody else touches during the call.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_item<T: KvElem>(
     kv: &PagedKv<'_, T>,
     heads: Heads,
@@ -863,7 +864,7 @@ mod tests {
     /// result is a normal f32, exactly 0 below −87, and exp(0) = 1.
     #[test]
     fn exp_avx2_matches_f64() {
-        if !has_avx2_fma() {
+        if !has_avx2_fma_f16c() {
             eprintln!("skipped: no AVX2+FMA");
             return;
         }

@@ -14,6 +14,11 @@
 //! there are too few rows to keep every thread busy (decode, short batches), each row's
 //! keys are also split into ranges computed in parallel and merged exactly through
 //! their softmax statistics (flash-decoding).
+//!
+//! An FP8 (e4m3) cache is read as its e4m3 values times 2⁻⁸ (widened exactly, see
+//! `E4m3::READ_UNIT`) and its scales, with the 2⁸, are applied outside the loops:
+//! `q·(e·k_scale)·scale = (q·e·2⁻⁸)·(scale·k_scale·2⁸)` and
+//! `Σ p·(e·v_scale) = (v_scale·2⁸)·Σ p·e·2⁻⁸`.
 
 #[cfg(target_arch = "x86_64")]
 mod flash;
@@ -33,7 +38,7 @@ use crate::tensor::Tensor;
 use crate::validate;
 
 use super::check;
-use super::kv::{CacheGeometry, KvBuffers, KvElem};
+use super::kv::{CacheGeometry, E4m3, KvBuffers, KvElem};
 use super::parallel::{for_each_row, min_items, with_taken, worth_parallel};
 use kernel::{attend_full, attend_range, merge_partials, HeadStats, PagedKv, Task};
 use meta::{Batch, Heads};
@@ -93,6 +98,15 @@ fn run(
         KvBuffers::BF16(k, v) => {
             let kv = PagedKv::<bf16> { k, v, geometry };
             attend(&kv, heads, batch, qs, scale, &mut out)
+        }
+        KvBuffers::E4M3(k, v) => {
+            let kv = PagedKv::<E4m3> { k, v, geometry };
+            // The elements read as value · READ_UNIT: its inverse joins each scale.
+            let scales = cache.effective_scales();
+            let k_factor = scales.k / E4m3::READ_UNIT;
+            attend(&kv, heads, batch, qs, scale * k_factor, &mut out);
+            let v_factor = scales.v / E4m3::READ_UNIT;
+            out.iter_mut().for_each(|x| *x *= v_factor);
         }
     }
     Tensor::from_f32(out, &[rows, width])

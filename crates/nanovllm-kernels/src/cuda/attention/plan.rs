@@ -25,29 +25,42 @@ const MIN_PARTITION: usize = 64;
 /// Largest GQA group of the decode kernels (`MAXG` instantiations 1, 2, 4, 8, 16).
 pub(crate) const MAX_DECODE_GROUP: usize = 16;
 
-/// The tensor-core prefill kernel for this shape, if one exists (bf16 cache, head_dim 64
-/// or 128); otherwise the generic kernel runs.
+/// The tensor-core prefill kernel for this shape, if one exists (bf16 or e4m3 cache,
+/// head_dim 64 or 128); otherwise the generic kernel runs.
 pub(crate) fn prefill_kernel(head_dim: usize, cache_dtype: DType) -> Option<&'static str> {
     match (head_dim, cache_dtype) {
         (64, DType::BF16) => Some("prefill_attention_d64"),
         (128, DType::BF16) => Some("prefill_attention_d128"),
+        (64, DType::F8E4M3) => Some("prefill_attention_fp8_d64"),
+        (128, DType::F8E4M3) => Some("prefill_attention_fp8_d128"),
         _ => None,
     }
 }
 
-/// The flash-decoding kernel for this shape, if one exists (bf16 cache, head_dim 64, 128
-/// or 256, GQA group ≤ 16, instantiated for the next power of two).
+/// The flash-decoding kernel for this shape, if one exists (bf16 or e4m3 cache, head_dim
+/// 64, 128 or 256, GQA group ≤ 16, instantiated for the next power of two).
 pub(crate) fn decode_kernel(head_dim: usize, group: usize, cache_dtype: DType) -> Option<String> {
-    if cache_dtype != DType::BF16 || !matches!(head_dim, 64 | 128 | 256) {
-        return None;
-    }
-    if group == 0 || group > MAX_DECODE_GROUP {
+    let cache = match cache_dtype {
+        DType::BF16 => "",
+        DType::F8E4M3 => "fp8_",
+        _ => return None,
+    };
+    if !matches!(head_dim, 64 | 128 | 256) || group == 0 || group > MAX_DECODE_GROUP {
         return None;
     }
     Some(format!(
-        "decode_attention_d{head_dim}_g{}",
+        "decode_attention_{cache}d{head_dim}_g{}",
         group.next_power_of_two()
     ))
+}
+
+/// The generic kernel for a cache dtype (any head shape).
+pub(crate) fn generic_kernel(cache_dtype: DType) -> &'static str {
+    match cache_dtype {
+        DType::F32 => "attention_generic_f32",
+        DType::F8E4M3 => "attention_generic_fp8",
+        _ => "attention_generic_bf16",
+    }
 }
 
 /// Prefill grid `(query tiles, heads, sequences)`: tiles for the longest sequence
@@ -163,6 +176,20 @@ mod tests {
         assert_eq!(decode_kernel(128, 17, DType::BF16), None);
         assert_eq!(decode_kernel(40, 2, DType::BF16), None);
         assert_eq!(decode_kernel(128, 2, DType::F32), None);
+        // FP8 caches have their own instantiations of the same kernels.
+        assert_eq!(
+            prefill_kernel(128, DType::F8E4M3),
+            Some("prefill_attention_fp8_d128")
+        );
+        assert_eq!(prefill_kernel(96, DType::F8E4M3), None);
+        assert_eq!(
+            decode_kernel(128, 2, DType::F8E4M3).as_deref(),
+            Some("decode_attention_fp8_d128_g2")
+        );
+        assert_eq!(decode_kernel(40, 2, DType::F8E4M3), None);
+        assert_eq!(generic_kernel(DType::F8E4M3), "attention_generic_fp8");
+        assert_eq!(generic_kernel(DType::BF16), "attention_generic_bf16");
+        assert_eq!(generic_kernel(DType::F32), "attention_generic_f32");
     }
 
     #[test]

@@ -26,12 +26,12 @@ use super::super::check;
 pub(crate) use super::super::kv::CacheGeometry as Geometry;
 
 /// The shared cache checks ([`validate::kv::cache_dims`]), plus what attention needs:
-/// bf16 or f32, k and v alike, and at least one block to read.
+/// bf16, f32 or e4m3, k and v alike, and at least one block to read.
 pub(crate) fn geometry(op: &'static str, cache: &LayerKvCache) -> Result<Geometry> {
     let [num_blocks, block_size, kv_heads, head_dim] = validate::kv::cache_dims(op, cache)?;
     let dtype = cache.k.dtype();
     check::expect_dtype(op, "cache.v", &cache.v, dtype)?;
-    if !matches!(dtype, DType::BF16 | DType::F32) {
+    if !matches!(dtype, DType::BF16 | DType::F32 | DType::F8E4M3) {
         return Err(KernelError::UnsupportedDType { op, dtype });
     }
     if num_blocks == 0 {
@@ -223,9 +223,11 @@ mod tests {
 
     #[test]
     fn cache_geometry_is_checked() {
-        let cache = |dtype| LayerKvCache {
-            k: Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
-            v: Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+        let cache = |dtype| {
+            LayerKvCache::new(
+                Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+                Tensor::zeros_cpu(&[4, 4, 2, 8], dtype),
+            )
         };
         let g = super::geometry("t", &cache(DType::BF16)).unwrap();
         assert_eq!((g.num_blocks, g.row_width()), (4, 16));
@@ -234,10 +236,10 @@ mod tests {
             super::geometry("t", &cache(DType::F16)),
             Err(KernelError::UnsupportedDType { .. })
         ));
-        let mismatched = LayerKvCache {
-            k: Tensor::zeros_cpu(&[4, 4, 2, 8], DType::BF16),
-            v: Tensor::zeros_cpu(&[4, 4, 2, 4], DType::BF16),
-        };
+        let mismatched = LayerKvCache::new(
+            Tensor::zeros_cpu(&[4, 4, 2, 8], DType::BF16),
+            Tensor::zeros_cpu(&[4, 4, 2, 4], DType::BF16),
+        );
         assert!(matches!(
             super::geometry("t", &mismatched),
             Err(KernelError::ShapeMismatch { .. })
