@@ -1,20 +1,59 @@
-//! `x[M, K] · w[N, K]ᵀ` with a block-quantized `w` ([`crate::quant`]).
+//! `x[M, K] · w[N, K]ᵀ → [M, N]` with a block-quantized `w` ([`crate::quant`]):
+//! Int8G32, Int4G32 or Fp8G128, `x` f32.
 //!
-//! The portable path: parallel over W rows; each task dequantizes its row once into a
-//! reused thread-local f32 scratch (one row, never the matrix) and dots it with every row
-//! of `x`, into a transposed `[N, M]` buffer so tasks own contiguous memory.
+//! Paths, picked per call:
+//! - `M ≤` [`SMALL_M`] (decode) on AVX2+FMA+F16C: [`avx2`], parallel over blocks of W
+//!   rows sized for L2; every weight is read from memory once per call and dequantized in
+//!   registers. Int8G32 and Int4G32 multiply in integers against `x` quantized per
+//!   32-block on the fly ([`act`], llama.cpp's Q8_0 way: `vpmaddubsw` + `vpmaddwd`);
+//!   Fp8G128 widens e4m3 to f32 and multiplies in f32.
+//! - `M >` [`SMALL_M`] (prefill) on AVX2+FMA: the bf16 path's packed GEMM
+//!   ([`super::packed_gemm`]) with W panels dequantized instead of widened ([`panels`]).
+//! - Otherwise: [`portable`], a dequantized W row at a time dotted with every x row.
+//!
+//! Numerics: Fp8G128 and the prefill path differ from the f64 product of `x` and the
+//! dequantized weights only by f32 rounding. The integer paths add the activation
+//! rounding: per x block, `|x − d_x·q_x| ≤ d_x/2`, so an output moves by at most
+//! `Σ_blocks d_x/2 · Σ|d_w·q_w|` (the Int4G32 minimum term uses the exact `Σx`) —
+//! relative 1/254 of the block's largest |x| per weight magnitude, below the weights'
+//! own rounding (1/254 of the block's largest |w| for int8, 1/30 of its range for int4).
+//!
+//! Why this shape (measured on the 2-core AMD EPYC (Zen 4) dev host, see
+//! `benches/benches/quant_matmul.rs` and the figures below): the integer path needs
+//! 5–6 vector ops per 32 multiply-adds and x row (sign, maddubs, madd, convert, scale,
+//! FMA) against 4 FMAs for f32, so it wins at small M, where weight bytes dominate;
+//! for prefill the f32 micro-kernel on dequantized panels is the faster inner loop.
+
+mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod panels;
+mod portable;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 
-use crate::dtype::DType;
-use crate::quant::dequantize_block;
+use rayon::prelude::*;
 
-use super::parallel::for_each_row;
-use super::simd::dot_f32;
+use crate::dtype::DType;
+
+use super::packed_gemm::{self, WeightRows};
+use super::parallel::{min_items, with_taken, worth_parallel, OutPtr};
+
+pub(crate) use panels::pack_panels;
+
+/// Up to this many rows of `x`, the register-tiled kernels ([`avx2`]); above, the packed
+/// GEMM on dequantized panels.
+pub(crate) const SMALL_M: usize = 32;
+
+/// Bytes of quantized W per task of the small-M kernels: the block stays in L2 while every
+/// tile of x rows streams it.
+const W_BLOCK_BYTES: usize = 128 << 10;
 
 thread_local! {
-    /// One dequantized W row per thread, reused across rows and calls.
-    static ROW_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The quantized activations of the calling thread, reused across calls.
+    static ACT: RefCell<act::QuantizedRows> = RefCell::new(act::QuantizedRows::default());
 }
 
 /// `out[M, N] = x[M, K] · w[N, K]ᵀ`; `w` holds `N` rows of `K / block.elems` blocks of
@@ -28,32 +67,93 @@ pub(crate) fn matmul(
     n: usize,
     out: &mut [f32],
 ) {
-    let Some(block) = dtype.block() else {
-        unreachable!("quant_matmul::matmul: {dtype} is not block-quantized");
-    };
-    let row_bytes = k / block.elems * block.bytes;
-    let row_outputs = |j: usize, dst: &mut [f32]| {
-        // No rayon call happens inside, so the scratch borrow cannot re-enter.
-        ROW_SCRATCH.with_borrow_mut(|scratch| {
-            scratch.resize(k, 0.0);
-            let row = &w[j * row_bytes..(j + 1) * row_bytes];
-            for (src, dst) in row
-                .chunks_exact(block.bytes)
-                .zip(scratch.chunks_exact_mut(block.elems))
-            {
-                dequantize_block(dtype, src, dst);
-            }
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = dot_f32(&xs[i * k..(i + 1) * k], scratch);
-            }
-        })
-    };
-    let mut out_t = super::buffer_pool::take_for_overwrite(n * m);
-    for_each_row(&mut out_t, m, m * k, row_outputs);
-    for (j, col) in out_t.chunks_exact(m).enumerate() {
-        for (i, &value) in col.iter().enumerate() {
-            out[i * n + j] = value;
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        if m <= SMALL_M {
+            small_m(xs, dtype, w, m, k, n, out);
+            return;
+        }
+        if packed_gemm::available() {
+            let ws = WeightRows::Quant { dtype, bytes: w };
+            packed_gemm::matmul_packed(xs, ws, m, k, n, out);
+            return;
         }
     }
-    super::buffer_pool::recycle_f32(out_t);
+    portable::matmul(xs, dtype, w, m, k, n, out);
+}
+
+/// W rows per task of the small-M kernels: their bytes fill [`W_BLOCK_BYTES`] (for
+/// `M > 1`: with one x row nothing is reused and only balance counts), but ≥ 4 tasks
+/// per thread are left for balance; a multiple of 4 (both tile heights divide it).
+#[cfg(target_arch = "x86_64")]
+fn w_block_rows(m: usize, row_bytes: usize, n: usize) -> usize {
+    let by_balance = n.div_ceil(4 * rayon::current_num_threads());
+    let rows = if m > 1 {
+        by_balance.min(W_BLOCK_BYTES / row_bytes)
+    } else {
+        by_balance
+    };
+    rows.max(1).next_multiple_of(4)
+}
+
+/// The register-tiled AVX2 kernels over blocks of W rows, in parallel when worth it.
+#[cfg(target_arch = "x86_64")]
+fn small_m(xs: &[f32], dtype: DType, w: &[u8], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    let Some(block) = dtype.block() else {
+        unreachable!("quant_matmul::small_m: {dtype} is not block-quantized");
+    };
+    let kind = match dtype {
+        DType::Int8G32 => avx2::Kind::Int8,
+        DType::Int4G32 => avx2::Kind::Int4,
+        _ => avx2::Kind::Fp8,
+    };
+    let row_bytes = k / block.elems * block.bytes;
+    // Checked in release too: the unsafe kernel reads x and W and writes `out` through
+    // raw pointers (one check per call).
+    assert!(xs.len() >= m * k && w.len() >= n * row_bytes && out.len() >= m * n);
+    // Held across the parallel loop, so taken, not borrowed (see `with_taken`).
+    with_taken(&ACT, |quantized| {
+        if kind != avx2::Kind::Fp8 {
+            quantized.fill(xs, m, k);
+        }
+        let x = avx2::XRows {
+            codes: quantized.codes.as_ptr(),
+            scales: quantized.scales.as_ptr(),
+            sums: quantized.sums.as_ptr(),
+            values: xs.as_ptr(),
+        };
+        let rows = w_block_rows(m, row_bytes, n);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let block_outputs = |b: usize| {
+            let j = b * rows;
+            let block_rows = rows.min(n - j);
+            // SAFETY: `available()` was checked by the caller; x holds [m, k] (asserted
+            // above) and, for the integer kinds, was quantized into `quantized` for the
+            // same [m, k]; W rows j .. j + block_rows ≤ n are inside `w` (asserted above);
+            // this block alone writes output columns j .. j + block_rows of the m rows
+            // (row stride n) of `out`, which holds m·n (asserted above).
+            unsafe {
+                avx2::block_outputs(
+                    kind,
+                    x,
+                    m,
+                    k,
+                    w[j * row_bytes..].as_ptr(),
+                    block_rows,
+                    row_bytes,
+                    out_ptr.get().add(j),
+                    n,
+                )
+            };
+        };
+        let blocks = n.div_ceil(rows);
+        if worth_parallel(n * m * k) {
+            (0..blocks)
+                .into_par_iter()
+                .with_min_len(min_items(rows * m * k))
+                .for_each(block_outputs);
+        } else {
+            (0..blocks).for_each(block_outputs);
+        }
+    });
 }
