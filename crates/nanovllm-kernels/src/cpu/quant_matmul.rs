@@ -18,11 +18,31 @@
 //! relative 1/254 of the block's largest |x| per weight magnitude, below the weights'
 //! own rounding (1/254 of the block's largest |w| for int8, 1/30 of its range for int4).
 //!
-//! Why this shape (measured on the 2-core AMD EPYC (Zen 4) dev host, see
-//! `benches/benches/quant_matmul.rs` and the figures below): the integer path needs
-//! 5–6 vector ops per 32 multiply-adds and x row (sign, maddubs, madd, convert, scale,
-//! FMA) against 4 FMAs for f32, so it wins at small M, where weight bytes dominate;
-//! for prefill the f32 micro-kernel on dequantized panels is the faster inner loop.
+//! Why this shape. Measured on the 2-core AMD EPYC (Zen 4) dev host, one thread, thread
+//! CPU time per call, two rounds back to back in one process (the host was shared with
+//! other builds; these are the steadier of the figures), in GMAC/s:
+//!
+//! | K × N, M            | bf16 | int8 | int4 | fp8  |
+//! |---------------------|------|------|------|------|
+//! | 1024 × 512, M = 1 (L2)   | 18.1–18.5 | 21.7–22.1 | 29.4–29.9 | 12.5 |
+//! | 1024 × 512, M = 16 (L2)  | 37.5–38.8 | 33.6–36.6 | 36.2–36.5 | 27.6–28.1 |
+//! | 1024 × 512, M = 512 (L2) | 48.0–48.2 | 45.1–46.3 | 42.3–45.2 | 44.6–45.5 |
+//! | 1024 × 151 936, M = 1 (DRAM) | 6.5–6.7 | 8.9–9.1 | 15.3–15.4 | 8.5 |
+//!
+//! - Decode of one stream is bound by weight bytes: the quantized kernels read fewer and
+//!   prefetch one tile ahead (the prefetchers stop at 4 KiB pages).
+//! - The integer path costs 5–6 vector ops per 32 multiply-adds and (x row, W row):
+//!   sign, `vpmaddubsw`, `vpmaddwd`, convert, scale, FMA — no fewer than the f32 FMAs of
+//!   the bf16 kernel, so for 16–32 rows, where compute and not bytes bounds the product,
+//!   it matches bf16 rather than beating it. Quantizing the activations had to be
+//!   vectorised ([`avx2::quantize_blocks`]): the scalar loop took a fifth of an M = 16 call.
+//! - Fp8G128 decodes e4m3 → f16 → f32 in registers (about 8 ops per 16 weights, shared by
+//!   the tile's x rows), slower than the integer paths in compute, but half bf16's bytes.
+//! - Prefill: an int8 GEMM through `vpmaddubsw` would not beat the f32 micro-kernel on
+//!   AVX2 (see above), so W is dequantized into the packed GEMM's f32 panels; the packing
+//!   costs 2–12 % against bf16's widening.
+//! - An AVX512-VNNI `vpdpbusd` path (this host has it; the target does not) would
+//!   fold sign + maddubs + madd into one op; not done.
 
 mod act;
 #[cfg(target_arch = "x86_64")]
@@ -114,7 +134,15 @@ fn small_m(xs: &[f32], dtype: DType, w: &[u8], m: usize, k: usize, n: usize, out
     // Held across the parallel loop, so taken, not borrowed (see `with_taken`).
     with_taken(&ACT, |quantized| {
         if kind != avx2::Kind::Fp8 {
-            quantized.fill(xs, m, k);
+            quantized.resize(m, k);
+            let act::QuantizedRows {
+                codes,
+                scales,
+                sums,
+            } = quantized;
+            // SAFETY: `available()` was checked by the caller; the buffers were just sized
+            // for [m, k], a whole number of 32-blocks (K is whole weight blocks).
+            unsafe { avx2::quantize_blocks(&xs[..m * k], codes, scales, sums) };
         }
         let x = avx2::XRows {
             codes: quantized.codes.as_ptr(),
