@@ -2,7 +2,10 @@
 //! small `M` (decode): every W row is read from memory once per call and dequantized in
 //! registers, never into memory.
 //!
-//! Register tiles: [`X_ROWS`] x rows × [`W_ROWS`] W rows (8 accumulators), or for a
+//! Register tiles: [`X_ROWS`] x rows × one W row (4 accumulators; a 4 × 2 tile needs 8
+//! accumulators, 4 W vectors (codes and magnitudes), the x codes and temporaries — more
+//! than the 16 AVX registers, and the compiler spilled accumulators, no faster than
+//! 4 × 1 at M = 16; with one W row only the x loads repeat, and they hit L1), or for a
 //! single x row (decode of one stream: pure streaming, nothing in W is reused) one x row
 //! × [`W_ROWS_SINGLE`] W rows, so four independent accumulator chains hide the latency.
 //! Each tile runs over the whole of K: an x tile (≤ 4 × 3072 codes) stays in L1 while
@@ -33,11 +36,6 @@ use super::act::ACT_BLOCK;
 
 /// x rows per tile when `M > 1`.
 pub(super) const X_ROWS: usize = 4;
-/// W rows per tile when `M > 1`. One: a 4 × 2 tile needs 8 accumulators, 4 W vectors
-/// (codes and magnitudes), the x codes and temporaries — more than the 16 AVX registers,
-/// and the compiler spilled accumulators; with one W row only the x loads repeat, and
-/// they hit L1 (measured at M = 16, one thread: no slower than 4 × 2).
-const W_ROWS: usize = 1;
 /// W rows per tile when `M = 1`.
 const W_ROWS_SINGLE: usize = 4;
 
@@ -122,16 +120,17 @@ pub(super) unsafe fn block_outputs(
     out: *mut f32,
     out_stride: usize,
 ) {
-    // SAFETY (every tile call below): the tile's x rows `i0 .. i0 + XR ≤ m` and W rows
-    // `j0 .. j0 + WR ≤ rows` are inside the contract's ranges, as are its outputs.
     if m == 1 {
         let xt = x.tile::<1>(0, k);
         let mut j0 = 0;
         while j0 + W_ROWS_SINGLE <= rows {
+            // SAFETY: x row 0 < m and W rows j0 .. j0 + 4 ≤ rows are the contract's, as
+            // are their outputs.
             unsafe { tile::<1, W_ROWS_SINGLE>(kind, xt, k, w, j0, row_bytes, out, out_stride) };
             j0 += W_ROWS_SINGLE;
         }
         for j in j0..rows {
+            // SAFETY: x row 0 < m and W row j < rows are the contract's, as is the output.
             unsafe { tile::<1, 1>(kind, xt, k, w, j, row_bytes, out, out_stride) };
         }
         return;
@@ -143,14 +142,9 @@ pub(super) unsafe fn block_outputs(
         macro_rules! run {
             ($xr:literal) => {{
                 let xt = x.tile::<$xr>(i0, k);
-                let mut j0 = 0;
-                while j0 + W_ROWS <= rows {
-                    unsafe {
-                        tile::<$xr, W_ROWS>(kind, xt, k, w, j0, row_bytes, out_i, out_stride)
-                    };
-                    j0 += W_ROWS;
-                }
-                for j in j0..rows {
+                for j in 0..rows {
+                    // SAFETY: x rows i0 .. i0 + $xr ≤ m and W row j < rows are the
+                    // contract's, as are their outputs (`out_i` is row i0 of `out`).
                     unsafe { tile::<$xr, 1>(kind, xt, k, w, j, row_bytes, out_i, out_stride) };
                 }
             }};
@@ -183,8 +177,8 @@ unsafe fn tile<const XR: usize, const WR: usize>(
 ) {
     // SAFETY: W rows j0 .. j0 + WR exist (the contract).
     let w_rows: [*const u8; WR] = std::array::from_fn(|j| unsafe { w.add((j0 + j) * row_bytes) });
-    // SAFETY: the contract of `block_outputs` covers each kernel's.
     let ahead = WR * row_bytes;
+    // SAFETY: the contract of `block_outputs` covers each kernel's.
     let sums = unsafe {
         match kind {
             Kind::Int8 => int8_tile::<XR, WR>(x, w_rows, k / ACT_BLOCK, ahead),
@@ -230,6 +224,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 /// AVX2+FMA+F16C; each `w[j]` holds `blocks` Int8G32 blocks; each x row holds
 /// `blocks · 32` codes and `blocks` scales.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed form: constant trip counts, unrolled into registers
 unsafe fn int8_tile<const XR: usize, const WR: usize>(
     x: XTile<XR>,
     w: [*const u8; WR],
@@ -277,6 +272,7 @@ unsafe fn int8_tile<const XR: usize, const WR: usize>(
 /// AVX2+FMA+F16C; each `w[j]` holds `blocks` Int4G32 blocks; each x row holds
 /// `blocks · 32` codes and `blocks` scales and sums.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed form: constant trip counts, unrolled into registers
 unsafe fn int4_tile<const XR: usize, const WR: usize>(
     x: XTile<XR>,
     w: [*const u8; WR],
@@ -353,6 +349,7 @@ unsafe fn fp8x16(p: *const u8, scale: __m256) -> (__m256, __m256) {
 /// AVX2+FMA+F16C; each `w[j]` holds `blocks` Fp8G128 blocks; each x row holds
 /// `blocks · 128` values.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed form: constant trip counts, unrolled into registers
 unsafe fn fp8_tile<const XR: usize, const WR: usize>(
     x: XTile<XR>,
     w: [*const u8; WR],
