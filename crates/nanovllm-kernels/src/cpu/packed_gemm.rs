@@ -1,6 +1,8 @@
-//! `out[M, N] = x[M, K] · w[N, K]ᵀ` for bf16 weights and many rows of `x` (prefill, big
-//! decode batches): a BLIS-style packed GEMM whose weight packing *is* the bf16 → f32
-//! widening, so no widened row-major copy is ever made and packed again.
+//! `out[M, N] = x[M, K] · w[N, K]ᵀ` for bf16 or block-quantized weights ([`WeightRows`])
+//! and many rows of `x` (prefill, big decode batches): a BLIS-style packed GEMM whose
+//! weight packing *is* the widening (bf16 → f32, or the dequantization of
+//! [`super::quant_matmul::pack_panels`]), so no widened row-major copy is ever made and
+//! packed again.
 //!
 //! Invariants:
 //! - `x` is packed once per call into row panels of [`MR`] rows, `[⌈M/MR⌉][K][MR]` f32
@@ -24,6 +26,17 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::parallel::{min_items, with_taken, worth_parallel, OutPtr};
+use crate::dtype::DType;
+
+/// Where the W rows of a packed product come from.
+#[derive(Clone, Copy)]
+pub(crate) enum WeightRows<'a> {
+    /// `[n, k]` bf16 bits.
+    Bf16(&'a [u16]),
+    /// `n` rows of `k / block.elems` blocks of the block-quantized `dtype`; `k` and every
+    /// slice start a multiple of the block size ([`KC`] is a multiple of every block).
+    Quant { dtype: DType, bytes: &'a [u8] },
+}
 
 /// Rows of `x` per register tile (and per packed x panel).
 pub(crate) const MR: usize = 6;
@@ -99,9 +112,22 @@ pub(crate) fn pack_x_into(xs: &[f32], m: usize, k: usize, packed: &mut [f32]) {
 
 /// `out = x · wᵀ` (shapes validated by the caller, all non-zero; [`available`] checked).
 pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    matmul_packed(xs, WeightRows::Bf16(ws), m, k, n, out);
+}
+
+/// `out = x · wᵀ` for either kind of [`WeightRows`] (shapes validated by the caller, all
+/// non-zero; [`available`] checked).
+pub(crate) fn matmul_packed(
+    xs: &[f32],
+    ws: WeightRows,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: &mut [f32],
+) {
     // Checked in release too: the unsafe kernel below trusts them (one check per call).
     assert!(available());
-    assert!(xs.len() >= m * k && ws.len() >= n * k && out.len() >= m * n);
+    assert!(xs.len() >= m * k && ws.holds(n, k) && out.len() >= m * n);
     let nc = task_cols(n);
     let tasks = n.div_ceil(nc);
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -119,12 +145,10 @@ pub(crate) fn matmul_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, 
             };
             // The task makes no rayon calls, so this borrow cannot re-enter.
             PACKED_W.with_borrow_mut(|packed_w| {
-                // SAFETY: `available()` holds and w is [n, k] (asserted above); x is packed
+                // SAFETY: `available()` holds and w holds [n, k] (asserted above); x is packed
                 // for [m, k]; `nc ≤ NC_MAX`; this task alone writes output columns
                 // n0..n0 + cols of the m rows of `out`, which holds m·n (asserted above).
-                unsafe {
-                    column_block_bf16(packed_x, ws, Shape { m, k, n }, block, packed_w, out_ptr)
-                };
+                unsafe { column_block(packed_x, ws, Shape { m, k, n }, block, packed_w, out_ptr) };
             });
         };
         if worth_parallel(m * n * k) {
@@ -156,6 +180,23 @@ pub(crate) unsafe fn column_block_bf16(
     packed_w: &mut Vec<WLine>,
     out: OutPtr,
 ) {
+    // SAFETY: the same contract.
+    unsafe { column_block(packed_x, WeightRows::Bf16(w), shape, block, packed_w, out) }
+}
+
+/// [`column_block_bf16`] for either kind of [`WeightRows`].
+///
+/// # Safety
+/// As for [`column_block_bf16`], with `w` holding `n` rows of `k` weights
+/// ([`WeightRows::holds`]).
+pub(crate) unsafe fn column_block(
+    packed_x: &[f32],
+    w: WeightRows,
+    shape: Shape,
+    block: ColumnBlock,
+    packed_w: &mut Vec<WLine>,
+    out: OutPtr,
+) {
     debug_assert!(block.cols <= NC_MAX && block.n0 + block.cols <= shape.n);
     debug_assert!(packed_x.len() >= packed_x_len(shape.m, shape.k));
     reserve_w_panels(packed_w);
@@ -166,6 +207,18 @@ pub(crate) unsafe fn column_block_bf16(
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (packed_x, w, shape, block, packed_w, out);
+}
+
+impl WeightRows<'_> {
+    /// Whether the buffer holds `n` rows of `k` weights (whole blocks for a quantized one).
+    pub(crate) fn holds(&self, n: usize, k: usize) -> bool {
+        match *self {
+            WeightRows::Bf16(ws) => ws.len() >= n * k,
+            WeightRows::Quant { dtype, bytes } => dtype.block().is_some_and(|b| {
+                k % b.elems == 0 && KC % b.elems == 0 && bytes.len() >= n * (k / b.elems) * b.bytes
+            }),
+        }
+    }
 }
 
 /// Gives `packed_w` room for the widened W panels of the largest block, once: `pack_w`
@@ -181,7 +234,7 @@ const MAX_W_LINES: usize = NC_MAX / NR * KC;
 /// the micro-kernel's two 32-byte loads per k ever splits a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-pub(crate) struct WLine([f32; NR]);
+pub(crate) struct WLine(pub(crate) [f32; NR]);
 
 /// The product's dimensions.
 #[derive(Clone, Copy)]

@@ -9,11 +9,14 @@
 //! out[t]  = Σ_j topk_weights[t, j] · ys[slot(t, j)] in j order, [T, H]
 //! ```
 //! Every step is linear in the number of routed pairs; experts without pairs get no work.
+//! `w13` and `w2` are each f32, bf16, f16 or block-quantized ([`crate::quant`]; `K` whole
+//! blocks, which [`Tensor::from_bytes`] guarantees).
 
 use std::cell::RefCell;
 
-use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::dtype::DType;
+use crate::error::{KernelError, Result};
+use crate::tensor::{CpuStorage, Tensor};
 use crate::validate::moe::{expert_shapes, ExpertDims};
 
 use super::super::activation::silu_mul;
@@ -21,6 +24,7 @@ use super::super::buffer_pool;
 use super::super::check::{self, Floats};
 use super::super::parallel::{for_each_row, with_taken};
 use super::grouped_gemm::{grouped_matmul, GroupedShape};
+use super::grouped_quant::grouped_quant_matmul;
 
 const OP: &str = "moe_experts";
 
@@ -81,8 +85,8 @@ pub(crate) fn moe_experts(
 ) -> Result<Tensor> {
     let dims = expert_shapes(OP, x, w13, w2, topk_ids, topk_weights)?;
     let xs = check::f32s(OP, "x", x)?;
-    let w13s = check::floats(OP, "w13", w13)?;
-    let w2s = check::floats(OP, "w2", w2)?;
+    let w13s = expert_weights("w13", w13)?;
+    let w2s = expert_weights("w2", w2)?;
     let ids = check::u32s(OP, "topk_ids", topk_ids)?;
     let weights = check::f32s(OP, "topk_weights", topk_weights)?;
     check::indices_below(OP, ids, dims.experts)?;
@@ -97,8 +101,8 @@ pub(crate) fn moe_experts(
 /// The gather, the two grouped products and the weighted sum, over sorted `buckets`.
 fn combine_experts(
     xs: &[f32],
-    w13s: Floats,
-    w2s: Floats,
+    w13s: ExpertWeights,
+    w2s: ExpertWeights,
     weights: &[f32],
     dims: ExpertDims,
     buckets: &Buckets,
@@ -141,10 +145,44 @@ fn combine_experts(
     Tensor::from_f32(out, &[tokens, hidden])
 }
 
+/// An expert weight operand: float, or block-quantized bytes.
+#[derive(Clone, Copy)]
+enum ExpertWeights<'a> {
+    Floats(Floats<'a>),
+    Quant { dtype: DType, bytes: &'a [u8] },
+}
+
+/// `t` as an expert weight: a float tensor, or a block-quantized one whose last dim
+/// (the product's K) is whole blocks.
+fn expert_weights<'a>(arg: &'static str, t: &'a Tensor) -> Result<ExpertWeights<'a>> {
+    if let CpuStorage::Bytes { dtype, bytes } = t.cpu(OP)? {
+        let k = t.shape().last().copied().unwrap_or(0);
+        return match dtype.block() {
+            Some(block) if k % block.elems == 0 => Ok(ExpertWeights::Quant {
+                dtype: *dtype,
+                bytes,
+            }),
+            _ => Err(KernelError::WrongDType {
+                op: OP,
+                arg,
+                expected: "f32, bf16, f16 or a block-quantized dtype",
+                got: *dtype,
+            }),
+        };
+    }
+    Ok(ExpertWeights::Floats(check::floats(OP, arg, t)?))
+}
+
 /// `[P, n]` = each sorted pair's row of `x: [P, k]` times its expert's `w: [E, n, k]` rowsᵀ.
-fn grouped(x: &[f32], w: Floats, offsets: &[usize], n: usize, k: usize) -> Vec<f32> {
+fn grouped(x: &[f32], w: ExpertWeights, offsets: &[usize], n: usize, k: usize) -> Vec<f32> {
     let pairs = offsets.last().copied().unwrap_or(0);
     let mut out = buffer_pool::take_zeroed(pairs * n);
-    grouped_matmul(x, w, GroupedShape { offsets, n, k }, &mut out);
+    let shape = GroupedShape { offsets, n, k };
+    match w {
+        ExpertWeights::Floats(w) => grouped_matmul(x, w, shape, &mut out),
+        ExpertWeights::Quant { dtype, bytes } => {
+            grouped_quant_matmul(x, dtype, bytes, shape, &mut out)
+        }
+    }
     out
 }

@@ -5,7 +5,7 @@ use std::arch::x86_64::*;
 
 use super::super::parallel::OutPtr;
 use super::super::simd::has_avx2_fma;
-use super::{ColumnBlock, Shape, WLine, KC, MC, MR, NR};
+use super::{ColumnBlock, Shape, WLine, WeightRows, KC, MC, MR, NR};
 
 /// Whether [`column_block`] may run on this CPU.
 pub(super) fn available() -> bool {
@@ -16,13 +16,13 @@ pub(super) fn available() -> bool {
 /// rows into panels, then sweep every MC-row block of `x` over them.
 ///
 /// # Safety
-/// AVX2+FMA are available; `packed_x` is `x[m, k]` packed by `pack_x`, `w` holds `n·k`
-/// bf16 bits, and the output columns `n0 .. n0 + cols` of all `m` rows (row stride `n`)
+/// AVX2+FMA are available; `packed_x` is `x[m, k]` packed by `pack_x`, `w` holds `n`
+/// rows of `k` weights ([`WeightRows::holds`]), and the output columns `n0 .. n0 + cols` of all `m` rows (row stride `n`)
 /// behind `out` are this call's alone.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn column_block(
     packed_x: &[f32],
-    w: &[u16],
+    w: WeightRows,
     shape: Shape,
     block: ColumnBlock,
     packed_w: &mut Vec<WLine>,
@@ -34,9 +34,15 @@ pub(super) unsafe fn column_block(
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        // SAFETY: AVX2 (the contract); `w` holds `n·k` bits, so it has the block's rows
-        // `n0 .. n0 + cols ≤ n`; `k0 + kc ≤ k`.
-        unsafe { pack_w(w, k, block, k0, kc, packed_w) };
+        match w {
+            // SAFETY: AVX2 (the contract); `w` holds `n·k` bits, so it has the block's
+            // rows `n0 .. n0 + cols ≤ n`; `k0 + kc ≤ k`.
+            WeightRows::Bf16(w) => unsafe { pack_w(w, k, block, k0, kc, packed_w) },
+            // `k0` is a multiple of KC and `kc` of the block (`holds`).
+            WeightRows::Quant { dtype, bytes } => {
+                super::super::quant_matmul::pack_panels(dtype, bytes, k, block, k0, kc, packed_w)
+            }
+        }
         let accumulate = k0 > 0;
         let mut xp0 = 0;
         while xp0 < x_panels {
