@@ -14,7 +14,7 @@ pub mod buffer_pool;
 mod check;
 mod convert;
 mod embedding;
-mod fp8_encode;
+pub(crate) mod fp8_encode;
 mod gemv;
 mod heap;
 mod huge_pages;
