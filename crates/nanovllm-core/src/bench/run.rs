@@ -111,9 +111,17 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
         )));
     }
     let run = engine.stats().since(&stats_before);
+    let kv = engine.kv_cache_usage();
     Ok(BenchReport {
         device: engine.device().to_string(),
         model: model_name,
+        weights: weight_format(&engine)?,
+        kv_cache_dtype: engine
+            .config()
+            .kv_cache_dtype
+            .dtype_on(engine.device())
+            .to_string(),
+        kv_cache_tokens: kv.num_blocks * kv.block_size,
         num_seqs: spec.num_seqs,
         prompt_tokens: workload.num_prompt_tokens(),
         output_tokens,
@@ -128,6 +136,20 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
         cuda_graph_batch_sizes: engine.cuda_graph_batch_sizes(),
         decode_step: DecodeStepMs::mean_of(&run.decode_step_times, run.num_decode_steps),
     })
+}
+
+/// The linear weights' format (see [`BenchReport::weights`]): the quantized dtype of
+/// `--quantization`, else `--dtype` when it converts the weights, else the checkpoint's.
+fn weight_format(engine: &LLMEngine) -> Result<String> {
+    let config = engine.config();
+    let dtype = match config.quantization {
+        Some(quantization) => quantization.dtype(),
+        None => config
+            .dtype
+            .weight_dtype_on(engine.device())?
+            .unwrap_or(engine.model_config().dtype),
+    };
+    Ok(dtype.to_string())
 }
 
 /// The start-up block's concurrency line again, at this workload's average request length
@@ -216,6 +238,10 @@ mod tests {
         assert!(report.peak_kv_cache_used_fraction <= 1.0);
         assert!(report.mean_decode_batch_size >= 1.0 && report.mean_decode_batch_size <= 3.0);
         assert!(report.cuda_graph_batch_sizes.is_empty());
+        // The fixture's bf16 weights, the default bf16 cache, 64 blocks of 16 tokens.
+        assert_eq!(report.weights, "bf16");
+        assert_eq!(report.kv_cache_dtype, "bf16");
+        assert_eq!(report.kv_cache_tokens, 64 * 16);
         // Every decode step of the run was timed.
         let step = report.decode_step;
         assert!(step.steps > 0);
