@@ -127,7 +127,9 @@ fn parse_line(text: &str) -> Result<Prompt, String> {
         (Some(ids), None) => Ok(Prompt::TokenIds(ids)),
         (None, Some(text)) => Ok(Prompt::Text(text)),
         (Some(_), Some(_)) => Err("give either \"prompt_token_ids\" or \"text\", not both".into()),
-        (None, None) => Err("missing \"prompt_token_ids\" (a list of token ids) or \"text\"".into()),
+        (None, None) => {
+            Err("missing \"prompt_token_ids\" (a list of token ids) or \"text\"".into())
+        }
     }
 }
 
@@ -166,7 +168,9 @@ fn report_json(report: &PerplexityReport, line_numbers: &[usize]) -> serde_json:
         .line_scores
         .iter()
         .zip(line_numbers)
-        .map(|(score, line)| json!({"line": line, "tokens": score.tokens, "nll_sum": score.nll_sum}))
+        .map(
+            |(score, line)| json!({"line": line, "tokens": score.tokens, "nll_sum": score.nll_sum}),
+        )
         .collect();
     json!({
         "perplexity": report.perplexity,

@@ -159,7 +159,10 @@ fn prefix_caching_does_not_change_the_perplexity() {
     let want = reference()["perplexity"].as_f64().unwrap();
     for flag in ["--enable-prefix-caching", "--no-enable-prefix-caching"] {
         let report = perplexity_json(&input, &[flag]);
-        assert_eq!((&report["tokens"], &report["lines"]), (&Value::from(11170), &Value::from(48)));
+        assert_eq!(
+            (&report["tokens"], &report["lines"]),
+            (&Value::from(11170), &Value::from(48))
+        );
         assert_close(flag, report["perplexity"].as_f64().unwrap(), want);
         assert_lines_match_the_reference(&report);
     }
@@ -213,7 +216,10 @@ fn bad_lines_are_named_by_number_and_nothing_is_scored() {
     let err = stderr(&out);
     assert!(err.contains("2 bad line(s), nothing was scored"), "{err}");
     assert!(err.contains("line 3: invalid JSON"), "{err}");
-    assert!(err.contains("line 4: missing \"prompt_token_ids\""), "{err}");
+    assert!(
+        err.contains("line 4: missing \"prompt_token_ids\""),
+        "{err}"
+    );
 
     std::fs::write(
         &input,
@@ -235,6 +241,10 @@ fn bad_lines_are_named_by_number_and_nothing_is_scored() {
 
     let out = perplexity(&dir.join("missing.jsonl"), &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read --input"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read --input"),
+        "{}",
+        stderr(&out)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

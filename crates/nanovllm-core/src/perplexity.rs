@@ -38,7 +38,9 @@ pub enum LineError {
     #[error(transparent)]
     Request(#[from] RequestError),
     /// Fewer than two tokens leave nothing to score.
-    #[error("the line has {tokens} token(s); it needs at least 2, since its first token is not scored")]
+    #[error(
+        "the line has {tokens} token(s); it needs at least 2, since its first token is not scored"
+    )]
     TooShort { tokens: usize },
 }
 
@@ -156,10 +158,7 @@ pub fn score(
 
 /// The score of one line from its prompt logprobs (entry 0 `None`, entry `i` the logprob of
 /// `ids[i]`); an error unless the entries are exactly that.
-fn line_score(
-    ids: &[u32],
-    entries: &[Option<crate::TokenLogprobs>],
-) -> Result<LineScore, String> {
+fn line_score(ids: &[u32], entries: &[Option<crate::TokenLogprobs>]) -> Result<LineScore, String> {
     if entries.len() != ids.len() || entries.first().is_some_and(Option::is_some) {
         return Err(format!(
             "{} prompt logprob entries for {} tokens",
@@ -171,7 +170,11 @@ fn line_score(
     for (position, (entry, &token)) in entries.iter().zip(ids).enumerate().skip(1) {
         match entry {
             Some(e) if e.token_id == token => nll_sum -= f64::from(e.logprob),
-            _ => return Err(format!("no logprob of token {token} at position {position}")),
+            _ => {
+                return Err(format!(
+                    "no logprob of token {token} at position {position}"
+                ))
+            }
         }
     }
     Ok(LineScore {

@@ -10,7 +10,11 @@
 //! the quantization changed the perplexity at all (by more than 1e-6 relative), so a setting
 //! the engine silently ignored fails instead of passing at 1.000×.
 //!
-//! Measured ratios (unquantized 126.43 on the CPU) are in each test's comment.
+//! Measured ratios are in each test's comment (2-core x86 CPU, 2026-12-08, with the loader,
+//! FP8 cache and CPU kernels of issue 18; unquantized: 126.4347). They are small against the
+//! bounds: this fixture is tiny and briefly trained, so int4 costs it 0.26 %, not the
+//! few percent of a real model; still 160× the tool's own error (1.6e-5 relative), so a
+//! broken quantizer (wrong scale, nibble order, block layout) shows as far more.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -90,32 +94,33 @@ fn quantized(quantization: Quantization) -> EngineConfig {
     }
 }
 
-/// int8, a scale per 32 weights. Measured: see the module docs.
+/// int8, a scale per 32 weights. Measured: 126.4237, ratio 0.99991.
 #[test]
 fn int8_weights_stay_within_1_percent() {
     check_ratio("int8", quantized(Quantization::Int8), 1.01);
 }
 
-/// int4, a scale and minimum per 32 weights. Measured: see the module docs.
+/// int4, a scale and minimum per 32 weights. Measured: 126.7566, ratio 1.00255.
 #[test]
 fn int4_weights_stay_within_10_percent() {
     check_ratio("int4", quantized(Quantization::Int4), 1.10);
 }
 
-/// FP8 e4m3 quantized while loading, a scale per 128 weights. Measured: see the module docs.
+/// FP8 e4m3 quantized while loading, a scale per 128 weights. Measured: 126.5382, ratio
+/// 1.00082.
 #[test]
 fn fp8_weights_in_situ_stay_within_2_percent() {
     check_ratio("fp8 in situ", quantized(Quantization::Fp8), 1.02);
 }
 
 /// The FP8 checkpoint of the same model (128×128 `weight_scale_inv` blocks), loaded as it
-/// is. Measured: see the module docs.
+/// is. Measured: 126.4150, ratio 0.99984.
 #[test]
 fn fp8_checkpoint_stays_within_2_percent() {
     check_ratio("fp8 checkpoint", config("qwen3-trained-fp8"), 1.02);
 }
 
-/// An FP8 e4m3 KV cache (scale 1.0) under bf16 weights. Measured: see the module docs.
+/// An FP8 e4m3 KV cache (scale 1.0) under bf16 weights. Measured: 126.4848, ratio 1.00040.
 #[test]
 fn fp8_kv_cache_stays_within_2_percent() {
     let config = EngineConfig {
