@@ -93,6 +93,7 @@ impl NullModel {
                 mlp_only_layers: vec![],
                 bos_token_id: None,
                 eos_token_ids: vec![],
+                quantization: None,
             },
         }
     }

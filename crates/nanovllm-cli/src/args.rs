@@ -8,6 +8,7 @@ use nanovllm_core::bench::BenchFlags;
 use nanovllm_core::tp::TpMode;
 use nanovllm_core::{
     DeviceKind, EngineConfig, GenerationConfigSource, KvCacheDType, LoadFormat, ModelDType,
+    Quantization,
 };
 
 use crate::serve::chat_output::{ParserChoice, ParserOptions};
@@ -131,6 +132,12 @@ pub struct EngineArgs {
     /// the device's (f32 on the CPU, bf16 on CUDA, whose kernels read bf16 weights only).
     #[arg(long, value_enum)]
     pub dtype: Option<ModelDType>,
+    /// Quantize the linear weights and the LM head while loading a bf16/f16/f32
+    /// checkpoint: int8 (a scale per 32 weights), int4 (a scale and minimum per 32) or fp8
+    /// (e4m3, a scale per 128). Embeddings and norms stay as stored. FP8 checkpoints
+    /// (quantization_config in config.json) load quantized without this flag.
+    #[arg(long, value_enum)]
+    pub quantization: Option<Quantization>,
     /// Sampling defaults: auto (the model's generation_config.json), vllm (none of the
     /// model's; its end-of-sequence ids still apply) or a folder holding a
     /// generation_config.json.
@@ -236,6 +243,9 @@ impl EngineArgs {
         }
         if let Some(d) = self.dtype {
             cfg.dtype = d;
+        }
+        if let Some(q) = self.quantization {
+            cfg.quantization = Some(q);
         }
         if let Some(g) = &self.generation_config {
             cfg.generation_config = g.clone();
@@ -641,6 +651,29 @@ mod tests {
         }
         assert_eq!(engine_config_of(&[]).unwrap().dtype, ModelDType::Auto);
         assert!(engine_config_of(&["--dtype", "float64"]).is_err());
+    }
+
+    #[test]
+    fn quantization_flag_and_toml_key() {
+        for (text, want) in [
+            ("int8", Quantization::Int8),
+            ("int4", Quantization::Int4),
+            ("fp8", Quantization::Fp8),
+        ] {
+            let cfg = engine_config_of(&["--quantization", text]).unwrap();
+            assert_eq!(cfg.quantization, Some(want));
+            let toml = EngineConfig::from_toml_str(
+                &format!("model = \"m\"\nquantization = \"{text}\""),
+                std::path::Path::new("engine.toml"),
+            )
+            .unwrap();
+            assert_eq!(toml.quantization, Some(want));
+        }
+        assert_eq!(engine_config_of(&[]).unwrap().quantization, None);
+        let err = engine_config_of(&["--quantization", "awq"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("int8") && err.contains("int4"), "{err}");
     }
 
     #[test]

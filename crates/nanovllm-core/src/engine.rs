@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nanovllm_kernels::sampling::MAX_NUM_LOGPROBS;
-use nanovllm_kernels::{Backend, Communicator, NoopCommunicator};
+use nanovllm_kernels::{Backend, Communicator, DType, NoopCommunicator};
 use nanovllm_models::{
     load_model_with_progress, GenerationConfig, LoadProgress, LoadProgressFn, Model, ModelConfig,
     ModelContext, ModelError, ShardSpec,
@@ -34,7 +34,7 @@ use nanovllm_scheduler::{
     Scheduler, SchedulerConfig, SchedulerError, SeqId,
 };
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, Quantization};
 use crate::error::{EngineError, RequestError, Result};
 use crate::kv_sizing::size_kv_cache;
 use crate::logprobs::{PromptLogprobs, TokenLogprobs};
@@ -348,13 +348,17 @@ impl LLMEngine {
                 rank: 0,
                 world_size: tp,
             },
+            quantization: config.quantization.map(Quantization::weights),
         };
         if backend.device_memory().is_none() {
             // Host weights: refuse sizes the machine cannot hold before allocating them.
-            let bytes = model_config.num_elements().and_then(|n| {
-                let dtype = weight_dtype.unwrap_or(model_config.dtype);
-                n.checked_mul(dtype.size_in_bytes() as u64)
-            });
+            // Linear weights count in their quantized dtype (an FP8 checkpoint's: fp8_g128).
+            let linear = config
+                .quantization
+                .map(Quantization::dtype)
+                .or(model_config.quantization.as_ref().map(|_| DType::Fp8G128));
+            let dtype = weight_dtype.unwrap_or(model_config.dtype);
+            let bytes = model_config.weight_bytes(dtype, linear);
             let fix = "use a smaller model, or a machine with more memory";
             crate::host_memory::check_fits("loading the model's weights", bytes, fix)?;
         }
@@ -378,6 +382,18 @@ impl LLMEngine {
             config.load_format,
             tp,
         );
+        if let Some(q) = config.quantization {
+            tracing::info!(
+                "weights: linear layers and LM head quantized to {} while loading",
+                q.dtype()
+            );
+        } else if let Some(stored) = &model_config.quantization {
+            tracing::info!(
+                "weights: a {} checkpoint, linear layers kept quantized as {}",
+                stored.method(),
+                DType::Fp8G128
+            );
+        }
         let mut engine = Self::from_parts(config, generation_config, tokenizer, backend, model)?;
         if let Some(mut workers) = workers {
             workers.init(engine.runner.kv_cache().num_blocks)?;

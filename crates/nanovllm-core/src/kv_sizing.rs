@@ -561,6 +561,7 @@ mod tests {
             backend: backend.clone(),
             comm: Arc::new(NoopCommunicator),
             shard: ShardSpec::default(),
+            quantization: None,
         };
         let config = ModelConfig::from_dir(&dir).unwrap();
         let model = load_model(&config, &dir, LoadFormat::Safetensors, &ctx).unwrap();

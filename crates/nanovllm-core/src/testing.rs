@@ -72,6 +72,7 @@ pub fn toy_model_config(max_position_embeddings: usize) -> ModelConfig {
         mlp_only_layers: vec![],
         bos_token_id: None,
         eos_token_ids: vec![],
+        quantization: None,
     }
 }
 

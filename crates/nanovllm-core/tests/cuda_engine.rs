@@ -306,6 +306,7 @@ fn a_graph_decode_step_allocates_nothing_and_gives_the_eager_logits() {
             rank: 0,
             world_size: 1,
         },
+        quantization: None,
     };
     let model = load_model(
         &model_config,

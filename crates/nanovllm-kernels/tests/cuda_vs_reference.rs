@@ -105,6 +105,50 @@ fn matmul_accepts_f32_activations() {
     });
 }
 
+/// Block-quantized weights multiply bf16 activations only (the suite covers bf16): f32
+/// activations are a `WrongDType` error, not a silent rounding.
+#[test]
+fn quantized_matmul_needs_bf16_activations() {
+    with_gpu(|be| {
+        let w = Tensor::from_f32(vec![0.5; 4 * 128], &[4, 128])
+            .and_then(|t| nanovllm_kernels::quant::quantize(&t, DType::Int8G32))
+            .and_then(|t| be.upload_weight(t))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let x = upload_float(be, &[1.0; 2 * 128], &[2, 128], DType::F32);
+        match be.matmul(&x, &w) {
+            Err(KernelError::WrongDType { arg: "x", .. }) => {}
+            other => panic!("expected WrongDType for f32 x, got {other:?}"),
+        }
+    });
+}
+
+/// The CUDA MoE GEMMs read bf16 expert weights only: quantized ones are refused by name.
+#[test]
+fn moe_experts_refuses_quantized_weights() {
+    with_gpu(|be| {
+        let (tokens, hidden, experts, intermediate) = (3, 64, 2, 32);
+        let quantized = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            Tensor::from_f32(vec![0.25; n], shape)
+                .and_then(|t| nanovllm_kernels::quant::quantize(&t, DType::Int8G32))
+                .and_then(|t| be.upload_weight(t))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let w13 = quantized(&[experts, 2 * intermediate, hidden]);
+        let w2 = quantized(&[experts, hidden, intermediate]);
+        let (x, _) = activation(be, &vec![0.5; tokens * hidden], &[tokens, hidden]);
+        let ids = upload_u32(be, &[0, 1, 0], &[tokens, 1]);
+        let weights = upload_float(be, &[1.0; 3], &[tokens, 1], DType::F32);
+        match be.moe_experts(&x, &w13, &w2, &ids, &weights) {
+            Err(KernelError::UnsupportedDType {
+                dtype: DType::Int8G32,
+                ..
+            }) => {}
+            other => panic!("expected UnsupportedDType for int8_g32 experts, got {other:?}"),
+        }
+    });
+}
+
 /// Ids written by a kernel (no value range recorded from the host) are still validated,
 /// by reading them back: index_rows on a u32 tensor produces such a tensor.
 #[test]

@@ -28,8 +28,10 @@ use serde_json::{Map, Value};
 use crate::error::ModelError;
 use crate::features::SlidingWindow;
 
+mod quantization;
 mod rope;
 
+pub use quantization::CheckpointQuantization;
 pub use rope::{RopeScaling, IMPLEMENTED_ROPE_TYPES};
 
 /// The architecture-independent view of `config.json`.
@@ -89,6 +91,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// eos ids named in config.json (may be a list).
     pub eos_token_ids: Vec<u32>,
+    /// `quantization_config`: how the checkpoint is already quantized on disk (`None`:
+    /// float weights). Methods other than FP8 are refused while parsing.
+    pub quantization: Option<CheckpointQuantization>,
 }
 
 impl ModelConfig {
@@ -147,6 +152,7 @@ impl ModelConfig {
             mlp_only_layers: f.usize_list("mlp_only_layers")?,
             bos_token_id: f.optional_u32("bos_token_id")?,
             eos_token_ids: token_ids(obj.get("eos_token_id"), "eos_token_id", file)?,
+            quantization: quantization::parse(obj.get("quantization_config"), file)?,
         };
         f.reject_unsupported_features()?;
         config.validate(file)?;
@@ -256,6 +262,49 @@ impl ModelConfig {
             .checked_add(embeddings)?
             .checked_add(h)? // the final norm
             .checked_add(rope)
+    }
+
+    /// Elements of the linear weights ([`crate::linear_weights`]: the attention
+    /// projections, the MLPs and experts, and the LM head, a tied one counted once), the
+    /// part of [`ModelConfig::num_elements`] that `--quantization` and FP8 checkpoints
+    /// store quantized. `None` on overflow.
+    pub fn num_linear_elements(&self) -> Option<u64> {
+        let n = |x: usize| u64::try_from(x).ok();
+        let h = n(self.hidden_size)?;
+        let (q, kv) = (
+            n(self.num_attention_heads)?.checked_mul(n(self.head_dim)?)?,
+            n(self.num_key_value_heads)?.checked_mul(n(self.head_dim)?)?,
+        );
+        let attention = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
+        let swiglu = |inter: usize| h.checked_mul(n(inter)?)?.checked_mul(3);
+        let sparse_ffn =
+            swiglu(self.expert_intermediate_size())?.checked_mul(n(self.num_local_experts)?)?;
+        let (layers, sparse) = (n(self.num_hidden_layers)?, n(self.num_sparse_layers())?);
+        attention
+            .checked_mul(layers)?
+            .checked_add(sparse_ffn.checked_mul(sparse)?)?
+            .checked_add(swiglu(self.intermediate_size)?.checked_mul(layers - sparse)?)?
+            .checked_add(n(self.vocab_size)?.checked_mul(h)?)
+    }
+
+    /// Bytes of the loaded weights, unsharded: every element of
+    /// [`ModelConfig::num_elements`] in `dtype`, except the linear ones
+    /// ([`ModelConfig::num_linear_elements`]) in `linear_dtype` when given. A quantized
+    /// tied LM head is a copy next to the embedding: it counts in both. `None` on overflow.
+    pub fn weight_bytes(&self, dtype: DType, linear_dtype: Option<DType>) -> Option<u64> {
+        let total = self.num_elements()?;
+        let float = |elems: u64| elems.checked_mul(dtype.size_in_bytes() as u64);
+        let Some(linear_dtype) = linear_dtype else {
+            return float(total);
+        };
+        let linear = self.num_linear_elements()?;
+        let head = u64::try_from(self.vocab_size.checked_mul(self.hidden_size)?).ok()?;
+        // A tied head's table stays float as the embedding.
+        let float_elems = total
+            .checked_sub(linear)?
+            .checked_add(if self.tie_word_embeddings { head } else { 0 })?;
+        let quantized = usize::try_from(linear).ok()?;
+        float(float_elems)?.checked_add(linear_dtype.storage_bytes(quantized) as u64)
     }
 
     /// How many layers [`ModelConfig::is_sparse_layer`] holds true for, without visiting
@@ -742,6 +791,7 @@ mod tests {
                 mlp_only_layers: vec![],
                 bos_token_id: Some(151643),
                 eos_token_ids: vec![151645],
+                quantization: None,
             }
         );
     }
@@ -758,6 +808,25 @@ mod tests {
         assert_eq!(
             untied.num_elements(),
             Some(596_049_920 + 40960 * 128 + 151936 * 1024)
+        );
+    }
+
+    #[test]
+    fn linear_elements_and_quantized_weight_bytes() {
+        // Qwen3-0.6B: 28 layers of q 2048×1024, k/v 1024×1024, o 1024×2048 and a 3072-wide
+        // SwiGLU, plus the tied 151936×1024 head.
+        let c = parse(QWEN3_0_6B).unwrap();
+        let per_layer = 1024 * (2 * 2048 + 2 * 1024) + 3 * 1024 * 3072;
+        let linear = 28 * per_layer + 151936 * 1024;
+        assert_eq!(c.num_linear_elements(), Some(linear));
+        let total = c.num_elements().unwrap();
+        assert_eq!(c.weight_bytes(DType::BF16, None), Some(2 * total));
+        // int4: 20 bytes per 32 linear weights; the tied table stays bf16 next to its copy.
+        let head = 151936 * 1024;
+        let want = 2 * (total - linear + head) + linear / 32 * 20;
+        assert_eq!(
+            c.weight_bytes(DType::BF16, Some(DType::Int4G32)),
+            Some(want)
         );
     }
 

@@ -126,7 +126,7 @@ impl<F: FeedForward> DecoderLm<F> {
         check_shardable(config, shard.world_size)?;
         check_rank(ctx)?;
         let backend = ctx.backend.as_ref();
-        let loader = WeightLoader::new(source, backend, shard);
+        let loader = WeightLoader::new(source, backend, shard).with_quantization(ctx.quantization);
         let c = config;
         let hidden = c.hidden_size;
 
@@ -166,7 +166,17 @@ impl<F: FeedForward> DecoderLm<F> {
             .collect::<Result<Vec<_>, ModelError>>()?;
         let norm = RmsNorm::load(&loader, "model.norm.weight", hidden, c.rms_norm_eps)?;
         // HF ties when the config says so; a checkpoint without lm_head.weight is tied too.
-        let lm_head = if c.tie_word_embeddings || !loader.contains("lm_head.weight") {
+        let tied = c.tie_word_embeddings || !loader.contains("lm_head.weight");
+        let lm_head = if tied && loader.quantizes_lm_head() {
+            // A quantized copy of the table; the embedding stays as stored.
+            ParallelLmHead::load(
+                &loader,
+                "model.embed_tokens.weight",
+                c.vocab_size,
+                hidden,
+                ctx.comm.clone(),
+            )?
+        } else if tied {
             ParallelLmHead::tied(&embed_tokens, c.vocab_size, ctx.comm.clone())
         } else {
             ParallelLmHead::load(
@@ -208,6 +218,10 @@ impl<F: FeedForward> DecoderLm<F> {
 
     pub fn lm_head(&self) -> &ParallelLmHead {
         &self.lm_head
+    }
+
+    pub fn embed_tokens(&self) -> &VocabParallelEmbedding {
+        &self.embed_tokens
     }
 
     /// Every decoder layer over all packed rows: the last layer's feed-forward output and

@@ -37,7 +37,7 @@ pub enum ModelError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("tensor {name} has unsupported dtype {dtype}: expected f32, bf16 or f16")]
+    #[error("tensor {name} has unsupported dtype {dtype}: expected f32, bf16, f16, or F8_E4M3 with its scales (FP8 checkpoints)")]
     UnsupportedDType { name: String, dtype: String },
     #[error("invalid safetensors file {path}: {msg} (the file may be truncated or corrupt)")]
     InvalidCheckpoint { path: PathBuf, msg: String },
@@ -93,6 +93,32 @@ pub enum ModelError {
         expected: usize,
         found: usize,
     },
+    #[error(
+        "config.json's quantization_config.quant_method is {method:?}, which this engine \
+         cannot load: supported are \"fp8\" checkpoints (e4m3 weights with block-wise \
+         weight_scale_inv or a per-tensor weight_scale), or a bf16/f16/f32 checkpoint \
+         quantized while loading with --quantization int8|int4|fp8"
+    )]
+    UnsupportedQuantization { method: String },
+    #[error(
+        "--quantization asks to quantize the weights to {requested}, but the checkpoint is \
+         already quantized ({method} in config.json's quantization_config); load it without \
+         --quantization"
+    )]
+    AlreadyQuantized { requested: DType, method: String },
+    #[error(
+        "tensor parallelism: {name} is split into shards of {shard} input features, which \
+         cuts its {dtype} blocks of {block} weights; use a --tensor-parallel-size whose \
+         shards are whole blocks, or (for quantization while loading) no --quantization"
+    )]
+    ShardCutsBlock {
+        name: String,
+        shard: usize,
+        block: usize,
+        dtype: DType,
+    },
+    #[error("{name}: {msg}")]
+    Quantization { name: String, msg: String },
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }

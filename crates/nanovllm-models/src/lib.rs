@@ -2,7 +2,8 @@
 //!
 //! Owns model architectures: the [`Model`] trait, Hugging Face config parsing
 //! ([`ModelConfig`], [`GenerationConfig`]), weight loading (safetensors through
-//! mmap, or dummy random weights, with a progress callback) with tensor-parallel sharding, the shared
+//! mmap, or dummy random weights, with a progress callback) with tensor-parallel sharding,
+//! in-situ quantization of the linear weights and FP8 checkpoints, the shared
 //! layers, and one file per architecture (`qwen3.rs`, `mixtral.rs`, `llama.rs`,
 //! `mistral.rs`, `qwen2.rs`, `qwen3_moe.rs`), each declaring what it supports ([`features::Features`]) and each one
 //! line in [`registry`].
@@ -17,7 +18,9 @@ pub mod decoder;
 mod dummy;
 mod error;
 pub mod features;
+pub mod fp8_checkpoint;
 pub mod layers;
+pub mod linear_weights;
 pub mod llama;
 pub mod loader;
 pub mod mistral;
@@ -33,9 +36,11 @@ mod safetensors_source;
 mod test_util;
 
 pub use cast_source::CastSource;
-pub use config::{GenerationConfig, ModelConfig, RopeScaling};
+pub use config::{CheckpointQuantization, GenerationConfig, ModelConfig, RopeScaling};
 pub use dummy::DummySource;
 pub use error::ModelError;
+pub use fp8_checkpoint::Fp8CheckpointSource;
+pub use linear_weights::{LinearWeights, WeightQuantization};
 pub use loader::{
     check_tensor_parallel_size, LoadFormat, ShardSpec, Slice, WeightLoader, WeightSource,
 };

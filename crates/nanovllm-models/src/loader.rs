@@ -30,6 +30,10 @@
 //! Weights keep the dtype stored in the checkpoint (bf16 stays bf16, no f32
 //! copy); the matmul kernels widen on the fly. An explicit weight dtype (`--dtype`) wraps
 //! the source in a [`crate::CastSource`], which converts each tensor while it is read.
+//! Linear weights are loaded through [`WeightLoader::linear`] (and the LM head through
+//! [`WeightLoader::lm_head`]): the same methods, quantized while they load when the loader
+//! was given a [`WeightQuantization`] (see [`crate::linear_weights`]). An FP8 checkpoint's
+//! weights arrive already quantized ([`crate::Fp8CheckpointSource`]).
 //!
 //! **KV heads under tensor parallelism.** With `W` ranks and `K` KV heads, either
 //! `W` divides `K` (each rank holds `K / W` heads, split evenly like the q heads)
@@ -55,6 +59,7 @@ use nanovllm_kernels::{Backend, CpuStorage, DType, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+pub use crate::linear_weights::{LinearWeights, WeightQuantization};
 
 /// Where weights come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -267,13 +272,17 @@ pub trait WeightSource: Send + Sync {
     }
 }
 
-/// An empty float buffer of `dtype` with room for `capacity` elements (on huge pages
-/// when big: see [`vec_with_capacity`]).
+/// An empty buffer of `dtype` (a float or a byte-backed dtype) with room for `capacity`
+/// elements (on huge pages when big: see [`vec_with_capacity`]).
 pub fn empty_storage(dtype: DType, capacity: usize) -> Result<CpuStorage, ModelError> {
     Ok(match dtype {
         DType::F32 => CpuStorage::F32(vec_with_capacity(capacity)),
         DType::BF16 => CpuStorage::BF16(vec_with_capacity(capacity)),
         DType::F16 => CpuStorage::F16(vec_with_capacity(capacity)),
+        d if d == DType::F8E4M3 || d.is_quantized() => CpuStorage::Bytes {
+            dtype: d,
+            bytes: vec_with_capacity(d.storage_bytes(capacity)),
+        },
         other => {
             return Err(ModelError::UnsupportedDType {
                 name: "(weight buffer)".into(),
@@ -318,9 +327,16 @@ const LM_HEAD: &str = "lm_head.weight";
 
 /// Why checkpoint tensor `name` may go unread by a `config` model, or `None` when leaving
 /// it unread is an error (strict loading: see the module docs). The whole list: the
-/// suffixes of `IGNORABLE_SUFFIXES`, and `lm_head.weight` when `tie_word_embeddings` is
-/// set (transformers then ties the LM head to the embedding and ignores the stored copy).
+/// suffixes of `IGNORABLE_SUFFIXES`, `lm_head.weight` when `tie_word_embeddings` is
+/// set (transformers then ties the LM head to the embedding and ignores the stored copy),
+/// and the `*.input_scale` of an FP8 checkpoint (`activation_scheme: "static"`).
 pub fn why_ignorable(name: &str, config: &ModelConfig) -> Option<&'static str> {
+    if name.ends_with(".input_scale") && config.quantization.is_some() {
+        return Some(
+            "a static FP8 activation scale: weights-only FP8 loading keeps activations in \
+             the backend's float dtype and never quantizes them, so it needs no input scale",
+        );
+    }
     if name == LM_HEAD && config.tie_word_embeddings {
         return Some(
             "tie_word_embeddings is set: transformers ties the LM head to the embedding and \
@@ -352,6 +368,9 @@ pub struct WeightLoader<'a> {
     shard: ShardSpec,
     /// Every tensor read so far (a slice counts), for [`WeightLoader::check_all_used`].
     used: Mutex<HashSet<String>>,
+    /// In-situ quantization of the weights loaded through [`WeightLoader::linear`] (and
+    /// [`WeightLoader::lm_head`]).
+    quantization: Option<WeightQuantization>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -361,7 +380,37 @@ impl<'a> WeightLoader<'a> {
             backend,
             shard,
             used: Mutex::new(HashSet::new()),
+            quantization: None,
         }
+    }
+
+    /// Quantizes the linear weights ([`WeightLoader::linear`], [`WeightLoader::lm_head`])
+    /// as they load; `None` keeps them as the source gives them.
+    pub fn with_quantization(mut self, quantization: Option<WeightQuantization>) -> Self {
+        self.quantization = quantization;
+        self
+    }
+
+    /// The linear layers' weights (attention projections, MLP, experts): the same
+    /// loading shapes as the plain methods, quantized to the `--quantization` format
+    /// while they load (see [`crate::linear_weights`]). Embeddings, norms, biases and
+    /// routers use the plain methods and stay as stored.
+    pub fn linear(&self) -> LinearWeights<'_, 'a> {
+        LinearWeights::new(self, self.quantization.map(|q| q.dtype))
+    }
+
+    /// The LM head's weight: quantized like [`WeightLoader::linear`] only when
+    /// [`WeightQuantization::lm_head`] says so.
+    pub fn lm_head(&self) -> LinearWeights<'_, 'a> {
+        LinearWeights::new(
+            self,
+            self.quantization.filter(|q| q.lm_head).map(|q| q.dtype),
+        )
+    }
+
+    /// Whether the LM head is loaded quantized (so a tied head needs its own copy).
+    pub fn quantizes_lm_head(&self) -> bool {
+        self.lm_head().dtype().is_some()
     }
 
     /// Strict loading: an error naming the checkpoint's tensors this loader never read,
@@ -404,15 +453,51 @@ impl<'a> WeightLoader<'a> {
 
     /// Column-parallel: this rank's rows of `[out, in]`.
     pub fn column_shard(&self, name: &str, shape: [usize; 2]) -> Result<Tensor, ModelError> {
-        self.upload(self.read_column_shard(name, shape)?)
+        self.column_shard_as(name, shape, None)
+    }
+
+    pub(crate) fn column_shard_as(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        quantize: Option<DType>,
+    ) -> Result<Tensor, ModelError> {
+        let rows = self
+            .shard
+            .even_range(&format!("the output features of {name}"), shape[0])?;
+        self.read_one(name, &shape, &Slice::Rows(rows), quantize)
     }
 
     /// Row-parallel: this rank's columns of `[out, in]`.
     pub fn row_shard(&self, name: &str, shape: [usize; 2]) -> Result<Tensor, ModelError> {
+        self.row_shard_as(name, shape, None)
+    }
+
+    pub(crate) fn row_shard_as(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        quantize: Option<DType>,
+    ) -> Result<Tensor, ModelError> {
         let cols = self
             .shard
             .even_range(&format!("the input features of {name}"), shape[1])?;
-        self.upload(self.read(name, &shape, &Slice::Cols(cols))?)
+        self.read_one(name, &shape, &Slice::Cols(cols), quantize)
+    }
+
+    /// `slice` of `name` in one buffer of its load dtype, uploaded.
+    fn read_one(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        quantize: Option<DType>,
+    ) -> Result<Tensor, ModelError> {
+        let out_shape = slice.out_shape(name, shape)?;
+        let dtype = self.load_dtype(name, quantize)?;
+        let mut buffer = empty_storage(dtype, out_shape.iter().product())?;
+        self.append(name, shape, slice, quantize, &mut buffer)?;
+        self.upload(Tensor::from_cpu(buffer, &out_shape)?)
     }
 
     /// Packed column-parallel: `parts[i] = (name, out_features)`, all with `in_features`
@@ -422,6 +507,15 @@ impl<'a> WeightLoader<'a> {
         &self,
         parts: &[(&str, usize)],
         in_features: usize,
+    ) -> Result<Tensor, ModelError> {
+        self.packed_column_shard_as(parts, in_features, None)
+    }
+
+    pub(crate) fn packed_column_shard_as(
+        &self,
+        parts: &[(&str, usize)],
+        in_features: usize,
+        quantize: Option<DType>,
     ) -> Result<Tensor, ModelError> {
         let parts = parts
             .iter()
@@ -435,13 +529,22 @@ impl<'a> WeightLoader<'a> {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        self.pack_rows(&parts, &[in_features])
+        self.pack_rows_as(&parts, &[in_features], quantize)
     }
 
     /// The given rows of several tensors of shape `[part.out_features, ..inner]` (`inner`
     /// is `[in_features]` for weights, empty for biases), concatenated along dim 0 in
     /// order and assembled in one buffer: `[Σ rows, ..inner]`. The parts must share a dtype.
     pub fn pack_rows(&self, parts: &[PackedPart], inner: &[usize]) -> Result<Tensor, ModelError> {
+        self.pack_rows_as(parts, inner, None)
+    }
+
+    pub(crate) fn pack_rows_as(
+        &self,
+        parts: &[PackedPart],
+        inner: &[usize],
+        quantize: Option<DType>,
+    ) -> Result<Tensor, ModelError> {
         let Some(first) = parts.first() else {
             return Err(ModelError::Shard("no weights to pack".into()));
         };
@@ -459,13 +562,14 @@ impl<'a> WeightLoader<'a> {
         }
         let rows: usize = parts.iter().map(|p| p.rows.len()).sum();
         let row_len: usize = inner.iter().product();
-        let mut buffer = empty_storage(dtype, rows * row_len)?;
+        let mut buffer = empty_storage(self.load_dtype(first.name, quantize)?, rows * row_len)?;
         for part in parts {
             let shape: Vec<usize> = [part.out_features].iter().chain(inner).copied().collect();
-            self.read_into(
+            self.append(
                 part.name,
                 &shape,
                 &Slice::Rows(part.rows.clone()),
+                quantize,
                 &mut buffer,
             )?;
         }
@@ -481,6 +585,15 @@ impl<'a> WeightLoader<'a> {
         names: &[String],
         shape: [usize; 2],
     ) -> Result<Tensor, ModelError> {
+        self.stacked_row_shard_as(names, shape, None)
+    }
+
+    pub(crate) fn stacked_row_shard_as(
+        &self,
+        names: &[String],
+        shape: [usize; 2],
+        quantize: Option<DType>,
+    ) -> Result<Tensor, ModelError> {
         let Some(first) = names.first() else {
             return Err(ModelError::Shard("no weights to stack".into()));
         };
@@ -488,7 +601,10 @@ impl<'a> WeightLoader<'a> {
             .shard
             .even_range(&format!("the input features of {first}"), shape[1])?;
         let dtype = self.source.dtype(first)?;
-        let mut buffer = empty_storage(dtype, names.len() * shape[0] * cols.len())?;
+        let mut buffer = empty_storage(
+            self.load_dtype(first, quantize)?,
+            names.len() * shape[0] * cols.len(),
+        )?;
         for name in names {
             let part_dtype = self.source.dtype(name)?;
             if part_dtype != dtype {
@@ -499,7 +615,13 @@ impl<'a> WeightLoader<'a> {
                     second_dtype: part_dtype,
                 });
             }
-            self.read_into(name, &shape, &Slice::Cols(cols.clone()), &mut buffer)?;
+            self.append(
+                name,
+                &shape,
+                &Slice::Cols(cols.clone()),
+                quantize,
+                &mut buffer,
+            )?;
         }
         self.upload(Tensor::from_cpu(
             buffer,
@@ -515,30 +637,82 @@ impl<'a> WeightLoader<'a> {
         vocab: usize,
         hidden: usize,
     ) -> Result<Tensor, ModelError> {
+        self.vocab_shard_as(name, vocab, hidden, None)
+    }
+
+    pub(crate) fn vocab_shard_as(
+        &self,
+        name: &str,
+        vocab: usize,
+        hidden: usize,
+        quantize: Option<DType>,
+    ) -> Result<Tensor, ModelError> {
         let per = self.shard.vocab_per_rank(vocab);
         let rows = self.shard.vocab_range(vocab);
-        let mut buffer = empty_storage(self.source.dtype(name)?, per * hidden)?;
-        self.read_into(name, &[vocab, hidden], &Slice::Rows(rows), &mut buffer)?;
+        let mut buffer = empty_storage(self.load_dtype(name, quantize)?, per * hidden)?;
+        self.append(
+            name,
+            &[vocab, hidden],
+            &Slice::Rows(rows),
+            quantize,
+            &mut buffer,
+        )?;
         match &mut buffer {
             CpuStorage::F32(v) => v.resize(per * hidden, 0.0),
             CpuStorage::BF16(v) => v.resize(per * hidden, half::bf16::ZERO),
             CpuStorage::F16(v) => v.resize(per * hidden, half::f16::ZERO),
+            // All-zero bytes are a zero weight in every byte-backed format (zero scale).
+            CpuStorage::Bytes { dtype, bytes } => {
+                bytes.resize(dtype.storage_bytes(per * hidden), 0)
+            }
             other => return Err(buffer_dtype_mismatch(other, name, DType::F32)),
         }
         self.upload(Tensor::from_cpu(buffer, &[per, hidden])?)
-    }
-
-    fn read_column_shard(&self, name: &str, shape: [usize; 2]) -> Result<Tensor, ModelError> {
-        let rows = self
-            .shard
-            .even_range(&format!("the output features of {name}"), shape[0])?;
-        self.read(name, &shape, &Slice::Rows(rows))
     }
 
     /// [`WeightSource::read`], recording `name` as used.
     fn read(&self, name: &str, shape: &[usize], slice: &Slice) -> Result<Tensor, ModelError> {
         self.mark_used(name);
         self.source.read(name, shape, slice)
+    }
+
+    /// The dtype `name` loads as: `quantize` when given, else the source's.
+    fn load_dtype(&self, name: &str, quantize: Option<DType>) -> Result<DType, ModelError> {
+        match quantize {
+            Some(dtype) => Ok(dtype),
+            None => self.source.dtype(name),
+        }
+    }
+
+    /// Appends `slice` of `name` to `out` in its load dtype: as the source gives it, or
+    /// quantized to `quantize` ([`crate::linear_weights::append_quantized`], a bounded
+    /// number of rows at a time). A block-quantized result must hold whole blocks per
+    /// row: a tensor-parallel shard that cuts a block is [`ModelError::ShardCutsBlock`].
+    fn append(
+        &self,
+        name: &str,
+        shape: &[usize],
+        slice: &Slice,
+        quantize: Option<DType>,
+        out: &mut CpuStorage,
+    ) -> Result<(), ModelError> {
+        let stored = self.source.dtype(name)?;
+        let target = quantize.unwrap_or(stored);
+        crate::linear_weights::check_whole_blocks(name, shape, slice, target)?;
+        if target == stored {
+            return self.read_into(name, shape, slice, out);
+        }
+        if !stored.is_float() {
+            return Err(ModelError::Quantization {
+                name: name.to_owned(),
+                msg: format!(
+                    "stored as {stored}, which cannot be quantized again to {target}; load \
+                     the checkpoint without --quantization"
+                ),
+            });
+        }
+        self.mark_used(name);
+        crate::linear_weights::append_quantized(self.source, name, shape, slice, target, out)
     }
 
     /// [`WeightSource::read_into`], recording `name` as used.

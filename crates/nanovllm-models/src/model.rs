@@ -6,6 +6,7 @@ use nanovllm_kernels::{AttentionMetadata, Backend, Communicator, KvCache, Tensor
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::linear_weights::WeightQuantization;
 use crate::loader::ShardSpec;
 
 /// One step's inputs, on the backend's device, built by the runner.
@@ -35,6 +36,9 @@ pub struct ModelContext {
     pub backend: Arc<dyn Backend>,
     pub comm: Arc<dyn Communicator>,
     pub shard: ShardSpec,
+    /// Quantize the linear weights while loading (`--quantization`); `None` loads them
+    /// as the checkpoint stores them.
+    pub quantization: Option<WeightQuantization>,
 }
 
 /// A causal LM for this rank.

@@ -74,7 +74,7 @@ impl WeightSource for ProgressSource<'_> {
     ) -> Result<(), ModelError> {
         self.inner.read_into(name, shape, slice, out)?;
         let elements: usize = slice.out_shape(name, shape)?.iter().product();
-        let bytes = (elements * self.inner.dtype(name)?.size_in_bytes()) as u64;
+        let bytes = self.inner.dtype(name)?.storage_bytes(elements) as u64;
         let bytes_read = self.bytes_read.fetch_add(bytes, Ordering::Relaxed) + bytes;
         (self.report)(LoadProgress {
             bytes_read,

@@ -13,6 +13,8 @@ use crate::config::ModelConfig;
 use crate::dummy::DummySource;
 use crate::error::ModelError;
 use crate::features::{check_features, Features};
+use crate::fp8_checkpoint::Fp8CheckpointSource;
+use crate::linear_weights::WeightQuantization;
 use crate::loader::{LoadFormat, WeightSource};
 use crate::model::{Model, ModelContext};
 use crate::progress::{LoadProgressFn, ProgressSource};
@@ -96,6 +98,10 @@ pub fn load_model(
 
 /// [`load_model`] with every float weight converted to `weight_dtype` while loading
 /// ([`CastSource`]); `None` keeps each tensor's stored dtype (dummy weights: the config's).
+/// The linear weights are then quantized when `ctx.quantization` says so
+/// ([`crate::linear_weights`]); a checkpoint already quantized (`quantization_config`:
+/// FP8, [`Fp8CheckpointSource`]) loads as stored, and asking to quantize it again is
+/// [`ModelError::AlreadyQuantized`].
 pub fn load_model_as(
     config: &ModelConfig,
     dir: &Path,
@@ -121,21 +127,44 @@ pub fn load_model_with_progress(
         supported: supported_architectures(),
     })?;
     check_features(config, arch.name, arch.features)?;
+    if let (Some(requested), Some(stored)) = (ctx.quantization, &config.quantization) {
+        return Err(ModelError::AlreadyQuantized {
+            requested: requested.dtype,
+            method: stored.method().to_owned(),
+        });
+    }
     let whole = ctx.shard.world_size == 1;
-    match (format, weight_dtype) {
-        (LoadFormat::Safetensors, None) => {
-            let stored = SafetensorsSource::open(dir)?;
-            (arch.load)(config, &ProgressSource::new(&stored, whole, progress), ctx)
-        }
-        (LoadFormat::Safetensors, Some(dtype)) => {
+    match format {
+        LoadFormat::Safetensors => {
             // Progress counts the bytes read from the checkpoint, before conversion, so
             // that it ends at the checkpoint's size.
             let stored = SafetensorsSource::open(dir)?;
             let read = ProgressSource::new(&stored, whole, progress);
-            (arch.load)(config, &CastSource::new(&read, dtype), ctx)
+            let fp8;
+            let checkpoint: &dyn WeightSource = match &config.quantization {
+                Some(quantization) => {
+                    fp8 = Fp8CheckpointSource::new(&read, quantization)?;
+                    &fp8
+                }
+                None => &read,
+            };
+            match weight_dtype {
+                None => (arch.load)(config, checkpoint, ctx),
+                Some(dtype) => (arch.load)(config, &CastSource::new(checkpoint, dtype), ctx),
+            }
         }
-        (LoadFormat::Dummy, dtype) => {
-            let source = DummySource::new(dtype.unwrap_or(config.dtype), DUMMY_SEED);
+        LoadFormat::Dummy => {
+            let source = DummySource::new(weight_dtype.unwrap_or(config.dtype), DUMMY_SEED);
+            // Dummy weights of an FP8 checkpoint's shapes are quantized to its format.
+            let ctx = &ModelContext {
+                quantization: ctx.quantization.or(config.quantization.as_ref().map(|_| {
+                    WeightQuantization {
+                        dtype: DType::Fp8G128,
+                        lm_head: false,
+                    }
+                })),
+                ..ctx.clone()
+            };
             (arch.load)(config, &ProgressSource::new(&source, whole, progress), ctx)
         }
     }

@@ -5,7 +5,8 @@
 //! directory (the usual single `model.safetensors`). Headers are parsed and
 //! validated once at open (a truncated or corrupt file fails there); tensor
 //! bytes are copied out of the mapping only for the slice a rank asks for.
-//! Data is little-endian, as the safetensors format specifies.
+//! Data is little-endian, as the safetensors format specifies. Float tensors (f32, bf16,
+//! f16) and FP8 e4m3 tensors (`F8_E4M3`, read as [`DType::F8E4M3`] bytes) are readable.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -162,6 +163,9 @@ impl WeightSource for SafetensorsSource {
             Dtype::F32 => Ok(DType::F32),
             Dtype::BF16 => Ok(DType::BF16),
             Dtype::F16 => Ok(DType::F16),
+            // FP8 checkpoints' weights, read as bytes ([`crate::Fp8CheckpointSource`]
+            // pairs them with their scales).
+            Dtype::F8_E4M3 => Ok(DType::F8E4M3),
             other => Err(ModelError::UnsupportedDType {
                 name: name.to_owned(),
                 dtype: format!("{other:?}"),
@@ -192,28 +196,66 @@ impl WeightSource for SafetensorsSource {
         // In range: the header was validated against the file length at open.
         let bytes = &file.mmap[file.data_start + start..file.data_start + end];
         let elem = dtype.size_in_bytes();
-        match slice {
-            Slice::Full => append(out, name, dtype, bytes),
+        // The byte range of the tensor read, relative to `bytes`.
+        let read = match slice {
+            Slice::Full => {
+                append(out, name, dtype, bytes)?;
+                0..bytes.len()
+            }
             Slice::Rows(rows) => {
                 let row_bytes = elem * shape[1..].iter().product::<usize>();
-                append(
-                    out,
-                    name,
-                    dtype,
-                    &bytes[rows.start * row_bytes..rows.end * row_bytes],
-                )
+                let range = rows.start * row_bytes..rows.end * row_bytes;
+                append(out, name, dtype, &bytes[range.clone()])?;
+                range
             }
-            Slice::Cols(cols) if cols.is_empty() => Ok(()),
+            Slice::Cols(cols) if cols.is_empty() => 0..0,
             Slice::Cols(cols) => {
                 // Non-empty columns: out_shape checked cols.end <= shape[1], so rows are non-empty.
                 for row in bytes.chunks_exact(elem * shape[1]) {
                     append(out, name, dtype, &row[cols.start * elem..cols.end * elem])?;
                 }
-                Ok(())
+                0..bytes.len()
             }
-        }
+        };
+        let at = file.data_start + start;
+        file.release(at + read.start..at + read.end);
+        Ok(())
     }
 }
+
+impl MappedFile {
+    /// Drops the mapping's resident pages wholly inside `range` (offsets into the mapping)
+    /// from this process: the bytes were copied out, and keeping them mapped would count
+    /// the checkpoint in the RSS next to the loaded weights (twice the model for a float
+    /// load; the whole float checkpoint next to a quantized one). The page cache keeps
+    /// them, so a later read of the same bytes refaults cheaply. Best effort: an error
+    /// (a larger page size, another OS) only leaves the pages mapped.
+    fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        {
+            let start = range.start.next_multiple_of(RELEASE_PAGE);
+            let end = range.end / RELEASE_PAGE * RELEASE_PAGE;
+            if start < end {
+                // SAFETY: MADV_DONTNEED on a read-only, shared file mapping only unmaps
+                // pages; any later access, including one through a borrow another thread
+                // holds, refaults the same bytes from the file, which is not modified
+                // while a model loads (see `map_file`). No byte anyone reads changes.
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+}
+
+/// The page granularity [`MappedFile::release`] rounds to (the mapping starts on a page).
+const RELEASE_PAGE: usize = 4096;
 
 /// Appends little-endian `bytes` of `dtype` to `out`.
 fn append(out: &mut CpuStorage, name: &str, dtype: DType, bytes: &[u8]) -> Result<(), ModelError> {
@@ -221,6 +263,9 @@ fn append(out: &mut CpuStorage, name: &str, dtype: DType, bytes: &[u8]) -> Resul
         (CpuStorage::F32(v), DType::F32) => extend_from_le_bytes(v, bytes),
         (CpuStorage::BF16(v), DType::BF16) => extend_from_le_bytes(v, bytes),
         (CpuStorage::F16(v), DType::F16) => extend_from_le_bytes(v, bytes),
+        (CpuStorage::Bytes { dtype: d, bytes: v }, DType::F8E4M3) if *d == DType::F8E4M3 => {
+            v.extend_from_slice(bytes)
+        }
         (out, dtype) => return Err(buffer_dtype_mismatch(out, name, dtype)),
     }
     Ok(())

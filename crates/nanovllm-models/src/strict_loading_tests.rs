@@ -133,6 +133,7 @@ fn load_ranks(dir: &Path, world_size: usize) -> Vec<Result<(), ModelError>> {
                     rank: comm.rank(),
                     world_size,
                 },
+                quantization: None,
                 comm: Arc::new(comm),
             };
             load_model(&config, dir, LoadFormat::Safetensors, &ctx).map(|_| ())

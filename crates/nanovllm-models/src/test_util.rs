@@ -22,6 +22,7 @@ pub fn cpu_ctx() -> ModelContext {
         backend: Arc::new(CpuBackend::new()),
         comm: Arc::new(NoopCommunicator),
         shard: ShardSpec::default(),
+        quantization: None,
     }
 }
 

@@ -88,6 +88,7 @@ fn unsplittable_world_sizes_name_the_count_and_working_sizes() {
                 rank: 0,
                 world_size,
             },
+            quantization: None,
         };
         match load_model(&config, &dir, LoadFormat::Safetensors, &ctx) {
             Err(ModelError::Shard(msg)) => msg,

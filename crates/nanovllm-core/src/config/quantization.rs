@@ -1,12 +1,14 @@
 //! [`Quantization`]: in-situ weight quantization at load time (`--quantization`).
 //!
-//! A bf16/f16/f32 checkpoint's linear weights (attention projections, MLP, experts) are
-//! quantized one tensor at a time while they load, so the unquantized model is never in
-//! memory; embeddings, norms and the LM head keep the checkpoint's dtype. A checkpoint
-//! that is already quantized (`quantization_config` in `config.json`: FP8) loads as it
-//! is and needs no flag. Formats: [`nanovllm_kernels::quant`].
+//! A bf16/f16/f32 checkpoint's linear weights (attention projections, MLP, experts) and
+//! its LM head (a tied head as a quantized copy) are quantized a few rows at a time while
+//! they load, so the unquantized model is never in memory; embeddings, norms, biases and
+//! MoE routers keep the checkpoint's dtype (see `nanovllm_models::linear_weights`). A
+//! checkpoint that is already quantized (`quantization_config` in `config.json`: FP8)
+//! loads as it is and refuses the flag. Formats: [`nanovllm_kernels::quant`].
 
 use nanovllm_kernels::DType;
+use nanovllm_models::WeightQuantization;
 use serde::{Deserialize, Serialize};
 
 /// The block format linear weights are quantized to while loading.
@@ -30,5 +32,11 @@ impl Quantization {
             Quantization::Int4 => DType::Int4G32,
             Quantization::Fp8 => DType::Fp8G128,
         }
+    }
+
+    /// What the model loader quantizes: every linear weight and the LM head, in
+    /// [`Quantization::dtype`].
+    pub fn weights(self) -> WeightQuantization {
+        WeightQuantization::new(self.dtype())
     }
 }

@@ -14,7 +14,7 @@ use nanovllm_kernels::{Backend, Communicator};
 use nanovllm_models::{load_model_as, Model, ModelContext, ShardSpec};
 use nanovllm_scheduler::{SamplingParams, ScheduledBatch};
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, Quantization};
 use crate::engine::{read_model_config, runner_for};
 use crate::error::Result;
 use crate::kv_sizing::size_kv_cache;
@@ -41,6 +41,7 @@ pub(crate) fn load_rank_model(
             rank,
             world_size: config.tensor_parallel_size,
         },
+        quantization: config.quantization.map(Quantization::weights),
     };
     let weight_dtype = config.dtype.weight_dtype_on(ctx.backend.device())?;
     Ok(load_model_as(

@@ -8,6 +8,7 @@
 //! `CUBLAS_COMPUTE_32F`. Other dtypes (f32/f16 weights, f32 x; tests and odd callers)
 //! take an exact path: x and W widened to f32 on the device, a pedantic f32 GEMM (no
 //! TF32), and one rounding of the result to bf16 (the activation dtype).
+//! Block-quantized weights go to `quant.rs` (weight-only kernels of `kernels/quant.cu`).
 //!
 //! Capturable: the handle is bound to the backend's stream with a fixed workspace.
 
@@ -20,6 +21,7 @@ use super::check::{dims2, expect_float};
 use super::device::{device_buf, CudaBackend};
 use super::elementwise::cast;
 use super::launch::{as_i32, cuda_err};
+use super::quant;
 use crate::dtype::DType;
 use crate::error::{KernelError, Result};
 use crate::tensor::Tensor;
@@ -27,6 +29,9 @@ use crate::tensor::Tensor;
 const OP: &str = "matmul";
 
 pub(crate) fn matmul(be: &CudaBackend, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if w.dtype().is_quantized() {
+        return quant::matmul(be, x, w);
+    }
     let (m, k) = dims2(OP, "x", x)?;
     let (n, wk) = dims2(OP, "w", w)?;
     if !matches!(x.dtype(), DType::BF16 | DType::F32) {

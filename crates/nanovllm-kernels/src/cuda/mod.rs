@@ -11,9 +11,11 @@
 //!   kernels are still queued is safe. Every allocation is counted in a
 //!   [`MemoryTracker`] (current and peak bytes; see [`CudaBackend::memory_stats`]).
 //! - **dtypes.** Activations and logits are bf16 ([`crate::Backend::activation_dtype`]);
-//!   kernels read bf16, accumulate in f32 and store bf16. Weights are stored bf16
+//!   kernels read bf16, accumulate in f32 and store bf16. Float weights are stored bf16
 //!   ([`crate::Backend::upload_weight`] converts); ops also accept f32/f16 weights
-//!   (slower: converted per call). The KV cache may be bf16 or f32. Integer inputs are
+//!   (slower: converted per call). Block-quantized weights ([`crate::quant`]) stay in
+//!   their bytes and `matmul` dequantizes them in registers (`quant.rs`); byte-backed
+//!   buffers take [`DType::storage_bytes`](crate::DType::storage_bytes) bytes. The KV cache may be bf16 or f32. Integer inputs are
 //!   u32, slot mappings i64 (−1 = skip).
 //! - **Graph capture.** Between [`CudaBackend::begin_capture`] and
 //!   [`CudaBackend::end_capture`] every op is capturable: kernels take their sizes from
@@ -64,6 +66,7 @@ mod moe;
 mod norm;
 mod ops;
 mod pinned;
+mod quant;
 mod rope;
 mod rows;
 mod sampling;

@@ -9,6 +9,7 @@
 //! sized by the host bound `T · top_k` rows); results are deterministic (bucket order is
 //! not, but no value depends on it); an expert no token picked is never read. `x` and the
 //! output are bf16, weights bf16 (stored so by `upload_weight`), ids U32, weights F32.
+//! Block-quantized expert weights are refused ([`KernelError::UnsupportedDType`]).
 
 mod plan;
 
@@ -96,6 +97,16 @@ fn check_experts(
     let dims = validate::moe::expert_shapes(OP, x, w13, w2, topk_ids, topk_weights)?;
     let (hidden, intermediate) = (dims.hidden, dims.intermediate);
     check::expect_dtype(OP, "x", x, DType::BF16)?;
+    // The grouped GEMMs copy bf16 weight tiles as they are; quantized expert weights
+    // would need them widened per tile, which they do not do: say so plainly.
+    for w in [w13, w2] {
+        if w.dtype().is_quantized() {
+            return Err(KernelError::UnsupportedDType {
+                op: "moe_experts (block-quantized expert weights on CUDA)",
+                dtype: w.dtype(),
+            });
+        }
+    }
     check::expect_dtype(OP, "w13", w13, DType::BF16)?;
     check::expect_dtype(OP, "w2", w2, DType::BF16)?;
     check::expect_dtype(OP, "topk_ids", topk_ids, DType::U32)?;

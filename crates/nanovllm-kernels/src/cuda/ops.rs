@@ -131,7 +131,8 @@ impl Backend for CudaBackend {
         Ok(t)
     }
 
-    /// Float weights are stored bf16 (converted on the host, once, at load time).
+    /// Float weights are stored bf16 (converted on the host, once, at load time);
+    /// byte-backed weights (block-quantized, FP8) are uploaded as they are.
     fn upload_weight(&self, host: Tensor) -> Result<Tensor> {
         if host.is_cpu() && host.dtype().is_float() && host.dtype() != DType::BF16 {
             return self.upload(host.to_dtype_cpu(DType::BF16)?);

@@ -1,7 +1,7 @@
 //! Device memory of a CUDA tensor: raw bytes plus the dtype and element count that
 //! give them meaning.
 //!
-//! Invariants: `buf` holds at least `len * dtype.size_in_bytes()` bytes (it is never
+//! Invariants: `buf` holds at least `dtype.storage_bytes(len)` bytes (it is never
 //! empty: a zero-element tensor still owns a 1-byte allocation so that every tensor has a
 //! valid pointer), and those bytes were counted in `tracker` when allocated; `Drop`
 //! uncounts them. The buffer is freed stream-ordered on the backend's stream.
@@ -46,9 +46,10 @@ pub struct CudaStorage {
     owned: bool,
 }
 
-/// Bytes actually allocated for `len` elements of `dtype` (at least one, see module docs).
+/// Bytes actually allocated for `len` elements of `dtype` (at least one, see module docs):
+/// whole blocks for a block-quantized dtype.
 pub(crate) fn alloc_bytes(len: usize, dtype: DType) -> usize {
-    (len * dtype.size_in_bytes()).max(1)
+    dtype.storage_bytes(len).max(1)
 }
 
 impl CudaStorage {
@@ -131,7 +132,7 @@ impl CudaStorage {
     }
     /// Bytes the elements occupy (the allocation may be one byte larger when empty).
     pub fn num_bytes(&self) -> usize {
-        self.len * self.dtype.size_in_bytes()
+        self.dtype.storage_bytes(self.len)
     }
     pub fn ordinal(&self) -> usize {
         self.buf.ordinal()
@@ -204,5 +205,14 @@ mod tests {
         assert_eq!(alloc_bytes(0, DType::F32), 1);
         assert_eq!(alloc_bytes(3, DType::BF16), 6);
         assert_eq!(alloc_bytes(2, DType::I64), 16);
+    }
+
+    #[test]
+    fn byte_backed_dtypes_allocate_their_storage_bytes() {
+        assert_eq!(alloc_bytes(10, DType::F8E4M3), 10);
+        assert_eq!(alloc_bytes(64, DType::Int8G32), 68);
+        assert_eq!(alloc_bytes(64, DType::Int4G32), 40);
+        assert_eq!(alloc_bytes(256, DType::Fp8G128), 264);
+        assert_eq!(alloc_bytes(0, DType::Int4G32), 1);
     }
 }

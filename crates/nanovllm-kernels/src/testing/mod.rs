@@ -24,6 +24,7 @@ pub mod gpu;
 pub mod moe;
 pub mod paged;
 mod primitive_only;
+pub mod quant;
 pub mod reference;
 pub mod rng;
 pub mod sampling;
@@ -62,6 +63,11 @@ macro_rules! backend_test_suite {
             dense::add_bias_matches_reference,
             dense::split_last_dim_copies_columns,
             dense::index_rows_gathers,
+            quant::matmul_int8_g32_weights,
+            quant::matmul_int4_g32_weights,
+            quant::matmul_fp8_g128_weights,
+            quant::byte_backed_tensors_round_trip,
+            quant::matmul_rejects_bad_quantized_weights,
             paged::store_kv_writes_slots_skips_minus_one,
             paged::prefill_attention_matches_reference,
             paged::prefill_attention_bf16_cache,

@@ -108,6 +108,10 @@ impl Attention {
         self.o_proj.forward(backend, &o)
     }
 
+    /// `o_proj`, this rank's input-feature columns.
+    pub fn o_proj(&self) -> &RowParallelLinear {
+        &self.o_proj
+    }
     pub fn qkv_proj(&self) -> &QkvParallelLinear {
         &self.qkv_proj
     }

@@ -17,7 +17,9 @@
 //! `[R, vocab]`.
 //!
 //! A tied LM head shares the embedding's buffer at every world size (both
-//! are the same vocab shard), never a copy.
+//! are the same vocab shard), never a copy, unless the LM head is quantized
+//! ([`crate::WeightQuantization::lm_head`]): it then holds its own quantized copy of the
+//! table, and the embedding stays as stored.
 
 use std::sync::Arc;
 
@@ -98,7 +100,9 @@ pub struct ParallelLmHead {
 }
 
 impl ParallelLmHead {
-    /// An untied head: this rank's vocab rows of `name: [vocab, hidden]`.
+    /// An untied head, or a tied head's quantized copy of the embedding table: this rank's
+    /// vocab rows of `name: [vocab, hidden]`, quantized when the loader quantizes the LM
+    /// head ([`WeightLoader::lm_head`]).
     pub fn load(
         loader: &WeightLoader,
         name: &str,
@@ -107,7 +111,7 @@ impl ParallelLmHead {
         comm: Arc<dyn Communicator>,
     ) -> Result<Self, ModelError> {
         Ok(Self {
-            weight: Arc::new(loader.vocab_shard(name, vocab, hidden)?),
+            weight: Arc::new(loader.lm_head().vocab_shard(name, vocab, hidden)?),
             vocab_size: vocab,
             comm,
         })

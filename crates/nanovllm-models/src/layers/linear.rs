@@ -70,31 +70,22 @@ impl QkvParallelLinear {
         let names = |kind: &str| {
             ["q_proj", "k_proj", "v_proj"].map(|proj| format!("{prefix}.{proj}.{kind}"))
         };
-        let pack = |kind: &str, inner: &[usize]| {
-            let [q, k, v] = names(kind);
-            loader.pack_rows(
-                &[
-                    PackedPart {
-                        name: &q,
-                        out_features: num_heads * head_dim,
-                        rows: features(&q_heads),
-                    },
-                    PackedPart {
-                        name: &k,
-                        out_features: num_kv_heads * head_dim,
-                        rows: features(&kv_heads),
-                    },
-                    PackedPart {
-                        name: &v,
-                        out_features: num_kv_heads * head_dim,
-                        rows: features(&kv_heads),
-                    },
-                ],
-                inner,
-            )
+        // (out_features, this rank's rows) of q, k and v.
+        let sizes = [
+            (num_heads * head_dim, features(&q_heads)),
+            (num_kv_heads * head_dim, features(&kv_heads)),
+            (num_kv_heads * head_dim, features(&kv_heads)),
+        ];
+        let weight_names = names("weight");
+        let weight = loader
+            .linear()
+            .pack_rows(&packed_parts(&weight_names, &sizes), hidden_size)?;
+        let bias = if bias {
+            let bias_names = names("bias");
+            Some(loader.pack_rows(&packed_parts(&bias_names, &sizes), &[])?)
+        } else {
+            None
         };
-        let weight = pack("weight", &[hidden_size])?;
-        let bias = if bias { Some(pack("bias", &[])?) } else { None };
         Ok(Self {
             linear: Linear::new(weight),
             bias,
@@ -132,6 +123,18 @@ impl QkvParallelLinear {
     }
 }
 
+/// `names[i]` with `sizes[i] = (out_features, rows)`, as the loader's packed parts.
+fn packed_parts<'n>(
+    names: &'n [String; 3],
+    sizes: &[(usize, Range<usize>); 3],
+) -> [PackedPart<'n>; 3] {
+    std::array::from_fn(|i| PackedPart {
+        name: &names[i],
+        out_features: sizes[i].0,
+        rows: sizes[i].1.clone(),
+    })
+}
+
 /// Several column-parallel projections of the same input packed into one
 /// matmul (`gate_proj ‖ up_proj` for SwiGLU: `silu_mul` expects gate first).
 #[derive(Debug)]
@@ -147,7 +150,7 @@ impl MergedColumnParallelLinear {
         in_features: usize,
     ) -> Result<Self, ModelError> {
         Ok(Self {
-            linear: Linear::new(loader.packed_column_shard(parts, in_features)?),
+            linear: Linear::new(loader.linear().packed_column_shard(parts, in_features)?),
         })
     }
     pub fn forward(&self, backend: &dyn Backend, x: &Tensor) -> Result<Tensor, ModelError> {
@@ -175,7 +178,7 @@ impl RowParallelLinear {
         comm: Arc<dyn Communicator>,
     ) -> Result<Self, ModelError> {
         Ok(Self {
-            linear: Linear::new(loader.row_shard(name, [out, inp])?),
+            linear: Linear::new(loader.linear().row_shard(name, [out, inp])?),
             comm,
         })
     }

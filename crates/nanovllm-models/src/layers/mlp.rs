@@ -55,6 +55,11 @@ impl Mlp {
     pub fn gate_up_proj(&self) -> &MergedColumnParallelLinear {
         &self.gate_up_proj
     }
+
+    /// `down_proj`, this rank's input-feature columns.
+    pub fn down_proj(&self) -> &RowParallelLinear {
+        &self.down_proj
+    }
 }
 
 impl FeedForward for Mlp {

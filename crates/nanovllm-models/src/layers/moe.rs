@@ -128,11 +128,13 @@ impl SparseMoeBlock {
             .iter()
             .map(|n| (n.as_str(), intermediate))
             .collect();
-        let w13 = loader.packed_column_shard(&w13_parts, hidden)?;
+        let w13 = loader.linear().packed_column_shard(&w13_parts, hidden)?;
         let local = w13.shape()[0] / (2 * experts);
         let w13 = w13.reshape(&[experts, 2 * local, hidden])?;
         let w2_names: Vec<String> = (0..experts).map(|e| name(e, names.down)).collect();
-        let w2 = loader.stacked_row_shard(&w2_names, [hidden, intermediate])?;
+        let w2 = loader
+            .linear()
+            .stacked_row_shard(&w2_names, [hidden, intermediate])?;
         Ok(Self {
             gate: Linear::new(gate),
             w13,

@@ -23,6 +23,7 @@ pub fn cpu_context() -> ModelContext {
         backend: Arc::new(CpuBackend::new()),
         comm: Arc::new(NoopCommunicator),
         shard: ShardSpec::default(),
+        quantization: None,
     }
 }
 

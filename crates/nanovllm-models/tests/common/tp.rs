@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use nanovllm_kernels::{Communicator, CpuBackend, ThreadCommunicator};
-use nanovllm_models::{load_model, LoadFormat, ModelConfig, ModelContext, ShardSpec};
+use nanovllm_models::{
+    load_model, LoadFormat, ModelConfig, ModelContext, ShardSpec, WeightQuantization,
+};
 
 use crate::common::golden::{floats, ids};
 use crate::common::*;
@@ -23,6 +25,18 @@ pub fn run_tp(
     world_size: usize,
     prompts: &[Vec<u32>],
 ) -> Vec<Vec<Vec<f32>>> {
+    run_tp_quantized(config, dir, format, world_size, prompts, None)
+}
+
+/// [`run_tp`] with the linear weights quantized while loading.
+pub fn run_tp_quantized(
+    config: &ModelConfig,
+    dir: &Path,
+    format: LoadFormat,
+    world_size: usize,
+    prompts: &[Vec<u32>],
+    quantization: Option<WeightQuantization>,
+) -> Vec<Vec<Vec<f32>>> {
     let block_size = 16;
     std::thread::scope(|s| {
         let handles: Vec<_> = ThreadCommunicator::group(world_size)
@@ -35,6 +49,7 @@ pub fn run_tp(
                             rank: comm.rank(),
                             world_size,
                         },
+                        quantization,
                         comm: Arc::new(comm),
                     };
                     let model = load_model(config, dir, format, &ctx).unwrap();
