@@ -11,6 +11,8 @@
 
 use std::time::Instant;
 
+use nanovllm_kernels::DType;
+use nanovllm_models::CheckpointQuantization;
 use nanovllm_scheduler::{BatchKind, SamplingParams, StructuredOutput};
 
 use crate::bench::report::{peak_rss_mib, BenchReport, DecodeStepMs};
@@ -139,12 +141,14 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
 }
 
 /// The linear weights' format (see [`BenchReport::weights`]): the quantized dtype of
-/// `--quantization`, else `--dtype` when it converts the weights, else the checkpoint's.
+/// `--quantization`, else that of an FP8 checkpoint (re-blocked to `fp8_g128` while
+/// loading), else `--dtype` when it converts the weights, else the checkpoint's.
 fn weight_format(engine: &LLMEngine) -> Result<String> {
     let config = engine.config();
-    let dtype = match config.quantization {
-        Some(quantization) => quantization.dtype(),
-        None => config
+    let dtype = match (config.quantization, &engine.model_config().quantization) {
+        (Some(quantization), _) => quantization.dtype(),
+        (None, Some(CheckpointQuantization::Fp8 { .. })) => DType::Fp8G128,
+        (None, None) => config
             .dtype
             .weight_dtype_on(engine.device())?
             .unwrap_or(engine.model_config().dtype),
@@ -283,6 +287,29 @@ mod tests {
         opts.structured_output = Some(StructuredOutput::Regex("[0-9]".to_string()));
         let report = run(opts).unwrap();
         assert_eq!(report.output_tokens, TINY.num_seqs);
+    }
+
+    /// The weights' format as the report names it: the checkpoint's dtype, `--dtype`'s,
+    /// `--quantization`'s, or an FP8 checkpoint's re-blocked format.
+    #[test]
+    fn the_weight_format_names_what_the_linear_weights_run_in() {
+        let format = |model: &str, edit: &dyn Fn(&mut EngineConfig)| {
+            let mut config = options(fixture(model), LoadFormat::Safetensors, TINY).engine;
+            edit(&mut config);
+            weight_format(&LLMEngine::new(config).unwrap()).unwrap()
+        };
+        assert_eq!(format("qwen3-trained", &|_| {}), "bf16");
+        assert_eq!(
+            format("qwen3-trained", &|c| c.dtype = crate::ModelDType::Float32),
+            "f32"
+        );
+        assert_eq!(
+            format("qwen3-trained", &|c| {
+                c.quantization = Some(crate::Quantization::Int8)
+            }),
+            "int8_g32"
+        );
+        assert_eq!(format("qwen3-trained-fp8", &|_| {}), "fp8_g128");
     }
 
     #[test]
