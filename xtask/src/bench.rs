@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use nanovllm_core::bench::{self, BenchFlags};
-use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat};
+use nanovllm_core::{DeviceKind, EngineConfig, KvCacheDType, LoadFormat, Quantization};
 
 /// The engine flags `cargo xtask bench` has (a subset of `nanovllm bench`'s, with the same
 /// defaults), `--model-config` defaulting to the repository's dummy Qwen3-0.6B (the one
@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// default cache is f16, so CPU comparisons with it use bf16.
     #[arg(long, value_enum, default_value = "auto")]
     pub kv_cache_dtype: KvCacheDType,
+    /// Quantize the linear weights while loading: int8 (a scale per 32 weights), int4 (a
+    /// scale and minimum per 32) or fp8 (e4m3, a scale per 128); compare int8 with
+    /// llama.cpp's Q8_0 and int4 with its Q4_K_M.
+    #[arg(long, value_enum)]
+    pub quantization: Option<Quantization>,
     /// Fraction of GPU memory the engine may use (CUDA) [default: 0.9].
     #[arg(long)]
     pub gpu_memory_utilization: Option<f64>,
@@ -74,6 +79,7 @@ impl BenchArgs {
             config.kv_cache_memory_gib = gib;
         }
         config.kv_cache_dtype = self.kv_cache_dtype;
+        config.quantization = self.quantization;
         if let Some(util) = self.gpu_memory_utilization {
             config.gpu_memory_utilization = util;
         }
@@ -90,4 +96,40 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn engine_config(args: &[&str]) -> EngineConfig {
+        Cli::parse_from([&["xtask-bench"][..], args].concat())
+            .bench
+            .engine_config()
+    }
+
+    #[test]
+    fn quantization_and_kv_cache_dtype_reach_the_engine() {
+        let config = engine_config(&[]);
+        assert_eq!(config.quantization, None);
+        assert_eq!(config.kv_cache_dtype, KvCacheDType::Auto);
+        assert_eq!(config.load_format, LoadFormat::Dummy);
+        let config = engine_config(&["--quantization", "int4", "--kv-cache-dtype", "fp8"]);
+        assert_eq!(config.quantization, Some(Quantization::Int4));
+        assert_eq!(config.kv_cache_dtype, KvCacheDType::Fp8);
+        for (name, want) in [("int8", Quantization::Int8), ("fp8", Quantization::Fp8)] {
+            assert_eq!(
+                engine_config(&["--quantization", name]).quantization,
+                Some(want)
+            );
+        }
+    }
 }

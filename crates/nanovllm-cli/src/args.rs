@@ -42,6 +42,9 @@ pub enum Command {
     /// Throughput on nano-vLLM's bench.py workload (random token prompts, `ignore_eos`),
     /// on a model directory or on random weights of a config.json's shape.
     Bench(Box<BenchArgs>),
+    /// Perplexity of a JSONL file of token ids or texts, through the engine's prompt
+    /// logprobs (every engine flag applies, e.g. --quantization, --kv-cache-dtype).
+    Perplexity(Box<crate::perplexity::PerplexityArgs>),
     /// A tensor-parallel worker: one rank (`--rank`), or every rank of a worker node
     /// (`--nnodes N --node-rank K --tensor-parallel-size T`). Started by the engine for
     /// its own node's ranks; start it by hand on the other nodes of a multi-host group.

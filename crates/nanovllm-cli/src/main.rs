@@ -10,6 +10,7 @@ mod download;
 mod generate;
 mod load_progress;
 mod logging;
+mod perplexity;
 mod requests;
 mod run_batch;
 mod serve;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args, verbosity),
         Command::Chat(args) => chat::run(args, verbosity),
         Command::Bench(args) => bench::run(*args),
+        Command::Perplexity(args) => perplexity::run(*args, verbosity),
         Command::Worker(args) => worker::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Download(args) => download::run(args, verbosity),

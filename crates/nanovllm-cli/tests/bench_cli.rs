@@ -165,3 +165,64 @@ fn bench_throughput_is_the_default_mode_by_name() {
     check_figures(&serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--quantization` and `--kv-cache-dtype` reach the engine and the report: the weight
+/// format, the cache's dtype, and an FP8 cache holding twice the tokens of a bf16 one in
+/// the same `--kv-cache-memory-gib`. Random weights of a shape whose every in-features is a
+/// multiple of 32 (int4's block), with bench.py's vocabulary.
+#[test]
+fn bench_reports_the_weight_format_and_the_kv_cache() {
+    let dir = scratch("bench-quant");
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("qwen3-tiny-fullvocab").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    for (key, value) in [
+        ("hidden_size", 128),
+        ("head_dim", 32),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 2),
+        ("intermediate_size", 256),
+        ("vocab_size", 10240),
+    ] {
+        config[key] = value.into();
+    }
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let flags = [
+        "--model-config",
+        config_path.to_str().unwrap(),
+        "--kv-cache-memory-gib",
+        "0.01",
+    ];
+    let (_, plain) = bench_tiny("bench-plain", &flags, &[]);
+    assert_eq!(plain["weights"], "bf16");
+    assert_eq!(plain["kv_cache_dtype"], "bf16");
+    let (out, quant) = bench_tiny(
+        "bench-int4-fp8",
+        &flags,
+        &["--quantization", "int4", "--kv-cache-dtype", "fp8"],
+    );
+    check_figures(&quant);
+    assert_eq!(quant["weights"], "int4_g32");
+    assert_eq!(quant["kv_cache_dtype"], "f8_e4m3");
+    // Whole 16-token blocks: half the bytes per block, so twice the blocks (or one more).
+    let (bf16_tokens, fp8_tokens) = (
+        plain["kv_cache_tokens"].as_u64().unwrap(),
+        quant["kv_cache_tokens"].as_u64().unwrap(),
+    );
+    assert!(bf16_tokens > 0 && bf16_tokens % 16 == 0, "{plain}");
+    assert!(
+        fp8_tokens == 2 * bf16_tokens || fp8_tokens == 2 * bf16_tokens + 16,
+        "{fp8_tokens} vs {bf16_tokens}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("weights               int4_g32\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "KV cache              f8_e4m3, {fp8_tokens} tokens\n"
+        )),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,8 @@
 //! [`sampling`] for seeds, steps, logit bias and penalties, and [`runner`] for prompt
 //! logprobs), KV-cache sizing ([`kv_sizing`]), the [`Tokenizer`],
 //! structured output with llguidance ([`structured`]: grammars, per-request matchers, token
-//! masks) and the bench.py throughput run ([`bench`]).
+//! masks), the bench.py throughput run ([`bench`]) and perplexity through prompt logprobs
+//! ([`perplexity`]).
 //!
 //! It wires the scheduler (plain data) to a model (tensors): the scheduler
 //! never sees a tensor and the model never sees a scheduling decision.
@@ -32,6 +33,7 @@ pub mod hub;
 pub mod kv_sizing;
 pub mod llm;
 pub mod logprobs;
+pub mod perplexity;
 pub mod runner;
 pub mod sampling;
 pub mod startup_log;

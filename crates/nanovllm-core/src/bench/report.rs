@@ -13,6 +13,13 @@ use serde::Serialize;
 pub struct BenchReport {
     pub device: String,
     pub model: String,
+    /// The linear weights' format: a block-quantized dtype (`int8_g32`, `int4_g32`,
+    /// `fp8_g128`) when quantized, else the dtype the weights run in (`bf16`, ...).
+    pub weights: String,
+    /// The KV cache's element type (`bf16`, `f32`, `f8_e4m3`).
+    pub kv_cache_dtype: String,
+    /// Tokens the whole KV cache holds (blocks × block size).
+    pub kv_cache_tokens: usize,
     pub num_seqs: usize,
     pub prompt_tokens: usize,
     pub output_tokens: usize,
@@ -63,6 +70,12 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "device                {}", self.device)?;
         writeln!(f, "model                 {}", self.model)?;
+        writeln!(f, "weights               {}", self.weights)?;
+        writeln!(
+            f,
+            "KV cache              {}, {} tokens",
+            self.kv_cache_dtype, self.kv_cache_tokens
+        )?;
         writeln!(
             f,
             "workload              {} seqs, {} prompt tokens",
@@ -139,6 +152,9 @@ mod tests {
         BenchReport {
             device: "cpu".into(),
             model: "configs/qwen3-0.6b.json".into(),
+            weights: "int4_g32".into(),
+            kv_cache_dtype: "f8_e4m3".into(),
+            kv_cache_tokens: 37376,
             num_seqs: 32,
             prompt_tokens: 4567,
             output_tokens: 4321,
@@ -168,6 +184,8 @@ mod tests {
         let expected = "\
 device                cpu
 model                 configs/qwen3-0.6b.json
+weights               int4_g32
+KV cache              f8_e4m3, 37376 tokens
 workload              32 seqs, 4567 prompt tokens
 Total: 4321tok, Time: 12.50s, Throughput: 350.02tok/s
 prefill               1234.6 tok/s
@@ -220,6 +238,9 @@ peak memory (RSS)     3061 MiB
         assert!(json["peak_rss_mib"].is_null());
         assert_eq!(json["decode_step"]["steps"], 150);
         assert_eq!(json["decode_step"]["forward"], 24.5);
-        assert_eq!(json.as_object().unwrap().len(), 15);
+        assert_eq!(json["weights"], "int4_g32");
+        assert_eq!(json["kv_cache_dtype"], "f8_e4m3");
+        assert_eq!(json["kv_cache_tokens"], 37376);
+        assert_eq!(json.as_object().unwrap().len(), 18);
     }
 }

@@ -11,6 +11,8 @@
 
 use std::time::Instant;
 
+use nanovllm_kernels::DType;
+use nanovllm_models::CheckpointQuantization;
 use nanovllm_scheduler::{BatchKind, SamplingParams, StructuredOutput};
 
 use crate::bench::report::{peak_rss_mib, BenchReport, DecodeStepMs};
@@ -111,9 +113,17 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
         )));
     }
     let run = engine.stats().since(&stats_before);
+    let kv = engine.kv_cache_usage();
     Ok(BenchReport {
         device: engine.device().to_string(),
         model: model_name,
+        weights: weight_format(&engine)?,
+        kv_cache_dtype: engine
+            .config()
+            .kv_cache_dtype
+            .dtype_on(engine.device())
+            .to_string(),
+        kv_cache_tokens: kv.num_blocks * kv.block_size,
         num_seqs: spec.num_seqs,
         prompt_tokens: workload.num_prompt_tokens(),
         output_tokens,
@@ -128,6 +138,22 @@ pub fn run(options: BenchOptions) -> Result<BenchReport> {
         cuda_graph_batch_sizes: engine.cuda_graph_batch_sizes(),
         decode_step: DecodeStepMs::mean_of(&run.decode_step_times, run.num_decode_steps),
     })
+}
+
+/// The linear weights' format (see [`BenchReport::weights`]): the quantized dtype of
+/// `--quantization`, else that of an FP8 checkpoint (re-blocked to `fp8_g128` while
+/// loading), else `--dtype` when it converts the weights, else the checkpoint's.
+fn weight_format(engine: &LLMEngine) -> Result<String> {
+    let config = engine.config();
+    let dtype = match (config.quantization, &engine.model_config().quantization) {
+        (Some(quantization), _) => quantization.dtype(),
+        (None, Some(CheckpointQuantization::Fp8 { .. })) => DType::Fp8G128,
+        (None, None) => config
+            .dtype
+            .weight_dtype_on(engine.device())?
+            .unwrap_or(engine.model_config().dtype),
+    };
+    Ok(dtype.to_string())
 }
 
 /// The start-up block's concurrency line again, at this workload's average request length
@@ -216,6 +242,10 @@ mod tests {
         assert!(report.peak_kv_cache_used_fraction <= 1.0);
         assert!(report.mean_decode_batch_size >= 1.0 && report.mean_decode_batch_size <= 3.0);
         assert!(report.cuda_graph_batch_sizes.is_empty());
+        // The fixture's bf16 weights, the default bf16 cache, 64 blocks of 16 tokens.
+        assert_eq!(report.weights, "bf16");
+        assert_eq!(report.kv_cache_dtype, "bf16");
+        assert_eq!(report.kv_cache_tokens, 64 * 16);
         // Every decode step of the run was timed.
         let step = report.decode_step;
         assert!(step.steps > 0);
@@ -257,6 +287,29 @@ mod tests {
         opts.structured_output = Some(StructuredOutput::Regex("[0-9]".to_string()));
         let report = run(opts).unwrap();
         assert_eq!(report.output_tokens, TINY.num_seqs);
+    }
+
+    /// The weights' format as the report names it: the checkpoint's dtype, `--dtype`'s,
+    /// `--quantization`'s, or an FP8 checkpoint's re-blocked format.
+    #[test]
+    fn the_weight_format_names_what_the_linear_weights_run_in() {
+        let format = |model: &str, edit: &dyn Fn(&mut EngineConfig)| {
+            let mut config = options(fixture(model), LoadFormat::Safetensors, TINY).engine;
+            edit(&mut config);
+            weight_format(&LLMEngine::new(config).unwrap()).unwrap()
+        };
+        assert_eq!(format("qwen3-trained", &|_| {}), "bf16");
+        assert_eq!(
+            format("qwen3-trained", &|c| c.dtype = crate::ModelDType::Float32),
+            "f32"
+        );
+        assert_eq!(
+            format("qwen3-trained", &|c| {
+                c.quantization = Some(crate::Quantization::Int8)
+            }),
+            "int8_g32"
+        );
+        assert_eq!(format("qwen3-trained-fp8", &|_| {}), "fp8_g128");
     }
 
     #[test]
