@@ -60,7 +60,10 @@ pub enum KvCacheDType {
     Bf16,
     /// FP8 e4m3: half the bytes of bf16, so the same budget holds twice the tokens. Keys
     /// and values are stored divided by a per-layer scale (1.0, or the checkpoint's
-    /// `k_scale`/`v_scale`) and multiplied back when attention reads them.
+    /// `k_scale`/`v_scale`) and multiplied back when attention reads them. `fp8_e4m3` is
+    /// vLLM's other spelling.
+    #[serde(alias = "fp8_e4m3")]
+    #[cfg_attr(feature = "clap", value(alias = "fp8_e4m3"))]
     Fp8,
 }
 
@@ -402,6 +405,12 @@ mod tests {
         assert_eq!(c.unwrap().kv_cache_dtype, Auto);
         let c = EngineConfig::from_toml_str("kv_cache_dtype = \"f32\"", Path::new("e.toml"));
         assert_eq!(c.unwrap().kv_cache_dtype, F32);
+        assert_eq!(Fp8.dtype_on(Device::Cpu), DType::F8E4M3);
+        for spelling in ["fp8", "fp8_e4m3"] {
+            let toml = format!("kv_cache_dtype = \"{spelling}\"");
+            let c = EngineConfig::from_toml_str(&toml, Path::new("e.toml"));
+            assert_eq!(c.unwrap().kv_cache_dtype, Fp8, "{spelling}");
+        }
     }
 
     #[test]
