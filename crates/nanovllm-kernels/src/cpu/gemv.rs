@@ -16,10 +16,8 @@ mod avx2;
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::check::Floats;
-use super::parallel::{for_each_row, min_items, with_taken, worth_parallel, OutPtr};
+use super::parallel::{for_each_block, for_each_row, with_taken, OutPtr};
 use super::simd::{dot_bf16, dot_f32};
 
 thread_local! {
@@ -62,7 +60,7 @@ pub(crate) fn matmul_small_m(xs: &[f32], w: Floats, m: usize, k: usize, n: usize
 }
 
 /// `out[i, j] = out_t[j, i]` for an `[N, M]` `out_t`.
-fn transpose_into(out_t: &[f32], m: usize, out: &mut [f32]) {
+pub(super) fn transpose_into(out_t: &[f32], m: usize, out: &mut [f32]) {
     let n = out_t.len() / m;
     for (j, col) in out_t.chunks_exact(m).enumerate() {
         for (i, &value) in col.iter().enumerate() {
@@ -124,15 +122,7 @@ fn blocked_bf16(xs: &[f32], ws: &[u16], m: usize, k: usize, n: usize, out: &mut 
                 )
             };
         };
-        let blocks = n.div_ceil(rows);
-        if worth_parallel(n * m * k) {
-            (0..blocks)
-                .into_par_iter()
-                .with_min_len(min_items(rows * m * k))
-                .for_each(block_outputs);
-        } else {
-            (0..blocks).for_each(block_outputs);
-        }
+        for_each_block(n.div_ceil(rows), rows * m * k, n * m * k, block_outputs);
     });
 }
 

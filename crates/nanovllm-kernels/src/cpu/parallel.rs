@@ -77,3 +77,20 @@ where
             .for_each(|(i, row)| f(i, row));
     }
 }
+
+/// Runs `f(block)` for `block in 0..blocks`, in parallel when `total_cost` is worth it, each
+/// rayon task taking at least enough blocks to cover the parallelism threshold at
+/// `cost_per_block` (the W-row blocks of the small-M matmul kernels).
+pub(crate) fn for_each_block<F>(blocks: usize, cost_per_block: usize, total_cost: usize, f: F)
+where
+    F: Fn(usize) + Send + Sync,
+{
+    if worth_parallel(total_cost) {
+        (0..blocks)
+            .into_par_iter()
+            .with_min_len(min_items(cost_per_block))
+            .for_each(f);
+    } else {
+        (0..blocks).for_each(f);
+    }
+}

@@ -59,12 +59,10 @@ mod tests;
 
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use crate::dtype::DType;
 
 use super::packed_gemm::{self, WeightRows};
-use super::parallel::{min_items, with_taken, worth_parallel, OutPtr};
+use super::parallel::{for_each_block, with_taken, OutPtr};
 
 pub(crate) use panels::pack_panels;
 
@@ -179,14 +177,6 @@ fn small_m(xs: &[f32], dtype: DType, w: &[u8], m: usize, k: usize, n: usize, out
                 )
             };
         };
-        let blocks = n.div_ceil(rows);
-        if worth_parallel(n * m * k) {
-            (0..blocks)
-                .into_par_iter()
-                .with_min_len(min_items(rows * m * k))
-                .for_each(block_outputs);
-        } else {
-            (0..blocks).for_each(block_outputs);
-        }
+        for_each_block(n.div_ceil(rows), rows * m * k, n * m * k, block_outputs);
     });
 }

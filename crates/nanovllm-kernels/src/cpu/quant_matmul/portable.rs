@@ -49,10 +49,6 @@ pub(super) fn matmul(
     };
     let mut out_t = buffer_pool::take_for_overwrite(n * m);
     for_each_row(&mut out_t, m, m * k, row_outputs);
-    for (j, col) in out_t.chunks_exact(m).enumerate() {
-        for (i, &value) in col.iter().enumerate() {
-            out[i * n + j] = value;
-        }
-    }
+    super::super::gemv::transpose_into(&out_t, m, out);
     buffer_pool::recycle_f32(out_t);
 }
