@@ -55,6 +55,8 @@ mod check;
 mod device;
 mod elementwise;
 mod embedding;
+#[cfg(test)]
+mod emu_build;
 mod graph;
 mod host_copy;
 mod kernels;

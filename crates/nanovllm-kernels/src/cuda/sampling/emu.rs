@@ -35,42 +35,12 @@ fn emulator(threads: u32) -> Option<PathBuf> {
     }
 }
 
-/// Compiles the emulator into `$OUT_DIR` (under a per-process name, then renamed, so that
-/// concurrent test processes never run a half-written binary).
 fn build(threads: u32) -> Result<PathBuf, String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let out = Path::new(env!("OUT_DIR")).join(format!("sampling-emu-{threads}"));
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    let output = Command::new(&cxx)
-        .args([
-            "-std=c++20",
-            "-O1",
-            "-g",
-            "-Wno-unknown-pragmas",
-            "-pthread",
-        ])
-        // Bounds and undefined-behaviour checks on the kernel's indexing.
-        .args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
-        .arg(format!("-DSAMPLE_THREADS={threads}"))
-        .arg("-I")
-        .arg(dir.join("tests/sampling_emu"))
-        .arg("-I")
-        .arg(dir.join("kernels"))
-        .arg(dir.join("tests/sampling_emu/main.cpp"))
-        .arg("-o")
-        .arg(&tmp)
-        .output()
-        .map_err(|e| format!("no C++ compiler to emulate the kernel ({cxx}: {e})"))?;
-    if !output.status.success() {
-        // A compiler that exists but fails on the kernel is a failure, not a skip.
-        panic!(
-            "building the sampling emulator failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    std::fs::rename(&tmp, &out).map_err(|e| format!("installing the emulator: {e}"))?;
-    Ok(out)
+    crate::cuda::emu_build::build_emulator(
+        "sampling_emu",
+        &format!("sampling-emu-{threads}"),
+        &[format!("-DSAMPLE_THREADS={threads}")],
+    )
 }
 
 /// Logits as the kernel reads them.
